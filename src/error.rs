@@ -1,0 +1,228 @@
+//! Errors of the library, and the diagnostics that point into recipe files.
+//!
+//! Every error names what it is about (a path in backticks, a digest, a
+//! recipe line) and, where we know the fix, carries a hint. The binary maps
+//! [`Error::exit_code`] to the process exit status.
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+/// Everything that can go wrong in kiln's library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A problem in a recipe, located at a file, line and column.
+    #[error("{0}")]
+    Recipe(Box<Diagnostic>),
+
+    /// Input that is not valid, outside any recipe (an argument, an image layout, the environment).
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong, naming the thing.
+        message: String,
+        /// How to fix it, when known.
+        hint: Option<String>,
+    },
+
+    /// An I/O operation on `path` failed.
+    #[error("cannot {action} `{path}`")]
+    Io {
+        /// What kiln was doing (`read`, `create`, `rename` …).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Content did not match the digest it is named by.
+    #[error("digest mismatch for {what}: expected `{expected}`, got `{actual}`")]
+    DigestMismatch {
+        /// The blob or file that was checked.
+        what: String,
+        /// The digest it should have.
+        expected: Digest,
+        /// The digest it has.
+        actual: Digest,
+    },
+}
+
+/// A result with kiln's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The process exit code for this error: 2 bad input, 4 verification, 1 internal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Recipe(_) | Error::Invalid { .. } => 2,
+            Error::DigestMismatch { .. } => 4,
+            Error::Io { .. } => 1,
+        }
+    }
+
+    /// The hint to show after the message, if any.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::Recipe(d) => d.hint.as_deref(),
+            Error::Invalid { hint, .. } => hint.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Builds an [`Error::Io`] for `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Invalid`] with an optional hint.
+    pub fn invalid(message: impl Into<String>, hint: Option<String>) -> Self {
+        Error::Invalid {
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+/// Adds the path to an `io::Result`, turning it into kiln's [`Error::Io`].
+pub trait IoContext<T> {
+    /// Names the action and the path on error.
+    fn at(self, action: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(action, path, e))
+    }
+}
+
+/// A recipe file's text, kept so that errors can quote it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The recipe's path as the user named it.
+    pub path: PathBuf,
+    /// The recipe's text.
+    pub text: String,
+}
+
+impl Source {
+    /// A diagnostic for `span` (byte offsets into the text).
+    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+        let start = span.start.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i);
+        let line = self.text[..start].matches('\n').count() + 1;
+        let column = self.text[line_start..start].chars().count() + 1;
+        let end = span.end.clamp(start, line_end);
+        let width = self.text[start..end].chars().count().max(1);
+        Diagnostic {
+            file: self.path.clone(),
+            line,
+            column,
+            message: message.into(),
+            excerpt: self.text[line_start..line_end]
+                .trim_end_matches('\r')
+                .to_string(),
+            width,
+            hint: None,
+            cause: None,
+        }
+    }
+}
+
+/// An error at a place in a recipe: `file:line:column`, the line, a caret and a hint.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    /// The recipe file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// The text of the line.
+    pub excerpt: String,
+    /// How many characters the caret underlines.
+    pub width: usize,
+    /// How to fix it.
+    pub hint: Option<String>,
+    /// The underlying cause, rendered (an OS error, a nested recipe's error).
+    pub cause: Option<String>,
+}
+
+impl Diagnostic {
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Adds a cause.
+    pub fn cause(mut self, cause: impl fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
+    }
+}
+
+impl From<Diagnostic> for Error {
+    fn from(d: Diagnostic) -> Self {
+        Error::Recipe(Box::new(d))
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let num = self.line.to_string();
+        let pad = " ".repeat(num.len());
+        writeln!(
+            f,
+            "`{}:{}:{}`: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
+        writeln!(f, "{pad} |")?;
+        writeln!(f, "{num} | {}", self.excerpt)?;
+        let lead: String = self
+            .excerpt
+            .chars()
+            .take(self.column - 1)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        write!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;
+        if let Some(cause) = &self.cause {
+            write!(f, "\n  caused by: {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_line_and_column() {
+        let src = Source {
+            path: "r.toml".into(),
+            text: "name = \"x\"\n[config]\nuser = 5\n".into(),
+        };
+        let at = src.text.find('5').unwrap();
+        let d = src.error(at..at + 1, "wrong type");
+        assert_eq!((d.line, d.column), (3, 8));
+        let shown = d.to_string();
+        assert!(shown.starts_with("`r.toml:3:8`: wrong type"), "{shown}");
+        assert!(shown.contains("3 | user = 5\n  |        ^"), "{shown}");
+    }
+}

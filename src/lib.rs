@@ -1,0 +1,5 @@
+pub mod digest;
+pub mod error;
+pub mod json;
+pub mod recipe;
+pub mod store;

@@ -1,0 +1,300 @@
+//! Stage 1, parse: recipe TOML text → a validated [`Recipe`].
+//!
+//! Recipes are strict: unknown keys are errors, and every value that can be
+//! wrong keeps its span so that the error names `file:line:column`, quotes
+//! the line and says how to fix it. Paths inside a recipe are relative to
+//! the recipe's own file.
+
+mod platform;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use platform::Platform;
+
+use crate::error::{Error, Result, Source};
+
+pub use validate::image_path;
+
+/// A parsed, validated recipe.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// The file's path and text, for error messages.
+    pub source: Source,
+    /// The directory relative paths in the recipe are resolved against.
+    pub dir: PathBuf,
+    /// The image name (`name`).
+    pub name: String,
+    /// What the image starts from.
+    pub base: Base,
+    /// Platforms to build, in the order given (default `linux/amd64`).
+    pub platforms: Vec<Platform>,
+    /// Layer compression.
+    pub compression: Compression,
+    /// Manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Tags; the first becomes `org.opencontainers.image.ref.name` in a layout.
+    pub tags: Vec<String>,
+    /// The `[config]` table.
+    pub config: ConfigSection,
+    /// The `[[layers]]`, in order.
+    pub layers: Vec<LayerSection>,
+}
+
+/// Where an image starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// An empty root.
+    Scratch,
+    /// Another recipe, built first (`base = "base-images/x.toml"`).
+    Recipe {
+        /// The base recipe's path, resolved against this recipe's directory.
+        path: PathBuf,
+        /// Where `base` is written, for errors.
+        span: std::ops::Range<usize>,
+    },
+    /// An OCI image layout on disk (`oci:PATH` or `oci:PATH@sha256:…`).
+    Layout {
+        /// The layout directory, resolved against this recipe's directory.
+        path: PathBuf,
+        /// The manifest or index to use; required when the layout holds several.
+        digest: Option<crate::digest::Digest>,
+        /// Where `base` is written, for errors.
+        span: std::ops::Range<usize>,
+    },
+}
+
+/// The layer compression algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (the default; what every runtime reads).
+    Gzip,
+    /// zstd (smaller and faster; needs a recent runtime).
+    Zstd,
+}
+
+/// A file mode: an integer (`0o755`) or a string of octal digits (`"0755"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(i64),
+            Str(String),
+        }
+        let value = match Repr::deserialize(d)? {
+            Repr::Int(n) => n,
+            Repr::Str(s) => i64::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not an octal mode: write `0o755` or `\"0755\"`"
+                ))
+            })?,
+        };
+        if !(0..=0o7777).contains(&value) {
+            return Err(serde::de::Error::custom(format!(
+                "mode {value} is out of range: modes are octal, from `0o0` to `0o7777` (did you mean `0o{value}`?)"
+            )));
+        }
+        Ok(Mode(value as u32))
+    }
+}
+
+/// The `[config]` table: the runtime configuration of the image.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSection {
+    /// `entrypoint`: the command run when the container starts.
+    pub entrypoint: Option<Vec<String>>,
+    /// `cmd`: default arguments to the entrypoint.
+    pub cmd: Option<Vec<String>>,
+    /// `env`: environment variables, merged over the base's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `user`: `uid[:gid]` or a name.
+    pub user: Option<String>,
+    /// `workdir`: the working directory (absolute).
+    pub workdir: Option<Spanned<String>>,
+    /// `labels`: config labels, merged over the base's.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `exposed_ports`: `"8080"`, `"8080/tcp"` or `"53/udp"`.
+    #[serde(default)]
+    pub exposed_ports: Vec<Spanned<String>>,
+    /// `volumes`: absolute paths.
+    #[serde(default)]
+    pub volumes: Vec<Spanned<String>>,
+    /// `stop_signal`: e.g. `"SIGTERM"`.
+    pub stop_signal: Option<String>,
+}
+
+/// One `[[layers]]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSection {
+    /// An optional name, shown in output and history.
+    pub name: Option<String>,
+    /// Single host files.
+    #[serde(default)]
+    pub files: Vec<Spanned<FileItem>>,
+    /// Host directories, recursively.
+    #[serde(default)]
+    pub trees: Vec<Spanned<TreeItem>>,
+    /// Small inline files.
+    #[serde(default)]
+    pub contents: Vec<Spanned<ContentItem>>,
+    /// Directories.
+    #[serde(default)]
+    pub dirs: Vec<Spanned<DirItem>>,
+    /// Symbolic links.
+    #[serde(default)]
+    pub symlinks: Vec<Spanned<SymlinkItem>>,
+}
+
+/// `files = [{ src, dest, mode?, uid?, gid? }]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileItem {
+    /// Host path, relative to the recipe.
+    pub src: Spanned<String>,
+    /// Absolute path in the image; ending in `/` puts the file in that directory.
+    pub dest: Spanned<String>,
+    /// Mode; default 0755 if the host file is executable, else 0644.
+    pub mode: Option<Mode>,
+    /// Owner uid (default 0).
+    pub uid: Option<u32>,
+    /// Owner gid (default 0).
+    pub gid: Option<u32>,
+}
+
+/// `trees = [{ src, dest, exclude?, mode?, uid?, gid? }]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeItem {
+    /// Host directory, relative to the recipe.
+    pub src: Spanned<String>,
+    /// Absolute directory in the image.
+    pub dest: Spanned<String>,
+    /// Globs of paths to leave out (relative to `src`; a glob without `/` matches a name at any depth).
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
+    /// Mode for every regular file in the tree (directories stay 0755).
+    pub mode: Option<Mode>,
+    /// Owner uid of every entry (default 0).
+    pub uid: Option<u32>,
+    /// Owner gid of every entry (default 0).
+    pub gid: Option<u32>,
+}
+
+/// `contents = [{ dest, text, mode? }]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentItem {
+    /// Absolute path in the image.
+    pub dest: Spanned<String>,
+    /// The file's text, written as is.
+    pub text: String,
+    /// Mode (default 0644).
+    pub mode: Option<Mode>,
+    /// Owner uid (default 0).
+    pub uid: Option<u32>,
+    /// Owner gid (default 0).
+    pub gid: Option<u32>,
+}
+
+/// `dirs = [{ path, mode?, uid?, gid? }]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirItem {
+    /// Absolute path in the image.
+    pub path: Spanned<String>,
+    /// Mode (default 0755).
+    pub mode: Option<Mode>,
+    /// Owner uid (default 0).
+    pub uid: Option<u32>,
+    /// Owner gid (default 0).
+    pub gid: Option<u32>,
+}
+
+/// `symlinks = [{ path, target }]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymlinkItem {
+    /// Absolute path of the link in the image.
+    pub path: Spanned<String>,
+    /// What the link points to, stored as written.
+    pub target: Spanned<String>,
+    /// Owner uid (default 0).
+    pub uid: Option<u32>,
+    /// Owner gid (default 0).
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecipe {
+    name: Spanned<String>,
+    base: Option<Spanned<String>>,
+    platforms: Option<Vec<Spanned<String>>>,
+    compression: Option<Compression>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    config: ConfigSection,
+    #[serde(default)]
+    layers: Vec<LayerSection>,
+}
+
+impl Recipe {
+    /// Reads and validates the recipe at `path`.
+    pub fn load(path: &Path) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = (e.kind() == std::io::ErrorKind::NotFound).then(|| {
+                "check the path; recipes are TOML files such as `recipes/hello.toml`".to_string()
+            });
+            Error::invalid(
+                format!("cannot read recipe `{}`: {e}", path.display()),
+                hint,
+            )
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Parses and validates recipe `text`, which was read from `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Recipe> {
+        let source = Source {
+            path: path.to_path_buf(),
+            text,
+        };
+        let raw: RawRecipe = toml::from_str(&source.text).map_err(|e| toml_error(&source, &e))?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        validate::recipe(source, dir, raw)
+    }
+}
+
+fn toml_error(source: &Source, e: &toml::de::Error) -> Error {
+    let span = e.span().unwrap_or(0..0);
+    let message = e.message().trim_end().to_string();
+    let hint = if message.starts_with("unknown field") {
+        "remove the key or fix its spelling; the README lists every recipe key"
+    } else if message.starts_with("missing field") {
+        "add the key; the README's recipe reference shows each table's required keys"
+    } else if message.starts_with("invalid type") {
+        "check the value's type against the README's recipe reference"
+    } else {
+        "see the README's recipe reference"
+    };
+    source.error(span, message).hint(hint).into()
+}

@@ -1,0 +1,248 @@
+//! Checks a raw recipe's values and turns it into a [`Recipe`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::{Base, Compression, Platform, RawRecipe, Recipe};
+use crate::error::{Result, Source};
+
+pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Recipe> {
+    let name = raw.name.get_ref().trim().to_string();
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(source
+            .error(raw.name.span(), "`name` must be a plain, non-empty name")
+            .hint("use letters, digits, `-`, `_` or `.`, e.g. `name = \"hello\"`; it names the default output `out/NAME`")
+            .into());
+    }
+
+    let base = match &raw.base {
+        None => Base::Scratch,
+        Some(b) => parse_base(&source, &dir, b)?,
+    };
+
+    let mut platforms = Vec::new();
+    let mut seen = BTreeSet::new();
+    match &raw.platforms {
+        None => platforms.push(Platform::default_platform()),
+        Some(list) if list.is_empty() => {
+            return Err(source
+                .error(0..0, "`platforms` is empty")
+                .hint("name at least one platform, e.g. `platforms = [\"linux/amd64\"]`, or leave the key out")
+                .into())
+        }
+        Some(list) => {
+            for p in list {
+                let platform = Platform::parse(p.get_ref()).map_err(|msg| {
+                    source
+                        .error(p.span(), msg)
+                        .hint("platforms are written as in `docker --platform`: `linux/amd64`, `linux/arm64`, `linux/arm/v7`")
+                })?;
+                if !seen.insert(platform.clone()) {
+                    return Err(source
+                        .error(p.span(), format!("platform `{platform}` is listed twice"))
+                        .hint("remove the duplicate")
+                        .into());
+                }
+                platforms.push(platform);
+            }
+        }
+    }
+
+    let mut tags = Vec::new();
+    for t in &raw.tags {
+        let tag = t.get_ref();
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !tag.starts_with(['.', '-']);
+        if !valid {
+            return Err(source
+                .error(t.span(), format!("`{tag}` is not a valid tag"))
+                .hint("a tag is up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`")
+                .into());
+        }
+        tags.push(tag.clone());
+    }
+
+    let config = raw.config;
+    if let Some(w) = &config.workdir {
+        image_path(&source, w, "`workdir`")?;
+    }
+    for v in &config.volumes {
+        image_path(&source, v, "a volume")?;
+    }
+    for p in &config.exposed_ports {
+        check_port(&source, p)?;
+    }
+
+    for layer in &raw.layers {
+        for f in &layer.files {
+            let f = f.get_ref();
+            non_empty(&source, &f.src, "`src`")?;
+            image_path(&source, &f.dest, "`dest`")?;
+        }
+        for t in &layer.trees {
+            let t = t.get_ref();
+            non_empty(&source, &t.src, "`src`")?;
+            image_path(&source, &t.dest, "`dest`")?;
+            for g in &t.exclude {
+                globset::Glob::new(g.get_ref()).map_err(|e| {
+                    source
+                        .error(g.span(), format!("invalid exclude glob: {e}"))
+                        .hint("globs use `*`, `**`, `?` and `[abc]`, e.g. `*.tmp` or `cache/**`")
+                })?;
+            }
+        }
+        for c in &layer.contents {
+            file_path(&source, &c.get_ref().dest)?;
+        }
+        for d in &layer.dirs {
+            image_path(&source, &d.get_ref().path, "`path`")?;
+        }
+        for s in &layer.symlinks {
+            let s = s.get_ref();
+            file_path(&source, &s.path)?;
+            non_empty(&source, &s.target, "`target`")?;
+        }
+    }
+
+    Ok(Recipe {
+        source,
+        dir,
+        name,
+        base,
+        platforms,
+        compression: raw.compression.unwrap_or(Compression::Gzip),
+        annotations: raw.annotations,
+        tags,
+        config,
+        layers: raw.layers,
+    })
+}
+
+fn parse_base(source: &Source, dir: &std::path::Path, b: &Spanned<String>) -> Result<Base> {
+    let text = b.get_ref().trim();
+    let span = b.span();
+    if text == "scratch" {
+        return Ok(Base::Scratch);
+    }
+    if let Some(rest) = text.strip_prefix("oci:") {
+        let (path, digest) = match rest.rsplit_once('@') {
+            Some((p, d)) => {
+                let digest = d.parse().map_err(|e| {
+                    source
+                        .error(span.clone(), format!("{e}"))
+                        .hint("write `oci:PATH@sha256:<64 hex digits>`, or `oci:PATH` for a layout holding one image")
+                })?;
+                (p, Some(digest))
+            }
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(source
+                .error(span, "`oci:` needs the path of an OCI image layout")
+                .hint("write `oci:PATH` or `oci:PATH@sha256:…`")
+                .into());
+        }
+        return Ok(Base::Layout {
+            path: dir.join(path),
+            digest,
+            span,
+        });
+    }
+    if text.ends_with(".toml") {
+        return Ok(Base::Recipe {
+            path: dir.join(text),
+            span,
+        });
+    }
+    Err(source
+        .error(span, format!("`{text}` is not a base kiln can use yet"))
+        .hint("use `scratch`, the path of another recipe (`base-images/x.toml`), or an OCI layout (`oci:PATH@sha256:…`)")
+        .into())
+}
+
+fn non_empty(source: &Source, s: &Spanned<String>, what: &str) -> Result<()> {
+    if s.get_ref().is_empty() {
+        return Err(source
+            .error(s.span(), format!("{what} is empty"))
+            .hint("give a path")
+            .into());
+    }
+    Ok(())
+}
+
+/// Normalises an absolute image path from a recipe into a tar path (no leading `/`).
+///
+/// `/` itself becomes the empty string. Errors name the recipe line: the
+/// path must be absolute and must not climb out with `..`.
+pub fn image_path(source: &Source, s: &Spanned<String>, what: &str) -> Result<String> {
+    let text = s.get_ref();
+    if !text.starts_with('/') {
+        return Err(source
+            .error(s.span(), format!("{what} `{text}` is not an absolute path"))
+            .hint(format!(
+                "paths in the image start with `/`, e.g. `/{}`",
+                text.trim_start_matches("./")
+            ))
+            .into());
+    }
+    if text.contains('\0') {
+        return Err(source
+            .error(s.span(), format!("{what} contains a NUL byte"))
+            .hint("remove it")
+            .into());
+    }
+    let mut parts = Vec::new();
+    for part in text.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(source
+                    .error(s.span(), format!("{what} `{text}` contains `..`"))
+                    .hint("write the path without `..`; paths may not climb out of the image root")
+                    .into())
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Like [`image_path`], for a path that names a file (not `/`).
+fn file_path(source: &Source, s: &Spanned<String>) -> Result<String> {
+    let path = image_path(source, s, "the path")?;
+    if path.is_empty() {
+        return Err(source
+            .error(s.span(), "`/` cannot be a file or link")
+            .hint("give the full path, e.g. `/etc/hostname`")
+            .into());
+    }
+    Ok(path)
+}
+
+fn check_port(source: &Source, p: &Spanned<String>) -> Result<()> {
+    let text = p.get_ref();
+    let (num, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+    let ok = num.parse::<u16>().is_ok_and(|n| n > 0) && matches!(proto, "tcp" | "udp" | "sctp");
+    if !ok {
+        return Err(source
+            .error(p.span(), format!("`{text}` is not a port"))
+            .hint("write `PORT` or `PORT/PROTO`, e.g. `8080` or `53/udp` (tcp, udp or sctp)")
+            .into());
+    }
+    Ok(())
+}
+
+/// The `PORT/PROTO` form of a validated port.
+pub(crate) fn port_key(text: &str) -> String {
+    if text.contains('/') {
+        text.to_string()
+    } else {
+        format!("{text}/tcp")
+    }
+}

@@ -1,0 +1,285 @@
+//! The content-addressed store: blobs by digest, and the layer cache.
+//!
+//! Layout under the root (`KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else
+//! `~/.cache/kiln`):
+//!
+//! ```text
+//! blobs/sha256/<hex>     every blob kiln has built or imported
+//! layers/<hex>.json      layer cache: input digest → built layer
+//! tmp/                   blobs being written
+//! ```
+//!
+//! A blob is written to a temporary file in `tmp/`, hashed while written,
+//! fsynced, then renamed into place, so a name never lies about its content
+//! and a killed build leaves only stray temporary files. Reads verify the
+//! digest. Two processes may share a store: renames are atomic and the last
+//! writer of identical content wins harmlessly.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, HashingReader, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+
+/// A content-addressed blob store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A built layer as the layer cache remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (the config's diff_id).
+    pub diff_id: Digest,
+    /// Size of the compressed blob in bytes.
+    pub size: u64,
+    /// The layer media type.
+    pub media_type: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "layers", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).at("create", &dir)?;
+        }
+        Ok(Self { root })
+    }
+
+    /// The default store location: `KILN_CACHE`, `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.
+    pub fn default_root() -> Result<PathBuf> {
+        let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        if let Some(dir) = nonempty("KILN_CACHE") {
+            return Ok(PathBuf::from(dir));
+        }
+        if let Some(dir) = nonempty("XDG_CACHE_HOME") {
+            return Ok(PathBuf::from(dir).join("kiln"));
+        }
+        if let Some(home) = nonempty("HOME") {
+            return Ok(PathBuf::from(home).join(".cache").join("kiln"));
+        }
+        Err(Error::invalid(
+            "no place for kiln's store: none of `KILN_CACHE`, `XDG_CACHE_HOME` or `HOME` is set",
+            Some("set `KILN_CACHE` to a writable directory".into()),
+        ))
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob named `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    /// Whether the store holds `digest`.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Starts writing a new blob.
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let dir = self.root.join("tmp");
+        let file = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&dir)
+            .at("create a temporary file in", &dir)?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    /// Stores `bytes` and returns their digest.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let mut w = self.writer()?;
+        w.write_all(bytes).at("write", &self.root.join("tmp"))?;
+        let (got, _) = w.commit(Some(&digest))?;
+        Ok(got)
+    }
+
+    /// Copies `reader` into the store, failing unless its content has digest `expected`.
+    pub fn put_verified(&self, reader: impl Read, expected: &Digest, what: &str) -> Result<u64> {
+        let mut w = self.writer()?;
+        let mut reader = reader;
+        io::copy(&mut reader, &mut w)
+            .map_err(|e| Error::io("copy into the store", PathBuf::from(what.to_string()), e))?;
+        w.commit_named(Some(expected), what).map(|(_, n)| n)
+    }
+
+    /// Opens a blob for reading; the reader fails at its end if the content does not match.
+    pub fn open_blob(&self, digest: &Digest) -> Result<VerifiedReader<File>> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).at("open blob", &path)?;
+        Ok(VerifiedReader {
+            inner: HashingReader::new(file),
+            expected: digest.clone(),
+            what: path,
+        })
+    }
+
+    /// Reads a whole (small) blob into memory, verified.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let path = self.blob_path(digest);
+        self.open_blob(digest)?
+            .read_to_end(&mut buf)
+            .map_err(|e| verify_error(e, &path))?;
+        Ok(buf)
+    }
+
+    /// The size in bytes of a stored blob.
+    pub fn size(&self, digest: &Digest) -> Result<u64> {
+        let path = self.blob_path(digest);
+        Ok(fs::metadata(&path).at("stat blob", &path)?.len())
+    }
+
+    /// Looks up the layer cache; a record whose blob is gone counts as a miss.
+    pub fn cached_layer(&self, input: &Digest) -> Option<LayerRecord> {
+        let path = self.layer_index_path(input);
+        let text = fs::read(path).ok()?;
+        let record: LayerRecord = serde_json::from_slice(&text).ok()?;
+        let size = fs::metadata(self.blob_path(&record.digest)).ok()?.len();
+        (size == record.size).then_some(record)
+    }
+
+    /// Records a built layer under its input digest (atomically).
+    pub fn remember_layer(&self, input: &Digest, record: &LayerRecord) -> Result<()> {
+        let path = self.layer_index_path(input);
+        let dir = self.root.join("layers");
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".layer-")
+            .tempfile_in(&dir)
+            .at("create a temporary file in", &dir)?;
+        let text = serde_json::to_vec(record).expect("layer records serialise");
+        tmp.write_all(&text).at("write", tmp.path())?;
+        tmp.as_file().sync_all().at("sync", tmp.path())?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io("rename into", &path, e.error))?;
+        Ok(())
+    }
+
+    fn layer_index_path(&self, input: &Digest) -> PathBuf {
+        self.root
+            .join("layers")
+            .join(format!("{}.json", input.hex()))
+    }
+}
+
+/// Turns the error a [`VerifiedReader`] raises on a mismatch back into kiln's error.
+pub fn verify_error(e: io::Error, path: &Path) -> Error {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<MismatchError>())
+    {
+        Some(m) => Error::DigestMismatch {
+            what: format!("`{}`", path.display()),
+            expected: m.expected.clone(),
+            actual: m.actual.clone(),
+        },
+        None => Error::io("read", path, e),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("content of `{what}` does not match its digest: expected `{expected}`, got `{actual}`")]
+struct MismatchError {
+    what: String,
+    expected: Digest,
+    actual: Digest,
+}
+
+/// A reader over a blob that checks the blob's digest when it reaches the end.
+pub struct VerifiedReader<R> {
+    inner: HashingReader<R>,
+    expected: Digest,
+    what: PathBuf,
+}
+
+impl<R: Read> Read for VerifiedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let actual = self.inner.digest_so_far();
+            if actual != self.expected {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    MismatchError {
+                        what: self.what.display().to_string(),
+                        expected: self.expected.clone(),
+                        actual,
+                    },
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A blob being written: hashed as it goes, renamed into place on [`commit`](BlobWriter::commit).
+pub struct BlobWriter {
+    store: Store,
+    inner: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Syncs the blob and moves it into place; fails (and stores nothing) if
+    /// `expected` is given and does not match.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        self.commit_named(expected, "blob")
+    }
+
+    fn commit_named(self, expected: Option<&Digest>, what: &str) -> Result<(Digest, u64)> {
+        let (buf, digest, len) = self.inner.finish();
+        let tmp_dir = self.store.root.join("tmp");
+        let file = buf
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp_dir, e.into_error()))?;
+        if let Some(expected) = expected {
+            if *expected != digest {
+                return Err(Error::DigestMismatch {
+                    what: what.to_string(),
+                    expected: expected.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        file.as_file().sync_all().at("sync", file.path())?;
+        let dest = self.store.blob_path(&digest);
+        file.persist(&dest)
+            .map_err(|e| Error::io("rename into", &dest, e.error))?;
+        sync_dir(dest.parent().expect("blob paths have a parent"))?;
+        Ok((digest, len))
+    }
+}
+
+/// Fsyncs a directory so that a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("sync directory", dir)
+}
