@@ -1,0 +1,114 @@
+//! Shared helpers for the integration tests: run the real `kiln` binary in a
+//! scratch directory with a store of its own.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The path of the `kiln` binary cargo built for these tests.
+pub fn kiln_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// A scratch workspace: a temp dir with its own `KILN_CACHE`.
+pub struct Work {
+    pub dir: tempfile::TempDir,
+}
+
+impl Work {
+    pub fn new() -> Work {
+        Work {
+            dir: tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+
+    /// Writes `text` to `rel` (creating parent directories) and returns the full path.
+    pub fn write(&self, rel: &str, text: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A `kiln` command run in the workspace with the workspace's store and no
+    /// `SOURCE_DATE_EPOCH` from the caller's environment.
+    pub fn kiln(&self) -> Command {
+        let mut c = Command::new(kiln_bin());
+        c.current_dir(self.path())
+            .env("KILN_CACHE", self.cache())
+            .env("KILN_NO_PROGRESS", "1")
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+
+    /// Runs `kiln ARGS…`, asserts success and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kiln().args(args).output().unwrap();
+        assert_success(&out, &format!("kiln {}", args.join(" ")));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `kiln ARGS…`, asserts failure and returns (exit code, stderr).
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.kiln().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "kiln {} should have failed; stdout:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    /// Builds `recipe` into `out` and returns the printed digest.
+    pub fn build(&self, recipe: &str, out: &str) -> String {
+        last_digest(&self.ok(&["build", recipe, "--out", out]))
+    }
+}
+
+/// The digest on the last line of `kiln build`'s stdout, checked for form.
+pub fn last_digest(stdout: &str) -> String {
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.len() == 71 && line.starts_with("sha256:"),
+        "last line of stdout is not a digest: {stdout:?}"
+    );
+    line
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether an external tool is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Runs an external command, asserts success and returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert_success(&out, &format!("{cmd:?}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
