@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# kiln build benchmark (a benchmark, not a test: it asserts nothing about speed).
+#
+# Builds a one-layer image from a ~1 GiB, ~50,000-file tree with kiln and with
+# two baselines (umoci, tar|gzip), and prints wall time and peak RSS for:
+#   cold     kiln: fresh KILN_CACHE and --out
+#   noop     kiln: same cache, nothing changed
+#   changed  kiln: same cache, one file's content changed
+#
+# Usage:  bench/build-bench.sh                       # full run (~1 GiB, ~50k files)
+#         BENCH_MB=50 BENCH_FILES=2000 bench/build-bench.sh   # quick run
+#
+# Environment:
+#   BENCH_DIR    work dir (default /tmp/kiln-bench); the tree is reused when its
+#                parameters match, everything else is rebuilt each run
+#   BENCH_MB     tree size in MiB (default 1024)
+#   BENCH_FILES  number of files in the tree (default 50000)
+#   KILN_BIN     use this kiln binary instead of running `cargo build --release`
+#   BENCH_NO_UMOCI_REPACK=1  skip the extra `umoci repack` rows
+#
+# Peak RSS is GNU time's %M: the largest resident set of the process or of any
+# one of its waited-for descendants (for `tar | gzip` the larger of the two,
+# not their sum). All runs read the tree from a warm page cache.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DIR=${BENCH_DIR:-/tmp/kiln-bench}
+MB=${BENCH_MB:-1024}
+FILES=${BENCH_FILES:-50000}
+GEN_VERSION=1
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+[[ $MB =~ ^[0-9]+$ && $MB -ge 1 ]] || die "BENCH_MB must be a positive integer"
+[[ $FILES =~ ^[0-9]+$ && $FILES -ge 10 ]] || die "BENCH_FILES must be an integer >= 10"
+command -v python3 >/dev/null || die "python3 is needed to generate the tree"
+
+# --- tools -----------------------------------------------------------------
+need=()
+[[ -x /usr/bin/time ]] || need+=(time)
+command -v umoci >/dev/null || need+=(umoci)
+command -v gzip >/dev/null || need+=(gzip)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [[ -n ${KILN_BIN:-} ]]; then
+    KILN=$KILN_BIN
+else
+    log "cargo build --release"
+    (cd "$REPO" && cargo build --release --quiet)
+    KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
+fi
+[[ -x $KILN ]] || die "no kiln binary at $KILN"
+KILN=$(realpath "$KILN")
+
+mkdir -p "$DIR"
+DIR=$(realpath "$DIR")
+cd "$DIR"
+
+# --- the tree ----------------------------------------------------------------
+# About 70% of the files and 60% of the bytes are copied from /usr (text and
+# binaries as found there); the rest is generated: one big file (1/8 of the
+# size, to show whether memory follows file size) and many small-to-medium
+# files, half compressible text and half random bytes. Generation is seeded,
+# so a tree of given parameters is the same on every run on one machine.
+stamp="v$GEN_VERSION mb=$MB files=$FILES"
+if [[ -d tree && -f tree.stamp && $(cat tree.stamp) == "$stamp" ]]; then
+    log "reusing $DIR/tree ($stamp)"
+else
+    log "generating $DIR/tree ($stamp)"
+    rm -rf tree tree.stamp changed.orig
+    python3 - "$MB" "$FILES" <<'PY'
+import os, random, shutil, sys
+
+mb, nfiles = int(sys.argv[1]), int(sys.argv[2])
+total = mb << 20
+rng = random.Random(20261125)
+root = "tree"
+os.makedirs(root)
+
+# 1. copy regular files from /usr
+max_copy = 16 << 20
+cands = []
+for top in ("/usr/share", "/usr/lib", "/usr/bin"):
+    for d, dirs, names in os.walk(top):
+        dirs.sort()
+        for n in sorted(names):
+            p = os.path.join(d, n)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if (st.st_mode & 0o170000) == 0o100000 and 0 < st.st_size <= max_copy \
+                    and os.access(p, os.R_OK):
+                cands.append((p, st.st_size))
+want_files = int(nfiles * 0.7)
+want_bytes = int(total * 0.6)
+step = max(1, len(cands) // max(1, want_files))
+copied = copied_bytes = 0
+for p, size in cands[::step]:
+    if copied >= want_files:
+        break
+    if copied_bytes + size > want_bytes:
+        continue
+    dst = os.path.join(root, p.lstrip("/"))
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        shutil.copy2(p, dst)
+    except OSError:
+        continue
+    copied += 1
+    copied_bytes += size
+
+# 2. generated files
+gen = nfiles - copied
+rest = max(0, total - copied_bytes)
+big = min(rest, total // 8)
+vocab = ["".join(rng.choice("etaoinshrdlucmfwypvbgkjqxz") for _ in range(rng.randint(2, 10)))
+         for _ in range(5000)]
+weights = [1.0 / (i + 1) for i in range(len(vocab))]
+lines = []
+while sum(map(len, lines)) < (4 << 20):
+    words = rng.choices(vocab, weights, k=4000)
+    lines.append("\n".join(" ".join(words[i:i + 10]) for i in range(0, len(words), 10)) + "\n")
+text = "".join(lines).encode()
+
+def text_bytes(n):
+    out = bytearray()
+    while len(out) < n:
+        off = rng.randrange(len(text))
+        out += text[off:off + n - len(out)]
+    return bytes(out)
+
+def write(path, data, mode):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+n = 0
+if big > 0:
+    with open(os.path.join(root, "big.bin"), "wb") as f:
+        left = big
+        while left:
+            chunk = min(left, 8 << 20)
+            f.write(rng.randbytes(chunk))
+            left -= chunk
+    n = 1
+small = gen - n
+if small > 0:
+    raw = [2 ** rng.uniform(6, 22) for _ in range(small)]   # 64 B .. 4 MiB, log-uniform
+    scale = (rest - big) / sum(raw)
+    for i, r in enumerate(raw):
+        size = max(0, int(r * scale))
+        d = os.path.join(root, "gen", "%02d" % (i // 10000), "%02d" % (i // 100 % 100))
+        if i % 2 == 0:
+            write(os.path.join(d, "f%06d.txt" % i), text_bytes(size), 0o644)
+        else:
+            write(os.path.join(d, "f%06d.bin" % i), rng.randbytes(size), 0o755 if i % 10 == 1 else 0o644)
+print("copied %d files (%d MiB) from /usr, generated %d files (%d MiB)"
+      % (copied, copied_bytes >> 20, gen, rest >> 20), file=sys.stderr)
+PY
+    echo "$stamp" >tree.stamp
+fi
+
+CHANGED=tree/gen/00/00/f000000.txt
+[[ -f $CHANGED ]] || die "$CHANGED missing from the tree"
+[[ -f changed.orig ]] || cp -p "$CHANGED" changed.orig
+tree_files=$(find tree -type f | wc -l)
+tree_mib=$(find tree -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s / 1048576}')
+log "tree: $tree_files files, $tree_mib MiB"
+
+restore() { cp -p changed.orig "$CHANGED"; }
+change1() { cp -p changed.orig "$1"; printf 'changed by build-bench.sh\n' >>"$1"; }
+
+cat >bench.toml <<'EOF'
+name = "bench"
+
+[[layers]]
+trees = [{ src = "tree", dest = "/data" }]
+EOF
+
+# warm the page cache so no tool pays for the first read of the tree
+tar -cf - tree | cat >/dev/null
+
+# --- measuring -----------------------------------------------------------------
+RESULTS=()   # "case tool wall_s rss_kib out_bytes"
+out_bytes() {  # out_bytes PATH | LAYOUT:TAG -> bytes of a file, a dir, or one image in an OCI layout
+    case $1 in
+    *:*) python3 - "${1%%:*}" "${1#*:}" <<'PY'
+import json, os, sys
+layout, tag = sys.argv[1:]
+def blob(d):
+    return os.path.join(layout, "blobs", *d.split(":"))
+for m in json.load(open(os.path.join(layout, "index.json")))["manifests"]:
+    if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+        man = json.load(open(blob(m["digest"])))
+        print(m["size"] + man["config"]["size"] + sum(l["size"] for l in man["layers"]))
+        break
+else:
+    print(0)
+PY
+        ;;
+    *) if [[ -e $1 ]]; then du -sb "$1" | cut -f1; else echo 0; fi ;;
+    esac
+}
+measure() {  # measure CASE TOOL OUT_PATH -- CMD...
+    local case=$1 tool=$2 out=$3; shift 4
+    local tf=$DIR/logs/$tool-$case.time lf=$DIR/logs/$tool-$case.log
+    if ! /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$lf" 2>&1; then
+        cat "$tf" >&2 || true
+        tail -n 30 "$lf" >&2
+        die "$tool ($case) failed; full log: $lf"
+    fi
+    local wall rss
+    read -r wall rss < <(tail -n 1 "$tf")
+    local bytes
+    bytes=$(out_bytes "$out")
+    RESULTS+=("$case $tool $wall $rss $bytes")
+    log "$(printf '%-8s %-13s %8ss %8.1f MiB' "$case" "$tool" "$wall" "$(echo "$rss" | awk '{print $1/1024}')")"
+}
+rm -rf logs && mkdir logs
+
+# kiln
+restore
+rm -rf cache out
+export KILN_NO_PROGRESS=1
+kiln=(env KILN_CACHE="$DIR/cache" "$KILN" build bench.toml --out "$DIR/out")
+measure cold    kiln out -- "${kiln[@]}"
+measure noop    kiln out -- "${kiln[@]}"
+change1 "$CHANGED"
+measure changed kiln out -- "${kiln[@]}"
+restore
+
+# umoci: no layer cache, so every case inserts the whole tree into the empty
+# base image (the same one-layer image shape as kiln's), each under its own tag.
+rm -rf oci bundle
+umoci init --layout oci
+umoci new --image oci:base
+measure cold    umoci oci:t-cold    -- umoci insert --image oci:base --tag t-cold tree /data
+measure noop    umoci oci:t-noop    -- umoci insert --image oci:base --tag t-noop tree /data
+change1 "$CHANGED"
+measure changed umoci oci:t-changed -- umoci insert --image oci:base --tag t-changed tree /data
+restore
+
+# umoci's own incremental path (extra rows): unpack the cold image once
+# (untimed), then `umoci repack` diffs the bundle against its mtree and appends
+# a delta layer to the image (out = the whole image, base layer + deltas).
+if [[ -z ${BENCH_NO_UMOCI_REPACK:-} ]]; then
+    umoci unpack --image oci:t-cold bundle >/dev/null
+    measure noop    umoci-repack oci:t-cold -- umoci repack --image oci:t-cold bundle
+    change1 bundle/rootfs/data/${CHANGED#tree/}
+    measure changed umoci-repack oci:t-cold -- umoci repack --image oci:t-cold bundle
+    rm -rf bundle
+fi
+
+# tar | gzip: no cache, the same work in every case
+tgz=(bash -o pipefail -c 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | gzip -n >x.tar.gz')
+measure cold    tar x.tar.gz -- "${tgz[@]}"
+measure noop    tar x.tar.gz -- "${tgz[@]}"
+change1 "$CHANGED"
+measure changed tar x.tar.gz -- "${tgz[@]}"
+restore
+
+# --- report --------------------------------------------------------------------
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
+rev=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
+echo
+echo "## kiln build benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "- machine: $(nproc) CPUs ($cpu), $mem RAM; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- kiln: $rev ($KILN)"
+echo "- tree: $tree_files files, $tree_mib MiB (BENCH_MB=$MB BENCH_FILES=$FILES); changed file: ${CHANGED#tree/}"
+echo "- kiln: \`KILN_CACHE=cache KILN_NO_PROGRESS=1 kiln build bench.toml --out out\`; cold = fresh cache and out"
+echo "- umoci $(umoci --version | awk '{print $3}'): no cache, so every case is \`umoci insert --image oci:base --tag t-CASE tree /data\`"
+echo "  into an empty base image (closest to kiln's one-layer build from the source tree)"
+[[ -z ${BENCH_NO_UMOCI_REPACK:-} ]] && echo "- umoci-repack (extra): \`umoci repack\` of an unpacked bundle, umoci's incremental path (delta layer; unpack untimed)"
+echo "- tar: \`tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | gzip -n > x.tar.gz\`, same work in every case"
+echo "- wall: GNU time %e; peak RSS: GNU time %M (largest single process); out: size of the output after the run"
+echo
+printf '| %-7s | %-12s | %8s | %13s | %8s | %11s | %10s |\n' case tool "wall s" "peak RSS MiB" "out MiB" "kiln/x wall" "kiln/x RSS"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------  -------------- ---------: --------------: ---------: ------------: -----------:
+for c in cold noop changed; do
+    kw= kr=
+    for r in "${RESULTS[@]}"; do
+        read -r rc rt rw rr rb <<<"$r"
+        [[ $rc == "$c" && $rt == kiln ]] && kw=$rw kr=$rr
+    done
+    for r in "${RESULTS[@]}"; do
+        read -r rc rt rw rr rb <<<"$r"
+        [[ $rc == "$c" ]] || continue
+        awk -v c="$rc" -v t="$rt" -v w="$rw" -v r="$rr" -v b="$rb" -v kw="$kw" -v kr="$kr" 'BEGIN {
+            if (t == "kiln") { rw = "-"; rr = "-" }
+            else {
+                rw = (w > 0 && kw != "") ? sprintf("%.2f", kw / w) : "n/a"
+                rr = (r > 0 && kr != "") ? sprintf("%.2f", kr / r) : "n/a"
+            }
+            printf "| %-7s | %-12s | %8.2f | %13.1f | %8.1f | %11s | %10s |\n", c, t, w, r / 1024, b / 1048576, rw, rr
+        }'
+    done
+done
