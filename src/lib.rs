@@ -1,5 +1,17 @@
+//! kiln builds reproducible, content-addressed OCI images from TOML recipes.
+//!
+//! The pipeline runs one way, one module per stage: [`recipe`] (parse) →
+//! [`source`] (read inputs into a [`plan`]) → [`layer`] (tar + compress into
+//! the [`store`]) → [`image`] (config, manifest, index) → [`export`] (OCI
+//! layout or archive). [`build`] runs the whole pipeline for one recipe;
+//! [`inspect`] reads a layout back.
+
 pub mod digest;
 pub mod error;
+pub mod image;
 pub mod json;
+pub mod layer;
+pub mod plan;
 pub mod recipe;
+pub mod source;
 pub mod store;

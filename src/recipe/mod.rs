@@ -18,7 +18,7 @@ pub use platform::Platform;
 
 use crate::error::{Error, Result, Source};
 
-pub use validate::image_path;
+pub use validate::{image_path, port_key};
 
 /// A parsed, validated recipe.
 #[derive(Debug, Clone)]

@@ -239,7 +239,7 @@ fn check_port(source: &Source, p: &Spanned<String>) -> Result<()> {
 }
 
 /// The `PORT/PROTO` form of a validated port.
-pub(crate) fn port_key(text: &str) -> String {
+pub fn port_key(text: &str) -> String {
     if text.contains('/') {
         text.to_string()
     } else {

@@ -1,0 +1,274 @@
+//! Base images from an OCI image layout on disk (`base = "oci:PATH[@sha256:…]"`),
+//! and the reading of layouts in general (also used by `kiln inspect`).
+//!
+//! Every blob read from a layout is verified against its digest; layers are
+//! copied into the store unchanged (never recompressed), so an image built
+//! on a base shares the base's layer digests.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::image::{Image, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::recipe::Platform;
+use crate::store::{verify_error, LayerRecord, Store};
+
+/// Refuses to read manifests, indexes and configs larger than this.
+const MAX_JSON: u64 = 16 << 20;
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    dir: PathBuf,
+}
+
+/// A descriptor as found in an index.
+#[derive(Debug, Clone)]
+pub struct Desc {
+    /// The media type.
+    pub media_type: String,
+    /// The digest.
+    pub digest: Digest,
+    /// The declared size.
+    pub size: u64,
+    /// The full descriptor JSON (platform, annotations …).
+    pub json: Value,
+}
+
+impl Layout {
+    /// Opens a layout, checking its `oci-layout` marker.
+    pub fn open(dir: &Path) -> Result<Layout> {
+        let marker = dir.join("oci-layout");
+        if !marker.is_file() {
+            return Err(Error::invalid(
+                format!(
+                    "`{}` is not an OCI image layout (no `oci-layout` file)",
+                    dir.display()
+                ),
+                Some(
+                    "point at a directory written by `kiln build` or `skopeo copy … oci:DIR`"
+                        .into(),
+                ),
+            ));
+        }
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The layout's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The descriptors listed in `index.json`.
+    pub fn index(&self) -> Result<Vec<Desc>> {
+        let path = self.dir.join("index.json");
+        let text = fs::read(&path).at("read", &path)?;
+        let v: Value = serde_json::from_slice(&text).map_err(|e| {
+            Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
+        })?;
+        descriptors(&v, &path)
+    }
+
+    /// Where a blob lives in the layout.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs").join("sha256").join(d.hex())
+    }
+
+    /// Reads a JSON blob (manifest, index, config), verified against its digest.
+    pub fn read_json(&self, d: &Digest) -> Result<(Vec<u8>, Value)> {
+        let path = self.blob_path(d);
+        let file = fs::File::open(&path).at("open blob", &path)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_JSON)
+            .read_to_end(&mut bytes)
+            .at("read", &path)?;
+        let actual = Digest::of(&bytes);
+        if actual != *d {
+            return Err(Error::DigestMismatch {
+                what: format!("`{}`", path.display()),
+                expected: d.clone(),
+                actual,
+            });
+        }
+        let v = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
+        })?;
+        Ok((bytes, v))
+    }
+
+    /// Picks the image for `platform`: the one named by `digest`, or the only one in `index.json`.
+    pub fn load_image(
+        &self,
+        digest: Option<&Digest>,
+        platform: &Platform,
+        store: &Store,
+    ) -> Result<Image> {
+        let top = match digest {
+            Some(d) => d.clone(),
+            None => {
+                let index = self.index()?;
+                let mut digests: Vec<&Digest> = index.iter().map(|d| &d.digest).collect();
+                digests.dedup();
+                match digests.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        return Err(Error::invalid(
+                            format!("`{}` holds no image", self.dir.display()),
+                            None,
+                        ))
+                    }
+                    _ => {
+                        return Err(Error::invalid(
+                            format!("`{}` holds {} images", self.dir.display(), digests.len()),
+                            Some(format!(
+                                "name one by digest: `oci:{}@{}`",
+                                self.dir.display(),
+                                digests[0]
+                            )),
+                        ))
+                    }
+                }
+            }
+        };
+        let (_, doc) = self.read_json(&top)?;
+        let manifest_digest = if is_index(&doc) {
+            let path = self.blob_path(&top);
+            let list = descriptors(&doc, &path)?;
+            let found = list
+                .iter()
+                .find(|d| matches_platform(&d.json, platform))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!(
+                            "the image index `{top}` in `{}` has no manifest for `{platform}`",
+                            self.dir.display()
+                        ),
+                        Some("build the base for this platform, or change `platforms`".into()),
+                    )
+                })?;
+            found.digest.clone()
+        } else {
+            top
+        };
+        self.load_manifest(&manifest_digest, platform, store)
+    }
+
+    fn load_manifest(&self, digest: &Digest, platform: &Platform, store: &Store) -> Result<Image> {
+        let (_, manifest) = self.read_json(digest)?;
+        let path = self.blob_path(digest);
+        let config_desc = manifest
+            .get("config")
+            .map(|c| descriptor(c, &path))
+            .transpose()?
+            .ok_or_else(|| {
+                Error::invalid(format!("manifest `{}` has no config", path.display()), None)
+            })?;
+        let (_, config) = self.read_json(&config_desc.digest)?;
+        let layers = match manifest.get("layers") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|l| descriptor(l, &path))
+                .collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        if diff_ids.len() != layers.len() {
+            return Err(Error::invalid(
+                format!(
+                    "image `{digest}` in `{}` lists {} layers but {} diff_ids",
+                    self.dir.display(),
+                    layers.len(),
+                    diff_ids.len()
+                ),
+                None,
+            ));
+        }
+        let mut records = Vec::new();
+        for (layer, diff_id) in layers.into_iter().zip(diff_ids) {
+            if !store.contains(&layer.digest) {
+                let src = self.blob_path(&layer.digest);
+                let file = fs::File::open(&src).at("open blob", &src)?;
+                store
+                    .put_verified(file, &layer.digest, &format!("`{}`", src.display()))
+                    .map_err(|e| match e {
+                        Error::Io { source, .. } => verify_error(source, &src),
+                        other => other,
+                    })?;
+            }
+            records.push(LayerRecord {
+                digest: layer.digest,
+                diff_id,
+                size: layer.size,
+                media_type: layer.media_type,
+            });
+        }
+        let mut platform = platform.clone();
+        if let Some(os) = config["os"].as_str() {
+            platform.os = os.to_string();
+        }
+        Ok(Image {
+            platform,
+            config,
+            layers: records,
+        })
+    }
+}
+
+/// Whether a JSON document is an image index.
+pub fn is_index(doc: &Value) -> bool {
+    doc.get("mediaType").and_then(Value::as_str) == Some(INDEX_MEDIA_TYPE)
+        || doc.get("manifests").is_some()
+}
+
+/// Whether a JSON document is an image manifest.
+pub fn is_manifest(doc: &Value) -> bool {
+    doc.get("mediaType").and_then(Value::as_str) == Some(MANIFEST_MEDIA_TYPE)
+        || doc.get("config").is_some()
+}
+
+fn matches_platform(desc: &Value, p: &Platform) -> bool {
+    let plat = &desc["platform"];
+    plat["os"].as_str() == Some(p.os.as_str())
+        && plat["architecture"].as_str() == Some(p.arch.as_str())
+        && (p.variant.is_none() || plat["variant"].as_str() == p.variant.as_deref())
+}
+
+/// The descriptors in an index document's `manifests`.
+pub fn descriptors(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
+    match doc.get("manifests") {
+        Some(Value::Array(list)) => list.iter().map(|d| descriptor(d, path)).collect(),
+        _ => Err(Error::invalid(
+            format!("`{}` has no `manifests` list", path.display()),
+            None,
+        )),
+    }
+}
+
+fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
+    let bad = |what: &str| {
+        Error::invalid(
+            format!("a descriptor in `{}` has {what}", path.display()),
+            None,
+        )
+    };
+    let digest = v["digest"]
+        .as_str()
+        .ok_or_else(|| bad("no digest"))?
+        .parse::<Digest>()
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(Desc {
+        media_type: v["mediaType"].as_str().unwrap_or_default().to_string(),
+        size: v["size"].as_u64().ok_or_else(|| bad("no size"))?,
+        digest,
+        json: v.clone(),
+    })
+}

@@ -1,0 +1,495 @@
+//! Stage 3, local inputs: a recipe's `[[layers]]` table → a [`LayerPlan`].
+//!
+//! Reads host files and trees named by the recipe (relative to the recipe's
+//! directory), normalises their metadata by the reproducibility rules (mode
+//! from the recipe or 0755/0644 by the executable bit, owner from the recipe
+//! or 0:0, no times, no xattrs), hashes every file, finds hard links, adds
+//! every missing parent directory, and sorts entries by path bytes. Errors
+//! point at the recipe line that named the input.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use toml::Spanned;
+
+use crate::digest::{digest_reader, Digest};
+use crate::error::{Diagnostic, Result};
+use crate::plan::{Content, Entry, EntryKind, LayerPlan};
+use crate::recipe::{image_path, LayerSection, Mode, Recipe, TreeItem};
+
+/// Plans one layer of `recipe`.
+pub fn plan_layer(recipe: &Recipe, section: &LayerSection, mtime: u64) -> Result<LayerPlan> {
+    let mut b = LayerBuilder {
+        recipe,
+        entries: BTreeMap::new(),
+        links: HashMap::new(),
+    };
+    for item in &section.dirs {
+        let d = item.get_ref();
+        let path = image_path(&recipe.source, &d.path, "`path`")?;
+        if path.is_empty() {
+            continue;
+        }
+        let entry = Entry {
+            path,
+            kind: EntryKind::Dir,
+            mode: mode_or(d.mode, 0o755),
+            uid: d.uid.unwrap_or(0),
+            gid: d.gid.unwrap_or(0),
+        };
+        b.insert(entry, item.span(), None)?;
+    }
+    for item in &section.contents {
+        let c = item.get_ref();
+        let bytes: Arc<[u8]> = Arc::from(c.text.as_bytes());
+        let entry = Entry {
+            path: image_path(&recipe.source, &c.dest, "`dest`")?,
+            kind: EntryKind::File {
+                size: bytes.len() as u64,
+                digest: Digest::of(&bytes),
+                content: Content::Inline(bytes),
+            },
+            mode: mode_or(c.mode, 0o644),
+            uid: c.uid.unwrap_or(0),
+            gid: c.gid.unwrap_or(0),
+        };
+        b.insert(entry, item.span(), None)?;
+    }
+    for item in &section.symlinks {
+        let s = item.get_ref();
+        let entry = Entry {
+            path: image_path(&recipe.source, &s.path, "`path`")?,
+            kind: EntryKind::Symlink {
+                target: s.target.get_ref().clone(),
+            },
+            mode: 0o777,
+            uid: s.uid.unwrap_or(0),
+            gid: s.gid.unwrap_or(0),
+        };
+        b.insert(entry, item.span(), None)?;
+    }
+    for item in &section.files {
+        let f = item.get_ref();
+        let src = recipe.dir.join(f.src.get_ref());
+        let meta = fs::metadata(&src).map_err(|e| {
+            b.error(&f.src, format!("cannot use `{}`", src.display()))
+                .cause(e)
+                .hint("check that `src` exists; it is relative to the recipe's directory")
+        })?;
+        if meta.is_dir() {
+            return Err(b
+                .error(&f.src, format!("`{}` is a directory", src.display()))
+                .hint("use `trees = [{ src = ..., dest = ... }]` to copy a directory")
+                .into());
+        }
+        if !meta.is_file() {
+            return Err(b
+                .error(&f.src, format!("`{}` is not a regular file", src.display()))
+                .hint("only regular files can be copied into an image")
+                .into());
+        }
+        let mut path = image_path(&recipe.source, &f.dest, "`dest`")?;
+        if f.dest.get_ref().ends_with('/') || path.is_empty() {
+            let base = src.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                b.error(&f.src, "the file name is not UTF-8")
+                    .hint("give `dest` as a full path")
+            })?;
+            path = join(&path, base);
+        }
+        let entry = b.host_file(&src, &meta, path, &f.src, f.mode, f.uid, f.gid)?;
+        b.insert(entry, item.span(), Some(&meta))?;
+    }
+    for item in &section.trees {
+        b.tree(item.get_ref(), item.span())?;
+    }
+    Ok(LayerPlan::new(
+        section.name.clone(),
+        b.finish(),
+        recipe.compression,
+        mtime,
+    ))
+}
+
+fn mode_or(mode: Option<Mode>, default: u32) -> u32 {
+    mode.map_or(default, |m| m.0)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+struct LayerBuilder<'a> {
+    recipe: &'a Recipe,
+    /// Explicit entries by path, with the span of the recipe item that made each.
+    entries: BTreeMap<String, (Entry, Range<usize>)>,
+    /// Host files with several links: (dev, ino) → paths in this layer.
+    links: HashMap<(u64, u64), Vec<String>>,
+}
+
+impl LayerBuilder<'_> {
+    fn error(&self, at: &Spanned<String>, message: impl Into<String>) -> Diagnostic {
+        self.recipe.source.error(at.span(), message)
+    }
+
+    fn insert(
+        &mut self,
+        entry: Entry,
+        span: Range<usize>,
+        meta: Option<&fs::Metadata>,
+    ) -> Result<()> {
+        if let Some((_, earlier)) = self.entries.get(&entry.path) {
+            let first = self.recipe.source.error(earlier.clone(), "");
+            return Err(self
+                .recipe
+                .source
+                .error(span, format!("`/{}` is already in this layer (from line {})", entry.path, first.line))
+                .hint("each path may appear once per layer: remove one, or move it to another `[[layers]]` table, where the later layer wins")
+                .into());
+        }
+        if let Some(meta) = meta {
+            if meta.nlink() > 1 {
+                self.links
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(entry.path.clone());
+            }
+        }
+        self.entries.insert(entry.path.clone(), (entry, span));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn host_file(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        path: String,
+        at: &Spanned<String>,
+        mode: Option<Mode>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Entry> {
+        let file = fs::File::open(src).map_err(|e| {
+            self.error(at, format!("cannot read `{}`", src.display()))
+                .cause(e)
+                .hint("make the file readable by the user running kiln, or leave it out")
+        })?;
+        let (digest, size) = digest_reader(file).map_err(|e| {
+            self.error(at, format!("cannot read `{}`", src.display()))
+                .cause(e)
+                .hint("make the file readable by the user running kiln, or leave it out")
+        })?;
+        if size != meta.len() {
+            return Err(self
+                .error(
+                    at,
+                    format!("`{}` changed while kiln was reading it", src.display()),
+                )
+                .hint("run the build again once nothing is writing to the inputs")
+                .into());
+        }
+        let executable = meta.mode() & 0o111 != 0;
+        Ok(Entry {
+            path,
+            kind: EntryKind::File {
+                content: Content::Host(src.to_path_buf()),
+                size,
+                digest,
+            },
+            mode: mode_or(mode, if executable { 0o755 } else { 0o644 }),
+            uid: uid.unwrap_or(0),
+            gid: gid.unwrap_or(0),
+        })
+    }
+
+    fn tree(&mut self, t: &TreeItem, span: Range<usize>) -> Result<()> {
+        let root = self.recipe.dir.join(t.src.get_ref());
+        let meta = fs::metadata(&root).map_err(|e| {
+            self.error(&t.src, format!("cannot use `{}`", root.display()))
+                .cause(e)
+                .hint("check that `src` exists; it is relative to the recipe's directory")
+        })?;
+        if !meta.is_dir() {
+            return Err(self
+                .error(&t.src, format!("`{}` is not a directory", root.display()))
+                .hint("use `files = [{ src = ..., dest = ... }]` for a single file")
+                .into());
+        }
+        let dest = image_path(&self.recipe.source, &t.dest, "`dest`")?;
+        let exclude = exclude_set(&t.exclude);
+        let (uid, gid) = (t.uid.unwrap_or(0), t.gid.unwrap_or(0));
+        if !dest.is_empty() {
+            let dir = Entry {
+                path: dest.clone(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid,
+                gid,
+            };
+            self.insert(dir, span.clone(), None)?;
+        }
+        let mut symlinks = BTreeMap::new();
+        let mut walk = walkdir::WalkDir::new(&root).min_depth(1).into_iter();
+        while let Some(item) = walk.next() {
+            let item = item.map_err(|e| {
+                let at = e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.clone());
+                self.error(
+                    &t.src,
+                    format!("cannot read `{}` in the tree", at.display()),
+                )
+                .cause(e)
+                .hint("make it readable by the user running kiln, or add it to `exclude`")
+            })?;
+            let rel = item
+                .path()
+                .strip_prefix(&root)
+                .expect("walkdir stays under its root");
+            let rel = rel.to_str().ok_or_else(|| {
+                self.error(
+                    &t.src,
+                    format!("`{}` has a name that is not UTF-8", item.path().display()),
+                )
+                .hint("rename it, or add it to `exclude`")
+            })?;
+            if is_excluded(&exclude, rel) {
+                if item.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            let path = join(&dest, rel);
+            let ft = item.file_type();
+            let meta = item.metadata().map_err(|e| {
+                self.error(&t.src, format!("cannot read `{}`", item.path().display()))
+                    .cause(e)
+                    .hint("make it readable by the user running kiln, or add it to `exclude`")
+            })?;
+            let entry = if ft.is_dir() {
+                Entry {
+                    path,
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    uid,
+                    gid,
+                }
+            } else if ft.is_symlink() {
+                let target = fs::read_link(item.path()).map_err(|e| {
+                    self.error(
+                        &t.src,
+                        format!("cannot read link `{}`", item.path().display()),
+                    )
+                    .cause(e)
+                })?;
+                let target = target.to_str().ok_or_else(|| {
+                    self.error(
+                        &t.src,
+                        format!(
+                            "link `{}` has a target that is not UTF-8",
+                            item.path().display()
+                        ),
+                    )
+                    .hint("add it to `exclude`")
+                })?;
+                symlinks.insert(rel.to_string(), target.to_string());
+                Entry {
+                    path,
+                    kind: EntryKind::Symlink {
+                        target: target.to_string(),
+                    },
+                    mode: 0o777,
+                    uid,
+                    gid,
+                }
+            } else if ft.is_file() {
+                let entry = self.host_file(
+                    item.path(),
+                    &meta,
+                    path,
+                    &t.src,
+                    t.mode,
+                    Some(uid),
+                    Some(gid),
+                )?;
+                self.insert(entry, span.clone(), Some(&meta))?;
+                continue;
+            } else {
+                return Err(self
+                    .error(
+                        &t.src,
+                        format!("`{}` is a device, socket or fifo", item.path().display()),
+                    )
+                    .hint("images hold only files, directories and links: add it to `exclude`")
+                    .into());
+            };
+            self.insert(entry, span.clone(), None)?;
+        }
+        check_symlink_loops(&symlinks).map_err(|chain| {
+            self.error(
+                &t.src,
+                format!(
+                    "symlink loop in `{}`: {}",
+                    root.display(),
+                    chain.join(" -> ")
+                ),
+            )
+            .hint("fix the links so that they end at a file or directory, or add them to `exclude`")
+        })?;
+        Ok(())
+    }
+
+    /// Turns later links to one host inode into tar hard links, adds missing
+    /// parent directories, and returns the entries in path order.
+    fn finish(mut self) -> Vec<Entry> {
+        for paths in self.links.values() {
+            let mut paths = paths.clone();
+            paths.sort();
+            let first = &paths[0];
+            let (first_meta, first_digest) = match &self.entries[first].0 {
+                e @ Entry {
+                    kind: EntryKind::File { digest, .. },
+                    ..
+                } => ((e.mode, e.uid, e.gid), digest.clone()),
+                _ => continue,
+            };
+            for other in &paths[1..] {
+                let (entry, _) = self
+                    .entries
+                    .get_mut(other)
+                    .expect("linked paths are entries");
+                let same = matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
+                    && (entry.mode, entry.uid, entry.gid) == first_meta;
+                if same {
+                    entry.kind = EntryKind::HardLink {
+                        target: first.clone(),
+                    };
+                }
+            }
+        }
+        let mut parents = Vec::new();
+        for path in self.entries.keys() {
+            let mut p = path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !self.entries.contains_key(parent) {
+                    parents.push(parent.to_string());
+                }
+                p = parent;
+            }
+        }
+        for parent in parents {
+            let dir = Entry {
+                path: parent.clone(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            };
+            self.entries.entry(parent).or_insert((dir, 0..0));
+        }
+        self.entries.into_values().map(|(e, _)| e).collect()
+    }
+}
+
+fn exclude_set(globs: &[Spanned<String>]) -> (GlobSet, GlobSet) {
+    // Globs without `/` match a name at any depth; others match the whole relative path.
+    let mut names = GlobSetBuilder::new();
+    let mut paths = GlobSetBuilder::new();
+    for g in globs {
+        let text = g.get_ref().trim_end_matches('/');
+        let glob = Glob::new(text).expect("exclude globs are checked when the recipe is parsed");
+        if text.contains('/') {
+            paths.add(glob);
+        } else {
+            names.add(glob);
+        }
+    }
+    (
+        names.build().expect("valid globs build"),
+        paths.build().expect("valid globs build"),
+    )
+}
+
+fn is_excluded((names, paths): &(GlobSet, GlobSet), rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    names.is_match(name) || paths.is_match(rel)
+}
+
+/// Follows every relative link inside the tree; returns the chain of the first loop found.
+fn check_symlink_loops(links: &BTreeMap<String, String>) -> Result<(), Vec<String>> {
+    for start in links.keys() {
+        let mut chain = vec![start.clone()];
+        let mut current = start.clone();
+        while let Some(target) = links.get(&current) {
+            let Some(next) = resolve_within(&current, target) else {
+                break;
+            };
+            if chain.contains(&next) {
+                chain.push(next);
+                return Err(chain);
+            }
+            if chain.len() > 40 {
+                return Err(chain);
+            }
+            chain.push(next.clone());
+            current = next;
+        }
+    }
+    Ok(())
+}
+
+/// Where a relative link at `link` points, as a path relative to the tree root;
+/// `None` for absolute targets and targets outside the tree.
+fn resolve_within(link: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = link.split('/').collect();
+    parts.pop();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The host path a recipe names (relative to the recipe's directory).
+pub fn host_path(recipe: &Recipe, src: &str) -> PathBuf {
+    recipe.dir.join(src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_loops_and_lets_chains_end() {
+        let mut links = BTreeMap::new();
+        links.insert("a".to_string(), "b".to_string());
+        links.insert("b".to_string(), "sub/../a".to_string());
+        assert!(check_symlink_loops(&links).is_err());
+        let mut ok = BTreeMap::new();
+        ok.insert("x".to_string(), "y".to_string());
+        ok.insert("up".to_string(), "../../outside".to_string());
+        ok.insert("abs".to_string(), "/abs".to_string());
+        assert!(check_symlink_loops(&ok).is_ok());
+        let mut selfloop = BTreeMap::new();
+        selfloop.insert("d/s".to_string(), "./s".to_string());
+        assert!(check_symlink_loops(&selfloop).is_err());
+    }
+}
