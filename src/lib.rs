@@ -6,9 +6,12 @@
 //! layout or archive). [`build`] runs the whole pipeline for one recipe;
 //! [`inspect`] reads a layout back.
 
+pub mod build;
 pub mod digest;
 pub mod error;
+pub mod export;
 pub mod image;
+pub mod inspect;
 pub mod json;
 pub mod layer;
 pub mod plan;

@@ -1,1 +1,18 @@
-fn main() {}
+//! The `kiln` binary: parses arguments and dispatches to one file per
+//! subcommand under `cli/`. All logic lives in the library.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let code = match cli::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            cli::render_error(&e);
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,394 @@
+//! The whole pipeline for one recipe: parse → resolve the base → plan the
+//! layers → build them into the store (or take them from the layer cache) →
+//! assemble config, manifests and index.
+//!
+//! Nothing here writes outside the store; [`crate::export`] writes outputs.
+//! Base recipes are built first, recursively, with cycles refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{self, Image, Stored};
+use crate::plan::LayerPlan;
+use crate::recipe::{Base, Platform, Recipe};
+use crate::source::{layout::Layout, local};
+use crate::store::{LayerRecord, Store};
+
+/// Settings for a build that do not come from the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `SOURCE_DATE_EPOCH`: every mtime and `created`; 0 when unset.
+    pub source_date_epoch: Option<u64>,
+    /// How many layers to build at once (0: one per CPU).
+    pub jobs: usize,
+}
+
+/// What a build reports as it goes; the CLI draws it on stderr.
+pub trait Reporter: Sync {
+    /// Something happened.
+    fn event(&self, event: Event<'_>);
+}
+
+/// Progress events.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Started on a recipe (the top one or a base).
+    Recipe {
+        /// Its path.
+        path: &'a Path,
+    },
+    /// A layer came from the cache.
+    LayerCached {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// The blob.
+        digest: &'a Digest,
+    },
+    /// A layer is being built.
+    LayerStarted {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// Regular files in it.
+        files: usize,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// A layer was built.
+    LayerBuilt {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// The blob.
+        digest: &'a Digest,
+        /// Compressed size.
+        size: u64,
+    },
+}
+
+/// A reporter that says nothing.
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn event(&self, _: Event<'_>) {}
+}
+
+/// One layer of a built image, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// The recipe's name for it (the base's layers have none).
+    pub name: Option<String>,
+    /// Compressed blob digest.
+    pub digest: Digest,
+    /// Uncompressed tar digest.
+    pub diff_id: Digest,
+    /// Compressed size.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// Whether it came from the layer cache.
+    pub cached: bool,
+    /// Whether it is one of the base image's layers.
+    pub from_base: bool,
+}
+
+/// One platform's manifest, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestReport {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Manifest digest.
+    pub digest: Digest,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerReport>,
+}
+
+/// A finished build: everything is in the store.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Per platform: the image and its stored manifest.
+    pub images: Vec<(Image, Stored)>,
+    /// What the output points at: the manifest, or the index for several platforms.
+    pub top: Stored,
+    /// Per-platform reports.
+    pub manifests: Vec<ManifestReport>,
+}
+
+/// Builds the recipe at `path` into `store`.
+pub fn build(
+    store: &Store,
+    path: &Path,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+) -> Result<Built> {
+    let mut stack = Vec::new();
+    build_recipe(store, path, settings, reporter, &mut stack)
+}
+
+fn build_recipe(
+    store: &Store,
+    path: &Path,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Built> {
+    reporter.event(Event::Recipe { path });
+    let recipe = Recipe::load(path)?;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    stack.push(canonical);
+    let result = build_loaded(store, recipe, settings, reporter, stack);
+    stack.pop();
+    result
+}
+
+fn build_loaded(
+    store: &Store,
+    recipe: Recipe,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Built> {
+    let epoch = settings.source_date_epoch.unwrap_or(0);
+    let created = image::rfc3339(epoch);
+    let bases = resolve_base(store, &recipe, settings, reporter, stack)?;
+
+    let plans = recipe
+        .layers
+        .iter()
+        .map(|section| local::plan_layer(&recipe, section, epoch))
+        .collect::<Result<Vec<_>>>()?;
+    let built = build_layers(store, &plans, &recipe, settings, reporter, epoch)?;
+
+    let mut images = Vec::new();
+    let mut manifests = Vec::new();
+    for (platform, base) in recipe.platforms.iter().zip(bases) {
+        let mut img = base;
+        let mut reports: Vec<LayerReport> = img
+            .layers
+            .iter()
+            .map(|l| report(l, None, true, true))
+            .collect();
+        img.platform = platform.clone();
+        img.apply_config(&recipe.config);
+        img.set_created(&created);
+        for (plan, (record, cached)) in plans.iter().zip(&built) {
+            reports.push(report(record, plan.name.clone(), *cached, false));
+            img.push_layer(record.clone(), plan.name.as_deref(), &created);
+        }
+        let stored = img.store(store, &recipe.annotations)?;
+        manifests.push(ManifestReport {
+            platform: platform.to_string(),
+            digest: stored.digest.clone(),
+            layers: reports,
+        });
+        images.push((img, stored));
+    }
+    let top = if images.len() == 1 {
+        images[0].1.clone()
+    } else {
+        let list: Vec<(Platform, Stored)> = images
+            .iter()
+            .map(|(i, s)| (i.platform.clone(), s.clone()))
+            .collect();
+        image::store_index(store, &list, &recipe.annotations)?
+    };
+    Ok(Built {
+        recipe,
+        images,
+        top,
+        manifests,
+    })
+}
+
+fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) -> LayerReport {
+    LayerReport {
+        name,
+        digest: l.digest.clone(),
+        diff_id: l.diff_id.clone(),
+        size: l.size,
+        media_type: l.media_type.clone(),
+        cached,
+        from_base,
+    }
+}
+
+/// The base image for each of the recipe's platforms, in order.
+fn resolve_base(
+    store: &Store,
+    recipe: &Recipe,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Vec<Image>> {
+    match &recipe.base {
+        Base::Scratch => Ok(recipe.platforms.iter().map(Image::scratch).collect()),
+        Base::Recipe { path, span } => {
+            let at = |msg: String| recipe.source.error(span.clone(), msg);
+            if !path.is_file() {
+                return Err(
+                    at(format!("base recipe `{}` does not exist", path.display()))
+                        .hint("the path is relative to this recipe's directory; check its spelling")
+                        .into(),
+                );
+            }
+            let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            if let Some(pos) = stack.iter().position(|p| *p == canonical) {
+                let mut chain: Vec<String> = stack[pos..]
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                chain.push(canonical.display().to_string());
+                return Err(at(format!("base cycle: {}", chain.join(" → ")))
+                    .hint("a recipe cannot be its own base, directly or through others: break the chain")
+                    .into());
+            }
+            let base = build_recipe(store, path, settings, reporter, stack)?;
+            recipe
+                .platforms
+                .iter()
+                .map(|p| {
+                    base.images
+                        .iter()
+                        .find(|(img, _)| img.platform == *p)
+                        .map(|(img, _)| img.clone())
+                        .ok_or_else(|| {
+                            at(format!(
+                                "base recipe `{}` is not built for `{p}`",
+                                path.display()
+                            ))
+                            .hint(format!("add `{p}` to the base recipe's `platforms`"))
+                            .into()
+                        })
+                })
+                .collect()
+        }
+        Base::Layout { path, digest, span } => {
+            let wrap = |e: Error| -> Error {
+                let code = e.exit_code();
+                let hint = e.hint().map(String::from);
+                let d =
+                    recipe
+                        .source
+                        .error(
+                            span.clone(),
+                            format!("cannot use base `oci:{}`", path.display()),
+                        )
+                        .cause(render_chain(&e))
+                        .hint(hint.unwrap_or_else(|| {
+                            "check the path and digest of the base layout".into()
+                        }));
+                if code == 4 {
+                    e
+                } else {
+                    d.into()
+                }
+            };
+            let layout = Layout::open(path).map_err(wrap)?;
+            recipe
+                .platforms
+                .iter()
+                .map(|p| layout.load_image(digest.as_ref(), p, store).map_err(wrap))
+                .collect()
+        }
+    }
+}
+
+/// An error and its causes, joined with `: `.
+pub fn render_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Builds every layer not in the cache, several at once; returns (record, cached) per plan.
+fn build_layers(
+    store: &Store,
+    plans: &[LayerPlan],
+    recipe: &Recipe,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    epoch: u64,
+) -> Result<Vec<(LayerRecord, bool)>> {
+    let mut results: Vec<Option<(LayerRecord, bool)>> = plans
+        .iter()
+        .map(|p| {
+            store.cached_layer(&p.input_digest).map(|r| {
+                reporter.event(Event::LayerCached {
+                    name: p.name.as_deref(),
+                    digest: &r.digest,
+                });
+                (r, true)
+            })
+        })
+        .collect();
+    let todo: Vec<usize> = (0..plans.len()).filter(|&i| results[i].is_none()).collect();
+    let jobs = match settings.jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(todo.len().max(1));
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::new());
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                if first_error
+                    .lock()
+                    .expect("no panics hold this lock")
+                    .is_some()
+                {
+                    return;
+                }
+                let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    return;
+                };
+                let plan = &plans[i];
+                let (files, bytes) = plan.file_stats();
+                reporter.event(Event::LayerStarted {
+                    name: plan.name.as_deref(),
+                    files,
+                    bytes,
+                });
+                let result = crate::layer::build(store, &plan.entries, recipe.compression, epoch)
+                    .and_then(|r| store.remember_layer(&plan.input_digest, &r).map(|_| r));
+                match result {
+                    Ok(r) => {
+                        reporter.event(Event::LayerBuilt {
+                            name: plan.name.as_deref(),
+                            digest: &r.digest,
+                            size: r.size,
+                        });
+                        done.lock().expect("no panics hold this lock").push((i, r));
+                    }
+                    Err(e) => {
+                        first_error
+                            .lock()
+                            .expect("no panics hold this lock")
+                            .get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("threads are joined") {
+        return Err(e);
+    }
+    for (i, r) in done.into_inner().expect("threads are joined") {
+        results[i] = Some((r, false));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every layer was cached or built"))
+        .collect())
+}

@@ -1,0 +1,181 @@
+//! `kiln build RECIPE`: build, export, print the digest.
+
+use std::path::PathBuf;
+
+use kiln::build::{self, Event, Reporter, Settings};
+use kiln::error::{Error, IoContext};
+use kiln::export::{self, Output};
+use kiln::store::Store;
+use serde_json::json;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An OCI image layout directory.
+    OciLayout,
+    /// An OCI image layout in one tar file.
+    OciArchive,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The recipe to build.
+    recipe: PathBuf,
+    /// Where to write the output (default `out/NAME`, or `out/NAME.tar` for an archive).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "oci-layout")]
+    format: Format,
+    /// Also write the digest to this file.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
+    /// Print one JSON object (digest, layers, cache hits) instead of the digest.
+    #[arg(long)]
+    json: bool,
+    /// How many layers to build at once (default: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+}
+
+struct Progress;
+
+impl Reporter for Progress {
+    fn event(&self, event: Event<'_>) {
+        let name = |n: Option<&str>| n.map_or(String::from("(unnamed)"), String::from);
+        match event {
+            Event::Recipe { path } => eprintln!("recipe  {}", path.display()),
+            Event::LayerCached { name: n, digest } => {
+                eprintln!("cached  layer {} {}", name(n), short(&digest.to_string()))
+            }
+            Event::LayerStarted {
+                name: n,
+                files,
+                bytes,
+            } => {
+                eprintln!(
+                    "build   layer {} ({files} files, {})",
+                    name(n),
+                    human(bytes)
+                )
+            }
+            Event::LayerBuilt {
+                name: n,
+                digest,
+                size,
+            } => {
+                eprintln!(
+                    "built   layer {} {} ({})",
+                    name(n),
+                    short(&digest.to_string()),
+                    human(size)
+                )
+            }
+        }
+    }
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(19)]
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn source_date_epoch() -> Result<Option<u64>, Error> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+            Error::invalid(
+                format!("`SOURCE_DATE_EPOCH` is `{v}`, not a whole number of seconds"),
+                Some("set it to seconds since 1970, e.g. `SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)`, or unset it".into()),
+            )
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    let settings = Settings {
+        source_date_epoch: source_date_epoch()?,
+        jobs: args.jobs,
+    };
+    let store = Store::open(Store::default_root()?)?;
+    let quiet = build::Quiet;
+    let progress = Progress;
+    let reporter: &dyn Reporter = if super::progress_enabled() {
+        &progress
+    } else {
+        &quiet
+    };
+    let built = build::build(&store, &args.recipe, &settings, reporter)?;
+
+    let out = args.out.unwrap_or_else(|| {
+        let name = &built.recipe.name;
+        match args.format {
+            Format::OciLayout => PathBuf::from("out").join(name),
+            Format::OciArchive => PathBuf::from("out").join(format!("{name}.tar")),
+        }
+    });
+    let output = Output {
+        top: &built.top,
+        tags: &built.recipe.tags,
+        mtime: settings.source_date_epoch.unwrap_or(0),
+    };
+    match args.format {
+        Format::OciLayout => export::layout::write(&store, &output, &out)?,
+        Format::OciArchive => export::archive::write(&store, &output, &out)?,
+    }
+    let digest = built.top.digest.to_string();
+    if let Some(file) = &args.digest_file {
+        write_digest_file(file, &digest)?;
+    }
+    if args.json {
+        let doc = json!({
+            "name": built.recipe.name,
+            "digest": digest,
+            "media_type": built.top.media_type,
+            "out": out,
+            "format": match args.format { Format::OciLayout => "oci-layout", Format::OciArchive => "oci-archive" },
+            "platforms": built.manifests.iter().map(|m| &m.platform).collect::<Vec<_>>(),
+            "layers": built.manifests[0].layers,
+            "manifests": built.manifests,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("reports serialise")
+        );
+    } else {
+        if super::progress_enabled() {
+            eprintln!("wrote   {}", out.display());
+        }
+        println!("{digest}");
+    }
+    Ok(())
+}
+
+/// Writes the digest file atomically (temp file beside it, then rename).
+fn write_digest_file(file: &std::path::Path, digest: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let parent = export::layout::parent_of(file);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kiln-digest-")
+        .tempfile_in(&parent)
+        .at("create a temporary file in", &parent)?;
+    writeln!(tmp, "{digest}").at("write", tmp.path())?;
+    tmp.persist(file)
+        .map_err(|e| Error::io("write", file, e.error))?;
+    Ok(())
+}

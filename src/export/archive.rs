@@ -1,0 +1,86 @@
+//! Writes an OCI archive: the OCI image layout as one tar file, atomically,
+//! with the same deterministic tar writer as layers.
+
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use super::layout::{file_name, parent_of};
+use super::{Output, OCI_LAYOUT};
+use crate::error::{Error, IoContext, Result};
+use crate::layer::tar::{Header, Kind, TarWriter};
+use crate::store::{verify_error, Store};
+
+/// Writes `output` as an OCI archive at `dest`, replacing a previous file there.
+pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
+    if dest.is_dir() {
+        return Err(Error::invalid(
+            format!(
+                "refusing to replace `{}`: it is a directory",
+                dest.display()
+            ),
+            Some(
+                "an OCI archive is one file: give `--out` a file name such as `out/app.tar`".into(),
+            ),
+        ));
+    }
+    let parent = parent_of(dest);
+    fs::create_dir_all(&parent).at("create", &parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
+        .tempfile_in(&parent)
+        .at("create a temporary file in", &parent)?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, tmp));
+    let io_err = |e: io::Error| Error::io("write", &tmp_path, e);
+    let header = |tar: &mut TarWriter<_>, path: &str, kind: Kind, size: u64| {
+        tar.header(&Header {
+            path,
+            kind,
+            mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: output.mtime,
+            link: "",
+        })
+    };
+    header(&mut tar, "blobs", Kind::Dir, 0).map_err(io_err)?;
+    header(&mut tar, "blobs/sha256", Kind::Dir, 0).map_err(io_err)?;
+    for digest in output.blobs(store)? {
+        let size = store.size(&digest)?;
+        header(
+            &mut tar,
+            &format!("blobs/sha256/{}", digest.hex()),
+            Kind::File,
+            size,
+        )
+        .map_err(io_err)?;
+        let mut src = store.open_blob(&digest)?;
+        let copied = io::copy(&mut src, tar.data())
+            .map_err(|e| verify_error(e, &store.blob_path(&digest)))?;
+        if copied != size {
+            return Err(Error::io(
+                "read",
+                store.blob_path(&digest),
+                io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        tar.pad(size).map_err(io_err)?;
+    }
+    let index = output.index_json();
+    for (name, bytes) in [("index.json", index.as_slice()), ("oci-layout", OCI_LAYOUT)] {
+        header(&mut tar, name, Kind::File, bytes.len() as u64).map_err(io_err)?;
+        tar.data().write_all(bytes).map_err(io_err)?;
+        tar.pad(bytes.len() as u64).map_err(io_err)?;
+    }
+    let file = tar
+        .finish()
+        .map_err(io_err)?
+        .into_inner()
+        .map_err(|e| io_err(e.into_error()))?;
+    file.as_file().sync_all().at("sync", &tmp_path)?;
+    file.persist(dest)
+        .map_err(|e| Error::io("rename into", dest, e.error))?;
+    crate::store::sync_dir(&parent)
+}
