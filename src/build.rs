@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, Image, Stored};
-use crate::plan::LayerPlan;
+use crate::plan::{DirMap, LayerPlan};
 use crate::recipe::{Base, Platform, Recipe};
 use crate::source::{layout::Layout, local};
 use crate::store::{LayerRecord, Store};
@@ -135,12 +135,12 @@ fn build_recipe(
     path: &Path,
     settings: &Settings,
     reporter: &dyn Reporter,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
 ) -> Result<Built> {
     reporter.event(Event::Recipe { path });
     let recipe = Recipe::load(path)?;
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    stack.push(canonical);
+    stack.push((canonical, path.to_path_buf()));
     let result = build_loaded(store, recipe, settings, reporter, stack);
     stack.pop();
     result
@@ -151,17 +151,26 @@ fn build_loaded(
     recipe: Recipe,
     settings: &Settings,
     reporter: &dyn Reporter,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
 ) -> Result<Built> {
     let epoch = settings.source_date_epoch.unwrap_or(0);
     let created = image::rfc3339(epoch);
     let bases = resolve_base(store, &recipe, settings, reporter, stack)?;
 
-    let plans = recipe
-        .layers
-        .iter()
-        .map(|section| local::plan_layer(&recipe, section, epoch))
-        .collect::<Result<Vec<_>>>()?;
+    // Directories below each layer; the first platform's base stands for all
+    // (bases of one recipe differ per platform in content, not in layout).
+    let mut below = DirMap::new();
+    if let Some(base) = bases.first() {
+        for layer in &base.layers {
+            crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
+        }
+    }
+    let mut plans = Vec::new();
+    for section in &recipe.layers {
+        let plan = local::plan_layer(&recipe, section, epoch, &below)?;
+        plan.add_dirs_to(&mut below);
+        plans.push(plan);
+    }
     let built = build_layers(store, &plans, &recipe, settings, reporter, epoch)?;
 
     let mut images = Vec::new();
@@ -223,7 +232,7 @@ fn resolve_base(
     recipe: &Recipe,
     settings: &Settings,
     reporter: &dyn Reporter,
-    stack: &mut Vec<PathBuf>,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
 ) -> Result<Vec<Image>> {
     match &recipe.base {
         Base::Scratch => Ok(recipe.platforms.iter().map(Image::scratch).collect()),
@@ -237,12 +246,12 @@ fn resolve_base(
                 );
             }
             let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            if let Some(pos) = stack.iter().position(|p| *p == canonical) {
+            if let Some(pos) = stack.iter().position(|(c, _)| *c == canonical) {
                 let mut chain: Vec<String> = stack[pos..]
                     .iter()
-                    .map(|p| p.display().to_string())
+                    .map(|(_, shown)| format!("`{}`", shown.display()))
                     .collect();
-                chain.push(canonical.display().to_string());
+                chain.push(format!("`{}`", path.display()));
                 return Err(at(format!("base cycle: {}", chain.join(" → ")))
                     .hint("a recipe cannot be its own base, directly or through others: break the chain")
                     .into());

@@ -68,6 +68,58 @@ pub struct Entry {
     pub gid: u32,
 }
 
+/// The mode and owner of a directory in a lower layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DirMeta {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+impl DirMeta {
+    /// What a directory nobody declared gets: 0755, root.
+    pub const DEFAULT: DirMeta = DirMeta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+
+    /// A directory entry at `path` with this metadata.
+    pub fn entry(&self, path: &str) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Dir,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// Directories of the layers below, by path (relative, no trailing `/`).
+pub type DirMap = std::collections::BTreeMap<String, DirMeta>;
+
+impl LayerPlan {
+    /// Records this layer's directories in `map`, for the layers above it.
+    pub fn add_dirs_to(&self, map: &mut DirMap) {
+        for e in &self.entries {
+            if let EntryKind::Dir = e.kind {
+                map.insert(
+                    e.path.clone(),
+                    DirMeta {
+                        mode: e.mode,
+                        uid: e.uid,
+                        gid: e.gid,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// One layer to build.
 #[derive(Debug, Clone)]
 pub struct LayerPlan {

@@ -278,7 +278,7 @@ impl Recipe {
         let raw: RawRecipe = toml::from_str(&source.text).map_err(|e| toml_error(&source, &e))?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+            _ => PathBuf::new(),
         };
         validate::recipe(source, dir, raw)
     }

@@ -19,13 +19,24 @@ use toml::Spanned;
 
 use crate::digest::{digest_reader, Digest};
 use crate::error::{Diagnostic, Result};
-use crate::plan::{Content, Entry, EntryKind, LayerPlan};
+use crate::plan::{Content, DirMap, DirMeta, Entry, EntryKind, LayerPlan};
 use crate::recipe::{image_path, LayerSection, Mode, Recipe, TreeItem};
 
 /// Plans one layer of `recipe`.
-pub fn plan_layer(recipe: &Recipe, section: &LayerSection, mtime: u64) -> Result<LayerPlan> {
+///
+/// `below` holds the directories of the layers underneath (the base's and
+/// this recipe's earlier layers): a parent directory this layer must
+/// include keeps the mode and owner it has there, so that adding
+/// `/tmp/x` does not reset `/tmp`'s 1777.
+pub fn plan_layer(
+    recipe: &Recipe,
+    section: &LayerSection,
+    mtime: u64,
+    below: &DirMap,
+) -> Result<LayerPlan> {
     let mut b = LayerBuilder {
         recipe,
+        below,
         entries: BTreeMap::new(),
         links: HashMap::new(),
     };
@@ -129,6 +140,7 @@ fn join(dir: &str, name: &str) -> String {
 
 struct LayerBuilder<'a> {
     recipe: &'a Recipe,
+    below: &'a DirMap,
     /// Explicit entries by path, with the span of the recipe item that made each.
     entries: BTreeMap<String, (Entry, Range<usize>)>,
     /// Host files with several links: (dev, ino) → paths in this layer.
@@ -227,15 +239,19 @@ impl LayerBuilder<'_> {
         let dest = image_path(&self.recipe.source, &t.dest, "`dest`")?;
         let exclude = exclude_set(&t.exclude);
         let (uid, gid) = (t.uid.unwrap_or(0), t.gid.unwrap_or(0));
-        if !dest.is_empty() {
-            let dir = Entry {
-                path: dest.clone(),
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid,
-                gid,
+        // The tree's root directory is implied, like a parent: an explicit
+        // `dirs` entry or a lower layer decides its mode.
+        if !dest.is_empty() && !self.entries.contains_key(&dest) {
+            let dir = match self.below.get(&dest) {
+                Some(m) => m.entry(&dest),
+                None => DirMeta {
+                    mode: 0o755,
+                    uid,
+                    gid,
+                }
+                .entry(&dest),
             };
-            self.insert(dir, span.clone(), None)?;
+            self.entries.insert(dest.clone(), (dir, span.clone()));
         }
         let mut symlinks = BTreeMap::new();
         let mut walk = walkdir::WalkDir::new(&root).min_depth(1).into_iter();
@@ -388,13 +404,8 @@ impl LayerBuilder<'_> {
             }
         }
         for parent in parents {
-            let dir = Entry {
-                path: parent.clone(),
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            };
+            let meta = self.below.get(&parent).copied().unwrap_or(DirMeta::DEFAULT);
+            let dir = meta.entry(&parent);
             self.entries.entry(parent).or_insert((dir, 0..0));
         }
         self.entries.into_values().map(|(e, _)| e).collect()

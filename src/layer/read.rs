@@ -1,0 +1,89 @@
+//! Reading layers back: the directories of a base image's layers, so that a
+//! layer on top keeps their modes and owners for the parents it includes.
+//!
+//! The result is cached in the store per layer blob (`dirs/<hex>.json`), so
+//! a base's layers are decompressed once, not on every build.
+
+use std::fs;
+use std::io::{self, BufReader, Read};
+
+use crate::error::{Error, IoContext, Result};
+use crate::plan::{DirMap, DirMeta};
+use crate::store::{LayerRecord, Store};
+
+/// Adds the directories of `layer` (a blob in the store) to `map`; later layers override.
+pub fn add_layer_dirs(store: &Store, layer: &LayerRecord, map: &mut DirMap) -> Result<()> {
+    let cache = store
+        .root()
+        .join("dirs")
+        .join(format!("{}.json", layer.digest.hex()));
+    let dirs: DirMap = match fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        Some(d) => d,
+        None => {
+            let d = scan(store, layer)?;
+            let dir = store.root().join("dirs");
+            fs::create_dir_all(&dir).at("create", &dir)?;
+            let mut tmp =
+                tempfile::NamedTempFile::new_in(&dir).at("create a temporary file in", &dir)?;
+            serde_json::to_writer(&mut tmp, &d)
+                .map_err(|e| Error::io("write", &cache, e.into()))?;
+            tmp.persist(&cache)
+                .map_err(|e| Error::io("rename into", &cache, e.error))?;
+            d
+        }
+    };
+    map.extend(dirs);
+    Ok(())
+}
+
+fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
+    let path = store.blob_path(&layer.digest);
+    let blob = BufReader::new(store.open_blob(&layer.digest)?);
+    let reader: Box<dyn Read> =
+        if layer.media_type.ends_with("+gzip") || layer.media_type.ends_with(".gzip") {
+            Box::new(flate2::read::MultiGzDecoder::new(blob))
+        } else if layer.media_type.ends_with("+zstd") {
+            Box::new(zstd::stream::read::Decoder::new(blob).at("read", &path)?)
+        } else if layer.media_type.ends_with(".tar") || layer.media_type.ends_with("tar") {
+            Box::new(blob)
+        } else {
+            return Err(Error::invalid(
+                format!(
+                    "base layer `{}` has media type `{}`, which kiln cannot read",
+                    layer.digest, layer.media_type
+                ),
+                Some("use a base whose layers are tar, tar+gzip or tar+zstd".into()),
+            ));
+        };
+    let mut map = DirMap::new();
+    let mut ar = tar::Archive::new(reader);
+    let bad = |e: io::Error| crate::store::verify_error(e, &path);
+    for entry in ar.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let h = entry.header();
+        if !h.entry_type().is_dir() {
+            continue;
+        }
+        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let name = name
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/');
+        if name.is_empty() || name == "." {
+            continue;
+        }
+        let meta = DirMeta {
+            mode: h.mode().unwrap_or(0o755) & 0o7777,
+            uid: h.uid().unwrap_or(0) as u32,
+            gid: h.gid().unwrap_or(0) as u32,
+        };
+        map.insert(name.to_string(), meta);
+    }
+    // Read to the end so the verified reader checks the blob's digest.
+    let mut rest = ar.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(bad)?;
+    Ok(map)
+}
