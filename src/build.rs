@@ -17,6 +17,7 @@ use crate::image::{self, Image, Stored};
 use crate::plan::{DirMap, LayerPlan};
 use crate::recipe::{Base, Platform, Recipe};
 use crate::source::{layout::Layout, local};
+use crate::store::stat_cache::StatCache;
 use crate::store::{LayerRecord, Store};
 
 /// Settings for a build that do not come from the recipe.
@@ -165,12 +166,14 @@ fn build_loaded(
             crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
         }
     }
+    let hashes = StatCache::load(store.root().join("stat-cache"));
     let mut plans = Vec::new();
     for section in &recipe.layers {
-        let plan = local::plan_layer(&recipe, section, epoch, &below)?;
+        let plan = local::plan_layer(&recipe, section, epoch, &below, &hashes)?;
         plan.add_dirs_to(&mut below);
         plans.push(plan);
     }
+    hashes.save()?;
     let built = build_layers(store, &plans, &recipe, settings, reporter, epoch)?;
 
     let mut images = Vec::new();

@@ -21,6 +21,7 @@ use crate::digest::{digest_reader, Digest};
 use crate::error::{Diagnostic, Result};
 use crate::plan::{Content, DirMap, DirMeta, Entry, EntryKind, LayerPlan};
 use crate::recipe::{image_path, LayerSection, Mode, Recipe, TreeItem};
+use crate::store::stat_cache::StatCache;
 
 /// Plans one layer of `recipe`.
 ///
@@ -33,10 +34,12 @@ pub fn plan_layer(
     section: &LayerSection,
     mtime: u64,
     below: &DirMap,
+    hashes: &StatCache,
 ) -> Result<LayerPlan> {
     let mut b = LayerBuilder {
         recipe,
         below,
+        hashes,
         entries: BTreeMap::new(),
         links: HashMap::new(),
     };
@@ -141,6 +144,7 @@ fn join(dir: &str, name: &str) -> String {
 struct LayerBuilder<'a> {
     recipe: &'a Recipe,
     below: &'a DirMap,
+    hashes: &'a StatCache,
     /// Explicit entries by path, with the span of the recipe item that made each.
     entries: BTreeMap<String, (Entry, Range<usize>)>,
     /// Host files with several links: (dev, ino) → paths in this layer.
@@ -190,16 +194,22 @@ impl LayerBuilder<'_> {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<Entry> {
-        let file = fs::File::open(src).map_err(|e| {
-            self.error(at, format!("cannot read `{}`", src.display()))
-                .cause(e)
-                .hint("make the file readable by the user running kiln, or leave it out")
-        })?;
-        let (digest, size) = digest_reader(file).map_err(|e| {
-            self.error(at, format!("cannot read `{}`", src.display()))
-                .cause(e)
-                .hint("make the file readable by the user running kiln, or leave it out")
-        })?;
+        let (digest, size) = match self.hashes.get(meta) {
+            Some(digest) => (digest, meta.len()),
+            None => {
+                let unreadable = |e: std::io::Error| {
+                    self.error(at, format!("cannot read `{}`", src.display()))
+                        .cause(e)
+                        .hint("make the file readable by the user running kiln, or leave it out")
+                };
+                let file = fs::File::open(src).map_err(unreadable)?;
+                let (digest, size) = digest_reader(file).map_err(unreadable)?;
+                if size == meta.len() {
+                    self.hashes.put(meta, &digest);
+                }
+                (digest, size)
+            }
+        };
         if size != meta.len() {
             return Err(self
                 .error(

@@ -15,6 +15,8 @@
 //! digest. Two processes may share a store: renames are atomic and the last
 //! writer of identical content wins harmlessly.
 
+pub mod stat_cache;
+
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,166 @@
+//! Remembers the SHA-256 of host files by inode and change times, so that a
+//! rebuild does not re-read every unchanged input to see that it is unchanged.
+//!
+//! An entry is trusted only if device, inode, size, mtime and ctime all
+//! match (ctime moves on every write and cannot be set by users). Files
+//! changed in the last two seconds are not recorded, so a write that lands
+//! within one timestamp tick of our read is never mistaken for no change.
+//! The layer writer re-hashes whatever it copies anyway, so a stale entry
+//! can fail a build but never produce a wrong layer.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The stat cache of one store.
+#[derive(Debug)]
+pub struct StatCache {
+    path: PathBuf,
+    entries: Mutex<(HashMap<(u64, u64), (Stamp, Digest)>, bool)>,
+}
+
+impl StatCache {
+    /// Loads the cache file (a missing or damaged file is an empty cache).
+    pub fn load(path: PathBuf) -> StatCache {
+        let mut map = HashMap::new();
+        if let Ok(text) = fs::read_to_string(&path) {
+            for line in text.lines() {
+                if let Some((key, value)) = parse_line(line) {
+                    map.insert(key, value);
+                }
+            }
+        }
+        StatCache {
+            path,
+            entries: Mutex::new((map, false)),
+        }
+    }
+
+    /// The digest of the file `meta` describes, if it is known and unchanged.
+    pub fn get(&self, meta: &fs::Metadata) -> Option<Digest> {
+        let guard = self.entries.lock().expect("no panics hold this lock");
+        match guard.0.get(&(meta.dev(), meta.ino())) {
+            Some((stamp, digest)) if *stamp == Stamp::of(meta) => Some(digest.clone()),
+            _ => None,
+        }
+    }
+
+    /// Records the digest of a file just hashed, unless it changed too recently to trust.
+    pub fn put(&self, meta: &fs::Metadata, digest: &Digest) {
+        let stamp = Stamp::of(meta);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos() as i128;
+        if now - stamp.ctime_ns.max(stamp.mtime_ns) < 2_000_000_000 {
+            return;
+        }
+        let mut guard = self.entries.lock().expect("no panics hold this lock");
+        guard
+            .0
+            .insert((meta.dev(), meta.ino()), (stamp, digest.clone()));
+        guard.1 = true;
+    }
+
+    /// Writes the cache back (atomically) if anything was added.
+    pub fn save(&self) -> Result<()> {
+        let guard = self.entries.lock().expect("no panics hold this lock");
+        if !guard.1 {
+            return Ok(());
+        }
+        let mut text = String::with_capacity(guard.0.len() * 120);
+        for ((dev, ino), (s, d)) in &guard.0 {
+            text.push_str(&format!(
+                "{dev} {ino} {} {} {} {}\n",
+                s.size,
+                s.mtime_ns,
+                s.ctime_ns,
+                d.hex()
+            ));
+        }
+        let dir = self
+            .path
+            .parent()
+            .expect("the stat cache lives in the store");
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).at("create a temporary file in", dir)?;
+        tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
+        tmp.persist(&self.path)
+            .map_err(|e| Error::io("rename into", &self.path, e.error))?;
+        Ok(())
+    }
+}
+
+fn parse_line(line: &str) -> Option<((u64, u64), (Stamp, Digest))> {
+    let mut f = line.split(' ');
+    let dev = f.next()?.parse().ok()?;
+    let ino = f.next()?.parse().ok()?;
+    let stamp = Stamp {
+        size: f.next()?.parse().ok()?,
+        mtime_ns: f.next()?.parse().ok()?,
+        ctime_ns: f.next()?.parse().ok()?,
+    };
+    let digest = format!("sha256:{}", f.next()?).parse().ok()?;
+    Some(((dev, ino), (stamp, digest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusts_only_unchanged_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, "one").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let cache = StatCache::load(dir.path().join("stat"));
+        let meta = fs::metadata(&file).unwrap();
+        let d = Digest::of(b"one");
+        // ctime is fresh (we just wrote the file), so nothing is recorded yet.
+        cache.put(&meta, &d);
+        assert_eq!(cache.get(&meta), None);
+        // An entry written as if long ago is found, and lost on any change.
+        cache
+            .entries
+            .lock()
+            .unwrap()
+            .0
+            .insert((meta.dev(), meta.ino()), (Stamp::of(&meta), d.clone()));
+        cache.entries.lock().unwrap().1 = true;
+        cache.save().unwrap();
+        let reloaded = StatCache::load(dir.path().join("stat"));
+        assert_eq!(reloaded.get(&meta), Some(d));
+        fs::write(&file, "two").unwrap();
+        assert_eq!(reloaded.get(&fs::metadata(&file).unwrap()), None);
+    }
+}
