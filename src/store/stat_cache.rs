@@ -36,11 +36,14 @@ impl Stamp {
     }
 }
 
+/// Known files: (device, inode) → when we hashed them, and the digest.
+type Entries = HashMap<(u64, u64), (Stamp, Digest)>;
+
 /// The stat cache of one store.
 #[derive(Debug)]
 pub struct StatCache {
     path: PathBuf,
-    entries: Mutex<(HashMap<(u64, u64), (Stamp, Digest)>, bool)>,
+    entries: Mutex<(Entries, bool)>,
 }
 
 impl StatCache {
