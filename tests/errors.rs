@@ -588,6 +588,14 @@ fn build_that_cannot_write_its_output_leaves_a_complete_layout() {
         ["img"],
         "temporary files beside the output"
     );
+    eprintln!(
+        "export into a read-only directory: {}",
+        if second.status.success() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+    );
     if second.status.success() {
         let new = last_digest(&String::from_utf8_lossy(&second.stdout));
         assert_ne!(new, old);
