@@ -637,3 +637,90 @@ fn out_that_is_a_directory_of_something_else_is_refused() {
         "files left in the working directory"
     );
 }
+
+#[test]
+fn error_in_a_base_recipe_names_the_base_file() {
+    let w = Work::new();
+    let base =
+        "name = \"base\"\n\n[[layers]]\ncontents = [ { dest = \"etc/motd\", text = \"hi\" } ]\n";
+    w.write(
+        "images/app.toml",
+        "name = \"app\"\nbase = \"../base/base.toml\"\n",
+    );
+    w.write("base/base.toml", base);
+    let (code, stderr) = w.fails(&["build", "images/app.toml", "--out", "out/img"]);
+    let (line, col) = pos(base, "etc/motd", "\"etc/motd\"");
+    assert_points_at(code, &stderr, "base.toml", (line, col));
+    assert!(
+        stderr.contains(&format!("base/base.toml:{line}:{col}`")),
+        "the base is named by its path:\n{stderr}"
+    );
+}
+
+#[test]
+fn invalid_source_date_epoch() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        "name = \"t\"\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n",
+    );
+    for bad in ["yesterday", "-5", "1.5"] {
+        let out = w
+            .kiln()
+            .env("SOURCE_DATE_EPOCH", bad)
+            .args(["build", "recipe.toml", "--out", "out/img"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "SOURCE_DATE_EPOCH={bad}:\n{stderr}"
+        );
+        assert!(stderr.contains("SOURCE_DATE_EPOCH"), "{stderr}");
+        assert!(stderr.contains("hint:"), "{stderr}");
+        assert!(!w.path().join("out").exists());
+    }
+}
+
+#[test]
+fn out_that_is_a_file_is_refused() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        "name = \"t\"\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n",
+    );
+    w.write("notes.txt", "precious\n");
+    let (code, stderr) = w.fails(&["build", "recipe.toml", "--out", "notes.txt"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("notes.txt"), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(w.path().join("notes.txt")).unwrap(),
+        "precious\n"
+    );
+}
+
+#[test]
+fn archive_out_that_is_a_directory_is_refused() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        "name = \"t\"\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n",
+    );
+    w.write("keep/file", "precious\n");
+    let before = snapshot(&w.path().join("keep"));
+    let (code, stderr) = w.fails(&[
+        "build",
+        "recipe.toml",
+        "--format",
+        "oci-archive",
+        "--out",
+        "keep",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(
+        before == snapshot(&w.path().join("keep")),
+        "`keep/` was modified"
+    );
+}

@@ -992,3 +992,236 @@ fn concurrent_builds_share_one_store() {
         );
     }
 }
+
+#[test]
+fn moved_checkout_reuses_the_cache() {
+    // The layer cache is keyed by what goes into a layer, not by host paths:
+    // the same inputs elsewhere, on the same store, are all cache hits.
+    let w = Work::new();
+    let here = w.path().join("here");
+    make_inputs(&here, NORMAL);
+    let first = build_json(&here, "out/img");
+    let there = w.path().join("somewhere/else/entirely/much/deeper");
+    fs::create_dir_all(there.parent().unwrap()).unwrap();
+    run(Command::new("cp").arg("-a").arg(&here).arg(&there));
+    fs::remove_dir_all(there.join("out")).unwrap();
+    let o = kiln_in(&there, &[])
+        .env("KILN_CACHE", here.join("cache"))
+        .args(["build", "recipe.toml", "--out", "out/img", "--json"])
+        .output()
+        .unwrap();
+    assert_success(&o, "kiln build in the moved checkout");
+    let moved: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(moved["digest"], first["digest"]);
+    let layers = layer_cache(&moved);
+    assert!(
+        layers.iter().all(|l| l.1),
+        "moving the checkout missed the cache: {layers:?}"
+    );
+}
+
+#[test]
+fn excluded_files_do_not_change_the_digest() {
+    let w = Work::new();
+    make_inputs(w.path(), NORMAL);
+    let first = build_json(w.path(), "out/img");
+    fs::write(
+        w.path().join("static/scratch.tmp"),
+        "changed, still excluded\n",
+    )
+    .unwrap();
+    fs::write(w.path().join("static/deep/new.tmp"), "new, excluded\n").unwrap();
+    let again = build_json(w.path(), "out/img");
+    assert_eq!(again["digest"], first["digest"]);
+    let layers = layer_cache(&again);
+    assert!(
+        layers.iter().all(|l| l.1),
+        "only excluded files changed: {layers:?}"
+    );
+}
+
+#[test]
+fn cache_notices_same_size_edits_and_mode_changes() {
+    let w = Work::new();
+    make_inputs(w.path(), NORMAL);
+    let first = build_json(w.path(), "out/img");
+    let stamp = |p: &str| {
+        run(Command::new("touch")
+            .args(["-d", "2020-02-02 02:02:02"])
+            .arg(w.path().join(p)));
+    };
+    stamp("static/index.html");
+    let second = build_json(w.path(), "out/img");
+    assert_eq!(second["digest"], first["digest"], "only an mtime changed");
+
+    // Same size, same mtime, different bytes: a stat cache keyed on size and
+    // mtime alone would miss this.
+    let before = fs::read(w.path().join("static/index.html")).unwrap();
+    let edited = String::from_utf8(before.clone())
+        .unwrap()
+        .replace("hello", "HELLO");
+    assert_eq!(edited.len(), before.len());
+    fs::write(w.path().join("static/index.html"), edited).unwrap();
+    stamp("static/index.html");
+    let third = build_json(w.path(), "out/img");
+    let cached: Vec<(String, bool)> = layer_cache(&third)
+        .into_iter()
+        .map(|l| (l.0, l.1))
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("etc".to_string(), true),
+            ("app".to_string(), true),
+            ("static".to_string(), false)
+        ],
+        "a same-size, same-mtime edit must rebuild its layer"
+    );
+    assert_ne!(third["digest"], first["digest"]);
+
+    // The executable bit picks the default mode, so `chmod +x` is a change.
+    run(Command::new("chmod")
+        .arg("+x")
+        .arg(w.path().join("README.txt")));
+    let fourth = build_json(w.path(), "out/img");
+    let cached: Vec<(String, bool)> = layer_cache(&fourth)
+        .into_iter()
+        .map(|l| (l.0, l.1))
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("etc".to_string(), true),
+            ("app".to_string(), false),
+            ("static".to_string(), true)
+        ],
+        "chmod +x must rebuild its layer"
+    );
+    assert_ne!(fourth["digest"], third["digest"]);
+}
+
+#[test]
+fn archive_bytes_do_not_depend_on_umask_or_clock() {
+    // The archive is a file users hash and ship: its own bytes, not only the
+    // digest inside it, must be reproducible. (One variation each.)
+    let archive = |w: &Work, wrapper: &[&str]| -> Vec<u8> {
+        make_inputs(w.path(), NORMAL);
+        let o = kiln_in(w.path(), wrapper)
+            .args([
+                "build",
+                "recipe.toml",
+                "--format",
+                "oci-archive",
+                "--out",
+                "out/img.tar",
+            ])
+            .output()
+            .unwrap();
+        assert_success(&o, "kiln build --format oci-archive");
+        fs::read(w.path().join("out/img.tar")).unwrap()
+    };
+    let (a, b, c) = (Work::new(), Work::new(), Work::new());
+    let plain = archive(&a, &[]);
+    let umask = archive(&b, &["sh", "-c", "umask 077; exec \"$0\" \"$@\""]);
+    assert!(plain == umask, "archive bytes depend on the umask");
+    assert!(have("faketime"), "`faketime` is missing");
+    let later = archive(&c, &["faketime", "2031-05-05 23:59:59"]);
+    assert!(plain == later, "archive bytes depend on the clock");
+}
+
+/// An image on a base recipe, built from two checkouts at different paths.
+#[test]
+fn base_recipe_images_do_not_depend_on_the_checkout() {
+    let app = "name = \"app\"\nbase = \"base/recipe.toml\"\n\n[[layers]]\nname = \"app\"\nfiles = [ { src = \"hello\", dest = \"/app/hello\" } ]\n";
+    let make = |dir: &Path| {
+        make_inputs(&dir.join("base"), NORMAL);
+        fs::write(dir.join("app.toml"), app).unwrap();
+        fs::write(dir.join("hello"), "#!/bin/sh\n").unwrap();
+        let o = kiln_in(dir, &[])
+            .args(["build", "app.toml", "--out", "out/app"])
+            .output()
+            .unwrap();
+        assert_success(&o, "kiln build app.toml");
+        Built {
+            digest: last_digest(&String::from_utf8(o.stdout).unwrap()),
+            out: dir.join("out/app"),
+        }
+    };
+    let (a, b) = (Work::new(), Work::new());
+    let one = make(a.path());
+    let two = make(&b.path().join("another/checkout"));
+    assert_same("base recipe, two checkouts", &one, &two);
+}
+
+/// `--json` reports whether each layer came from the store; that holds for
+/// layers a base recipe contributes too.
+#[test]
+fn cache_reports_rebuilt_base_layers() {
+    let w = Work::new();
+    make_inputs(&w.path().join("base"), NORMAL);
+    w.write(
+        "app.toml",
+        "name = \"app\"\nbase = \"base/base.toml\"\n\n[[layers]]\nname = \"top\"\ncontents = [ { dest = \"/top\", text = \"top\" } ]\n",
+    );
+    fs::rename(
+        w.path().join("base/recipe.toml"),
+        w.path().join("base/base.toml"),
+    )
+    .unwrap();
+    let build = || {
+        let o = kiln_in(w.path(), &[])
+            .args(["build", "app.toml", "--out", "out/app", "--json"])
+            .output()
+            .unwrap();
+        assert_success(&o, "kiln build app.toml --json");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let layers: Vec<(String, bool, bool)> = v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["name"].as_str().unwrap_or("<null>").to_string(),
+                    l["cached"].as_bool().unwrap(),
+                    l["from_base"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        (v, layers)
+    };
+    let fresh = |cached: [bool; 4]| {
+        [
+            ("etc", cached[0], true),
+            ("app", cached[1], true),
+            ("static", cached[2], true),
+            ("top", cached[3], false),
+        ]
+        .map(|(n, c, b)| (n.to_string(), c, b))
+        .to_vec()
+    };
+    let (_, first) = build();
+    let cached_of = |l: &[(String, bool, bool)]| l.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>();
+    let expect = |c: [bool; 4]| cached_of(&fresh(c));
+    assert_eq!(
+        cached_of(&first),
+        expect([false, false, false, false]),
+        "a fresh store has nothing cached, base layers included: {first:?}"
+    );
+    let (_, second) = build();
+    assert_eq!(
+        cached_of(&second),
+        expect([true, true, true, true]),
+        "{second:?}"
+    );
+    fs::write(
+        w.path().join("base/static/index.html"),
+        "<h1>changed</h1>\n",
+    )
+    .unwrap();
+    let (_, third) = build();
+    assert_eq!(
+        cached_of(&third),
+        expect([true, true, false, true]),
+        "only the base's `static` layer was rebuilt: {third:?}"
+    );
+}
