@@ -161,7 +161,7 @@ fn build_loaded(
     // Directories below each layer; the first platform's base stands for all
     // (bases of one recipe differ per platform in content, not in layout).
     let mut below = DirMap::new();
-    if let Some(base) = bases.first() {
+    if let Some((base, _)) = bases.first() {
         for layer in &base.layers {
             crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
         }
@@ -178,13 +178,8 @@ fn build_loaded(
 
     let mut images = Vec::new();
     let mut manifests = Vec::new();
-    for (platform, base) in recipe.platforms.iter().zip(bases) {
+    for (platform, (base, mut reports)) in recipe.platforms.iter().zip(bases) {
         let mut img = base;
-        let mut reports: Vec<LayerReport> = img
-            .layers
-            .iter()
-            .map(|l| report(l, None, true, true))
-            .collect();
         img.platform = platform.clone();
         img.apply_config(&recipe.config);
         img.set_created(&created);
@@ -229,16 +224,21 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
     }
 }
 
-/// The base image for each of the recipe's platforms, in order.
+/// The base image for each of the recipe's platforms, in order, with the
+/// report of each of its layers.
 fn resolve_base(
     store: &Store,
     recipe: &Recipe,
     settings: &Settings,
     reporter: &dyn Reporter,
     stack: &mut Vec<(PathBuf, PathBuf)>,
-) -> Result<Vec<Image>> {
+) -> Result<Vec<(Image, Vec<LayerReport>)>> {
     match &recipe.base {
-        Base::Scratch => Ok(recipe.platforms.iter().map(Image::scratch).collect()),
+        Base::Scratch => Ok(recipe
+            .platforms
+            .iter()
+            .map(|p| (Image::scratch(p), Vec::new()))
+            .collect()),
         Base::Recipe { path, span } => {
             let at = |msg: String| recipe.source.error(span.clone(), msg);
             if !path.is_file() {
@@ -266,8 +266,15 @@ fn resolve_base(
                 .map(|p| {
                     base.images
                         .iter()
-                        .find(|(img, _)| img.platform == *p)
-                        .map(|(img, _)| img.clone())
+                        .zip(&base.manifests)
+                        .find(|((img, _), _)| img.platform == *p)
+                        .map(|((img, _), m)| {
+                            let mut reports = m.layers.clone();
+                            for r in &mut reports {
+                                r.from_base = true;
+                            }
+                            (img.clone(), reports)
+                        })
                         .ok_or_else(|| {
                             at(format!(
                                 "base recipe `{}` is not built for `{p}`",
@@ -304,7 +311,16 @@ fn resolve_base(
             recipe
                 .platforms
                 .iter()
-                .map(|p| layout.load_image(digest.as_ref(), p, store).map_err(wrap))
+                .map(|p| {
+                    let (img, had) = layout.load_image(digest.as_ref(), p, store).map_err(wrap)?;
+                    let reports = img
+                        .layers
+                        .iter()
+                        .zip(had)
+                        .map(|(l, cached)| report(l, None, cached, true))
+                        .collect();
+                    Ok((img, reports))
+                })
                 .collect()
         }
     }

@@ -103,12 +103,14 @@ impl Layout {
     }
 
     /// Picks the image for `platform`: the one named by `digest`, or the only one in `index.json`.
+    ///
+    /// Also returns, per layer, whether the store already held it.
     pub fn load_image(
         &self,
         digest: Option<&Digest>,
         platform: &Platform,
         store: &Store,
-    ) -> Result<Image> {
+    ) -> Result<(Image, Vec<bool>)> {
         let top = match digest {
             Some(d) => d.clone(),
             None => {
@@ -159,7 +161,12 @@ impl Layout {
         self.load_manifest(&manifest_digest, platform, store)
     }
 
-    fn load_manifest(&self, digest: &Digest, platform: &Platform, store: &Store) -> Result<Image> {
+    fn load_manifest(
+        &self,
+        digest: &Digest,
+        platform: &Platform,
+        store: &Store,
+    ) -> Result<(Image, Vec<bool>)> {
         let (_, manifest) = self.read_json(digest)?;
         let path = self.blob_path(digest);
         let config_desc = manifest
@@ -193,7 +200,9 @@ impl Layout {
             ));
         }
         let mut records = Vec::new();
+        let mut had = Vec::new();
         for (layer, diff_id) in layers.into_iter().zip(diff_ids) {
+            had.push(store.contains(&layer.digest));
             if !store.contains(&layer.digest) {
                 let src = self.blob_path(&layer.digest);
                 let file = fs::File::open(&src).at("open blob", &src)?;
@@ -215,11 +224,14 @@ impl Layout {
         if let Some(os) = config["os"].as_str() {
             platform.os = os.to_string();
         }
-        Ok(Image {
-            platform,
-            config,
-            layers: records,
-        })
+        Ok((
+            Image {
+                platform,
+                config,
+                layers: records,
+            },
+            had,
+        ))
     }
 }
 
