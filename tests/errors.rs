@@ -61,6 +61,32 @@ fn recipe_error(recipe: &str, line_has: &str, token: &str) -> String {
     stderr
 }
 
+/// Hands the workspace to `nobody` (65534) and returns a `kiln` command run
+/// as that user in it: tests run as root, who can read anything. The binary
+/// is copied in, since the target directory may not be readable by `nobody`.
+/// Call it after writing the inputs; change modes afterwards.
+fn as_nobody(w: &Work) -> impl Fn() -> Command + '_ {
+    assert!(common::have("setpriv"), "`setpriv` (util-linux) is missing");
+    let bin = w.path().join("kiln");
+    fs::copy(kiln_bin(), &bin).unwrap();
+    run(Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(w.path()));
+    fs::set_permissions(w.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    move || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .current_dir(w.path())
+            .env("KILN_CACHE", w.cache())
+            .env("HOME", w.path())
+            .env("KILN_NO_PROGRESS", "1")
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    }
+}
+
 #[test]
 fn unknown_top_level_key() {
     let recipe = "name = \"bad\"\ncolour = \"red\"\n\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n";
@@ -190,8 +216,6 @@ trees = [ { src = "loop", dest = "/srv" } ]
 
 #[test]
 fn unreadable_file() {
-    // Tests run as root, who can read anything: run kiln as `nobody`.
-    assert!(common::have("setpriv"), "`setpriv` (util-linux) is missing");
     let w = Work::new();
     let recipe = r#"name = "bad"
 
@@ -204,23 +228,10 @@ files = [
     w.write("recipe.toml", recipe);
     w.write("hello", "hello\n");
     let secret = w.write("secret", "do not read\n");
-    let bin = w.path().join("kiln");
-    fs::copy(kiln_bin(), &bin).unwrap();
-    run(Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(w.path()));
-    fs::set_permissions(w.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let kiln = as_nobody(&w);
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
+    let out = kiln()
         .args(["build", "recipe.toml", "--out", "out/img"])
-        .current_dir(w.path())
-        .env("KILN_CACHE", w.cache())
-        .env("HOME", w.path())
-        .env("KILN_NO_PROGRESS", "1")
-        .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .unwrap();
     assert!(
@@ -550,27 +561,13 @@ fn failed_first_build_leaves_no_output() {
 /// nothing else beside it.
 #[test]
 fn build_that_cannot_write_its_output_leaves_a_complete_layout() {
-    assert!(common::have("setpriv"), "`setpriv` (util-linux) is missing");
     let w = workspace_with_inputs();
     let good_changed = GOOD.replace("text = \"hello\"", "text = \"changed\"");
     w.write("good2.toml", &good_changed);
-    let bin = w.path().join("kiln");
-    fs::copy(kiln_bin(), &bin).unwrap();
-    run(Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(w.path()));
-    fs::set_permissions(w.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let kiln = as_nobody(&w);
     let nobody = |recipe: &str| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
+        kiln()
             .args(["build", recipe, "--out", "out/img"])
-            .current_dir(w.path())
-            .env("KILN_CACHE", w.cache())
-            .env("HOME", w.path())
-            .env("KILN_NO_PROGRESS", "1")
-            .env_remove("SOURCE_DATE_EPOCH")
             .output()
             .unwrap()
     };
@@ -722,5 +719,56 @@ fn archive_out_that_is_a_directory_is_refused() {
     assert!(
         before == snapshot(&w.path().join("keep")),
         "`keep/` was modified"
+    );
+}
+
+#[test]
+fn fifo_in_a_tree() {
+    let w = Work::new();
+    let recipe = "name = \"bad\"\n\n[[layers]]\ntrees = [ { src = \"t\", dest = \"/t\" } ]\n";
+    w.write("recipe.toml", recipe);
+    w.write("t/ok", "ok\n");
+    run(Command::new("mkfifo").arg(w.path().join("t/pipe")));
+    let (code, stderr) = w.fails(&["build", "recipe.toml", "--out", "out/img"]);
+    assert_points_at(code, &stderr, "recipe.toml", pos(recipe, "trees", "\"t\""));
+    assert!(stderr.contains("pipe"), "the fifo is named:\n{stderr}");
+}
+
+#[test]
+fn symlink_loop_that_is_excluded_is_fine() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        "name = \"ok\"\n[[layers]]\ntrees = [ { src = \"loop\", dest = \"/srv\", exclude = [\"a\", \"b\"] } ]\n",
+    );
+    w.write("loop/file.txt", "x");
+    std::os::unix::fs::symlink("b", w.path().join("loop/a")).unwrap();
+    std::os::unix::fs::symlink("a", w.path().join("loop/b")).unwrap();
+    w.build("recipe.toml", "out/img");
+}
+
+#[test]
+fn unreadable_directory_in_a_tree() {
+    let w = Work::new();
+    let recipe = "name = \"bad\"\n\n[[layers]]\ntrees = [ { src = \"t\", dest = \"/t\" } ]\n";
+    w.write("recipe.toml", recipe);
+    w.write("t/ok", "ok\n");
+    w.write("t/secret/f", "x\n");
+    let kiln = as_nobody(&w);
+    fs::set_permissions(w.path().join("t/secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    let out = kiln()
+        .args(["build", "recipe.toml", "--out", "out/img"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_points_at(
+        out.status.code().unwrap_or(-1),
+        &stderr,
+        "recipe.toml",
+        pos(recipe, "trees", "\"t\""),
+    );
+    assert!(
+        stderr.contains("secret"),
+        "the directory is named:\n{stderr}"
     );
 }
