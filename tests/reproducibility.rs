@@ -1222,3 +1222,26 @@ fn cache_reports_rebuilt_base_layers() {
         "only the base's `static` layer was rebuilt"
     );
 }
+
+#[test]
+fn cpu_count_does_not_change_the_digest() {
+    // zstd and gzip output must not depend on how many CPUs kiln may use.
+    assert!(have("taskset"), "`taskset` (util-linux) is missing");
+    let zstd = |dir: &Path| {
+        make_inputs(dir, NORMAL);
+        let recipe = fs::read_to_string(dir.join("recipe.toml")).unwrap();
+        fs::write(
+            dir.join("recipe.toml"),
+            recipe.replace("compression = \"gzip\"", "compression = \"zstd\""),
+        )
+        .unwrap();
+    };
+    let (a, b) = (Work::new(), Work::new());
+    zstd(a.path());
+    zstd(b.path());
+    let one = build(kiln_in(a.path(), &[]), a.path());
+    let two = build(kiln_in(b.path(), &["taskset", "-c", "0"]), b.path());
+    assert_same("all CPUs vs one", &one, &two);
+    let media = manifests(&one.out)[0]["layers"][0]["mediaType"].clone();
+    assert_eq!(media, "application/vnd.oci.image.layer.v1.tar+zstd");
+}
