@@ -39,6 +39,15 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A registry refused or failed a request, or could not be reached.
+    #[error("{message}")]
+    Registry {
+        /// What failed, naming the registry, the blob or manifest, and the HTTP status.
+        message: String,
+        /// How to fix it, when known.
+        hint: Option<String>,
+    },
+
     /// Content did not match the digest it is named by.
     #[error("digest mismatch for {what}: expected `{expected}`, got `{actual}`")]
     DigestMismatch {
@@ -55,11 +64,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The process exit code for this error: 2 bad input, 4 verification, 1 internal.
+    /// The process exit code for this error: 2 bad input, 3 registry or network, 4 verification, 1 internal.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Recipe(_) | Error::Invalid { .. } => 2,
             Error::DigestMismatch { .. } => 4,
+            Error::Registry { .. } => 3,
             Error::Io { .. } => 1,
         }
     }
@@ -68,7 +78,7 @@ impl Error {
     pub fn hint(&self) -> Option<&str> {
         match self {
             Error::Recipe(d) => d.hint.as_deref(),
-            Error::Invalid { hint, .. } => hint.as_deref(),
+            Error::Invalid { hint, .. } | Error::Registry { hint, .. } => hint.as_deref(),
             _ => None,
         }
     }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -85,7 +84,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
         .prefix("kiln-inspect-")
         .tempdir()
         .at("create a temporary directory", Path::new("/tmp"))?;
-    unpack_archive(path, tmp.path())?;
+    crate::source::layout::unpack_archive(path, tmp.path())?;
     inspect_layout(&Layout::open(tmp.path())?, path)
 }
 
@@ -194,41 +193,4 @@ fn image_report(layout: &Layout, digest: &Digest, manifest: &Value) -> Result<Im
         layers,
         annotations,
     })
-}
-
-/// Unpacks the layout files of an OCI archive into `dir`; any other entry is refused.
-fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
-    let file = fs::File::open(archive).at("open", archive)?;
-    let mut ar = tar::Archive::new(io::BufReader::new(file));
-    let bad = |what: String| {
-        Error::invalid(
-            format!("`{}` is not an OCI archive: {what}", archive.display()),
-            Some("give an archive written by `kiln build --format oci-archive` or `skopeo copy … oci-archive:FILE`".into()),
-        )
-    };
-    fs::create_dir_all(dir.join("blobs/sha256")).at("create", dir)?;
-    for entry in ar.entries().at("read", archive)? {
-        let mut entry = entry.at("read", archive)?;
-        let name = entry
-            .path()
-            .at("read", archive)?
-            .to_string_lossy()
-            .into_owned();
-        let name = name.trim_start_matches("./").trim_end_matches('/');
-        if entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let allowed = matches!(name, "index.json" | "oci-layout")
-            || name
-                .strip_prefix("blobs/sha256/")
-                .is_some_and(|h| format!("sha256:{h}").parse::<Digest>().is_ok());
-        if !allowed || !entry.header().entry_type().is_file() {
-            return Err(bad(format!("unexpected entry `{name}`")));
-        }
-        // Only a fixed set of names is written, so nothing can escape `dir`.
-        let dest = dir.join(name);
-        let mut out = fs::File::create(&dest).at("create", &dest)?;
-        io::copy(&mut (&mut entry).take(u64::MAX), &mut out).at("write", &dest)?;
-    }
-    Ok(())
 }

@@ -16,5 +16,6 @@ pub mod json;
 pub mod layer;
 pub mod plan;
 pub mod recipe;
+pub mod registry;
 pub mod source;
 pub mod store;

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use kiln::build::{self, Event, Reporter, Settings};
 use kiln::error::{Error, IoContext};
 use kiln::export::{self, Output};
+use kiln::registry::{parse_reference, Registry};
 use kiln::store::Store;
+
+use super::registry_args::RegistryArgs;
 use serde_json::json;
 
 /// Output formats.
@@ -36,6 +39,11 @@ pub struct Args {
     /// How many layers to build at once (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
+    /// Push the image to `REGISTRY/REPOSITORY[:TAG]` after building (repeatable).
+    #[arg(long, value_name = "REF")]
+    push: Vec<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 struct Progress;
@@ -108,6 +116,16 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
+    let targets = args
+        .push
+        .iter()
+        .map(|r| parse_reference(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let registry_options = if targets.is_empty() {
+        None
+    } else {
+        Some(args.registry.options()?)
+    };
     let settings = Settings {
         source_date_epoch: source_date_epoch()?,
         jobs: args.jobs,
@@ -139,6 +157,23 @@ pub fn run(args: Args) -> Result<(), Error> {
         Format::OciArchive => export::archive::write(&store, &output, &out)?,
     }
     let digest = built.top.digest.to_string();
+    let mut pushes = Vec::new();
+    if let Some(options) = registry_options {
+        let refs: Vec<_> = targets.iter().collect();
+        let registry = Registry::new(options, &refs)?;
+        for target in &targets {
+            let report = registry.push(&store, &built.top, target, &[])?;
+            if super::progress_enabled() && !args.json {
+                eprintln!(
+                    "pushed  {} ({} blobs sent, {} already there)",
+                    target.whole(),
+                    report.uploaded,
+                    report.skipped
+                );
+            }
+            pushes.push(serde_json::json!({ "reference": target.whole(), "report": report }));
+        }
+    }
     if let Some(file) = &args.digest_file {
         write_digest_file(file, &digest)?;
     }
@@ -152,6 +187,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             "platforms": built.manifests.iter().map(|m| &m.platform).collect::<Vec<_>>(),
             "layers": built.manifests[0].layers,
             "manifests": built.manifests,
+            "pushed": pushes,
         });
         println!(
             "{}",
@@ -167,7 +203,7 @@ pub fn run(args: Args) -> Result<(), Error> {
 }
 
 /// Writes the digest file atomically (temp file beside it, then rename).
-fn write_digest_file(file: &std::path::Path, digest: &str) -> Result<(), Error> {
+pub fn write_digest_file(file: &std::path::Path, digest: &str) -> Result<(), Error> {
     use std::io::Write;
     let parent = export::layout::parent_of(file);
     let mut tmp = tempfile::Builder::new()

@@ -1,7 +1,12 @@
 //! Command-line arguments and error rendering.
 
 mod build;
+mod copy;
 mod inspect;
+mod login;
+mod pull;
+mod push;
+mod registry_args;
 
 use clap::{Parser, Subcommand};
 use kiln::error::Error;
@@ -20,6 +25,14 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
+    /// Push an OCI layout or archive already built to a registry.
+    Push(push::Args),
+    /// Pull an image by digest into an OCI layout, verifying every blob.
+    Pull(pull::Args),
+    /// Copy an image from one registry reference to another, by digest.
+    Copy(copy::Args),
+    /// Check and store registry credentials where docker and podman look for them.
+    Login(login::Args),
 }
 
 /// Runs the parsed command.
@@ -27,6 +40,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Push(args) => push::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::Copy(args) => copy::run(args),
+        Command::Login(args) => login::run(args),
     }
 }
 
@@ -47,4 +64,20 @@ pub fn render_error(e: &Error) {
 /// Whether progress lines should be drawn on stderr.
 fn progress_enabled() -> bool {
     std::env::var_os("KILN_NO_PROGRESS").is_none_or(|v| v.is_empty() || v == "0")
+}
+
+/// A progress line on stderr, unless progress is off.
+fn say(line: &str) {
+    if progress_enabled() {
+        eprintln!("{line}");
+    }
+}
+
+/// Writes the digest file (if asked) and prints the digest as the last line of stdout.
+fn finish_digest(digest: &str, file: Option<&std::path::Path>) -> Result<(), Error> {
+    if let Some(file) = file {
+        build::write_digest_file(file, digest)?;
+    }
+    println!("{digest}");
+    Ok(())
 }

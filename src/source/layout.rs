@@ -6,7 +6,7 @@
 //! on a base shares the base's layer digests.
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -283,4 +283,131 @@ fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
         digest,
         json: v.clone(),
     })
+}
+
+/// Unpacks the layout files of an OCI archive into `dir`; any other entry is refused.
+pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
+    let file = fs::File::open(archive).at("open", archive)?;
+    let mut ar = tar::Archive::new(io::BufReader::new(file));
+    let bad = |what: String| {
+        Error::invalid(
+            format!("`{}` is not an OCI archive: {what}", archive.display()),
+            Some("give an archive written by `kiln build --format oci-archive` or `skopeo copy … oci-archive:FILE`".into()),
+        )
+    };
+    fs::create_dir_all(dir.join("blobs/sha256")).at("create", dir)?;
+    for entry in ar.entries().at("read", archive)? {
+        let mut entry = entry.at("read", archive)?;
+        let name = entry
+            .path()
+            .at("read", archive)?
+            .to_string_lossy()
+            .into_owned();
+        let name = name.trim_start_matches("./").trim_end_matches('/');
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let allowed = matches!(name, "index.json" | "oci-layout")
+            || name
+                .strip_prefix("blobs/sha256/")
+                .is_some_and(|h| format!("sha256:{h}").parse::<Digest>().is_ok());
+        if !allowed || !entry.header().entry_type().is_file() {
+            return Err(bad(format!("unexpected entry `{name}`")));
+        }
+        // Only a fixed set of names is written, so nothing can escape `dir`.
+        let dest = dir.join(name);
+        let mut out = fs::File::create(&dest).at("create", &dest)?;
+        io::copy(&mut (&mut entry).take(u64::MAX), &mut out).at("write", &dest)?;
+    }
+    Ok(())
+}
+
+/// Opens an OCI layout directory, or unpacks an OCI archive into a temporary
+/// directory and opens that; the guard keeps the temporary directory alive.
+pub fn open_any(path: &Path) -> Result<(Layout, Option<tempfile::TempDir>)> {
+    let meta = fs::metadata(path).map_err(|e| {
+        Error::invalid(
+            format!("cannot open `{}`: {e}", path.display()),
+            Some("give the path of an OCI layout directory or an OCI archive".into()),
+        )
+    })?;
+    if meta.is_dir() {
+        return Ok((Layout::open(path)?, None));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("kiln-archive-")
+        .tempdir()
+        .at("create a temporary directory", &std::env::temp_dir())?;
+    unpack_archive(path, tmp.path())?;
+    Ok((Layout::open(tmp.path())?, Some(tmp)))
+}
+
+impl Layout {
+    /// Copies the image `index.json` names (every manifest, index, config and
+    /// layer, each verified) into the store and returns its top.
+    pub fn import(&self, store: &Store) -> Result<crate::image::Stored> {
+        let index = self.index()?;
+        let mut digests: Vec<&Desc> = index.iter().collect();
+        digests.dedup_by(|a, b| a.digest == b.digest);
+        let top = match digests.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(Error::invalid(
+                    format!("`{}` holds no image", self.dir.display()),
+                    None,
+                ))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    format!(
+                        "`{}` holds {} different images; kiln pushes one at a time",
+                        self.dir.display(),
+                        digests.len()
+                    ),
+                    None,
+                ))
+            }
+        };
+        let mut todo = vec![top.digest.clone()];
+        let mut top_media = None;
+        while let Some(d) = todo.pop() {
+            let (bytes, doc) = self.read_json(&d)?;
+            store.put_bytes(&bytes)?;
+            let media = if is_index(&doc) {
+                INDEX_MEDIA_TYPE
+            } else {
+                MANIFEST_MEDIA_TYPE
+            };
+            top_media.get_or_insert((d.clone(), media, bytes.len() as u64));
+            if is_index(&doc) {
+                for child in descriptors(&doc, &self.blob_path(&d))? {
+                    todo.push(child.digest);
+                }
+                continue;
+            }
+            let path = self.blob_path(&d);
+            let blobs = std::iter::once(doc.get("config").cloned().unwrap_or(Value::Null))
+                .chain(doc["layers"].as_array().cloned().unwrap_or_default());
+            for b in blobs {
+                let b = descriptor(&b, &path)?;
+                if store.contains(&b.digest) {
+                    continue;
+                }
+                let src = self.blob_path(&b.digest);
+                let file = fs::File::open(&src).at("open blob", &src)?;
+                store
+                    .put_verified(file, &b.digest, &format!("`{}`", src.display()))
+                    .map_err(|e| match e {
+                        Error::Io { source, .. } => verify_error(source, &src),
+                        other => other,
+                    })?;
+            }
+        }
+        let (digest, media_type, size) = top_media.expect("the top was read");
+        Ok(crate::image::Stored {
+            digest,
+            size,
+            media_type,
+        })
+    }
 }
