@@ -18,7 +18,10 @@ pub struct Work {
 impl Work {
     pub fn new() -> Work {
         Work {
-            dir: tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("kiln-test-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -108,7 +111,9 @@ pub fn have(tool: &str) -> bool {
 
 /// Runs an external command, asserts success and returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert_success(&out, &format!("{cmd:?}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
