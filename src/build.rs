@@ -158,34 +158,54 @@ fn build_loaded(
     let created = image::rfc3339(epoch);
     let bases = resolve_base(store, &recipe, settings, reporter, stack)?;
 
-    // Directories below each layer; the first platform's base stands for all
-    // (bases of one recipe differ per platform in content, not in layout).
-    let mut below = DirMap::new();
-    if let Some((base, _)) = bases.first() {
+    // Plan every layer for every platform. Entries may differ per platform
+    // (`{arch}` in `src`, `platforms` filters); where they do not, the plans
+    // have the same input digest and the layer is built once.
+    let hashes = StatCache::load(store.root().join("stat-cache"));
+    let mut per_platform: Vec<Vec<LayerPlan>> = Vec::new();
+    for (platform, (base, _)) in recipe.platforms.iter().zip(&bases) {
+        // Directories below each layer, so implied parents keep their modes.
+        let mut below = DirMap::new();
         for layer in &base.layers {
             crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
         }
-    }
-    let hashes = StatCache::load(store.root().join("stat-cache"));
-    let mut plans = Vec::new();
-    for section in &recipe.layers {
-        let plan = local::plan_layer(&recipe, section, epoch, &below, &hashes)?;
-        plan.add_dirs_to(&mut below);
-        plans.push(plan);
+        let mut plans = Vec::new();
+        for section in &recipe.layers {
+            let plan = local::plan_layer(&recipe, section, epoch, &below, &hashes, platform)?;
+            plan.add_dirs_to(&mut below);
+            plans.push(plan);
+        }
+        per_platform.push(plans);
     }
     hashes.save()?;
-    let built = build_layers(store, &plans, &recipe, settings, reporter, epoch)?;
+    let mut unique: Vec<LayerPlan> = Vec::new();
+    for plan in per_platform.iter().flatten() {
+        if !unique.iter().any(|u| u.input_digest == plan.input_digest) {
+            unique.push(plan.clone());
+        }
+    }
+    let built = build_layers(store, &unique, &recipe, settings, reporter, epoch)?;
+    let built_for = |plan: &LayerPlan| {
+        let i = unique
+            .iter()
+            .position(|u| u.input_digest == plan.input_digest)
+            .expect("every plan was built");
+        built[i].clone()
+    };
 
     let mut images = Vec::new();
     let mut manifests = Vec::new();
-    for (platform, (base, mut reports)) in recipe.platforms.iter().zip(bases) {
+    for ((platform, (base, mut reports)), plans) in
+        recipe.platforms.iter().zip(bases).zip(&per_platform)
+    {
         let mut img = base;
         img.platform = platform.clone();
         img.apply_config(&recipe.config);
         img.set_created(&created);
-        for (plan, (record, cached)) in plans.iter().zip(&built) {
-            reports.push(report(record, plan.name.clone(), *cached, false));
-            img.push_layer(record.clone(), plan.name.as_deref(), &created);
+        for plan in plans {
+            let (record, cached) = built_for(plan);
+            reports.push(report(&record, plan.name.clone(), cached, false));
+            img.push_layer(record, plan.name.as_deref(), &created);
         }
         let stored = img.store(store, &recipe.annotations)?;
         manifests.push(ManifestReport {

@@ -18,7 +18,7 @@ pub use platform::Platform;
 
 use crate::error::{Error, Result, Source};
 
-pub use validate::{image_path, port_key};
+pub use validate::{applies, expand_src, image_path, port_key};
 
 /// A parsed, validated recipe.
 #[derive(Debug, Clone)]
@@ -172,6 +172,8 @@ pub struct FileItem {
     pub uid: Option<u32>,
     /// Owner gid (default 0).
     pub gid: Option<u32>,
+    /// Only for these platforms (default: all of the recipe's).
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// `trees = [{ src, dest, exclude?, mode?, uid?, gid? }]`
@@ -191,6 +193,8 @@ pub struct TreeItem {
     pub uid: Option<u32>,
     /// Owner gid of every entry (default 0).
     pub gid: Option<u32>,
+    /// Only for these platforms (default: all of the recipe's).
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// `contents = [{ dest, text, mode? }]`
@@ -207,6 +211,8 @@ pub struct ContentItem {
     pub uid: Option<u32>,
     /// Owner gid (default 0).
     pub gid: Option<u32>,
+    /// Only for these platforms (default: all of the recipe's).
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// `dirs = [{ path, mode?, uid?, gid? }]`
@@ -221,6 +227,8 @@ pub struct DirItem {
     pub uid: Option<u32>,
     /// Owner gid (default 0).
     pub gid: Option<u32>,
+    /// Only for these platforms (default: all of the recipe's).
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 /// `symlinks = [{ path, target }]`
@@ -235,6 +243,8 @@ pub struct SymlinkItem {
     pub uid: Option<u32>,
     /// Owner gid (default 0).
     pub gid: Option<u32>,
+    /// Only for these platforms (default: all of the recipe's).
+    pub platforms: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,6 +80,25 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
     }
 
     for layer in &raw.layers {
+        let filters = layer
+            .files
+            .iter()
+            .map(|i| &i.get_ref().platforms)
+            .chain(layer.trees.iter().map(|i| &i.get_ref().platforms))
+            .chain(layer.contents.iter().map(|i| &i.get_ref().platforms))
+            .chain(layer.dirs.iter().map(|i| &i.get_ref().platforms))
+            .chain(layer.symlinks.iter().map(|i| &i.get_ref().platforms));
+        for filter in filters.flatten() {
+            check_filter(&source, &platforms, filter)?;
+        }
+        for src in layer
+            .files
+            .iter()
+            .map(|i| &i.get_ref().src)
+            .chain(layer.trees.iter().map(|i| &i.get_ref().src))
+        {
+            check_placeholders(&source, src)?;
+        }
         for f in &layer.files {
             let f = f.get_ref();
             non_empty(&source, &f.src, "`src`")?;
@@ -164,6 +183,68 @@ fn parse_base(source: &Source, dir: &std::path::Path, b: &Spanned<String>) -> Re
         .error(span, format!("`{text}` is not a base kiln can use yet"))
         .hint("use `scratch`, the path of another recipe (`base-images/x.toml`), or an OCI layout (`oci:PATH@sha256:…`)")
         .into())
+}
+
+/// A `platforms` filter on a layer entry names platforms the recipe builds.
+fn check_filter(source: &Source, built: &[Platform], filter: &[Spanned<String>]) -> Result<()> {
+    for p in filter {
+        let platform = Platform::parse(p.get_ref()).map_err(|msg| {
+            source.error(p.span(), msg).hint(
+                "platforms are written as in `docker --platform`: `linux/amd64`, `linux/arm64`",
+            )
+        })?;
+        if !built.contains(&platform) {
+            let list: Vec<String> = built.iter().map(|p| format!("`{p}`")).collect();
+            return Err(source
+                .error(
+                    p.span(),
+                    format!("`{platform}` is not one of the recipe's platforms"),
+                )
+                .hint(format!(
+                    "the recipe builds {}; add it to `platforms` at the top, or fix the filter",
+                    list.join(", ")
+                ))
+                .into());
+        }
+    }
+    Ok(())
+}
+
+/// The placeholders a `src` may hold: `{os}`, `{arch}` and `{variant}`.
+pub const PLACEHOLDERS: [&str; 3] = ["{os}", "{arch}", "{variant}"];
+
+fn check_placeholders(source: &Source, src: &Spanned<String>) -> Result<()> {
+    let mut rest = src.get_ref().as_str();
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start..];
+        let end = after.find('}').map_or(after.len(), |e| e + 1);
+        let word = &after[..end];
+        if !PLACEHOLDERS.contains(&word) {
+            return Err(source
+                .error(src.span(), format!("unknown placeholder `{word}` in `src`"))
+                .hint("`src` may use `{os}`, `{arch}` and `{variant}`, e.g. `bin/{arch}/app`")
+                .into());
+        }
+        rest = &after[end..];
+    }
+    Ok(())
+}
+
+/// `src` with the platform's placeholders filled in.
+pub fn expand_src(src: &str, p: &Platform) -> String {
+    src.replace("{os}", &p.os)
+        .replace("{arch}", &p.arch)
+        .replace("{variant}", p.variant.as_deref().unwrap_or(""))
+}
+
+/// Whether an entry with this `platforms` filter goes into `p`'s layer.
+pub fn applies(filter: &Option<Vec<Spanned<String>>>, p: &Platform) -> bool {
+    match filter {
+        None => true,
+        Some(list) => list
+            .iter()
+            .any(|s| Platform::parse(s.get_ref()).is_ok_and(|q| q == *p)),
+    }
 }
 
 fn non_empty(source: &Source, s: &Spanned<String>, what: &str) -> Result<()> {

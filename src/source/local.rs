@@ -20,7 +20,9 @@ use toml::Spanned;
 use crate::digest::{digest_reader, Digest};
 use crate::error::{Diagnostic, Result};
 use crate::plan::{Content, DirMap, DirMeta, Entry, EntryKind, LayerPlan};
-use crate::recipe::{image_path, LayerSection, Mode, Recipe, TreeItem};
+use crate::recipe::{
+    applies, expand_src, image_path, LayerSection, Mode, Platform, Recipe, TreeItem,
+};
 use crate::store::stat_cache::StatCache;
 
 /// Plans one layer of `recipe`.
@@ -35,15 +37,21 @@ pub fn plan_layer(
     mtime: u64,
     below: &DirMap,
     hashes: &StatCache,
+    platform: &Platform,
 ) -> Result<LayerPlan> {
     let mut b = LayerBuilder {
         recipe,
+        platform,
         below,
         hashes,
         entries: BTreeMap::new(),
         links: HashMap::new(),
     };
-    for item in &section.dirs {
+    for item in section
+        .dirs
+        .iter()
+        .filter(|i| applies(&i.get_ref().platforms, platform))
+    {
         let d = item.get_ref();
         let path = image_path(&recipe.source, &d.path, "`path`")?;
         if path.is_empty() {
@@ -58,7 +66,11 @@ pub fn plan_layer(
         };
         b.insert(entry, item.span(), None)?;
     }
-    for item in &section.contents {
+    for item in section
+        .contents
+        .iter()
+        .filter(|i| applies(&i.get_ref().platforms, platform))
+    {
         let c = item.get_ref();
         let bytes: Arc<[u8]> = Arc::from(c.text.as_bytes());
         let entry = Entry {
@@ -74,7 +86,11 @@ pub fn plan_layer(
         };
         b.insert(entry, item.span(), None)?;
     }
-    for item in &section.symlinks {
+    for item in section
+        .symlinks
+        .iter()
+        .filter(|i| applies(&i.get_ref().platforms, platform))
+    {
         let s = item.get_ref();
         let entry = Entry {
             path: image_path(&recipe.source, &s.path, "`path`")?,
@@ -87,9 +103,13 @@ pub fn plan_layer(
         };
         b.insert(entry, item.span(), None)?;
     }
-    for item in &section.files {
+    for item in section
+        .files
+        .iter()
+        .filter(|i| applies(&i.get_ref().platforms, platform))
+    {
         let f = item.get_ref();
-        let src = recipe.dir.join(f.src.get_ref());
+        let src = recipe.dir.join(expand_src(f.src.get_ref(), platform));
         let meta = fs::metadata(&src).map_err(|e| {
             b.error(&f.src, format!("cannot use `{}`", src.display()))
                 .cause(e)
@@ -118,7 +138,11 @@ pub fn plan_layer(
         let entry = b.host_file(&src, &meta, path, &f.src, f.mode, f.uid, f.gid)?;
         b.insert(entry, item.span(), Some(&meta))?;
     }
-    for item in &section.trees {
+    for item in section
+        .trees
+        .iter()
+        .filter(|i| applies(&i.get_ref().platforms, platform))
+    {
         b.tree(item.get_ref(), item.span())?;
     }
     Ok(LayerPlan::new(
@@ -143,6 +167,7 @@ fn join(dir: &str, name: &str) -> String {
 
 struct LayerBuilder<'a> {
     recipe: &'a Recipe,
+    platform: &'a Platform,
     below: &'a DirMap,
     hashes: &'a StatCache,
     /// Explicit entries by path, with the span of the recipe item that made each.
@@ -234,7 +259,10 @@ impl LayerBuilder<'_> {
     }
 
     fn tree(&mut self, t: &TreeItem, span: Range<usize>) -> Result<()> {
-        let root = self.recipe.dir.join(t.src.get_ref());
+        let root = self
+            .recipe
+            .dir
+            .join(expand_src(t.src.get_ref(), self.platform));
         let meta = fs::metadata(&root).map_err(|e| {
             self.error(&t.src, format!("cannot use `{}`", root.display()))
                 .cause(e)
