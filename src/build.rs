@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, Image, Stored};
+use crate::lock::{self, Lock};
 use crate::plan::{DirMap, LayerPlan};
 use crate::recipe::{Base, Platform, Recipe};
 use crate::source::{layout::Layout, local};
@@ -27,6 +28,10 @@ pub struct Settings {
     pub source_date_epoch: Option<u64>,
     /// How many layers to build at once (0: one per CPU).
     pub jobs: usize,
+    /// How to reach registries for registry bases.
+    pub registry: crate::registry::Options,
+    /// Fail unless every recipe's lockfile exists and matches it exactly (for CI).
+    pub locked: bool,
 }
 
 /// What a build reports as it goes; the CLI draws it on stderr.
@@ -156,6 +161,9 @@ fn build_loaded(
 ) -> Result<Built> {
     let epoch = settings.source_date_epoch.unwrap_or(0);
     let created = image::rfc3339(epoch);
+    if settings.locked {
+        check_locked(&recipe)?;
+    }
     let bases = resolve_base(store, &recipe, settings, reporter, stack)?;
 
     // Plan every layer for every platform. Entries may differ per platform
@@ -306,6 +314,40 @@ fn resolve_base(
                 })
                 .collect()
         }
+        Base::Registry { reference, span } => {
+            let digest = pinned_digest(recipe, reference, span)?;
+            let source = crate::registry::parse_reference(reference)?;
+            let pinned = source.clone_with_digest(digest.to_string());
+            let view = Layout::over_store(store);
+            let load = || -> Result<Vec<(Image, Vec<bool>)>> {
+                recipe
+                    .platforms
+                    .iter()
+                    .map(|p| view.load_image(Some(&digest), p, store))
+                    .collect()
+            };
+            // A base already in the store is used without asking the registry.
+            let (images, cached) = match load() {
+                Ok(images) => (images, true),
+                Err(_) => {
+                    let registry =
+                        crate::registry::Registry::new(settings.registry.clone(), &[&pinned])?;
+                    registry.pull(store, &pinned, Some(&recipe.platforms))?;
+                    (load()?, false)
+                }
+            };
+            Ok(images
+                .into_iter()
+                .map(|(img, _)| {
+                    let reports = img
+                        .layers
+                        .iter()
+                        .map(|l| report(l, None, cached, true))
+                        .collect();
+                    (img, reports)
+                })
+                .collect())
+        }
         Base::Layout { path, digest, span } => {
             let wrap = |e: Error| -> Error {
                 let code = e.exit_code();
@@ -342,6 +384,76 @@ fn resolve_base(
                     Ok((img, reports))
                 })
                 .collect()
+        }
+    }
+}
+
+/// The digest a registry base stands for: its own, or the lockfile's for a tag.
+fn pinned_digest(
+    recipe: &Recipe,
+    reference: &str,
+    span: &std::ops::Range<usize>,
+) -> Result<Digest> {
+    let parsed = crate::registry::parse_reference(reference)?;
+    if let Some(d) = parsed.digest() {
+        return d.parse().map_err(|e: crate::digest::BadDigest| {
+            recipe.source.error(span.clone(), e.to_string()).into()
+        });
+    }
+    let lock_path = lock::path_for(&recipe.source.path);
+    let lock = Lock::read(&lock_path)?;
+    lock.and_then(|l| l.bases.get(reference).cloned())
+        .ok_or_else(|| {
+            recipe
+                .source
+                .error(
+                    span.clone(),
+                    format!(
+                        "base `{reference}` is a tag, and `{}` does not pin it to a digest",
+                        lock_path.display()
+                    ),
+                )
+                .hint(format!(
+                "run `kiln lock {}` and commit the lockfile, or write the base as `REPO@sha256:…`",
+                recipe.source.path.display()
+            ))
+                .into()
+        })
+}
+
+/// With `--locked`: the lockfile exists and pins exactly what the recipe names by tag.
+fn check_locked(recipe: &Recipe) -> Result<()> {
+    let lock_path = lock::path_for(&recipe.source.path);
+    let wanted: Vec<&str> = match &recipe.base {
+        Base::Registry { reference, .. } if !reference.contains('@') => vec![reference.as_str()],
+        _ => Vec::new(),
+    };
+    let lock = Lock::read(&lock_path)?;
+    let hint = Some(format!(
+        "run `kiln lock {}`, commit the lockfile, and build again",
+        recipe.source.path.display()
+    ));
+    match lock {
+        None if wanted.is_empty() => Ok(()),
+        None => Err(Error::invalid(
+            format!("`--locked`, but `{}` does not exist", lock_path.display()),
+            hint,
+        )),
+        Some(lock) => {
+            let pinned: Vec<&str> = lock.bases.keys().map(String::as_str).collect();
+            if pinned == wanted {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    format!(
+                        "`--locked`, but `{}` is stale: it pins [{}], the recipe names [{}] by tag",
+                        lock_path.display(),
+                        pinned.join(", "),
+                        wanted.join(", ")
+                    ),
+                    hint,
+                ))
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod image;
 pub mod inspect;
 pub mod json;
 pub mod layer;
+pub mod lock;
 pub mod plan;
 pub mod recipe;
 pub mod registry;

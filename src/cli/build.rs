@@ -39,6 +39,9 @@ pub struct Args {
     /// How many layers to build at once (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
+    /// Fail unless the recipe's lockfile exists and pins exactly its tagged inputs (for CI).
+    #[arg(long)]
+    locked: bool,
     /// Push the image to `REGISTRY/REPOSITORY[:TAG]` after building (repeatable).
     #[arg(long, value_name = "REF")]
     push: Vec<String>,
@@ -121,14 +124,12 @@ pub fn run(args: Args) -> Result<(), Error> {
         .iter()
         .map(|r| parse_reference(r))
         .collect::<Result<Vec<_>, _>>()?;
-    let registry_options = if targets.is_empty() {
-        None
-    } else {
-        Some(args.registry.options()?)
-    };
+    let registry_options = args.registry.options()?;
     let settings = Settings {
         source_date_epoch: source_date_epoch()?,
         jobs: args.jobs,
+        registry: registry_options.clone(),
+        locked: args.locked,
     };
     let store = Store::open(Store::default_root()?)?;
     let quiet = build::Quiet;
@@ -158,9 +159,9 @@ pub fn run(args: Args) -> Result<(), Error> {
     }
     let digest = built.top.digest.to_string();
     let mut pushes = Vec::new();
-    if let Some(options) = registry_options {
+    if !targets.is_empty() {
         let refs: Vec<_> = targets.iter().collect();
-        let registry = Registry::new(options, &refs)?;
+        let registry = Registry::new(registry_options, &refs)?;
         for target in &targets {
             let report = registry.push(&store, &built.top, target, &[])?;
             if super::progress_enabled() && !args.json {

@@ -26,7 +26,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     let target = parse_reference(&args.destination)?;
     let store = Store::open(Store::default_root()?)?;
     let registry = Registry::new(args.registry.options()?, &[&source, &target])?;
-    let top = registry.pull(&store, &source)?;
+    let top = registry.pull(&store, &source, None)?;
     let report = registry.push(&store, &top, &target, std::slice::from_ref(&source))?;
     super::say(&format!(
         "copied  {} -> {} ({} blobs sent, {} already there, {} mounted)",

@@ -3,6 +3,7 @@
 mod build;
 mod copy;
 mod inspect;
+mod lock;
 mod login;
 mod pull;
 mod push;
@@ -25,6 +26,8 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
+    /// Pin every input a recipe names by tag (a base image) in `RECIPE.lock`.
+    Lock(lock::Args),
     /// Push an OCI layout or archive already built to a registry.
     Push(push::Args),
     /// Pull an image by digest into an OCI layout, verifying every blob.
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Lock(args) => lock::run(args),
         Command::Push(args) => push::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Copy(args) => copy::run(args),

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     let source = parse_reference(&args.reference)?;
     let store = Store::open(Store::default_root()?)?;
     let registry = Registry::new(args.registry.options()?, &[&source])?;
-    let top = registry.pull(&store, &source)?;
+    let top = registry.pull(&store, &source, None)?;
     let tags: Vec<String> = source.tag().map(String::from).into_iter().collect();
     let output = Output {
         top: &top,

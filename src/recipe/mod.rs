@@ -57,6 +57,13 @@ pub enum Base {
         /// Where `base` is written, for errors.
         span: std::ops::Range<usize>,
     },
+    /// An image in a registry (`REGISTRY/REPO@sha256:…`, or `:TAG` pinned by the lock).
+    Registry {
+        /// The reference as written.
+        reference: String,
+        /// Where `base` is written, for errors.
+        span: std::ops::Range<usize>,
+    },
     /// An OCI image layout on disk (`oci:PATH` or `oci:PATH@sha256:…`).
     Layout {
         /// The layout directory, resolved against this recipe's directory.

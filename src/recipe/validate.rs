@@ -179,9 +179,22 @@ fn parse_base(source: &Source, dir: &std::path::Path, b: &Spanned<String>) -> Re
             span,
         });
     }
+    let first = text.split('/').next().unwrap_or_default();
+    let has_registry = text.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    if has_registry {
+        text.parse::<oci_client::Reference>().map_err(|e| {
+            source
+                .error(span.clone(), format!("`{text}` is not an image reference: {e}"))
+                .hint("write `REGISTRY/REPOSITORY@sha256:…`, or `REGISTRY/REPOSITORY:TAG` pinned with `kiln lock`")
+        })?;
+        return Ok(Base::Registry {
+            reference: text.to_string(),
+            span,
+        });
+    }
     Err(source
         .error(span, format!("`{text}` is not a base kiln can use yet"))
-        .hint("use `scratch`, the path of another recipe (`base-images/x.toml`), or an OCI layout (`oci:PATH@sha256:…`)")
+        .hint("use `scratch`, the path of another recipe (`base-images/x.toml`), an OCI layout (`oci:PATH@sha256:…`), or a registry image with its registry host (`REGISTRY/REPO@sha256:…`)")
         .into())
 }
 

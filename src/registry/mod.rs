@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::recipe::Platform;
 use crate::store::Store;
 
 pub use auth::Credentials;
@@ -287,9 +288,30 @@ impl Registry {
         Ok(())
     }
 
+    /// The digest `source`'s tag points at now.
+    pub fn resolve(&self, source: &Reference) -> Result<Digest> {
+        let auth = self.auth(source)?;
+        self.runtime.block_on(async {
+            let what = format!("resolve `{}`", source.whole());
+            let accept = [MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPE];
+            let (bytes, _) = self
+                .retry(&what, || {
+                    self.client.pull_manifest_raw(source, &auth, &accept)
+                })
+                .await?;
+            Ok(Digest::of(&bytes))
+        })
+    }
+
     /// Pulls `source` (by digest, or by tag) into the store, verifying every
-    /// manifest and blob; returns the stored top manifest or index.
-    pub fn pull(&self, store: &Store, source: &Reference) -> Result<Stored> {
+    /// manifest and blob; returns the stored top manifest or index. With
+    /// `platforms`, only those platforms' manifests of an index are fetched.
+    pub fn pull(
+        &self,
+        store: &Store,
+        source: &Reference,
+        platforms: Option<&[Platform]>,
+    ) -> Result<Stored> {
         let auth = self.auth(source)?;
         self.runtime.block_on(async {
             self.client
@@ -303,6 +325,13 @@ impl Registry {
                 let doc: Value =
                     serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
                 for child in doc["manifests"].as_array().into_iter().flatten() {
+                    let wanted = platforms.is_none_or(|ps| {
+                        ps.iter()
+                            .any(|p| crate::source::layout::matches_platform(child, p))
+                    });
+                    if !wanted {
+                        continue;
+                    }
                     let d = child["digest"].as_str().unwrap_or_default();
                     let r = source.clone_with_digest(d.to_string());
                     manifests.push(self.pull_manifest(store, &r, Some(d)).await?);

@@ -60,6 +60,14 @@ impl Layout {
         })
     }
 
+    /// Reads the store as a layout: its `blobs/sha256/` has the same shape.
+    /// Used for images pulled from a registry, whose blobs are already stored.
+    pub fn over_store(store: &Store) -> Layout {
+        Layout {
+            dir: store.root().to_path_buf(),
+        }
+    }
+
     /// The layout's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -247,7 +255,8 @@ pub fn is_manifest(doc: &Value) -> bool {
         || doc.get("config").is_some()
 }
 
-fn matches_platform(desc: &Value, p: &Platform) -> bool {
+/// Whether an index descriptor is for platform `p`.
+pub fn matches_platform(desc: &Value, p: &Platform) -> bool {
     let plat = &desc["platform"];
     plat["os"].as_str() == Some(p.os.as_str())
         && plat["architecture"].as_str() == Some(p.arch.as_str())

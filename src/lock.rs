@@ -1,0 +1,159 @@
+//! The lockfile: `RECIPE.lock` beside `RECIPE.toml`, committed by users.
+//!
+//! It pins every input a recipe names by something that can move (a base
+//! image by tag) to a digest. Its bytes are stable: entries sorted, one per
+//! line, so the same inputs write the same file and diffs stay small.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result, Source};
+
+/// The lockfile's format version.
+pub const LOCK_VERSION: u32 = 1;
+
+/// What a lockfile pins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lock {
+    /// Base image references by tag → the digest they resolved to.
+    pub bases: BTreeMap<String, Digest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLock {
+    version: u32,
+    #[serde(default)]
+    bases: BTreeMap<String, toml::Spanned<String>>,
+}
+
+/// The lockfile of the recipe at `recipe`: the same name with `.lock`.
+pub fn path_for(recipe: &Path) -> PathBuf {
+    recipe.with_extension("lock")
+}
+
+impl Lock {
+    /// Reads a lockfile; `None` if there is none.
+    pub fn read(path: &Path) -> Result<Option<Lock>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let source = Source {
+            path: path.to_path_buf(),
+            text,
+        };
+        let raw: RawLock = toml::from_str(&source.text).map_err(|e| {
+            Error::from(
+                source
+                    .error(e.span().unwrap_or(0..0), e.message().trim_end().to_string())
+                    .hint("regenerate the lockfile with `kiln lock RECIPE`"),
+            )
+        })?;
+        if raw.version != LOCK_VERSION {
+            return Err(source
+                .error(
+                    0..0,
+                    format!("lockfile version {} is not {LOCK_VERSION}", raw.version),
+                )
+                .hint("regenerate it with this kiln: `kiln lock RECIPE`")
+                .into());
+        }
+        let mut bases = BTreeMap::new();
+        for (reference, digest) in raw.bases {
+            let d = digest
+                .get_ref()
+                .parse()
+                .map_err(|e: crate::digest::BadDigest| {
+                    Error::from(
+                        source
+                            .error(digest.span(), e.to_string())
+                            .hint("regenerate the lockfile with `kiln lock RECIPE`"),
+                    )
+                })?;
+            bases.insert(reference, d);
+        }
+        Ok(Some(Lock { bases }))
+    }
+
+    /// The lockfile's text.
+    pub fn render(&self) -> String {
+        let mut text = format!(
+            "# Written by `kiln lock`: every moving input of the recipe, pinned by digest.\n# Commit it beside the recipe.\nversion = {LOCK_VERSION}\n"
+        );
+        if !self.bases.is_empty() {
+            text.push_str("\n[bases]\n");
+            for (reference, digest) in &self.bases {
+                text.push_str(&format!("{} = \"{digest}\"\n", toml_key(reference)));
+            }
+        }
+        text
+    }
+
+    /// Writes the lockfile atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let dir = crate::export::layout::parent_of(path);
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&dir).at("create a temporary file in", &dir)?;
+        tmp.write_all(self.render().as_bytes())
+            .at("write", tmp.path())?;
+        tmp.as_file().sync_all().at("sync", tmp.path())?;
+        tmp.persist(path)
+            .map_err(|e| Error::io("write", path, e.error))?;
+        Ok(())
+    }
+}
+
+/// Resolves every input `recipe` names by tag and writes its lockfile.
+/// Returns the lockfile's path and whether its content changed.
+pub fn lock_recipe(
+    recipe: &Path,
+    options: &crate::registry::Options,
+) -> Result<(PathBuf, Lock, bool)> {
+    let parsed = crate::recipe::Recipe::load(recipe)?;
+    let mut lock = Lock::default();
+    if let crate::recipe::Base::Registry { reference, .. } = &parsed.base {
+        let r = crate::registry::parse_reference(reference)?;
+        if r.digest().is_none() {
+            let registry = crate::registry::Registry::new(options.clone(), &[&r])?;
+            lock.bases.insert(reference.clone(), registry.resolve(&r)?);
+        }
+    }
+    let path = path_for(recipe);
+    let changed = Lock::read(&path).ok().flatten().as_ref() != Some(&lock);
+    if changed {
+        lock.write(&path)?;
+    }
+    Ok((path, lock, changed))
+}
+
+fn toml_key(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_stable_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.lock");
+        let mut lock = Lock::default();
+        lock.bases.insert("r.example/b:2".into(), Digest::of(b"2"));
+        lock.bases.insert("r.example/a:1".into(), Digest::of(b"1"));
+        lock.write(&path).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        assert_eq!(Lock::read(&path).unwrap().unwrap(), lock);
+        lock.write(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        let text = String::from_utf8(first).unwrap();
+        assert!(text.find("r.example/a:1").unwrap() < text.find("r.example/b:2").unwrap());
+    }
+}
