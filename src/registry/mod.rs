@@ -567,19 +567,28 @@ impl PushPlan {
     }
 }
 
+/// Bytes per upload request: oci-client sends each stream item as PATCH
+/// requests of at most 4 MiB, so items of exactly that size make the fewest.
+const UPLOAD_CHUNK: usize = 4 << 20;
+
 fn tokio_reader_stream(
     file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
-       + Send
-       + 'static {
+) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
     use tokio::io::AsyncReadExt;
     futures_util::stream::try_unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
             return Ok(None);
         }
-        buf.truncate(n);
+        buf.truncate(filled);
         Ok(Some((bytes::Bytes::from(buf), file)))
     })
 }
