@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::source::layout::{descriptors, is_index, Desc, Layout};
+use crate::source::layout::{descriptors, is_index, open_any, Desc, Layout};
 
 /// What a layout holds.
 #[derive(Debug, Serialize)]
@@ -71,21 +71,8 @@ pub struct LayerInfo {
 
 /// Inspects a layout directory or an OCI archive file.
 pub fn inspect(path: &Path) -> Result<Report> {
-    let meta = fs::metadata(path).map_err(|e| {
-        Error::invalid(
-            format!("cannot inspect `{}`: {e}", path.display()),
-            Some("give the path of an OCI layout directory or an OCI archive".into()),
-        )
-    })?;
-    if meta.is_dir() {
-        return inspect_layout(&Layout::open(path)?, path);
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("kiln-inspect-")
-        .tempdir()
-        .at("create a temporary directory", Path::new("/tmp"))?;
-    crate::source::layout::unpack_archive(path, tmp.path())?;
-    inspect_layout(&Layout::open(tmp.path())?, path)
+    let (layout, _tmp) = open_any(path)?;
+    inspect_layout(&layout, path)
 }
 
 fn inspect_layout(layout: &Layout, shown: &Path) -> Result<Report> {

@@ -573,7 +573,9 @@ const UPLOAD_CHUNK: usize = 4 << 20;
 
 fn tokio_reader_stream(
     file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>> + Send + 'static {
+) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
+       + Send
+       + 'static {
     use tokio::io::AsyncReadExt;
     futures_util::stream::try_unfold(file, |mut file| async move {
         let mut buf = vec![0u8; UPLOAD_CHUNK];

@@ -83,6 +83,27 @@ impl Layout {
         descriptors(&v, &path)
     }
 
+    /// The one image `index.json` names (several tags of one digest count as one).
+    pub fn single_image(&self) -> Result<Desc> {
+        let mut index = self.index()?;
+        index.dedup_by(|a, b| a.digest == b.digest);
+        match index.len() {
+            1 => Ok(index.remove(0)),
+            0 => Err(Error::invalid(
+                format!("`{}` holds no image", self.dir.display()),
+                None,
+            )),
+            n => Err(Error::invalid(
+                format!("`{}` holds {n} different images", self.dir.display()),
+                Some(format!(
+                    "name one by digest, e.g. `oci:{}@{}`",
+                    self.dir.display(),
+                    index[0].digest
+                )),
+            )),
+        }
+    }
+
     /// Where a blob lives in the layout.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs").join("sha256").join(d.hex())
@@ -121,30 +142,7 @@ impl Layout {
     ) -> Result<(Image, Vec<bool>)> {
         let top = match digest {
             Some(d) => d.clone(),
-            None => {
-                let index = self.index()?;
-                let mut digests: Vec<&Digest> = index.iter().map(|d| &d.digest).collect();
-                digests.dedup();
-                match digests.as_slice() {
-                    [one] => (*one).clone(),
-                    [] => {
-                        return Err(Error::invalid(
-                            format!("`{}` holds no image", self.dir.display()),
-                            None,
-                        ))
-                    }
-                    _ => {
-                        return Err(Error::invalid(
-                            format!("`{}` holds {} images", self.dir.display(), digests.len()),
-                            Some(format!(
-                                "name one by digest: `oci:{}@{}`",
-                                self.dir.display(),
-                                digests[0]
-                            )),
-                        ))
-                    }
-                }
-            }
+            None => self.single_image()?.digest,
         };
         let (_, doc) = self.read_json(&top)?;
         let manifest_digest = if is_index(&doc) {
@@ -355,28 +353,7 @@ impl Layout {
     /// Copies the image `index.json` names (every manifest, index, config and
     /// layer, each verified) into the store and returns its top.
     pub fn import(&self, store: &Store) -> Result<crate::image::Stored> {
-        let index = self.index()?;
-        let mut digests: Vec<&Desc> = index.iter().collect();
-        digests.dedup_by(|a, b| a.digest == b.digest);
-        let top = match digests.as_slice() {
-            [one] => (*one).clone(),
-            [] => {
-                return Err(Error::invalid(
-                    format!("`{}` holds no image", self.dir.display()),
-                    None,
-                ))
-            }
-            _ => {
-                return Err(Error::invalid(
-                    format!(
-                        "`{}` holds {} different images; kiln pushes one at a time",
-                        self.dir.display(),
-                        digests.len()
-                    ),
-                    None,
-                ))
-            }
-        };
+        let top = self.single_image()?;
         let mut todo = vec![top.digest.clone()];
         let mut top_media = None;
         while let Some(d) = todo.pop() {
