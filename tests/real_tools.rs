@@ -942,3 +942,291 @@ symlinks = [ { path = "/etc/link", target = "keep" } ]
     assert_eq!(owner(&root.join("var/lib/app")), (10, 10));
     assert_eq!(read(&root.join("var/lib/app/state")), "s\n");
 }
+
+#[test]
+fn umoci_unpacks_tree_and_file_options() {
+    let w = Work::new();
+    // A tree with an empty directory, an executable, symlinks (relative,
+    // dangling) and three names for one file, one of them in a subdirectory.
+    fs::create_dir_all(w.path().join("tree/empty")).unwrap();
+    w.write("tree/sub/exec", "#!/bin/sh\n");
+    fs::set_permissions(
+        w.path().join("tree/sub/exec"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let g = w.write("tree/g", "g\n");
+    fs::hard_link(&g, w.path().join("tree/g2")).unwrap();
+    fs::hard_link(&g, w.path().join("tree/sub/g3")).unwrap();
+    std::os::unix::fs::symlink("sub/exec", w.path().join("tree/rel")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", w.path().join("tree/dangling")).unwrap();
+    // The same shape again for the tree with options: one host tree included
+    // twice with different owners is its own test below.
+    run(Command::new("cp")
+        .args(["-a", "tree", "tree-owned"])
+        .current_dir(w.path()));
+    w.write("host.txt", "host\n");
+    w.write(
+        "recipe.toml",
+        r#"
+name = "options"
+[[layers]]
+name = "opts"
+files = [
+  { src = "host.txt", dest = "/opt/dir/" },
+  { src = "host.txt", dest = "/opt/suid", mode = "4755" },
+]
+trees = [
+  { src = "tree", dest = "/plain" },
+  { src = "tree-owned", dest = "/owned", mode = 0o600, uid = 3, gid = 4 },
+]
+[[layers]]
+name = "nothing"
+"#,
+    );
+    w.build("recipe.toml", "img");
+    let root = unpack(&w, "img", "latest", "bundle").join("rootfs");
+
+    // `dest` ending in `/` keeps the file's name; a string mode; setuid kept.
+    assert_eq!(read(&root.join("opt/dir/host.txt")), "host\n");
+    assert_eq!(mode(&root.join("opt/dir/host.txt")), 0o644);
+    assert_eq!(mode(&root.join("opt/suid")), 0o4755);
+
+    // Default modes from the host's executable bits; links as they were.
+    assert_eq!(mode(&root.join("plain/sub/exec")), 0o755);
+    assert_eq!(mode(&root.join("plain/g")), 0o644);
+    assert_eq!(mode(&root.join("plain/empty")), 0o755);
+    assert_eq!(fs::read_dir(root.join("plain/empty")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_link(root.join("plain/rel")).unwrap(),
+        Path::new("sub/exec")
+    );
+    assert_eq!(
+        fs::read_link(root.join("plain/dangling")).unwrap(),
+        Path::new("/nowhere")
+    );
+    let ino = |p: &str| fs::metadata(root.join(p)).unwrap().ino();
+    assert_eq!(ino("plain/g"), ino("plain/g2"));
+    assert_eq!(ino("plain/g"), ino("plain/sub/g3"));
+    assert_eq!(fs::metadata(root.join("plain/g")).unwrap().nlink(), 3);
+
+    // A tree's `mode` sets its regular files, directories stay 0755, and
+    // `uid`/`gid` set every entry, links included.
+    for (p, m) in [
+        ("owned", 0o755),
+        ("owned/empty", 0o755),
+        ("owned/sub", 0o755),
+        ("owned/sub/exec", 0o600),
+        ("owned/g", 0o600),
+        ("owned/sub/g3", 0o600),
+    ] {
+        assert_eq!(mode(&root.join(p)), m, "mode of /{p}");
+        assert_eq!(owner(&root.join(p)), (3, 4), "owner of /{p}");
+    }
+    assert_eq!(owner(&root.join("owned/rel")), (3, 4));
+    assert_eq!(ino("owned/g"), ino("owned/sub/g3"));
+
+    // The empty layer is still a layer skopeo can read.
+    let src = format!("oci:{}:latest", w.path().join("img").display());
+    assert_eq!(skopeo_json(&[&src])["Layers"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn child_entrypoint_drops_base_cmd_and_merges_ports_and_volumes() {
+    let w = Work::new();
+    w.write(
+        "base.toml",
+        r#"
+name = "base"
+[config]
+entrypoint = ["/bin/base"]
+cmd = ["base-arg"]
+exposed_ports = ["80"]
+volumes = ["/v1"]
+labels = { kept = "1" }
+stop_signal = "SIGINT"
+[[layers]]
+contents = [ { dest = "/etc/b", text = "b" } ]
+"#,
+    );
+    w.write(
+        "child.toml",
+        r#"
+name = "child"
+base = "base.toml"
+[config]
+entrypoint = ["/bin/child"]
+exposed_ports = ["443/tcp", "53/udp"]
+volumes = ["/v2"]
+[[layers]]
+contents = [ { dest = "/etc/c", text = "c" } ]
+"#,
+    );
+    w.build("child.toml", "img");
+    let src = format!("oci:{}:latest", w.path().join("img").display());
+    let c = &skopeo_json(&["--config", &src])["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/child"]));
+    assert!(c["Cmd"].is_null(), "base cmd kept: {c}");
+    assert_eq!(
+        c["ExposedPorts"],
+        serde_json::json!({"80/tcp": {}, "443/tcp": {}, "53/udp": {}})
+    );
+    assert_eq!(c["Volumes"], serde_json::json!({"/v1": {}, "/v2": {}}));
+    assert_eq!(c["Labels"], serde_json::json!({"kept": "1"}));
+    assert_eq!(c["StopSignal"], "SIGINT");
+}
+
+#[test]
+fn multi_platform_child_of_an_oci_index_base() {
+    let w = Work::new();
+    w.write(
+        "base.toml",
+        r#"
+name = "base"
+platforms = ["linux/amd64", "linux/arm64/v8"]
+tags = ["v1"]
+[[layers]]
+contents = [ { dest = "/etc/base", text = "base\n" } ]
+"#,
+    );
+    let base = w.build("base.toml", "base");
+    w.write(
+        "child.toml",
+        format!(
+            r#"
+name = "child"
+base = "oci:base@{base}"
+platforms = ["linux/amd64", "linux/arm64/v8"]
+tags = ["v1"]
+[[layers]]
+contents = [ {{ dest = "/etc/child", text = "child\n" }} ]
+"#
+        ),
+    );
+    let digest = w.build("child.toml", "child");
+    let src = format!("oci:{}:v1", w.path().join("child").display());
+    let (index, raw) = raw_digest(&w, &src);
+    assert_eq!(raw, digest);
+    let platforms: Vec<Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"].clone())
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            serde_json::json!({"architecture": "amd64", "os": "linux"}),
+            serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"}),
+        ]
+    );
+    let base_src = format!("oci:{}:v1", w.path().join("base").display());
+    for arch in ["amd64", "arm64"] {
+        let b = skopeo_json(&["--override-arch", arch, "--config", &base_src]);
+        let c = skopeo_json(&["--override-arch", arch, "--config", &src]);
+        assert_eq!(c["architecture"], arch);
+        let (bd, cd) = (
+            b["rootfs"]["diff_ids"].as_array().unwrap(),
+            c["rootfs"]["diff_ids"].as_array().unwrap(),
+        );
+        assert_eq!(cd.len(), 2);
+        assert_eq!(cd[0], bd[0], "{arch}: the base's layer comes first");
+    }
+    let one = format!("oci:{}:arm64", w.path().join("one").display());
+    skopeo(&[
+        "copy",
+        "--override-arch",
+        "arm64",
+        "--override-variant",
+        "v8",
+        &src,
+        &one,
+    ]);
+    let root = unpack(&w, "one", "arm64", "bundle").join("rootfs");
+    assert_eq!(read(&root.join("etc/base")), "base\n");
+    assert_eq!(read(&root.join("etc/child")), "child\n");
+}
+
+/// The README's example, checked the way the README tells a user to look at it.
+#[test]
+fn readme_example_unpacks_and_runs() {
+    let w = Work::new();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/hello.toml");
+    let digest = w.build(recipe.to_str().unwrap(), "hello");
+    let src = format!("oci:{}:v1", w.path().join("hello").display());
+    assert_eq!(skopeo_json(&[&src])["Digest"], digest.as_str());
+    let bundle = unpack(&w, "hello", "v1", "bundle");
+    let root = bundle.join("rootfs");
+    assert_eq!(read(&root.join("srv/www/VERSION")), "1\n");
+    assert_eq!(read(&root.join("etc/motd")), "Built with kiln.\n");
+    assert!(root.join("srv/www/index.html").is_file());
+    assert_eq!(
+        fs::read_link(root.join("srv/www/home.html")).unwrap(),
+        Path::new("index.html")
+    );
+    assert_eq!(mode(&root.join("tmp")), 0o1777);
+    assert_eq!(mode(&root.join("home/nonroot")), 0o700);
+    assert_eq!(owner(&root.join("home/nonroot")), (65532, 65532));
+    assert_eq!(owner(&root.join("var/log/hello")), (65532, 65532));
+
+    // The image ships no program: run the probe in it, as its configured user
+    // in its configured directory.
+    fs::copy(probe(), root.join("probe")).unwrap();
+    let out = runc(
+        &w,
+        &bundle,
+        Some(&["/probe", "cat=/srv/www/VERSION", "cat=/etc/passwd"]),
+    );
+    for line in [
+        "uid=65532 gid=65532",
+        "cwd=/srv/www",
+        "env=SITE_ROOT=/srv/www",
+        "env=PATH=/usr/local/bin:/usr/bin:/bin",
+        "cat /srv/www/VERSION: 1",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+    assert!(out.contains("nonroot:x:65532:65532"), "{out}");
+}
+
+/// Regression: links are grouped by host inode alone, so when one host tree is
+/// included twice in a layer with different owners, only the copy that sorts
+/// first keeps its hard links; the other's become separate files.
+#[test]
+fn hard_links_survive_a_tree_included_twice_with_different_owners() {
+    let w = Work::new();
+    let g = w.write("tree/g", "g\n");
+    fs::hard_link(&g, w.path().join("tree/g2")).unwrap();
+    w.write(
+        "recipe.toml",
+        r#"
+name = "twice"
+[[layers]]
+trees = [
+  { src = "tree", dest = "/plain" },
+  { src = "tree", dest = "/owned", mode = 0o600, uid = 3, gid = 4 },
+]
+"#,
+    );
+    w.build("recipe.toml", "img");
+    let root = unpack(&w, "img", "latest", "bundle").join("rootfs");
+    let meta = |p: &str| fs::metadata(root.join(p)).unwrap();
+    assert_eq!(meta("owned/g").ino(), meta("owned/g2").ino());
+    assert_eq!(
+        (meta("owned/g").mode() & 0o7777, meta("owned/g").uid()),
+        (0o600, 3)
+    );
+    assert_eq!(
+        (meta("plain/g").mode() & 0o7777, meta("plain/g").uid()),
+        (0o644, 0)
+    );
+    assert_ne!(meta("plain/g").ino(), meta("owned/g").ino());
+    assert_eq!(
+        meta("plain/g").ino(),
+        meta("plain/g2").ino(),
+        "/plain/g and /plain/g2 are one file on the host and should stay hard links"
+    );
+}
