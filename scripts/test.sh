@@ -9,8 +9,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The Debian packages the tests use, as listed in the README.
-PACKAGES=(umoci skopeo runc gcc libc6-dev faketime util-linux)
+# The Debian packages the tests use: umoci, skopeo, runc and GNU tar read and
+# run what kiln writes (tests/real_tools.rs); gcc and libc6-dev compile the
+# static probe those images run; faketime and util-linux (unshare) vary the
+# clock and the user (tests/reproducibility.rs); docker-registry, htpasswd
+# from apache2-utils and openssl serve a real registry (tests/registry.rs).
+PACKAGES=(
+    umoci skopeo runc tar gcc libc6-dev faketime util-linux
+    docker-registry apache2-utils openssl
+)
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
