@@ -92,7 +92,7 @@ step() {
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --all-targets -- -D warnings
-step test cargo test "$@"
+step test cargo test --no-fail-fast "$@"
 
 failed=0
 printf '\n%-8s %-18s %s\n' step result time >&2
