@@ -18,5 +18,6 @@ pub mod lock;
 pub mod plan;
 pub mod recipe;
 pub mod registry;
+pub mod sign;
 pub mod source;
 pub mod store;

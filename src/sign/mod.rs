@@ -1,0 +1,3 @@
+//! Stage 8, trust: keys, cosign-compatible signatures, attestations.
+
+pub mod keys;
