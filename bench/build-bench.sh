@@ -16,6 +16,8 @@
 #   BENCH_MB     tree size in MiB (default 1024)
 #   BENCH_FILES  number of files in the tree (default 50000)
 #   KILN_BIN     use this kiln binary instead of running `cargo build --release`
+#   BENCH_TOOLS  which tools to run (default "kiln umoci tar"; e.g. "kiln" alone
+#                to check how kiln's time and memory scale with BENCH_MB/FILES)
 #   BENCH_NO_UMOCI_REPACK=1  skip the extra `umoci repack` rows
 #
 # Peak RSS is GNU time's %M: the largest resident set of the process or of any
@@ -27,6 +29,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${BENCH_DIR:-/tmp/kiln-bench}
 MB=${BENCH_MB:-1024}
 FILES=${BENCH_FILES:-50000}
+TOOLS=" ${BENCH_TOOLS:-kiln umoci tar} "
 GEN_VERSION=1
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -37,9 +40,10 @@ die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is needed to generate the tree"
 
 # --- tools -----------------------------------------------------------------
+want() { [[ $TOOLS == *" $1 "* ]]; }
 need=()
 [[ -x /usr/bin/time ]] || need+=(time)
-command -v umoci >/dev/null || need+=(umoci)
+want umoci && ! command -v umoci >/dev/null && need+=(umoci)
 command -v gzip >/dev/null || need+=(gzip)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
@@ -185,6 +189,7 @@ name = "bench"
 trees = [{ src = "tree", dest = "/data" }]
 EOF
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 # warm the page cache so no tool pays for the first read of the tree
 tar -cf - tree | cat >/dev/null
 
@@ -227,6 +232,7 @@ measure() {  # measure CASE TOOL OUT_PATH -- CMD...
 rm -rf logs && mkdir logs
 
 # kiln
+if want kiln; then
 restore
 rm -rf cache out
 export KILN_NO_PROGRESS=1
@@ -236,9 +242,11 @@ measure noop    kiln out -- "${kiln[@]}"
 change1 "$CHANGED"
 measure changed kiln out -- "${kiln[@]}"
 restore
+fi
 
 # umoci: no layer cache, so every case inserts the whole tree into the empty
 # base image (the same one-layer image shape as kiln's), each under its own tag.
+if want umoci; then
 rm -rf oci bundle
 umoci init --layout oci
 umoci new --image oci:base
@@ -258,14 +266,17 @@ if [[ -z ${BENCH_NO_UMOCI_REPACK:-} ]]; then
     measure changed umoci-repack oci:t-cold -- umoci repack --image oci:t-cold bundle
     rm -rf bundle
 fi
+fi
 
 # tar | gzip: no cache, the same work in every case
 tgz=(bash -o pipefail -c 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | gzip -n >x.tar.gz')
+if want tar; then
 measure cold    tar x.tar.gz -- "${tgz[@]}"
 measure noop    tar x.tar.gz -- "${tgz[@]}"
 change1 "$CHANGED"
 measure changed tar x.tar.gz -- "${tgz[@]}"
 restore
+fi
 
 # --- report --------------------------------------------------------------------
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -274,14 +285,19 @@ rev=$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)
 echo
 echo "## kiln build benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "- machine: $(nproc) CPUs ($cpu), $mem RAM; load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- machine: $(nproc) CPUs ($cpu), $mem RAM; load average at start: $load0, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- kiln: $rev ($KILN)"
 echo "- tree: $tree_files files, $tree_mib MiB (BENCH_MB=$MB BENCH_FILES=$FILES); changed file: ${CHANGED#tree/}"
 echo "- kiln: \`KILN_CACHE=cache KILN_NO_PROGRESS=1 kiln build bench.toml --out out\`; cold = fresh cache and out"
-echo "- umoci $(umoci --version | awk '{print $3}'): no cache, so every case is \`umoci insert --image oci:base --tag t-CASE tree /data\`"
-echo "  into an empty base image (closest to kiln's one-layer build from the source tree)"
-[[ -z ${BENCH_NO_UMOCI_REPACK:-} ]] && echo "- umoci-repack (extra): \`umoci repack\` of an unpacked bundle, umoci's incremental path (delta layer; unpack untimed)"
-echo "- tar: \`tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | gzip -n > x.tar.gz\`, same work in every case"
+want umoci && echo "- umoci $(umoci --version | awk '{print $3}'): no cache, so every case is \`umoci insert --image oci:base --tag t-CASE tree /data\`"
+want umoci && echo "  into an empty base image (closest to kiln's one-layer build from the source tree)"
+want umoci && [[ -z ${BENCH_NO_UMOCI_REPACK:-} ]] && echo "- umoci-repack (extra): \`umoci repack\` of an unpacked bundle, umoci's incremental path (delta layer; unpack untimed)"
+want tar && echo "- tar: \`tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | gzip -n > x.tar.gz\`, same work in every case"
+if want kiln; then
+kd() { grep -o '^sha256:[0-9a-f]\{64\}' "logs/kiln-$1.log" | tail -n 1 || echo none; }
+kcold=$(kd cold) knoop=$(kd noop) kchanged=$(kd changed)
+echo "- kiln image digests: cold ${kcold:7:12}, noop ${knoop:7:12} ($([[ $kcold == "$knoop" ]] && echo same as cold || echo "DIFFERS from cold: a no-op rebuild must give the same digest")), changed ${kchanged:7:12} ($([[ $kchanged != "$kcold" ]] && echo differs, as it must || echo "SAME as cold: the change was missed"))"
+fi
 echo "- wall: GNU time %e; peak RSS: GNU time %M (largest single process); out: size of the output after the run"
 echo
 printf '| %-7s | %-12s | %8s | %13s | %8s | %11s | %10s |\n' case tool "wall s" "peak RSS MiB" "out MiB" "kiln/x wall" "kiln/x RSS"
