@@ -83,8 +83,9 @@ pub fn registry(flavour: Flavour) -> &'static Registry {
 impl Registry {
     fn start(flavour: Flavour) -> Registry {
         need("docker-registry");
+        sweep_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("kiln-registry-")
+            .prefix(&format!("kiln-registry-{}-", std::process::id()))
             .tempdir()
             .unwrap()
             .keep();
@@ -266,6 +267,30 @@ extern "C" fn cleanup_at_exit() {
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Removes the directories of registries whose test process is gone without
+/// running its `atexit` handler (killed by a signal).
+fn sweep_stale_dirs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("kiln-registry-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
 }
 
 /// Spawns `cmd` so that it dies with this process: the kernel sends it

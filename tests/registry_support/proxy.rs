@@ -8,7 +8,7 @@
 //! framing of ours. The registry builds upload `Location`s from the `Host`
 //! header, which is passed on unchanged, so they point back at the proxy.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,10 @@ pub enum Faults {
     None,
     /// Every `n`th request fails, alternately with a 503 and a dropped connection.
     Every(usize),
+    /// The first request of each kind (method and path, upload session ids
+    /// and query left out) fails, alternately with a 503 and a dropped
+    /// connection; its retry goes through.
+    OncePerKind,
 }
 
 /// A running proxy.
@@ -35,6 +39,7 @@ struct State {
     count: AtomicUsize,
     failed: AtomicUsize,
     log: Mutex<Vec<Request>>,
+    kinds: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One request the proxy saw.
@@ -66,6 +71,7 @@ impl Proxy {
             count: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            kinds: Mutex::new(Default::default()),
         });
         let s = state.clone();
         std::thread::spawn(move || {
@@ -110,6 +116,12 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
         Faults::None => None,
         Faults::Every(k) if n % k == 0 => Some((n / k) % 2 == 1),
         Faults::Every(_) => None,
+        Faults::OncePerKind => state
+            .kinds
+            .lock()
+            .unwrap()
+            .insert(kind(&method, &target))
+            .then(|| state.failed.load(Ordering::SeqCst) % 2 == 0),
     };
     state.log.lock().unwrap().push(Request {
         method,
@@ -151,6 +163,17 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     std::io::copy(&mut up, &mut client)?;
     client.flush()?;
     client.shutdown(Shutdown::Both)
+}
+
+/// `METHOD PATH` without the query and with an upload's session id left
+/// out, so every attempt at one step of an upload is of one kind.
+fn kind(method: &str, target: &str) -> String {
+    let path = target.split('?').next().unwrap_or_default();
+    let path = match path.split_once("/blobs/uploads/") {
+        Some((repo, _)) => format!("{repo}/blobs/uploads/"),
+        None => path.to_string(),
+    };
+    format!("{method} {path}")
 }
 
 /// The head (request line and headers, with the blank line) and the raw body
