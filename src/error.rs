@@ -48,6 +48,15 @@ pub enum Error {
         hint: Option<String>,
     },
 
+    /// A signature or attestation check failed (none found, wrong key, wrong digest or identity).
+    #[error("{message}")]
+    Verification {
+        /// Why verification failed.
+        message: String,
+        /// What to do about it.
+        hint: Option<String>,
+    },
+
     /// Content did not match the digest it is named by.
     #[error("digest mismatch for {what}: expected `{expected}`, got `{actual}`")]
     DigestMismatch {
@@ -68,7 +77,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Recipe(_) | Error::Invalid { .. } => 2,
-            Error::DigestMismatch { .. } => 4,
+            Error::DigestMismatch { .. } | Error::Verification { .. } => 4,
             Error::Registry { .. } => 3,
             Error::Io { .. } => 1,
         }
@@ -78,7 +87,9 @@ impl Error {
     pub fn hint(&self) -> Option<&str> {
         match self {
             Error::Recipe(d) => d.hint.as_deref(),
-            Error::Invalid { hint, .. } | Error::Registry { hint, .. } => hint.as_deref(),
+            Error::Invalid { hint, .. }
+            | Error::Registry { hint, .. }
+            | Error::Verification { hint, .. } => hint.as_deref(),
             _ => None,
         }
     }

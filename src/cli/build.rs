@@ -42,6 +42,12 @@ pub struct Args {
     /// Fail unless the recipe's lockfile exists and pins exactly its tagged inputs (for CI).
     #[arg(long)]
     locked: bool,
+    /// Sign what is pushed with this private key (needs `--push`).
+    #[arg(long, value_name = "KEY")]
+    sign_key: Option<PathBuf>,
+    /// With `--sign-key` and several platforms: also sign each platform manifest.
+    #[arg(long)]
+    recursive: bool,
     /// Push the image to `REGISTRY/REPOSITORY[:TAG]` after building (repeatable).
     #[arg(long, value_name = "REF")]
     push: Vec<String>,
@@ -125,6 +131,18 @@ pub fn run(args: Args) -> Result<(), Error> {
         .map(|r| parse_reference(r))
         .collect::<Result<Vec<_>, _>>()?;
     let registry_options = args.registry.options()?;
+    if args.sign_key.is_some() && targets.is_empty() {
+        return Err(Error::invalid(
+            "`--sign-key` needs `--push`: signatures live in a registry",
+            Some("add `--push REGISTRY/REPOSITORY:TAG`, or sign later with `kiln sign`".into()),
+        ));
+    }
+    // Load the key before building, so a wrong password fails fast.
+    let sign_key = args
+        .sign_key
+        .as_deref()
+        .map(super::keys::load_signing_key)
+        .transpose()?;
     let settings = Settings {
         source_date_epoch: source_date_epoch()?,
         jobs: args.jobs,
@@ -172,7 +190,18 @@ pub fn run(args: Args) -> Result<(), Error> {
                     report.skipped
                 );
             }
-            pushes.push(serde_json::json!({ "reference": target.whole(), "report": report }));
+            let mut signed = Vec::new();
+            if let Some(key) = &sign_key {
+                signed = super::sign::sign_all(
+                    &registry,
+                    &store,
+                    target,
+                    &built.top.digest,
+                    key,
+                    args.recursive,
+                )?;
+            }
+            pushes.push(serde_json::json!({ "reference": target.whole(), "report": report, "signed": signed }));
         }
     }
     if let Some(file) = &args.digest_file {

@@ -3,11 +3,13 @@
 mod build;
 mod copy;
 mod inspect;
+mod keys;
 mod lock;
 mod login;
 mod pull;
 mod push;
 mod registry_args;
+mod sign;
 
 use clap::{Parser, Subcommand};
 use kiln::error::Error;
@@ -34,6 +36,12 @@ enum Command {
     Pull(pull::Args),
     /// Copy an image from one registry reference to another, by digest.
     Copy(copy::Args),
+    /// Make a P-256 signing key pair (`NAME.key`, `NAME.pub`); encrypted when `KILN_PASSWORD` is set.
+    Keygen(keys::Args),
+    /// Sign an image in a registry, in cosign's format.
+    Sign(sign::SignArgs),
+    /// Verify an image's signature against public keys; exit 0 only if one is valid.
+    Verify(sign::VerifyArgs),
     /// Check and store registry credentials where docker and podman look for them.
     Login(login::Args),
 }
@@ -48,6 +56,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Pull(args) => pull::run(args),
         Command::Copy(args) => copy::run(args),
         Command::Login(args) => login::run(args),
+        Command::Keygen(args) => keys::run(args),
+        Command::Sign(args) => sign::sign(args),
+        Command::Verify(args) => sign::verify(args),
     }
 }
 

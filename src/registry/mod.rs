@@ -288,6 +288,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Like [`Registry::pull`], but `None` when the registry has no such manifest.
+    pub fn pull_if_present(&self, store: &Store, source: &Reference) -> Result<Option<Stored>> {
+        let auth = self.auth(source)?;
+        let present = self.runtime.block_on(async {
+            match self.client.fetch_manifest_digest(source, &auth).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(registry_error(e, &format!("look up `{}`", source.whole()))),
+            }
+        })?;
+        if !present {
+            return Ok(None);
+        }
+        self.pull(store, source, None).map(Some)
+    }
+
     /// The digest `source`'s tag points at now.
     pub fn resolve(&self, source: &Reference) -> Result<Digest> {
         let auth = self.auth(source)?;
@@ -607,6 +623,18 @@ fn is_transient(e: &OciDistributionError) -> bool {
             .errors
             .iter()
             .any(|e| format!("{:?}", e.code).contains("TooManyRequests")),
+        _ => false,
+    }
+}
+
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            let code = format!("{:?}", e.code);
+            code.contains("ManifestUnknown") || code.contains("NameUnknown")
+        }),
         _ => false,
     }
 }

@@ -1,0 +1,308 @@
+//! Signatures in cosign's keyed format, so the verifiers people already run
+//! (cosign, policy controllers, containers/image policies) accept kiln's,
+//! and kiln accepts theirs.
+//!
+//! A signature is a "simple signing" payload naming the repository and the
+//! manifest digest, signed with ECDSA P-256 over SHA-256 (RFC 6979
+//! deterministic nonces), DER, base64, in the annotation
+//! `dev.cosignproject.cosign/signature` of a layer whose blob is the payload.
+//! The layers live in an OCI manifest tagged `sha256-<hex>.sig` in the
+//! image's repository; signing again appends a layer and keeps the others.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use oci_client::Reference;
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use serde_json::{json, Value};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Stored, MANIFEST_MEDIA_TYPE};
+use crate::json::canonical;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Media type of a signature layer (its blob is the payload).
+pub const SIGNATURE_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The annotation holding the base64 signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// `critical.type` of a signature payload.
+pub const SIGNATURE_TYPE: &str = "cosign container image signature";
+
+/// The repository an image is signed as: `REGISTRY/REPOSITORY`.
+pub fn identity(r: &Reference) -> String {
+    format!("{}/{}", r.registry(), r.repository())
+}
+
+/// The tag a digest's signatures (`sig`) or attestations (`att`) live under.
+pub fn tag_for(digest: &Digest, suffix: &str) -> String {
+    format!("{}-{}.{suffix}", digest.algorithm(), digest.hex())
+}
+
+/// The simple-signing payload for `digest` in repository `identity`.
+pub fn payload(identity: &str, digest: &Digest) -> Vec<u8> {
+    canonical(&json!({
+        "critical": {
+            "identity": { "docker-reference": identity },
+            "image": { "docker-manifest-digest": digest.to_string() },
+            "type": SIGNATURE_TYPE,
+        },
+        "optional": null,
+    }))
+}
+
+/// Signs `bytes`: base64 of the DER ECDSA signature.
+pub fn sign_bytes(key: &SigningKey, bytes: &[u8]) -> String {
+    let sig: Signature = key.sign(bytes);
+    base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+}
+
+/// Whether `b64` is a valid signature of `bytes` by `key`.
+pub fn verify_bytes(key: &VerifyingKey, bytes: &[u8], b64: &str) -> bool {
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_der(&der) else {
+        return false;
+    };
+    key.verify(bytes, &sig).is_ok()
+}
+
+/// A layer to add to a `.sig` or `.att` manifest.
+pub struct NewLayer {
+    /// The layer blob (payload or DSSE envelope).
+    pub blob: Vec<u8>,
+    /// Its media type.
+    pub media_type: &'static str,
+    /// Its annotations.
+    pub annotations: Vec<(String, String)>,
+}
+
+/// Appends `layer` to the manifest tagged `tag` in `image`'s repository
+/// (creating it if needed) and pushes it. A layer already there with the
+/// same blob and annotations is not added twice.
+pub fn append_layer(
+    registry: &Registry,
+    store: &Store,
+    image: &Reference,
+    tag: &str,
+    layer: NewLayer,
+) -> Result<Digest> {
+    let target = Reference::with_tag(
+        image.registry().into(),
+        image.repository().into(),
+        tag.into(),
+    );
+    let mut layers: Vec<Value> = match registry.pull_if_present(store, &target)? {
+        Some(top) => {
+            let doc: Value =
+                serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
+            doc["layers"].as_array().cloned().unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    let digest = store.put_bytes(&layer.blob)?;
+    let annotations: serde_json::Map<String, Value> = layer
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let descriptor = json!({
+        "mediaType": layer.media_type,
+        "size": layer.blob.len(),
+        "digest": digest.to_string(),
+        "annotations": annotations,
+    });
+    let duplicate = layers.iter().any(|l| {
+        l["digest"] == descriptor["digest"] && l["annotations"] == descriptor["annotations"]
+    });
+    if !duplicate {
+        layers.push(descriptor);
+    }
+    let diff_ids: Vec<Value> = layers.iter().map(|l| l["digest"].clone()).collect();
+    let history: Vec<Value> = layers
+        .iter()
+        .map(|_| json!({"created": "0001-01-01T00:00:00Z"}))
+        .collect();
+    let config = canonical(&json!({
+        "architecture": "",
+        "config": {},
+        "created": "0001-01-01T00:00:00Z",
+        "history": history,
+        "os": "",
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }));
+    let config_digest = store.put_bytes(&config)?;
+    let manifest = canonical(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": crate::image::CONFIG_MEDIA_TYPE,
+            "size": config.len(),
+            "digest": config_digest.to_string(),
+        },
+        "layers": layers,
+    }));
+    let manifest_digest = store.put_bytes(&manifest)?;
+    let stored = Stored {
+        digest: manifest_digest.clone(),
+        size: manifest.len() as u64,
+        media_type: MANIFEST_MEDIA_TYPE,
+    };
+    registry.push(store, &stored, &target, &[])?;
+    Ok(manifest_digest)
+}
+
+/// Signs the manifest `digest` in `image`'s repository.
+pub fn sign(
+    registry: &Registry,
+    store: &Store,
+    image: &Reference,
+    digest: &Digest,
+    key: &SigningKey,
+) -> Result<Digest> {
+    let body = payload(&identity(image), digest);
+    let signature = sign_bytes(key, &body);
+    append_layer(
+        registry,
+        store,
+        image,
+        &tag_for(digest, "sig"),
+        NewLayer {
+            blob: body,
+            media_type: SIGNATURE_MEDIA_TYPE,
+            annotations: vec![(SIGNATURE_ANNOTATION.to_string(), signature)],
+        },
+    )
+}
+
+/// A public key to verify with, and where it came from.
+pub struct NamedKey {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The key.
+    pub key: VerifyingKey,
+}
+
+/// Checks that `digest` in `image`'s repository has a valid signature by one
+/// of `keys`; returns the path of the key that matched.
+pub fn verify(
+    registry: &Registry,
+    store: &Store,
+    image: &Reference,
+    digest: &Digest,
+    keys: &[NamedKey],
+) -> Result<PathBuf> {
+    let tag = tag_for(digest, "sig");
+    let target = Reference::with_tag(
+        image.registry().into(),
+        image.repository().into(),
+        tag.clone(),
+    );
+    let fail = |message: String, hint: &str| Error::Verification {
+        message,
+        hint: Some(hint.to_string()),
+    };
+    let Some(top) = registry.pull_if_present(store, &target)? else {
+        return Err(fail(
+            format!(
+                "no signature found for `{}@{digest}` (no `{tag}` manifest)",
+                identity(image)
+            ),
+            "sign it with `kiln sign REF --key KEY`, or check the reference",
+        ));
+    };
+    let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
+    let mut problem = None;
+    for layer in doc["layers"].as_array().into_iter().flatten() {
+        let Some(sig) = layer["annotations"][SIGNATURE_ANNOTATION].as_str() else {
+            continue;
+        };
+        let Some(blob) = layer["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        let body = store.read(&blob)?;
+        let Some(matched) = keys.iter().find(|k| verify_bytes(&k.key, &body, sig)) else {
+            problem.get_or_insert(fail(
+                format!(
+                    "no signature of `{}@{digest}` is valid for the given key(s)",
+                    identity(image)
+                ),
+                "the image was signed with another key: check which public key you pass",
+            ));
+            continue;
+        };
+        let claims: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let signed_digest = claims["critical"]["image"]["docker-manifest-digest"]
+            .as_str()
+            .unwrap_or_default();
+        let signed_identity = claims["critical"]["identity"]["docker-reference"]
+            .as_str()
+            .unwrap_or_default();
+        if signed_digest != digest.to_string() {
+            problem = Some(fail(
+                format!(
+                    "a signature by `{}` is for `{signed_digest}`, not `{digest}`",
+                    matched.path.display()
+                ),
+                "the signature belongs to another image: sign this digest",
+            ));
+        } else if signed_identity != identity(image) {
+            problem = Some(fail(
+                format!(
+                    "a signature by `{}` names `{signed_identity}`, not `{}`",
+                    matched.path.display(),
+                    identity(image)
+                ),
+                "the image was signed under another repository name: sign it where it is",
+            ));
+        } else if claims["critical"]["type"] != SIGNATURE_TYPE {
+            problem = Some(fail(
+                format!(
+                    "a signature by `{}` has an unexpected payload type",
+                    matched.path.display()
+                ),
+                "re-sign the image",
+            ));
+        } else {
+            return Ok(matched.path.clone());
+        }
+    }
+    Err(problem.unwrap_or_else(|| {
+        fail(
+            format!(
+                "no signature found for `{}@{digest}` (the `{tag}` manifest holds none)",
+                identity(image)
+            ),
+            "sign it with `kiln sign REF --key KEY`",
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_has_cosign_shape_and_signatures_are_deterministic() {
+        let d = Digest::of(b"m");
+        let body = String::from_utf8(payload("127.0.0.1:5000/app", &d)).unwrap();
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"critical":{{"identity":{{"docker-reference":"127.0.0.1:5000/app"}},"image":{{"docker-manifest-digest":"{d}"}},"type":"cosign container image signature"}},"optional":null}}"#
+            )
+        );
+        let key = super::super::keys::generate();
+        let s1 = sign_bytes(&key, body.as_bytes());
+        assert_eq!(s1, sign_bytes(&key, body.as_bytes()), "RFC 6979 nonces");
+        assert!(verify_bytes(key.verifying_key(), body.as_bytes(), &s1));
+        let other = super::super::keys::generate();
+        assert!(!verify_bytes(other.verifying_key(), body.as_bytes(), &s1));
+    }
+}
