@@ -172,8 +172,10 @@ struct LayerBuilder<'a> {
     hashes: &'a StatCache,
     /// Explicit entries by path, with the span of the recipe item that made each.
     entries: BTreeMap<String, (Entry, Range<usize>)>,
-    /// Host files with several links: (dev, ino) → paths in this layer.
-    links: HashMap<(u64, u64), Vec<String>>,
+    /// Host files with several links, by (dev, ino, mode, uid, gid) → paths
+    /// in this layer: paths share a tar hard link only if their metadata in
+    /// the image is the same too.
+    links: HashMap<(u64, u64, u32, u32, u32), Vec<String>>,
 }
 
 impl LayerBuilder<'_> {
@@ -199,7 +201,7 @@ impl LayerBuilder<'_> {
         if let Some(meta) = meta {
             if meta.nlink() > 1 {
                 self.links
-                    .entry((meta.dev(), meta.ino()))
+                    .entry((meta.dev(), meta.ino(), entry.mode, entry.uid, entry.gid))
                     .or_default()
                     .push(entry.path.clone());
             }
@@ -410,11 +412,8 @@ impl LayerBuilder<'_> {
             let mut paths = paths.clone();
             paths.sort();
             let first = &paths[0];
-            let (first_meta, first_digest) = match &self.entries[first].0 {
-                e @ Entry {
-                    kind: EntryKind::File { digest, .. },
-                    ..
-                } => ((e.mode, e.uid, e.gid), digest.clone()),
+            let first_digest = match &self.entries[first].0.kind {
+                EntryKind::File { digest, .. } => digest.clone(),
                 _ => continue,
             };
             for other in &paths[1..] {
@@ -422,9 +421,8 @@ impl LayerBuilder<'_> {
                     .entries
                     .get_mut(other)
                     .expect("linked paths are entries");
-                let same = matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
-                    && (entry.mode, entry.uid, entry.gid) == first_meta;
-                if same {
+                if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
+                {
                     entry.kind = EntryKind::HardLink {
                         target: first.clone(),
                     };
