@@ -112,9 +112,24 @@ pub struct ManifestReport {
     pub layers: Vec<LayerReport>,
 }
 
+/// An input of a build, named by digest (for provenance).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Material {
+    /// What it is: `file:PATH`, `oci:PATH`, a registry reference, `recipe:PATH`.
+    pub uri: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
 /// A finished build: everything is in the store.
 #[derive(Debug, Clone)]
 pub struct Built {
+    /// Every input, sorted: the recipe's files, lockfile, bases (and theirs).
+    pub materials: Vec<Material>,
+    /// Start and finish (RFC 3339), only when `SOURCE_DATE_EPOCH` is unset.
+    pub times: Option<(String, String)>,
+    /// `SOURCE_DATE_EPOCH` as used.
+    pub source_date_epoch: Option<u64>,
     /// The recipe.
     pub recipe: Recipe,
     /// Per platform: the image and its stored manifest.
@@ -164,7 +179,18 @@ fn build_loaded(
     if settings.locked {
         check_locked(&recipe)?;
     }
-    let bases = resolve_base(store, &recipe, settings, reporter, stack)?;
+    let (bases, mut materials) = resolve_base(store, &recipe, settings, reporter, stack)?;
+    materials.push(Material {
+        uri: format!("recipe:{}", recipe.source.path.display()),
+        digest: Digest::of(recipe.source.text.as_bytes()),
+    });
+    let lock_path = lock::path_for(&recipe.source.path);
+    if let Ok(bytes) = std::fs::read(&lock_path) {
+        materials.push(Material {
+            uri: format!("lock:{}", lock_path.display()),
+            digest: Digest::of(&bytes),
+        });
+    }
 
     // Plan every layer for every platform. Entries may differ per platform
     // (`{arch}` in `src`, `platforms` filters); where they do not, the plans
@@ -186,6 +212,21 @@ fn build_loaded(
         per_platform.push(plans);
     }
     hashes.save()?;
+    for entry in per_platform.iter().flatten().flat_map(|p| &p.entries) {
+        if let crate::plan::EntryKind::File {
+            content: crate::plan::Content::Host(path),
+            digest,
+            ..
+        } = &entry.kind
+        {
+            materials.push(Material {
+                uri: format!("file:{}", path.display()),
+                digest: digest.clone(),
+            });
+        }
+    }
+    materials.sort();
+    materials.dedup();
     let mut unique: Vec<LayerPlan> = Vec::new();
     for plan in per_platform.iter().flatten() {
         if !unique.iter().any(|u| u.input_digest == plan.input_digest) {
@@ -233,6 +274,9 @@ fn build_loaded(
         image::store_index(store, &list, &recipe.annotations)?
     };
     Ok(Built {
+        materials,
+        times: None,
+        source_date_epoch: settings.source_date_epoch,
         recipe,
         images,
         top,
@@ -260,13 +304,16 @@ fn resolve_base(
     settings: &Settings,
     reporter: &dyn Reporter,
     stack: &mut Vec<(PathBuf, PathBuf)>,
-) -> Result<Vec<(Image, Vec<LayerReport>)>> {
+) -> Result<(Vec<(Image, Vec<LayerReport>)>, Vec<Material>)> {
     match &recipe.base {
-        Base::Scratch => Ok(recipe
-            .platforms
-            .iter()
-            .map(|p| (Image::scratch(p), Vec::new()))
-            .collect()),
+        Base::Scratch => Ok((
+            recipe
+                .platforms
+                .iter()
+                .map(|p| (Image::scratch(p), Vec::new()))
+                .collect(),
+            Vec::new(),
+        )),
         Base::Recipe { path, span } => {
             let at = |msg: String| recipe.source.error(span.clone(), msg);
             if !path.is_file() {
@@ -288,7 +335,12 @@ fn resolve_base(
                     .into());
             }
             let base = build_recipe(store, path, settings, reporter, stack)?;
-            recipe
+            let mut materials = base.materials.clone();
+            materials.push(Material {
+                uri: format!("base:{}", path.display()),
+                digest: base.top.digest.clone(),
+            });
+            let images = recipe
                 .platforms
                 .iter()
                 .map(|p| {
@@ -312,7 +364,8 @@ fn resolve_base(
                             .into()
                         })
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            Ok((images, materials))
         }
         Base::Registry { reference, span } => {
             let digest = pinned_digest(recipe, reference, span)?;
@@ -336,7 +389,7 @@ fn resolve_base(
                     (load()?, false)
                 }
             };
-            Ok(images
+            let images = images
                 .into_iter()
                 .map(|(img, _)| {
                     let reports = img
@@ -346,7 +399,12 @@ fn resolve_base(
                         .collect();
                     (img, reports)
                 })
-                .collect())
+                .collect();
+            let material = Material {
+                uri: pinned.whole(),
+                digest,
+            };
+            Ok((images, vec![material]))
         }
         Base::Layout { path, digest, span } => {
             let wrap = |e: Error| -> Error {
@@ -370,7 +428,11 @@ fn resolve_base(
                 }
             };
             let layout = Layout::open(path).map_err(wrap)?;
-            recipe
+            let top = match digest {
+                Some(d) => d.clone(),
+                None => layout.single_image().map_err(wrap)?.digest,
+            };
+            let images = recipe
                 .platforms
                 .iter()
                 .map(|p| {
@@ -383,7 +445,12 @@ fn resolve_base(
                         .collect();
                     Ok((img, reports))
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            let material = Material {
+                uri: format!("oci:{}", path.display()),
+                digest: top,
+            };
+            Ok((images, vec![material]))
         }
     }
 }

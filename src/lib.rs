@@ -6,6 +6,7 @@
 //! layout or archive). [`build`] runs the whole pipeline for one recipe;
 //! [`inspect`] reads a layout back.
 
+pub mod attest;
 pub mod build;
 pub mod digest;
 pub mod error;

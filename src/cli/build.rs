@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use kiln::build::{self, Event, Reporter, Settings};
-use kiln::error::{Error, IoContext};
+use kiln::error::Error;
 use kiln::export::{self, Output};
 use kiln::registry::{parse_reference, Registry};
 use kiln::store::Store;
@@ -48,6 +48,12 @@ pub struct Args {
     /// With `--sign-key` and several platforms: also sign each platform manifest.
     #[arg(long)]
     recursive: bool,
+    /// Write an SPDX 2.3 SBOM beside the output (and attach it, signed, when pushing with `--sign-key`).
+    #[arg(long)]
+    sbom: bool,
+    /// Write SLSA provenance beside the output (and attach it, signed, when pushing with `--sign-key`).
+    #[arg(long)]
+    provenance: bool,
     /// Push the image to `REGISTRY/REPOSITORY[:TAG]` after building (repeatable).
     #[arg(long, value_name = "REF")]
     push: Vec<String>,
@@ -175,6 +181,12 @@ pub fn run(args: Args) -> Result<(), Error> {
         Format::OciLayout => export::layout::write(&store, &output, &out)?,
         Format::OciArchive => export::archive::write(&store, &output, &out)?,
     }
+    let docs = kiln::attest::Documents::of(&store, &built, args.sbom, args.provenance)?;
+    for file in docs.write_beside(&out, &built.recipe.name)? {
+        if super::progress_enabled() && !args.json {
+            eprintln!("wrote   {}", file.display());
+        }
+    }
     let digest = built.top.digest.to_string();
     let mut pushes = Vec::new();
     if !targets.is_empty() {
@@ -200,6 +212,7 @@ pub fn run(args: Args) -> Result<(), Error> {
                     key,
                     args.recursive,
                 )?;
+                docs.attach_all(&registry, &store, target, key)?;
             }
             pushes.push(serde_json::json!({ "reference": target.whole(), "report": report, "signed": signed }));
         }
@@ -234,14 +247,5 @@ pub fn run(args: Args) -> Result<(), Error> {
 
 /// Writes the digest file atomically (temp file beside it, then rename).
 pub fn write_digest_file(file: &std::path::Path, digest: &str) -> Result<(), Error> {
-    use std::io::Write;
-    let parent = export::layout::parent_of(file);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-digest-")
-        .tempfile_in(&parent)
-        .at("create a temporary file in", &parent)?;
-    writeln!(tmp, "{digest}").at("write", tmp.path())?;
-    tmp.persist(file)
-        .map_err(|e| Error::io("write", file, e.error))?;
-    Ok(())
+    export::write_file_atomic(file, format!("{digest}\n").as_bytes())
 }

@@ -9,6 +9,7 @@ mod login;
 mod pull;
 mod push;
 mod registry_args;
+mod sbom;
 mod sign;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     Copy(copy::Args),
     /// Make a P-256 signing key pair (`NAME.key`, `NAME.pub`); encrypted when `KILN_PASSWORD` is set.
     Keygen(keys::Args),
+    /// Print the SPDX 2.3 SBOM of an image in an OCI layout or archive.
+    Sbom(sbom::Args),
     /// Sign an image in a registry, in cosign's format.
     Sign(sign::SignArgs),
     /// Verify an image's signature against public keys; exit 0 only if one is valid.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Login(args) => login::run(args),
         Command::Keygen(args) => keys::run(args),
         Command::Sign(args) => sign::sign(args),
+        Command::Sbom(args) => sbom::run(args),
         Command::Verify(args) => sign::verify(args),
     }
 }

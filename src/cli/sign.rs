@@ -33,6 +33,9 @@ pub struct VerifyArgs {
     /// A public key (PEM) to accept; repeat for several (one valid signature is enough).
     #[arg(long, required = true)]
     key: Vec<PathBuf>,
+    /// Also require attestations signed by the key, whose subject is this digest.
+    #[arg(long)]
+    attestations: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -107,5 +110,9 @@ pub fn verify(args: VerifyArgs) -> Result<(), Error> {
         cosign::identity(&image),
         matched.display()
     );
+    if args.attestations {
+        let types = kiln::attest::verify(&registry, &store, &image, &digest, &keys)?;
+        println!("verified attestations: {}", types.join(", "));
+    }
     Ok(())
 }

@@ -39,25 +39,36 @@ pub fn add_layer_dirs(store: &Store, layer: &LayerRecord, map: &mut DirMap) -> R
     Ok(())
 }
 
-fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
-    let path = store.blob_path(&layer.digest);
-    let blob = BufReader::new(store.open_blob(&layer.digest)?);
-    let reader: Box<dyn Read> =
-        if layer.media_type.ends_with("+gzip") || layer.media_type.ends_with(".gzip") {
+/// A reader of the tar inside a layer blob, by the layer's media type.
+pub fn decompress<'a, R: Read + 'a>(
+    blob: R,
+    media_type: &str,
+    digest: &crate::digest::Digest,
+) -> Result<Box<dyn Read + 'a>> {
+    Ok(
+        if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
             Box::new(flate2::read::MultiGzDecoder::new(blob))
-        } else if layer.media_type.ends_with("+zstd") {
-            Box::new(zstd::stream::read::Decoder::new(blob).at("read", &path)?)
-        } else if layer.media_type.ends_with(".tar") || layer.media_type.ends_with("tar") {
+        } else if media_type.ends_with("+zstd") {
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(BufReader::new(blob)).map_err(|e| {
+                    Error::io("read", std::path::PathBuf::from(digest.to_string()), e)
+                })?,
+            )
+        } else if media_type.ends_with("tar") {
             Box::new(blob)
         } else {
             return Err(Error::invalid(
-                format!(
-                    "base layer `{}` has media type `{}`, which kiln cannot read",
-                    layer.digest, layer.media_type
-                ),
-                Some("use a base whose layers are tar, tar+gzip or tar+zstd".into()),
+                format!("layer `{digest}` has media type `{media_type}`, which kiln cannot read"),
+                Some("use images whose layers are tar, tar+gzip or tar+zstd".into()),
             ));
-        };
+        },
+    )
+}
+
+fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
+    let path = store.blob_path(&layer.digest);
+    let blob = BufReader::new(store.open_blob(&layer.digest)?);
+    let reader = decompress(blob, &layer.media_type, &layer.digest)?;
     let mut map = DirMap::new();
     let mut ar = tar::Archive::new(reader);
     let bad = |e: io::Error| crate::store::verify_error(e, &path);

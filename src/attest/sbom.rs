@@ -1,0 +1,187 @@
+//! The SBOM: an SPDX 2.3 JSON document listing every regular file of an
+//! image (after applying its layers in order, whiteouts included) with its
+//! SHA-256 and SHA-1.
+//!
+//! It is computed from the layer blobs themselves, so it describes what the
+//! image holds, base layers included. Its bytes depend only on the image
+//! (and the creation time, which is the image's own), so it is reproducible.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read};
+
+use serde_json::{json, Value};
+use sha1::Sha1;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::layer::read::decompress;
+use crate::source::layout::Layout;
+
+/// One file of the image.
+#[derive(Debug, Clone)]
+struct FileSums {
+    sha256: String,
+    sha1: String,
+}
+
+/// The files of the image `manifest` in `layout`, path → checksums.
+fn files(layout: &Layout, manifest: &Digest) -> Result<BTreeMap<String, FileSums>> {
+    let (_, doc) = layout.read_json(manifest)?;
+    let mut files: BTreeMap<String, FileSums> = BTreeMap::new();
+    for layer in doc["layers"].as_array().into_iter().flatten() {
+        let digest: Digest = layer["digest"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("manifest `{manifest}` has a layer without a digest"),
+                    None,
+                )
+            })?;
+        let path = layout.blob_path(&digest);
+        let file = std::fs::File::open(&path).at("open layer", &path)?;
+        let mut hashed = crate::digest::HashingReader::new(BufReader::new(file));
+        {
+            let tar = decompress(
+                &mut hashed,
+                layer["mediaType"].as_str().unwrap_or_default(),
+                &digest,
+            )?;
+            apply_layer(tar, &mut files).at("read layer", &path)?;
+        }
+        io::copy(&mut hashed, &mut io::sink()).at("read layer", &path)?;
+        let actual = hashed.digest_so_far();
+        if actual != digest {
+            return Err(Error::DigestMismatch {
+                what: format!("`{}`", path.display()),
+                expected: digest,
+                actual,
+            });
+        }
+    }
+    Ok(files)
+}
+
+fn apply_layer(tar: impl Read, files: &mut BTreeMap<String, FileSums>) -> io::Result<()> {
+    let mut archive = tar::Archive::new(tar);
+    let mut links = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let path = raw
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string();
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+        if name == ".wh..wh..opq" {
+            let prefix = format!("{dir}/");
+            files.retain(|p, _| !p.starts_with(&prefix));
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let gone = if dir.is_empty() {
+                hidden.to_string()
+            } else {
+                format!("{dir}/{hidden}")
+            };
+            let prefix = format!("{gone}/");
+            files.retain(|p, _| *p != gone && !p.starts_with(&prefix));
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        // A later entry replaces whatever was at its path.
+        files.remove(&path);
+        if kind.is_file() {
+            let mut s256 = Sha256::new();
+            let mut s1 = Sha1::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = entry.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                s256.update(&buf[..n]);
+                s1.update(&buf[..n]);
+            }
+            files.insert(
+                path,
+                FileSums {
+                    sha256: hex::encode(s256.finalize()),
+                    sha1: hex::encode(s1.finalize()),
+                },
+            );
+        } else if kind.is_hard_link() {
+            if let Some(target) = entry.link_name()? {
+                let target = target
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .to_string();
+                links.push((path, target));
+            }
+        }
+    }
+    for (path, target) in links {
+        if let Some(sums) = files.get(&target).cloned() {
+            files.insert(path, sums);
+        }
+    }
+    Ok(())
+}
+
+/// The SPDX 2.3 document for the image `manifest` (in `layout`), named `name`.
+pub fn spdx(layout: &Layout, manifest: &Digest, name: &str, created: &str) -> Result<Value> {
+    let files = files(layout, manifest)?;
+    let image_id = "SPDXRef-Image";
+    let mut spdx_files = Vec::new();
+    let mut relationships = vec![json!({
+        "spdxElementId": "SPDXRef-DOCUMENT",
+        "relationshipType": "DESCRIBES",
+        "relatedSpdxElement": image_id,
+    })];
+    for (i, (path, sums)) in files.iter().enumerate() {
+        let id = format!("SPDXRef-File-{i}");
+        spdx_files.push(json!({
+            "fileName": format!("./{path}"),
+            "SPDXID": id,
+            "checksums": [
+                { "algorithm": "SHA1", "checksumValue": sums.sha1 },
+                { "algorithm": "SHA256", "checksumValue": sums.sha256 },
+            ],
+            "copyrightText": "NOASSERTION",
+            "licenseConcluded": "NOASSERTION",
+        }));
+        relationships.push(json!({
+            "spdxElementId": image_id,
+            "relationshipType": "CONTAINS",
+            "relatedSpdxElement": id,
+        }));
+    }
+    Ok(json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": name,
+        "documentNamespace": format!("urn:kiln:spdx:{name}:{}", manifest.hex()),
+        "creationInfo": {
+            "created": created,
+            "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
+        },
+        "packages": [{
+            "SPDXID": image_id,
+            "name": name,
+            "versionInfo": manifest.to_string(),
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "CONTAINER",
+            "checksums": [{ "algorithm": "SHA256", "checksumValue": manifest.hex() }],
+            "copyrightText": "NOASSERTION",
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+        }],
+        "files": spdx_files,
+        "relationships": relationships,
+    }))
+}
