@@ -296,6 +296,9 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
     }
 }
 
+/// A base image for one platform, with the report of each of its layers.
+type BaseImage = (Image, Vec<LayerReport>);
+
 /// The base image for each of the recipe's platforms, in order, with the
 /// report of each of its layers.
 fn resolve_base(
@@ -304,7 +307,7 @@ fn resolve_base(
     settings: &Settings,
     reporter: &dyn Reporter,
     stack: &mut Vec<(PathBuf, PathBuf)>,
-) -> Result<(Vec<(Image, Vec<LayerReport>)>, Vec<Material>)> {
+) -> Result<(Vec<BaseImage>, Vec<Material>)> {
     match &recipe.base {
         Base::Scratch => Ok((
             recipe
