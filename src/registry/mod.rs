@@ -61,6 +61,9 @@ pub struct PushReport {
 /// A registry client.
 pub struct Registry {
     client: Client,
+    /// Uploads small blobs in one request (POST then PUT), which a flaky
+    /// network interrupts less often than a chunked session.
+    small: Client,
     options: Options,
     runtime: tokio::runtime::Runtime,
 }
@@ -104,13 +107,14 @@ impl Registry {
                 data,
             });
         }
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
-            extra_root_certificates: certs,
+        let config = |monolithic: bool| ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain.clone()),
+            extra_root_certificates: certs.clone(),
             max_concurrent_upload: options.jobs.max(1),
             max_concurrent_download: options.jobs.max(1),
             connect_timeout: Some(Duration::from_secs(30)),
             read_timeout: Some(Duration::from_secs(300)),
+            use_monolithic_push: monolithic,
             ..Default::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +123,8 @@ impl Registry {
             .build()
             .map_err(|e| Error::io("start the network runtime", PathBuf::from("tokio"), e))?;
         Ok(Registry {
-            client: Client::new(config),
+            client: Client::new(config(false)),
+            small: Client::new(config(true)),
             options,
             runtime,
         })
@@ -154,12 +159,19 @@ impl Registry {
     /// Checks that the credentials for `r` are accepted for `op`.
     pub fn login_check(&self, r: &Reference) -> Result<()> {
         let auth = self.auth(r)?;
+        let what = format!("log in to `{}`", r.registry());
         self.runtime.block_on(async {
             self.client
                 .auth(r, &auth, RegistryOperation::Pull)
                 .await
-                .map(|_| ())
-                .map_err(|e| registry_error(e, &format!("log in to `{}`", r.registry())))
+                .map_err(|e| registry_error(e, &what))?;
+            // With basic auth nothing is checked until a request is made:
+            // ask for a manifest; "not found" means the credentials passed.
+            match self.client.fetch_manifest_digest(r, &auth).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(registry_error(e, &what)),
+            }
         })
     }
 
@@ -176,12 +188,14 @@ impl Registry {
         let plan = PushPlan::of(store, top)?;
         let auth = self.auth(target)?;
         self.runtime.block_on(async {
-            self.client
-                .auth(target, &auth, RegistryOperation::Push)
-                .await
-                .map_err(|e| {
-                    registry_error(e, &format!("log in to `{}` for pushing", target.registry()))
-                })?;
+            for client in [&self.client, &self.small] {
+                client
+                    .auth(target, &auth, RegistryOperation::Push)
+                    .await
+                    .map_err(|e| {
+                        registry_error(e, &format!("log in to `{}` for pushing", target.registry()))
+                    })?;
+            }
             let mounts: Vec<&Reference> = mount_from
                 .iter()
                 .filter(|m| {
@@ -259,7 +273,12 @@ impl Registry {
             async move {
                 let file = tokio::fs::File::open(&path).await?;
                 let stream = tokio_reader_stream(file);
-                self.client
+                let client = if size <= SMALL_BLOB {
+                    &self.small
+                } else {
+                    &self.client
+                };
+                client
                     .push_blob_stream(target, stream, &d, Some(size))
                     .await
             }
@@ -583,6 +602,9 @@ impl PushPlan {
     }
 }
 
+/// Blobs up to this size go up in one request; larger ones in chunks.
+const SMALL_BLOB: u64 = 32 << 20;
+
 /// Bytes per upload request: oci-client sends each stream item as PATCH
 /// requests of at most 4 MiB, so items of exactly that size make the fewest.
 const UPLOAD_CHUNK: usize = 4 << 20;
@@ -616,7 +638,10 @@ fn is_transient(e: &OciDistributionError) -> bool {
         return false;
     }
     match e {
-        OciDistributionError::RequestError(r) => !r.is_builder() && !r.is_redirect(),
+        OciDistributionError::RequestError(r) => match r.status() {
+            Some(status) => status.as_u16() == 429 || status.is_server_error(),
+            None => !r.is_builder() && !r.is_redirect(),
+        },
         OciDistributionError::ServerError { code, .. } => *code == 429 || *code >= 500,
         OciDistributionError::IoError(_) => true,
         OciDistributionError::RegistryError { envelope, .. } => envelope
@@ -658,19 +683,37 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+const CREDENTIALS_HINT: &str = "check the credentials: `kiln login REGISTRY -u USER --password-stdin`, or pass `--username USER --password-stdin`";
+
 /// Turns an oci-client error into kiln's, naming what was being done.
 fn registry_error(e: OciDistributionError, what: &str) -> Error {
     match e {
         OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
             Error::Registry {
                 message: format!("cannot {what}: the registry refused the credentials (HTTP 401)"),
-                hint: Some("check the user name and password: `kiln login REGISTRY -u USER --password-stdin`, or `--username` with `--password-stdin`".into()),
+                hint: Some(CREDENTIALS_HINT.into()),
             }
         }
         OciDistributionError::ServerError { code, message, .. } => Error::Registry {
             message: format!("cannot {what}: the registry answered HTTP {code}: {}", message.trim()),
             hint: match code {
-                401 | 403 => Some("check the credentials and that the user may access this repository".into()),
+                401 => Some(CREDENTIALS_HINT.into()),
+                403 => Some("check that the user may access this repository".into()),
+                404 => Some("check the repository name and digest".into()),
+                _ => None,
+            },
+        },
+        OciDistributionError::RequestError(r) if r.status().is_some_and(|s| s.as_u16() == 401) => Error::Registry {
+            message: format!("cannot {what}: the registry refused the credentials (HTTP 401)"),
+            hint: Some(CREDENTIALS_HINT.into()),
+        },
+        OciDistributionError::RequestError(r) if r.status().is_some() => Error::Registry {
+            message: format!(
+                "cannot {what}: the registry answered HTTP {}",
+                r.status().expect("checked").as_u16()
+            ),
+            hint: match r.status().expect("checked").as_u16() {
+                403 => Some("check that the user may access this repository".into()),
                 404 => Some("check the repository name and digest".into()),
                 _ => None,
             },
