@@ -70,8 +70,22 @@ ensure_components() {
         || die "cannot add ${missing[*]} (offline?): install them, then rerun"
 }
 
+# SPDX's own validator checks kiln's SBOMs (tests/attestations.rs); it comes
+# from PyPI, as Debian has no package of it.
+install_spdx_tools() {
+    if command -v pyspdxtools >/dev/null 2>&1; then
+        return
+    fi
+    command -v python3 >/dev/null 2>&1 || die "no python3: install it to get the SPDX validator"
+    say "python: installing spdx-tools"
+    python3 -m pip install --quiet --disable-pip-version-check spdx-tools \
+        || die "cannot install spdx-tools with pip"
+    hash -r
+}
+
 command -v cargo >/dev/null 2>&1 || die "no cargo on PATH: install a Rust toolchain (rustup) first"
 install_packages
+install_spdx_tools
 ensure_components
 [ "$(id -u)" -eq 0 ] \
     || say "warning: not root; the umoci and runc tests will fail (run scripts/test.sh as root)"
