@@ -13,6 +13,7 @@
 //! pointing at `scripts/test.sh`.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod proxy;
 pub mod token;
 
