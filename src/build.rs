@@ -147,8 +147,19 @@ pub fn build(
     settings: &Settings,
     reporter: &dyn Reporter,
 ) -> Result<Built> {
+    let now = || {
+        image::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    };
+    // Times go into provenance only when they cannot break reproducibility.
+    let started = settings.source_date_epoch.is_none().then(now);
     let mut stack = Vec::new();
-    build_recipe(store, path, settings, reporter, &mut stack)
+    let mut built = build_recipe(store, path, settings, reporter, &mut stack)?;
+    built.times = started.map(|s| (s, now()));
+    Ok(built)
 }
 
 fn build_recipe(
