@@ -3,6 +3,8 @@
 //! the image's files.
 
 mod common;
+mod cosign_support;
+mod registry_support;
 
 use std::process::Command;
 
@@ -159,4 +161,74 @@ fn sbom_is_valid_spdx_and_lists_the_image_files() {
     let printed = w.ok(&["sbom", &w.path().join("w/out/att").display().to_string()]);
     let again: Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(again, doc);
+}
+
+/// Attestations pushed with `--sign-key` verify with cosign, by type, and with
+/// `kiln verify --attestations`; another key is refused by both.
+#[test]
+fn attached_attestations_verify_with_cosign_and_kiln() {
+    let reg = registry_support::registry(registry_support::Flavour::Plain);
+    let w = workspace("w");
+    w.ok(&["keygen", "--out", "ci"]);
+    w.ok(&["keygen", "--out", "other"]);
+    let target = format!("{}:v1", reg.repo("kiln/attested"));
+    let mut cmd = w.kiln();
+    cmd.args([
+        "build",
+        "w/recipe.toml",
+        "--out",
+        "out/att",
+        "--sbom",
+        "--provenance",
+    ])
+    .args(["--push", &target, "--sign-key", "ci.key"])
+    .env("SOURCE_DATE_EPOCH", "1700000000");
+    let out = cmd.output().unwrap();
+    common::assert_success(&out, "kiln build --push --sign-key --sbom --provenance");
+    let digest = common::last_digest(&String::from_utf8(out.stdout).unwrap());
+    let pinned = format!("{}@{digest}", reg.repo("kiln/attested"));
+    let key = w.path().join("ci.pub");
+    let other = w.path().join("other.pub");
+    for kind in ["spdxjson", "slsaprovenance1"] {
+        let ok = cosign_support::verify_attestation(&key, kind, &pinned);
+        assert!(
+            ok.status.success(),
+            "cosign verify-attestation --type {kind}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let bad = cosign_support::verify_attestation(&other, kind, &pinned);
+        assert!(
+            !bad.status.success(),
+            "cosign accepted {kind} with another key"
+        );
+    }
+    let verified = w.ok(&["verify", &pinned, "--key", "ci.pub", "--attestations"]);
+    assert!(verified.contains("https://spdx.dev/Document"), "{verified}");
+    assert!(
+        verified.contains("https://slsa.dev/provenance/v1"),
+        "{verified}"
+    );
+    let (code, err) = w.fails(&["verify", &pinned, "--key", "other.pub", "--attestations"]);
+    assert_eq!(code, 4, "{err}");
+    // The attested SBOM is the one written beside the layout.
+    let local: Value = serde_json::from_slice(&read(&w, "out/att.sbom.spdx.json")).unwrap();
+    let envelopes = cosign_support::verify_attestation(&key, "spdxjson", &pinned);
+    let line = String::from_utf8(envelopes.stdout).unwrap();
+    let env: Value =
+        serde_json::from_str(line.lines().find(|l| !l.trim().is_empty()).unwrap()).unwrap();
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap())
+        .unwrap();
+    let statement: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(statement["predicate"], local);
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            statement["subject"][0]["digest"]["sha256"]
+                .as_str()
+                .unwrap()
+        ),
+        digest
+    );
 }
