@@ -194,7 +194,7 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 tar -cf - tree | cat >/dev/null
 
 # --- measuring -----------------------------------------------------------------
-RESULTS=()   # "case tool wall_s rss_kib out_bytes"
+RESULTS=()   # "case tool wall_s rss_kib out_bytes cpu_s"
 out_bytes() {  # out_bytes PATH | LAYOUT:TAG -> bytes of a file, a dir, or one image in an OCI layout
     case $1 in
     *:*) python3 - "${1%%:*}" "${1#*:}" <<'PY'
@@ -217,17 +217,18 @@ PY
 measure() {  # measure CASE TOOL OUT_PATH -- CMD...
     local case=$1 tool=$2 out=$3; shift 4
     local tf=$DIR/logs/$tool-$case.time lf=$DIR/logs/$tool-$case.log
-    if ! /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$lf" 2>&1; then
+    if ! /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$lf" 2>&1; then
         cat "$tf" >&2 || true
         tail -n 30 "$lf" >&2
         die "$tool ($case) failed; full log: $lf"
     fi
-    local wall rss
-    read -r wall rss < <(tail -n 1 "$tf")
+    local wall rss usr sys cpu
+    read -r wall rss usr sys < <(tail -n 1 "$tf")
+    cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
     local bytes
     bytes=$(out_bytes "$out")
-    RESULTS+=("$case $tool $wall $rss $bytes")
-    log "$(printf '%-8s %-13s %8ss %8.1f MiB' "$case" "$tool" "$wall" "$(echo "$rss" | awk '{print $1/1024}')")"
+    RESULTS+=("$case $tool $wall $rss $bytes $cpu")
+    log "$(printf '%-8s %-13s %8ss wall %8ss cpu %8.1f MiB' "$case" "$tool" "$wall" "$cpu" "$(echo "$rss" | awk '{print $1/1024}')")"
 }
 rm -rf logs && mkdir logs
 
@@ -298,26 +299,26 @@ kd() { grep -o '^sha256:[0-9a-f]\{64\}' "logs/kiln-$1.log" | tail -n 1 || echo n
 kcold=$(kd cold) knoop=$(kd noop) kchanged=$(kd changed)
 echo "- kiln image digests: cold ${kcold:7:12}, noop ${knoop:7:12} ($([[ $kcold == "$knoop" ]] && echo same as cold || echo "DIFFERS from cold: a no-op rebuild must give the same digest")), changed ${kchanged:7:12} ($([[ $kchanged != "$kcold" ]] && echo differs, as it must || echo "SAME as cold: the change was missed"))"
 fi
-echo "- wall: GNU time %e; peak RSS: GNU time %M (largest single process); out: size of the output after the run"
+echo "- wall: GNU time %e; cpu: %U + %S (user + system, less sensitive than wall to other load on the machine);"
+echo "  peak RSS: GNU time %M (largest single process); out: size of the output after the run"
 echo
-printf '| %-7s | %-12s | %8s | %13s | %8s | %11s | %10s |\n' case tool "wall s" "peak RSS MiB" "out MiB" "kiln/x wall" "kiln/x RSS"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------  -------------- ---------: --------------: ---------: ------------: -----------:
+printf '| %-7s | %-12s | %8s | %7s | %13s | %8s | %11s | %10s | %10s |\n' case tool "wall s" "cpu s" "peak RSS MiB" "out MiB" "kiln/x wall" "kiln/x cpu" "kiln/x RSS"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' --------- -------------- ---------: --------: --------------: ---------: ------------: -----------: -----------:
 for c in cold noop changed; do
-    kw= kr=
+    kw= kr= kc=
     for r in "${RESULTS[@]}"; do
-        read -r rc rt rw rr rb <<<"$r"
-        [[ $rc == "$c" && $rt == kiln ]] && kw=$rw kr=$rr
+        read -r rc rt rw rr rb rcpu <<<"$r"
+        [[ $rc == "$c" && $rt == kiln ]] && kw=$rw kr=$rr kc=$rcpu
     done
     for r in "${RESULTS[@]}"; do
-        read -r rc rt rw rr rb <<<"$r"
+        read -r rc rt rw rr rb rcpu <<<"$r"
         [[ $rc == "$c" ]] || continue
-        awk -v c="$rc" -v t="$rt" -v w="$rw" -v r="$rr" -v b="$rb" -v kw="$kw" -v kr="$kr" 'BEGIN {
-            if (t == "kiln") { rw = "-"; rr = "-" }
-            else {
-                rw = (w > 0 && kw != "") ? sprintf("%.2f", kw / w) : "n/a"
-                rr = (r > 0 && kr != "") ? sprintf("%.2f", kr / r) : "n/a"
-            }
-            printf "| %-7s | %-12s | %8.2f | %13.1f | %8.1f | %11s | %10s |\n", c, t, w, r / 1024, b / 1048576, rw, rr
+        awk -v c="$rc" -v t="$rt" -v w="$rw" -v r="$rr" -v b="$rb" -v u="$rcpu" -v kw="$kw" -v kr="$kr" -v kc="$kc" '
+        function ratio(k, x) { return (x > 0 && k != "") ? sprintf("%.2f", k / x) : "n/a" }
+        BEGIN {
+            if (t == "kiln") { xw = xr = xc = "-" }
+            else { xw = ratio(kw, w); xr = ratio(kr, r); xc = ratio(kc, u) }
+            printf "| %-7s | %-12s | %8.2f | %7.2f | %13.1f | %8.1f | %11s | %10s | %10s |\n", c, t, w, u, r / 1024, b / 1048576, xw, xc, xr
         }'
     done
 done
