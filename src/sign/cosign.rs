@@ -230,7 +230,7 @@ pub fn verify(
         let Some(matched) = keys.iter().find(|k| verify_bytes(&k.key, &body, sig)) else {
             problem.get_or_insert(fail(
                 format!(
-                    "no signature of `{}@{digest}` is valid for the given key(s)",
+                    "wrong key: no signature of `{}@{digest}` is valid for the given key(s)",
                     identity(image)
                 ),
                 "the image was signed with another key: check which public key you pass",
@@ -247,7 +247,7 @@ pub fn verify(
         if signed_digest != digest.to_string() {
             problem = Some(fail(
                 format!(
-                    "a signature by `{}` is for `{signed_digest}`, not `{digest}`",
+                    "digest mismatch: a signature by `{}` is for `{signed_digest}`, not `{digest}`",
                     matched.path.display()
                 ),
                 "the signature belongs to another image: sign this digest",
@@ -255,7 +255,7 @@ pub fn verify(
         } else if signed_identity != identity(image) {
             problem = Some(fail(
                 format!(
-                    "a signature by `{}` names `{signed_identity}`, not `{}`",
+                    "identity mismatch: a signature by `{}` names `{signed_identity}`, not `{}`",
                     matched.path.display(),
                     identity(image)
                 ),
