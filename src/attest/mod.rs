@@ -100,29 +100,23 @@ pub fn verify(
     digest: &Digest,
     keys: &[NamedKey],
 ) -> Result<Vec<String>> {
-    let tag = cosign::tag_for(digest, "att");
-    let target = Reference::with_tag(
-        image.registry().into(),
-        image.repository().into(),
-        tag.clone(),
-    );
     let fail = |message: String, hint: &str| Error::Verification {
         message,
         hint: Some(hint.to_string()),
     };
-    let Some(top) = registry.pull_if_present(store, &target)? else {
+    let Some(layers) = cosign::stored_layers(registry, store, image, digest, "att")? else {
         return Err(fail(
             format!(
-                "no attestations found for `{}@{digest}` (no `{tag}` manifest)",
-                cosign::identity(image)
+                "no attestations found for `{}@{digest}` (no `{}` manifest)",
+                cosign::identity(image),
+                cosign::tag_for(digest, "att")
             ),
             "build with `--sbom` / `--provenance` and `--sign-key`",
         ));
     };
-    let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
     let mut verified = Vec::new();
     let mut unsigned = 0;
-    for layer in doc["layers"].as_array().into_iter().flatten() {
+    for layer in &layers {
         let Some(blob) = layer["digest"]
             .as_str()
             .and_then(|d| d.parse::<Digest>().ok())

@@ -178,6 +178,27 @@ pub fn sign(
     )
 }
 
+/// The layer descriptors of the `sha256-<hex>.SUFFIX` manifest of `digest`
+/// in `image`'s repository (pulled, verified, into the store); `None` if there is none.
+pub fn stored_layers(
+    registry: &Registry,
+    store: &Store,
+    image: &Reference,
+    digest: &Digest,
+    suffix: &str,
+) -> Result<Option<Vec<Value>>> {
+    let target = Reference::with_tag(
+        image.registry().into(),
+        image.repository().into(),
+        tag_for(digest, suffix),
+    );
+    let Some(top) = registry.pull_if_present(store, &target)? else {
+        return Ok(None);
+    };
+    let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
+    Ok(Some(doc["layers"].as_array().cloned().unwrap_or_default()))
+}
+
 /// A public key to verify with, and where it came from.
 pub struct NamedKey {
     /// The file it was read from.
@@ -195,28 +216,22 @@ pub fn verify(
     digest: &Digest,
     keys: &[NamedKey],
 ) -> Result<PathBuf> {
-    let tag = tag_for(digest, "sig");
-    let target = Reference::with_tag(
-        image.registry().into(),
-        image.repository().into(),
-        tag.clone(),
-    );
     let fail = |message: String, hint: &str| Error::Verification {
         message,
         hint: Some(hint.to_string()),
     };
-    let Some(top) = registry.pull_if_present(store, &target)? else {
+    let Some(layers) = stored_layers(registry, store, image, digest, "sig")? else {
         return Err(fail(
             format!(
-                "no signature found for `{}@{digest}` (no `{tag}` manifest)",
-                identity(image)
+                "no signature found for `{}@{digest}` (no `{}` manifest)",
+                identity(image),
+                tag_for(digest, "sig")
             ),
             "sign it with `kiln sign REF --key KEY`, or check the reference",
         ));
     };
-    let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
     let mut problem = None;
-    for layer in doc["layers"].as_array().into_iter().flatten() {
+    for layer in &layers {
         let Some(sig) = layer["annotations"][SIGNATURE_ANNOTATION].as_str() else {
             continue;
         };
@@ -276,8 +291,9 @@ pub fn verify(
     Err(problem.unwrap_or_else(|| {
         fail(
             format!(
-                "no signature found for `{}@{digest}` (the `{tag}` manifest holds none)",
-                identity(image)
+                "no signature found for `{}@{digest}` (the `{}` manifest holds none)",
+                identity(image),
+                tag_for(digest, "sig")
             ),
             "sign it with `kiln sign REF --key KEY`",
         )

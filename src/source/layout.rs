@@ -104,6 +104,22 @@ impl Layout {
         }
     }
 
+    /// Copies a blob into the store (unless it is there), verifying its digest.
+    fn copy_to_store(&self, digest: &Digest, store: &Store) -> Result<()> {
+        if store.contains(digest) {
+            return Ok(());
+        }
+        let src = self.blob_path(digest);
+        let file = fs::File::open(&src).at("open blob", &src)?;
+        store
+            .put_verified(file, digest, &format!("`{}`", src.display()))
+            .map_err(|e| match e {
+                Error::Io { source, .. } => verify_error(source, &src),
+                other => other,
+            })?;
+        Ok(())
+    }
+
     /// Where a blob lives in the layout.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs").join("sha256").join(d.hex())
@@ -209,16 +225,7 @@ impl Layout {
         let mut had = Vec::new();
         for (layer, diff_id) in layers.into_iter().zip(diff_ids) {
             had.push(store.contains(&layer.digest));
-            if !store.contains(&layer.digest) {
-                let src = self.blob_path(&layer.digest);
-                let file = fs::File::open(&src).at("open blob", &src)?;
-                store
-                    .put_verified(file, &layer.digest, &format!("`{}`", src.display()))
-                    .map_err(|e| match e {
-                        Error::Io { source, .. } => verify_error(source, &src),
-                        other => other,
-                    })?;
-            }
+            self.copy_to_store(&layer.digest, store)?;
             records.push(LayerRecord {
                 digest: layer.digest,
                 diff_id,
@@ -375,18 +382,7 @@ impl Layout {
             let blobs = std::iter::once(doc.get("config").cloned().unwrap_or(Value::Null))
                 .chain(doc["layers"].as_array().cloned().unwrap_or_default());
             for b in blobs {
-                let b = descriptor(&b, &path)?;
-                if store.contains(&b.digest) {
-                    continue;
-                }
-                let src = self.blob_path(&b.digest);
-                let file = fs::File::open(&src).at("open blob", &src)?;
-                store
-                    .put_verified(file, &b.digest, &format!("`{}`", src.display()))
-                    .map_err(|e| match e {
-                        Error::Io { source, .. } => verify_error(source, &src),
-                        other => other,
-                    })?;
+                self.copy_to_store(&descriptor(&b, &path)?.digest, store)?;
             }
         }
         let (digest, media_type, size) = top_media.expect("the top was read");
