@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# kiln push benchmark (a benchmark, not a test: it asserts nothing about speed).
+#
+# Pushes one OCI layout to a local registry (Debian's docker-registry on
+# 127.0.0.1, fresh storage for every cold run) and prints wall time and peak
+# RSS for:
+#   cold   every blob is new to the registry
+#   warm   every blob is already there (only HEADs and the manifest)
+# for `kiln push` and, as the baseline, `skopeo copy oci:… docker://…`.
+#
+# Usage:  bench/push-bench.sh                  # the layout bench/build-bench.sh built
+#         LAYOUT=out/hello bench/push-bench.sh # any OCI layout
+#
+# Environment:
+#   BENCH_DIR   where bench/build-bench.sh works (default /tmp/kiln-bench);
+#               its kiln output `out` is the default layout
+#   LAYOUT      the OCI layout to push (default $BENCH_DIR/out)
+#   KILN_BIN    use this kiln binary instead of `cargo build --release`
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DIR=${BENCH_DIR:-/tmp/kiln-bench}
+LAYOUT=${LAYOUT:-$DIR/out}
+
+log() { printf '[push-bench] %s\n' "$*" >&2; }
+die() { printf '[push-bench] error: %s\n' "$*" >&2; exit 1; }
+
+[[ -f $LAYOUT/oci-layout ]] || die "no OCI layout at $LAYOUT: run bench/build-bench.sh first, or set LAYOUT"
+need=()
+[[ -x /usr/bin/time ]] || need+=(time)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [[ -n ${KILN_BIN:-} ]]; then
+    KILN=$KILN_BIN
+else
+    (cd "$REPO" && cargo build --release --quiet)
+    KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
+fi
+
+WORK=$(mktemp -d /tmp/kiln-push-bench.XXXXXX)
+REG_PID=
+cleanup() {
+    [[ -n $REG_PID ]] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A fresh registry (new storage, new port) for each cold run.
+start_registry() {
+    [[ -n $REG_PID ]] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null || true
+    local port storage
+    port=$(free_port)
+    storage=$WORK/storage-$port
+    mkdir -p "$storage"
+    cat >"$WORK/config.yml" <<YML
+version: 0.1
+log: { level: error }
+storage: { filesystem: { rootdirectory: $storage } }
+http: { addr: 127.0.0.1:$port }
+YML
+    docker-registry serve "$WORK/config.yml" >"$WORK/registry.log" 2>&1 &
+    REG_PID=$!
+    REG=127.0.0.1:$port
+    for _ in $(seq 100); do
+        curl -fs "http://$REG/v2/" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "the registry did not start: $(cat "$WORK/registry.log")"
+}
+
+ROWS=()
+measure() { # case tool -- command…
+    local case=$1 tool=$2
+    shift 3
+    /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1 \
+        || die "$tool $case failed: $(tail -5 "$WORK/out.log")"
+    read -r wall rss <"$WORK/time"
+    ROWS+=("$case $tool $wall $((rss / 1024))")
+}
+
+SIZE=$(du -sb "$LAYOUT/blobs" | cut -f1)
+REF=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["manifests"][0]; print(m.get("annotations",{}).get("org.opencontainers.image.ref.name",""))' "$LAYOUT/index.json")
+SRC="oci:$LAYOUT${REF:+:$REF}"
+log "layout $LAYOUT: $((SIZE / 1048576)) MiB of blobs"
+export KILN_CACHE=$WORK/cache KILN_NO_PROGRESS=1
+
+start_registry
+measure cold kiln -- "$KILN" push "$LAYOUT" "$REG/bench:kiln"
+measure warm kiln -- "$KILN" push "$LAYOUT" "$REG/bench:kiln"
+start_registry
+measure cold skopeo -- skopeo copy --dest-tls-verify=false "$SRC" "docker://$REG/bench:skopeo"
+measure warm skopeo -- skopeo copy --dest-tls-verify=false "$SRC" "docker://$REG/bench:skopeo"
+
+printf '\n%-6s %-8s %10s %12s\n' case tool "wall s" "peak MiB"
+for r in "${ROWS[@]}"; do
+    read -r c t w m <<<"$r"
+    printf '%-6s %-8s %10s %12s\n' "$c" "$t" "$w" "$m"
+done
+printf '\nratios kiln/skopeo (wall):'
+for c in cold warm; do
+    k=$(printf '%s\n' "${ROWS[@]}" | awk -v c=$c '$1==c && $2=="kiln" {print $3}')
+    s=$(printf '%s\n' "${ROWS[@]}" | awk -v c=$c '$1==c && $2=="skopeo" {print $3}')
+    printf ' %s %s' "$c" "$(python3 -c "print(f'{$k/max($s,0.001):.2f}')")"
+done
+printf '\n(kiln push first copies the layout into its store, verifying every blob; that is inside the cold figure)\n'
