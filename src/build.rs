@@ -32,6 +32,8 @@ pub struct Settings {
     pub registry: crate::registry::Options,
     /// Fail unless every recipe's lockfile exists and matches it exactly (for CI).
     pub locked: bool,
+    /// Use only what is in the store: never download a package.
+    pub offline: bool,
 }
 
 /// What a build reports as it goes; the CLI draws it on stderr.
@@ -215,8 +217,11 @@ fn build_loaded(
             crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
         }
         let mut plans = Vec::new();
-        for section in &recipe.layers {
-            let plan = local::plan_layer(&recipe, section, epoch, &below, &hashes, platform)?;
+        for (layer_no, section) in recipe.layers.iter().enumerate() {
+            let packages =
+                packages_for(store, &recipe, layer_no, platform, settings, &mut materials)?;
+            let plan =
+                local::plan_layer(&recipe, section, epoch, &below, &hashes, platform, packages)?;
             plan.add_dirs_to(&mut below);
             plans.push(plan);
         }
@@ -467,6 +472,99 @@ fn resolve_base(
             Ok((images, vec![material]))
         }
     }
+}
+
+/// The files of the Debian packages the lock pins for one layer and platform,
+/// fetched into the store if missing (by SHA-256; never otherwise).
+fn packages_for(
+    store: &Store,
+    recipe: &Recipe,
+    layer_no: usize,
+    platform: &Platform,
+    settings: &Settings,
+    materials: &mut Vec<Material>,
+) -> Result<std::collections::BTreeMap<String, (crate::plan::Entry, String)>> {
+    use crate::source::deb;
+    let section = &recipe.layers[layer_no];
+    let Some(first) = section.packages.first() else {
+        return Ok(Default::default());
+    };
+    let lock_path = lock::path_for(&recipe.source.path);
+    let arch = deb::debian_arch(&platform.arch, platform.variant.as_deref());
+    let lock = Lock::read(&lock_path)?.unwrap_or_default();
+    let pinned: Vec<&lock::LockedPackage> = lock
+        .packages
+        .iter()
+        .filter(|p| p.arch == arch && p.layer == layer_no)
+        .collect();
+    let missing = section
+        .packages
+        .iter()
+        .find(|want| !pinned.iter().any(|p| p.name == *want.get_ref()));
+    if pinned.is_empty() || missing.is_some() {
+        let at = missing.unwrap_or(first);
+        return Err(recipe
+            .source
+            .error(
+                at.span(),
+                format!(
+                    "`{}` is not pinned for `{arch}` in `{}`",
+                    at.get_ref(),
+                    lock_path.display()
+                ),
+            )
+            .hint(format!(
+                "run `kiln lock {}` and commit the lockfile",
+                recipe.source.path.display()
+            ))
+            .into());
+    }
+    let mut fetcher = None;
+    let mut installed = Vec::new();
+    for p in pinned {
+        let digest: Digest = format!("sha256:{}", p.sha256)
+            .parse()
+            .map_err(|e: crate::digest::BadDigest| Error::invalid(e.to_string(), None))?;
+        if !store.contains(&digest) {
+            if settings.offline {
+                return Err(Error::invalid(
+                    format!(
+                        "`--offline`, and package `{}` ({}) is not in the store",
+                        p.name, p.path
+                    ),
+                    Some("build once without `--offline` to fetch it".into()),
+                ));
+            }
+            if fetcher.is_none() {
+                fetcher = Some(deb::Fetcher::new(deb::mirror()?)?);
+            }
+            let f = fetcher.as_ref().expect("just set");
+            let mut w = store.writer()?;
+            f.get_into(&p.path, &mut w)?;
+            w.commit(Some(&digest)).map_err(|e| match e {
+                Error::DigestMismatch {
+                    expected, actual, ..
+                } => Error::DigestMismatch {
+                    what: format!("package `{}` (`{}`)", p.name, p.path),
+                    expected,
+                    actual,
+                },
+                other => other,
+            })?;
+        }
+        materials.push(Material {
+            uri: format!(
+                "pkg:deb/debian/{}@{}?arch={}",
+                p.name, p.version, p.architecture
+            ),
+            digest: digest.clone(),
+        });
+        installed.push(deb::install::Installed {
+            name: p.name.clone(),
+            contents: deb::extract::contents(store, &p.name, &digest)?,
+        });
+    }
+    deb::install::entries(store, &installed)
 }
 
 /// The digest a registry base stands for: its own, or the lockfile's for a tag.

@@ -21,6 +21,32 @@ pub const LOCK_VERSION: u32 = 1;
 pub struct Lock {
     /// Base image references by tag → the digest they resolved to.
     pub bases: BTreeMap<String, Digest>,
+    /// Debian packages, per architecture and layer, sorted.
+    pub packages: Vec<LockedPackage>,
+}
+
+/// One Debian package pinned by the lock.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    /// The Debian architecture it was resolved for (`amd64`, `arm64`).
+    pub arch: String,
+    /// The recipe layer (0-based) that installs it.
+    pub layer: usize,
+    /// `Package`.
+    pub name: String,
+    /// `Version`.
+    pub version: String,
+    /// The package's own `Architecture` (`all` for architecture-independent ones).
+    pub architecture: String,
+    /// The path inside the archive (`pool/…`), the same on every mirror.
+    pub path: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The recipe's name for the repository it came from.
+    pub repository: String,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +55,8 @@ struct RawLock {
     version: u32,
     #[serde(default)]
     bases: BTreeMap<String, toml::Spanned<String>>,
+    #[serde(default)]
+    packages: Vec<LockedPackage>,
 }
 
 /// The lockfile of the recipe at `recipe`: the same name with `.lock`.
@@ -78,7 +106,17 @@ impl Lock {
                 })?;
             bases.insert(reference, d);
         }
-        Ok(Some(Lock { bases }))
+        let mut packages = raw.packages;
+        for p in &packages {
+            if format!("sha256:{}", p.sha256).parse::<Digest>().is_err() {
+                return Err(source
+                    .error(0..0, format!("package `{}` has an invalid sha256", p.name))
+                    .hint("regenerate the lockfile with `kiln lock RECIPE`")
+                    .into());
+            }
+        }
+        packages.sort();
+        Ok(Some(Lock { bases, packages }))
     }
 
     /// The lockfile's text.
@@ -91,6 +129,10 @@ impl Lock {
             for (reference, digest) in &self.bases {
                 text.push_str(&format!("{} = \"{digest}\"\n", toml_key(reference)));
             }
+        }
+        for p in &self.packages {
+            text.push_str("\n[[packages]]\n");
+            text.push_str(&toml::to_string(p).expect("locked packages serialise"));
         }
         text
     }
@@ -124,12 +166,97 @@ pub fn lock_recipe(
             lock.bases.insert(reference.clone(), registry.resolve(&r)?);
         }
     }
+    lock.packages = lock_packages(&parsed)?;
     let path = path_for(recipe);
     let changed = Lock::read(&path).ok().flatten().as_ref() != Some(&lock);
     if changed {
         lock.write(&path)?;
     }
     Ok((path, lock, changed))
+}
+
+/// Resolves every layer's `packages` for every platform of `recipe`.
+fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
+    use crate::source::deb::{self, resolve::Universe, resolve::Unsatisfiable};
+    if recipe.layers.iter().all(|l| l.packages.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let store = crate::store::Store::open(crate::store::Store::default_root()?)?;
+    let fetcher = deb::Fetcher::new(deb::mirror()?)?;
+    let repos = repositories(recipe);
+    let mut out = Vec::new();
+    let mut arches: Vec<String> = recipe
+        .platforms
+        .iter()
+        .map(|p| deb::debian_arch(&p.arch, p.variant.as_deref()))
+        .collect();
+    arches.dedup();
+    for arch in arches {
+        let mut index = Vec::new();
+        for repo in &repos {
+            index.extend(deb::load_index(&fetcher, &store, repo, &arch)?);
+        }
+        let universe = Universe::new(&index, &arch);
+        let mut installed = BTreeMap::new();
+        for (layer_no, layer) in recipe.layers.iter().enumerate() {
+            if layer.packages.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = layer.packages.iter().map(|p| p.get_ref().clone()).collect();
+            let chosen = universe.resolve(&names, &installed).map_err(|e| {
+                let (span, message, hint) = match e {
+                    Unsatisfiable::Unknown(name) => (
+                        layer.packages.iter().find(|p| *p.get_ref() == name).map_or(0..0, |p| p.span()),
+                        format!("no package `{name}` for `{arch}` in the recipe's repositories"),
+                        "check the name (`apt-cache show NAME`), the suite and the components",
+                    ),
+                    Unsatisfiable::Chain(chain) => (
+                        layer.packages.first().map_or(0..0, |p| p.span()),
+                        format!("cannot install for `{arch}`: {}", chain.join(" → ")),
+                        "no version in the repositories satisfies the last dependency: add the repository that has it, or drop the package",
+                    ),
+                };
+                Error::from(recipe.source.error(span, message).hint(hint))
+            })?;
+            for p in chosen {
+                installed.insert(p.name.clone(), p);
+                out.push(LockedPackage {
+                    arch: arch.clone(),
+                    layer: layer_no,
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    architecture: p.arch.clone(),
+                    path: p.path.clone(),
+                    sha256: p.sha256.hex().to_string(),
+                    size: p.size,
+                    repository: p.repository.clone(),
+                });
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The recipe's Debian repositories, with keyrings resolved against its directory.
+pub fn repositories(recipe: &crate::recipe::Recipe) -> Vec<crate::source::deb::Repository> {
+    recipe
+        .repositories
+        .iter()
+        .map(|(name, r)| crate::source::deb::Repository {
+            name: name.clone(),
+            suite: r.suite.clone(),
+            components: if r.components.is_empty() {
+                vec!["main".to_string()]
+            } else {
+                r.components.clone()
+            },
+            keyring: r.keyring.as_ref().map_or_else(
+                || PathBuf::from(crate::source::deb::DEFAULT_KEYRING),
+                |k| recipe.dir.join(k),
+            ),
+        })
+        .collect()
 }
 
 fn toml_key(s: &str) -> String {

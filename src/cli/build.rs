@@ -42,6 +42,9 @@ pub struct Args {
     /// Fail unless the recipe's lockfile exists and pins exactly its tagged inputs (for CI).
     #[arg(long)]
     locked: bool,
+    /// Build from the store alone: fail rather than download anything.
+    #[arg(long)]
+    offline: bool,
     /// Sign what is pushed with this private key (needs `--push`).
     #[arg(long, value_name = "KEY")]
     sign_key: Option<PathBuf>,
@@ -154,6 +157,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         jobs: args.jobs,
         registry: registry_options.clone(),
         locked: args.locked,
+        offline: args.offline,
     };
     let store = Store::open(Store::default_root()?)?;
     let quiet = build::Quiet;

@@ -43,6 +43,22 @@ pub struct Recipe {
     pub config: ConfigSection,
     /// The `[[layers]]`, in order.
     pub layers: Vec<LayerSection>,
+    /// `[repositories.NAME]`: Debian repositories that `packages` come from.
+    pub repositories: BTreeMap<String, RepositorySection>,
+}
+
+/// `[repositories.NAME]`: a Debian suite. The mirror is not written here: it
+/// comes from `KILN_DEBIAN_MIRROR` or the host's apt sources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySection {
+    /// The suite (`bookworm`, `bookworm-updates`, `bookworm-security`).
+    pub suite: String,
+    /// Components (default `["main"]`).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// The keyring `InRelease` must be signed by (default Debian's archive keyring).
+    pub keyring: Option<String>,
 }
 
 /// Where an image starts.
@@ -163,6 +179,9 @@ pub struct LayerSection {
     /// Symbolic links.
     #[serde(default)]
     pub symlinks: Vec<Spanned<SymlinkItem>>,
+    /// Debian packages (with their dependencies), pinned by `kiln lock`.
+    #[serde(default)]
+    pub packages: Vec<Spanned<String>>,
 }
 
 /// `files = [{ src, dest, mode?, uid?, gid? }]`
@@ -269,6 +288,8 @@ struct RawRecipe {
     config: ConfigSection,
     #[serde(default)]
     layers: Vec<LayerSection>,
+    #[serde(default)]
+    repositories: BTreeMap<String, RepositorySection>,
 }
 
 impl Recipe {

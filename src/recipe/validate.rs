@@ -79,6 +79,13 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         check_port(&source, p)?;
     }
 
+    let wants_packages = raw.layers.iter().find_map(|l| l.packages.first());
+    if let (Some(first), true) = (wants_packages, raw.repositories.is_empty()) {
+        return Err(source
+            .error(first.span(), "`packages` needs a Debian repository, and the recipe names none")
+            .hint("add `[repositories.debian]` with `suite = \"bookworm\"` (the mirror comes from `KILN_DEBIAN_MIRROR` or the host's apt sources)")
+            .into());
+    }
     for layer in &raw.layers {
         let filters = layer
             .files
@@ -140,6 +147,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         tags,
         config,
         layers: raw.layers,
+        repositories: raw.repositories,
     })
 }
 

@@ -38,6 +38,7 @@ pub fn plan_layer(
     below: &DirMap,
     hashes: &StatCache,
     platform: &Platform,
+    packages: BTreeMap<String, (Entry, String)>,
 ) -> Result<LayerPlan> {
     let mut b = LayerBuilder {
         recipe,
@@ -144,6 +145,14 @@ pub fn plan_layer(
         .filter(|i| applies(&i.get_ref().platforms, platform))
     {
         b.tree(item.get_ref(), item.span())?;
+    }
+    // Package files go under the recipe's own entries: a path the recipe
+    // names wins over the package's (that is how recipes override a config).
+    let packages_span = section.packages.first().map_or(0..0, |p| p.span());
+    for (path, (entry, _)) in packages {
+        b.entries
+            .entry(path)
+            .or_insert_with(|| (entry, packages_span.clone()));
     }
     Ok(LayerPlan::new(
         section.name.clone(),

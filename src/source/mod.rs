@@ -1,2 +1,3 @@
+pub mod deb;
 pub mod layout;
 pub mod local;

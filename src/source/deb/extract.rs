@@ -1,0 +1,282 @@
+//! `.deb` contents: the `ar` archive's `control.tar.*` (for the dpkg
+//! database) and `data.tar.*` (the files), read without unpacking anything
+//! onto the host: every file's bytes go into the store as a blob, so no path
+//! in a package can make kiln write outside its store.
+//!
+//! Paths are checked: absolute paths, `..`, paths through a symlink of the
+//! same package, and devices, fifos and sockets are refused, naming the
+//! package. The result is cached in the store per `.deb` digest.
+
+use std::io::{self, BufReader, Read};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+
+/// One entry of a package's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebEntry {
+    /// Path in the image, relative (`usr/bin/x`).
+    pub path: String,
+    /// `dir`, `file`, `symlink` or `hardlink`.
+    pub kind: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size of a file.
+    pub size: u64,
+    /// The file's content, a blob in the store.
+    pub digest: Option<Digest>,
+    /// Link target.
+    pub target: Option<String>,
+}
+
+/// What a package holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DebContents {
+    /// The `control` file.
+    pub control: String,
+    /// The `md5sums` file, if any.
+    pub md5sums: Option<String>,
+    /// The data entries, in archive order.
+    pub entries: Vec<DebEntry>,
+}
+
+fn bad(package: &str, why: impl std::fmt::Display) -> Error {
+    Error::invalid(
+        format!("package `{package}` cannot be installed: {why}"),
+        Some("the .deb is malformed or hostile; kiln refuses it and writes nothing".into()),
+    )
+}
+
+/// Reads the `.deb` blob `digest` of `package` from the store (cached per digest).
+pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebContents> {
+    let cache = store
+        .root()
+        .join("debs")
+        .join(format!("{}.json", digest.hex()));
+    if let Some(c) = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
+    {
+        let complete = c
+            .entries
+            .iter()
+            .all(|e| e.digest.as_ref().is_none_or(|d| store.contains(d)));
+        if complete {
+            return Ok(c);
+        }
+    }
+    let path = store.blob_path(digest);
+    let mut reader = BufReader::new(store.open_blob(digest)?);
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).at("read", &path)?;
+    if &magic != b"!<arch>\n" {
+        return Err(bad(package, "not an ar archive"));
+    }
+    let mut control = None;
+    let mut md5sums = None;
+    let mut entries = None;
+    loop {
+        let mut header = [0u8; 60];
+        match reader.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(Error::io("read", &path, e)),
+        }
+        let name = String::from_utf8_lossy(&header[..16])
+            .trim()
+            .trim_end_matches('/')
+            .to_string();
+        let size: u64 = String::from_utf8_lossy(&header[48..58])
+            .trim()
+            .parse()
+            .map_err(|_| bad(package, "a corrupt ar header"))?;
+        let mut member = (&mut reader).take(size);
+        if name.starts_with("control.tar") {
+            let (c, m) = read_control(decompress(&name, &mut member, package)?, package)?;
+            control = Some(c);
+            md5sums = m;
+        } else if name.starts_with("data.tar") {
+            entries = Some(read_data(
+                store,
+                decompress(&name, &mut member, package)?,
+                package,
+            )?);
+        }
+        io::copy(&mut member, &mut io::sink()).at("read", &path)?;
+        if size % 2 == 1 {
+            let mut pad = [0u8; 1];
+            let _ = reader.read(&mut pad);
+        }
+    }
+    // Reading to the end lets the store's reader check the .deb's digest.
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| crate::store::verify_error(e, &path))?;
+    let contents = DebContents {
+        control: control.ok_or_else(|| bad(package, "no control.tar member"))?,
+        md5sums,
+        entries: entries.ok_or_else(|| bad(package, "no data.tar member"))?,
+    };
+    let dir = store.root().join("debs");
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
+    crate::export::write_file_atomic(
+        &cache,
+        &serde_json::to_vec(&contents).expect("serialisable"),
+    )?;
+    Ok(contents)
+}
+
+fn decompress<'a>(name: &str, r: impl Read + 'a, package: &str) -> Result<Box<dyn Read + 'a>> {
+    Ok(if name.ends_with(".xz") {
+        // lzma-rs decodes into a writer; stream it through a pipe thread-free by buffering.
+        let mut r = BufReader::new(r);
+        let mut out = Vec::new();
+        lzma_rs::xz_decompress(&mut r, &mut out)
+            .map_err(|e| bad(package, format!("bad xz data: {e}")))?;
+        Box::new(io::Cursor::new(out))
+    } else if name.ends_with(".gz") {
+        Box::new(flate2::read::GzDecoder::new(r))
+    } else if name.ends_with(".zst") {
+        Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| bad(package, e))?)
+    } else if name.ends_with(".tar") {
+        Box::new(r)
+    } else {
+        return Err(bad(package, format!("unknown member `{name}`")));
+    })
+}
+
+fn read_control(r: impl Read, package: &str) -> Result<(String, Option<String>)> {
+    let mut ar = tar::Archive::new(r);
+    let (mut control, mut md5sums) = (None, None);
+    for e in ar.entries().map_err(|e| bad(package, e))? {
+        let mut e = e.map_err(|e| bad(package, e))?;
+        let name = e
+            .path()
+            .map_err(|e| bad(package, e))?
+            .to_string_lossy()
+            .into_owned();
+        let mut text = String::new();
+        match name.trim_start_matches("./") {
+            "control" => {
+                e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
+                control = Some(text);
+            }
+            "md5sums" => {
+                e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
+                md5sums = Some(text);
+            }
+            _ => {}
+        }
+    }
+    Ok((
+        control.ok_or_else(|| bad(package, "no control file"))?,
+        md5sums,
+    ))
+}
+
+/// Normalises a tar path from a package; refuses absolute paths and `..`.
+fn clean(raw: &str, package: &str) -> Result<String> {
+    if raw.starts_with('/') {
+        return Err(bad(package, format!("absolute path `{raw}` in its data")));
+    }
+    let mut parts = Vec::new();
+    for p in raw.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => return Err(bad(package, format!("path `{raw}` climbs out with `..`"))),
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+fn read_data(store: &Store, r: impl Read, package: &str) -> Result<Vec<DebEntry>> {
+    let mut ar = tar::Archive::new(r);
+    let mut out = Vec::new();
+    let mut symlinks = std::collections::BTreeSet::new();
+    for e in ar.entries().map_err(|e| bad(package, e))? {
+        let mut e = e.map_err(|e| bad(package, e))?;
+        let raw = e.path_bytes();
+        let raw = String::from_utf8(raw.into_owned())
+            .map_err(|_| bad(package, "a path that is not UTF-8"))?;
+        let path = clean(&raw, package)?;
+        if path.is_empty() {
+            continue;
+        }
+        let mut ancestor = path.as_str();
+        while let Some((up, _)) = ancestor.rsplit_once('/') {
+            if symlinks.contains(up) {
+                return Err(bad(
+                    package,
+                    format!("`{path}` would be written through the symlink `{up}`"),
+                ));
+            }
+            ancestor = up;
+        }
+        let h = e.header();
+        let (mode, uid, gid) = (
+            h.mode().unwrap_or(0o644) & 0o7777,
+            h.uid().unwrap_or(0) as u32,
+            h.gid().unwrap_or(0) as u32,
+        );
+        let kind = h.entry_type();
+        let link = || -> Result<String> {
+            let l = e
+                .link_name_bytes()
+                .ok_or_else(|| bad(package, format!("link `{path}` has no target")))?;
+            String::from_utf8(l.into_owned())
+                .map_err(|_| bad(package, "a link target that is not UTF-8"))
+        };
+        let mut entry = DebEntry {
+            path: path.clone(),
+            kind: String::new(),
+            mode,
+            uid,
+            gid,
+            size: 0,
+            digest: None,
+            target: None,
+        };
+        if kind.is_dir() {
+            entry.kind = "dir".into();
+        } else if kind.is_symlink() {
+            entry.kind = "symlink".into();
+            entry.target = Some(link()?);
+            symlinks.insert(path.clone());
+        } else if kind.is_hard_link() {
+            entry.kind = "hardlink".into();
+            entry.target = Some(clean(&link()?, package)?);
+        } else if kind.is_file() {
+            let mut w = store.writer()?;
+            let n = io::copy(&mut e, &mut w).map_err(|err| bad(package, err))?;
+            let (digest, _) = w.commit(None)?;
+            entry.kind = "file".into();
+            entry.size = n;
+            entry.digest = Some(digest);
+        } else {
+            return Err(bad(
+                package,
+                format!("`{path}` is a device, fifo or socket"),
+            ));
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_escaping_paths() {
+        assert!(clean("/etc/passwd", "p").is_err());
+        assert!(clean("./usr/../../etc", "p").is_err());
+        assert_eq!(clean("./usr/bin/x", "p").unwrap(), "usr/bin/x");
+    }
+}

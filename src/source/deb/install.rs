@@ -1,0 +1,142 @@
+//! Installing packages into a layer, declaratively: their files (with the
+//! package's own modes and owners), the dpkg database as distroless images
+//! keep it (`/var/lib/dpkg/status.d/NAME` and `NAME.md5sums`), and what
+//! maintainer scripts would have done that images need. Maintainer scripts
+//! are never run. Done here: the CA bundle `/etc/ssl/certs/ca-certificates.crt`
+//! when `ca-certificates` is installed (every certificate under
+//! `/usr/share/ca-certificates`, in path order).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::plan::{Content, Entry, EntryKind};
+use crate::store::Store;
+
+use super::extract::DebContents;
+
+/// A package to install: its name and contents.
+pub struct Installed {
+    /// The package name.
+    pub name: String,
+    /// What its `.deb` holds.
+    pub contents: DebContents,
+}
+
+/// The layer entries for `packages` (sorted by name), keyed by path.
+pub fn entries(store: &Store, packages: &[Installed]) -> Result<BTreeMap<String, (Entry, String)>> {
+    let mut out: BTreeMap<String, (Entry, String)> = BTreeMap::new();
+    let mut certs: BTreeMap<String, Digest> = BTreeMap::new();
+    for pkg in packages {
+        for e in &pkg.contents.entries {
+            let kind = match e.kind.as_str() {
+                "dir" => EntryKind::Dir,
+                "file" => {
+                    let digest = e.digest.clone().expect("files have digests");
+                    if e.path.starts_with("usr/share/ca-certificates/") && e.path.ends_with(".crt")
+                    {
+                        certs.insert(e.path.clone(), digest.clone());
+                    }
+                    EntryKind::File {
+                        content: Content::Host(store.blob_path(&digest)),
+                        size: e.size,
+                        digest,
+                    }
+                }
+                "symlink" => EntryKind::Symlink {
+                    target: e.target.clone().unwrap_or_default(),
+                },
+                _ => EntryKind::HardLink {
+                    target: e.target.clone().unwrap_or_default(),
+                },
+            };
+            let entry = Entry {
+                path: e.path.clone(),
+                kind,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+            };
+            match out.get(&e.path) {
+                Some((existing, _))
+                    if matches!(existing.kind, EntryKind::Dir)
+                        && matches!(entry.kind, EntryKind::Dir) => {}
+                Some((_, owner)) => {
+                    return Err(Error::invalid(
+                        format!(
+                            "packages `{owner}` and `{}` both install `/{}`",
+                            pkg.name, e.path
+                        ),
+                        Some("install only one of them (dpkg would refuse this too)".into()),
+                    ))
+                }
+                None => {
+                    out.insert(e.path.clone(), (entry, pkg.name.clone()));
+                }
+            }
+        }
+        let status = status_stanza(&pkg.contents.control);
+        add_text(
+            &mut out,
+            &format!("var/lib/dpkg/status.d/{}", pkg.name),
+            status.into_bytes(),
+            &pkg.name,
+        );
+        if let Some(sums) = &pkg.contents.md5sums {
+            add_text(
+                &mut out,
+                &format!("var/lib/dpkg/status.d/{}.md5sums", pkg.name),
+                sums.clone().into_bytes(),
+                &pkg.name,
+            );
+        }
+    }
+    if packages.iter().any(|p| p.name == "ca-certificates") {
+        let mut bundle = Vec::new();
+        for digest in certs.values() {
+            let mut pem = store.read(digest)?;
+            if !pem.ends_with(b"\n") {
+                pem.push(b'\n');
+            }
+            bundle.extend_from_slice(&pem);
+        }
+        out.remove("etc/ssl/certs/ca-certificates.crt");
+        add_text(
+            &mut out,
+            "etc/ssl/certs/ca-certificates.crt",
+            bundle,
+            "ca-certificates",
+        );
+    }
+    Ok(out)
+}
+
+fn add_text(out: &mut BTreeMap<String, (Entry, String)>, path: &str, bytes: Vec<u8>, owner: &str) {
+    let bytes: Arc<[u8]> = Arc::from(bytes);
+    let entry = Entry {
+        path: path.to_string(),
+        kind: EntryKind::File {
+            size: bytes.len() as u64,
+            digest: Digest::of(&bytes),
+            content: Content::Inline(bytes),
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    out.insert(path.to_string(), (entry, owner.to_string()));
+}
+
+/// The control stanza with the `Status` dpkg would have recorded.
+fn status_stanza(control: &str) -> String {
+    let mut text = String::new();
+    for line in control.trim_end().lines() {
+        text.push_str(line);
+        text.push('\n');
+        if line.starts_with("Package:") {
+            text.push_str("Status: install ok installed\n");
+        }
+    }
+    text
+}

@@ -1,0 +1,346 @@
+//! Debian packages as inputs: repositories, their signed indexes, dependency
+//! resolution (for `kiln lock`) and `.deb` contents (for `kiln build`).
+//!
+//! Trust flows from the archive keyring only: `InRelease` is verified with
+//! `gpgv` against the repository's keyring and only the text gpgv vouches for
+//! is read; `Packages` must match the SHA-256 that text lists; every `.deb`
+//! must match the SHA-256 its `Packages` entry (and so the lockfile) gives.
+//! The mirror is never written in a recipe: it comes from
+//! `KILN_DEBIAN_MIRROR` or the host's apt sources.
+
+pub mod control;
+pub mod extract;
+pub mod install;
+pub mod resolve;
+pub mod version;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+
+use self::control::Stanza;
+
+/// The keyring used when a repository names none.
+pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A repository as the recipe names it.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// The recipe's name for it (`[repositories.NAME]`).
+    pub name: String,
+    /// The suite (`bookworm`, `bookworm-updates`).
+    pub suite: String,
+    /// Components (`main`).
+    pub components: Vec<String>,
+    /// The keyring that must have signed `InRelease`.
+    pub keyring: PathBuf,
+}
+
+/// One package as an index lists it.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// `Package`.
+    pub name: String,
+    /// `Version`.
+    pub version: String,
+    /// `Architecture`.
+    pub arch: String,
+    /// `Filename`: the path inside the archive (`pool/…`).
+    pub path: String,
+    /// `SHA256`.
+    pub sha256: Digest,
+    /// `Size`.
+    pub size: u64,
+    /// The whole stanza, for dependencies and the dpkg database.
+    pub stanza: Stanza,
+    /// The repository it came from.
+    pub repository: String,
+}
+
+impl Package {
+    /// `Essential: yes`.
+    pub fn essential(&self) -> bool {
+        self.stanza.get("Essential").is_some_and(|v| v == "yes")
+    }
+}
+
+/// The mirror: `KILN_DEBIAN_MIRROR`, else the first Debian archive in the host's apt sources.
+pub fn mirror() -> Result<String> {
+    if let Some(m) = std::env::var("KILN_DEBIAN_MIRROR")
+        .ok()
+        .filter(|m| !m.is_empty())
+    {
+        return Ok(m.trim_end_matches('/').to_string());
+    }
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push((false, t));
+    }
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in files {
+            let deb822 = f.extension().is_some_and(|e| e == "sources");
+            let list = f.extension().is_some_and(|e| e == "list");
+            if deb822 || list {
+                if let Ok(t) = std::fs::read_to_string(&f) {
+                    texts.push((deb822, t));
+                }
+            }
+        }
+    }
+    for (deb822, text) in texts {
+        let found = if deb822 {
+            control::parse(&text).into_iter().find_map(|s| {
+                let enabled = s.get("Enabled").is_none_or(|v| v != "no");
+                let suites = s.get("Suites").cloned().unwrap_or_default();
+                let is_deb = s
+                    .get("Types")
+                    .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+                (enabled && is_deb && !suites.contains("security"))
+                    .then(|| s.get("URIs")?.split_whitespace().next().map(String::from))
+                    .flatten()
+            })
+        } else {
+            text.lines().find_map(|l| {
+                let l = l.trim();
+                let mut words = l.split_whitespace().filter(|w| !w.starts_with('['));
+                (words.next() == Some("deb")).then_some(())?;
+                let uri = words.next()?;
+                let suite = words.next()?;
+                (!suite.contains("security")).then(|| uri.to_string())
+            })
+        };
+        if let Some(uri) = found {
+            return Ok(uri.trim_end_matches('/').to_string());
+        }
+    }
+    Err(Error::invalid(
+        "no Debian mirror: `KILN_DEBIAN_MIRROR` is unset and the host's apt sources name none",
+        Some("set `KILN_DEBIAN_MIRROR` to the URL of a Debian archive".into()),
+    ))
+}
+
+/// Downloads over HTTP(S) with a few retries.
+pub struct Fetcher {
+    client: reqwest::blocking::Client,
+    mirror: String,
+}
+
+impl Fetcher {
+    /// A fetcher for `mirror`.
+    pub fn new(mirror: String) -> Result<Fetcher> {
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| Error::Registry {
+                message: format!("cannot start an HTTP client: {e}"),
+                hint: None,
+            })?;
+        Ok(Fetcher { client, mirror })
+    }
+
+    /// The mirror's URL.
+    pub fn mirror(&self) -> &str {
+        &self.mirror
+    }
+
+    /// GETs `rel` (relative to the mirror) into memory.
+    pub fn get(&self, rel: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.get_into(rel, &mut out)?;
+        Ok(out)
+    }
+
+    /// GETs `rel` into a writer, retrying transient failures from the start.
+    pub fn get_into(&self, rel: &str, out: &mut dyn std::io::Write) -> Result<()> {
+        let url = format!("{}/{}", self.mirror, rel.trim_start_matches('/'));
+        let mut last = String::new();
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(300 << attempt));
+            }
+            match self.client.get(&url).send() {
+                Ok(resp) if resp.status().is_success() => {
+                    let mut buf = Vec::new();
+                    let mut resp = resp;
+                    match resp.read_to_end(&mut buf) {
+                        Ok(_) => {
+                            out.write_all(&buf)
+                                .map_err(|e| Error::io("write", PathBuf::from(&url), e))?;
+                            return Ok(());
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
+                    last = format!("HTTP {}", resp.status().as_u16());
+                }
+                Ok(resp) => {
+                    return Err(Error::Registry {
+                        message: format!(
+                            "cannot download `{url}`: HTTP {}",
+                            resp.status().as_u16()
+                        ),
+                        hint: Some(
+                            "check the suite, component and package names, and the mirror".into(),
+                        ),
+                    })
+                }
+                Err(e) => last = crate::build::render_chain(&e),
+            }
+        }
+        Err(Error::Registry {
+            message: format!("cannot download `{url}`: {last}"),
+            hint: Some("check that the mirror is reachable (`KILN_DEBIAN_MIRROR` or the host's apt sources)".into()),
+        })
+    }
+}
+
+/// Verifies a clearsigned `InRelease` with gpgv against `keyring` and returns
+/// the signed text (and only that).
+pub fn verify_inrelease(signed: &[u8], keyring: &Path, what: &str) -> Result<String> {
+    let dir = tempfile::tempdir().at("create a temporary directory", &std::env::temp_dir())?;
+    let input = dir.path().join("InRelease");
+    let output = dir.path().join("Release");
+    std::fs::write(&input, signed).at("write", &input)?;
+    if !keyring.is_file() {
+        return Err(Error::invalid(
+            format!("keyring `{}` does not exist", keyring.display()),
+            Some(
+                "install `debian-archive-keyring`, or set `keyring` in the repository's table"
+                    .into(),
+            ),
+        ));
+    }
+    let out = std::process::Command::new("gpgv")
+        .arg("--keyring")
+        .arg(keyring)
+        .arg("--output")
+        .arg(&output)
+        .arg(&input)
+        .output()
+        .map_err(|e| {
+            Error::invalid(
+                format!("cannot run `gpgv`: {e}"),
+                Some("install Debian's `gpgv` package".into()),
+            )
+        })?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        return Err(Error::Verification {
+            message: format!(
+                "the signature of {what} does not verify against `{}`: {why}",
+                keyring.display()
+            ),
+            hint: Some(
+                "the mirror served an index not signed by the archive key: nothing was written"
+                    .into(),
+            ),
+        });
+    }
+    std::fs::read_to_string(&output).at("read", &output)
+}
+
+/// The SHA-256 and size `Release` text lists for `path`.
+pub fn release_entry(release: &str, path: &str) -> Option<(Digest, u64)> {
+    let stanza = control::parse(release).into_iter().next()?;
+    stanza.get("SHA256")?.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (hash, size, p) = (f.next()?, f.next()?, f.next()?);
+        (p == path)
+            .then(|| Some((format!("sha256:{hash}").parse().ok()?, size.parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// Reads the package index of `repo` for `arch`: verified `InRelease`, then
+/// `Packages.xz` (or `.gz`) checked against it, kept in the store by digest.
+pub fn load_index(
+    fetcher: &Fetcher,
+    store: &Store,
+    repo: &Repository,
+    arch: &str,
+) -> Result<Vec<Package>> {
+    let what = format!("`dists/{}/InRelease`", repo.suite);
+    let signed = fetcher.get(&format!("dists/{}/InRelease", repo.suite))?;
+    let release = verify_inrelease(&signed, &repo.keyring, &what)?;
+    let mut packages = Vec::new();
+    for component in &repo.components {
+        let base = format!("{component}/binary-{arch}/Packages");
+        let (rel, digest, _) = ["xz", "gz"]
+            .iter()
+            .find_map(|ext| {
+                let p = format!("{base}.{ext}");
+                release_entry(&release, &p).map(|(d, s)| (p, d, s))
+            })
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("the `{}` suite has no `{base}.xz` or `.gz`", repo.suite),
+                    Some(format!(
+                        "check `components` and that the suite has `{arch}`"
+                    )),
+                )
+            })?;
+        if !store.contains(&digest) {
+            let mut w = store.writer()?;
+            fetcher.get_into(&format!("dists/{}/{rel}", repo.suite), &mut w)?;
+            w.commit(Some(&digest)).map_err(|e| match e {
+                Error::DigestMismatch {
+                    expected, actual, ..
+                } => Error::DigestMismatch {
+                    what: format!("`dists/{}/{rel}` (as `InRelease` lists it)", repo.suite),
+                    expected,
+                    actual,
+                },
+                other => other,
+            })?;
+        }
+        let compressed = store.read(&digest)?;
+        let mut text = Vec::new();
+        if rel.ends_with(".xz") {
+            lzma_rs::xz_decompress(&mut &compressed[..], &mut text)
+                .map_err(|e| Error::invalid(format!("`{rel}` is not valid xz: {e}"), None))?;
+        } else {
+            flate2::read::GzDecoder::new(&compressed[..])
+                .read_to_end(&mut text)
+                .map_err(|e| Error::invalid(format!("`{rel}` is not valid gzip: {e}"), None))?;
+        }
+        for stanza in control::parse(&String::from_utf8_lossy(&text)) {
+            let get = |k: &str| stanza.get(k).cloned().unwrap_or_default();
+            let Ok(sha256) = format!("sha256:{}", get("SHA256")).parse() else {
+                continue;
+            };
+            packages.push(Package {
+                name: get("Package"),
+                version: get("Version"),
+                arch: get("Architecture"),
+                path: get("Filename"),
+                sha256,
+                size: get("Size").parse().unwrap_or(0),
+                repository: repo.name.clone(),
+                stanza,
+            });
+        }
+    }
+    Ok(packages)
+}
+
+/// The Debian architecture of a platform's `arch` (`amd64`, `arm64`, `armhf` …).
+pub fn debian_arch(arch: &str, variant: Option<&str>) -> String {
+    match (arch, variant) {
+        ("arm", Some("v7")) | ("arm", None) => "armhf".into(),
+        ("arm", Some(_)) => "armel".into(),
+        ("386", _) => "i386".into(),
+        (a, _) => a.into(),
+    }
+}

@@ -1,0 +1,286 @@
+//! Dependency resolution: requested package names → the full set to
+//! install, one version per package, deterministically.
+//!
+//! `Pre-Depends` and `Depends` are followed, with version constraints,
+//! alternatives (`a | b`: the first that can be satisfied, unless another is
+//! already chosen) and virtual packages (`Provides`; a real package of the
+//! name beats a provider). Packages already installed (by an earlier layer)
+//! count as present, and `Essential: yes` packages are not pulled in unless
+//! asked for. An impossible request names the chain of dependencies.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::control::{relations, Relation};
+use super::version::{compare, satisfies};
+use super::Package;
+
+/// The packages of one architecture, indexed for resolution.
+pub struct Universe<'a> {
+    by_name: BTreeMap<&'a str, Vec<&'a Package>>,
+    providers: BTreeMap<String, Vec<(&'a Package, Option<String>)>>,
+}
+
+/// Why a request cannot be met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsatisfiable {
+    /// A requested name is neither a package nor provided by one.
+    Unknown(String),
+    /// A dependency cannot be met; the chain from the request to it.
+    Chain(Vec<String>),
+}
+
+impl<'a> Universe<'a> {
+    /// Indexes `packages` for architecture `arch` (and `all`).
+    pub fn new(packages: &'a [Package], arch: &str) -> Universe<'a> {
+        let mut by_name: BTreeMap<&str, Vec<&Package>> = BTreeMap::new();
+        let mut providers: BTreeMap<String, Vec<(&Package, Option<String>)>> = BTreeMap::new();
+        for p in packages
+            .iter()
+            .filter(|p| p.arch == arch || p.arch == "all")
+        {
+            by_name.entry(p.name.as_str()).or_default().push(p);
+            if let Some(field) = p.stanza.get("Provides") {
+                for group in relations(field) {
+                    for r in group {
+                        let version = r.constraint.filter(|(op, _)| op == "=").map(|(_, v)| v);
+                        providers.entry(r.name).or_default().push((p, version));
+                    }
+                }
+            }
+        }
+        for list in by_name.values_mut() {
+            // Highest version first; ties (the same version twice) by path, for determinism.
+            list.sort_by(|a, b| compare(&b.version, &a.version).then_with(|| a.path.cmp(&b.path)));
+        }
+        // Among providers, prefer what apt would: higher priority, then name.
+        let rank = |p: &Package| match p.stanza.get("Priority").map(String::as_str) {
+            Some("required") => 0,
+            Some("important") => 1,
+            Some("standard") => 2,
+            Some("optional") => 3,
+            _ => 4,
+        };
+        for list in providers.values_mut() {
+            list.sort_by(|a, b| {
+                rank(a.0)
+                    .cmp(&rank(b.0))
+                    .then_with(|| a.0.name.cmp(&b.0.name))
+                    .then_with(|| compare(&b.0.version, &a.0.version))
+            });
+        }
+        Universe { by_name, providers }
+    }
+
+    /// Whether a name is known at all (as a package or a virtual package).
+    pub fn knows(&self, name: &str) -> bool {
+        self.by_name.contains_key(name) || self.providers.contains_key(name)
+    }
+
+    fn satisfied_by(&self, r: &Relation, chosen: &BTreeMap<String, &'a Package>) -> bool {
+        if let Some(p) = chosen.get(&r.name) {
+            if r.constraint
+                .as_ref()
+                .is_none_or(|(op, v)| satisfies(&p.version, op, v))
+            {
+                return true;
+            }
+        }
+        self.providers.get(&r.name).is_some_and(|list| {
+            list.iter().any(|(p, provided)| {
+                chosen.get(&p.name).is_some_and(|c| c.version == p.version)
+                    && match (&r.constraint, provided) {
+                        (None, _) => true,
+                        (Some((op, v)), Some(pv)) => satisfies(pv, op, v),
+                        (Some(_), None) => false,
+                    }
+            })
+        })
+    }
+
+    /// The package that would satisfy `r`: a real one first, then a provider.
+    fn candidate(&self, r: &Relation) -> Option<&'a Package> {
+        let real = self.by_name.get(r.name.as_str()).and_then(|list| {
+            list.iter()
+                .find(|p| {
+                    r.constraint
+                        .as_ref()
+                        .is_none_or(|(op, v)| satisfies(&p.version, op, v))
+                })
+                .copied()
+        });
+        real.or_else(|| {
+            self.providers
+                .get(&r.name)?
+                .iter()
+                .find_map(|(p, provided)| {
+                    let ok = match (&r.constraint, provided) {
+                        (None, _) => true,
+                        (Some((op, v)), Some(pv)) => satisfies(pv, op, v),
+                        (Some(_), None) => false,
+                    };
+                    ok.then_some(*p)
+                })
+        })
+    }
+
+    /// Resolves `requested` on top of `installed`; returns the packages to add, by name.
+    pub fn resolve(
+        &self,
+        requested: &[String],
+        installed: &BTreeMap<String, &'a Package>,
+    ) -> Result<Vec<&'a Package>, Unsatisfiable> {
+        let mut chosen = installed.clone();
+        let mut added: BTreeSet<String> = BTreeSet::new();
+        let mut parent: BTreeMap<String, String> = BTreeMap::new();
+        let mut queue: VecDeque<&Package> = VecDeque::new();
+        for name in requested {
+            let r = Relation {
+                name: name.clone(),
+                constraint: None,
+            };
+            if self.satisfied_by(&r, &chosen) {
+                continue;
+            }
+            let p = self
+                .candidate(&r)
+                .ok_or_else(|| Unsatisfiable::Unknown(name.clone()))?;
+            if chosen.insert(p.name.clone(), p).is_none() {
+                added.insert(p.name.clone());
+                queue.push_back(p);
+            }
+        }
+        while let Some(p) = queue.pop_front() {
+            let fields = ["Pre-Depends", "Depends"];
+            for field in fields.iter().filter_map(|f| p.stanza.get(*f)) {
+                for group in relations(field) {
+                    if group.iter().any(|r| self.satisfied_by(r, &chosen)) {
+                        continue;
+                    }
+                    let pick = group.iter().find_map(|r| self.candidate(r));
+                    let Some(dep) = pick else {
+                        let mut chain = vec![p.name.clone()];
+                        let mut cur = p.name.clone();
+                        while let Some(up) = parent.get(&cur) {
+                            chain.push(up.clone());
+                            cur = up.clone();
+                        }
+                        chain.reverse();
+                        let alts: Vec<String> = group.iter().map(ToString::to_string).collect();
+                        chain.push(alts.join(" | "));
+                        return Err(Unsatisfiable::Chain(chain));
+                    };
+                    if dep.essential() && !requested.contains(&dep.name) {
+                        continue;
+                    }
+                    if let Some(existing) = chosen.get(&dep.name) {
+                        if existing.version != dep.version {
+                            let mut chain = vec![p.name.clone()];
+                            chain.push(format!(
+                                "{} (needs a version other than the chosen {})",
+                                group
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(" | "),
+                                existing.version
+                            ));
+                            return Err(Unsatisfiable::Chain(chain));
+                        }
+                        continue;
+                    }
+                    chosen.insert(dep.name.clone(), dep);
+                    parent.insert(dep.name.clone(), p.name.clone());
+                    added.insert(dep.name.clone());
+                    queue.push_back(dep);
+                }
+            }
+        }
+        Ok(added.iter().map(|n| chosen[n]).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn pkg(name: &str, version: &str, fields: &[(&str, &str)]) -> Package {
+        let mut stanza = super::super::control::Stanza::new();
+        for (k, v) in fields {
+            stanza.insert((*k).to_string(), (*v).to_string());
+        }
+        Package {
+            name: name.into(),
+            version: version.into(),
+            arch: "amd64".into(),
+            path: format!("pool/{name}_{version}.deb"),
+            sha256: Digest::of(name.as_bytes()),
+            size: 1,
+            stanza,
+            repository: "r".into(),
+        }
+    }
+
+    fn names(v: &[&Package]) -> Vec<String> {
+        v.iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect()
+    }
+
+    #[test]
+    fn follows_versions_alternatives_and_virtuals() {
+        let all = vec![
+            pkg(
+                "app",
+                "1",
+                &[("Depends", "libc (>= 2), mta | postfix, awk")],
+            ),
+            pkg("libc", "1", &[]),
+            pkg("libc", "3", &[]),
+            pkg("postfix", "1", &[("Provides", "mta")]),
+            pkg("mawk", "1", &[("Provides", "awk")]),
+            pkg("awk", "9", &[]),
+            pkg("base", "1", &[("Essential", "yes")]),
+            pkg("uses-base", "1", &[("Depends", "base")]),
+        ];
+        let u = Universe::new(&all, "amd64");
+        let got = u.resolve(&["app".into()], &BTreeMap::new()).unwrap();
+        // A real `awk` beats the provider `mawk`; the newest `libc` is taken.
+        assert_eq!(names(&got), ["app=1", "awk=9", "libc=3", "postfix=1"]);
+        let got = u.resolve(&["uses-base".into()], &BTreeMap::new()).unwrap();
+        assert_eq!(
+            names(&got),
+            ["uses-base=1"],
+            "essential packages are not pulled in"
+        );
+        let installed: BTreeMap<String, &Package> =
+            [("libc".to_string(), &all[2])].into_iter().collect();
+        let got = u.resolve(&["app".into()], &installed).unwrap();
+        assert!(
+            !names(&got).contains(&"libc=3".to_string()),
+            "installed packages count"
+        );
+    }
+
+    #[test]
+    fn names_the_chain_of_an_impossible_request() {
+        let all = vec![
+            pkg("a", "1", &[("Depends", "b")]),
+            pkg("b", "1", &[("Depends", "c (>= 5)")]),
+            pkg("c", "1", &[]),
+        ];
+        let u = Universe::new(&all, "amd64");
+        assert_eq!(
+            u.resolve(&["a".into()], &BTreeMap::new()).err(),
+            Some(Unsatisfiable::Chain(vec![
+                "a".into(),
+                "b".into(),
+                "c (>= 5)".into()
+            ]))
+        );
+        assert_eq!(
+            u.resolve(&["zzz".into()], &BTreeMap::new()).err(),
+            Some(Unsatisfiable::Unknown("zzz".into()))
+        );
+    }
+}
