@@ -197,7 +197,29 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
             index.extend(deb::load_index(&fetcher, &store, repo, &arch)?);
         }
         let universe = Universe::new(&index, &arch);
-        let mut installed = BTreeMap::new();
+        // Packages a base recipe's lock installs count as installed here.
+        let base_packages = base_lock_packages(recipe, &arch)?;
+        let base_owned: Vec<deb::Package> = base_packages
+            .iter()
+            .map(|p| deb::Package {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                arch: p.architecture.clone(),
+                path: p.path.clone(),
+                sha256: format!("sha256:{}", p.sha256)
+                    .parse()
+                    .unwrap_or_else(|_| Digest::of(p.path.as_bytes())),
+                size: p.size,
+                stanza: index
+                    .iter()
+                    .find(|i| i.name == p.name && i.version == p.version)
+                    .map(|i| i.stanza.clone())
+                    .unwrap_or_default(),
+                repository: p.repository.clone(),
+            })
+            .collect();
+        let mut installed: BTreeMap<String, &deb::Package> =
+            base_owned.iter().map(|p| (p.name.clone(), p)).collect();
         for (layer_no, layer) in recipe.layers.iter().enumerate() {
             if layer.packages.is_empty() {
                 continue;
@@ -235,6 +257,25 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
         }
     }
     out.sort();
+    Ok(out)
+}
+
+/// The packages the locks of `recipe`'s base recipes (recursively) pin for `arch`.
+fn base_lock_packages(recipe: &crate::recipe::Recipe, arch: &str) -> Result<Vec<LockedPackage>> {
+    let mut out = Vec::new();
+    let mut current = recipe.base.clone();
+    let mut seen = 0;
+    while let crate::recipe::Base::Recipe { path, .. } = current {
+        seen += 1;
+        if seen > 32 {
+            break;
+        }
+        let base = crate::recipe::Recipe::load(&path)?;
+        if let Some(lock) = Lock::read(&path_for(&path))? {
+            out.extend(lock.packages.into_iter().filter(|p| p.arch == arch));
+        }
+        current = base.base.clone();
+    }
     Ok(out)
 }
 
