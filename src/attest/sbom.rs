@@ -23,6 +23,15 @@ use crate::source::layout::Layout;
 struct FileSums {
     sha256: String,
     sha1: String,
+    /// The text of a dpkg database file (`status`, `status.d/NAME`).
+    dpkg: Option<String>,
+}
+
+fn is_dpkg_db(path: &str) -> bool {
+    path == "var/lib/dpkg/status"
+        || path
+            .strip_prefix("var/lib/dpkg/status.d/")
+            .is_some_and(|n| !n.contains('.') && !n.contains('/'))
 }
 
 /// The files of the image `manifest` in `layout`, path → checksums.
@@ -97,6 +106,8 @@ fn apply_layer(tar: impl Read, files: &mut BTreeMap<String, FileSums>) -> io::Re
             let mut s256 = Sha256::new();
             let mut s1 = Sha1::new();
             let mut buf = vec![0u8; 64 * 1024];
+            let keep = is_dpkg_db(&path);
+            let mut kept = Vec::new();
             loop {
                 let n = entry.read(&mut buf)?;
                 if n == 0 {
@@ -104,12 +115,16 @@ fn apply_layer(tar: impl Read, files: &mut BTreeMap<String, FileSums>) -> io::Re
                 }
                 s256.update(&buf[..n]);
                 s1.update(&buf[..n]);
+                if keep {
+                    kept.extend_from_slice(&buf[..n]);
+                }
             }
             files.insert(
                 path,
                 FileSums {
                     sha256: hex::encode(s256.finalize()),
                     sha1: hex::encode(s1.finalize()),
+                    dpkg: keep.then(|| String::from_utf8_lossy(&kept).into_owned()),
                 },
             );
         } else if kind.is_hard_link() {
@@ -140,6 +155,38 @@ pub fn spdx(layout: &Layout, manifest: &Digest, name: &str, created: &str) -> Re
     sha1s.sort_unstable();
     let verification = hex::encode(Sha1::digest(sha1s.concat().as_bytes()));
     let mut spdx_files = Vec::new();
+    let mut debs = std::collections::BTreeSet::new();
+    for sums in files.values() {
+        for stanza in crate::source::deb::control::parse(sums.dpkg.as_deref().unwrap_or_default()) {
+            if let (Some(n), Some(v), Some(a)) = (
+                stanza.get("Package"),
+                stanza.get("Version"),
+                stanza.get("Architecture"),
+            ) {
+                debs.insert((n.clone(), v.clone(), a.clone()));
+            }
+        }
+    }
+    let mut packages = vec![];
+    for (i, (name, version, arch)) in debs.iter().enumerate() {
+        let id = format!("SPDXRef-Package-deb-{i}");
+        packages.push(json!({
+            "SPDXID": id,
+            "name": name,
+            "versionInfo": version,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "copyrightText": "NOASSERTION",
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "supplier": "Organization: Debian",
+            "externalRefs": [{
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": format!("pkg:deb/debian/{name}@{version}?arch={arch}"),
+            }],
+        }));
+    }
     let mut relationships = vec![json!({
         "spdxElementId": "SPDXRef-DOCUMENT",
         "relationshipType": "DESCRIBES",
@@ -163,6 +210,13 @@ pub fn spdx(layout: &Layout, manifest: &Digest, name: &str, created: &str) -> Re
             "relatedSpdxElement": id,
         }));
     }
+    for i in 0..debs.len() {
+        relationships.push(json!({
+            "spdxElementId": image_id,
+            "relationshipType": "CONTAINS",
+            "relatedSpdxElement": format!("SPDXRef-Package-deb-{i}"),
+        }));
+    }
     Ok(json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -173,7 +227,7 @@ pub fn spdx(layout: &Layout, manifest: &Digest, name: &str, created: &str) -> Re
             "created": created,
             "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
         },
-        "packages": [{
+        "packages": std::iter::once(json!({
             "SPDXID": image_id,
             "name": name,
             "versionInfo": manifest.to_string(),
@@ -185,7 +239,9 @@ pub fn spdx(layout: &Layout, manifest: &Digest, name: &str, created: &str) -> Re
             "copyrightText": "NOASSERTION",
             "licenseConcluded": "NOASSERTION",
             "licenseDeclared": "NOASSERTION",
-        }],
+        }))
+        .chain(packages)
+        .collect::<Vec<_>>(),
         "files": spdx_files,
         "relationships": relationships,
     }))
