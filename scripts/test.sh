@@ -13,10 +13,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # run what kiln writes (tests/real_tools.rs); gcc and libc6-dev compile the
 # static probe those images run; faketime and util-linux (unshare) vary the
 # clock and the user (tests/reproducibility.rs); docker-registry, htpasswd
-# from apache2-utils and openssl serve a real registry (tests/registry.rs).
+# from apache2-utils and openssl serve a real registry (tests/registry.rs);
+# dpkg-dev, apt-utils, gnupg, gpgv, xz-utils and zstd build and serve a
+# signed Debian repository on 127.0.0.1 (tests/apt_support).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
+    dpkg-dev apt-utils gnupg gpgv xz-utils zstd
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
