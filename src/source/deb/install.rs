@@ -4,7 +4,9 @@
 //! maintainer scripts would have done that images need. Maintainer scripts
 //! are never run. Done here: the CA bundle `/etc/ssl/certs/ca-certificates.crt`
 //! when `ca-certificates` is installed (every certificate under
-//! `/usr/share/ca-certificates`, in path order).
+//! `/usr/share/ca-certificates`, in path order), and busybox's applet links
+//! when `busybox` or `busybox-static` is (the applet names are read from the
+//! binary's own table, so no binary of another architecture has to run).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,7 +111,76 @@ pub fn entries(store: &Store, packages: &[Installed]) -> Result<BTreeMap<String,
             "ca-certificates",
         );
     }
+    if packages
+        .iter()
+        .any(|p| p.name == "busybox" || p.name == "busybox-static")
+    {
+        busybox_links(store, &mut out)?;
+    }
     Ok(out)
+}
+
+/// Adds `DIR/APPLET -> busybox` beside the busybox binary for every applet
+/// it was built with, unless something else already has that path.
+fn busybox_links(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
+    let found = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .find_map(|p| match out.get(*p) {
+            Some((
+                Entry {
+                    kind: EntryKind::File { digest, .. },
+                    ..
+                },
+                _,
+            )) => Some((p.to_string(), digest.clone())),
+            _ => None,
+        });
+    let Some((path, digest)) = found else {
+        return Ok(());
+    };
+    let binary = store.read(&digest)?;
+    let applets = applet_names(&binary).ok_or_else(|| {
+        Error::invalid(
+            format!("cannot find the applet table in `/{path}`"),
+            Some(
+                "this busybox build is not one kiln can read; add the links with `symlinks`".into(),
+            ),
+        )
+    })?;
+    let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+    for name in applets {
+        let link = format!("{dir}/{name}");
+        if out.contains_key(&link) {
+            continue;
+        }
+        let entry = Entry {
+            path: link.clone(),
+            kind: EntryKind::Symlink {
+                target: "busybox".into(),
+            },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        };
+        out.insert(link, (entry, "busybox".into()));
+    }
+    Ok(())
+}
+
+/// busybox keeps its applet names as one sorted, NUL-separated table that
+/// starts with `[` and `[[`; read it from the binary.
+fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
+    let start = binary.windows(5).position(|w| w == b"[\0[[\0")?;
+    let mut names = Vec::new();
+    for raw in binary[start..].split(|&b| b == 0) {
+        let ok = !raw.is_empty() && raw.iter().all(|&c| c.is_ascii_graphic() && c != b'/');
+        if !ok {
+            break;
+        }
+        names.push(String::from_utf8_lossy(raw).into_owned());
+    }
+    let sorted = names.windows(2).all(|w| w[0] < w[1]);
+    (names.len() > 2 && sorted && names.iter().any(|n| n == "sh")).then_some(names)
 }
 
 fn add_text(out: &mut BTreeMap<String, (Entry, String)>, path: &str, bytes: Vec<u8>, owner: &str) {
@@ -139,4 +210,17 @@ fn status_stanza(control: &str) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_applet_table() {
+        let mut bin = b"\x7fELF junk\0".to_vec();
+        bin.extend_from_slice(b"[\0[[\0ash\0ls\0sh\0\0\x01\x02");
+        assert_eq!(applet_names(&bin).unwrap(), ["[", "[[", "ash", "ls", "sh"]);
+        assert!(applet_names(b"no table here").is_none());
+    }
 }
