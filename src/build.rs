@@ -519,39 +519,68 @@ fn packages_for(
             ))
             .into());
     }
-    let mut fetcher = None;
+    let digest_of = |p: &lock::LockedPackage| -> Result<Digest> {
+        format!("sha256:{}", p.sha256)
+            .parse()
+            .map_err(|e: crate::digest::BadDigest| Error::invalid(e.to_string(), None))
+    };
+    let mut missing = Vec::new();
+    for p in &pinned {
+        if !store.contains(&digest_of(p)?) {
+            missing.push(*p);
+        }
+    }
+    if let (true, Some(p)) = (settings.offline, missing.first()) {
+        return Err(Error::invalid(
+            format!(
+                "`--offline`, and package `{}` ({}) is not in the store",
+                p.name, p.path
+            ),
+            Some("build once without `--offline` to fetch it".into()),
+        ));
+    }
+    if !missing.is_empty() {
+        // Downloads run four at a time; each is verified before it enters the store.
+        let fetcher = deb::Fetcher::new(deb::mirror()?)?;
+        let next = AtomicUsize::new(0);
+        let failed = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..missing.len().min(4) {
+                s.spawn(|| loop {
+                    let Some(p) = missing.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        return;
+                    };
+                    let result = digest_of(p).and_then(|digest| {
+                        let mut w = store.writer()?;
+                        fetcher.get_into(&p.path, &mut w)?;
+                        w.commit(Some(&digest)).map_err(|e| match e {
+                            Error::DigestMismatch {
+                                expected, actual, ..
+                            } => Error::DigestMismatch {
+                                what: format!("package `{}` (`{}`)", p.name, p.path),
+                                expected,
+                                actual,
+                            },
+                            other => other,
+                        })
+                    });
+                    if let Err(e) = result {
+                        failed
+                            .lock()
+                            .expect("no panics hold this lock")
+                            .get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().expect("threads are joined") {
+            return Err(e);
+        }
+    }
     let mut installed = Vec::new();
     for p in pinned {
-        let digest: Digest = format!("sha256:{}", p.sha256)
-            .parse()
-            .map_err(|e: crate::digest::BadDigest| Error::invalid(e.to_string(), None))?;
-        if !store.contains(&digest) {
-            if settings.offline {
-                return Err(Error::invalid(
-                    format!(
-                        "`--offline`, and package `{}` ({}) is not in the store",
-                        p.name, p.path
-                    ),
-                    Some("build once without `--offline` to fetch it".into()),
-                ));
-            }
-            if fetcher.is_none() {
-                fetcher = Some(deb::Fetcher::new(deb::mirror()?)?);
-            }
-            let f = fetcher.as_ref().expect("just set");
-            let mut w = store.writer()?;
-            f.get_into(&p.path, &mut w)?;
-            w.commit(Some(&digest)).map_err(|e| match e {
-                Error::DigestMismatch {
-                    expected, actual, ..
-                } => Error::DigestMismatch {
-                    what: format!("package `{}` (`{}`)", p.name, p.path),
-                    expected,
-                    actual,
-                },
-                other => other,
-            })?;
-        }
+        let digest = digest_of(p)?;
         materials.push(Material {
             uri: format!(
                 "pkg:deb/debian/{}@{}?arch={}",
