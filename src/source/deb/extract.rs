@@ -43,6 +43,9 @@ pub struct DebContents {
     pub control: String,
     /// The `md5sums` file, if any.
     pub md5sums: Option<String>,
+    /// The `postinst` script, if any (read, never run: see `install`).
+    #[serde(default)]
+    pub postinst: Option<String>,
     /// The data entries, in archive order.
     pub entries: Vec<DebEntry>,
 }
@@ -59,7 +62,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
     let cache = store
         .root()
         .join("debs")
-        .join(format!("{}.json", digest.hex()));
+        .join(format!("v2-{}.json", digest.hex()));
     if let Some(c) = std::fs::read(&cache)
         .ok()
         .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
@@ -81,6 +84,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
     }
     let mut control = None;
     let mut md5sums = None;
+    let mut postinst = None;
     let mut entries = None;
     loop {
         let mut header = [0u8; 60];
@@ -99,9 +103,10 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
             .map_err(|_| bad(package, "a corrupt ar header"))?;
         let mut member = (&mut reader).take(size);
         if name.starts_with("control.tar") {
-            let (c, m) = read_control(decompress(&name, &mut member, package)?, package)?;
+            let (c, m, p) = read_control(decompress(&name, &mut member, package)?, package)?;
             control = Some(c);
             md5sums = m;
+            postinst = p;
         } else if name.starts_with("data.tar") {
             entries = Some(read_data(
                 store,
@@ -120,6 +125,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
     let contents = DebContents {
         control: control.ok_or_else(|| bad(package, "no control.tar member"))?,
         md5sums,
+        postinst,
         entries: entries.ok_or_else(|| bad(package, "no data.tar member"))?,
     };
     let dir = store.root().join("debs");
@@ -150,9 +156,11 @@ fn decompress<'a>(name: &str, r: impl Read + 'a, package: &str) -> Result<Box<dy
     })
 }
 
-fn read_control(r: impl Read, package: &str) -> Result<(String, Option<String>)> {
+type ControlFiles = (String, Option<String>, Option<String>);
+
+fn read_control(r: impl Read, package: &str) -> Result<ControlFiles> {
     let mut ar = tar::Archive::new(r);
-    let (mut control, mut md5sums) = (None, None);
+    let (mut control, mut md5sums, mut postinst) = (None, None, None);
     for e in ar.entries().map_err(|e| bad(package, e))? {
         let mut e = e.map_err(|e| bad(package, e))?;
         let name = e
@@ -170,12 +178,17 @@ fn read_control(r: impl Read, package: &str) -> Result<(String, Option<String>)>
                 e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
                 md5sums = Some(text);
             }
+            "postinst" => {
+                e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
+                postinst = Some(text);
+            }
             _ => {}
         }
     }
     Ok((
         control.ok_or_else(|| bad(package, "no control file"))?,
         md5sums,
+        postinst,
     ))
 }
 

@@ -6,7 +6,9 @@
 //! when `ca-certificates` is installed (every certificate under
 //! `/usr/share/ca-certificates`, in path order), and busybox's applet links
 //! when `busybox` or `busybox-static` is (the applet names are read from the
-//! binary's own table, so no binary of another architecture has to run).
+//! binary's own table, so no binary of another architecture has to run), and
+//! the links `update-alternatives --install` calls in `postinst` scripts
+//! would have made in auto mode (the scripts are read as data, never run).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub fn entries(store: &Store, packages: &[Installed]) -> Result<BTreeMap<String,
     {
         busybox_links(store, &mut out)?;
     }
+    alternatives(packages, &mut out);
     Ok(out)
 }
 
@@ -167,6 +170,124 @@ fn busybox_links(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> 
     Ok(())
 }
 
+/// One `update-alternatives --install LINK NAME PATH PRIORITY [--slave LINK NAME PATH]…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Alternative {
+    link: String,
+    name: String,
+    path: String,
+    priority: i64,
+    slaves: Vec<(String, String, String)>,
+}
+
+/// The `update-alternatives --install` calls of a maintainer script, read
+/// as data (calls using shell variables are skipped).
+fn install_calls(script: &str) -> Vec<Alternative> {
+    let joined = script.replace("\\\n", " ");
+    let mut out = Vec::new();
+    for line in joined.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words
+            .windows(2)
+            .position(|w| w[0] == "update-alternatives" && w[1..].contains(&"--install"))
+        else {
+            continue;
+        };
+        let rest: Vec<&str> = words[at + 1..]
+            .iter()
+            .copied()
+            .filter(|w| !w.starts_with("--quiet"))
+            .collect();
+        let Some(i) = rest.iter().position(|w| *w == "--install") else {
+            continue;
+        };
+        let args = &rest[i + 1..];
+        if args.len() < 4 || args[..4].iter().any(|w| w.contains('$')) {
+            continue;
+        }
+        let Ok(priority) = args[3].parse() else {
+            continue;
+        };
+        let mut slaves = Vec::new();
+        let mut k = 4;
+        while k + 3 < args.len() && args[k] == "--slave" {
+            if args[k + 1..k + 4].iter().all(|w| !w.contains('$')) {
+                slaves.push((
+                    args[k + 1].to_string(),
+                    args[k + 2].to_string(),
+                    args[k + 3].to_string(),
+                ));
+            }
+            k += 4;
+        }
+        out.push(Alternative {
+            link: args[0].to_string(),
+            name: args[1].to_string(),
+            path: args[2].to_string(),
+            priority,
+            slaves,
+        });
+    }
+    out
+}
+
+/// What `update-alternatives` would have set up in auto mode: for each name,
+/// the highest-priority path that exists, as `LINK -> /etc/alternatives/NAME
+/// -> PATH` (and its slaves whose paths exist).
+fn alternatives(packages: &[Installed], out: &mut BTreeMap<String, (Entry, String)>) {
+    let mut best: BTreeMap<String, (Alternative, String)> = BTreeMap::new();
+    for pkg in packages {
+        for alt in install_calls(pkg.contents.postinst.as_deref().unwrap_or_default()) {
+            if !out.contains_key(alt.path.trim_start_matches('/')) {
+                continue;
+            }
+            let better = best
+                .get(&alt.name)
+                .is_none_or(|(b, _)| alt.priority > b.priority);
+            if better {
+                best.insert(alt.name.clone(), (alt, pkg.name.clone()));
+            }
+        }
+    }
+    let link =
+        |out: &mut BTreeMap<String, (Entry, String)>, path: &str, target: &str, owner: &str| {
+            let path = path.trim_start_matches('/').to_string();
+            if path.is_empty() || out.contains_key(&path) {
+                return;
+            }
+            let entry = Entry {
+                path: path.clone(),
+                kind: EntryKind::Symlink {
+                    target: target.to_string(),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            };
+            out.insert(path, (entry, owner.to_string()));
+        };
+    for (name, (alt, owner)) in best {
+        link(out, &format!("etc/alternatives/{name}"), &alt.path, &owner);
+        link(out, &alt.link, &format!("/etc/alternatives/{name}"), &owner);
+        for (slave_link, slave_name, slave_path) in &alt.slaves {
+            if out.contains_key(slave_path.trim_start_matches('/')) {
+                link(
+                    out,
+                    &format!("etc/alternatives/{slave_name}"),
+                    slave_path,
+                    &owner,
+                );
+                link(
+                    out,
+                    slave_link,
+                    &format!("/etc/alternatives/{slave_name}"),
+                    &owner,
+                );
+            }
+        }
+    }
+}
+
 /// busybox keeps its applet names as one sorted, NUL-separated table that
 /// starts with `[` and `[[`; read it from the binary.
 fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
@@ -215,6 +336,16 @@ fn status_stanza(control: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_update_alternatives_calls() {
+        let script = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  update-alternatives --install /usr/bin/awk awk /usr/bin/mawk 5 \\\n    --slave /usr/share/man/man1/awk.1.gz awk.1.gz /usr/share/man/man1/mawk.1.gz\n  update-alternatives --install $X y /z 1\nfi\n";
+        let calls = install_calls(script);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].link, "/usr/bin/awk");
+        assert_eq!(calls[0].priority, 5);
+        assert_eq!(calls[0].slaves[0].1, "awk.1.gz");
+    }
 
     #[test]
     fn reads_the_applet_table() {
