@@ -20,7 +20,7 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
         .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
         .tempdir_in(&parent)
         .at("create a temporary directory in", &parent)?;
-    fill(store, output, tmp.path())?;
+    fill(store, output, tmp.path(), dest)?;
     let tmp_path = tmp.keep();
     replace(&tmp_path, dest).inspect_err(|_| {
         let _ = fs::remove_dir_all(&tmp_path);
@@ -28,12 +28,24 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
     sync_dir(&parent)
 }
 
-fn fill(store: &Store, output: &Output<'_>, dir: &Path) -> Result<()> {
+fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Result<()> {
     let blobs_dir = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blobs_dir).at("create", &blobs_dir)?;
     for digest in output.blobs(store)? {
         let dest = blobs_dir.join(digest.hex());
-        let mut src = store.open_blob(&digest)?;
+        // A blob the previous output already holds, intact, is hard-linked
+        // rather than copied: a no-op rebuild then writes almost nothing.
+        let old = previous.join("blobs").join("sha256").join(digest.hex());
+        let intact = File::open(&old)
+            .ok()
+            .and_then(|f| {
+                crate::digest::digest_reader(io::BufReader::with_capacity(1 << 20, f)).ok()
+            })
+            .is_some_and(|(d, _)| d == digest);
+        if intact && fs::hard_link(&old, &dest).is_ok() {
+            continue;
+        }
+        let mut src = io::BufReader::with_capacity(1 << 20, store.open_blob(&digest)?);
         let mut file = File::create(&dest).at("create", &dest)?;
         io::copy(&mut src, &mut file).map_err(|e| verify_error(e, &store.blob_path(&digest)))?;
         file.sync_all().at("sync", &dest)?;
