@@ -497,11 +497,16 @@ fn packages_for(
         .iter()
         .filter(|p| p.arch == arch && p.layer == layer_no)
         .collect();
+    let requested = lock
+        .requests
+        .iter()
+        .find(|r| r.arch == arch && r.layer == layer_no);
+    let stale = requested.is_none_or(|r| r.names != lock::requested_names(section));
     let missing = section
         .packages
         .iter()
         .find(|want| !pinned.iter().any(|p| p.name == *want.get_ref()));
-    if pinned.is_empty() || missing.is_some() {
+    if pinned.is_empty() || missing.is_some() || stale {
         let at = missing.unwrap_or(first);
         return Err(recipe
             .source

@@ -23,6 +23,20 @@ pub struct Lock {
     pub bases: BTreeMap<String, Digest>,
     /// Debian packages, per architecture and layer, sorted.
     pub packages: Vec<LockedPackage>,
+    /// What each layer asked for, per architecture (so a stale lock is seen).
+    pub requests: Vec<LockedRequest>,
+}
+
+/// The package names one layer of the recipe asked for, when it was locked.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedRequest {
+    /// The Debian architecture.
+    pub arch: String,
+    /// The recipe layer (0-based).
+    pub layer: usize,
+    /// The names, sorted.
+    pub names: Vec<String>,
 }
 
 /// One Debian package pinned by the lock.
@@ -57,6 +71,8 @@ struct RawLock {
     bases: BTreeMap<String, toml::Spanned<String>>,
     #[serde(default)]
     packages: Vec<LockedPackage>,
+    #[serde(default)]
+    requests: Vec<LockedRequest>,
 }
 
 /// The lockfile of the recipe at `recipe`: the same name with `.lock`.
@@ -116,7 +132,13 @@ impl Lock {
             }
         }
         packages.sort();
-        Ok(Some(Lock { bases, packages }))
+        let mut requests = raw.requests;
+        requests.sort();
+        Ok(Some(Lock {
+            bases,
+            packages,
+            requests,
+        }))
     }
 
     /// The lockfile's text.
@@ -129,6 +151,10 @@ impl Lock {
             for (reference, digest) in &self.bases {
                 text.push_str(&format!("{} = \"{digest}\"\n", toml_key(reference)));
             }
+        }
+        for r in &self.requests {
+            text.push_str("\n[[requests]]\n");
+            text.push_str(&toml::to_string(r).expect("lock requests serialise"));
         }
         for p in &self.packages {
             text.push_str("\n[[packages]]\n");
@@ -166,7 +192,7 @@ pub fn lock_recipe(
             lock.bases.insert(reference.clone(), registry.resolve(&r)?);
         }
     }
-    lock.packages = lock_packages(&parsed)?;
+    (lock.packages, lock.requests) = lock_packages(&parsed)?;
     let path = path_for(recipe);
     let changed = Lock::read(&path).ok().flatten().as_ref() != Some(&lock);
     if changed {
@@ -176,11 +202,14 @@ pub fn lock_recipe(
 }
 
 /// Resolves every layer's `packages` for every platform of `recipe`.
-fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
+type LockedSets = (Vec<LockedPackage>, Vec<LockedRequest>);
+
+fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
     use crate::source::deb::{self, resolve::Universe, resolve::Unsatisfiable};
     if recipe.layers.iter().all(|l| l.packages.is_empty()) {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
+    let mut requests = Vec::new();
     let store = crate::store::Store::open(crate::store::Store::default_root()?)?;
     let fetcher = deb::Fetcher::new(deb::mirror()?)?;
     let repos = repositories(recipe);
@@ -225,6 +254,11 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
                 continue;
             }
             let names: Vec<String> = layer.packages.iter().map(|p| p.get_ref().clone()).collect();
+            requests.push(LockedRequest {
+                arch: arch.clone(),
+                layer: layer_no,
+                names: requested_names(layer),
+            });
             let chosen = universe.resolve(&names, &installed).map_err(|e| {
                 let (span, message, hint) = match e {
                     Unsatisfiable::Unknown(name) => (
@@ -233,7 +267,12 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
                         "check the name (`apt-cache show NAME`), the suite and the components",
                     ),
                     Unsatisfiable::Chain(chain) => (
-                        layer.packages.first().map_or(0..0, |p| p.span()),
+                        layer
+                            .packages
+                            .iter()
+                            .find(|p| Some(p.get_ref()) == chain.first())
+                            .or(layer.packages.first())
+                            .map_or(0..0, |p| p.span()),
                         format!("cannot install for `{arch}`: {}", chain.join(" → ")),
                         "no version in the repositories satisfies the last dependency: add the repository that has it, or drop the package",
                     ),
@@ -257,7 +296,16 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<Vec<LockedPackage>> {
         }
     }
     out.sort();
-    Ok(out)
+    requests.sort();
+    Ok((out, requests))
+}
+
+/// A layer's requested package names, sorted and without repeats.
+pub fn requested_names(layer: &crate::recipe::LayerSection) -> Vec<String> {
+    let mut names: Vec<String> = layer.packages.iter().map(|p| p.get_ref().clone()).collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The packages the locks of `recipe`'s base recipes (recursively) pin for `arch`.
