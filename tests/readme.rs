@@ -11,13 +11,17 @@ fn keys_of(w: &Work, recipe: &str) -> Vec<String> {
     w.write("r.toml", recipe);
     let (code, stderr) = w.fails(&["build", "r.toml"]);
     assert_eq!(code, 2, "{stderr}");
+    // serde lists the keys as "expected one of `a`, `b`, `c`" or "expected `a` or `b`".
     let list = stderr
         .split("expected one of ")
         .nth(1)
+        .or_else(|| stderr.split("`, expected ").nth(1))
         .unwrap_or_else(|| panic!("no key list in: {stderr}"));
     let list = list.lines().next().unwrap();
-    list.split(", ")
+    list.split([','])
+        .flat_map(|k| k.split(" or "))
         .map(|k| k.trim().trim_matches('`').to_string())
+        .filter(|k| !k.is_empty())
         .collect()
 }
 
@@ -41,6 +45,15 @@ fn readme_documents_every_recipe_key() {
             "symlinks",
             "name = \"x\"\n[[layers]]\nsymlinks = [{ zzz = 1 }]\n",
         ),
+        (
+            "[repositories.NAME]",
+            "name = \"x\"\n[repositories.d]\nsuite = \"s\"\nzzz = 1\n",
+        ),
+        (
+            "[vm]",
+            "name = \"x\"\n[vm]\nkernel = { path = \"k\" }\nzzz = 1\n",
+        ),
+        ("[vm].kernel", "name = \"x\"\n[vm]\nkernel = { zzz = 1 }\n"),
     ];
     let mut missing = Vec::new();
     for (table, recipe) in tables {

@@ -140,6 +140,13 @@ pub fn run(args: Args) -> Result<(), Error> {
         .map(|r| parse_reference(r))
         .collect::<Result<Vec<_>, _>>()?;
     let registry_options = args.registry.options()?;
+    if !targets.is_empty() && kiln::recipe::Recipe::load(&args.recipe).is_ok_and(|r| r.vm.is_some())
+    {
+        return Err(Error::invalid(
+            "pushing VM bundles is not supported yet",
+            Some("build the bundle locally; push the image without `[vm]`".into()),
+        ));
+    }
     if args.sign_key.is_some() && targets.is_empty() {
         return Err(Error::invalid(
             "`--sign-key` needs `--push`: signatures live in a registry",
@@ -181,9 +188,19 @@ pub fn run(args: Args) -> Result<(), Error> {
         tags: &built.recipe.tags,
         mtime: settings.source_date_epoch.unwrap_or(0),
     };
-    match args.format {
-        Format::OciLayout => export::layout::write(&store, &output, &out)?,
-        Format::OciArchive => export::archive::write(&store, &output, &out)?,
+    match (&built.recipe.vm, args.format) {
+        (Some(vm), Format::OciLayout) => {
+            let bundle = export::vm::bundle(&store, &built, vm, output.mtime)?;
+            export::vm::write(&store, &bundle, &out)?;
+        }
+        (Some(_), Format::OciArchive) => {
+            return Err(Error::invalid(
+                "a recipe with `[vm]` builds a VM bundle directory, not an OCI archive",
+                Some("leave out `--format`".into()),
+            ))
+        }
+        (None, Format::OciLayout) => export::layout::write(&store, &output, &out)?,
+        (None, Format::OciArchive) => export::archive::write(&store, &output, &out)?,
     }
     let docs = kiln::attest::Documents::of(&store, &built, args.sbom, args.provenance)?;
     for file in docs.write_beside(&out, &built.recipe.name)? {

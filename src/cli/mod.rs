@@ -1,5 +1,6 @@
 //! Command-line arguments and error rendering.
 
+mod boot;
 mod build;
 mod copy;
 mod inspect;
@@ -29,6 +30,8 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
+    /// Boot a VM bundle in qemu on the serial console.
+    Boot(boot::Args),
     /// Pin every input a recipe names by tag (a base image) in `RECIPE.lock`.
     Lock(lock::Args),
     /// Push an OCI layout or archive already built to a registry.
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Boot(args) => boot::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Push(args) => push::run(args),
         Command::Pull(args) => pull::run(args),

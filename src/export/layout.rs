@@ -81,14 +81,14 @@ pub fn check_replaceable(dest: &Path) -> Result<()> {
         return refuse("it exists and is not a directory");
     }
     let empty = fs::read_dir(dest).at("list", dest)?.next().is_none();
-    if !empty && !dest.join("oci-layout").is_file() {
-        return refuse("it is a directory that is not an OCI image layout");
+    if !empty && !dest.join("oci-layout").is_file() && !dest.join("bundle.json").is_file() {
+        return refuse("it is a directory that is not an OCI image layout or a kiln VM bundle");
     }
     Ok(())
 }
 
 /// Moves `new` to `dest`; an old `dest` is moved aside first and removed after.
-fn replace(new: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn replace(new: &Path, dest: &Path) -> Result<()> {
     if fs::symlink_metadata(dest).is_err() {
         return fs::rename(new, dest).at("rename into", dest);
     }

@@ -7,7 +7,9 @@
 //! output, or nothing).
 
 pub mod archive;
+pub mod cpio;
 pub mod layout;
+pub mod vm;
 
 use std::collections::BTreeSet;
 

@@ -45,6 +45,34 @@ pub struct Recipe {
     pub layers: Vec<LayerSection>,
     /// `[repositories.NAME]`: Debian repositories that `packages` come from.
     pub repositories: BTreeMap<String, RepositorySection>,
+    /// `[vm]`: build a bootable VM bundle from the image.
+    pub vm: Option<VmSection>,
+}
+
+/// `[vm]`: how the image becomes a bootable machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSection {
+    /// The kernel: `{ path = "…" }` (a host file, relative to the recipe) or
+    /// `{ package = "linux-image-…" }` (the `/boot/vmlinuz-*` that package installs in the image).
+    pub kernel: Spanned<KernelSource>,
+    /// The program the kernel starts (default `/sbin/init`).
+    pub init: Option<Spanned<String>>,
+    /// The kernel command line (default `console=ttyS0`).
+    pub cmdline: Option<String>,
+    /// What to write (default `["initramfs"]`).
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
+}
+
+/// Where the kernel comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSource {
+    /// A host file.
+    pub path: Option<String>,
+    /// A Debian package installed in the image.
+    pub package: Option<String>,
 }
 
 /// `[repositories.NAME]`: a Debian suite. The mirror is not written here: it
@@ -290,6 +318,7 @@ struct RawRecipe {
     layers: Vec<LayerSection>,
     #[serde(default)]
     repositories: BTreeMap<String, RepositorySection>,
+    vm: Option<VmSection>,
 }
 
 impl Recipe {

@@ -136,6 +136,10 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         }
     }
 
+    let vm = match raw.vm {
+        Some(vm) => Some(check_vm(&source, vm, &platforms)?),
+        None => None,
+    };
     Ok(Recipe {
         source,
         dir,
@@ -148,6 +152,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         config,
         layers: raw.layers,
         repositories: raw.repositories,
+        vm,
     })
 }
 
@@ -266,6 +271,44 @@ pub fn applies(filter: &Option<Vec<Spanned<String>>>, p: &Platform) -> bool {
             .iter()
             .any(|s| Platform::parse(s.get_ref()).is_ok_and(|q| q == *p)),
     }
+}
+
+/// The VM outputs kiln writes so far.
+pub const VM_OUTPUTS: [&str; 1] = ["initramfs"];
+
+fn check_vm(
+    source: &Source,
+    vm: super::VmSection,
+    platforms: &[Platform],
+) -> Result<super::VmSection> {
+    let k = vm.kernel.get_ref();
+    if k.path.is_some() == k.package.is_some() {
+        return Err(source
+            .error(vm.kernel.span(), "`kernel` needs exactly one of `path` and `package`")
+            .hint("write `kernel = { path = \"vmlinuz\" }` or `kernel = { package = \"linux-image-cloud-amd64\" }`")
+            .into());
+    }
+    if let Some(init) = &vm.init {
+        image_path(source, init, "`init`")?;
+    }
+    for o in &vm.outputs {
+        if !VM_OUTPUTS.contains(&o.get_ref().as_str()) {
+            return Err(source
+                .error(o.span(), format!("`{}` is not a VM output kiln can write", o.get_ref()))
+                .hint("kiln writes `initramfs` (the whole image root, booted with the kernel); disk images are not supported yet")
+                .into());
+        }
+    }
+    if platforms.len() != 1 || platforms[0].os != "linux" || platforms[0].arch != "amd64" {
+        return Err(source
+            .error(
+                vm.kernel.span(),
+                "a VM bundle is built for exactly one platform, `linux/amd64`",
+            )
+            .hint("set `platforms = [\"linux/amd64\"]` (or leave it out)")
+            .into());
+    }
+    Ok(vm)
 }
 
 fn non_empty(source: &Source, s: &Spanned<String>, what: &str) -> Result<()> {

@@ -1,0 +1,341 @@
+//! Stage 6, export for `[vm]` recipes: the image becomes a bootable bundle —
+//! the kernel (`vmlinuz`), an initramfs holding the whole image root
+//! (`initramfs.img`, a reproducible newc cpio compressed like the layers), and
+//! `bundle.json` listing each file with its SHA-256 and size, the kernel
+//! version, the command line and the image's digest.
+//!
+//! The image's `[config]` (entrypoint, env …) is for container runtimes; a VM
+//! starts `[vm].init` as PID 1 instead (`/init` links to it when the image
+//! has no `/init`).
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+
+use serde_json::json;
+
+use super::cpio::{CpioKind, CpioWriter};
+use crate::build::Built;
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::json::canonical;
+use crate::layer::compress::Encoder;
+use crate::layer::read::decompress;
+use crate::recipe::{Compression, VmSection};
+use crate::store::Store;
+
+/// One node of the image's merged file tree.
+#[derive(Debug, Clone)]
+enum Node {
+    Dir,
+    File { digest: Digest, size: u64 },
+    Symlink(String),
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    node: Node,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The files of a bundle: name → (blob in the store, size, media type).
+pub struct Bundle {
+    /// The artifacts, in a fixed order.
+    pub files: Vec<(String, Digest, u64)>,
+    /// `bundle.json`.
+    pub manifest: Vec<u8>,
+}
+
+/// Applies the image's layers in order (whiteouts included); file contents go into the store.
+fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<String, Meta>> {
+    let mut tree: BTreeMap<String, Meta> = BTreeMap::new();
+    let image = &built.images[0].0;
+    for layer in &image.layers {
+        let path = store.blob_path(&layer.digest);
+        let blob = BufReader::new(store.open_blob(&layer.digest)?);
+        let reader = decompress(blob, &layer.media_type, &layer.digest)?;
+        let mut ar = tar::Archive::new(reader);
+        let bad = |e: io::Error| crate::store::verify_error(e, &path);
+        let mut links = Vec::new();
+        for entry in ar.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let p = raw
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .trim_end_matches('/')
+                .to_string();
+            if p.is_empty() || p.split('/').any(|c| c == "..") {
+                continue;
+            }
+            let (dir, name) = p.rsplit_once('/').unwrap_or(("", &p));
+            if name == ".wh..wh..opq" {
+                let prefix = format!("{dir}/");
+                tree.retain(|k, _| !k.starts_with(&prefix));
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                let gone = if dir.is_empty() {
+                    hidden.to_string()
+                } else {
+                    format!("{dir}/{hidden}")
+                };
+                let prefix = format!("{gone}/");
+                tree.retain(|k, _| *k != gone && !k.starts_with(&prefix));
+                continue;
+            }
+            let h = entry.header();
+            let (mode, uid, gid) = (
+                h.mode().unwrap_or(0o644) & 0o7777,
+                h.uid().unwrap_or(0) as u32,
+                h.gid().unwrap_or(0) as u32,
+            );
+            let kind = h.entry_type();
+            let node = if kind.is_dir() {
+                Node::Dir
+            } else if kind.is_symlink() {
+                let t = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                Node::Symlink(t)
+            } else if kind.is_hard_link() {
+                let t = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                links.push((
+                    p.clone(),
+                    t.trim_start_matches("./")
+                        .trim_start_matches('/')
+                        .to_string(),
+                    mode,
+                    uid,
+                    gid,
+                ));
+                continue;
+            } else if kind.is_file() {
+                let mut w = store.writer()?;
+                let size = io::copy(&mut entry, &mut w).map_err(bad)?;
+                let (digest, _) = w.commit(None)?;
+                Node::File { digest, size }
+            } else {
+                continue;
+            };
+            tree.insert(
+                p,
+                Meta {
+                    node,
+                    mode,
+                    uid,
+                    gid,
+                },
+            );
+        }
+        for (p, target, mode, uid, gid) in links {
+            if let Some(t) = tree.get(&target).cloned() {
+                tree.insert(
+                    p,
+                    Meta {
+                        node: t.node,
+                        mode,
+                        uid,
+                        gid,
+                    },
+                );
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// Builds the bundle of a built `[vm]` recipe into the store.
+pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Result<Bundle> {
+    let mut tree = merged_tree(store, built)?;
+    let recipe = &built.recipe;
+    let kernel_at = vm.kernel.span();
+    let (kernel, kernel_size, version) =
+        match (&vm.kernel.get_ref().path, &vm.kernel.get_ref().package) {
+            (Some(path), _) => {
+                let host = recipe.dir.join(path);
+                let file = std::fs::File::open(&host).map_err(|e| {
+                    Error::from(
+                        recipe
+                            .source
+                            .error(
+                                kernel_at.clone(),
+                                format!("cannot read the kernel `{}`", host.display()),
+                            )
+                            .cause(e)
+                            .hint("`kernel.path` is a host file, relative to the recipe"),
+                    )
+                })?;
+                let mut w = store.writer()?;
+                io::copy(&mut BufReader::new(file), &mut w).at("read", &host)?;
+                let (d, n) = w.commit(None)?;
+                let name = host
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (d, n, name.strip_prefix("vmlinuz-").map(String::from))
+            }
+            (None, Some(package)) => {
+                let found: Vec<(&String, &Meta)> = tree
+                    .iter()
+                    .filter(|(p, m)| {
+                        p.starts_with("boot/vmlinuz-") && matches!(m.node, Node::File { .. })
+                    })
+                    .collect();
+                let [(p, m)] = found.as_slice() else {
+                    return Err(recipe
+                        .source
+                        .error(
+                            kernel_at.clone(),
+                            format!(
+                                "the image holds {} kernels (`/boot/vmlinuz-*`), not one",
+                                found.len()
+                            ),
+                        )
+                        .hint(format!(
+                            "install `{package}` in a layer's `packages`, and only one kernel"
+                        ))
+                        .into());
+                };
+                let Node::File { digest, size } = &m.node else {
+                    unreachable!("filtered to files")
+                };
+                (
+                    digest.clone(),
+                    *size,
+                    p.strip_prefix("boot/vmlinuz-").map(String::from),
+                )
+            }
+            (None, None) => unreachable!("checked when the recipe was parsed"),
+        };
+    let init = vm
+        .init
+        .as_ref()
+        .map_or("/sbin/init".to_string(), |i| i.get_ref().clone());
+    if !tree.contains_key("init") {
+        tree.insert(
+            "init".into(),
+            Meta {
+                node: Node::Symlink(init.clone()),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
+        );
+    }
+    let cmdline = vm.cmdline.clone().unwrap_or_else(|| "console=ttyS0".into());
+
+    let mut w = store.writer()?;
+    {
+        let enc = Encoder::new(recipe.compression, &mut w).at("write", store.root())?;
+        let mut cpio = CpioWriter::new(enc, mtime);
+        for (path, m) in &tree {
+            let res = match &m.node {
+                Node::Dir => cpio.entry(
+                    path,
+                    CpioKind::Dir,
+                    m.mode,
+                    m.uid,
+                    m.gid,
+                    0,
+                    &mut io::empty(),
+                ),
+                Node::Symlink(t) => cpio.entry(
+                    path,
+                    CpioKind::Symlink,
+                    0o777,
+                    m.uid,
+                    m.gid,
+                    t.len() as u64,
+                    &mut t.as_bytes(),
+                ),
+                Node::File { digest, size } => {
+                    let mut data = BufReader::new(store.open_blob(digest)?);
+                    cpio.entry(path, CpioKind::File, m.mode, m.uid, m.gid, *size, &mut data)
+                }
+            };
+            res.map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidInput {
+                    Error::invalid(
+                        e.to_string(),
+                        Some("keep files under 4 GiB in VM images".into()),
+                    )
+                } else {
+                    Error::io("write the initramfs into", store.root(), e)
+                }
+            })?;
+        }
+        let enc = cpio.finish().at("write", store.root())?;
+        enc.finish().at("write", store.root())?;
+    }
+    let (initramfs, initramfs_size) = w.commit(None)?;
+
+    let compression = match recipe.compression {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    };
+    let files = vec![
+        ("vmlinuz".to_string(), kernel, kernel_size),
+        ("initramfs.img".to_string(), initramfs, initramfs_size),
+    ];
+    let manifest = canonical(&json!({
+        "name": recipe.name,
+        "image": built.top.digest.to_string(),
+        "kernel": { "file": "vmlinuz", "version": version },
+        "init": init,
+        "cmdline": cmdline,
+        "initramfs": { "file": "initramfs.img", "format": "newc", "compression": compression },
+        "files": files.iter().map(|(n, d, s)| json!({ "name": n, "sha256": d.hex(), "size": s })).collect::<Vec<_>>(),
+    }));
+    Ok(Bundle { files, manifest })
+}
+
+/// Writes a bundle directory at `dest`, atomically (as layouts are written).
+pub fn write(store: &Store, bundle: &Bundle, dest: &Path) -> Result<()> {
+    super::layout::check_replaceable(dest)?;
+    let parent = super::layout::parent_of(dest);
+    std::fs::create_dir_all(&parent).at("create", &parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.kiln-tmp-", super::layout::file_name(dest)))
+        .tempdir_in(&parent)
+        .at("create a temporary directory in", &parent)?;
+    for (name, digest, _) in &bundle.files {
+        let to = tmp.path().join(name);
+        let mut src = BufReader::with_capacity(1 << 20, store.open_blob(digest)?);
+        let mut f = std::fs::File::create(&to).at("create", &to)?;
+        io::copy(&mut src, &mut f)
+            .map_err(|e| crate::store::verify_error(e, &store.blob_path(digest)))?;
+        f.sync_all().at("sync", &to)?;
+    }
+    let m = tmp.path().join("bundle.json");
+    let mut f = std::fs::File::create(&m).at("create", &m)?;
+    f.write_all(&bundle.manifest).at("write", &m)?;
+    f.sync_all().at("sync", &m)?;
+    let tmp_path = tmp.keep();
+    super::layout::replace(&tmp_path, dest).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp_path);
+    })?;
+    crate::store::sync_dir(&parent)
+}
+
+/// Reads `bundle.json` of a bundle directory.
+pub fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("bundle.json");
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|e| {
+            Error::invalid(
+                format!("`{}` is not a kiln VM bundle: {e}", dir.display()),
+                Some("give the output directory of `kiln build` for a recipe with `[vm]`".into()),
+            )
+        })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None))
+}

@@ -1,0 +1,148 @@
+//! VM bundles: a recipe with `[vm]` becomes a kernel and an initramfs that
+//! boot in qemu (software emulation), byte-identical across builds.
+//! Needs Debian's qemu-system-x86, a kernel package (linux-image-cloud-amd64)
+//! and busybox-static: scripts/test.sh installs them.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::Work;
+use serde_json::Value;
+
+fn kernel() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+    });
+    found.sort();
+    found
+        .pop()
+        .expect("no /boot/vmlinuz-*: run scripts/test.sh (it installs linux-image-cloud-amd64)")
+}
+
+fn busybox() -> PathBuf {
+    let p = PathBuf::from("/bin/busybox");
+    assert!(
+        p.is_file(),
+        "no /bin/busybox: run scripts/test.sh (it installs busybox-static)"
+    );
+    p
+}
+
+fn recipe(w: &Work, init_text: &str) {
+    std::fs::copy(busybox(), w.path().join("busybox")).unwrap();
+    w.write(
+        "vm.toml",
+        format!(
+            r#"name = "vm-hello"
+[vm]
+kernel = {{ path = "{}" }}
+init = "/init.sh"
+cmdline = "console=ttyS0 quiet"
+
+[[layers]]
+files = [ {{ src = "busybox", dest = "/bin/busybox", mode = 0o755 }} ]
+symlinks = [ {{ path = "/bin/sh", target = "busybox" }} ]
+contents = [ {{ dest = "/init.sh", mode = 0o755, text = """{init_text}""" }} ]
+"#,
+            kernel().display()
+        ),
+    );
+}
+
+const GOOD_INIT: &str = "#!/bin/sh
+/bin/busybox mkdir -p /proc
+/bin/busybox mount -t proc proc /proc
+/bin/busybox echo KILN-VM-OK kernel=$(/bin/busybox uname -r) pid=$$
+/bin/busybox poweroff -f
+";
+
+#[test]
+fn bundle_boots_to_its_init_and_is_reproducible() {
+    assert!(
+        common::have("qemu-system-x86_64"),
+        "no qemu-system-x86_64: run scripts/test.sh"
+    );
+    let (a, b) = (Work::new(), Work::new());
+    recipe(&a, GOOD_INIT);
+    recipe(&b, GOOD_INIT);
+    a.ok(&["build", "vm.toml"]);
+    b.ok(&["build", "vm.toml", "--out", "elsewhere/bundle"]);
+    let bundle_a = a.path().join("out/vm-hello");
+    let bundle_b = b.path().join("elsewhere/bundle");
+    for file in ["vmlinuz", "initramfs.img", "bundle.json"] {
+        assert_eq!(
+            std::fs::read(bundle_a.join(file)).unwrap(),
+            std::fs::read(bundle_b.join(file)).unwrap(),
+            "{file} differs between two builds"
+        );
+    }
+    // bundle.json tells the truth about every file.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(bundle_a.join("bundle.json")).unwrap()).unwrap();
+    for f in manifest["files"].as_array().unwrap() {
+        let bytes = std::fs::read(bundle_a.join(f["name"].as_str().unwrap())).unwrap();
+        use sha2::Digest;
+        assert_eq!(f["sha256"], hex::encode(sha2::Sha256::digest(&bytes)));
+        assert_eq!(f["size"], bytes.len());
+    }
+    // The kernel's own tools read the initramfs: it is a gzip'd newc cpio.
+    let listing = common::run(std::process::Command::new("sh").arg("-c").arg(format!(
+        "zcat {} | cpio -it --quiet",
+        bundle_a.join("initramfs.img").display()
+    )));
+    for path in ["bin/busybox", "bin/sh", "init", "init.sh"] {
+        assert!(
+            listing.lines().any(|l| l == path),
+            "{path} missing from the initramfs: {listing}"
+        );
+    }
+    // It boots, and init runs as PID 1.
+    let out = a.ok(&[
+        "boot",
+        "out/vm-hello",
+        "--timeout",
+        "90",
+        "--marker",
+        "KILN-VM-OK",
+    ]);
+    let line = out.lines().find(|l| l.contains("KILN-VM-OK")).unwrap();
+    assert!(line.contains("pid=1"), "{line}");
+    let version = manifest["kernel"]["version"].as_str().unwrap();
+    assert!(line.contains(&format!("kernel={version}")), "{line}");
+}
+
+#[test]
+fn a_panicking_init_fails_the_boot() {
+    let w = Work::new();
+    recipe(&w, "#!/bin/sh\n/bin/busybox echo about to exit\nexit 3\n");
+    w.ok(&["build", "vm.toml"]);
+    let (code, err) = w.fails(&[
+        "boot",
+        "out/vm-hello",
+        "--timeout",
+        "90",
+        "--marker",
+        "NEVER",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_missing_kernel_is_a_recipe_error() {
+    let w = Work::new();
+    w.write(
+        "vm.toml",
+        "name = \"v\"\n[vm]\nkernel = { path = \"no-such-vmlinuz\" }\n[[layers]]\ncontents = [ { dest = \"/init\", text = \"x\" } ]\n",
+    );
+    let (code, err) = w.fails(&["build", "vm.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("vm.toml:3:10"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!w.path().join("out/v").exists());
+}
