@@ -4,6 +4,7 @@
 //! and busybox-static: scripts/test.sh installs them.
 
 mod common;
+mod registry_support;
 
 use std::path::PathBuf;
 
@@ -145,4 +146,46 @@ fn a_missing_kernel_is_a_recipe_error() {
     assert!(err.contains("vm.toml:3:10"), "{err}");
     assert!(err.contains("hint:"), "{err}");
     assert!(!w.path().join("out/v").exists());
+}
+
+/// A bundle pushed with `--push` is an OCI artifact (its own artifactType,
+/// one titled layer per file) that `kiln pull` brings back as the same files.
+#[test]
+fn bundle_round_trips_through_a_registry_as_an_artifact() {
+    let reg = registry_support::registry(registry_support::Flavour::Plain);
+    let w = Work::new();
+    recipe(&w, GOOD_INIT);
+    let target = format!("{}:v1", reg.repo("kiln/vm-bundle"));
+    let digest = common::last_digest(&w.ok(&["build", "vm.toml", "--push", &target]));
+    let raw = common::run(
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{target}")),
+    );
+    let manifest: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.kiln.vm.bundle.v1+json"
+    );
+    let titles: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["annotations"]["org.opencontainers.image.title"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(titles, ["vmlinuz", "initramfs.img", "bundle.json"]);
+    let puller = Work::new();
+    let pinned = format!("{}@{digest}", reg.repo("kiln/vm-bundle"));
+    puller.ok(&["pull", &pinned, "--out", "bundle"]);
+    for file in ["vmlinuz", "initramfs.img", "bundle.json"] {
+        assert_eq!(
+            std::fs::read(puller.path().join("bundle").join(file)).unwrap(),
+            std::fs::read(w.path().join("out/vm-hello").join(file)).unwrap(),
+            "{file} differs after the round trip"
+        );
+    }
 }

@@ -140,13 +140,6 @@ pub fn run(args: Args) -> Result<(), Error> {
         .map(|r| parse_reference(r))
         .collect::<Result<Vec<_>, _>>()?;
     let registry_options = args.registry.options()?;
-    if !targets.is_empty() && kiln::recipe::Recipe::load(&args.recipe).is_ok_and(|r| r.vm.is_some())
-    {
-        return Err(Error::invalid(
-            "pushing VM bundles is not supported yet",
-            Some("build the bundle locally; push the image without `[vm]`".into()),
-        ));
-    }
     if args.sign_key.is_some() && targets.is_empty() {
         return Err(Error::invalid(
             "`--sign-key` needs `--push`: signatures live in a registry",
@@ -188,10 +181,13 @@ pub fn run(args: Args) -> Result<(), Error> {
         tags: &built.recipe.tags,
         mtime: settings.source_date_epoch.unwrap_or(0),
     };
+    // What a push sends: the image, or for `[vm]` the bundle as an OCI artifact.
+    let mut pushed_top = built.top.clone();
     match (&built.recipe.vm, args.format) {
         (Some(vm), Format::OciLayout) => {
             let bundle = export::vm::bundle(&store, &built, vm, output.mtime)?;
             export::vm::write(&store, &bundle, &out)?;
+            pushed_top = export::vm::store_artifact(&store, &bundle)?;
         }
         (Some(_), Format::OciArchive) => {
             return Err(Error::invalid(
@@ -208,13 +204,13 @@ pub fn run(args: Args) -> Result<(), Error> {
             eprintln!("wrote   {}", file.display());
         }
     }
-    let digest = built.top.digest.to_string();
+    let digest = pushed_top.digest.to_string();
     let mut pushes = Vec::new();
     if !targets.is_empty() {
         let refs: Vec<_> = targets.iter().collect();
         let registry = Registry::new(registry_options, &refs)?;
         for target in &targets {
-            let report = registry.push(&store, &built.top, target, &[])?;
+            let report = registry.push(&store, &pushed_top, target, &[])?;
             if super::progress_enabled() && !args.json {
                 eprintln!(
                     "pushed  {} ({} blobs sent, {} already there)",
@@ -229,7 +225,7 @@ pub fn run(args: Args) -> Result<(), Error> {
                     &registry,
                     &store,
                     target,
-                    &built.top.digest,
+                    &pushed_top.digest,
                     key,
                     args.recursive,
                 )?;

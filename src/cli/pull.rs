@@ -38,9 +38,10 @@ pub fn run(args: Args) -> Result<(), Error> {
         tags: &tags,
         mtime: 0,
     };
-    match args.format {
-        Format::OciLayout => export::layout::write(&store, &output, &args.out)?,
-        Format::OciArchive => export::archive::write(&store, &output, &args.out)?,
+    match (export::vm::from_artifact(&store, &top)?, args.format) {
+        (Some(bundle), _) => export::vm::write(&store, &bundle, &args.out)?,
+        (None, Format::OciLayout) => export::layout::write(&store, &output, &args.out)?,
+        (None, Format::OciArchive) => export::archive::write(&store, &output, &args.out)?,
     }
     super::say(&format!("wrote   {}", args.out.display()));
     super::finish_digest(&top.digest.to_string(), args.digest_file.as_deref())

@@ -339,3 +339,104 @@ pub fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text)
         .map_err(|e| Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None))
 }
+
+/// The `artifactType` of a VM bundle pushed to a registry.
+pub const ARTIFACT_TYPE: &str = "application/vnd.kiln.vm.bundle.v1+json";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const TITLE: &str = "org.opencontainers.image.title";
+
+fn file_media_type(name: &str) -> &'static str {
+    match name {
+        "vmlinuz" => "application/vnd.kiln.vm.kernel",
+        "initramfs.img" => "application/vnd.kiln.vm.initramfs",
+        "bundle.json" => "application/vnd.kiln.vm.bundle.manifest+json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Stores the bundle as an OCI artifact manifest (one layer per file, each
+/// titled with its file name), ready to push and sign like an image.
+pub fn store_artifact(store: &Store, bundle: &Bundle) -> Result<crate::image::Stored> {
+    let empty = b"{}";
+    let empty_digest = store.put_bytes(empty)?;
+    let manifest_blob = store.put_bytes(&bundle.manifest)?;
+    let mut layers: Vec<serde_json::Value> = bundle
+        .files
+        .iter()
+        .map(|(name, digest, size)| {
+            json!({
+                "mediaType": file_media_type(name),
+                "digest": digest.to_string(),
+                "size": size,
+                "annotations": { TITLE: name },
+            })
+        })
+        .collect();
+    layers.push(json!({
+        "mediaType": file_media_type("bundle.json"),
+        "digest": manifest_blob.to_string(),
+        "size": bundle.manifest.len(),
+        "annotations": { TITLE: "bundle.json" },
+    }));
+    let manifest = canonical(&json!({
+        "schemaVersion": 2,
+        "mediaType": crate::image::MANIFEST_MEDIA_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": { "mediaType": EMPTY_MEDIA_TYPE, "digest": empty_digest.to_string(), "size": empty.len() },
+        "layers": layers,
+    }));
+    let digest = store.put_bytes(&manifest)?;
+    Ok(crate::image::Stored {
+        digest,
+        size: manifest.len() as u64,
+        media_type: crate::image::MANIFEST_MEDIA_TYPE,
+    })
+}
+
+/// If the stored manifest `top` is a VM bundle artifact, the bundle it holds.
+pub fn from_artifact(store: &Store, top: &crate::image::Stored) -> Result<Option<Bundle>> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&store.read(&top.digest)?).unwrap_or_default();
+    if doc["artifactType"] != ARTIFACT_TYPE {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    let mut manifest = None;
+    for layer in doc["layers"].as_array().into_iter().flatten() {
+        let name = layer["annotations"][TITLE]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let digest: Digest = layer["digest"]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("artifact `{}` has a layer without a digest", top.digest),
+                    None,
+                )
+            })?;
+        let safe = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        if !safe {
+            return Err(Error::invalid(
+                format!(
+                    "artifact `{}` names a file `{name}`, which kiln will not write",
+                    top.digest
+                ),
+                None,
+            ));
+        }
+        if name == "bundle.json" {
+            manifest = Some(store.read(&digest)?);
+        } else {
+            files.push((name, digest.clone(), store.size(&digest)?));
+        }
+    }
+    let manifest = manifest.ok_or_else(|| {
+        Error::invalid(
+            format!("artifact `{}` has no bundle.json", top.digest),
+            None,
+        )
+    })?;
+    Ok(Some(Bundle { files, manifest }))
+}
