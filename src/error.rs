@@ -103,6 +103,14 @@ impl Error {
         }
     }
 
+    /// Builds an [`Error::Verification`] with a hint.
+    pub fn verification(message: impl Into<String>, hint: &str) -> Self {
+        Error::Verification {
+            message: message.into(),
+            hint: Some(hint.to_string()),
+        }
+    }
+
     /// Builds an [`Error::Invalid`] with an optional hint.
     pub fn invalid(message: impl Into<String>, hint: Option<String>) -> Self {
         Error::Invalid {

@@ -100,10 +100,7 @@ pub fn verify(
     digest: &Digest,
     keys: &[NamedKey],
 ) -> Result<Vec<String>> {
-    let fail = |message: String, hint: &str| Error::Verification {
-        message,
-        hint: Some(hint.to_string()),
-    };
+    let fail = Error::verification;
     let Some(layers) = cosign::stored_layers(registry, store, image, digest, "att")? else {
         return Err(fail(
             format!(

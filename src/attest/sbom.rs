@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::layer::read::decompress;
+use crate::layer::read::{apply_whiteout, decompress, entry_path};
 use crate::source::layout::Layout;
 
 /// One file of the image.
@@ -77,26 +77,8 @@ fn apply_layer(tar: impl Read, files: &mut BTreeMap<String, FileSums>) -> io::Re
     let mut links = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
-        let raw = entry.path()?.to_string_lossy().into_owned();
-        let path = raw
-            .trim_start_matches("./")
-            .trim_start_matches('/')
-            .trim_end_matches('/')
-            .to_string();
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
-        if name == ".wh..wh..opq" {
-            let prefix = format!("{dir}/");
-            files.retain(|p, _| !p.starts_with(&prefix));
-            continue;
-        }
-        if let Some(hidden) = name.strip_prefix(".wh.") {
-            let gone = if dir.is_empty() {
-                hidden.to_string()
-            } else {
-                format!("{dir}/{hidden}")
-            };
-            let prefix = format!("{gone}/");
-            files.retain(|p, _| *p != gone && !p.starts_with(&prefix));
+        let path = entry_path(&entry.path()?.to_string_lossy());
+        if apply_whiteout(files, &path) {
             continue;
         }
         let kind = entry.header().entry_type();

@@ -28,10 +28,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         memory: args.memory,
     };
     let outcome = boot(&args.bundle, &opts, &mut |line| println!("{line}"))?;
-    let fail = |message: String, hint: &str| Error::Verification {
-        message,
-        hint: Some(hint.to_string()),
-    };
+    let fail = Error::verification;
     match outcome {
         Outcome::Marker => {
             eprintln!("boot: saw `{}`", args.marker.unwrap_or_default());

@@ -20,7 +20,7 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::json::canonical;
 use crate::layer::compress::Encoder;
-use crate::layer::read::decompress;
+use crate::layer::read::{apply_whiteout, decompress, entry_path};
 use crate::recipe::{Compression, VmSection};
 use crate::store::Store;
 
@@ -61,29 +61,8 @@ fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<String, Meta>> {
         let mut links = Vec::new();
         for entry in ar.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
-            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let p = raw
-                .trim_start_matches("./")
-                .trim_start_matches('/')
-                .trim_end_matches('/')
-                .to_string();
-            if p.is_empty() || p.split('/').any(|c| c == "..") {
-                continue;
-            }
-            let (dir, name) = p.rsplit_once('/').unwrap_or(("", &p));
-            if name == ".wh..wh..opq" {
-                let prefix = format!("{dir}/");
-                tree.retain(|k, _| !k.starts_with(&prefix));
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                let gone = if dir.is_empty() {
-                    hidden.to_string()
-                } else {
-                    format!("{dir}/{hidden}")
-                };
-                let prefix = format!("{gone}/");
-                tree.retain(|k, _| *k != gone && !k.starts_with(&prefix));
+            let p = entry_path(&String::from_utf8_lossy(&entry.path_bytes()));
+            if p.is_empty() || p.split('/').any(|c| c == "..") || apply_whiteout(&mut tree, &p) {
                 continue;
             }
             let h = entry.header();

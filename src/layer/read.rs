@@ -4,6 +4,7 @@
 //! The result is cached in the store per layer blob (`dirs/<hex>.json`), so
 //! a base's layers are decompressed once, not on every build.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read};
 
@@ -97,4 +98,35 @@ fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
     let mut rest = ar.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(bad)?;
     Ok(map)
+}
+
+/// A layer entry's path, relative and without `./` or a trailing `/`.
+pub fn entry_path(raw: &str) -> String {
+    raw.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Applies `path` to a tree of lower layers if it is an OCI whiteout
+/// (`.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory); returns
+/// whether it was one (and so is not an entry of its own).
+pub fn apply_whiteout<V>(tree: &mut BTreeMap<String, V>, path: &str) -> bool {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    if name == ".wh..wh..opq" {
+        let prefix = format!("{dir}/");
+        tree.retain(|p, _| !p.starts_with(&prefix));
+        return true;
+    }
+    let Some(hidden) = name.strip_prefix(".wh.") else {
+        return false;
+    };
+    let gone = if dir.is_empty() {
+        hidden.to_string()
+    } else {
+        format!("{dir}/{hidden}")
+    };
+    let prefix = format!("{gone}/");
+    tree.retain(|p, _| *p != gone && !p.starts_with(&prefix));
+    true
 }

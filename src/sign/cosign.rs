@@ -216,10 +216,7 @@ pub fn verify(
     digest: &Digest,
     keys: &[NamedKey],
 ) -> Result<PathBuf> {
-    let fail = |message: String, hint: &str| Error::Verification {
-        message,
-        hint: Some(hint.to_string()),
-    };
+    let fail = Error::verification;
     let Some(layers) = stored_layers(registry, store, image, digest, "sig")? else {
         return Err(fail(
             format!(
