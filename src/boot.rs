@@ -56,6 +56,18 @@ pub fn boot(dir: &Path, opts: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Re
             ));
         }
     }
+    let mut drive = Vec::new();
+    let disk = &manifest["disk"];
+    let found = [("raw", "raw"), ("qcow2", "qcow2")]
+        .into_iter()
+        .find_map(|(key, format)| disk[key].as_str().map(|f| (dir.join(f), format)));
+    if let Some((file, format)) = found {
+        drive.push("-drive".to_string());
+        drive.push(format!(
+            "file={},format={format},if=virtio,readonly=on",
+            file.display()
+        ));
+    }
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35,accel=tcg", "-m", &opts.memory, "-smp", "1"])
         .args([
@@ -68,6 +80,7 @@ pub fn boot(dir: &Path, opts: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Re
             "-no-reboot",
         ])
         .args(["-nic", "none"])
+        .args(&drive)
         .arg("-kernel")
         .arg(&kernel)
         .arg("-initrd")

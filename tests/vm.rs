@@ -35,6 +35,10 @@ fn busybox() -> PathBuf {
 }
 
 fn recipe(w: &Work, init_text: &str) {
+    recipe_with(w, init_text, "");
+}
+
+fn recipe_with(w: &Work, init_text: &str, extra_vm: &str) {
     std::fs::copy(busybox(), w.path().join("busybox")).unwrap();
     w.write(
         "vm.toml",
@@ -44,6 +48,7 @@ fn recipe(w: &Work, init_text: &str) {
 kernel = {{ path = "{}" }}
 init = "/init.sh"
 cmdline = "console=ttyS0 quiet"
+{extra_vm}
 
 [[layers]]
 files = [ {{ src = "busybox", dest = "/bin/busybox", mode = 0o755 }} ]
@@ -188,4 +193,56 @@ fn bundle_round_trips_through_a_registry_as_an_artifact() {
             "{file} differs after the round trip"
         );
     }
+}
+
+/// With `outputs = ["raw", "qcow2"]` the image root is an erofs disk (and its
+/// qcow2 copy), byte-identical across builds; the small initramfs loads the
+/// virtio and erofs modules, mounts the disk read-only and runs init from it.
+#[test]
+fn disk_bundle_boots_from_its_erofs_root_and_is_reproducible() {
+    let init = "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo KILN-DISK-OK root=$(/bin/busybox awk '$2==\"/\" {print $3}' /proc/mounts | /bin/busybox tail -n 1)\n/bin/busybox poweroff -f\n";
+    let (a, b) = (Work::new(), Work::new());
+    for w in [&a, &b] {
+        recipe_with(w, init, "outputs = [\"raw\", \"qcow2\"]\nroot = \"erofs\"");
+    }
+    a.ok(&["build", "vm.toml"]);
+    b.ok(&["build", "vm.toml", "--out", "other/place"]);
+    for file in [
+        "vmlinuz",
+        "initramfs.img",
+        "disk.raw",
+        "disk.qcow2",
+        "bundle.json",
+    ] {
+        assert_eq!(
+            std::fs::read(a.path().join("out/vm-hello").join(file)).unwrap(),
+            std::fs::read(b.path().join("other/place").join(file)).unwrap(),
+            "{file} differs between two builds"
+        );
+    }
+    // qemu-img reads the qcow2 as qcow2 of the raw disk's size.
+    let info = common::run(
+        std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(a.path().join("out/vm-hello/disk.qcow2")),
+    );
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    let raw_len = std::fs::metadata(a.path().join("out/vm-hello/disk.raw"))
+        .unwrap()
+        .len();
+    assert_eq!(info["virtual-size"], raw_len);
+    let out = a.ok(&[
+        "boot",
+        "out/vm-hello",
+        "--timeout",
+        "90",
+        "--marker",
+        "KILN-DISK-OK",
+    ]);
+    let line = out.lines().find(|l| l.contains("KILN-DISK-OK")).unwrap();
+    assert!(
+        line.contains("root=erofs"),
+        "the root is not the erofs disk: {line}"
+    );
 }

@@ -210,11 +210,97 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
     }
     let cmdline = vm.cmdline.clone().unwrap_or_else(|| "console=ttyS0".into());
 
+    let outputs: Vec<String> = if vm.outputs.is_empty() {
+        vec!["initramfs".into()]
+    } else {
+        vm.outputs.iter().map(|o| o.get_ref().clone()).collect()
+    };
+    let wants_disk = outputs.iter().any(|o| o == "raw" || o == "qcow2");
+    let mut disk_files = Vec::new();
+    let (initramfs, initramfs_size) = if wants_disk {
+        let uuid = uuid_from(&built.top.digest);
+        // The root needs mount points for what the kernel provides.
+        let mut disk_tree = tree.clone();
+        for d in ["dev", "proc", "sys", "run", "tmp"] {
+            disk_tree.entry(d.to_string()).or_insert(Meta {
+                node: Node::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+        }
+        let raw = make_erofs(store, &disk_tree, mtime, &uuid)?;
+        if outputs.iter().any(|o| o == "raw") {
+            disk_files.push(("disk.raw".to_string(), raw.0.clone(), raw.1));
+        }
+        if outputs.iter().any(|o| o == "qcow2") {
+            let q = make_qcow2(store, &raw.0)?;
+            disk_files.push(("disk.qcow2".to_string(), q.0, q.1));
+        }
+        let modules_dir = match (&vm.kernel.get_ref().path, &version) {
+            (Some(_), Some(v)) => Some(std::path::PathBuf::from(format!("/lib/modules/{v}"))),
+            _ => None,
+        };
+        let small = boot_tree(
+            store,
+            &tree,
+            version.as_deref(),
+            modules_dir.as_deref(),
+            &init,
+        )
+        .map_err(|e| match e {
+            Error::Invalid { message, hint } => Error::from(
+                recipe
+                    .source
+                    .error(kernel_at.clone(), message)
+                    .hint(hint.unwrap_or_default()),
+            ),
+            other => other,
+        })?;
+        write_initramfs(store, &small, recipe.compression, mtime)?
+    } else {
+        write_initramfs(store, &tree, recipe.compression, mtime)?
+    };
+
+    let compression = match recipe.compression {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    };
+    let mut files = vec![
+        ("vmlinuz".to_string(), kernel, kernel_size),
+        ("initramfs.img".to_string(), initramfs, initramfs_size),
+    ];
+    files.extend(disk_files);
+    let manifest = canonical(&json!({
+        "name": recipe.name,
+        "image": built.top.digest.to_string(),
+        "kernel": { "file": "vmlinuz", "version": version },
+        "init": init,
+        "cmdline": cmdline,
+        "initramfs": { "file": "initramfs.img", "format": "newc", "compression": compression },
+        "disk": wants_disk.then(|| json!({
+            "root": "erofs",
+            "uuid": uuid_from(&built.top.digest),
+            "raw": outputs.iter().any(|o| o == "raw").then_some("disk.raw"),
+            "qcow2": outputs.iter().any(|o| o == "qcow2").then_some("disk.qcow2"),
+        })),
+        "files": files.iter().map(|(n, d, s)| json!({ "name": n, "sha256": d.hex(), "size": s })).collect::<Vec<_>>(),
+    }));
+    Ok(Bundle { files, manifest })
+}
+
+/// Compresses `tree` as a newc cpio into the store.
+fn write_initramfs(
+    store: &Store,
+    tree: &BTreeMap<String, Meta>,
+    compression: Compression,
+    mtime: u64,
+) -> Result<(Digest, u64)> {
     let mut w = store.writer()?;
     {
-        let enc = Encoder::new(recipe.compression, &mut w).at("write", store.root())?;
+        let enc = Encoder::new(compression, &mut w).at("write", store.root())?;
         let mut cpio = CpioWriter::new(enc, mtime);
-        for (path, m) in &tree {
+        for (path, m) in tree {
             let res = match &m.node {
                 Node::Dir => cpio.entry(
                     path,
@@ -253,26 +339,283 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
         let enc = cpio.finish().at("write", store.root())?;
         enc.finish().at("write", store.root())?;
     }
-    let (initramfs, initramfs_size) = w.commit(None)?;
+    w.commit(None)
+}
 
-    let compression = match recipe.compression {
-        Compression::Gzip => "gzip",
-        Compression::Zstd => "zstd",
+/// A filesystem UUID derived from the image digest, so it is the same every build.
+fn uuid_from(d: &Digest) -> String {
+    let h = d.hex();
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// Writes `tree` into a fresh directory with its modes and owners (needs root
+/// to give files other owners than the caller).
+fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    for (path, m) in tree {
+        let to = dir.join(path);
+        match &m.node {
+            Node::Dir => std::fs::create_dir_all(&to).at("create", &to)?,
+            Node::File { digest, .. } => {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).at("create", parent)?;
+                }
+                let mut src = store.open_blob(digest)?;
+                let mut f = std::fs::File::create(&to).at("create", &to)?;
+                io::copy(&mut src, &mut f)
+                    .map_err(|e| crate::store::verify_error(e, &store.blob_path(digest)))?;
+            }
+            Node::Symlink(t) => {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).at("create", parent)?;
+                }
+                symlink(t, &to).at("create link", &to)?;
+            }
+        }
+        std::os::unix::fs::lchown(&to, Some(m.uid), Some(m.gid)).map_err(|e| {
+            Error::invalid(
+                format!("cannot give `/{path}` its owner {}:{} ({e})", m.uid, m.gid),
+                Some("building a VM disk needs root: file owners go into the filesystem".into()),
+            )
+        })?;
+    }
+    // Modes last, deepest first, so read-only directories do not stop the writes.
+    for (path, m) in tree.iter().rev() {
+        if !matches!(m.node, Node::Symlink(_)) {
+            let to = dir.join(path);
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode))
+                .at("set the mode of", &to)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_tool(cmd: &mut std::process::Command, what: &str, package: &str) -> Result<()> {
+    let out = cmd.output().map_err(|e| {
+        Error::invalid(
+            format!("cannot run {what}: {e}"),
+            Some(format!("install Debian's `{package}` package")),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(Error::invalid(
+            format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// An erofs image of `tree`, made by `mkfs.erofs` with a fixed time and UUID.
+fn make_erofs(
+    store: &Store,
+    tree: &BTreeMap<String, Meta>,
+    mtime: u64,
+    uuid: &str,
+) -> Result<(Digest, u64)> {
+    let work = tempfile::tempdir_in(store.root().join("tmp"))
+        .at("create a temporary directory in", store.root())?;
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).at("create", &root)?;
+    materialize(store, tree, &root)?;
+    let image = work.path().join("disk.raw");
+    run_tool(
+        std::process::Command::new("mkfs.erofs")
+            .arg(format!("-T{mtime}"))
+            .arg(format!("-U{uuid}"))
+            .arg("-x-1")
+            .arg("--quiet")
+            .arg(&image)
+            .arg(&root),
+        "`mkfs.erofs`",
+        "erofs-utils",
+    )?;
+    let file = std::fs::File::open(&image).at("open", &image)?;
+    let mut w = store.writer()?;
+    io::copy(&mut BufReader::new(file), &mut w).at("read", &image)?;
+    w.commit(None)
+}
+
+/// The raw disk converted to qcow2 by `qemu-img`.
+fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
+    let work = tempfile::tempdir_in(store.root().join("tmp"))
+        .at("create a temporary directory in", store.root())?;
+    let out = work.path().join("disk.qcow2");
+    run_tool(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(store.blob_path(raw))
+            .arg(&out),
+        "`qemu-img convert`",
+        "qemu-utils",
+    )?;
+    let file = std::fs::File::open(&out).at("open", &out)?;
+    let mut w = store.writer()?;
+    io::copy(&mut BufReader::new(file), &mut w).at("read", &out)?;
+    w.commit(None)
+}
+
+/// The kernel modules a disk boot needs, in load order (dependencies first).
+const DISK_MODULES: [&str; 3] = ["virtio_pci", "virtio_blk", "erofs"];
+
+/// The small initramfs of a disk boot: busybox (from the image), the modules
+/// for virtio disks and erofs (from `modules`, or the image's
+/// `/lib/modules/VERSION`), and an `/init` that mounts the disk read-only and
+/// switches to it.
+fn boot_tree(
+    store: &Store,
+    image: &BTreeMap<String, Meta>,
+    version: Option<&str>,
+    modules: Option<&Path>,
+    init: &str,
+) -> Result<BTreeMap<String, Meta>> {
+    let meta = |node: Node, mode: u32| Meta {
+        node,
+        mode,
+        uid: 0,
+        gid: 0,
     };
-    let files = vec![
-        ("vmlinuz".to_string(), kernel, kernel_size),
-        ("initramfs.img".to_string(), initramfs, initramfs_size),
-    ];
-    let manifest = canonical(&json!({
-        "name": recipe.name,
-        "image": built.top.digest.to_string(),
-        "kernel": { "file": "vmlinuz", "version": version },
-        "init": init,
-        "cmdline": cmdline,
-        "initramfs": { "file": "initramfs.img", "format": "newc", "compression": compression },
-        "files": files.iter().map(|(n, d, s)| json!({ "name": n, "sha256": d.hex(), "size": s })).collect::<Vec<_>>(),
-    }));
-    Ok(Bundle { files, manifest })
+    let mut t = BTreeMap::new();
+    let busybox = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .find_map(|p| image.get(*p).filter(|m| matches!(m.node, Node::File { .. })))
+        .ok_or_else(|| {
+            Error::invalid(
+                "a disk boot needs `/bin/busybox` in the image (its initramfs mounts the disk with it)",
+                Some("install `busybox-static`, or copy a static busybox to `/bin/busybox`".into()),
+            )
+        })?;
+    for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
+        t.insert(d.to_string(), meta(Node::Dir, 0o755));
+    }
+    t.insert("bin/busybox".into(), meta(busybox.node.clone(), 0o755));
+    let version = version.ok_or_else(|| {
+        Error::invalid(
+            "the kernel's version is unknown, so its modules cannot be found",
+            Some("name the kernel file `vmlinuz-VERSION`".into()),
+        )
+    })?;
+    let dep_path = format!("lib/modules/{version}/modules.dep");
+    let (deps_text, read_module): (String, Box<dyn Fn(&str) -> Result<(Digest, u64)>>) =
+        match modules {
+            Some(dir) => {
+                let text = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| {
+                Error::invalid(
+                    format!("cannot read `{}`: {e}", dir.join("modules.dep").display()),
+                    Some("install the kernel's package on the host, or use `kernel = { package = … }`".into()),
+                )
+            })?;
+                let dir = dir.to_path_buf();
+                (
+                    text,
+                    Box::new(move |rel: &str| {
+                        let p = dir.join(rel);
+                        let f = std::fs::File::open(&p).at("read module", &p)?;
+                        let mut w = store.writer()?;
+                        io::copy(&mut BufReader::new(f), &mut w).at("read", &p)?;
+                        w.commit(None)
+                    }),
+                )
+            }
+            None => {
+                let Some(Meta {
+                    node: Node::File { digest, .. },
+                    ..
+                }) = image.get(&dep_path)
+                else {
+                    return Err(Error::invalid(
+                        format!("the image has no `/{dep_path}`"),
+                        Some("install the kernel package in the image".into()),
+                    ));
+                };
+                let text = String::from_utf8_lossy(&store.read(digest)?).into_owned();
+                let image = image.clone();
+                let version = version.to_string();
+                (
+                    text,
+                    Box::new(move |rel: &str| {
+                        match image.get(&format!("lib/modules/{version}/{rel}")) {
+                            Some(Meta {
+                                node: Node::File { digest, size },
+                                ..
+                            }) => Ok((digest.clone(), *size)),
+                            _ => Err(Error::invalid(
+                                format!("the image lacks module `{rel}`"),
+                                None,
+                            )),
+                        }
+                    }),
+                )
+            }
+        };
+    let deps: BTreeMap<String, Vec<String>> = deps_text
+        .lines()
+        .filter_map(|l| {
+            let (m, d) = l.split_once(':')?;
+            Some((
+                m.trim().to_string(),
+                d.split_whitespace().map(String::from).collect(),
+            ))
+        })
+        .collect();
+    let by_name = |name: &str| {
+        deps.keys()
+            .find(|k| {
+                let file = k.rsplit('/').next().unwrap_or(k);
+                let stem = file.split(".ko").next().unwrap_or(file);
+                stem.replace('-', "_") == name
+            })
+            .cloned()
+    };
+    let mut order: Vec<String> = Vec::new();
+    fn visit(m: &str, deps: &BTreeMap<String, Vec<String>>, order: &mut Vec<String>) {
+        if order.iter().any(|o| o == m) {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, order);
+        }
+        order.push(m.to_string());
+    }
+    for name in DISK_MODULES {
+        // Built into the kernel when modules.dep does not list it.
+        if let Some(m) = by_name(name) {
+            visit(&m, &deps, &mut order);
+        }
+    }
+    let mut script = String::from("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox mount -t sysfs sysfs /sys\n/bin/busybox mount -t devtmpfs devtmpfs /dev\n");
+    for (i, m) in order.iter().enumerate() {
+        let (digest, size) = read_module(m)?;
+        let name = format!("lib/modules/{i:02}-{}", m.rsplit('/').next().unwrap_or(m));
+        script.push_str(&format!("/bin/busybox insmod /{name}\n"));
+        t.insert(name, meta(Node::File { digest, size }, 0o644));
+    }
+    script.push_str(&format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n/bin/busybox mount -t erofs -o ro /dev/vda /newroot || /bin/busybox echo 'kiln: cannot mount the root disk'\n/bin/busybox umount /proc /sys\n/bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\nexec /bin/busybox switch_root /newroot {init}\n"
+    ));
+    let bytes = script.into_bytes();
+    let digest = store.put_bytes(&bytes)?;
+    t.insert(
+        "init".into(),
+        meta(
+            Node::File {
+                digest,
+                size: bytes.len() as u64,
+            },
+            0o755,
+        ),
+    );
+    Ok(t)
 }
 
 /// Writes a bundle directory at `dest`, atomically (as layouts are written).

@@ -63,6 +63,8 @@ pub struct VmSection {
     /// What to write (default `["initramfs"]`).
     #[serde(default)]
     pub outputs: Vec<Spanned<String>>,
+    /// The disk's root filesystem (`erofs`, the default).
+    pub root: Option<Spanned<String>>,
 }
 
 /// Where the kernel comes from.

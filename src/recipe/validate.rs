@@ -274,7 +274,7 @@ pub fn applies(filter: &Option<Vec<Spanned<String>>>, p: &Platform) -> bool {
 }
 
 /// The VM outputs kiln writes so far.
-pub const VM_OUTPUTS: [&str; 1] = ["initramfs"];
+pub const VM_OUTPUTS: [&str; 3] = ["initramfs", "raw", "qcow2"];
 
 fn check_vm(
     source: &Source,
@@ -295,7 +295,21 @@ fn check_vm(
         if !VM_OUTPUTS.contains(&o.get_ref().as_str()) {
             return Err(source
                 .error(o.span(), format!("`{}` is not a VM output kiln can write", o.get_ref()))
-                .hint("kiln writes `initramfs` (the whole image root, booted with the kernel); disk images are not supported yet")
+                .hint("kiln writes `initramfs` (the whole image root in memory), `raw` (an erofs root disk) and `qcow2` (the same disk for qemu)")
+                .into());
+        }
+    }
+    if let Some(root) = &vm.root {
+        if root.get_ref() != "erofs" {
+            return Err(source
+                .error(
+                    root.span(),
+                    format!(
+                        "`{}` is not a root filesystem kiln can make yet",
+                        root.get_ref()
+                    ),
+                )
+                .hint("use `root = \"erofs\"` (read-only, reproducible)")
                 .into());
         }
     }
