@@ -465,6 +465,9 @@ fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
     w.commit(None)
 }
 
+/// Reads one module (by its path in `modules.dep`) into the store.
+type ModuleReader<'a> = Box<dyn Fn(&str) -> Result<(Digest, u64)> + 'a>;
+
 /// The kernel modules a disk boot needs, in load order (dependencies first).
 const DISK_MODULES: [&str; 3] = ["virtio_pci", "virtio_blk", "erofs"];
 
@@ -506,58 +509,57 @@ fn boot_tree(
         )
     })?;
     let dep_path = format!("lib/modules/{version}/modules.dep");
-    let (deps_text, read_module): (String, Box<dyn Fn(&str) -> Result<(Digest, u64)>>) =
-        match modules {
-            Some(dir) => {
-                let text = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| {
+    let (deps_text, read_module): (String, ModuleReader<'_>) = match modules {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| {
                 Error::invalid(
                     format!("cannot read `{}`: {e}", dir.join("modules.dep").display()),
                     Some("install the kernel's package on the host, or use `kernel = { package = … }`".into()),
                 )
             })?;
-                let dir = dir.to_path_buf();
-                (
-                    text,
-                    Box::new(move |rel: &str| {
-                        let p = dir.join(rel);
-                        let f = std::fs::File::open(&p).at("read module", &p)?;
-                        let mut w = store.writer()?;
-                        io::copy(&mut BufReader::new(f), &mut w).at("read", &p)?;
-                        w.commit(None)
-                    }),
-                )
-            }
-            None => {
-                let Some(Meta {
-                    node: Node::File { digest, .. },
-                    ..
-                }) = image.get(&dep_path)
-                else {
-                    return Err(Error::invalid(
-                        format!("the image has no `/{dep_path}`"),
-                        Some("install the kernel package in the image".into()),
-                    ));
-                };
-                let text = String::from_utf8_lossy(&store.read(digest)?).into_owned();
-                let image = image.clone();
-                let version = version.to_string();
-                (
-                    text,
-                    Box::new(move |rel: &str| {
-                        match image.get(&format!("lib/modules/{version}/{rel}")) {
-                            Some(Meta {
-                                node: Node::File { digest, size },
-                                ..
-                            }) => Ok((digest.clone(), *size)),
-                            _ => Err(Error::invalid(
-                                format!("the image lacks module `{rel}`"),
-                                None,
-                            )),
-                        }
-                    }),
-                )
-            }
-        };
+            let dir = dir.to_path_buf();
+            (
+                text,
+                Box::new(move |rel: &str| {
+                    let p = dir.join(rel);
+                    let f = std::fs::File::open(&p).at("read module", &p)?;
+                    let mut w = store.writer()?;
+                    io::copy(&mut BufReader::new(f), &mut w).at("read", &p)?;
+                    w.commit(None)
+                }),
+            )
+        }
+        None => {
+            let Some(Meta {
+                node: Node::File { digest, .. },
+                ..
+            }) = image.get(&dep_path)
+            else {
+                return Err(Error::invalid(
+                    format!("the image has no `/{dep_path}`"),
+                    Some("install the kernel package in the image".into()),
+                ));
+            };
+            let text = String::from_utf8_lossy(&store.read(digest)?).into_owned();
+            let image = image.clone();
+            let version = version.to_string();
+            (
+                text,
+                Box::new(move |rel: &str| {
+                    match image.get(&format!("lib/modules/{version}/{rel}")) {
+                        Some(Meta {
+                            node: Node::File { digest, size },
+                            ..
+                        }) => Ok((digest.clone(), *size)),
+                        _ => Err(Error::invalid(
+                            format!("the image lacks module `{rel}`"),
+                            None,
+                        )),
+                    }
+                }),
+            )
+        }
+    };
     let deps: BTreeMap<String, Vec<String>> = deps_text
         .lines()
         .filter_map(|l| {
