@@ -200,10 +200,23 @@ fn bundle_round_trips_through_a_registry_as_an_artifact() {
 /// virtio and erofs modules, mounts the disk read-only and runs init from it.
 #[test]
 fn disk_bundle_boots_from_its_erofs_root_and_is_reproducible() {
+    disk_bundle("erofs");
+}
+
+#[test]
+fn disk_bundle_boots_from_its_squashfs_root_and_is_reproducible() {
+    disk_bundle("squashfs");
+}
+
+fn disk_bundle(fs: &str) {
     let init = "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo KILN-DISK-OK root=$(/bin/busybox awk '$2==\"/\" {print $3}' /proc/mounts | /bin/busybox tail -n 1)\n/bin/busybox poweroff -f\n";
     let (a, b) = (Work::new(), Work::new());
     for w in [&a, &b] {
-        recipe_with(w, init, "outputs = [\"raw\", \"qcow2\"]\nroot = \"erofs\"");
+        recipe_with(
+            w,
+            init,
+            &format!("outputs = [\"raw\", \"qcow2\"]\nroot = \"{fs}\""),
+        );
     }
     a.ok(&["build", "vm.toml"]);
     b.ok(&["build", "vm.toml", "--out", "other/place"]);

@@ -216,6 +216,10 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
         vm.outputs.iter().map(|o| o.get_ref().clone()).collect()
     };
     let wants_disk = outputs.iter().any(|o| o == "raw" || o == "qcow2");
+    let root_fs = vm
+        .root
+        .as_ref()
+        .map_or("erofs".to_string(), |r| r.get_ref().clone());
     let mut disk_files = Vec::new();
     let (initramfs, initramfs_size) = if wants_disk {
         let uuid = uuid_from(&built.top.digest);
@@ -229,7 +233,7 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
                 gid: 0,
             });
         }
-        let raw = make_erofs(store, &disk_tree, mtime, &uuid)?;
+        let raw = make_disk(store, &disk_tree, mtime, &uuid, &root_fs)?;
         if outputs.iter().any(|o| o == "raw") {
             disk_files.push(("disk.raw".to_string(), raw.0.clone(), raw.1));
         }
@@ -247,6 +251,7 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
             version.as_deref(),
             modules_dir.as_deref(),
             &init,
+            &root_fs,
         )
         .map_err(|e| match e {
             Error::Invalid { message, hint } => Error::from(
@@ -279,7 +284,7 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
         "cmdline": cmdline,
         "initramfs": { "file": "initramfs.img", "format": "newc", "compression": compression },
         "disk": wants_disk.then(|| json!({
-            "root": "erofs",
+            "root": root_fs,
             "uuid": uuid_from(&built.top.digest),
             "raw": outputs.iter().any(|o| o == "raw").then_some("disk.raw"),
             "qcow2": outputs.iter().any(|o| o == "qcow2").then_some("disk.qcow2"),
@@ -416,12 +421,14 @@ fn run_tool(cmd: &mut std::process::Command, what: &str, package: &str) -> Resul
     Ok(())
 }
 
-/// An erofs image of `tree`, made by `mkfs.erofs` with a fixed time and UUID.
-fn make_erofs(
+/// A read-only root filesystem image of `tree`: erofs by `mkfs.erofs`, or
+/// squashfs by `mksquashfs`, each with a fixed time (and UUID for erofs).
+fn make_disk(
     store: &Store,
     tree: &BTreeMap<String, Meta>,
     mtime: u64,
     uuid: &str,
+    fs: &str,
 ) -> Result<(Digest, u64)> {
     let work = tempfile::tempdir_in(store.root().join("tmp"))
         .at("create a temporary directory in", store.root())?;
@@ -429,17 +436,39 @@ fn make_erofs(
     std::fs::create_dir(&root).at("create", &root)?;
     materialize(store, tree, &root)?;
     let image = work.path().join("disk.raw");
-    run_tool(
-        std::process::Command::new("mkfs.erofs")
-            .arg(format!("-T{mtime}"))
-            .arg(format!("-U{uuid}"))
-            .arg("-x-1")
-            .arg("--quiet")
-            .arg(&image)
-            .arg(&root),
-        "`mkfs.erofs`",
-        "erofs-utils",
-    )?;
+    if fs == "squashfs" {
+        run_tool(
+            std::process::Command::new("mksquashfs")
+                .arg(&root)
+                .arg(&image)
+                .args([
+                    "-noappend",
+                    "-no-xattrs",
+                    "-no-progress",
+                    "-quiet",
+                    "-processors",
+                    "1",
+                ])
+                .arg("-mkfs-time")
+                .arg(mtime.to_string())
+                .arg("-all-time")
+                .arg(mtime.to_string()),
+            "`mksquashfs`",
+            "squashfs-tools",
+        )?;
+    } else {
+        run_tool(
+            std::process::Command::new("mkfs.erofs")
+                .arg(format!("-T{mtime}"))
+                .arg(format!("-U{uuid}"))
+                .arg("-x-1")
+                .arg("--quiet")
+                .arg(&image)
+                .arg(&root),
+            "`mkfs.erofs`",
+            "erofs-utils",
+        )?;
+    }
     let file = std::fs::File::open(&image).at("open", &image)?;
     let mut w = store.writer()?;
     io::copy(&mut BufReader::new(file), &mut w).at("read", &image)?;
@@ -469,7 +498,7 @@ fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
 type ModuleReader<'a> = Box<dyn Fn(&str) -> Result<(Digest, u64)> + 'a>;
 
 /// The kernel modules a disk boot needs, in load order (dependencies first).
-const DISK_MODULES: [&str; 3] = ["virtio_pci", "virtio_blk", "erofs"];
+const DISK_MODULES: [&str; 2] = ["virtio_pci", "virtio_blk"];
 
 /// The small initramfs of a disk boot: busybox (from the image), the modules
 /// for virtio disks and erofs (from `modules`, or the image's
@@ -481,6 +510,7 @@ fn boot_tree(
     version: Option<&str>,
     modules: Option<&Path>,
     init: &str,
+    fs: &str,
 ) -> Result<BTreeMap<String, Meta>> {
     let meta = |node: Node, mode: u32| Meta {
         node,
@@ -589,7 +619,7 @@ fn boot_tree(
         }
         order.push(m.to_string());
     }
-    for name in DISK_MODULES {
+    for name in DISK_MODULES.iter().copied().chain([fs]) {
         // Built into the kernel when modules.dep does not list it.
         if let Some(m) = by_name(name) {
             visit(&m, &deps, &mut order);
@@ -603,7 +633,7 @@ fn boot_tree(
         t.insert(name, meta(Node::File { digest, size }, 0o644));
     }
     script.push_str(&format!(
-        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n/bin/busybox mount -t erofs -o ro /dev/vda /newroot || /bin/busybox echo 'kiln: cannot mount the root disk'\n/bin/busybox umount /proc /sys\n/bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\nexec /bin/busybox switch_root /newroot {init}\n"
+        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n/bin/busybox mount -t {fs} -o ro /dev/vda /newroot || /bin/busybox echo 'kiln: cannot mount the root disk'\n/bin/busybox umount /proc /sys\n/bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\nexec /bin/busybox switch_root /newroot {init}\n"
     ));
     let bytes = script.into_bytes();
     let digest = store.put_bytes(&bytes)?;

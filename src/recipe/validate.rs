@@ -300,7 +300,7 @@ fn check_vm(
         }
     }
     if let Some(root) = &vm.root {
-        if root.get_ref() != "erofs" {
+        if !["erofs", "squashfs"].contains(&root.get_ref().as_str()) {
             return Err(source
                 .error(
                     root.span(),
@@ -309,7 +309,7 @@ fn check_vm(
                         root.get_ref()
                     ),
                 )
-                .hint("use `root = \"erofs\"` (read-only, reproducible)")
+                .hint("use `root = \"erofs\"` or `\"squashfs\"` (read-only, reproducible); ext4 is not supported yet")
                 .into());
         }
     }
