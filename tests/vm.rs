@@ -255,7 +255,7 @@ fn disk_bundle(fs: &str) {
     ]);
     let line = out.lines().find(|l| l.contains("KILN-DISK-OK")).unwrap();
     assert!(
-        line.contains("root=erofs"),
-        "the root is not the erofs disk: {line}"
+        line.contains(&format!("root={fs}")),
+        "the root is not the {fs} disk: {line}"
     );
 }
