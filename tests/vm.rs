@@ -3,6 +3,7 @@
 //! Needs Debian's qemu-system-x86, a kernel package (linux-image-cloud-amd64)
 //! and busybox-static: scripts/test.sh installs them.
 
+mod apt_support;
 mod common;
 mod registry_support;
 
@@ -257,5 +258,112 @@ fn disk_bundle(fs: &str) {
     assert!(
         line.contains(&format!("root={fs}")),
         "the root is not the {fs} disk: {line}"
+    );
+}
+
+/// The kernel can come from a Debian package installed in the image
+/// (`kernel = { package = … }`): kiln takes its `/boot/vmlinuz-*` and, for a
+/// disk boot, the modules from its `/lib/modules/VERSION`. The packages come
+/// from a local signed repository, through `kiln lock`.
+#[test]
+fn kernel_from_a_package_boots_a_disk() {
+    use apt_support::{Pkg, Repo};
+    let vmlinuz = kernel();
+    let version = vmlinuz
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    let modules = PathBuf::from(format!("/lib/modules/{version}"));
+    let dep = std::fs::read_to_string(modules.join("modules.dep")).unwrap();
+    // The package carries modules.dep and the modules a disk boot loads.
+    let mut kernel_pkg = Pkg::new("linux-image-test", "1.0", "amd64")
+        .compression("gzip")
+        .file(
+            &format!("/boot/vmlinuz-{version}"),
+            std::fs::read(&vmlinuz).unwrap(),
+            0o644,
+        )
+        .file(
+            &format!("/lib/modules/{version}/modules.dep"),
+            dep.as_bytes(),
+            0o644,
+        );
+    for line in dep.lines() {
+        let (m, deps) = line.split_once(':').unwrap();
+        let wanted = ["virtio_pci.ko", "virtio_blk.ko", "erofs.ko"]
+            .iter()
+            .any(|w| m.ends_with(&format!("/{w}")));
+        if wanted {
+            for rel in std::iter::once(m).chain(deps.split_whitespace()) {
+                kernel_pkg = kernel_pkg.file(
+                    &format!("/lib/modules/{version}/{rel}"),
+                    std::fs::read(modules.join(rel)).unwrap(),
+                    0o644,
+                );
+            }
+        }
+    }
+    let busybox_pkg = Pkg::new("busybox-static", "1.0", "amd64")
+        .compression("gzip")
+        .file("/bin/busybox", std::fs::read(busybox()).unwrap(), 0o755);
+    let repo = Repo::start("testing", &["main"], &[kernel_pkg, busybox_pkg]);
+    let w = Work::new();
+    w.write(
+        "vm.toml",
+        format!(
+            r##"name = "pkg-vm"
+[repositories.test]
+suite = "testing"
+keyring = "{}"
+
+[vm]
+kernel = {{ package = "linux-image-test" }}
+init = "/init.sh"
+outputs = ["raw"]
+
+[[layers]]
+packages = ["linux-image-test", "busybox-static"]
+
+[[layers]]
+contents = [ {{ dest = "/init.sh", mode = 0o755, text = """#!/bin/busybox sh
+/bin/busybox echo KILN-PKG-KERNEL-OK $(/bin/busybox uname -r)
+/bin/busybox poweroff -f
+""" }} ]
+"##,
+            repo.keyring.display()
+        ),
+    );
+    let with_mirror = |args: &[&str]| {
+        let out = w
+            .kiln()
+            .env("KILN_DEBIAN_MIRROR", &repo.url)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out, &format!("kiln {}", args.join(" ")));
+    };
+    with_mirror(&["lock", "vm.toml"]);
+    with_mirror(&["build", "vm.toml", "--locked"]);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("out/pkg-vm/bundle.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["kernel"]["version"], version.as_str());
+    assert_eq!(
+        std::fs::read(w.path().join("out/pkg-vm/vmlinuz")).unwrap(),
+        std::fs::read(&vmlinuz).unwrap()
+    );
+    let out = w.ok(&[
+        "boot",
+        "out/pkg-vm",
+        "--timeout",
+        "90",
+        "--marker",
+        "KILN-PKG-KERNEL-OK",
+    ]);
+    assert!(
+        out.contains(&format!("KILN-PKG-KERNEL-OK {version}")),
+        "{out}"
     );
 }
