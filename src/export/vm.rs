@@ -497,6 +497,58 @@ fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
 /// Reads one module (by its path in `modules.dep`) into the store.
 type ModuleReader<'a> = Box<dyn Fn(&str) -> Result<(Digest, u64)> + 'a>;
 
+/// A `modules.dep` made from the `depends=` each module of the image records.
+fn modules_dep_from_modinfo(
+    store: &Store,
+    image: &BTreeMap<String, Meta>,
+    version: &str,
+) -> Result<String> {
+    let prefix = format!("lib/modules/{version}/");
+    let modules: Vec<(String, Digest)> = image
+        .iter()
+        .filter_map(|(p, m)| match &m.node {
+            Node::File { digest, .. } if p.starts_with(&prefix) && p.ends_with(".ko") => {
+                Some((p[prefix.len()..].to_string(), digest.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if modules.is_empty() {
+        return Err(Error::invalid(
+            format!("the image has no kernel modules under `/{prefix}`"),
+            Some("install the kernel package in the image".into()),
+        ));
+    }
+    let stem = |rel: &str| -> String {
+        let file = rel.rsplit('/').next().unwrap_or(rel);
+        file.trim_end_matches(".ko").replace('-', "_")
+    };
+    let by_name: BTreeMap<String, String> = modules
+        .iter()
+        .map(|(rel, _)| (stem(rel), rel.clone()))
+        .collect();
+    let mut text = String::new();
+    for (rel, digest) in &modules {
+        let bytes = store.read(digest)?;
+        let deps = bytes
+            .windows(9)
+            .position(|w| w == b"\0depends=")
+            .map(|at| {
+                let rest = &bytes[at + 9..];
+                let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            })
+            .unwrap_or_default();
+        let paths: Vec<&str> = deps
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .filter_map(|d| by_name.get(&d.replace('-', "_")).map(String::as_str))
+            .collect();
+        text.push_str(&format!("{rel}: {}\n", paths.join(" ")));
+    }
+    Ok(text)
+}
+
 /// The kernel modules a disk boot needs, in load order (dependencies first).
 const DISK_MODULES: [&str; 2] = ["virtio_pci", "virtio_blk"];
 
@@ -560,17 +612,16 @@ fn boot_tree(
             )
         }
         None => {
-            let Some(Meta {
-                node: Node::File { digest, .. },
-                ..
-            }) = image.get(&dep_path)
-            else {
-                return Err(Error::invalid(
-                    format!("the image has no `/{dep_path}`"),
-                    Some("install the kernel package in the image".into()),
-                ));
+            // depmod writes modules.dep when the package is installed; kiln
+            // runs no maintainer script, so without one it reads each
+            // module's own `depends=` (its .modinfo) instead.
+            let text = match image.get(&dep_path) {
+                Some(Meta {
+                    node: Node::File { digest, .. },
+                    ..
+                }) => String::from_utf8_lossy(&store.read(digest)?).into_owned(),
+                _ => modules_dep_from_modinfo(store, image, version)?,
             };
-            let text = String::from_utf8_lossy(&store.read(digest)?).into_owned();
             let image = image.clone();
             let version = version.to_string();
             (
