@@ -16,13 +16,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # from apache2-utils and openssl serve a real registry (tests/registry.rs);
 # dpkg-dev, apt-utils, gnupg, gpgv, xz-utils and zstd build and serve a
 # signed Debian repository on 127.0.0.1 (tests/apt_support); qemu-system-x86,
-# qemu-utils, erofs-utils, squashfs-tools,
+# qemu-utils, erofs-utils, squashfs-tools, e2fsprogs,
 # a Debian kernel, busybox-static and cpio boot and read VM bundles (tests/vm.rs).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
     dpkg-dev apt-utils gnupg gpgv xz-utils zstd
-    qemu-system-x86 qemu-utils erofs-utils squashfs-tools linux-image-cloud-amd64 busybox-static cpio
+    qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.

@@ -209,6 +209,11 @@ fn disk_bundle_boots_from_its_squashfs_root_and_is_reproducible() {
     disk_bundle("squashfs");
 }
 
+#[test]
+fn disk_bundle_boots_from_its_ext4_root_and_is_reproducible() {
+    disk_bundle("ext4");
+}
+
 fn disk_bundle(fs: &str) {
     let init = "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo KILN-DISK-OK root=$(/bin/busybox awk '$2==\"/\" {print $3}' /proc/mounts | /bin/busybox tail -n 1)\n/bin/busybox poweroff -f\n";
     let (a, b) = (Work::new(), Work::new());

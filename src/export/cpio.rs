@@ -132,6 +132,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refuses_files_of_4_gib() {
+        let mut w = CpioWriter::new(Vec::new(), 0);
+        let err = w
+            .entry(
+                "big",
+                CpioKind::File,
+                0o644,
+                0,
+                0,
+                1 << 32,
+                &mut io::repeat(0),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("4 GiB"), "{err}");
+    }
+
+    #[test]
     fn writes_aligned_newc_headers() {
         let mut w = CpioWriter::new(Vec::new(), 0);
         w.entry("bin", CpioKind::Dir, 0o755, 0, 0, 0, &mut io::empty())

@@ -233,7 +233,7 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
                 gid: 0,
             });
         }
-        let raw = make_disk(store, &disk_tree, mtime, &uuid, &root_fs)?;
+        let raw = make_disk(store, &disk_tree, mtime, &uuid, &root_fs, vm.size_bytes())?;
         if outputs.iter().any(|o| o == "raw") {
             disk_files.push(("disk.raw".to_string(), raw.0.clone(), raw.1));
         }
@@ -429,6 +429,7 @@ fn make_disk(
     mtime: u64,
     uuid: &str,
     fs: &str,
+    size: Option<u64>,
 ) -> Result<(Digest, u64)> {
     let work = tempfile::tempdir_in(store.root().join("tmp"))
         .at("create a temporary directory in", store.root())?;
@@ -436,7 +437,9 @@ fn make_disk(
     std::fs::create_dir(&root).at("create", &root)?;
     materialize(store, tree, &root)?;
     let image = work.path().join("disk.raw");
-    if fs == "squashfs" {
+    if fs == "ext4" {
+        make_ext4(tree, &root, &image, mtime, uuid, size, work.path())?;
+    } else if fs == "squashfs" {
         run_tool(
             std::process::Command::new("mksquashfs")
                 .arg(&root)
@@ -469,10 +472,103 @@ fn make_disk(
             "erofs-utils",
         )?;
     }
+    if let (Some(want), false) = (size, fs == "ext4") {
+        // A fixed disk size: pad the read-only image with zeros.
+        let have = std::fs::metadata(&image).at("stat", &image)?.len();
+        if have > want {
+            return Err(Error::invalid(
+                format!("the {fs} root needs {have} bytes, more than `size` ({want})"),
+                Some("raise `size`, or leave it out".into()),
+            ));
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .and_then(|f| f.set_len(want))
+            .at("extend", &image)?;
+    }
     let file = std::fs::File::open(&image).at("open", &image)?;
     let mut w = store.writer()?;
     io::copy(&mut BufReader::new(file), &mut w).at("read", &image)?;
     w.commit(None)
+}
+
+/// An ext4 image of `root` by `mke2fs -d`, made reproducible: a fake clock,
+/// a fixed UUID and hash seed, no journal, and every inode's times reset
+/// with `debugfs` afterwards (`mke2fs -d` copies the source files' times).
+fn make_ext4(
+    tree: &BTreeMap<String, Meta>,
+    root: &Path,
+    image: &Path,
+    mtime: u64,
+    uuid: &str,
+    size: Option<u64>,
+    work: &Path,
+) -> Result<()> {
+    let content: u64 = tree
+        .values()
+        .map(|m| match &m.node {
+            Node::File { size, .. } => size.div_ceil(4096) * 4096,
+            _ => 4096,
+        })
+        .sum();
+    let size =
+        size.unwrap_or_else(|| (content + content / 2 + (32 << 20)).div_ceil(1 << 20) * (1 << 20));
+    let clock = mtime.to_string();
+    run_tool(
+        std::process::Command::new("mke2fs")
+            .env("E2FSPROGS_FAKE_TIME", &clock)
+            .args([
+                "-q",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-I",
+                "256",
+                "-O",
+                "^has_journal",
+            ])
+            .arg("-U")
+            .arg(uuid)
+            .arg("-E")
+            .arg(format!("hash_seed={uuid},root_owner=0:0"))
+            .arg("-d")
+            .arg(root)
+            .arg(image)
+            .arg(format!("{}k", size / 1024)),
+        "`mke2fs`",
+        "e2fsprogs",
+    )?;
+    let mut cmds = String::new();
+    let paths = std::iter::once("/".to_string())
+        .chain(std::iter::once("/lost+found".to_string()))
+        .chain(tree.keys().map(|p| format!("/{p}")));
+    for p in paths {
+        if p.contains(['"', '\n', '\\']) {
+            return Err(Error::invalid(
+                format!("`{p}` has a character kiln cannot pass to debugfs"),
+                Some("rename it, or use `root = \"erofs\"`".into()),
+            ));
+        }
+        for field in ["atime", "ctime", "mtime", "crtime"] {
+            cmds.push_str(&format!(
+                "sif \"{p}\" {field} {clock}\nsif \"{p}\" {field}_extra 0\n"
+            ));
+        }
+    }
+    let script = work.join("debugfs.cmds");
+    std::fs::write(&script, cmds).at("write", &script)?;
+    run_tool(
+        std::process::Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", &clock)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(image),
+        "`debugfs`",
+        "e2fsprogs",
+    )
 }
 
 /// The raw disk converted to qcow2 by `qemu-img`.

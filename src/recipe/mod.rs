@@ -63,8 +63,36 @@ pub struct VmSection {
     /// What to write (default `["initramfs"]`).
     #[serde(default)]
     pub outputs: Vec<Spanned<String>>,
-    /// The disk's root filesystem (`erofs`, the default).
+    /// The disk's root filesystem (`erofs`, the default; `squashfs`; `ext4`).
     pub root: Option<Spanned<String>>,
+    /// The disk's size (`512M`, `2G`): required room for ext4, zero padding for the others.
+    pub size: Option<Spanned<String>>,
+}
+
+impl VmSection {
+    /// The disk size in bytes, if one is given (checked when the recipe is parsed).
+    pub fn size_bytes(&self) -> Option<u64> {
+        self.size.as_ref().and_then(|s| parse_size(s.get_ref()))
+    }
+}
+
+/// Parses `512M`, `2G`, `1048576` (bytes); K, M, G, T are powers of 1024.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], t[i..].trim_end_matches(['B', 'b', 'i'])),
+        None => (t, ""),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        "T" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|&b| b > 0)
 }
 
 /// Where the kernel comes from.

@@ -300,7 +300,7 @@ fn check_vm(
         }
     }
     if let Some(root) = &vm.root {
-        if !["erofs", "squashfs"].contains(&root.get_ref().as_str()) {
+        if !["erofs", "squashfs", "ext4"].contains(&root.get_ref().as_str()) {
             return Err(source
                 .error(
                     root.span(),
@@ -309,7 +309,15 @@ fn check_vm(
                         root.get_ref()
                     ),
                 )
-                .hint("use `root = \"erofs\"` or `\"squashfs\"` (read-only, reproducible); ext4 is not supported yet")
+                .hint("use `root = \"erofs\"`, `\"squashfs\"` or `\"ext4\"`")
+                .into());
+        }
+    }
+    if let Some(size) = &vm.size {
+        if super::parse_size(size.get_ref()).is_none() {
+            return Err(source
+                .error(size.span(), format!("`{}` is not a size", size.get_ref()))
+                .hint("write a number with K, M, G or T, e.g. `size = \"512M\"`")
                 .into());
         }
     }
