@@ -598,7 +598,13 @@ fn packages_for(
             contents: deb::extract::contents(store, &p.name, &digest)?,
         });
     }
-    deb::install::entries(store, &installed)
+    // The host's ldconfig reads the libraries only if they are its own architecture.
+    let host = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    deb::install::entries(store, &installed, arch == host)
 }
 
 /// The digest a registry base stands for: its own, or the lockfile's for a tag.

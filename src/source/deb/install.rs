@@ -29,7 +29,13 @@ pub struct Installed {
 }
 
 /// The layer entries for `packages` (sorted by name), keyed by path.
-pub fn entries(store: &Store, packages: &[Installed]) -> Result<BTreeMap<String, (Entry, String)>> {
+/// `native` says whether the image's architecture is the host's, so that the
+/// host's `ldconfig` can read the libraries.
+pub fn entries(
+    store: &Store,
+    packages: &[Installed],
+    native: bool,
+) -> Result<BTreeMap<String, (Entry, String)>> {
     let mut out: BTreeMap<String, (Entry, String)> = BTreeMap::new();
     let mut certs: BTreeMap<String, Digest> = BTreeMap::new();
     for pkg in packages {
@@ -120,7 +126,68 @@ pub fn entries(store: &Store, packages: &[Installed]) -> Result<BTreeMap<String,
         busybox_links(store, &mut out)?;
     }
     alternatives(packages, &mut out);
+    if native {
+        ld_cache(&mut out)?;
+    }
     Ok(out)
+}
+
+/// `/etc/ld.so.cache` for the libraries this layer installs, made by the
+/// host's `ldconfig -X -r` on a scratch copy of the layer (its output depends
+/// only on the files, so it is reproducible). Without a cache the dynamic
+/// linker still searches its default directories; with one, libraries in
+/// directories that `/etc/ld.so.conf.d` adds are found too.
+fn ld_cache(out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
+    use crate::error::IoContext;
+    let ships_libraries = out.iter().any(|(p, (e, _))| {
+        matches!(e.kind, EntryKind::File { .. }) && p.contains("/lib") && p.contains(".so")
+    });
+    if !ships_libraries {
+        return Ok(());
+    }
+    let work = tempfile::tempdir().at("create a temporary directory", &std::env::temp_dir())?;
+    let root = work.path();
+    for (path, (entry, _)) in out.iter() {
+        let to = root.join(path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).at("create", parent)?;
+        }
+        match &entry.kind {
+            EntryKind::Dir => std::fs::create_dir_all(&to).at("create", &to)?,
+            EntryKind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &to).at("create link", &to)?
+            }
+            EntryKind::File { content, .. } => match content {
+                Content::Host(src) => {
+                    std::fs::copy(src, &to).at("copy", src)?;
+                }
+                Content::Inline(bytes) => std::fs::write(&to, bytes).at("write", &to)?,
+            },
+            EntryKind::HardLink { target } => {
+                std::fs::hard_link(root.join(target), &to).at("link", &to)?
+            }
+        }
+    }
+    let conf = root.join("etc/ld.so.conf");
+    if !conf.exists() {
+        std::fs::create_dir_all(root.join("etc")).at("create", &root.join("etc"))?;
+        std::fs::write(&conf, "include /etc/ld.so.conf.d/*.conf\n").at("write", &conf)?;
+    }
+    let status = std::process::Command::new("ldconfig")
+        .arg("-X")
+        .arg("-r")
+        .arg(root)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let cache = root.join("etc/ld.so.cache");
+    if !status.is_ok_and(|s| s.success()) || !cache.is_file() {
+        // No ldconfig on this host: the image works without a cache.
+        return Ok(());
+    }
+    let bytes = std::fs::read(&cache).at("read", &cache)?;
+    out.remove("etc/ld.so.cache");
+    add_text(out, "etc/ld.so.cache", bytes, "libc-bin");
+    Ok(())
 }
 
 /// Adds `DIR/APPLET -> busybox` beside the busybox binary for every applet
