@@ -1040,3 +1040,67 @@ fn sbom_lists_the_installed_packages_with_purls() {
     let file = w.write("printed.spdx.json", &printed);
     run(tool("pyspdxtools").arg("-i").arg(&file));
 }
+
+/// A layer that installs a shared library gets an `/etc/ld.so.cache` naming
+/// it (made with ldconfig, as the package's trigger would have), the same on
+/// every build.
+#[test]
+fn a_layer_with_shared_libraries_gets_an_ld_so_cache() {
+    let src = Work::new();
+    src.write("k.c", "int kiln_answer(void) { return 42; }\n");
+    run(tool("gcc").current_dir(src.path()).args([
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libkilntest.so.1",
+        "-o",
+        "libkilntest.so.1.0",
+        "k.c",
+    ]));
+    let lib = fs::read(src.path().join("libkilntest.so.1.0")).unwrap();
+    let pkg = Pkg::new("libkilntest1", "1.0", "amd64")
+        .file("/usr/lib/x86_64-linux-gnu/libkilntest.so.1.0", &lib, 0o644)
+        .symlink(
+            "/usr/lib/x86_64-linux-gnu/libkilntest.so.1",
+            "libkilntest.so.1.0",
+        );
+    let repo = Repo::start(SUITE, &["main"], &[pkg]);
+    let w = workspace(
+        &repo,
+        &["linux/amd64"],
+        "[[layers]]\npackages = [\"libkilntest1\"]\n",
+    );
+    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
+    let first = ok(
+        &w,
+        &repo.url,
+        None,
+        &["build", "recipe.toml", "--out", "out/lib"],
+    );
+    let again = Work::new();
+    fs::create_dir_all(again.path().join("keys")).unwrap();
+    for f in ["recipe.toml", "recipe.lock", "keys/test.gpg"] {
+        fs::copy(w.path().join(f), again.path().join(f)).unwrap();
+    }
+    let second = ok(
+        &again,
+        &repo.url,
+        None,
+        &["build", "recipe.toml", "--out", "out/lib"],
+    );
+    assert_eq!(
+        first.lines().last(),
+        second.lines().last(),
+        "the ld.so.cache is not reproducible"
+    );
+    let root = unpack(&w, "out/lib", "bundle");
+    let cache = fs::read(root.join("etc/ld.so.cache")).expect("no /etc/ld.so.cache");
+    assert!(
+        cache.starts_with(b"glibc-ld.so.cache1.1"),
+        "not a glibc cache"
+    );
+    let text = String::from_utf8_lossy(&cache);
+    assert!(
+        text.contains("/usr/lib/x86_64-linux-gnu/libkilntest.so.1"),
+        "the cache does not name the library: {text:?}"
+    );
+}
