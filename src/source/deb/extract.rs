@@ -286,6 +286,37 @@ fn read_data(store: &Store, r: impl Read, package: &str) -> Result<Vec<DebEntry>
 mod tests {
     use super::*;
 
+    fn data_tar(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            match link {
+                Some(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, target).unwrap();
+                }
+                None => {
+                    h.set_size(1);
+                    b.append_data(&mut h, path, &b"x"[..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn refuses_writing_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let evil = data_tar(&[("./etc/evil", Some("/tmp")), ("./etc/evil/x", None)]);
+        let err = read_data(&store, &evil[..], "evil").unwrap_err().to_string();
+        assert!(err.contains("through the symlink"), "{err}");
+        let fine = data_tar(&[("./etc/link", Some("/tmp")), ("./etc/x", None)]);
+        assert_eq!(read_data(&store, &fine[..], "fine").unwrap().len(), 2);
+    }
+
     #[test]
     fn refuses_escaping_paths() {
         assert!(clean("/etc/passwd", "p").is_err());
