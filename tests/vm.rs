@@ -372,3 +372,53 @@ contents = [ {{ dest = "/init.sh", mode = 0o755, text = """#!/bin/busybox sh
         "{out}"
     );
 }
+
+/// Bad `[vm]` input fails with the recipe's line and a hint, and writes nothing.
+#[test]
+fn bad_vm_recipes_are_refused() {
+    let w = Work::new();
+    std::fs::copy(busybox(), w.path().join("busybox")).unwrap();
+    let k = kernel();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown output",
+            format!("name = \"v\"\n[vm]\nkernel = {{ path = \"{}\" }}\noutputs = [\"iso\"]\n", k.display()),
+            "v.toml:4:12",
+        ),
+        (
+            "no kernel in the image",
+            "name = \"v\"\n[vm]\nkernel = { package = \"linux-image-none\" }\n[[layers]]\ncontents = [ { dest = \"/init\", text = \"x\" } ]\n".to_string(),
+            "v.toml:3:10",
+        ),
+        (
+            "unknown root filesystem",
+            format!("name = \"v\"\n[vm]\nkernel = {{ path = \"{}\" }}\nroot = \"btrfs\"\n", k.display()),
+            "v.toml:4:8",
+        ),
+        (
+            "a bad size",
+            format!("name = \"v\"\n[vm]\nkernel = {{ path = \"{}\" }}\nsize = \"lots\"\n", k.display()),
+            "v.toml:4:8",
+        ),
+    ];
+    for (what, text, at) in cases {
+        w.write("v.toml", &text);
+        let (code, err) = w.fails(&["build", "v.toml"]);
+        assert_eq!(code, 2, "{what}: {err}");
+        assert!(err.contains(at), "{what}: expected {at} in: {err}");
+        assert!(err.contains("hint:"), "{what}: {err}");
+        assert!(!w.path().join("out/v").exists(), "{what}: output written");
+    }
+    // A root larger than `size` is refused, naming both sizes.
+    w.write(
+        "v.toml",
+        format!(
+            "name = \"v\"\n[vm]\nkernel = {{ path = \"{}\" }}\noutputs = [\"raw\"]\nsize = \"64K\"\n[[layers]]\nfiles = [ {{ src = \"busybox\", dest = \"/bin/busybox\", mode = 0o755 }} ]\n",
+            k.display()
+        ),
+    );
+    let (code, err) = w.fails(&["build", "v.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("more than `size`"), "{err}");
+    assert!(!w.path().join("out/v").exists());
+}
