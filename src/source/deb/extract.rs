@@ -311,7 +311,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let evil = data_tar(&[("./etc/evil", Some("/tmp")), ("./etc/evil/x", None)]);
-        let err = read_data(&store, &evil[..], "evil").unwrap_err().to_string();
+        let err = read_data(&store, &evil[..], "evil")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("through the symlink"), "{err}");
         let fine = data_tar(&[("./etc/link", Some("/tmp")), ("./etc/x", None)]);
         assert_eq!(read_data(&store, &fine[..], "fine").unwrap().len(), 2);
