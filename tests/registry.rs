@@ -565,6 +565,59 @@ fn login_uses_registry_auth_file_when_set() {
     assert_success(&out, "build --push with REGISTRY_AUTH_FILE");
 }
 
+/// A `credHelpers` entry in docker's config runs `docker-credential-NAME get`
+/// with the registry on stdin; the helper's secret reaches the registry and
+/// appears in no output.
+#[test]
+fn push_takes_credentials_from_a_credential_helper() {
+    let r = registry(Flavour::Basic);
+    let w = Work::new();
+    unique_recipe(&w, "credhelper", "", "", "");
+    let bin = w.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let asked = w.path().join("helper-was-asked");
+    let helper = bin.join("docker-credential-kilntest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" > {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    w.write(
+        "docker/config.json",
+        format!("{{\"credHelpers\": {{\"{}\": \"kilntest\"}}}}", r.host),
+    );
+    let mut c = kiln(&w);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    c.env("PATH", path);
+    let out = run_with_stdin(
+        c,
+        &[
+            "build",
+            "recipe.toml",
+            "--push",
+            &r.repo("kiln/credhelper:v1"),
+        ],
+        None,
+    );
+    assert_success(&out, "build --push with a credential helper");
+    assert_eq!(std::fs::read_to_string(&asked).unwrap().trim(), r.host);
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains(PASSWORD),
+            "the secret leaked"
+        );
+    }
+}
+
 #[test]
 fn copy_between_repositories_mounts_every_blob() {
     let r = registry(Flavour::Plain);
