@@ -2,7 +2,9 @@
 //!
 //! Digests depend on the compressed bytes, so the backends and levels are
 //! part of kiln's format: gzip is flate2's pure-Rust miniz_oxide backend at
-//! level 6 with a header carrying no name, mtime 0 and OS byte 255; zstd is
+//! level 6, in independent 1 MiB chunks compressed on all CPUs and joined
+//! into one stream ([`super::pgzip`]), with a header carrying no name, mtime 0
+//! and OS byte 255; zstd is
 //! libzstd (bundled, pinned by Cargo.lock) at level 3, single-threaded, with
 //! no checksum and no content size. Neither depends on the number of
 //! threads or the CPU's features. Changing any of this changes digests and
@@ -12,7 +14,6 @@ use std::io::{self, Write};
 
 use crate::recipe::Compression;
 
-const GZIP_LEVEL: u32 = 6;
 const ZSTD_LEVEL: i32 = 3;
 
 /// The OCI media type of a layer compressed with `c`.
@@ -26,7 +27,7 @@ pub fn media_type(c: Compression) -> &'static str {
 /// A streaming compressor writing into `W`.
 pub enum Encoder<W: Write> {
     /// gzip.
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pgzip::ParallelGzip<W>),
     /// zstd.
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
@@ -35,12 +36,10 @@ impl<W: Write> Encoder<W> {
     /// Starts compressing into `out`.
     pub fn new(c: Compression, out: W) -> io::Result<Self> {
         Ok(match c {
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(out, flate2::Compression::new(GZIP_LEVEL)),
-            ),
+            Compression::Gzip => {
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Encoder::Gzip(super::pgzip::ParallelGzip::new(out, workers))
+            }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 enc.include_checksum(false)?;

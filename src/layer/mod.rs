@@ -8,6 +8,7 @@
 //! build fails it rather than producing a layer whose cache key lies.
 
 pub mod compress;
+pub mod pgzip;
 pub mod read;
 pub mod tar;
 
