@@ -1,0 +1,242 @@
+//! Root disks for VM bundles: the merged image tree written out with its
+//! owners and modes, then made into a reproducible erofs, squashfs or ext4
+//! image, and converted to qcow2.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader};
+use std::path::Path;
+
+use super::{Meta, Node};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+
+/// Writes `tree` into a fresh directory with its modes and owners (needs root
+/// to give files other owners than the caller).
+pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    for (path, m) in tree {
+        let to = dir.join(path);
+        match &m.node {
+            Node::Dir => std::fs::create_dir_all(&to).at("create", &to)?,
+            Node::File { digest, .. } => {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).at("create", parent)?;
+                }
+                let mut src = store.open_blob(digest)?;
+                let mut f = std::fs::File::create(&to).at("create", &to)?;
+                io::copy(&mut src, &mut f)
+                    .map_err(|e| crate::store::verify_error(e, &store.blob_path(digest)))?;
+            }
+            Node::Symlink(t) => {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).at("create", parent)?;
+                }
+                symlink(t, &to).at("create link", &to)?;
+            }
+        }
+        std::os::unix::fs::lchown(&to, Some(m.uid), Some(m.gid)).map_err(|e| {
+            Error::invalid(
+                format!("cannot give `/{path}` its owner {}:{} ({e})", m.uid, m.gid),
+                Some("building a VM disk needs root: file owners go into the filesystem".into()),
+            )
+        })?;
+    }
+    // Modes last, deepest first, so read-only directories do not stop the writes.
+    for (path, m) in tree.iter().rev() {
+        if !matches!(m.node, Node::Symlink(_)) {
+            let to = dir.join(path);
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode))
+                .at("set the mode of", &to)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn run_tool(cmd: &mut std::process::Command, what: &str, package: &str) -> Result<()> {
+    let out = cmd.output().map_err(|e| {
+        Error::invalid(
+            format!("cannot run {what}: {e}"),
+            Some(format!("install Debian's `{package}` package")),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(Error::invalid(
+            format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// A read-only root filesystem image of `tree`: erofs by `mkfs.erofs`, or
+/// squashfs by `mksquashfs`, each with a fixed time (and UUID for erofs).
+pub(super) fn make_disk(
+    store: &Store,
+    tree: &BTreeMap<String, Meta>,
+    mtime: u64,
+    uuid: &str,
+    fs: &str,
+    size: Option<u64>,
+) -> Result<(Digest, u64)> {
+    let work = tempfile::tempdir_in(store.root().join("tmp"))
+        .at("create a temporary directory in", store.root())?;
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).at("create", &root)?;
+    materialize(store, tree, &root)?;
+    let image = work.path().join("disk.raw");
+    if fs == "ext4" {
+        make_ext4(tree, &root, &image, mtime, uuid, size, work.path())?;
+    } else if fs == "squashfs" {
+        run_tool(
+            std::process::Command::new("mksquashfs")
+                .arg(&root)
+                .arg(&image)
+                .args([
+                    "-noappend",
+                    "-no-xattrs",
+                    "-no-progress",
+                    "-quiet",
+                    "-processors",
+                    "1",
+                ])
+                .arg("-mkfs-time")
+                .arg(mtime.to_string())
+                .arg("-all-time")
+                .arg(mtime.to_string()),
+            "`mksquashfs`",
+            "squashfs-tools",
+        )?;
+    } else {
+        run_tool(
+            std::process::Command::new("mkfs.erofs")
+                .arg(format!("-T{mtime}"))
+                .arg(format!("-U{uuid}"))
+                .arg("-x-1")
+                .arg("--quiet")
+                .arg(&image)
+                .arg(&root),
+            "`mkfs.erofs`",
+            "erofs-utils",
+        )?;
+    }
+    if let (Some(want), false) = (size, fs == "ext4") {
+        // A fixed disk size: pad the read-only image with zeros.
+        let have = std::fs::metadata(&image).at("stat", &image)?.len();
+        if have > want {
+            return Err(Error::invalid(
+                format!("the {fs} root needs {have} bytes, more than `size` ({want})"),
+                Some("raise `size`, or leave it out".into()),
+            ));
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .and_then(|f| f.set_len(want))
+            .at("extend", &image)?;
+    }
+    let file = std::fs::File::open(&image).at("open", &image)?;
+    let mut w = store.writer()?;
+    io::copy(&mut BufReader::new(file), &mut w).at("read", &image)?;
+    w.commit(None)
+}
+
+/// An ext4 image of `root` by `mke2fs -d`, made reproducible: a fake clock,
+/// a fixed UUID and hash seed, no journal, and every inode's times reset
+/// with `debugfs` afterwards (`mke2fs -d` copies the source files' times).
+fn make_ext4(
+    tree: &BTreeMap<String, Meta>,
+    root: &Path,
+    image: &Path,
+    mtime: u64,
+    uuid: &str,
+    size: Option<u64>,
+    work: &Path,
+) -> Result<()> {
+    let content: u64 = tree
+        .values()
+        .map(|m| match &m.node {
+            Node::File { size, .. } => size.div_ceil(4096) * 4096,
+            _ => 4096,
+        })
+        .sum();
+    let size =
+        size.unwrap_or_else(|| (content + content / 2 + (32 << 20)).div_ceil(1 << 20) * (1 << 20));
+    let clock = mtime.to_string();
+    run_tool(
+        std::process::Command::new("mke2fs")
+            .env("E2FSPROGS_FAKE_TIME", &clock)
+            .args([
+                "-q",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-I",
+                "256",
+                "-O",
+                "^has_journal",
+            ])
+            .arg("-U")
+            .arg(uuid)
+            .arg("-E")
+            .arg(format!("hash_seed={uuid},root_owner=0:0"))
+            .arg("-d")
+            .arg(root)
+            .arg(image)
+            .arg(format!("{}k", size / 1024)),
+        "`mke2fs`",
+        "e2fsprogs",
+    )?;
+    let mut cmds = String::new();
+    let paths = std::iter::once("/".to_string())
+        .chain(std::iter::once("/lost+found".to_string()))
+        .chain(tree.keys().map(|p| format!("/{p}")));
+    for p in paths {
+        if p.contains(['"', '\n', '\\']) {
+            return Err(Error::invalid(
+                format!("`{p}` has a character kiln cannot pass to debugfs"),
+                Some("rename it, or use `root = \"erofs\"`".into()),
+            ));
+        }
+        for field in ["atime", "ctime", "mtime", "crtime"] {
+            cmds.push_str(&format!(
+                "sif \"{p}\" {field} {clock}\nsif \"{p}\" {field}_extra 0\n"
+            ));
+        }
+    }
+    let script = work.join("debugfs.cmds");
+    std::fs::write(&script, cmds).at("write", &script)?;
+    run_tool(
+        std::process::Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", &clock)
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(image),
+        "`debugfs`",
+        "e2fsprogs",
+    )
+}
+
+/// The raw disk converted to qcow2 by `qemu-img`.
+pub(super) fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
+    let work = tempfile::tempdir_in(store.root().join("tmp"))
+        .at("create a temporary directory in", store.root())?;
+    let out = work.path().join("disk.qcow2");
+    run_tool(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(store.blob_path(raw))
+            .arg(&out),
+        "`qemu-img convert`",
+        "qemu-utils",
+    )?;
+    let file = std::fs::File::open(&out).at("open", &out)?;
+    let mut w = store.writer()?;
+    io::copy(&mut BufReader::new(file), &mut w).at("read", &out)?;
+    w.commit(None)
+}
