@@ -12,13 +12,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use apt_support::{Pkg, Repo};
-use common::{assert_success, last_digest, Work};
+use common::{assert_success, last_digest, mode, owner, read, Work};
 use serde_json::Value;
 
 const SUITE: &str = "kiln-test";
@@ -89,25 +88,6 @@ fn unpack(w: &Work, layout: &str, bundle: &str) -> PathBuf {
     w.path().join(bundle).join("rootfs")
 }
 
-/// Mode bits (with setuid/setgid/sticky), not following symlinks.
-fn mode(p: &Path) -> u32 {
-    fs::symlink_metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-/// (uid, gid), not following symlinks.
-fn owner(p: &Path) -> (u32, u32) {
-    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    (m.uid(), m.gid())
-}
-
-fn read(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 // ---------------------------------------------------------------------------
 // Running kiln against a repository
 // ---------------------------------------------------------------------------
@@ -128,6 +108,17 @@ fn ok(w: &Work, mirror: &str, store: Option<&Path>, args: &[&str]) -> String {
     let out = kiln(w, mirror, store, args);
     assert_success(&out, &format!("kiln {}", args.join(" ")));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kiln build recipe.toml --out OUT` in `w` against `mirror` with the
+/// workspace's store; returns the printed digest.
+fn build(w: &Work, mirror: &str, out: &str) -> String {
+    last_digest(&ok(
+        w,
+        mirror,
+        None,
+        &["build", "recipe.toml", "--out", out],
+    ))
 }
 
 /// As [`kiln`], asserting failure; returns (exit code, stderr).
@@ -349,6 +340,30 @@ fn workspace(repo: &Repo, platforms: &[&str], layers: &str) -> Work {
     w
 }
 
+/// A repository with `hello` (depending on `libhello`) and a workspace whose
+/// recipe installs `hello`, already locked.
+fn hello_repo_locked() -> (Repo, Work) {
+    let repo = Repo::start(
+        SUITE,
+        &["main"],
+        &[
+            Pkg::new("hello", "1", "amd64").depends("libhello").file(
+                "/usr/bin/hello",
+                "hello\n",
+                0o755,
+            ),
+            Pkg::new("libhello", "1", "amd64").file("/usr/lib/libhello.so", "lib\n", 0o644),
+        ],
+    );
+    let w = workspace(
+        &repo,
+        &["linux/amd64"],
+        "[[layers]]\npackages = [\"hello\"]\n",
+    );
+    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
+    (repo, w)
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -397,12 +412,7 @@ fn lock_resolves_dependencies_and_build_installs_the_locked_debs() {
     );
 
     // Build twice from two different stores: the same digest.
-    let one = last_digest(&ok(
-        &w,
-        &repo.url,
-        None,
-        &["build", "recipe.toml", "--out", "out/one"],
-    ));
+    let one = build(&w, &repo.url, "out/one");
     let other_store = w.path().join("store-two");
     let two = last_digest(&ok(
         &w,
@@ -766,30 +776,8 @@ fn locked_refuses_a_lock_that_pins_packages_the_recipe_dropped() {
 
 #[test]
 fn build_refuses_a_tampered_deb_and_leaves_out_alone() {
-    let repo = Repo::start(
-        SUITE,
-        &["main"],
-        &[
-            Pkg::new("hello", "1", "amd64").depends("libhello").file(
-                "/usr/bin/hello",
-                "hello\n",
-                0o755,
-            ),
-            Pkg::new("libhello", "1", "amd64").file("/usr/lib/libhello.so", "lib\n", 0o644),
-        ],
-    );
-    let w = workspace(
-        &repo,
-        &["linux/amd64"],
-        "[[layers]]\npackages = [\"hello\"]\n",
-    );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
-    let good = last_digest(&ok(
-        &w,
-        &repo.url,
-        None,
-        &["build", "recipe.toml", "--out", "out/img"],
-    ));
+    let (repo, w) = hello_repo_locked();
+    let good = build(&w, &repo.url, "out/img");
     let index_before = fs::read(w.path().join("out/img/index.json")).unwrap();
 
     repo.tamper(&repo.deb_path("libhello"));
@@ -811,44 +799,17 @@ fn build_refuses_a_tampered_deb_and_leaves_out_alone() {
     );
     assert!(!w.path().join("out/new").exists(), "something at --out");
     // The first store still holds the good .deb: building from it still works.
-    let again = last_digest(&ok(
-        &w,
-        &repo.url,
-        None,
-        &["build", "recipe.toml", "--out", "out/img"],
-    ));
+    let again = build(&w, &repo.url, "out/img");
     assert_eq!(good, again);
 }
 
 #[test]
 fn offline_builds_from_the_store_alone() {
-    let repo = Repo::start(
-        SUITE,
-        &["main"],
-        &[
-            Pkg::new("hello", "1", "amd64").depends("libhello").file(
-                "/usr/bin/hello",
-                "hello\n",
-                0o755,
-            ),
-            Pkg::new("libhello", "1", "amd64").file("/usr/lib/libhello.so", "lib\n", 0o644),
-        ],
-    );
-    let w = workspace(
-        &repo,
-        &["linux/amd64"],
-        "[[layers]]\npackages = [\"hello\"]\n",
-    );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
+    let (repo, w) = hello_repo_locked();
     let debs = [repo.deb_path("hello"), repo.deb_path("libhello")];
 
     repo.clear_requests();
-    let first = last_digest(&ok(
-        &w,
-        &repo.url,
-        None,
-        &["build", "recipe.toml", "--out", "out/one"],
-    ));
+    let first = build(&w, &repo.url, "out/one");
     let requests = repo.requests();
     for deb in &debs {
         assert_eq!(
@@ -860,12 +821,7 @@ fn offline_builds_from_the_store_alone() {
 
     // Online again with the same store: no .deb is downloaded again.
     repo.clear_requests();
-    let second = last_digest(&ok(
-        &w,
-        &repo.url,
-        None,
-        &["build", "recipe.toml", "--out", "out/two"],
-    ));
+    let second = build(&w, &repo.url, "out/two");
     assert_eq!(first, second);
     let requests = repo.requests();
     assert!(
@@ -939,12 +895,7 @@ fn multi_platform_locks_and_installs_each_architecture() {
         Pkg::new("tool", "2.0", "arm64").pool_path("main")
     );
 
-    let digest = last_digest(&ok(
-        &w,
-        &repo.url,
-        None,
-        &["build", "recipe.toml", "--out", "out/multi"],
-    ));
+    let digest = build(&w, &repo.url, "out/multi");
     let layout = w.path().join("out/multi");
     let top: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     let top = top["manifests"].as_array().unwrap();

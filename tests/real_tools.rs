@@ -84,25 +84,6 @@ fn unpack(w: &Work, layout: &str, tag: &str, bundle: &str) -> PathBuf {
     w.path().join(bundle)
 }
 
-/// Mode bits (with setuid/setgid/sticky) of a path, not following symlinks.
-fn mode(p: &Path) -> u32 {
-    fs::symlink_metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-/// (uid, gid) of a path, not following symlinks.
-fn owner(p: &Path) -> (u32, u32) {
-    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    (m.uid(), m.gid())
-}
-
-fn read(p: &Path) -> String {
-    fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
 /// The C source of the probe the `runc` tests run: it prints a marker, its
 /// identity, argv and environment, and acts on `cat=PATH` / `readlink=PATH`
 /// arguments so a test can see files from inside the container.
@@ -197,6 +178,16 @@ fn runc(w: &Work, bundle: &Path, args: Option<&[&str]>) -> String {
         .args(["run", "--bundle"])
         .arg(bundle)
         .arg(&id))
+}
+
+/// Asserts that each of `lines` is a whole line of `out`.
+fn assert_has_lines(out: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            out.lines().any(|l| l == *line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -600,23 +591,21 @@ fn runc_runs_the_entrypoint() {
     let bundle = unpack(&w, "img", "v1", "bundle");
     let out = runc(&w, &bundle, None);
     assert!(out.starts_with("KILN-PROBE-OK\n"), "{out}");
-    for line in [
-        "uid=65532 gid=65533",
-        "cwd=/app",
-        "argv[0]=/app/probe",
-        "argv[1]=two words",
-        "argv[2]=cat=/etc/greeting",
-        "argv[3]=readlink=/usr/bin/probe",
-        "env=PATH=/usr/bin:/bin",
-        "env=GREETING=hé llo",
-        "cat /etc/greeting: hello from kiln",
-        "readlink /usr/bin/probe: /app/probe",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "no line {line:?} in:\n{out}"
-        );
-    }
+    assert_has_lines(
+        &out,
+        &[
+            "uid=65532 gid=65533",
+            "cwd=/app",
+            "argv[0]=/app/probe",
+            "argv[1]=two words",
+            "argv[2]=cat=/etc/greeting",
+            "argv[3]=readlink=/usr/bin/probe",
+            "env=PATH=/usr/bin:/bin",
+            "env=GREETING=hé llo",
+            "cat /etc/greeting: hello from kiln",
+            "readlink /usr/bin/probe: /app/probe",
+        ],
+    );
 }
 
 #[test]
@@ -822,22 +811,20 @@ contents = [
     assert_eq!(owner(&root.join("srv")), (65532, 65532));
 
     let out = runc(&w, &bundle, None);
-    for line in [
-        "uid=65532 gid=65532",
-        "cwd=/srv",
-        "env=PATH=/usr/bin:/bin",
-        "env=FROM_BASE=base",
-        "env=FROM_CHILD=child",
-        "env=OVERRIDDEN=child",
-        "cat /etc/base-only: base",
-        "cat /etc/replaced: from child",
-        "cat /srv/site/index.html: site",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "no line {line:?} in:\n{out}"
-        );
-    }
+    assert_has_lines(
+        &out,
+        &[
+            "uid=65532 gid=65532",
+            "cwd=/srv",
+            "env=PATH=/usr/bin:/bin",
+            "env=FROM_BASE=base",
+            "env=FROM_CHILD=child",
+            "env=OVERRIDDEN=child",
+            "cat /etc/base-only: base",
+            "cat /etc/replaced: from child",
+            "cat /srv/site/index.html: site",
+        ],
+    );
     assert!(!out.contains("OVERRIDDEN=base"), "{out}");
 }
 
@@ -884,18 +871,16 @@ contents = [ {{ dest = "/etc/b", text = "b\n" }} ]
         &bundle,
         Some(&["/app/probe", "cat=/etc/greeting", "cat=/etc/b"]),
     );
-    for line in [
-        "uid=65532 gid=65533",
-        "env=GREETING=hé llo",
-        "env=FROM_B=b",
-        "cat /etc/greeting: hello from kiln",
-        "cat /etc/b: b",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "no line {line:?} in:\n{out}"
-        );
-    }
+    assert_has_lines(
+        &out,
+        &[
+            "uid=65532 gid=65533",
+            "env=GREETING=hé llo",
+            "env=FROM_B=b",
+            "cat /etc/greeting: hello from kiln",
+            "cat /etc/b: b",
+        ],
+    );
 
     // Without a digest, a layout holding one image is that image.
     w.write(
@@ -1177,18 +1162,16 @@ fn readme_example_unpacks_and_runs() {
         &bundle,
         Some(&["/probe", "cat=/srv/www/VERSION", "cat=/etc/passwd"]),
     );
-    for line in [
-        "uid=65532 gid=65532",
-        "cwd=/srv/www",
-        "env=SITE_ROOT=/srv/www",
-        "env=PATH=/usr/local/bin:/usr/bin:/bin",
-        "cat /srv/www/VERSION: 1",
-    ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "no line {line:?} in:\n{out}"
-        );
-    }
+    assert_has_lines(
+        &out,
+        &[
+            "uid=65532 gid=65532",
+            "cwd=/srv/www",
+            "env=SITE_ROOT=/srv/www",
+            "env=PATH=/usr/local/bin:/usr/bin:/bin",
+            "cat /srv/www/VERSION: 1",
+        ],
+    );
     assert!(out.contains("nonroot:x:65532:65532"), "{out}");
 }
 

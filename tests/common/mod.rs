@@ -117,3 +117,25 @@ pub fn run(cmd: &mut Command) -> String {
     assert_success(&out, &format!("{cmd:?}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Mode bits (with setuid/setgid/sticky) of a path, not following symlinks.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// (uid, gid) of a path, not following symlinks.
+pub fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid())
+}
+
+/// The text of a file; panics naming the path when it cannot be read.
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
