@@ -225,6 +225,8 @@ fn disk_bundle(fs: &str) {
         );
     }
     a.ok(&["build", "vm.toml"]);
+    // A second apart, so that a clock leaking into the disk would show.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     b.ok(&["build", "vm.toml", "--out", "other/place"]);
     for file in [
         "vmlinuz",

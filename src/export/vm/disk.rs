@@ -165,7 +165,9 @@ fn make_ext4(
         .sum();
     let size =
         size.unwrap_or_else(|| (content + content / 2 + (32 << 20)).div_ceil(1 << 20) * (1 << 20));
-    let clock = mtime.to_string();
+    // e2fsprogs reads a fake time of 0 as "none" and stamps the superblock
+    // with the real clock, so the epoch itself is written as 1.
+    let clock = mtime.max(1).to_string();
     run_tool(
         std::process::Command::new("mke2fs")
             .env("E2FSPROGS_FAKE_TIME", &clock)

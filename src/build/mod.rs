@@ -1,0 +1,417 @@
+//! The whole pipeline for one recipe: parse → resolve the base → plan the
+//! layers → build them into the store (or take them from the layer cache) →
+//! assemble config, manifests and index.
+//!
+//! Nothing here writes outside the store; [`crate::export`] writes outputs.
+//! Base recipes are built first, recursively, with cycles refused.
+
+mod base;
+mod packages;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::image::{self, Image, Stored};
+use crate::lock;
+use crate::plan::{DirMap, LayerPlan};
+use crate::recipe::{Platform, Recipe};
+use crate::source::local;
+use crate::store::stat_cache::StatCache;
+use crate::store::{LayerRecord, Store};
+
+/// Settings for a build that do not come from the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `SOURCE_DATE_EPOCH`: every mtime and `created`; 0 when unset.
+    pub source_date_epoch: Option<u64>,
+    /// How many layers to build at once (0: one per CPU).
+    pub jobs: usize,
+    /// How to reach registries for registry bases.
+    pub registry: crate::registry::Options,
+    /// Fail unless every recipe's lockfile exists and matches it exactly (for CI).
+    pub locked: bool,
+    /// Use only what is in the store: never download a package.
+    pub offline: bool,
+}
+
+/// What a build reports as it goes; the CLI draws it on stderr.
+pub trait Reporter: Sync {
+    /// Something happened.
+    fn event(&self, event: Event<'_>);
+}
+
+/// Progress events.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Started on a recipe (the top one or a base).
+    Recipe {
+        /// Its path.
+        path: &'a Path,
+    },
+    /// A layer came from the cache.
+    LayerCached {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// The blob.
+        digest: &'a Digest,
+    },
+    /// A layer is being built.
+    LayerStarted {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// Regular files in it.
+        files: usize,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// A layer was built.
+    LayerBuilt {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// The blob.
+        digest: &'a Digest,
+        /// Compressed size.
+        size: u64,
+    },
+}
+
+/// A reporter that says nothing.
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn event(&self, _: Event<'_>) {}
+}
+
+/// One layer of a built image, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// The recipe's name for it (the base's layers have none).
+    pub name: Option<String>,
+    /// Compressed blob digest.
+    pub digest: Digest,
+    /// Uncompressed tar digest.
+    pub diff_id: Digest,
+    /// Compressed size.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// Whether it came from the layer cache.
+    pub cached: bool,
+    /// Whether it is one of the base image's layers.
+    pub from_base: bool,
+}
+
+/// One platform's manifest, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestReport {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Manifest digest.
+    pub digest: Digest,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerReport>,
+}
+
+/// An input of a build, named by digest (for provenance).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Material {
+    /// What it is: `file:PATH`, `oci:PATH`, a registry reference, `recipe:PATH`.
+    pub uri: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// A finished build: everything is in the store.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Every input, sorted: the recipe's files, lockfile, bases (and theirs).
+    pub materials: Vec<Material>,
+    /// Start and finish (RFC 3339), only when `SOURCE_DATE_EPOCH` is unset.
+    pub times: Option<(String, String)>,
+    /// `SOURCE_DATE_EPOCH` as used.
+    pub source_date_epoch: Option<u64>,
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Per platform: the image and its stored manifest.
+    pub images: Vec<(Image, Stored)>,
+    /// What the output points at: the manifest, or the index for several platforms.
+    pub top: Stored,
+    /// Per-platform reports.
+    pub manifests: Vec<ManifestReport>,
+}
+
+/// Builds the recipe at `path` into `store`.
+pub fn build(
+    store: &Store,
+    path: &Path,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+) -> Result<Built> {
+    let now = || {
+        image::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    };
+    // Times go into provenance only when they cannot break reproducibility.
+    let started = settings.source_date_epoch.is_none().then(now);
+    let mut stack = Vec::new();
+    let mut built = build_recipe(store, path, settings, reporter, &mut stack)?;
+    built.times = started.map(|s| (s, now()));
+    Ok(built)
+}
+
+fn build_recipe(
+    store: &Store,
+    path: &Path,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<Built> {
+    reporter.event(Event::Recipe { path });
+    let recipe = Recipe::load(path)?;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    stack.push((canonical, path.to_path_buf()));
+    let result = build_loaded(store, recipe, settings, reporter, stack);
+    stack.pop();
+    result
+}
+
+fn build_loaded(
+    store: &Store,
+    recipe: Recipe,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<Built> {
+    let epoch = settings.source_date_epoch.unwrap_or(0);
+    let created = image::rfc3339(epoch);
+    if settings.locked {
+        base::check_locked(&recipe)?;
+    }
+    let (bases, mut materials) = base::resolve_base(store, &recipe, settings, reporter, stack)?;
+    materials.push(Material {
+        uri: format!("recipe:{}", recipe.source.path.display()),
+        digest: Digest::of(recipe.source.text.as_bytes()),
+    });
+    let lock_path = lock::path_for(&recipe.source.path);
+    if let Ok(bytes) = std::fs::read(&lock_path) {
+        materials.push(Material {
+            uri: format!("lock:{}", lock_path.display()),
+            digest: Digest::of(&bytes),
+        });
+    }
+
+    // Plan every layer for every platform. Entries may differ per platform
+    // (`{arch}` in `src`, `platforms` filters); where they do not, the plans
+    // have the same input digest and the layer is built once.
+    let hashes = StatCache::load(store.root().join("stat-cache"));
+    let mut per_platform: Vec<Vec<LayerPlan>> = Vec::new();
+    for (platform, (base, _)) in recipe.platforms.iter().zip(&bases) {
+        // Directories below each layer, so implied parents keep their modes.
+        let mut below = DirMap::new();
+        for layer in &base.layers {
+            crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
+        }
+        let mut plans = Vec::new();
+        for (layer_no, section) in recipe.layers.iter().enumerate() {
+            let packages = packages::packages_for(
+                store,
+                &recipe,
+                layer_no,
+                platform,
+                settings,
+                &mut materials,
+            )?;
+            let plan =
+                local::plan_layer(&recipe, section, epoch, &below, &hashes, platform, packages)?;
+            plan.add_dirs_to(&mut below);
+            plans.push(plan);
+        }
+        per_platform.push(plans);
+    }
+    hashes.save()?;
+    for entry in per_platform.iter().flatten().flat_map(|p| &p.entries) {
+        if let crate::plan::EntryKind::File {
+            content: crate::plan::Content::Host(path),
+            digest,
+            ..
+        } = &entry.kind
+        {
+            materials.push(Material {
+                uri: format!("file:{}", path.display()),
+                digest: digest.clone(),
+            });
+        }
+    }
+    materials.sort();
+    materials.dedup();
+    let mut unique: Vec<LayerPlan> = Vec::new();
+    for plan in per_platform.iter().flatten() {
+        if !unique.iter().any(|u| u.input_digest == plan.input_digest) {
+            unique.push(plan.clone());
+        }
+    }
+    let built = build_layers(store, &unique, &recipe, settings, reporter, epoch)?;
+    let built_for = |plan: &LayerPlan| {
+        let i = unique
+            .iter()
+            .position(|u| u.input_digest == plan.input_digest)
+            .expect("every plan was built");
+        built[i].clone()
+    };
+
+    let mut images = Vec::new();
+    let mut manifests = Vec::new();
+    for ((platform, (base, mut reports)), plans) in
+        recipe.platforms.iter().zip(bases).zip(&per_platform)
+    {
+        let mut img = base;
+        img.platform = platform.clone();
+        img.apply_config(&recipe.config);
+        img.set_created(&created);
+        for plan in plans {
+            let (record, cached) = built_for(plan);
+            reports.push(report(&record, plan.name.clone(), cached, false));
+            img.push_layer(record, plan.name.as_deref(), &created);
+        }
+        let stored = img.store(store, &recipe.annotations)?;
+        manifests.push(ManifestReport {
+            platform: platform.to_string(),
+            digest: stored.digest.clone(),
+            layers: reports,
+        });
+        images.push((img, stored));
+    }
+    let top = if images.len() == 1 {
+        images[0].1.clone()
+    } else {
+        let list: Vec<(Platform, Stored)> = images
+            .iter()
+            .map(|(i, s)| (i.platform.clone(), s.clone()))
+            .collect();
+        image::store_index(store, &list, &recipe.annotations)?
+    };
+    Ok(Built {
+        materials,
+        times: None,
+        source_date_epoch: settings.source_date_epoch,
+        recipe,
+        images,
+        top,
+        manifests,
+    })
+}
+
+fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) -> LayerReport {
+    LayerReport {
+        name,
+        digest: l.digest.clone(),
+        diff_id: l.diff_id.clone(),
+        size: l.size,
+        media_type: l.media_type.clone(),
+        cached,
+        from_base,
+    }
+}
+
+/// An error and its causes, joined with `: `.
+pub fn render_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Builds every layer not in the cache, several at once; returns (record, cached) per plan.
+fn build_layers(
+    store: &Store,
+    plans: &[LayerPlan],
+    recipe: &Recipe,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+    epoch: u64,
+) -> Result<Vec<(LayerRecord, bool)>> {
+    let mut results: Vec<Option<(LayerRecord, bool)>> = plans
+        .iter()
+        .map(|p| {
+            store.cached_layer(&p.input_digest).map(|r| {
+                reporter.event(Event::LayerCached {
+                    name: p.name.as_deref(),
+                    digest: &r.digest,
+                });
+                (r, true)
+            })
+        })
+        .collect();
+    let todo: Vec<usize> = (0..plans.len()).filter(|&i| results[i].is_none()).collect();
+    let jobs = match settings.jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(todo.len().max(1));
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::new());
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                if first_error
+                    .lock()
+                    .expect("no panics hold this lock")
+                    .is_some()
+                {
+                    return;
+                }
+                let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    return;
+                };
+                let plan = &plans[i];
+                let (files, bytes) = plan.file_stats();
+                reporter.event(Event::LayerStarted {
+                    name: plan.name.as_deref(),
+                    files,
+                    bytes,
+                });
+                let result = crate::layer::build(store, &plan.entries, recipe.compression, epoch)
+                    .and_then(|r| store.remember_layer(&plan.input_digest, &r).map(|_| r));
+                match result {
+                    Ok(r) => {
+                        reporter.event(Event::LayerBuilt {
+                            name: plan.name.as_deref(),
+                            digest: &r.digest,
+                            size: r.size,
+                        });
+                        done.lock().expect("no panics hold this lock").push((i, r));
+                    }
+                    Err(e) => {
+                        first_error
+                            .lock()
+                            .expect("no panics hold this lock")
+                            .get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("threads are joined") {
+        return Err(e);
+    }
+    for (i, r) in done.into_inner().expect("threads are joined") {
+        results[i] = Some((r, false));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every layer was cached or built"))
+        .collect())
+}
