@@ -340,6 +340,13 @@ fn workspace(repo: &Repo, platforms: &[&str], layers: &str) -> Work {
     w
 }
 
+/// [`workspace`], locked with `kiln lock` against `repo`.
+fn locked_workspace(repo: &Repo, platforms: &[&str], layers: &str) -> Work {
+    let w = workspace(repo, platforms, layers);
+    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
+    w
+}
+
 /// A repository with `hello` (depending on `libhello`) and a workspace whose
 /// recipe installs `hello`, already locked.
 fn hello_repo_locked() -> (Repo, Work) {
@@ -355,12 +362,11 @@ fn hello_repo_locked() -> (Repo, Work) {
             Pkg::new("libhello", "1", "amd64").file("/usr/lib/libhello.so", "lib\n", 0o644),
         ],
     );
-    let w = workspace(
+    let w = locked_workspace(
         &repo,
         &["linux/amd64"],
         "[[layers]]\npackages = [\"hello\"]\n",
     );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
     (repo, w)
 }
 
@@ -535,13 +541,12 @@ fn build_without_a_lock_fails_with_a_hint() {
 #[test]
 fn ca_certificates_bundle_and_recipe_files_win() {
     let repo = shared();
-    let w = workspace(
+    let w = locked_workspace(
         repo,
         &["linux/amd64"],
         "[[layers]]\npackages = [\"ca-certificates\"]\n\
          contents = [{ dest = \"/etc/ca-certificates.conf\", text = \"from the recipe\\n\" }]\n",
     );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
     let rows = locked(&w.path().join("recipe.lock"));
     assert_eq!(
         set_for(&rows, "amd64"),
@@ -697,13 +702,12 @@ fn an_impossible_chain_points_at_the_package_it_starts_from() {
 #[test]
 fn later_layers_reuse_what_earlier_layers_install() {
     let repo = shared();
-    let w = workspace(
+    let w = locked_workspace(
         repo,
         &["linux/amd64"],
         "[[layers]]\nname = \"base\"\npackages = [\"postfix\", \"libfoo\"]\n\n\
          [[layers]]\nname = \"app\"\npackages = [\"app\"]\n",
     );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
     let rows = locked(&w.path().join("recipe.lock"));
     let layer = |n: i64| -> BTreeSet<String> {
         rows.iter()
@@ -739,12 +743,11 @@ fn later_layers_reuse_what_earlier_layers_install() {
 #[test]
 fn locked_refuses_a_lock_that_pins_packages_the_recipe_dropped() {
     let repo = shared();
-    let w = workspace(
+    let w = locked_workspace(
         repo,
         &["linux/amd64"],
         "[[layers]]\npackages = [\"tool\", \"postfix\"]\n",
     );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
     w.write(
         "recipe.toml",
         recipe(
@@ -856,12 +859,11 @@ fn offline_builds_from_the_store_alone() {
 #[test]
 fn multi_platform_locks_and_installs_each_architecture() {
     let repo = shared();
-    let w = workspace(
+    let w = locked_workspace(
         repo,
         &["linux/amd64", "linux/arm64"],
         "[[layers]]\npackages = [\"tool\"]\n",
     );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
     let rows = locked(&w.path().join("recipe.lock"));
     assert_eq!(
         set_for(&rows, "amd64"),
@@ -951,8 +953,7 @@ fn multi_platform_locks_and_installs_each_architecture() {
 #[test]
 fn sbom_lists_the_installed_packages_with_purls() {
     let repo = shared();
-    let w = workspace(repo, &["linux/amd64"], "[[layers]]\npackages = [\"app\"]\n");
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
+    let w = locked_workspace(repo, &["linux/amd64"], "[[layers]]\npackages = [\"app\"]\n");
     ok(
         &w,
         &repo.url,
@@ -1015,12 +1016,11 @@ fn a_layer_with_shared_libraries_gets_an_ld_so_cache() {
             "libkilntest.so.1.0",
         );
     let repo = Repo::start(SUITE, &["main"], &[pkg]);
-    let w = workspace(
+    let w = locked_workspace(
         &repo,
         &["linux/amd64"],
         "[[layers]]\npackages = [\"libkilntest1\"]\n",
     );
-    ok(&w, &repo.url, None, &["lock", "recipe.toml"]);
     let first = ok(
         &w,
         &repo.url,

@@ -57,6 +57,19 @@ fn skopeo_json(args: &[&str]) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("skopeo {all:?}: {e}\n{text}"))
 }
 
+/// `skopeo copy --dest-decompress SRC dir:DIR` (DIR is `dir` in the
+/// workspace); returns DIR and the image's config as skopeo reads it.
+fn decompressed_layers(w: &Work, src: &str) -> (PathBuf, Value) {
+    let dir = w.path().join("dir");
+    skopeo(&[
+        "copy",
+        "--dest-decompress",
+        src,
+        &format!("dir:{}", dir.display()),
+    ]);
+    (dir, skopeo_json(&["--config", src]))
+}
+
 /// The sha256 of a file as `sha256sum` computes it, as `sha256:<hex>`.
 fn sha256sum(path: &Path) -> String {
     let out = run(tool("sha256sum").arg(path));
@@ -478,14 +491,7 @@ fn skopeo_copies_the_layout_and_checks_every_blob() {
     // oci → dir with layers decompressed: skopeo verifies each compressed
     // blob against its digest on the way; the uncompressed tar's sha256 must
     // be the diff_id in the config, and GNU tar must read it.
-    let dir = w.path().join("dir");
-    skopeo(&[
-        "copy",
-        "--dest-decompress",
-        &src,
-        &format!("dir:{}", dir.display()),
-    ]);
-    let config = skopeo_json(&["--config", &src]);
+    let (dir, config) = decompressed_layers(&w, &src);
     let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
         .as_array()
         .unwrap()
@@ -531,14 +537,7 @@ symlinks = [ { path = "/t/link", target = "a/y" } ]
         .args(["build", "recipe.toml", "--out", "img"]);
     last_digest(&run(&mut cmd));
     let src = format!("oci:{}:latest", w.path().join("img").display());
-    let dir = w.path().join("dir");
-    skopeo(&[
-        "copy",
-        "--dest-decompress",
-        &src,
-        &format!("dir:{}", dir.display()),
-    ]);
-    let config = skopeo_json(&["--config", &src]);
+    let (dir, config) = decompressed_layers(&w, &src);
     let id = config["rootfs"]["diff_ids"][0].as_str().unwrap();
     let tar = dir.join(id.strip_prefix("sha256:").unwrap());
 
@@ -675,14 +674,7 @@ fn zstd_layers_are_read_by_skopeo_and_tar() {
 
     // umoci 0.4 cannot read zstd layers: skopeo decompresses them (checking
     // each blob's digest), and the tars must match the config's diff_ids.
-    let dir = w.path().join("dir");
-    skopeo(&[
-        "copy",
-        "--dest-decompress",
-        &src,
-        &format!("dir:{}", dir.display()),
-    ]);
-    let config = skopeo_json(&["--config", &src]);
+    let (dir, config) = decompressed_layers(&w, &src);
     for id in config["rootfs"]["diff_ids"].as_array().unwrap() {
         let id = id.as_str().unwrap();
         let tar = dir.join(id.strip_prefix("sha256:").unwrap());
@@ -712,19 +704,10 @@ fn multi_platform_build_is_an_index_over_both() {
         "application/vnd.oci.image.index.v1+json"
     );
     let manifests = index["manifests"].as_array().unwrap();
-    let mut platforms: Vec<String> = manifests
-        .iter()
-        .map(|m| {
-            assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
-    platforms.sort();
-    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for m in manifests {
+        assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    }
+    assert_eq!(platforms(manifests), ["linux/amd64", "linux/arm64"]);
 
     // skopeo picks each platform's manifest, whose config names that platform.
     for arch in ["amd64", "arm64"] {

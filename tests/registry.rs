@@ -680,18 +680,7 @@ fn multi_platform_index_round_trips() {
         "application/vnd.oci.image.index.v1+json"
     );
     let manifests = index["manifests"].as_array().unwrap();
-    let mut platforms: Vec<String> = manifests
-        .iter()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["platform"]["os"].as_str().unwrap(),
-                m["platform"]["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
-    platforms.sort();
-    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    assert_eq!(platforms(manifests), ["linux/amd64", "linux/arm64"]);
     for arch in ["amd64", "arm64"] {
         let info: Value = serde_json::from_str(&skopeo(&[
             "inspect",

@@ -881,6 +881,14 @@ fn layer_cache(v: &Value) -> Vec<(String, bool, String)> {
         .collect()
 }
 
+/// Asserts which layers of a `kiln build --json` result came from the cache,
+/// by name and in order.
+fn assert_cached(v: &Value, want: [(&str, bool); 3], what: &str) {
+    let layers = layer_cache(v);
+    let got: Vec<(&str, bool)> = layers.iter().map(|l| (l.0.as_str(), l.1)).collect();
+    assert_eq!(got, want, "{what}");
+}
+
 #[test]
 fn cache_reuses_unchanged_layers_and_rebuilds_changed_ones() {
     let w = Work::new();
@@ -913,11 +921,10 @@ fn cache_reuses_unchanged_layers_and_rebuilds_changed_ones() {
     .unwrap();
     let changed = build_json(w.path(), "out/img");
     let changed_layers = layer_cache(&changed);
-    let cached: Vec<(&str, bool)> = changed_layers.iter().map(|l| (l.0.as_str(), l.1)).collect();
-    assert_eq!(
-        cached,
+    assert_cached(
+        &changed,
         [("etc", true), ("app", true), ("static", false)],
-        "{changed}"
+        &changed.to_string(),
     );
     assert_ne!(changed["digest"], first["digest"]);
     for i in 0..2 {
@@ -1064,18 +1071,10 @@ fn cache_notices_same_size_edits_and_mode_changes() {
     fs::write(w.path().join("static/index.html"), edited).unwrap();
     stamp("static/index.html");
     let third = build_json(w.path(), "out/img");
-    let cached: Vec<(String, bool)> = layer_cache(&third)
-        .into_iter()
-        .map(|l| (l.0, l.1))
-        .collect();
-    assert_eq!(
-        cached,
-        [
-            ("etc".to_string(), true),
-            ("app".to_string(), true),
-            ("static".to_string(), false)
-        ],
-        "a same-size, same-mtime edit must rebuild its layer"
+    assert_cached(
+        &third,
+        [("etc", true), ("app", true), ("static", false)],
+        "a same-size, same-mtime edit must rebuild its layer",
     );
     assert_ne!(third["digest"], first["digest"]);
 
@@ -1084,18 +1083,10 @@ fn cache_notices_same_size_edits_and_mode_changes() {
         .arg("+x")
         .arg(w.path().join("README.txt")));
     let fourth = build_json(w.path(), "out/img");
-    let cached: Vec<(String, bool)> = layer_cache(&fourth)
-        .into_iter()
-        .map(|l| (l.0, l.1))
-        .collect();
-    assert_eq!(
-        cached,
-        [
-            ("etc".to_string(), true),
-            ("app".to_string(), false),
-            ("static".to_string(), true)
-        ],
-        "chmod +x must rebuild its layer"
+    assert_cached(
+        &fourth,
+        [("etc", true), ("app", false), ("static", true)],
+        "chmod +x must rebuild its layer",
     );
     assert_ne!(fourth["digest"], third["digest"]);
 }

@@ -89,11 +89,7 @@ fn fails_with(cmd: Command, args: &[&str], expected: i32) -> (String, String) {
 /// level. The label value is `tamper-A <marker>`, one byte of which
 /// [`tamper_config`] changes.
 fn recipe(w: &Work, name: &str, top: &str) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let marker = format!("{name} {} {nanos}", std::process::id());
+    let marker = unique_marker(name);
     w.write(
         "recipe.toml",
         format!(

@@ -139,3 +139,29 @@ pub fn owner(p: &Path) -> (u32, u32) {
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// `NAME PID NANOS`: a marker no other test (or run) writes, so an image
+/// holding it shares no blobs with another test's.
+pub fn unique_marker(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name} {} {nanos}", std::process::id())
+}
+
+/// The `os/architecture` of each of an index's `manifests`, sorted.
+pub fn platforms(manifests: &[serde_json::Value]) -> Vec<String> {
+    let mut platforms: Vec<String> = manifests
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    platforms.sort();
+    platforms
+}

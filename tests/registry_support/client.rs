@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::{layout_blobs, tool, Flavour, Registry, PASSWORD, USER};
-use crate::common::{assert_success, last_digest, run, Work};
+use crate::common::{assert_success, last_digest, run, unique_marker, Work};
 
 /// A `kiln` command whose auth files are the workspace's own: docker's
 /// config under `WORK/docker`, no podman or `REGISTRY_AUTH_FILE` file.
@@ -93,11 +93,7 @@ pub fn password_for(r: &Registry) -> Option<&'static str> {
 /// to this process), so its blobs are in no other test's image; `top`,
 /// `config` and `layers` are added to the top level, `[config]` and the end.
 pub fn unique_recipe(w: &Work, name: &str, top: &str, config: &str, layers: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let marker = format!("{name} {} {nanos}", std::process::id());
+    let marker = unique_marker(name);
     w.write(
         "recipe.toml",
         format!(
