@@ -67,25 +67,17 @@ fn md5sums(files: &[(&str, &[u8])]) -> String {
 
 /// Fails unless the tests run as root: `umoci unpack` keeps owners only then.
 fn need_root() {
-    let uid = run(Command::new("id").arg("-u"));
-    assert_eq!(
-        uid.trim(),
-        "0",
+    common::need_root(
         "these tests unpack images with umoci, which keeps owners only as root; run \
-         scripts/test.sh as root"
+         scripts/test.sh as root",
     );
 }
 
 /// `umoci unpack --image LAYOUT:latest BUNDLE` in the workspace; returns the rootfs.
 fn unpack(w: &Work, layout: &str, bundle: &str) -> PathBuf {
     need_root();
-    run(tool("umoci").current_dir(w.path()).args([
-        "unpack",
-        "--image",
-        &format!("{layout}:latest"),
-        bundle,
-    ]));
-    w.path().join(bundle).join("rootfs")
+    let image = format!("{layout}:latest");
+    common::umoci_unpack(tool("umoci"), w.path(), &image, bundle).join("rootfs")
 }
 
 // ---------------------------------------------------------------------------

@@ -35,11 +35,8 @@ fn tool(name: &str) -> Command {
 /// Fails unless the tests run as root: `umoci unpack` keeps owners and `runc`
 /// makes namespaces only as root.
 fn need_root() {
-    let uid = run(Command::new("id").arg("-u"));
-    assert_eq!(
-        uid.trim(),
-        "0",
-        "these tests unpack and run images, which needs root; run scripts/test.sh as root"
+    common::need_root(
+        "these tests unpack and run images, which needs root; run scripts/test.sh as root",
     );
 }
 
@@ -91,10 +88,7 @@ fn raw_digest(w: &Work, reference: &str) -> (Value, String) {
 fn unpack(w: &Work, layout: &str, tag: &str, bundle: &str) -> PathBuf {
     need_root();
     let image = format!("{layout}:{tag}");
-    run(tool("umoci")
-        .current_dir(w.path())
-        .args(["unpack", "--image", &image, bundle]));
-    w.path().join(bundle)
+    umoci_unpack(tool("umoci"), w.path(), &image, bundle)
 }
 
 /// The C source of the probe the `runc` tests run: it prints a marker, its
@@ -172,25 +166,12 @@ fn put_probe(w: &Work, rel: &str) {
 fn runc(w: &Work, bundle: &Path, args: Option<&[&str]>) -> String {
     need_root();
     static N: AtomicUsize = AtomicUsize::new(0);
-    let config_path = bundle.join("config.json");
-    let mut config: Value = serde_json::from_str(&read(&config_path)).unwrap();
-    config["process"]["terminal"] = Value::Bool(false);
-    if let Some(args) = args {
-        config["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
-    }
-    fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     let id = format!(
         "kiln-test-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let root = w.path().join("runc-root");
-    run(tool("runc")
-        .arg("--root")
-        .arg(&root)
-        .args(["run", "--bundle"])
-        .arg(bundle)
-        .arg(&id))
+    runc_run(tool("runc"), &w.path().join("runc-root"), bundle, &id, args)
 }
 
 /// Asserts that each of `lines` is a whole line of `out`.

@@ -19,7 +19,6 @@ use registry_support::{layout_blobs, registry, tool, Flavour, PASSWORD, USER};
 use serde_json::Value;
 use std::fs;
 use std::io::Write;
-use std::process::Command;
 
 #[test]
 fn build_push_is_what_skopeo_sees() {
@@ -85,11 +84,7 @@ fn build_push_is_what_skopeo_sees() {
 
 #[test]
 fn skopeo_copies_the_pushed_image_and_runc_runs_it() {
-    assert_eq!(
-        run(Command::new("id").arg("-u")).trim(),
-        "0",
-        "umoci and runc need root; run scripts/test.sh as root"
-    );
+    need_root("umoci and runc need root; run scripts/test.sh as root");
     let r = registry(Flavour::Plain);
     let w = Work::new();
     fs::copy(probe(), w.path().join("probe")).unwrap();
@@ -116,20 +111,14 @@ fn skopeo_copies_the_pushed_image_and_runc_runs_it() {
         digest.as_str(),
         "skopeo copied it unchanged"
     );
-    run(tool("umoci")
-        .current_dir(w.path())
-        .args(["unpack", "--image", "copied:v1", "bundle"]));
-    let bundle = w.path().join("bundle");
-    let config_path = bundle.join("config.json");
-    let mut config: Value = serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
-    config["process"]["terminal"] = Value::Bool(false);
-    fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let out = run(tool("runc")
-        .arg("--root")
-        .arg(w.path().join("runc-root"))
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg(format!("kiln-registry-{}", std::process::id())));
+    let bundle = umoci_unpack(tool("umoci"), w.path(), "copied:v1", "bundle");
+    let out = runc_run(
+        tool("runc"),
+        &w.path().join("runc-root"),
+        &bundle,
+        &format!("kiln-registry-{}", std::process::id()),
+        None,
+    );
     assert_eq!(out, format!("KILN-REGISTRY-PROBE marker={marker}\n"));
 }
 

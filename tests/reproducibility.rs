@@ -889,6 +889,13 @@ fn assert_cached(v: &Value, want: [(&str, bool); 3], what: &str) {
     assert_eq!(got, want, "{what}");
 }
 
+/// Asserts that every layer of a `kiln build --json` result came from the
+/// cache; the message is `WHAT: <layers>`.
+fn assert_all_cached(v: &Value, what: &str) {
+    let layers = layer_cache(v);
+    assert!(layers.iter().all(|l| l.1), "{what}: {layers:?}");
+}
+
 #[test]
 fn cache_reuses_unchanged_layers_and_rebuilds_changed_ones() {
     let w = Work::new();
@@ -906,11 +913,7 @@ fn cache_reuses_unchanged_layers_and_rebuilds_changed_ones() {
 
     // Nothing changed: every layer comes from the cache, same digest.
     let again = build_json(w.path(), "out/img");
-    let again_layers = layer_cache(&again);
-    assert!(
-        again_layers.iter().all(|l| l.1),
-        "nothing changed, yet not every layer was cached: {again_layers:?}"
-    );
+    assert_all_cached(&again, "nothing changed, yet not every layer was cached");
     assert_eq!(again["digest"], first["digest"]);
 
     // One file of the tree changes: only the `static` layer is rebuilt.
@@ -1020,11 +1023,7 @@ fn moved_checkout_reuses_the_cache() {
     assert_success(&o, "kiln build in the moved checkout");
     let moved: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(moved["digest"], first["digest"]);
-    let layers = layer_cache(&moved);
-    assert!(
-        layers.iter().all(|l| l.1),
-        "moving the checkout missed the cache: {layers:?}"
-    );
+    assert_all_cached(&moved, "moving the checkout missed the cache");
 }
 
 #[test]
@@ -1040,11 +1039,7 @@ fn excluded_files_do_not_change_the_digest() {
     fs::write(w.path().join("static/deep/new.tmp"), "new, excluded\n").unwrap();
     let again = build_json(w.path(), "out/img");
     assert_eq!(again["digest"], first["digest"]);
-    let layers = layer_cache(&again);
-    assert!(
-        layers.iter().all(|l| l.1),
-        "only excluded files changed: {layers:?}"
-    );
+    assert_all_cached(&again, "only excluded files changed");
 }
 
 #[test]

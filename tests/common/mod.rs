@@ -165,3 +165,46 @@ pub fn platforms(manifests: &[serde_json::Value]) -> Vec<String> {
     platforms.sort();
     platforms
 }
+
+/// Fails unless the tests run as root (`umoci unpack` keeps owners and `runc`
+/// makes namespaces only then), with `why` as the message.
+pub fn need_root(why: &str) {
+    let uid = run(Command::new("id").arg("-u"));
+    assert_eq!(uid.trim(), "0", "{why}");
+}
+
+/// `umoci unpack --image IMAGE BUNDLE` in `dir`, `umoci` being the command to
+/// run; returns the bundle directory.
+pub fn umoci_unpack(mut umoci: Command, dir: &Path, image: &str, bundle: &str) -> PathBuf {
+    run(umoci
+        .current_dir(dir)
+        .args(["unpack", "--image", image, bundle]));
+    dir.join(bundle)
+}
+
+/// Runs an unpacked bundle with `runc --root STATE run --bundle BUNDLE ID`,
+/// `runc` being the command to run: the bundle's config is first set to no
+/// terminal and, when `args` are given, to them as the process's argv.
+/// Returns what it printed.
+pub fn runc_run(
+    mut runc: Command,
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    args: Option<&[&str]>,
+) -> String {
+    use serde_json::Value;
+    let config_path = bundle.join("config.json");
+    let mut config: Value = serde_json::from_str(&read(&config_path)).unwrap();
+    config["process"]["terminal"] = Value::Bool(false);
+    if let Some(args) = args {
+        config["process"]["args"] = args.iter().map(|a| Value::from(*a)).collect();
+    }
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    run(runc
+        .arg("--root")
+        .arg(state)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id))
+}
