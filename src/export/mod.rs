@@ -20,6 +20,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::{oci_digest, Stored, INDEX_MEDIA_TYPE};
 use crate::json::canonical;
+use crate::source::layout::{descriptors, is_index, manifest_blobs};
 use crate::store::Store;
 
 /// What to put in an output: the top manifest or index, and the tags to name it by.
@@ -79,24 +80,11 @@ impl Output<'_> {
                 continue;
             }
             let doc: Value = serde_json::from_slice(&store.read(&d)?).unwrap_or(Value::Null);
-            for key in ["manifests", "layers"] {
-                if let Some(Value::Array(list)) = doc.get(key) {
-                    for item in list {
-                        if let Some(child) = item["digest"].as_str().and_then(|s| s.parse().ok()) {
-                            if key == "manifests" {
-                                todo.push(child);
-                            } else {
-                                out.insert(child);
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(c) = doc["config"]["digest"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-            {
-                out.insert(c);
+            let path = store.blob_path(&d);
+            if is_index(&doc) {
+                todo.extend(descriptors(&doc, &path)?.into_iter().map(|c| c.digest));
+            } else {
+                out.extend(manifest_blobs(&doc, &path)?.into_iter().map(|b| b.digest));
             }
         }
         Ok(out)

@@ -85,22 +85,9 @@ impl Registry {
                 }
                 let doc: Value =
                     serde_json::from_slice(&store.read(&m.digest)?).unwrap_or(Value::Null);
-                let descs = std::iter::once(&doc["config"])
-                    .chain(doc["layers"].as_array().into_iter().flatten());
-                for desc in descs {
-                    let digest: Digest = desc["digest"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| {
-                            Error::invalid(
-                                format!(
-                                    "manifest `{}` has a descriptor without a valid digest",
-                                    m.digest
-                                ),
-                                None,
-                            )
-                        })?;
-                    blobs.push((digest, desc["size"].as_u64().unwrap_or(0)));
+                let path = store.blob_path(&m.digest);
+                for desc in crate::source::layout::manifest_blobs(&doc, &path)? {
+                    blobs.push((desc.digest, desc.size));
                 }
             }
             blobs.sort();

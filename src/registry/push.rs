@@ -194,18 +194,9 @@ impl PushPlan {
 
     fn add_manifest_blobs(&mut self, store: &Store, digest: &Digest, bytes: &[u8]) -> Result<()> {
         let doc: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-        let descs =
-            std::iter::once(&doc["config"]).chain(doc["layers"].as_array().into_iter().flatten());
-        for desc in descs {
-            let d: Digest = desc["digest"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!("manifest `{digest}` has an invalid descriptor"),
-                        None,
-                    )
-                })?;
+        let path = store.blob_path(digest);
+        for desc in crate::source::layout::manifest_blobs(&doc, &path)? {
+            let d = desc.digest;
             if !store.contains(&d) {
                 return Err(Error::invalid(
                     format!("blob `{d}` of manifest `{digest}` is not in the store"),

@@ -279,6 +279,17 @@ pub fn descriptors(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
     }
 }
 
+/// The blobs an image manifest document names: its config, then its layers.
+pub fn manifest_blobs(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
+    let config = doc.get("config").ok_or_else(|| {
+        Error::invalid(format!("manifest `{}` has no config", path.display()), None)
+    })?;
+    std::iter::once(config)
+        .chain(doc["layers"].as_array().into_iter().flatten())
+        .map(|d| descriptor(d, path))
+        .collect()
+}
+
 fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
     let bad = |what: &str| {
         Error::invalid(
@@ -378,11 +389,8 @@ impl Layout {
                 }
                 continue;
             }
-            let path = self.blob_path(&d);
-            let blobs = std::iter::once(doc.get("config").cloned().unwrap_or(Value::Null))
-                .chain(doc["layers"].as_array().cloned().unwrap_or_default());
-            for b in blobs {
-                self.copy_to_store(&descriptor(&b, &path)?.digest, store)?;
+            for b in manifest_blobs(&doc, &self.blob_path(&d))? {
+                self.copy_to_store(&b.digest, store)?;
             }
         }
         let (digest, media_type, size) = top_media.expect("the top was read");
