@@ -45,20 +45,12 @@ need=()
 [[ -x /usr/bin/time ]] || need+=(time)
 want umoci && ! command -v umoci >/dev/null && need+=(umoci)
 command -v gzip >/dev/null || need+=(gzip)
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+install_missing "${need[@]}"
 
-if [[ -n ${KILN_BIN:-} ]]; then
-    KILN=$KILN_BIN
-else
-    log "cargo build --release"
-    (cd "$REPO" && cargo build --release --quiet)
-    KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
-fi
+[[ -n ${KILN_BIN:-} ]] || log "cargo build --release"
+KILN=$(kiln_binary "$REPO")
 [[ -x $KILN ]] || die "no kiln binary at $KILN"
 KILN=$(realpath "$KILN")
 

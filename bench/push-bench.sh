@@ -30,18 +30,10 @@ need=()
 [[ -x /usr/bin/time ]] || need+=(time)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
-if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-if [[ -n ${KILN_BIN:-} ]]; then
-    KILN=$KILN_BIN
-else
-    (cd "$REPO" && cargo build --release --quiet)
-    KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
-fi
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+install_missing "${need[@]}"
+KILN=$(kiln_binary "$REPO")
 
 WORK=$(mktemp -d /tmp/kiln-push-bench.XXXXXX)
 REG_PID=

@@ -8,8 +8,9 @@
 #                                     busybox-static, erofs-utils, squashfs-tools)
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-KILN=${KILN_BIN:-$REPO/target/release/kiln}
-[[ -n ${KILN_BIN:-} ]] || (cd "$REPO" && cargo build --release --quiet)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+KILN=$(kiln_binary "$REPO")
 KERNEL=$(ls /boot/vmlinuz-* | sort | tail -1)
 WORK=$(mktemp -d /tmp/kiln-vm-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
