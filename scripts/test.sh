@@ -5,6 +5,7 @@
 #
 #   scripts/test.sh                      # everything
 #   scripts/test.sh --test real_tools    # extra arguments go to `cargo test`
+#   scripts/test.sh --install-only       # install the test tools, run nothing
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,21 +46,70 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+version_of() {
+    dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true
+}
+
+# qemu-img comes from qemu-utils, which must match qemu-system-x86's version:
+# a newer qemu-utils (a backport some machine images ship) Breaks the older
+# qemu-system-common, and apt would then remove qemu-utils to install
+# qemu-system-x86. So qemu-utils is always asked for at qemu-system-x86's
+# version, in the same transaction as everything else.
+qemu_in_step() {
+    local sys utils
+    sys=$(version_of qemu-system-x86)
+    utils=$(version_of qemu-utils)
+    [ -n "$sys" ] && [ "$sys" = "$utils" ]
+}
+
 install_packages() {
     local missing=() p
     for p in "${PACKAGES[@]}"; do
         installed "$p" || missing+=("$p")
     done
-    if [ "${#missing[@]}" -eq 0 ]; then
+    if [ "${#missing[@]}" -eq 0 ] && qemu_in_step; then
         say "packages: all present (${PACKAGES[*]})"
         return
     fi
     command -v apt-get >/dev/null 2>&1 \
         || die "missing packages (${missing[*]}) and no apt-get: install them by hand"
-    say "packages: installing ${missing[*]}"
+    say "packages: installing ${missing[*]:-nothing new} (and qemu-utils in step with qemu-system-x86)"
     as_root apt-get update
+    local qemu want=()
+    qemu=$(version_of qemu-system-x86)
+    [ -n "$qemu" ] || qemu=$(apt-cache policy qemu-system-x86 | sed -n 's/^ *Candidate: //p')
+    { [ -n "$qemu" ] && [ "$qemu" != "(none)" ]; } \
+        || die "apt knows no qemu-system-x86: add a Debian source to /etc/apt/sources.list"
+    for p in "${PACKAGES[@]}"; do
+        if [ "$p" = qemu-utils ]; then want+=("qemu-utils=$qemu"); else want+=("$p"); fi
+    done
+    # One transaction for the whole list, present packages included, so apt
+    # keeps all of them consistent with each other.
     as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends "${missing[@]}"
+        apt-get install -y --no-install-recommends --allow-downgrades "${want[@]}" \
+        || die "apt-get could not install the test packages (see above)"
+}
+
+# Every command the tests run, checked after the install: a package can be
+# present while the command is not (a diverted or removed file, a partial
+# install), and a clear stop here beats a test failing on it later.
+COMMANDS=(
+    umoci skopeo runc tar gcc faketime unshare setpriv
+    docker-registry htpasswd openssl
+    dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
+    qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
+)
+
+check_commands() {
+    local missing=() c
+    for c in "${COMMANDS[@]}"; do
+        command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+    done
+    compgen -G '/boot/vmlinuz-*' >/dev/null || missing+=("/boot/vmlinuz-* (linux-image-cloud-amd64)")
+    qemu_in_step || missing+=("qemu-utils at qemu-system-x86's version ($(version_of qemu-utils) vs $(version_of qemu-system-x86))")
+    [ "${#missing[@]}" -eq 0 ] \
+        || die "the tests need these, still missing after the install: ${missing[*]}"
+    say "commands: all ${#COMMANDS[@]} present"
 }
 
 ensure_components() {
@@ -91,8 +141,13 @@ install_spdx_tools() {
 
 command -v cargo >/dev/null 2>&1 || die "no cargo on PATH: install a Rust toolchain (rustup) first"
 install_packages
+check_commands
 install_spdx_tools
 ensure_components
+if [ "${1:-}" = --install-only ]; then
+    say "installed what the tests need; not running them (--install-only)"
+    exit 0
+fi
 [ "$(id -u)" -eq 0 ] \
     || say "warning: not root; the umoci and runc tests will fail (run scripts/test.sh as root)"
 
