@@ -94,7 +94,7 @@ install_packages() {
 # present while the command is not (a diverted or removed file, a partial
 # install), and a clear stop here beats a test failing on it later.
 COMMANDS=(
-    umoci skopeo runc tar gcc faketime unshare setpriv
+    umoci skopeo runc tar gcc faketime unshare setpriv prlimit
     docker-registry htpasswd openssl
     dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig

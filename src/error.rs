@@ -69,6 +69,21 @@ pub enum Error {
     },
 }
 
+/// The user-info part of a reference or URL (`user:pass` in
+/// `user:pass@host/repo` or `https://user:pass@host`), if it has one.
+pub fn userinfo(text: &str) -> Option<&str> {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let rest = &text[start..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| &rest[..at])
+}
+
+/// `text` with its [`userinfo`] replaced by `***`, so that no error or log
+/// prints a password; `None` when there is none.
+pub fn redact_userinfo(text: &str) -> Option<String> {
+    userinfo(text).map(|secret| text.replacen(secret, "***", 1))
+}
+
 /// A result with kiln's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -152,21 +167,38 @@ impl Source {
         let line = self.text[..start].matches('\n').count() + 1;
         let column = self.text[line_start..start].chars().count() + 1;
         let end = span.end.clamp(start, line_end);
-        let width = self.text[start..end].chars().count().max(1);
+        let text = self.text[line_start..line_end].trim_end_matches('\r');
+        // A very long line (a 4 MB path) is shown as a window around the caret.
+        let skip = (column - 1).saturating_sub(EXCERPT_BEFORE);
+        let chars = text.chars().count();
+        let mut excerpt: String = text.chars().skip(skip).take(EXCERPT_CHARS).collect();
+        if skip + EXCERPT_CHARS < chars {
+            excerpt.push('…');
+        }
+        let caret = column - 1 - skip;
+        let mut width = self.text[start..end].chars().count().max(1);
+        width = width.min(EXCERPT_CHARS.saturating_sub(caret).max(1));
+        if skip > 0 {
+            excerpt.insert(0, '…');
+        }
         Diagnostic {
             file: self.path.clone(),
             line,
             column,
             message: message.into(),
-            excerpt: self.text[line_start..line_end]
-                .trim_end_matches('\r')
-                .to_string(),
+            caret: caret + usize::from(skip > 0),
+            excerpt,
             width,
             hint: None,
             cause: None,
         }
     }
 }
+
+/// How many characters of a recipe line an error shows, and how many of
+/// them come before the caret when the line is cut.
+const EXCERPT_CHARS: usize = 160;
+const EXCERPT_BEFORE: usize = 60;
 
 /// An error at a place in a recipe: `file:line:column`, the line, a caret and a hint.
 #[derive(Debug, Clone)]
@@ -179,8 +211,10 @@ pub struct Diagnostic {
     pub column: usize,
     /// What is wrong.
     pub message: String,
-    /// The text of the line.
+    /// The text of the line (a window of it, marked with `…`, when it is long).
     pub excerpt: String,
+    /// Where the caret stands in `excerpt`, in characters from its start.
+    pub caret: usize,
     /// How many characters the caret underlines.
     pub width: usize,
     /// How to fix it.
@@ -193,6 +227,14 @@ impl Diagnostic {
     /// Adds a hint.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Replaces `secret` wherever the excerpt shows it.
+    pub fn redact(mut self, secret: &str) -> Self {
+        if !secret.is_empty() {
+            self.excerpt = self.excerpt.replace(secret, "***");
+        }
         self
     }
 
@@ -226,7 +268,7 @@ impl fmt::Display for Diagnostic {
         let lead: String = self
             .excerpt
             .chars()
-            .take(self.column - 1)
+            .take(self.caret)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         write!(f, "{pad} | {lead}{}", "^".repeat(self.width))?;
@@ -240,6 +282,20 @@ impl fmt::Display for Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_user_info_only() {
+        assert_eq!(
+            redact_userinfo("u:p@h:5000/r:t").as_deref(),
+            Some("***@h:5000/r:t")
+        );
+        assert_eq!(
+            redact_userinfo("https://u:p@h/r@sha256:00").as_deref(),
+            Some("https://***@h/r@sha256:00")
+        );
+        assert_eq!(redact_userinfo("h:5000/r@sha256:00"), None);
+        assert_eq!(redact_userinfo("u:p@h"), Some("***@h".into()));
+    }
 
     #[test]
     fn locates_line_and_column() {

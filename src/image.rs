@@ -85,6 +85,7 @@ impl Image {
                 })
                 .unwrap_or_default();
             for (key, value) in &c.env {
+                let key = key.get_ref();
                 let line = format!("{key}={value}");
                 match env
                     .iter_mut()
@@ -313,8 +314,10 @@ mod tests {
         let mut img = Image::scratch(&p);
         img.config["config"] = json!({"Env": ["PATH=/bin", "A=1"], "Cmd": ["sh"]});
         let mut c = ConfigSection::default();
-        c.env.insert("PATH".into(), "/usr/bin".into());
-        c.env.insert("B".into(), "2".into());
+        c.env
+            .insert(toml::Spanned::new(0..0, "PATH".into()), "/usr/bin".into());
+        c.env
+            .insert(toml::Spanned::new(0..0, "B".into()), "2".into());
         c.entrypoint = Some(vec!["/app".into()]);
         img.apply_config(&c);
         assert_eq!(

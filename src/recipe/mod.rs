@@ -196,9 +196,10 @@ pub struct ConfigSection {
     pub entrypoint: Option<Vec<String>>,
     /// `cmd`: default arguments to the entrypoint.
     pub cmd: Option<Vec<String>>,
-    /// `env`: environment variables, merged over the base's.
+    /// `env`: environment variables, merged over the base's (keys keep their
+    /// span so that a bad name is reported where it is written).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<Spanned<String>, String>,
     /// `user`: `uid[:gid]` or a name.
     pub user: Option<String>,
     /// `workdir`: the working directory (absolute).
@@ -354,7 +355,7 @@ struct RawRecipe {
 impl Recipe {
     /// Reads and validates the recipe at `path`.
     pub fn load(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             let hint = (e.kind() == std::io::ErrorKind::NotFound).then(|| {
                 "check the path; recipes are TOML files such as `recipes/hello.toml`".to_string()
             });
@@ -363,6 +364,7 @@ impl Recipe {
                 hint,
             )
         })?;
+        let text = String::from_utf8(bytes).map_err(|e| utf8_error(path, e))?;
         Self::parse(path, text)
     }
 
@@ -373,12 +375,38 @@ impl Recipe {
             text,
         };
         let raw: RawRecipe = toml::from_str(&source.text).map_err(|e| toml_error(&source, &e))?;
+        validate::no_nul(&source)?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::new(),
         };
         validate::recipe(source, dir, raw)
     }
+}
+
+/// Names the line, column and byte where a recipe stops being UTF-8.
+fn utf8_error(path: &Path, e: std::string::FromUtf8Error) -> Error {
+    let at = e.utf8_error().valid_up_to();
+    let bytes = e.as_bytes();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    Error::invalid(
+        format!(
+            "{}:{line}:{column}: the recipe is not UTF-8 (byte 0x{:02x} at offset {at})",
+            path.display(),
+            bytes[at]
+        ),
+        Some(
+            "recipes are TOML, which is UTF-8: save the file as UTF-8 (e.g. `iconv -t UTF-8`)"
+                .into(),
+        ),
+    )
 }
 
 fn toml_error(source: &Source, e: &toml::de::Error) -> Error {

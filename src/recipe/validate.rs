@@ -78,6 +78,15 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
     for p in &config.exposed_ports {
         check_port(&source, p)?;
     }
+    for key in config.env.keys() {
+        let k = key.get_ref();
+        if k.is_empty() || k.contains('=') {
+            return Err(source
+                .error(key.span(), format!("`{k}` is not an environment variable name"))
+                .hint("a name is not empty and has no `=` in it, e.g. `env = { PATH = \"/usr/bin:/bin\" }`")
+                .into());
+        }
+    }
 
     let wants_packages = raw.layers.iter().find_map(|l| l.packages.first());
     if let (Some(first), true) = (wants_packages, raw.repositories.is_empty()) {
@@ -133,6 +142,17 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
             let s = s.get_ref();
             file_path(&source, &s.path)?;
             non_empty(&source, &s.target, "`target`")?;
+            if s.target.get_ref().len() > MAX_PATH {
+                return Err(source
+                    .error(
+                        s.target.span(),
+                        format!("`target` is {} bytes long", s.target.get_ref().len()),
+                    )
+                    .hint(format!(
+                        "a link target is at most {MAX_PATH} bytes (Linux's PATH_MAX)"
+                    ))
+                    .into());
+            }
         }
     }
 
@@ -185,6 +205,16 @@ fn parse_base(source: &Source, dir: &std::path::Path, b: &Spanned<String>) -> Re
             digest,
             span,
         });
+    }
+    if let (Some(shown), Some(secret)) = (
+        crate::error::redact_userinfo(text),
+        crate::error::userinfo(text),
+    ) {
+        return Err(source
+            .error(span, format!("`base` `{shown}` carries credentials"))
+            .redact(secret)
+            .hint("remove `USER:PASSWORD@`: kiln takes credentials from `kiln login` or a docker credential helper, never from a recipe")
+            .into());
     }
     if text.ends_with(".toml") {
         return Ok(Base::Recipe {
@@ -343,6 +373,41 @@ fn non_empty(source: &Source, s: &Spanned<String>, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The longest image path kiln takes, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+/// The longest file name in an image path, in bytes (Linux's `NAME_MAX`).
+pub const MAX_NAME: usize = 255;
+
+/// Refuses a NUL in any key or string of the recipe: it would cut a path, a
+/// tar header or a config value short without a word. The error points at
+/// the first `\u0000` escape in the text (TOML has no other way to write one).
+pub(super) fn no_nul(source: &Source) -> Result<()> {
+    fn has_nul(v: &toml::Value) -> bool {
+        match v {
+            toml::Value::String(s) => s.contains('\0'),
+            toml::Value::Array(a) => a.iter().any(has_nul),
+            toml::Value::Table(t) => t.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    let Ok(doc) = toml::from_str::<toml::Table>(&source.text) else {
+        return Ok(());
+    };
+    if !doc.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Ok(());
+    }
+    let text = &source.text;
+    let at = ["\\u0000", "\\U00000000"]
+        .iter()
+        .filter_map(|e| text.find(e).map(|i| i..i + e.len()))
+        .min_by_key(|r| r.start)
+        .unwrap_or(0..0);
+    Err(source
+        .error(at, "a NUL character (`\\u0000`) in the recipe")
+        .hint("remove it: NUL cannot stand in a path, a link target, a name or a config value")
+        .into())
+}
+
 /// Normalises an absolute image path from a recipe into a tar path (no leading `/`).
 ///
 /// `/` itself becomes the empty string. Errors name the recipe line: the
@@ -358,16 +423,26 @@ pub fn image_path(source: &Source, s: &Spanned<String>, what: &str) -> Result<St
             ))
             .into());
     }
-    if text.contains('\0') {
+    if text.len() > MAX_PATH {
         return Err(source
-            .error(s.span(), format!("{what} contains a NUL byte"))
-            .hint("remove it")
+            .error(s.span(), format!("{what} is {} bytes long", text.len()))
+            .hint(format!(
+                "an image path is at most {MAX_PATH} bytes (Linux's PATH_MAX)"
+            ))
             .into());
     }
     let mut parts = Vec::new();
     for part in text.split('/') {
         match part {
             "" | "." => {}
+            p if p.len() > MAX_NAME => {
+                return Err(source
+                    .error(s.span(), format!("{what} has a {}-byte component", p.len()))
+                    .hint(format!(
+                        "a file name is at most {MAX_NAME} bytes (Linux's NAME_MAX)"
+                    ))
+                    .into())
+            }
             ".." => {
                 return Err(source
                     .error(s.span(), format!("{what} `{text}` contains `..`"))

@@ -66,6 +66,12 @@ pub struct Registry {
 
 /// Parses `REGISTRY/REPO[:TAG][@sha256:…]`.
 pub fn parse_reference(text: &str) -> Result<Reference> {
+    if let Some(shown) = crate::error::redact_userinfo(text) {
+        return Err(Error::invalid(
+            format!("`{shown}` carries credentials in the reference"),
+            Some("remove `USER:PASSWORD@` and log in with `kiln login REGISTRY --username USER --password-stdin` (or a docker credential helper)".into()),
+        ));
+    }
     text.parse::<Reference>().map_err(|e| {
         Error::invalid(
             format!("`{text}` is not an image reference: {e}"),

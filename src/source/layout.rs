@@ -310,22 +310,48 @@ fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
     })
 }
 
-/// Unpacks the layout files of an OCI archive into `dir`; any other entry is refused.
+/// Unpacks the layout files of an OCI archive into `dir`; any other entry is
+/// refused, and so is a file that is not a tar archive or holds no layout.
 pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
     let file = fs::File::open(archive).at("open", archive)?;
     let mut ar = tar::Archive::new(io::BufReader::new(file));
     let bad = |what: String| {
         Error::invalid(
             format!("`{}` is not an OCI archive: {what}", archive.display()),
-            Some("give an archive written by `kiln build --format oci-archive` or `skopeo copy … oci-archive:FILE`".into()),
+            Some("give an archive written by `kiln build --format oci-archive` or `skopeo copy … oci-archive:FILE`, or an OCI layout directory".into()),
         )
     };
+    let mut head = [0u8; 512];
+    let n = io::Read::read(&mut fs::File::open(archive).at("open", archive)?, &mut head)
+        .at("read", archive)?;
+    match &head[..n] {
+        [] => return Err(bad("it is empty".into())),
+        [0x1f, 0x8b, ..] => return Err(bad("it is gzip-compressed; `gunzip` it first".into())),
+        h if h.len() < 512 || &h[257..262] != b"ustar" => {
+            return Err(bad(
+                "it is not a tar file (no tar header at its start)".into()
+            ))
+        }
+        _ => {}
+    }
+    // The tar reader's errors can quote the file's bytes: print a short,
+    // printable part of them only.
+    let not_tar = |e: io::Error| {
+        let text: String = e
+            .to_string()
+            .chars()
+            .take_while(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(80)
+            .collect();
+        bad(format!("its tar data is damaged ({text})"))
+    };
     fs::create_dir_all(dir.join("blobs/sha256")).at("create", dir)?;
-    for entry in ar.entries().at("read", archive)? {
-        let mut entry = entry.at("read", archive)?;
+    let mut seen = 0;
+    for entry in ar.entries().map_err(not_tar)? {
+        let mut entry = entry.map_err(not_tar)?;
         let name = entry
             .path()
-            .at("read", archive)?
+            .map_err(not_tar)?
             .to_string_lossy()
             .into_owned();
         let name = name.trim_start_matches("./").trim_end_matches('/');
@@ -337,12 +363,18 @@ pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
                 .strip_prefix("blobs/sha256/")
                 .is_some_and(|h| format!("sha256:{h}").parse::<Digest>().is_ok());
         if !allowed || !entry.header().entry_type().is_file() {
-            return Err(bad(format!("unexpected entry `{name}`")));
+            return Err(bad(format!("unexpected entry `{}`", name.escape_debug())));
         }
         // Only a fixed set of names is written, so nothing can escape `dir`.
         let dest = dir.join(name);
         let mut out = fs::File::create(&dest).at("create", &dest)?;
-        io::copy(&mut (&mut entry).take(u64::MAX), &mut out).at("write", &dest)?;
+        io::copy(&mut entry, &mut out).map_err(not_tar)?;
+        seen += usize::from(matches!(name, "index.json" | "oci-layout"));
+    }
+    if seen < 2 {
+        return Err(bad(
+            "it holds no `oci-layout` and `index.json` (an empty or foreign tar file)".into(),
+        ));
     }
     Ok(())
 }
