@@ -10,6 +10,7 @@
 //! VM is booted: what matters here is the host the build runs on.
 
 mod common;
+mod registry_support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -412,4 +413,46 @@ fn cpio_listing(path: &Path) -> String {
     child.stdin.take().unwrap().write_all(&raw).unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The same check holds for a base pulled from a registry (a real
+/// `docker-registry` on 127.0.0.1): the pulled layer goes through the one
+/// place where base layers enter a build, and is refused there.
+#[test]
+fn a_hostile_base_from_a_registry_is_refused() {
+    use registry_support::{client, registry, Flavour};
+    let r = registry(Flavour::Plain);
+    let canary = Canary::new();
+    let victim = canary.at("victim");
+    let w = Work::new();
+    let layout = w.path().join("hostile");
+    hostile_layout(
+        &layout,
+        &[layer_tar(&[
+            E::Sym("link", &victim),
+            E::File("link/file", b"pwned"),
+        ])],
+    );
+    let target = r.repo(&format!("vm-hostile-{}:1", std::process::id()));
+    client::skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-no-creds",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{target}"),
+    ]);
+    // skopeo compresses the layer on the way: take its digest as pushed.
+    let (pushed, manifest) = client::remote_raw(r, &target);
+    let layer = pushed["layers"][0]["digest"].as_str().unwrap();
+    let base = format!("{}@{manifest}", target.rsplit_once(':').unwrap().0);
+    let before = canary.listing();
+    vm_recipe(&w, "pulled", "outputs = [\"initramfs\"]");
+    let text = std::fs::read_to_string(w.path().join("pulled.toml")).unwrap();
+    w.write("pulled.toml", text.replace("oci:base-pulled", &base));
+    let (code, err) = w.fails(&["build", "pulled.toml"]);
+    assert_eq!(before, canary.listing(), "the canary changed\n{err}");
+    assert_eq!(code, 2, "{err}");
+    for needle in [base.as_str(), layer, "link/file", "hint:"] {
+        assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+    }
 }
