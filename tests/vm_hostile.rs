@@ -310,6 +310,9 @@ fn hostile_base_entries_are_refused_and_touch_nothing_outside() {
                     "{what} ({kind}): `{needle}` missing from:\n{err}"
                 );
             }
+            if layers.len() > 1 {
+                assert!(err.contains("a symlink of a lower layer"), "{what}: {err}");
+            }
             assert!(
                 !w.path().join("out").join(&name).exists(),
                 "{what}: output written"

@@ -26,7 +26,11 @@ pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Pa
                 "cannot write `/{path}` of the image into `{}` ({e})",
                 root.path().display()
             ),
-            Some("the image's tree passes through a link or a file; rebuild it without".into()),
+            Some(
+                "kiln never writes through a link of the image: the entry lies beneath a \
+                 symlink or a file; rebuild the image without it"
+                    .into(),
+            ),
         )
     };
     for (path, m) in tree {
