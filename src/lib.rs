@@ -7,6 +7,7 @@
 //! [`inspect`] reads a layout back.
 
 pub mod attest;
+pub mod beneath;
 pub mod boot;
 pub mod build;
 pub mod digest;

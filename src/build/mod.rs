@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::{self, Image, Stored};
 use crate::lock;
 use crate::plan::{DirMap, LayerPlan};
@@ -216,8 +216,10 @@ fn build_loaded(
     for (platform, (base, _)) in recipe.platforms.iter().zip(&bases) {
         // Directories below each layer, so implied parents keep their modes.
         let mut below = DirMap::new();
+        // Every base layer is checked here, wherever it came from.
         for layer in &base.layers {
-            crate::layer::read::add_layer_dirs(store, layer, &mut below)?;
+            crate::layer::read::add_layer_dirs(store, layer, &mut below)
+                .map_err(|e| in_base(&recipe, e))?;
         }
         let mut plans = Vec::new();
         for (layer_no, section) in recipe.layers.iter().enumerate() {
@@ -307,6 +309,22 @@ fn build_loaded(
         top,
         manifests,
     })
+}
+
+/// A base layer's refusal as an error at the recipe's `base`, naming the base.
+fn in_base(recipe: &Recipe, e: Error) -> Error {
+    match (e, recipe.base.shown()) {
+        (Error::Invalid { message, hint }, Some((name, span))) => {
+            let d = recipe
+                .source
+                .error(span, format!("base `{name}`: {message}"));
+            match hint {
+                Some(h) => d.hint(h).into(),
+                None => d.into(),
+            }
+        }
+        (e, _) => e,
+    }
 }
 
 fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) -> LayerReport {

@@ -149,6 +149,21 @@ pub enum Base {
     },
 }
 
+impl Base {
+    /// How errors name the base (`oci:PATH`, the reference, the recipe's
+    /// path) and where `base` is written; `None` for scratch.
+    pub fn shown(&self) -> Option<(String, std::ops::Range<usize>)> {
+        match self {
+            Base::Scratch => None,
+            Base::Recipe { path, span } => Some((path.display().to_string(), span.clone())),
+            Base::Registry { reference, span } => Some((reference.clone(), span.clone())),
+            Base::Layout { path, span, .. } => {
+                Some((format!("oci:{}", path.display()), span.clone()))
+            }
+        }
+    }
+}
+
 /// The layer compression algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,35 +7,44 @@ use std::io::{self, BufReader};
 use std::path::Path;
 
 use super::{Meta, Node};
+use crate::beneath::Root;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
 
-/// Writes `tree` into a fresh directory with its modes and owners (needs root
-/// to give files other owners than the caller).
+/// Writes `tree` into the fresh directory `dir` with its modes and owners
+/// (needs root to give files other owners than the caller).
+///
+/// Every operation goes through [`Root`]: nothing is created, chowned or
+/// chmodded through a symlink, even one the tree itself holds, so a tree
+/// that slipped past the checks of the merge still cannot reach the host.
 pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    let root = Root::open(dir).at("open", dir)?;
+    let refused = |path: &str, e: io::Error| {
+        Error::invalid(
+            format!(
+                "cannot write `/{path}` of the image into `{}` ({e})",
+                root.path().display()
+            ),
+            Some(
+                "kiln never writes through a link of the image: the entry lies beneath a \
+                 symlink or a file; rebuild the image without it"
+                    .into(),
+            ),
+        )
+    };
     for (path, m) in tree {
-        let to = dir.join(path);
         match &m.node {
-            Node::Dir => std::fs::create_dir_all(&to).at("create", &to)?,
+            Node::Dir => root.create_dir(path).map_err(|e| refused(path, e))?,
             Node::File { digest, .. } => {
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).at("create", parent)?;
-                }
                 let mut src = store.open_blob(digest)?;
-                let mut f = std::fs::File::create(&to).at("create", &to)?;
+                let mut f = root.create_file(path).map_err(|e| refused(path, e))?;
                 io::copy(&mut src, &mut f)
                     .map_err(|e| crate::store::verify_error(e, &store.blob_path(digest)))?;
             }
-            Node::Symlink(t) => {
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent).at("create", parent)?;
-                }
-                symlink(t, &to).at("create link", &to)?;
-            }
+            Node::Symlink(t) => root.symlink(t, path).map_err(|e| refused(path, e))?,
         }
-        std::os::unix::fs::lchown(&to, Some(m.uid), Some(m.gid)).map_err(|e| {
+        root.set_owner(path, m.uid, m.gid).map_err(|e| {
             Error::invalid(
                 format!("cannot give `/{path}` its owner {}:{} ({e})", m.uid, m.gid),
                 Some("building a VM disk needs root: file owners go into the filesystem".into()),
@@ -45,9 +54,8 @@ pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Pa
     // Modes last, deepest first, so read-only directories do not stop the writes.
     for (path, m) in tree.iter().rev() {
         if !matches!(m.node, Node::Symlink(_)) {
-            let to = dir.join(path);
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(m.mode))
-                .at("set the mode of", &to)?;
+            root.set_mode(path, m.mode)
+                .at("set the mode of", &root.shown(path))?;
         }
     }
     Ok(())
@@ -241,4 +249,54 @@ pub(super) fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
     let mut w = store.writer()?;
     io::copy(&mut BufReader::new(file), &mut w).at("read", &out)?;
     w.commit(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree that no merge would let through (a file and a directory
+    /// beneath a symlink to a host directory, and beneath a chain) is
+    /// refused by the writer itself, and the host directory is untouched.
+    #[test]
+    fn a_hostile_tree_cannot_write_through_its_links() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path().join("store")).unwrap();
+        let host = t.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        let digest = store.put_bytes(b"pwned").unwrap();
+        let meta = |node: Node, mode: u32| Meta {
+            node,
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        let link = Node::Symlink(host.display().to_string());
+        let cases: [(&str, Node); 3] = [
+            ("link/file", Node::File { digest, size: 5 }),
+            ("link/sub", Node::Dir),
+            ("chain/sub", Node::Dir),
+        ];
+        for (i, (path, node)) in cases.into_iter().enumerate() {
+            let mut tree = BTreeMap::new();
+            tree.insert("link".to_string(), meta(link.clone(), 0o777));
+            tree.insert(
+                "chain".to_string(),
+                meta(Node::Symlink("link".into()), 0o777),
+            );
+            tree.insert(path.to_string(), meta(node, 0o777));
+            let dir = t.path().join(format!("root{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            let err = materialize(&store, &tree, &dir).unwrap_err().to_string();
+            assert!(err.contains(&format!("`/{path}`")), "{err}");
+            assert_eq!(std::fs::read_dir(&host).unwrap().count(), 0, "{path}");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&host).unwrap().permissions().mode();
+            assert_ne!(
+                mode & 0o777,
+                0o777,
+                "{path}: the host directory was chmodded"
+            );
+        }
+    }
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 mod disk;
 mod initrd;
+mod tree;
 
 use super::cpio::{CpioKind, CpioWriter};
 use crate::build::Built;
@@ -23,25 +24,9 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::json::canonical;
 use crate::layer::compress::Encoder;
-use crate::layer::read::{apply_whiteout, decompress, entry_path};
 use crate::recipe::{Compression, VmSection};
 use crate::store::Store;
-
-/// One node of the image's merged file tree.
-#[derive(Debug, Clone)]
-enum Node {
-    Dir,
-    File { digest: Digest, size: u64 },
-    Symlink(String),
-}
-
-#[derive(Debug, Clone)]
-struct Meta {
-    node: Node,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-}
+use tree::{merged_tree, Meta, Node};
 
 /// The files of a bundle: name → (blob in the store, size, media type).
 pub struct Bundle {
@@ -49,88 +34,6 @@ pub struct Bundle {
     pub files: Vec<(String, Digest, u64)>,
     /// `bundle.json`.
     pub manifest: Vec<u8>,
-}
-
-/// Applies the image's layers in order (whiteouts included); file contents go into the store.
-fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<String, Meta>> {
-    let mut tree: BTreeMap<String, Meta> = BTreeMap::new();
-    let image = &built.images[0].0;
-    for layer in &image.layers {
-        let path = store.blob_path(&layer.digest);
-        let blob = BufReader::new(store.open_blob(&layer.digest)?);
-        let reader = decompress(blob, &layer.media_type, &layer.digest)?;
-        let mut ar = tar::Archive::new(reader);
-        let bad = |e: io::Error| crate::store::verify_error(e, &path);
-        let mut links = Vec::new();
-        for entry in ar.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let p = entry_path(&String::from_utf8_lossy(&entry.path_bytes()));
-            if p.is_empty() || p.split('/').any(|c| c == "..") || apply_whiteout(&mut tree, &p) {
-                continue;
-            }
-            let h = entry.header();
-            let (mode, uid, gid) = (
-                h.mode().unwrap_or(0o644) & 0o7777,
-                h.uid().unwrap_or(0) as u32,
-                h.gid().unwrap_or(0) as u32,
-            );
-            let kind = h.entry_type();
-            let node = if kind.is_dir() {
-                Node::Dir
-            } else if kind.is_symlink() {
-                let t = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                Node::Symlink(t)
-            } else if kind.is_hard_link() {
-                let t = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                links.push((
-                    p.clone(),
-                    t.trim_start_matches("./")
-                        .trim_start_matches('/')
-                        .to_string(),
-                    mode,
-                    uid,
-                    gid,
-                ));
-                continue;
-            } else if kind.is_file() {
-                let mut w = store.writer()?;
-                let size = io::copy(&mut entry, &mut w).map_err(bad)?;
-                let (digest, _) = w.commit(None)?;
-                Node::File { digest, size }
-            } else {
-                continue;
-            };
-            tree.insert(
-                p,
-                Meta {
-                    node,
-                    mode,
-                    uid,
-                    gid,
-                },
-            );
-        }
-        for (p, target, mode, uid, gid) in links {
-            if let Some(t) = tree.get(&target).cloned() {
-                tree.insert(
-                    p,
-                    Meta {
-                        node: t.node,
-                        mode,
-                        uid,
-                        gid,
-                    },
-                );
-            }
-        }
-    }
-    Ok(tree)
 }
 
 /// Builds the bundle of a built `[vm]` recipe into the store.
