@@ -1,6 +1,6 @@
 //! File operations beneath a root directory that never follow a symlink: a
 //! low helper for every stage that writes an image's tree onto the host (the
-//! VM disk's root, before `mkfs`).
+//! VM disk's root before `mkfs`, the scratch tree `ldconfig` reads).
 //!
 //! A tree that comes from an image can hold symlinks to anywhere on the
 //! host. Paths are therefore never handed to the kernel whole: each
@@ -93,6 +93,31 @@ impl Root {
     pub fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
         rustix::fs::symlinkat(target, &dir, name)?;
+        Ok(())
+    }
+
+    /// Creates `rel` as a hard link to the existing entry `target` (both
+    /// beneath the root; a symlink `target` is linked as itself, not followed).
+    pub fn hard_link(&self, target: &str, rel: &str) -> io::Result<()> {
+        let (from_dir, from) = self.parent(target)?;
+        let (dir, name) = self.parent(rel)?;
+        rustix::fs::linkat(&from_dir, from, &dir, name, AtFlags::empty())?;
+        Ok(())
+    }
+
+    /// Creates every missing directory above `rel` (mode 0755); an existing
+    /// ancestor that is not a directory is an error, never a detour.
+    pub fn create_parents(&self, rel: &str) -> io::Result<()> {
+        let mut at = 0;
+        while let Some(i) = rel[at..].find('/') {
+            let dir = &rel[..at + i];
+            match self.create_dir(dir) {
+                Ok(()) => self.set_mode(dir, 0o755)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            at += i + 1;
+        }
         Ok(())
     }
 

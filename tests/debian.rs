@@ -1047,3 +1047,79 @@ fn a_layer_with_shared_libraries_gets_an_ld_so_cache() {
         "the cache does not name the library: {text:?}"
     );
 }
+
+/// A symlink from one package and a file beneath it from another (each
+/// harmless alone) must not let the build write through the link on the
+/// host: the ld.so.cache scratch tree once followed it and created the
+/// library in the directory the link names.
+#[test]
+fn a_file_beneath_another_packages_symlink_is_refused_and_writes_nothing_outside() {
+    let canary = common::Canary::new();
+    let before = canary.listing();
+    let target = canary.at("victim");
+    let link = Pkg::new("evil-link", "1.0", "amd64").symlink("/usr/lib/evil", &target);
+    let file = Pkg::new("evil-file", "1.0", "amd64").file(
+        "/usr/lib/evil/libevil.so.1",
+        b"\x7fELF not really",
+        0o644,
+    );
+    let repo = Repo::start(SUITE, &["main"], &[link, file.clone().compression("none")]);
+    // dpkg-deb writes every parent directory; a crafted package leaves out
+    // `./usr/lib/evil/` so that only the other package's link stands there.
+    let deb = repo.path(&file.pool_path("main"));
+    let scratch = Work::new();
+    run(tool("ar")
+        .current_dir(scratch.path())
+        .arg("x")
+        .arg(&deb)
+        .arg("data.tar"));
+    run(tool("tar").current_dir(scratch.path()).args([
+        "--delete",
+        "--no-recursion",
+        "-f",
+        "data.tar",
+        "./usr/lib/evil/",
+    ]));
+    run(tool("ar")
+        .current_dir(scratch.path())
+        .arg("r")
+        .arg(&deb)
+        .arg("data.tar"));
+    repo.reindex();
+    let w = locked_workspace(
+        &repo,
+        &["linux/amd64"],
+        "[[layers]]\npackages = [\"evil-link\", \"evil-file\"]\n",
+    );
+    let out = kiln(
+        &w,
+        &repo.url,
+        None,
+        &["build", "recipe.toml", "--out", "out/evil"],
+    );
+    let (code, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(
+        canary.listing(),
+        before,
+        "the build wrote outside its tree (exit {code}): {stderr}"
+    );
+    assert_eq!(code, 2, "{stderr}");
+    for word in [
+        "evil-link",
+        "evil-file",
+        "/usr/lib/evil/libevil.so.1",
+        "symlink",
+    ] {
+        assert!(
+            stderr.contains(word),
+            "the error does not name `{word}`: {stderr}"
+        );
+    }
+    assert!(
+        !w.path().join("out/evil").exists(),
+        "a refused build left output"
+    );
+}

@@ -12,12 +12,10 @@
 mod common;
 mod registry_support;
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::Work;
+use common::{Canary, Work};
 use sha2::{Digest as _, Sha256};
 
 /// One entry of a crafted layer; paths and link targets are written into the
@@ -108,60 +106,6 @@ fn hostile_layout(dir: &Path, layers: &[Vec<u8>]) -> Vec<String> {
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     digests
-}
-
-/// A directory outside every build's output that hostile entries aim at:
-/// `victim/` (a directory a symlink points to) and `secret` (a file).
-struct Canary {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Canary {
-    fn new() -> Canary {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-canary-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        std::fs::create_dir(root.join("victim")).unwrap();
-        std::fs::write(root.join("victim/keep"), "keep").unwrap();
-        std::fs::write(root.join("secret"), "secret").unwrap();
-        Canary { _dir: dir, root }
-    }
-
-    fn at(&self, rel: &str) -> String {
-        self.root.join(rel).to_string_lossy().into_owned()
-    }
-
-    /// Every path under the canary with its type, mode, owner and content
-    /// (or link target) checksum, and the canary itself.
-    fn listing(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for e in walkdir::WalkDir::new(&self.root).sort_by_file_name() {
-            let e = e.unwrap();
-            let m = std::fs::symlink_metadata(e.path()).unwrap();
-            let content = if m.file_type().is_symlink() {
-                std::fs::read_link(e.path()).unwrap().display().to_string()
-            } else if m.is_file() {
-                sha(&std::fs::read(e.path()).unwrap())
-            } else {
-                String::new()
-            };
-            let rel = e.path().strip_prefix(&self.root).unwrap();
-            out.insert(
-                rel.display().to_string(),
-                format!(
-                    "{:o} {}:{} n{} {content}",
-                    m.mode(),
-                    m.uid(),
-                    m.gid(),
-                    m.nlink()
-                ),
-            );
-        }
-        out
-    }
 }
 
 fn kernel() -> PathBuf {

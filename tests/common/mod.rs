@@ -208,3 +208,60 @@ pub fn runc_run(
         .arg(bundle)
         .arg(id))
 }
+
+/// A directory outside every build's output that hostile entries aim at:
+/// `victim/` (a directory a symlink points to) and `secret` (a file).
+pub struct Canary {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Canary {
+    pub fn new() -> Canary {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-canary-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir(root.join("victim")).unwrap();
+        std::fs::write(root.join("victim/keep"), "keep").unwrap();
+        std::fs::write(root.join("secret"), "secret").unwrap();
+        Canary { _dir: dir, root }
+    }
+
+    pub fn at(&self, rel: &str) -> String {
+        self.root.join(rel).to_string_lossy().into_owned()
+    }
+
+    /// Every path under the canary with its type, mode, owner and content
+    /// (or link target) checksum, and the canary itself.
+    pub fn listing(&self) -> std::collections::BTreeMap<String, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = std::collections::BTreeMap::new();
+        for e in walkdir::WalkDir::new(&self.root).sort_by_file_name() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(e.path()).unwrap().display().to_string()
+            } else if m.is_file() {
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    std::fs::read(e.path()).unwrap(),
+                ))
+            } else {
+                String::new()
+            };
+            let rel = e.path().strip_prefix(&self.root).unwrap();
+            out.insert(
+                rel.display().to_string(),
+                format!(
+                    "{:o} {}:{} n{} {content}",
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    m.nlink()
+                ),
+            );
+        }
+        out
+    }
+}

@@ -102,6 +102,7 @@ pub fn entries(
             );
         }
     }
+    refuse_paths_through_links(&out)?;
     if packages.iter().any(|p| p.name == "ca-certificates") {
         let mut bundle = Vec::new();
         for digest in certs.values() {
@@ -132,6 +133,36 @@ pub fn entries(
     Ok(out)
 }
 
+/// Refuses an entry beneath a path that another entry of the layer makes a
+/// symlink or a file: each package is checked alone when it is read, but two
+/// packages together (a link from one, a file "inside" it from the other) can
+/// aim a path out of the image, which dpkg would refuse as well.
+fn refuse_paths_through_links(out: &BTreeMap<String, (Entry, String)>) -> Result<()> {
+    for (path, (_, owner)) in out {
+        let mut at = 0;
+        while let Some(i) = path[at..].find('/') {
+            let above = &path[..at + i];
+            if let Some((e, by)) = out.get(above) {
+                let kind = match e.kind {
+                    EntryKind::Dir => None,
+                    EntryKind::Symlink { .. } => Some("a symlink"),
+                    _ => Some("a file"),
+                };
+                if let Some(kind) = kind {
+                    return Err(Error::invalid(
+                        format!(
+                            "package `{owner}` installs `/{path}` beneath `/{above}`, which package `{by}` installs as {kind}"
+                        ),
+                        Some("the packages cannot be installed together: drop one of them from the layer".into()),
+                    ));
+                }
+            }
+            at += i + 1;
+        }
+    }
+    Ok(())
+}
+
 /// `/etc/ld.so.cache` for the libraries this layer installs, made by the
 /// host's `ldconfig -X -r` on a scratch copy of the layer (its output depends
 /// only on the files, so it is reproducible). Without a cache the dynamic
@@ -147,25 +178,41 @@ fn ld_cache(out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
     }
     let work = tempfile::tempdir().at("create a temporary directory", &std::env::temp_dir())?;
     let root = work.path();
+    // The scratch tree is written beneath its root without following any
+    // link, so a link from one package never carries another's file out.
+    let tree = crate::beneath::Root::open(root).at("open", root)?;
     for (path, (entry, _)) in out.iter() {
-        let to = root.join(path);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).at("create", parent)?;
-        }
+        let shown = tree.shown(path);
+        tree.create_parents(path)
+            .at("create the parents of", &shown)?;
         match &entry.kind {
-            EntryKind::Dir => std::fs::create_dir_all(&to).at("create", &to)?,
-            EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &to).at("create link", &to)?
-            }
-            EntryKind::File { content, .. } => match content {
-                Content::Host(src) => {
-                    std::fs::copy(src, &to).at("copy", src)?;
-                }
-                Content::Inline(bytes) => std::fs::write(&to, bytes).at("write", &to)?,
+            EntryKind::Dir => match tree.create_dir(path) {
+                Ok(()) => tree.set_mode(path, 0o755).at("set the mode of", &shown)?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("create", shown, e)),
             },
-            EntryKind::HardLink { target } => {
-                std::fs::hard_link(root.join(target), &to).at("link", &to)?
+            EntryKind::Symlink { target } => {
+                tree.symlink(target, path).at("create link", &shown)?
             }
+            EntryKind::File { content, .. } => {
+                let mut f = tree.create_file(path).at("create", &shown)?;
+                match content {
+                    Content::Host(src) => {
+                        let mut from = std::fs::File::open(src).at("open", src)?;
+                        std::io::copy(&mut from, &mut f).at("copy", src)?;
+                    }
+                    Content::Inline(bytes) => {
+                        std::io::Write::write_all(&mut f, bytes).at("write", &shown)?
+                    }
+                }
+            }
+            EntryKind::HardLink { .. } => {}
+        }
+    }
+    // Hard links last: the file they name may sort after them.
+    for (path, (entry, _)) in out.iter() {
+        if let EntryKind::HardLink { target } = &entry.kind {
+            tree.hard_link(target, path).at("link", &tree.shown(path))?;
         }
     }
     let conf = root.join("etc/ld.so.conf");
