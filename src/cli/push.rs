@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use kiln::error::Error;
 use kiln::registry::{parse_reference, Registry};
 use kiln::source::layout::open_any;
-use kiln::store::Store;
 
 use super::registry_args::RegistryArgs;
 
@@ -24,7 +23,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Error> {
     let target = parse_reference(&args.reference)?;
-    let store = Store::open(Store::default_root()?)?;
+    let store = super::open_store()?;
     let (layout, _guard) = open_any(&args.source)?;
     let top = layout.import(&store)?;
     let registry = Registry::new(args.registry.options()?, &[&target])?;

@@ -5,6 +5,12 @@
 //! destination under a temporary name, synced, then renamed into place. On
 //! any error the destination is what it was before (the previous complete
 //! output, or nothing).
+//!
+//! Writers of one destination take turns: each holds an exclusive lock on
+//! `.NAME.kiln-lock` beside it while it writes, so concurrent builds to one
+//! `--out` all succeed and the last one wins whole. Whoever holds the lock
+//! knows that any `.NAME.kiln-tmp-*` or `.NAME.kiln-old-*` beside it was
+//! left by a writer that died, and removes it.
 
 pub mod archive;
 pub mod cpio;
@@ -109,4 +115,37 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| Error::io("write", path, e.error))?;
     Ok(())
+}
+
+/// Takes the lock of the output `dest` (waiting for another writer of it to
+/// finish), then removes what dead writers of `dest` left beside it.
+/// The lock lasts as long as the returned file is open.
+pub fn lock_output(dest: &std::path::Path) -> Result<std::fs::File> {
+    use crate::error::IoContext;
+    let parent = layout::parent_of(dest);
+    std::fs::create_dir_all(&parent).at("create", &parent)?;
+    let name = layout::file_name(dest);
+    let path = parent.join(format!(".{name}.kiln-lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .at("open", &path)?;
+    file.lock().at("lock", &path)?;
+    let debris = [format!(".{name}.kiln-tmp-"), format!(".{name}.kiln-old-")];
+    for entry in std::fs::read_dir(&parent).at("list", &parent)?.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        if debris.iter().any(|p| entry_name.starts_with(p.as_str())) {
+            let p = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.at("remove the leftover", &p)?;
+        }
+    }
+    Ok(file)
 }

@@ -106,7 +106,7 @@ impl Layout {
 
     /// Copies a blob into the store (unless it is there), verifying its digest.
     fn copy_to_store(&self, digest: &Digest, store: &Store) -> Result<()> {
-        if store.contains(digest) {
+        if store.check_blob(digest)? {
             return Ok(());
         }
         let src = self.blob_path(digest);
