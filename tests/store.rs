@@ -130,27 +130,31 @@ fn partial_blob(w: &Work) -> bool {
         .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 1 << 20))
 }
 
-fn out_tmp(w: &Work, name: &str) -> bool {
-    let prefix = format!(".{name}.kiln-tmp-");
-    fs::read_dir(w.path().join("out"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-}
-
 #[test]
 fn builds_killed_mid_write_leave_nothing_once_the_next_build_ran() {
     let w = Work::new();
+    let out_dir = w.path().join("out");
     let (mut killed, mut mid_layer, mut mid_export) = (0, 0, 0);
-    for round in 0..4u64 {
+    // Everything a killed build left, as found right after each kill.
+    let mut seen: Vec<(PathBuf, u64)> = Vec::new();
+    for round in 0..5u64 {
         // New bytes each round, so the layer is never a cache hit.
         big_recipe(&w, "big", 24, round + 1);
+        // What earlier rounds left must not count as this round's progress.
+        let earlier: Vec<PathBuf> = leftovers(&w, &out_dir)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let fresh = |want_dir: &str, min: u64| {
+            leftovers(&w, &out_dir).iter().any(|(p, n)| {
+                !earlier.contains(p) && p.parent().unwrap().ends_with(want_dir) && *n >= min
+            })
+        };
         let mut child = spawn_build(&w, "big.toml", "out/img");
         let landed = if round % 2 == 0 {
-            wait_for(&mut child, || partial_blob(&w))
+            wait_for(&mut child, || fresh("tmp", 1 << 20))
         } else {
-            wait_for(&mut child, || out_tmp(&w, "img"))
+            wait_for(&mut child, || fresh("out", 0))
         };
         if landed {
             signal(&child, "-KILL");
@@ -162,20 +166,32 @@ fn builds_killed_mid_write_leave_nothing_once_the_next_build_ran() {
             }
         }
         child.wait().unwrap();
+        seen.extend(
+            leftovers(&w, &out_dir)
+                .into_iter()
+                .filter(|(p, _)| !earlier.contains(p)),
+        );
     }
-    let before = leftovers(&w, &w.path().join("out"));
-    let bytes: u64 = before.iter().map(|(_, n)| n).sum();
+    let bytes: u64 = seen.iter().map(|(_, n)| n).sum();
     eprintln!(
         "killed {killed} builds ({mid_layer} mid-layer, {mid_export} mid-export): \
          {} leftovers, {bytes} bytes",
-        before.len()
+        seen.len()
     );
+    for (path, size) in &seen {
+        eprintln!("  {} ({size} bytes)", path.display());
+    }
     assert!(mid_layer > 0 && mid_export > 0, "no kill landed mid-write");
-    assert!(!before.is_empty(), "killed builds left nothing to clean up");
+    assert!(
+        seen.iter().any(|(p, _)| p.starts_with(w.cache()))
+            && seen.iter().any(|(p, _)| p.starts_with(&out_dir)),
+        "killed builds left nothing to clean up in the store and beside the output: {seen:?}"
+    );
     big_recipe(&w, "big", 24, 99);
     let digest = w.build("big.toml", "out/img");
-    let after = leftovers(&w, &w.path().join("out"));
+    let after = leftovers(&w, &out_dir);
     assert!(after.is_empty(), "left after the next build: {after:?}");
+    assert!(seen.iter().all(|(p, _)| !p.exists()));
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(w.path().join("out/img/index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], digest.as_str());
@@ -464,7 +480,7 @@ fn prune_never_removes_what_a_running_build_uses() {
 fn concurrent_builds_to_one_out_all_succeed_and_the_last_wins_whole() {
     let w = Work::new();
     let writers = 4;
-    let rounds = 5;
+    let rounds = 20;
     let mut digests = Vec::new();
     for i in 0..writers {
         small_recipe(&w, &format!("r{i}"), &format!("writer {i}"));
