@@ -7,8 +7,8 @@
 //! output, or nothing).
 //!
 //! Writers of one destination take turns: each holds an exclusive lock on
-//! `.NAME.kiln-lock` beside it while it writes, so concurrent builds to one
-//! `--out` all succeed and the last one wins whole. Whoever holds the lock
+//! `.NAME.kiln-lock` beside it while it writes (and removes it when done),
+//! so concurrent builds to one `--out` all succeed and the last one wins whole. Whoever holds the lock
 //! knows that any `.NAME.kiln-tmp-*` or `.NAME.kiln-old-*` beside it was
 //! left by a writer that died, and removes it.
 
@@ -117,23 +117,45 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The lock of one output, held while it is written; removed when dropped.
+#[derive(Debug)]
+pub struct OutputLock {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Unlinked while still locked: a waiter that opened this file sees
+        // on waking that the path no longer names it, and starts over.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
 /// Takes the lock of the output `dest` (waiting for another writer of it to
 /// finish), then removes what dead writers of `dest` left beside it.
-/// The lock lasts as long as the returned file is open.
-pub fn lock_output(dest: &std::path::Path) -> Result<std::fs::File> {
+pub fn lock_output(dest: &std::path::Path) -> Result<OutputLock> {
     use crate::error::IoContext;
+    use std::os::unix::fs::MetadataExt;
     let parent = layout::parent_of(dest);
     std::fs::create_dir_all(&parent).at("create", &parent)?;
     let name = layout::file_name(dest);
     let path = parent.join(format!(".{name}.kiln-lock"));
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .at("open", &path)?;
-    file.lock().at("lock", &path)?;
+    let file = loop {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at("open", &path)?;
+        file.lock().at("lock", &path)?;
+        let ours = file.metadata().at("stat", &path)?.ino();
+        if std::fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
+            break file;
+        }
+    };
     let debris = [format!(".{name}.kiln-tmp-"), format!(".{name}.kiln-old-")];
     for entry in std::fs::read_dir(&parent).at("list", &parent)?.flatten() {
         let entry_name = entry.file_name().to_string_lossy().into_owned();
@@ -147,5 +169,5 @@ pub fn lock_output(dest: &std::path::Path) -> Result<std::fs::File> {
             removed.at("remove the leftover", &p)?;
         }
     }
-    Ok(file)
+    Ok(OutputLock { path, file })
 }

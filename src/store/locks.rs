@@ -101,7 +101,9 @@ impl Liveness {
         let path = self.dir.join(token);
         let alive = match File::open(&path) {
             // No lock file: its owner is gone (only reclaimers remove lock files).
-            Err(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            // Cannot tell: treat as alive, never remove on a guess.
+            Err(_) => true,
             Ok(file) => match file.try_lock() {
                 Ok(()) => {
                     self.dead.push((path, file));

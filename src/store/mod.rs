@@ -241,9 +241,17 @@ impl Store {
     /// this use or removed the blob first (and then this says false).
     pub fn claim(&self, digest: &Digest) -> Result<bool> {
         let _gc = locks::gc_lock(&self.root, false)?;
-        Ok(File::open(self.blob_path(digest))
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-            .is_ok())
+        let path = self.blob_path(digest);
+        match File::open(&path) {
+            // A store shared with other users may not let us set the time:
+            // the blob is there all the same, only its last use is older.
+            Ok(f) => {
+                let _ = f.set_modified(std::time::SystemTime::now());
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("open blob", &path, e)),
+        }
     }
 
     /// Whether the store holds `digest` intact: claims it, then re-hashes it.
