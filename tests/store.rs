@@ -565,3 +565,38 @@ fn readme_documents_every_store_flag() {
         }
     }
 }
+
+#[test]
+fn push_checks_what_it_sends_and_never_sends_a_damaged_store_blob() {
+    // Through the library: a store damaged after the image was put in it,
+    // with no layout for `kiln push` to heal it from.
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    big_recipe(&w, "unsent", 2, 13);
+    let digest = w.build("unsent.toml", "img");
+    let (layer_hex, layer_path) = store_blobs(&w)
+        .into_iter()
+        .max_by_key(|(_, p)| fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_bit(&layer_path);
+    let store = kiln::store::Store::open(w.cache()).unwrap();
+    let reference = r.repo(&format!("kiln/unsent-{}:v1", std::process::id()));
+    let target = kiln::registry::parse_reference(&reference).unwrap();
+    let registry =
+        kiln::registry::Registry::new(kiln::registry::Options::default(), &[&target]).unwrap();
+    let top = kiln::image::Stored {
+        digest: digest.parse().unwrap(),
+        size: fs::metadata(w.cache().join("blobs/sha256").join(&digest[7..]))
+            .unwrap()
+            .len(),
+        media_type: kiln::image::MANIFEST_MEDIA_TYPE,
+    };
+    let err = registry.push(&store, &top, &target, &[]).unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(&layer_hex), "{err}");
+    assert!(!layer_path.exists(), "the damaged store copy was kept");
+    assert!(
+        !r.blob_data(&format!("sha256:{layer_hex}")).exists(),
+        "the registry received the damaged blob"
+    );
+}
