@@ -97,16 +97,17 @@ fn leftovers(w: &Work, out_dir: &Path) -> Vec<(PathBuf, u64)> {
     found
 }
 
+/// Bytes under `p`; 0 for what vanished meanwhile (a live build's files come and go).
 fn du(p: &Path) -> u64 {
-    let m = fs::symlink_metadata(p).unwrap();
-    if m.is_dir() {
-        fs::read_dir(p)
-            .unwrap()
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::read_dir(p)
+            .into_iter()
+            .flatten()
             .flatten()
             .map(|e| du(&e.path()))
-            .sum()
-    } else {
-        m.len()
+            .sum(),
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
 }
 
@@ -191,11 +192,15 @@ fn builds_killed_mid_write_leave_nothing_once_the_next_build_ran() {
             && seen.iter().any(|(p, _)| p.starts_with(&out_dir)),
         "killed builds left nothing to clean up in the store and beside the output: {seen:?}"
     );
-    big_recipe(&w, "big", 24, 99);
-    let digest = w.build("big.toml", "out/img");
+    // The next build, of another recipe to another output beside it.
+    small_recipe(&w, "next", "next");
+    w.build("next.toml", "out/next");
     let after = leftovers(&w, &out_dir);
     assert!(after.is_empty(), "left after the next build: {after:?}");
     assert!(seen.iter().all(|(p, _)| !p.exists()));
+    big_recipe(&w, "big", 24, 99);
+    let digest = w.build("big.toml", "out/img");
+    assert!(leftovers(&w, &out_dir).is_empty());
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(w.path().join("out/img/index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], digest.as_str());

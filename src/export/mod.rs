@@ -8,13 +8,16 @@
 //!
 //! Writers of one destination take turns: each holds an exclusive lock on
 //! `.NAME.kiln-lock` beside it while it writes (and removes it when done),
-//! so concurrent builds to one `--out` all succeed and the last one wins whole. Whoever holds the lock
-//! knows that any `.NAME.kiln-tmp-*` or `.NAME.kiln-old-*` beside it was
-//! left by a writer that died, and removes it.
+//! so concurrent builds to one `--out` all succeed and the last one wins
+//! whole. Whoever holds the lock knows that any `.NAME.kiln-tmp-*` or
+//! `.NAME.kiln-old-*` beside it was left by a writer that died, and removes
+//! it; so are those of other outputs in the same directory whose lock is
+//! free (see [`lock`]).
 
 pub mod archive;
 pub mod cpio;
 pub mod layout;
+mod lock;
 pub mod vm;
 
 use std::collections::BTreeSet;
@@ -28,6 +31,8 @@ use crate::image::{oci_digest, Stored, INDEX_MEDIA_TYPE};
 use crate::json::canonical;
 use crate::source::layout::{descriptors, is_index, manifest_blobs};
 use crate::store::Store;
+
+pub use lock::{lock_output, OutputLock};
 
 /// What to put in an output: the top manifest or index, and the tags to name it by.
 #[derive(Debug, Clone)]
@@ -115,59 +120,4 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| Error::io("write", path, e.error))?;
     Ok(())
-}
-
-/// The lock of one output, held while it is written; removed when dropped.
-#[derive(Debug)]
-pub struct OutputLock {
-    path: std::path::PathBuf,
-    file: std::fs::File,
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        // Unlinked while still locked: a waiter that opened this file sees
-        // on waking that the path no longer names it, and starts over.
-        let _ = std::fs::remove_file(&self.path);
-        let _ = self.file.unlock();
-    }
-}
-
-/// Takes the lock of the output `dest` (waiting for another writer of it to
-/// finish), then removes what dead writers of `dest` left beside it.
-pub fn lock_output(dest: &std::path::Path) -> Result<OutputLock> {
-    use crate::error::IoContext;
-    use std::os::unix::fs::MetadataExt;
-    let parent = layout::parent_of(dest);
-    std::fs::create_dir_all(&parent).at("create", &parent)?;
-    let name = layout::file_name(dest);
-    let path = parent.join(format!(".{name}.kiln-lock"));
-    let file = loop {
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at("open", &path)?;
-        file.lock().at("lock", &path)?;
-        let ours = file.metadata().at("stat", &path)?.ino();
-        if std::fs::metadata(&path).is_ok_and(|m| m.ino() == ours) {
-            break file;
-        }
-    };
-    let debris = [format!(".{name}.kiln-tmp-"), format!(".{name}.kiln-old-")];
-    for entry in std::fs::read_dir(&parent).at("list", &parent)?.flatten() {
-        let entry_name = entry.file_name().to_string_lossy().into_owned();
-        if debris.iter().any(|p| entry_name.starts_with(p.as_str())) {
-            let p = entry.path();
-            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            removed.at("remove the leftover", &p)?;
-        }
-    }
-    Ok(OutputLock { path, file })
 }
