@@ -201,6 +201,13 @@ fn builds_killed_mid_write_leave_nothing_once_the_next_build_ran() {
     big_recipe(&w, "big", 24, 99);
     let digest = w.build("big.toml", "out/img");
     assert!(leftovers(&w, &out_dir).is_empty());
+    // The killed builds' locks were reclaimed; finished runs remove their own.
+    let locks: Vec<_> = fs::read_dir(w.cache().join("locks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(locks.is_empty(), "lock files left: {locks:?}");
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(w.path().join("out/img/index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], digest.as_str());

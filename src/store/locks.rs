@@ -74,6 +74,17 @@ pub fn process_token(root: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// Removes this process's lock files, for a process about to exit with
+/// nothing left to write (what it leaves would otherwise wait for the next
+/// run to reclaim). Removed while still locked, then unlocked.
+pub fn release() {
+    let Some(held) = HELD.get() else { return };
+    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+    for (root, h) in held.drain() {
+        let _ = fs::remove_file(root.join("locks").join(&h.token));
+    }
+}
+
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
