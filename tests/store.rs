@@ -356,14 +356,17 @@ fn store_verify_removes_damaged_blobs_and_layer_records_and_exits_4() {
         stdout.contains(&format!("removed  blob sha256:{bad_hex}")),
         "{stdout}"
     );
-    assert!(stdout.contains("removed  layer-record"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("removed  layer-record {}", junk.display())),
+        "{stdout}"
+    );
     assert!(String::from_utf8(out.stderr).unwrap().contains("error:"));
     assert!(!bad_path.exists() && !junk.exists());
     let json: serde_json::Value =
         serde_json::from_str(&w.ok(&["store", "verify", "--json"])).unwrap();
     assert_eq!(json["damaged"].as_array().unwrap().len(), 0);
     assert_eq!(json["blobs"].as_u64().unwrap() as usize, blobs.len() - 1);
-    // The record of the removed layer now names a missing blob: a rebuild.
+    // The removed layer (its record named a blob now gone) is rebuilt.
     assert_eq!(w.build("big.toml", "out/fresh"), digest);
     assert!(intact(&bad_hex, &bad_path));
 }
