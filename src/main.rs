@@ -14,5 +14,7 @@ fn main() {
             e.exit_code()
         }
     };
+    // Threads are joined and temporary files persisted or dropped by now.
+    kiln::store::locks::release();
     std::process::exit(code);
 }

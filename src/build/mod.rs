@@ -211,7 +211,7 @@ fn build_loaded(
     // Plan every layer for every platform. Entries may differ per platform
     // (`{arch}` in `src`, `platforms` filters); where they do not, the plans
     // have the same input digest and the layer is built once.
-    let hashes = StatCache::load(store.root().join("stat-cache"));
+    let hashes = StatCache::of_store(store);
     let mut per_platform: Vec<Vec<LayerPlan>> = Vec::new();
     for (platform, (base, _)) in recipe.platforms.iter().zip(&bases) {
         // Directories below each layer, so implied parents keep their modes.
@@ -351,7 +351,9 @@ pub fn render_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Builds every layer not in the cache, several at once; returns (record, cached) per plan.
+/// Takes every layer from the cache or builds it, several at once; returns
+/// (record, cached) per plan. A cached layer's blob is re-hashed first: a
+/// damaged one is removed (the store says so) and the layer rebuilt.
 fn build_layers(
     store: &Store,
     plans: &[LayerPlan],
@@ -360,27 +362,37 @@ fn build_layers(
     reporter: &dyn Reporter,
     epoch: u64,
 ) -> Result<Vec<(LayerRecord, bool)>> {
-    let mut results: Vec<Option<(LayerRecord, bool)>> = plans
-        .iter()
-        .map(|p| {
-            store.cached_layer(&p.input_digest).map(|r| {
-                reporter.event(Event::LayerCached {
-                    name: p.name.as_deref(),
-                    digest: &r.digest,
-                });
-                (r, true)
-            })
-        })
-        .collect();
-    let todo: Vec<usize> = (0..plans.len()).filter(|&i| results[i].is_none()).collect();
     let jobs = match settings.jobs {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
-    .min(todo.len().max(1));
+    .min(plans.len().max(1));
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
+    let one = |plan: &LayerPlan| -> Result<(LayerRecord, bool)> {
+        if let Some(r) = store.cached_layer(&plan.input_digest)? {
+            reporter.event(Event::LayerCached {
+                name: plan.name.as_deref(),
+                digest: &r.digest,
+            });
+            return Ok((r, true));
+        }
+        let (files, bytes) = plan.file_stats();
+        reporter.event(Event::LayerStarted {
+            name: plan.name.as_deref(),
+            files,
+            bytes,
+        });
+        let r = crate::layer::build(store, &plan.entries, recipe.compression, epoch)?;
+        store.remember_layer(&plan.input_digest, &r)?;
+        reporter.event(Event::LayerBuilt {
+            name: plan.name.as_deref(),
+            digest: &r.digest,
+            size: r.size,
+        });
+        Ok((r, false))
+    };
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| loop {
@@ -391,27 +403,12 @@ fn build_layers(
                 {
                     return;
                 }
-                let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(plan) = plans.get(i) else {
                     return;
                 };
-                let plan = &plans[i];
-                let (files, bytes) = plan.file_stats();
-                reporter.event(Event::LayerStarted {
-                    name: plan.name.as_deref(),
-                    files,
-                    bytes,
-                });
-                let result = crate::layer::build(store, &plan.entries, recipe.compression, epoch)
-                    .and_then(|r| store.remember_layer(&plan.input_digest, &r).map(|_| r));
-                match result {
-                    Ok(r) => {
-                        reporter.event(Event::LayerBuilt {
-                            name: plan.name.as_deref(),
-                            digest: &r.digest,
-                            size: r.size,
-                        });
-                        done.lock().expect("no panics hold this lock").push((i, r));
-                    }
+                match one(plan) {
+                    Ok(r) => done.lock().expect("no panics hold this lock").push((i, r)),
                     Err(e) => {
                         first_error
                             .lock()
@@ -425,8 +422,9 @@ fn build_layers(
     if let Some(e) = first_error.into_inner().expect("threads are joined") {
         return Err(e);
     }
+    let mut results: Vec<Option<(LayerRecord, bool)>> = vec![None; plans.len()];
     for (i, r) in done.into_inner().expect("threads are joined") {
-        results[i] = Some((r, false));
+        results[i] = Some(r);
     }
     Ok(results
         .into_iter()

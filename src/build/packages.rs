@@ -68,7 +68,7 @@ pub(super) fn packages_for(
     };
     let mut missing = Vec::new();
     for p in &pinned {
-        if !store.contains(&digest_of(p)?) {
+        if !store.check_blob(&digest_of(p)?)? {
             missing.push(*p);
         }
     }

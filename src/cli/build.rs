@@ -6,7 +6,6 @@ use kiln::build::{self, Event, Reporter, Settings};
 use kiln::error::Error;
 use kiln::export::{self, Output};
 use kiln::registry::{parse_reference, Registry};
-use kiln::store::Store;
 
 use super::registry_args::RegistryArgs;
 use serde_json::json;
@@ -105,7 +104,7 @@ fn short(d: &str) -> &str {
     &d[..d.len().min(19)]
 }
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
@@ -159,7 +158,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         locked: args.locked,
         offline: args.offline,
     };
-    let store = Store::open(Store::default_root()?)?;
+    let store = super::open_store()?;
     let quiet = build::Quiet;
     let progress = Progress;
     let reporter: &dyn Reporter = if super::progress_enabled() {

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use kiln::error::Error;
 use kiln::registry::{parse_reference, Registry};
-use kiln::store::Store;
 
 use super::registry_args::RegistryArgs;
 
@@ -24,7 +23,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Error> {
     let source = parse_reference(&args.source)?;
     let target = parse_reference(&args.destination)?;
-    let store = Store::open(Store::default_root()?)?;
+    let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&source, &target])?;
     let top = registry.pull(&store, &source, None)?;
     let report = registry.push(&store, &top, &target, std::slice::from_ref(&source))?;

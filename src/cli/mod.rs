@@ -12,6 +12,7 @@ mod push;
 mod registry_args;
 mod sbom;
 mod sign;
+mod store;
 
 use clap::{Parser, Subcommand};
 use kiln::error::Error;
@@ -50,6 +51,8 @@ enum Command {
     Verify(sign::VerifyArgs),
     /// Check and store registry credentials where docker and podman look for them.
     Login(login::Args),
+    /// Verify the store's blobs, or prune what no recent build used.
+    Store(store::Args),
 }
 
 /// Runs the parsed command.
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Sign(args) => sign::sign(args),
         Command::Sbom(args) => sbom::run(args),
         Command::Verify(args) => sign::verify(args),
+        Command::Store(args) => store::run(args),
     }
 }
 
@@ -82,6 +86,14 @@ pub fn render_error(e: &Error) {
         text.push_str(&format!("\nhint: {hint}"));
     }
     eprintln!("{text}");
+}
+
+/// Opens the store; its repair notes (a damaged blob removed) go to stderr.
+fn open_store() -> Result<kiln::store::Store, Error> {
+    Ok(
+        kiln::store::Store::open(kiln::store::Store::default_root()?)?
+            .with_notes(|text| eprintln!("{text}")),
+    )
 }
 
 /// Whether progress lines should be drawn on stderr.

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use kiln::error::Error;
 use kiln::export::{self, Output};
 use kiln::registry::{parse_reference, Registry};
-use kiln::store::Store;
 
 use super::build::Format;
 use super::registry_args::RegistryArgs;
@@ -29,7 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Error> {
     let source = parse_reference(&args.reference)?;
-    let store = Store::open(Store::default_root()?)?;
+    let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&source])?;
     let top = registry.pull(&store, &source, None)?;
     let tags: Vec<String> = source.tag().map(String::from).into_iter().collect();

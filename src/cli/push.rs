@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use kiln::error::Error;
 use kiln::registry::{parse_reference, Registry};
-use kiln::source::layout::open_any;
-use kiln::store::Store;
+use kiln::source::layout::open_any_with;
 
 use super::registry_args::RegistryArgs;
 
@@ -24,8 +23,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Error> {
     let target = parse_reference(&args.reference)?;
-    let store = Store::open(Store::default_root()?)?;
-    let (layout, _guard) = open_any(&args.source)?;
+    let store = super::open_store()?;
+    let (layout, _guard) = open_any_with(&args.source, || store.temp_dir())?;
     let top = layout.import(&store)?;
     let registry = Registry::new(args.registry.options()?, &[&target])?;
     let report = registry.push(&store, &top, &target, &[])?;

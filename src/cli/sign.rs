@@ -79,7 +79,7 @@ pub fn sign_all(
 pub fn sign(args: SignArgs) -> Result<(), Error> {
     let image = parse_reference(&args.reference)?;
     let key = super::keys::load_signing_key(&args.key)?;
-    let store = Store::open(Store::default_root()?)?;
+    let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
     let digest = digest_of(&registry, &image)?;
     for d in sign_all(&registry, &store, &image, &digest, &key, args.recursive)? {
@@ -101,7 +101,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Error> {
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let store = Store::open(Store::default_root()?)?;
+    let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
     let digest = digest_of(&registry, &image)?;
     let matched = cosign::verify(&registry, &store, &image, &digest, &keys)?;

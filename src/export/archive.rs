@@ -1,7 +1,6 @@
 //! Writes an OCI archive: the OCI image layout as one tar file, atomically,
 //! with the same deterministic tar writer as layers.
 
-use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
@@ -24,8 +23,8 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
             ),
         ));
     }
+    let _lock = super::lock_output(dest)?;
     let parent = parent_of(dest);
-    fs::create_dir_all(&parent).at("create", &parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
         .tempfile_in(&parent)

@@ -13,9 +13,9 @@ use crate::store::{sync_dir, verify_error, Store};
 /// `dest` must not exist, be empty, or already be an OCI layout: kiln never
 /// replaces a directory it did not write.
 pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
+    let _lock = super::lock_output(dest)?;
     check_replaceable(dest)?;
     let parent = parent_of(dest);
-    fs::create_dir_all(&parent).at("create", &parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
         .tempdir_in(&parent)

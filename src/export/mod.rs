@@ -5,10 +5,19 @@
 //! destination under a temporary name, synced, then renamed into place. On
 //! any error the destination is what it was before (the previous complete
 //! output, or nothing).
+//!
+//! Writers of one destination take turns: each holds an exclusive lock on
+//! `.NAME.kiln-lock` beside it while it writes (and removes it when done),
+//! so concurrent builds to one `--out` all succeed and the last one wins
+//! whole. Whoever holds the lock knows that any `.NAME.kiln-tmp-*` or
+//! `.NAME.kiln-old-*` beside it was left by a writer that died, and removes
+//! it; so are those of other outputs in the same directory whose lock is
+//! free (see [`lock`]).
 
 pub mod archive;
 pub mod cpio;
 pub mod layout;
+mod lock;
 pub mod vm;
 
 use std::collections::BTreeSet;
@@ -22,6 +31,8 @@ use crate::image::{oci_digest, Stored, INDEX_MEDIA_TYPE};
 use crate::json::canonical;
 use crate::source::layout::{descriptors, is_index, manifest_blobs};
 use crate::store::Store;
+
+pub use lock::{lock_output, OutputLock};
 
 /// What to put in an output: the top manifest or index, and the tags to name it by.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, BufReader, Read};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::plan::{DirMap, DirMeta};
 use crate::store::{LayerRecord, Store};
 
@@ -35,10 +35,7 @@ pub fn add_layer_dirs(store: &Store, layer: &LayerRecord, map: &mut DirMap) -> R
         Some(d) => d,
         None => {
             let d = scan(store, layer)?;
-            let dir = store.root().join("dirs");
-            fs::create_dir_all(&dir).at("create", &dir)?;
-            let mut tmp =
-                tempfile::NamedTempFile::new_in(&dir).at("create a temporary file in", &dir)?;
+            let mut tmp = store.temp_file_in(&store.root().join("dirs"))?;
             serde_json::to_writer(&mut tmp, &d)
                 .map_err(|e| Error::io("write", &cache, e.into()))?;
             tmp.persist(&cache)

@@ -153,7 +153,7 @@ impl Registry {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        if store.contains(digest) {
+        if store.check_blob(digest)? {
             return Ok(());
         }
         let what = format!("pull blob `{digest}` from `{}`", source.whole());

@@ -106,23 +106,34 @@ impl Registry {
             }
         }
         let path = store.blob_path(digest);
-        self.retry(&what, || {
-            let path = path.clone();
-            let d = d.clone();
-            async move {
-                let file = tokio::fs::File::open(&path).await?;
-                let stream = tokio_reader_stream(file);
-                let client = if size <= SMALL_BLOB {
-                    &self.small
-                } else {
-                    &self.client
-                };
-                client
-                    .push_blob_stream(target, stream, &d, Some(size))
-                    .await
+        let sent = self
+            .retry(&what, || {
+                let path = path.clone();
+                let d = d.clone();
+                async move {
+                    let file = tokio::fs::File::open(&path).await?;
+                    let stream = verified_stream(file, digest.clone(), path.clone());
+                    let client = if size <= SMALL_BLOB {
+                        &self.small
+                    } else {
+                        &self.client
+                    };
+                    client
+                        .push_blob_stream(target, stream, &d, Some(size))
+                        .await
+                }
+            })
+            .await;
+        if let Err(e) = sent {
+            // A damaged store copy is removed (and said so), never sent.
+            if !store.check_blob(digest)? {
+                return Err(Error::verification(
+                    format!("store blob `{digest}` was damaged; it was removed, not pushed"),
+                    "build the image again, or push the layout it was written to",
+                ));
             }
-        })
-        .await?;
+            return Err(e);
+        }
         Ok(BlobOutcome::Uploaded)
     }
 
@@ -217,13 +228,20 @@ const SMALL_BLOB: u64 = 32 << 20;
 /// requests of at most 4 MiB, so items of exactly that size make the fewest.
 const UPLOAD_CHUNK: usize = 4 << 20;
 
-fn tokio_reader_stream(
+/// The store file of blob `expected`, in upload chunks, hashed as it goes:
+/// at its end, content that does not match the digest fails the upload
+/// before it completes, so a damaged store copy is never sent.
+fn verified_stream(
     file: tokio::fs::File,
+    expected: Digest,
+    path: std::path::PathBuf,
 ) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
        + Send
        + 'static {
+    use sha2::Digest as _;
     use tokio::io::AsyncReadExt;
-    futures_util::stream::try_unfold(file, |mut file| async move {
+    let state = (file, sha2::Sha256::new(), expected, path);
+    futures_util::stream::try_unfold(state, |(mut file, mut hasher, expected, path)| async move {
         let mut buf = vec![0u8; UPLOAD_CHUNK];
         let mut filled = 0;
         while filled < buf.len() {
@@ -234,9 +252,21 @@ fn tokio_reader_stream(
             filled += n;
         }
         if filled == 0 {
+            let actual = Digest::from_hasher(hasher);
+            if actual != expected {
+                // Not an I/O error: resending the same bytes cannot help.
+                return Err(OciDistributionError::GenericError(Some(format!(
+                    "store blob `{}` does not match its digest `{expected}` (it hashes to `{actual}`)",
+                    path.display()
+                ))));
+            }
             return Ok(None);
         }
         buf.truncate(filled);
-        Ok(Some((bytes::Bytes::from(buf), file)))
+        hasher.update(&buf);
+        Ok(Some((
+            bytes::Bytes::from(buf),
+            (file, hasher, expected, path),
+        )))
     })
 }

@@ -106,7 +106,7 @@ impl Layout {
 
     /// Copies a blob into the store (unless it is there), verifying its digest.
     fn copy_to_store(&self, digest: &Digest, store: &Store) -> Result<()> {
-        if store.contains(digest) {
+        if store.check_blob(digest)? {
             return Ok(());
         }
         let src = self.blob_path(digest);
@@ -382,6 +382,20 @@ pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
 /// Opens an OCI layout directory, or unpacks an OCI archive into a temporary
 /// directory and opens that; the guard keeps the temporary directory alive.
 pub fn open_any(path: &Path) -> Result<(Layout, Option<tempfile::TempDir>)> {
+    open_any_with(path, || {
+        tempfile::Builder::new()
+            .prefix("kiln-archive-")
+            .tempdir()
+            .at("create a temporary directory", &std::env::temp_dir())
+    })
+}
+
+/// [`open_any`], unpacking an archive into the directory `tmp` makes (such
+/// as [`Store::temp_dir`], which is reclaimed if the process is killed).
+pub fn open_any_with(
+    path: &Path,
+    tmp: impl FnOnce() -> Result<tempfile::TempDir>,
+) -> Result<(Layout, Option<tempfile::TempDir>)> {
     let meta = fs::metadata(path).map_err(|e| {
         Error::invalid(
             format!("cannot open `{}`: {e}", path.display()),
@@ -391,10 +405,7 @@ pub fn open_any(path: &Path) -> Result<(Layout, Option<tempfile::TempDir>)> {
     if meta.is_dir() {
         return Ok((Layout::open(path)?, None));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("kiln-archive-")
-        .tempdir()
-        .at("create a temporary directory", &std::env::temp_dir())?;
+    let tmp = tmp()?;
     unpack_archive(path, tmp.path())?;
     Ok((Layout::open(tmp.path())?, Some(tmp)))
 }

@@ -7,19 +7,28 @@
 //! blobs/sha256/<hex>     every blob kiln has built or imported
 //! layers/<hex>.json      layer cache: input digest → built layer
 //! tmp/                   blobs being written
+//! locks/<token>          one lock file per live kiln process
+//! gc.lock                orders users of blobs against `prune`
 //! ```
 //!
 //! A blob is written to a temporary file in `tmp/`, hashed while written,
 //! fsynced, then renamed into place, so a name never lies about its content
-//! and a killed build leaves only stray temporary files. Reads verify the
-//! digest. Two processes may share a store: renames are atomic and the last
-//! writer of identical content wins harmlessly.
+//! and a killed build leaves only stray temporary files, which the next
+//! process to open the store removes (see [`locks`]). Reads verify the
+//! digest; a blob found damaged is removed, so it is rebuilt or fetched
+//! again. Two processes may share a store: renames are atomic and the last
+//! writer of identical content wins harmlessly. A blob's mtime is when a
+//! build last used it, which is what `kiln store prune` goes by.
 
+pub mod locks;
+pub mod maintain;
 pub mod stat_cache;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +39,26 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// This process's lock token, part of every temporary name it writes.
+    token: String,
+    notes: Notes,
+}
+
+/// Where the store says what it repaired (the CLI prints it on stderr).
+#[derive(Clone, Default)]
+struct Notes(Option<Arc<Say>>);
+
+/// Something that prints a note.
+type Say = dyn Fn(&str) + Send + Sync;
+
+impl std::fmt::Debug for Notes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Notes(..)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// A built layer as the layer cache remembers it.
@@ -46,14 +75,57 @@ pub struct LayerRecord {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`, takes this process's
+    /// lock in it and removes the temporary files of writers that are gone.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         for sub in ["blobs/sha256", "layers", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).at("create", &dir)?;
         }
-        Ok(Self { root })
+        let token = locks::process_token(&root)?;
+        locks::reclaim(&root)?;
+        Ok(Self {
+            root,
+            token,
+            notes: Notes::default(),
+        })
+    }
+
+    /// Sends notes about repairs (a damaged blob removed) to `say`.
+    pub fn with_notes(mut self, say: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.notes = Notes(Some(Arc::new(say)));
+        self
+    }
+
+    /// Says something about the store through the notes sink, if any.
+    pub fn note(&self, text: &str) {
+        if let Some(say) = &self.notes.0 {
+            say(text);
+        }
+    }
+
+    /// A temporary file in `dir` (inside the store), named so that it is
+    /// reclaimed if this process dies before persisting it.
+    pub fn temp_file_in(&self, dir: &Path) -> Result<tempfile::NamedTempFile> {
+        fs::create_dir_all(dir).at("create", dir)?;
+        tempfile::Builder::new()
+            .prefix(&self.temp_prefix())
+            .tempfile_in(dir)
+            .at("create a temporary file in", dir)
+    }
+
+    /// A temporary directory in the store's `tmp/`, reclaimed like temporary files.
+    pub fn temp_dir(&self) -> Result<tempfile::TempDir> {
+        let dir = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix(&self.temp_prefix())
+            .tempdir_in(&dir)
+            .at("create a temporary directory in", &dir)
+    }
+
+    pub(crate) fn temp_prefix(&self) -> String {
+        format!("{}{}-", locks::TMP_PREFIX, self.token)
     }
 
     /// The default store location: `KILN_CACHE`, `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.
@@ -91,11 +163,7 @@ impl Store {
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
-        let dir = self.root.join("tmp");
-        let file = tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(&dir)
-            .at("create a temporary file in", &dir)?;
+        let file = self.temp_file_in(&self.root.join("tmp"))?;
         Ok(BlobWriter {
             store: self.clone(),
             inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
@@ -105,7 +173,7 @@ impl Store {
     /// Stores `bytes` and returns their digest.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        if self.contains(&digest) {
+        if self.check_blob(&digest)? {
             return Ok(digest);
         }
         let mut w = self.writer()?;
@@ -150,23 +218,87 @@ impl Store {
         Ok(fs::metadata(&path).at("stat blob", &path)?.len())
     }
 
-    /// Looks up the layer cache; a record whose blob is gone counts as a miss.
-    pub fn cached_layer(&self, input: &Digest) -> Option<LayerRecord> {
+    /// Looks up the layer cache; a record whose blob is gone or damaged
+    /// counts as a miss (a damaged blob is removed and a note says so).
+    pub fn cached_layer(&self, input: &Digest) -> Result<Option<LayerRecord>> {
         let path = self.layer_index_path(input);
-        let text = fs::read(path).ok()?;
-        let record: LayerRecord = serde_json::from_slice(&text).ok()?;
-        let size = fs::metadata(self.blob_path(&record.digest)).ok()?.len();
-        (size == record.size).then_some(record)
+        let Some(record) = fs::read(path)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<LayerRecord>(&text).ok())
+        else {
+            return Ok(None);
+        };
+        let size = fs::metadata(self.blob_path(&record.digest)).map(|m| m.len());
+        if size.ok() != Some(record.size) {
+            return Ok(None);
+        }
+        Ok(self.check_blob(&record.digest)?.then_some(record))
+    }
+
+    /// Marks a blob as used now (for `prune`); false if the store lacks it.
+    ///
+    /// Done under the shared `gc.lock`, so a concurrent `prune` either saw
+    /// this use or removed the blob first (and then this says false).
+    pub fn claim(&self, digest: &Digest) -> Result<bool> {
+        let _gc = locks::gc_lock(&self.root, false)?;
+        let path = self.blob_path(digest);
+        match File::open(&path) {
+            // A store shared with other users may not let us set the time:
+            // the blob is there all the same, only its last use is older.
+            Ok(f) => {
+                let _ = f.set_modified(std::time::SystemTime::now());
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("open blob", &path, e)),
+        }
+    }
+
+    /// Whether the store holds `digest` intact: claims it, then re-hashes it.
+    /// A damaged blob is removed (a note says so) and counts as absent, so
+    /// the caller builds or fetches it again.
+    pub fn check_blob(&self, digest: &Digest) -> Result<bool> {
+        if !self.claim(digest)? {
+            return Ok(false);
+        }
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("open blob", &path, e)),
+        };
+        let ino = file.metadata().at("stat blob", &path)?.ino();
+        let (actual, _) = crate::digest::digest_reader(io::BufReader::with_capacity(1 << 20, file))
+            .at("read", &path)?;
+        if actual == *digest {
+            return Ok(true);
+        }
+        self.remove_damaged(digest, ino)?;
+        self.note(&format!(
+            "warning: store blob `{digest}` was damaged (its content hashes to `{actual}`); \
+             removed it, and kiln makes it again"
+        ));
+        Ok(false)
+    }
+
+    /// Removes a blob judged damaged, unless it has been replaced since
+    /// (another process may have healed it: a new file has a new inode).
+    pub fn remove_damaged(&self, digest: &Digest, ino: u64) -> Result<bool> {
+        let _gc = locks::gc_lock(&self.root, true)?;
+        let path = self.blob_path(digest);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.ino() == ino => {
+                fs::remove_file(&path).at("remove damaged blob", &path)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Records a built layer under its input digest (atomically).
     pub fn remember_layer(&self, input: &Digest, record: &LayerRecord) -> Result<()> {
         let path = self.layer_index_path(input);
-        let dir = self.root.join("layers");
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".layer-")
-            .tempfile_in(&dir)
-            .at("create a temporary file in", &dir)?;
+        let mut tmp = self.temp_file_in(&self.root.join("layers"))?;
         let text = serde_json::to_vec(record).expect("layer records serialise");
         tmp.write_all(&text).at("write", tmp.path())?;
         tmp.as_file().sync_all().at("sync", tmp.path())?;

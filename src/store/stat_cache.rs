@@ -44,6 +44,9 @@ type Entries = HashMap<(u64, u64), (Stamp, Digest)>;
 pub struct StatCache {
     path: PathBuf,
     entries: Mutex<(Entries, bool)>,
+    /// Prefix of the temporary file `save` writes (the store's, so a
+    /// killed save is reclaimed).
+    tmp_prefix: String,
 }
 
 impl StatCache {
@@ -60,6 +63,15 @@ impl StatCache {
         StatCache {
             path,
             entries: Mutex::new((map, false)),
+            tmp_prefix: ".tmp".into(),
+        }
+    }
+
+    /// Loads the stat cache of `store` (its `stat-cache` file).
+    pub fn of_store(store: &super::Store) -> StatCache {
+        StatCache {
+            tmp_prefix: store.temp_prefix(),
+            ..StatCache::load(store.root().join("stat-cache"))
         }
     }
 
@@ -109,7 +121,10 @@ impl StatCache {
             .path
             .parent()
             .expect("the stat cache lives in the store");
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).at("create a temporary file in", dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&self.tmp_prefix)
+            .tempfile_in(dir)
+            .at("create a temporary file in", dir)?;
         tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
         tmp.persist(&self.path)
             .map_err(|e| Error::io("rename into", &self.path, e.error))?;

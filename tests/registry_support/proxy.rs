@@ -114,14 +114,14 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     let n = state.count.fetch_add(1, Ordering::SeqCst) + 1;
     let fail = match state.faults {
         Faults::None => None,
-        Faults::Every(k) if n % k == 0 => Some((n / k) % 2 == 1),
+        Faults::Every(k) if n.is_multiple_of(k) => Some((n / k) % 2 == 1),
         Faults::Every(_) => None,
         Faults::OncePerKind => state
             .kinds
             .lock()
             .unwrap()
             .insert(kind(&method, &target))
-            .then(|| state.failed.load(Ordering::SeqCst) % 2 == 0),
+            .then(|| state.failed.load(Ordering::SeqCst).is_multiple_of(2)),
     };
     state.log.lock().unwrap().push(Request {
         method,

@@ -90,8 +90,7 @@ pub(super) fn make_disk(
     fs: &str,
     size: Option<u64>,
 ) -> Result<(Digest, u64)> {
-    let work = tempfile::tempdir_in(store.root().join("tmp"))
-        .at("create a temporary directory in", store.root())?;
+    let work = store.temp_dir()?;
     let root = work.path().join("root");
     std::fs::create_dir(&root).at("create", &root)?;
     materialize(store, tree, &root)?;
@@ -234,8 +233,7 @@ fn make_ext4(
 
 /// The raw disk converted to qcow2 by `qemu-img`.
 pub(super) fn make_qcow2(store: &Store, raw: &Digest) -> Result<(Digest, u64)> {
-    let work = tempfile::tempdir_in(store.root().join("tmp"))
-        .at("create a temporary directory in", store.root())?;
+    let work = store.temp_dir()?;
     let out = work.path().join("disk.qcow2");
     run_tool(
         std::process::Command::new("qemu-img")

@@ -268,9 +268,9 @@ fn uuid_from(d: &Digest) -> String {
 
 /// Writes a bundle directory at `dest`, atomically (as layouts are written).
 pub fn write(store: &Store, bundle: &Bundle, dest: &Path) -> Result<()> {
+    let _lock = super::lock_output(dest)?;
     super::layout::check_replaceable(dest)?;
     let parent = super::layout::parent_of(dest);
-    std::fs::create_dir_all(&parent).at("create", &parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.kiln-tmp-", super::layout::file_name(dest)))
         .tempdir_in(&parent)

@@ -7,7 +7,7 @@
 //! same package, and devices, fifos and sockets are refused, naming the
 //! package. The result is cached in the store per `.deb` digest.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,10 +67,11 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
         .ok()
         .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
     {
-        let complete = c
-            .entries
-            .iter()
-            .all(|e| e.digest.as_ref().is_none_or(|d| store.contains(d)));
+        let complete = c.entries.iter().all(|e| {
+            e.digest
+                .as_ref()
+                .is_none_or(|d| store.claim(d).unwrap_or(false))
+        });
         if complete {
             return Ok(c);
         }
@@ -128,12 +129,11 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
         postinst,
         entries: entries.ok_or_else(|| bad(package, "no data.tar member"))?,
     };
-    let dir = store.root().join("debs");
-    std::fs::create_dir_all(&dir).at("create", &dir)?;
-    crate::export::write_file_atomic(
-        &cache,
-        &serde_json::to_vec(&contents).expect("serialisable"),
-    )?;
+    let mut tmp = store.temp_file_in(&store.root().join("debs"))?;
+    tmp.write_all(&serde_json::to_vec(&contents).expect("serialisable"))
+        .at("write", tmp.path())?;
+    tmp.persist(&cache)
+        .map_err(|e| Error::io("rename into", &cache, e.error))?;
     Ok(contents)
 }
 

@@ -128,7 +128,7 @@ pub fn entries(
     }
     alternatives(packages, &mut out);
     if native {
-        ld_cache(&mut out)?;
+        ld_cache(store, &mut out)?;
     }
     Ok(out)
 }
@@ -168,7 +168,7 @@ fn refuse_paths_through_links(out: &BTreeMap<String, (Entry, String)>) -> Result
 /// only on the files, so it is reproducible). Without a cache the dynamic
 /// linker still searches its default directories; with one, libraries in
 /// directories that `/etc/ld.so.conf.d` adds are found too.
-fn ld_cache(out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
+fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
     use crate::error::IoContext;
     let ships_libraries = out.iter().any(|(p, (e, _))| {
         matches!(e.kind, EntryKind::File { .. }) && p.contains("/lib") && p.contains(".so")
@@ -176,7 +176,8 @@ fn ld_cache(out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
     if !ships_libraries {
         return Ok(());
     }
-    let work = tempfile::tempdir().at("create a temporary directory", &std::env::temp_dir())?;
+    // In the store's `tmp/`, so a killed build's tree is reclaimed.
+    let work = store.temp_dir()?;
     let root = work.path();
     // The scratch tree is written beneath its root without following any
     // link, so a link from one package never carries another's file out.

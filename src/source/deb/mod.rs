@@ -291,7 +291,7 @@ pub fn load_index(
                     )),
                 )
             })?;
-        if !store.contains(&digest) {
+        if !store.check_blob(&digest)? {
             let mut w = store.writer()?;
             fetcher.get_into(&format!("dists/{}/{rel}", repo.suite), &mut w)?;
             w.commit(Some(&digest)).map_err(|e| match e {
