@@ -346,3 +346,50 @@ fn a_truncated_manifest_fails_the_pull_with_exit_4() {
 fn a_blob_that_does_not_match_its_digest_fails_the_pull_with_exit_4() {
     pull_from_a_liar_fails_with_exit_4(Lie::CorruptBlob, "lie-blob", false);
 }
+
+/// The first `GET /v2/` and the token exchange are retried like any other
+/// request: with the token server behind a proxy that fails the first token
+/// request, and the registry behind one that fails the first request of
+/// each kind (the ping first of all), a push and a pull with the token flow
+/// complete on their first run; the password appears in no output.
+#[test]
+fn the_first_ping_and_the_token_exchange_are_retried() {
+    let r = registry(Flavour::FlakyToken);
+    let proxy = Proxy::start(&r.host, Faults::OncePerKind);
+    let w = Work::new();
+    let digest = build_small_image(&w, "fault-token");
+    let reference = format!("{}/kiln/fault-token:v1", proxy.host);
+    let mut args = vec!["push", "img", reference.as_str()];
+    args.extend(creds_args(r));
+    let out = run_with_stdin(kiln_fast(&w), &args, password_for(r));
+    assert_success(&out, &format!("push; requests:\n  {}", describe(&proxy)));
+    let by_digest = format!("{}/kiln/fault-token@{digest}", proxy.host);
+    let mut args = vec!["pull", by_digest.as_str(), "--out", "pulled"];
+    args.extend(creds_args(r));
+    let mut cmd = kiln_fresh_store(&w);
+    cmd.env("KILN_RETRY_BASE_MS", "5");
+    let pulled = run_with_stdin(cmd, &args, password_for(r));
+    assert_success(&pulled, "pull");
+    assert_same_blobs(&w.path().join("img"), &w.path().join("pulled"));
+    assert_eq!(remote_digest(r, &r.repo("kiln/fault-token:v1")), digest);
+
+    let first = &proxy.requests()[0];
+    assert!(
+        first.failed && first.method == "GET" && first.target == "/v2/",
+        "the first request, the ping, failed: {first:?}"
+    );
+    let token_proxy = r.token_proxy.as_ref().unwrap();
+    let token_requests = token_proxy.requests();
+    assert!(
+        token_requests[0].failed && token_requests.len() >= 2,
+        "the first token request failed and was retried: {token_requests:?}"
+    );
+    for o in [&out, &pulled] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!text.contains(registry_support::PASSWORD), "{text}");
+    }
+}

@@ -1,12 +1,15 @@
-//! Stage 7, distribute: push and pull images by digest (oci-client).
+//! Stage 7, distribute: push and pull images by digest, speaking the
+//! distribution API over reqwest ([`http`]); oci-client parses references.
 //!
 //! Everything goes through the store: a push reads blobs from it, a pull
 //! writes verified blobs into it before any output is written. Pushes send
 //! blobs first (skipping those the registry has, mounting those another
 //! repository of the same registry has), then manifests by digest, then
-//! tags. Transient failures (connection errors, 429, 5xx) are retried with
-//! backoff, a bounded number of times; blobs that already arrived are not
-//! sent again on a re-run.
+//! tags. Transient failures (connection errors, cut answers, 408, 429, 5xx)
+//! are retried after `Retry-After` or a backoff, within a bounded number of
+//! attempts and time; an interrupted upload resumes from the offset the
+//! registry reports ([`upload`]); blobs that already arrived are not sent
+//! again on a re-run. Every digest mismatch is [`Error::DigestMismatch`].
 
 pub mod auth;
 mod http;

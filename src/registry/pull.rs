@@ -238,7 +238,8 @@ async fn pull_blob(
     }
     let what = format!("pull blob `{digest}` from `{}`", source.whole());
     let url = blob_url(s, source, &digest.to_string());
-    let started = Instant::now();
+    // The bounds apply to a stall: both start again when bytes arrive.
+    let mut started = Instant::now();
     let mut attempt = 0;
     let mut writer = store.writer()?;
     let mut written: u64 = 0;
@@ -298,7 +299,13 @@ async fn pull_blob(
                         })?;
                         return Ok(());
                     }
-                    Some(why) => (why, None),
+                    Some(why) => {
+                        if written > from {
+                            attempt = 0;
+                            started = Instant::now();
+                        }
+                        (why, None)
+                    }
                 }
             }
             Attempt::Answer(resp) if resp.status() == StatusCode::UNAUTHORIZED => {

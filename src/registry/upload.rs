@@ -41,14 +41,31 @@ pub(super) async fn upload(
 ) -> Result<()> {
     let what = format!("push blob `{digest}` to `{}`", r.whole());
     let mut file = tokio::fs::File::open(path).await.at("open", path)?;
-    let started = Instant::now();
-    // Failures that cost a session or an answer, across the whole upload.
+    // Failures in a row since the last chunk that went through, and when
+    // that was: the bounds apply to a stall, not to a long upload.
+    let mut started = Instant::now();
     let mut failures = 0;
     let mut upload: Option<Upload> = None;
+    // Sessions started: progress does not reset this, so a registry that
+    // keeps dropping sessions cannot keep kiln busy for ever.
+    let mut sessions = 0;
     loop {
         let mut up = match upload.take() {
             Some(up) => up,
-            None => start(s, r, &what).await?,
+            None if sessions > 2 * s.policy.attempts => {
+                return Err(Error::Registry {
+                    message: format!(
+                        "cannot {what}: the registry dropped {sessions} upload sessions"
+                    ),
+                    hint: Some(
+                        "check the registry's health and its upload purging settings".into(),
+                    ),
+                })
+            }
+            None => {
+                sessions += 1;
+                start(s, r, &what).await?
+            }
         };
         // Chunks, from wherever the registry stands.
         while up.offset < size {
@@ -73,6 +90,8 @@ pub(super) async fn upload(
                 Attempt::Answer(resp) if resp.status() == StatusCode::ACCEPTED => {
                     up.location = location(&up.location, resp.headers()).unwrap_or(up.location);
                     up.offset = held(resp.headers()).unwrap_or(end);
+                    failures = 0;
+                    started = Instant::now();
                     continue;
                 }
                 Attempt::Answer(resp) => (format!("HTTP {}", resp.status().as_u16()), None),
