@@ -393,3 +393,33 @@ fn the_first_ping_and_the_token_exchange_are_retried() {
         assert!(!text.contains(registry_support::PASSWORD), "{text}");
     }
 }
+
+/// Pushes a small image through a proxy that tells `lie`; asserts exit 4
+/// and a digest mismatch in the message.
+fn push_to_a_liar_fails_with_exit_4(lie: Lie, name: &str) {
+    let r = registry(Flavour::Plain);
+    let proxy = Proxy::start(&r.host, Faults::Lie(lie));
+    let w = Work::new();
+    build_small_image(&w, name);
+    let reference = format!("{}/kiln/{name}:v1", proxy.host);
+    let out = run_with_stdin(kiln_fast(&w), &["push", "img", &reference], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "exit code; stderr:\n{stderr}\nrequests:\n  {}",
+        describe(&proxy)
+    );
+    assert!(stderr.contains("digest mismatch"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no digest printed");
+}
+
+#[test]
+fn an_upload_the_registry_says_does_not_match_fails_the_push_with_exit_4() {
+    push_to_a_liar_fails_with_exit_4(Lie::CorruptUpload, "lie-upload");
+}
+
+#[test]
+fn a_manifest_the_registry_names_by_another_digest_fails_the_push_with_exit_4() {
+    push_to_a_liar_fails_with_exit_4(Lie::WrongPushedDigest, "lie-pushed-digest");
+}

@@ -120,10 +120,10 @@ pub(super) async fn upload(
                 let body = resp.text().await.unwrap_or_default();
                 if body.contains("DIGEST_INVALID") {
                     // What the registry received is not this blob.
-                    return Err(Error::Registry {
-                        message: format!("cannot {what}: the registry says the uploaded bytes do not match the digest"),
-                        hint: Some("push again; if it persists, something between kiln and the registry changes the data".into()),
-                    });
+                    return Err(Error::verification(
+                        format!("digest mismatch for {what}: the registry says the bytes it received do not hash to it"),
+                        "push again; if it persists, something between kiln and the registry changes the data, or the store's copy of the blob is damaged (remove it from the store and build again)",
+                    ));
                 }
                 (format!("HTTP 400 {body}"), None)
             }

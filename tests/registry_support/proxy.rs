@@ -68,6 +68,10 @@ pub enum Lie {
     TruncatedManifest,
     /// Blob answers have one byte changed.
     CorruptBlob,
+    /// Uploaded chunks (`PATCH` bodies) have their last byte changed on the way in.
+    CorruptUpload,
+    /// The answer to a manifest `PUT` names another digest (`Docker-Content-Digest`).
+    WrongPushedDigest,
 }
 
 /// A running proxy.
@@ -275,6 +279,12 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
         }
         Some(Fault::Truncated) | None => {}
     }
+    let mut body = body;
+    if state.faults == Faults::Lie(Lie::CorruptUpload) && method == "PATCH" {
+        if let Some(b) = body.last_mut() {
+            *b ^= 0xff;
+        }
+    }
     let mut upstream = TcpStream::connect(&state.upstream)?;
     upstream.write_all(with_connection_close(&head).as_bytes())?;
     upstream.write_all(&body)?;
@@ -291,6 +301,11 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
         }
     }
     let lie = match state.faults {
+        Faults::Lie(Lie::WrongPushedDigest)
+            if method == "PUT" && target.contains("/manifests/") =>
+        {
+            Some(Lie::WrongPushedDigest)
+        }
         Faults::Lie(lie) if method == "GET" => Some(lie),
         _ => None,
     };
@@ -332,7 +347,20 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
             }
             _ => rest,
         };
-        client.write_all(with_content_length(&head, body.len()).as_bytes())?;
+        let mut head = with_content_length(&head, body.len());
+        if lie == Some(Lie::WrongPushedDigest) {
+            head = head
+                .split_inclusive('\n')
+                .map(|l| {
+                    if l.to_ascii_lowercase().starts_with("docker-content-digest:") {
+                        format!("Docker-Content-Digest: sha256:{}\r\n", "0".repeat(64))
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+        }
+        client.write_all(head.as_bytes())?;
         client.write_all(&body)?;
         client.flush()?;
         return client.shutdown(Shutdown::Both);
