@@ -268,8 +268,10 @@ fn a_429_with_an_error_body_on_every_kind_of_request_is_retried_after_retry_afte
         "GET /v2/",
         "HEAD ",
         "POST ",
+        "PATCH ",
         "PUT ",
         "GET /v2/kiln/fault-429/manifests/",
+        "GET /v2/kiln/fault-429/blobs/sha256:",
     ] {
         assert!(
             kinds.iter().any(|k| k.starts_with(needed)),

@@ -163,8 +163,10 @@ async fn start(s: &Session, r: &Reference, what: &str) -> Result<Upload> {
 }
 
 /// Where the session stands now, or `None` when the registry no longer
-/// knows it (404; distribution also drops a session whose state no longer
-/// matches the bytes it holds, and answers 400).
+/// answers for it (404). Distribution signs the offset into its
+/// `Location`s: after a chunk arrived whose answer was lost, the `Location`
+/// kiln holds is refused (404 `BLOB_UPLOAD_INVALID`) and the session cannot
+/// be resumed by us; some registries answer 400 for the same.
 async fn status(s: &Session, up: &Upload, what: &str) -> Result<Option<Upload>> {
     let url = up.location.clone();
     let resp = s.send(what, || s.client.get(url.clone())).await?;
