@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use registry_support::client::*;
 use registry_support::proxy::{Fault, Faults, Lie, Proxy};
-use registry_support::{registry, Flavour};
+use registry_support::{layout_blobs, registry, Flavour};
 
 /// `kiln` with short backoff sleeps: 5 ms base, any sleep (a `Retry-After`
 /// too) capped at 50 ms, so many faults cost little time.
@@ -136,6 +136,16 @@ fn twenty_pushes_and_pulls_through_a_proxy_failing_a_fifth_of_requests() {
     }
     let push_time = started.elapsed();
     let push_faults = proxy.faults();
+    let requests = proxy.requests();
+    let sessions = requests
+        .iter()
+        .filter(|q| q.method == "POST" && q.target.contains("/blobs/uploads/") && !q.failed)
+        .count();
+    let patched: usize = requests
+        .iter()
+        .filter(|q| q.method == "PATCH" && q.fault != Some(Fault::Reset))
+        .map(|q| q.body_len)
+        .sum();
     proxy.clear();
     let started = Instant::now();
     let mut pulled = 0;
@@ -159,9 +169,15 @@ fn twenty_pushes_and_pulls_through_a_proxy_failing_a_fifth_of_requests() {
     }
     let pull_time = started.elapsed();
     let pull_faults = proxy.faults();
+    let image: u64 = layout_blobs(&w.path().join("img"))
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
     eprintln!(
-        "{mb} MiB image: {pushed}/20 pushes in {push_time:?}, faults {push_faults:?}; \
-         {pulled}/20 pulls in {pull_time:?}, faults {pull_faults:?}"
+        "{mb} MiB image: {pushed}/20 pushes in {push_time:?}, faults {push_faults:?}, \
+         {sessions} upload sessions for 60 blobs, {:.2} x the blob bytes sent in PATCHes; \
+         {pulled}/20 pulls in {pull_time:?}, faults {pull_faults:?}",
+        patched as f64 / (20 * image) as f64
     );
     for kind in ["Status500", "Status503", "TooMany", "Reset", "Truncated"] {
         assert!(
