@@ -205,18 +205,37 @@ impl Session {
         Ok(format!("Bearer {token}"))
     }
 
-    /// One attempt at the request `make` builds, with the session's authorization.
+    /// One attempt at the request `make` builds, with the session's
+    /// authorization when it goes to the registry itself (an upload
+    /// `Location` on another host never sees the credentials).
     pub async fn attempt(&self, make: &impl Fn() -> RequestBuilder) -> Attempt {
-        let mut req = make();
+        let req = make();
         let auth = self
             .authorization
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a);
+        let Some(auth) = auth else {
+            return attempt(req).await;
+        };
+        let (client, built) = req.build_split();
+        let mut built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Transient {
+                    why: crate::build::render_chain(&e.without_url()),
+                    retry_after: None,
+                }
+            }
+        };
+        let same_origin =
+            reqwest::Url::parse(&self.base).is_ok_and(|base| base.origin() == built.url().origin());
+        if same_origin {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&auth) {
+                built.headers_mut().insert(AUTHORIZATION, v);
+            }
         }
-        attempt(req).await
+        attempt(RequestBuilder::from_parts(client, built)).await
     }
 
     /// Sends the request `make` builds until it gets an answer that is not
