@@ -1,24 +1,26 @@
-//! Stage 7, distribute: push and pull images by digest (oci-client).
+//! Stage 7, distribute: push and pull images by digest, speaking the
+//! distribution API over reqwest ([`http`]); oci-client parses references.
 //!
 //! Everything goes through the store: a push reads blobs from it, a pull
 //! writes verified blobs into it before any output is written. Pushes send
 //! blobs first (skipping those the registry has, mounting those another
 //! repository of the same registry has), then manifests by digest, then
-//! tags. Transient failures (connection errors, 429, 5xx) are retried with
-//! backoff, a bounded number of times; blobs that already arrived are not
-//! sent again on a re-run.
+//! tags. Transient failures (connection errors, cut answers, 408, 429, 5xx)
+//! are retried after `Retry-After` or a backoff, within a bounded number of
+//! attempts and time; an interrupted upload resumes from the offset the
+//! registry reports ([`upload`]); blobs that already arrived are not sent
+//! again on a re-run. Every digest mismatch is [`Error::DigestMismatch`].
 
 pub mod auth;
+mod http;
 mod pull;
 mod push;
+mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::Reference;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -35,7 +37,7 @@ pub struct Options {
     pub credentials: Option<Credentials>,
     /// How many blobs move at once (default 4).
     pub jobs: usize,
-    /// How many times a transient failure is retried (default 5).
+    /// How many times a transient failure is retried (default 7).
     pub retries: u32,
 }
 
@@ -56,10 +58,9 @@ pub struct PushReport {
 
 /// A registry client.
 pub struct Registry {
-    client: Client,
-    /// Uploads small blobs in one request (POST then PUT), which a flaky
-    /// network interrupts less often than a chunked session.
-    small: Client,
+    client: reqwest::Client,
+    /// Registries reached over plain HTTP.
+    plain: Vec<String>,
     options: Options,
     runtime: tokio::runtime::Runtime,
 }
@@ -92,6 +93,13 @@ fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// What an operation does to a repository, for a token's scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Pull,
+    Push,
+}
+
 impl Registry {
     /// A client for the registries named in `references` (loopback ones over plain HTTP).
     pub fn new(options: Options, references: &[&Reference]) -> Result<Registry> {
@@ -101,45 +109,42 @@ impl Registry {
                 plain.push(r.registry().to_string());
             }
         }
-        let mut certs = Vec::new();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(300))
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
         for path in &options.ca_certs {
             let data = std::fs::read(path).at("read CA certificate", path)?;
-            certs.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
+            let cert = reqwest::Certificate::from_pem(&data).map_err(|e| {
+                Error::invalid(
+                    format!("`{}` is not a PEM certificate: {e}", path.display()),
+                    None,
+                )
+            })?;
+            builder = builder.add_root_certificate(cert);
         }
-        let config = |monolithic: bool| ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain.clone()),
-            extra_root_certificates: certs.clone(),
-            max_concurrent_upload: options.jobs.max(1),
-            max_concurrent_download: options.jobs.max(1),
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(300)),
-            use_monolithic_push: monolithic,
-            ..Default::default()
-        };
+        let client = builder.build().map_err(|e| Error::Registry {
+            message: format!("cannot set up the HTTP client: {e}"),
+            hint: None,
+        })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| Error::io("start the network runtime", PathBuf::from("tokio"), e))?;
         Ok(Registry {
-            client: Client::new(config(false)),
-            small: Client::new(config(true)),
+            client,
+            plain,
             options,
             runtime,
         })
     }
 
-    fn auth(&self, r: &Reference) -> Result<RegistryAuth> {
+    fn credentials(&self, r: &Reference) -> Result<Option<Credentials>> {
         if let Some(c) = &self.options.credentials {
-            return Ok(RegistryAuth::Basic(c.username.clone(), c.password.clone()));
+            return Ok(Some(c.clone()));
         }
-        Ok(match auth::lookup(r.registry())? {
-            Some(c) => RegistryAuth::Basic(c.username, c.password),
-            None => RegistryAuth::Anonymous,
-        })
+        auth::lookup(r.registry())
     }
 
     fn jobs(&self) -> usize {
@@ -150,146 +155,68 @@ impl Registry {
         }
     }
 
-    fn retries(&self) -> u32 {
-        if self.options.retries == 0 {
-            5
+    /// `http[s]://HOST` of `r`'s registry.
+    fn base(&self, r: &Reference) -> String {
+        let scheme = if self.plain.iter().any(|p| p == r.registry()) {
+            "http"
         } else {
-            self.options.retries
-        }
+            "https"
+        };
+        format!("{scheme}://{}", r.resolve_registry())
     }
 
-    /// Checks that the credentials for `r` are accepted for `op`.
+    /// A session with `r`'s registry for `access` to its repository (and
+    /// pulls from `also`, repositories to mount from).
+    async fn session(
+        &self,
+        r: &Reference,
+        access: Access,
+        also: &[&Reference],
+    ) -> Result<http::Session> {
+        let actions = match access {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        };
+        let mut scopes = vec![format!("repository:{}:{actions}", r.repository())];
+        for m in also {
+            scopes.push(format!("repository:{}:pull", m.repository()));
+        }
+        http::Session::open(
+            self.client.clone(),
+            self.base(r),
+            r.registry(),
+            scopes,
+            self.credentials(r)?,
+            http::Policy::new(self.options.retries),
+        )
+        .await
+    }
+
+    /// Checks that the credentials for `r` are accepted.
     pub fn login_check(&self, r: &Reference) -> Result<()> {
-        let auth = self.auth(r)?;
         let what = format!("log in to `{}`", r.registry());
         self.runtime.block_on(async {
-            self.client
-                .auth(r, &auth, RegistryOperation::Pull)
-                .await
-                .map_err(|e| registry_error(e, &what))?;
+            let s = self.session(r, Access::Pull, &[]).await?;
             // With basic auth nothing is checked until a request is made:
             // ask for a manifest; "not found" means the credentials passed.
-            match self.client.fetch_manifest_digest(r, &auth).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(registry_error(e, &what)),
+            let url = manifest_url(&s, r, r.tag().unwrap_or("latest"));
+            let resp = s.send(&what, || s.client.head(&url)).await?;
+            match resp.status().as_u16() {
+                200..=299 | 404 => Ok(()),
+                _ => Err(http::status_error(&what, resp).await),
             }
         })
     }
-
-    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<T, OciDistributionError>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) if is_transient(&e) && attempt < self.retries() => {
-                    backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(registry_error(e, what)),
-            }
-        }
-    }
 }
 
-fn is_transient(e: &OciDistributionError) -> bool {
-    if digest_error(e).is_some() {
-        return false;
-    }
-    match e {
-        OciDistributionError::RequestError(r) => match r.status() {
-            Some(status) => status.as_u16() == 429 || status.is_server_error(),
-            None => !r.is_builder() && !r.is_redirect(),
-        },
-        OciDistributionError::ServerError { code, .. } => *code == 429 || *code >= 500,
-        OciDistributionError::IoError(_) => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| format!("{:?}", e.code).contains("TooManyRequests")),
-        _ => false,
-    }
+/// The URL of manifest `tag_or_digest` in `r`'s repository.
+fn manifest_url(s: &http::Session, r: &Reference, tag_or_digest: &str) -> String {
+    format!("{}/v2/{}/manifests/{tag_or_digest}", s.base, r.repository())
 }
 
-fn is_not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            let code = format!("{:?}", e.code);
-            code.contains("ManifestUnknown") || code.contains("NameUnknown")
-        }),
-        _ => false,
-    }
-}
-
-/// For a blob whose content did not match its digest, the digest it had.
-fn digest_error(e: &OciDistributionError) -> Option<String> {
-    use oci_client::errors::DigestError;
-    let inner: &DigestError = match e {
-        OciDistributionError::DigestError(d) => d,
-        OciDistributionError::IoError(io) => io.get_ref()?.downcast_ref::<DigestError>()?,
-        _ => return None,
-    };
-    match inner {
-        DigestError::VerificationError { actual, .. } => Some(actual.to_string()),
-        _ => None,
-    }
-}
-
-async fn backoff(attempt: u32) {
-    let ms = (200u64 << attempt.min(5)).min(5_000);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-const CREDENTIALS_HINT: &str = "check the credentials: `kiln login REGISTRY -u USER --password-stdin`, or pass `--username USER --password-stdin`";
-
-/// Turns an oci-client error into kiln's, naming what was being done.
-fn registry_error(e: OciDistributionError, what: &str) -> Error {
-    match e {
-        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
-            Error::Registry {
-                message: format!("cannot {what}: the registry refused the credentials (HTTP 401)"),
-                hint: Some(CREDENTIALS_HINT.into()),
-            }
-        }
-        OciDistributionError::ServerError { code, message, .. } => Error::Registry {
-            message: format!("cannot {what}: the registry answered HTTP {code}: {}", message.trim()),
-            hint: match code {
-                401 => Some(CREDENTIALS_HINT.into()),
-                403 => Some("check that the user may access this repository".into()),
-                404 => Some("check the repository name and digest".into()),
-                _ => None,
-            },
-        },
-        OciDistributionError::RequestError(r) if r.status().is_some_and(|s| s.as_u16() == 401) => Error::Registry {
-            message: format!("cannot {what}: the registry refused the credentials (HTTP 401)"),
-            hint: Some(CREDENTIALS_HINT.into()),
-        },
-        OciDistributionError::RequestError(r) if r.status().is_some() => Error::Registry {
-            message: format!(
-                "cannot {what}: the registry answered HTTP {}",
-                r.status().expect("checked").as_u16()
-            ),
-            hint: match r.status().expect("checked").as_u16() {
-                403 => Some("check that the user may access this repository".into()),
-                404 => Some("check the repository name and digest".into()),
-                _ => None,
-            },
-        },
-        OciDistributionError::RequestError(r) => Error::Registry {
-            message: format!("cannot {what}: {}", crate::build::render_chain(&r)),
-            hint: Some("check that the registry is running and reachable; plain HTTP is used only for loopback and `--insecure-registry` hosts".into()),
-        },
-        other => Error::Registry {
-            message: format!("cannot {what}: {other}"),
-            hint: None,
-        },
-    }
+/// The URL of blob `digest` in `r`'s repository.
+fn blob_url(s: &http::Session, r: &Reference, digest: &str) -> String {
+    format!("{}/v2/{}/blobs/{digest}", s.base, r.repository())
 }
 
 #[cfg(test)]

@@ -1,27 +1,40 @@
 //! Pulls: every manifest and blob into the store, verified against its
 //! digest before anything is written elsewhere.
 
+use std::io::Write;
+use std::time::Instant;
+
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::errors::OciDistributionError;
-use oci_client::{Reference, RegistryOperation};
+use oci_client::Reference;
+use reqwest::header::{ACCEPT, RANGE};
+use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::{backoff, digest_error, is_not_found, is_transient, registry_error, Registry};
+use super::http::{status_error, Attempt, Session};
+use super::{blob_url, manifest_url, Access, Registry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use crate::recipe::Platform;
 use crate::store::Store;
 
+/// No manifest or index kiln reads is larger.
+const MAX_MANIFEST: u64 = 4 << 20;
+
 impl Registry {
     /// Like [`Registry::pull`], but `None` when the registry has no such manifest.
     pub fn pull_if_present(&self, store: &Store, source: &Reference) -> Result<Option<Stored>> {
-        let auth = self.auth(source)?;
         let present = self.runtime.block_on(async {
-            match self.client.fetch_manifest_digest(source, &auth).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_not_found(&e) => Ok(false),
-                Err(e) => Err(registry_error(e, &format!("look up `{}`", source.whole()))),
+            let s = self.session(source, Access::Pull, &[]).await?;
+            let what = format!("look up `{}`", source.whole());
+            let url = manifest_url(&s, source, &tag_or_digest(source));
+            let resp = s
+                .send(&what, || s.client.head(&url).header(ACCEPT, accept()))
+                .await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND => Ok(false),
+                status if status.is_success() => Ok(true),
+                _ => Err(status_error(&what, resp).await),
             }
         })?;
         if !present {
@@ -32,16 +45,11 @@ impl Registry {
 
     /// The digest `source`'s tag points at now.
     pub fn resolve(&self, source: &Reference) -> Result<Digest> {
-        let auth = self.auth(source)?;
         self.runtime.block_on(async {
-            let what = format!("resolve `{}`", source.whole());
-            let accept = [MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPE];
-            let (bytes, _) = self
-                .retry(&what, || {
-                    self.client.pull_manifest_raw(source, &auth, &accept)
-                })
-                .await?;
-            Ok(Digest::of(&bytes))
+            let s = self.session(source, Access::Pull, &[]).await?;
+            let (bytes, digest) = fetch_manifest(&s, source, source.digest()).await?;
+            let _ = bytes;
+            Ok(digest)
         })
     }
 
@@ -54,13 +62,9 @@ impl Registry {
         source: &Reference,
         platforms: Option<&[Platform]>,
     ) -> Result<Stored> {
-        let auth = self.auth(source)?;
         self.runtime.block_on(async {
-            self.client
-                .auth(source, &auth, RegistryOperation::Pull)
-                .await
-                .map_err(|e| registry_error(e, &format!("log in to `{}`", source.registry())))?;
-            let top = self.pull_manifest(store, source, source.digest()).await?;
+            let s = self.session(source, Access::Pull, &[]).await?;
+            let top = pull_manifest(&s, store, source, source.digest()).await?;
             let mut blobs = Vec::new();
             let mut manifests = vec![top.clone()];
             if top.media_type == INDEX_MEDIA_TYPE {
@@ -76,7 +80,7 @@ impl Registry {
                     }
                     let d = child["digest"].as_str().unwrap_or_default();
                     let r = source.clone_with_digest(d.to_string());
-                    manifests.push(self.pull_manifest(store, &r, Some(d)).await?);
+                    manifests.push(pull_manifest(&s, store, &r, Some(d)).await?);
                 }
             }
             for m in &manifests[..] {
@@ -93,115 +97,229 @@ impl Registry {
             blobs.sort();
             blobs.dedup();
             futures_util::stream::iter(blobs.iter())
-                .map(|(digest, size)| self.pull_blob(store, source, digest, *size))
+                .map(|(digest, size)| pull_blob(&s, store, source, digest, *size))
                 .buffer_unordered(self.jobs())
                 .try_collect::<Vec<()>>()
                 .await?;
             Ok(top)
         })
     }
+}
 
-    async fn pull_manifest(
-        &self,
-        store: &Store,
-        r: &Reference,
-        expected: Option<&str>,
-    ) -> Result<Stored> {
-        let auth = self.auth(r)?;
-        let what = format!("pull manifest `{}`", r.whole());
-        let accept = [MANIFEST_MEDIA_TYPE, INDEX_MEDIA_TYPE];
-        let (bytes, _) = self
-            .retry(&what, || self.client.pull_manifest_raw(r, &auth, &accept))
-            .await?;
-        let actual = Digest::of(&bytes);
-        if let Some(expected) = expected {
-            let expected: Digest = expected
-                .parse()
-                .map_err(|e| Error::invalid(format!("{e}"), None))?;
-            if actual != expected {
-                return Err(Error::DigestMismatch {
-                    what,
-                    expected,
-                    actual,
-                });
-            }
-        }
-        let doc: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::invalid(format!("{what} is not JSON: {e}"), None))?;
-        let media_type = if crate::source::layout::is_index(&doc) {
-            INDEX_MEDIA_TYPE
-        } else if crate::source::layout::is_manifest(&doc) {
-            MANIFEST_MEDIA_TYPE
-        } else {
-            return Err(Error::invalid(
-                format!("{what} is neither an OCI image manifest nor an index"),
-                Some("kiln reads OCI images; convert Docker v2 images with `skopeo copy --format oci`".into()),
-            ));
-        };
-        store.put_bytes(&bytes)?;
-        Ok(Stored {
-            digest: actual,
-            size: bytes.len() as u64,
-            media_type,
-        })
+fn accept() -> String {
+    format!("{MANIFEST_MEDIA_TYPE}, {INDEX_MEDIA_TYPE}")
+}
+
+fn tag_or_digest(r: &Reference) -> String {
+    match (r.digest(), r.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".to_string(),
     }
+}
 
-    async fn pull_blob(
-        &self,
-        store: &Store,
-        source: &Reference,
-        digest: &Digest,
-        size: u64,
-    ) -> Result<()> {
-        if store.check_blob(digest)? {
-            return Ok(());
-        }
-        let what = format!("pull blob `{digest}` from `{}`", source.whole());
-        let desc = oci_client::manifest::OciDescriptor {
-            digest: digest.to_string(),
-            size: size as i64,
-            ..Default::default()
-        };
-        for attempt in 0..=self.retries() {
-            let mut writer = store.writer()?;
-            let result: std::result::Result<(), OciDistributionError> = async {
-                let mut stream = self.client.pull_blob_stream(source, &desc).await?;
-                use std::io::Write;
-                while let Some(chunk) = stream.stream.next().await {
-                    let chunk = chunk?;
-                    writer.write_all(&chunk)?;
-                }
-                Ok(())
-            }
-            .await;
-            match result {
-                Ok(()) => {
-                    writer.commit(Some(digest)).map_err(|e| match e {
-                        Error::DigestMismatch {
-                            expected, actual, ..
-                        } => Error::DigestMismatch {
-                            what: what.clone(),
-                            expected,
-                            actual,
-                        },
-                        other => other,
-                    })?;
-                    return Ok(());
-                }
-                Err(e) if digest_error(&e).is_some() => {
-                    let actual = digest_error(&e)
-                        .and_then(|a| a.parse().ok())
-                        .unwrap_or_else(|| digest.clone());
-                    return Err(Error::DigestMismatch {
-                        what,
-                        expected: digest.clone(),
-                        actual,
+/// A manifest's bytes and digest, checked against `expected` and against the
+/// digest the registry names it by (`Docker-Content-Digest`): any
+/// difference is a digest mismatch, never retried.
+async fn fetch_manifest(
+    s: &Session,
+    r: &Reference,
+    expected: Option<&str>,
+) -> Result<(Vec<u8>, Digest)> {
+    let what = format!("pull manifest `{}`", r.whole());
+    let expected: Option<Digest> = match expected {
+        Some(e) => Some(
+            e.parse()
+                .map_err(|e| Error::invalid(format!("{e}"), None))?,
+        ),
+        None => None,
+    };
+    let at = match &expected {
+        Some(d) => d.to_string(),
+        None => tag_or_digest(r),
+    };
+    let url = manifest_url(s, r, &at);
+    let make = || s.client.get(&url).header(ACCEPT, accept());
+    let started = Instant::now();
+    let mut attempt = 0;
+    let (headers, bytes) = loop {
+        // A cut answer is a transient failure like a reset, so the body is
+        // read inside the retry.
+        let failure = match s.send(&what, make).await? {
+            resp if resp.status().is_success() => {
+                if resp.content_length().is_some_and(|n| n > MAX_MANIFEST) {
+                    return Err(Error::Registry {
+                        message: format!(
+                            "cannot {what}: the manifest is larger than {MAX_MANIFEST} bytes"
+                        ),
+                        hint: None,
                     });
                 }
-                Err(e) if is_transient(&e) && attempt < self.retries() => backoff(attempt).await,
-                Err(e) => return Err(registry_error(e, &what)),
+                let headers = resp.headers().clone();
+                match resp.bytes().await {
+                    Ok(b) => break (headers, b),
+                    Err(e) => crate::build::render_chain(&e.without_url()),
+                }
             }
+            resp => return Err(status_error(&what, resp).await),
+        };
+        s.pause(&what, &mut attempt, started, failure, None).await?;
+    };
+    let actual = Digest::of(&bytes);
+    if let Some(expected) = expected {
+        if actual != expected {
+            return Err(Error::DigestMismatch {
+                what,
+                expected,
+                actual,
+            });
         }
-        unreachable!("the loop returns on its last attempt")
+    }
+    if let Some(named) = headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok())
+    {
+        if named != actual {
+            return Err(Error::DigestMismatch {
+                what: format!("{what} (the digest the registry names it by)"),
+                expected: named,
+                actual,
+            });
+        }
+    }
+    Ok((bytes.to_vec(), actual))
+}
+
+async fn pull_manifest(
+    s: &Session,
+    store: &Store,
+    r: &Reference,
+    expected: Option<&str>,
+) -> Result<Stored> {
+    let what = format!("pull manifest `{}`", r.whole());
+    let (bytes, actual) = fetch_manifest(s, r, expected).await?;
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(format!("{what} is not JSON: {e}"), None))?;
+    let media_type = if crate::source::layout::is_index(&doc) {
+        INDEX_MEDIA_TYPE
+    } else if crate::source::layout::is_manifest(&doc) {
+        MANIFEST_MEDIA_TYPE
+    } else {
+        return Err(Error::invalid(
+            format!("{what} is neither an OCI image manifest nor an index"),
+            Some(
+                "kiln reads OCI images; convert Docker v2 images with `skopeo copy --format oci`"
+                    .into(),
+            ),
+        ));
+    };
+    store.put_bytes(&bytes)?;
+    Ok(Stored {
+        digest: actual,
+        size: bytes.len() as u64,
+        media_type,
+    })
+}
+
+/// Downloads blob `digest` into the store. An answer cut short resumes with
+/// a `Range` request from the bytes already written (or starts over when
+/// the registry ignores `Range`); the whole blob is verified before it is
+/// stored, and a blob longer than its descriptor says is refused.
+async fn pull_blob(
+    s: &Session,
+    store: &Store,
+    source: &Reference,
+    digest: &Digest,
+    size: u64,
+) -> Result<()> {
+    if tokio::task::block_in_place(|| store.check_blob(digest))? {
+        return Ok(());
+    }
+    let what = format!("pull blob `{digest}` from `{}`", source.whole());
+    let url = blob_url(s, source, &digest.to_string());
+    // The bounds apply to a stall: both start again when bytes arrive.
+    let mut started = Instant::now();
+    let mut attempt = 0;
+    let mut writer = store.writer()?;
+    let mut written: u64 = 0;
+    loop {
+        let from = written;
+        let make = || {
+            let req = s.client.get(&url);
+            if from > 0 {
+                req.header(RANGE, format!("bytes={from}-"))
+            } else {
+                req
+            }
+        };
+        let (why, retry_after) = match s.attempt(&make).await {
+            Attempt::Answer(resp)
+                if resp.status() == StatusCode::OK
+                    || (from > 0 && resp.status() == StatusCode::PARTIAL_CONTENT) =>
+            {
+                if resp.status() == StatusCode::OK && written > 0 {
+                    writer = store.writer()?;
+                    written = 0;
+                }
+                let mut resp = resp;
+                let mut cut = None;
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            written += chunk.len() as u64;
+                            if written > size {
+                                return Err(Error::verification(
+                                    format!("digest mismatch for {what}: the registry sent more than the {size} bytes of its descriptor"),
+                                    "the registry serves other content under this digest; pull from another mirror or push the image again",
+                                ));
+                            }
+                            writer
+                                .write_all(&chunk)
+                                .map_err(|e| Error::io("write", store.blob_path(digest), e))?;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            cut = Some(crate::build::render_chain(&e.without_url()));
+                            break;
+                        }
+                    }
+                }
+                match cut {
+                    None => {
+                        writer.commit(Some(digest)).map_err(|e| match e {
+                            Error::DigestMismatch {
+                                expected, actual, ..
+                            } => Error::DigestMismatch {
+                                what: what.clone(),
+                                expected,
+                                actual,
+                            },
+                            other => other,
+                        })?;
+                        return Ok(());
+                    }
+                    Some(why) => {
+                        if written > from {
+                            attempt = 0;
+                            started = Instant::now();
+                        }
+                        (why, None)
+                    }
+                }
+            }
+            Attempt::Answer(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                // An expired token: `send` asks for a new one.
+                let resp = s.send(&what, || s.client.head(&url)).await?;
+                if !resp.status().is_success() {
+                    return Err(status_error(&what, resp).await);
+                }
+                continue;
+            }
+            Attempt::Answer(resp) => return Err(status_error(&what, resp).await),
+            Attempt::Transient { why, retry_after } => (why, retry_after),
+        };
+        s.pause(&what, &mut attempt, started, why, retry_after)
+            .await?;
     }
 }

@@ -3,11 +3,14 @@
 //! ones in chunks), then manifests by digest, then the tag.
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::errors::OciDistributionError;
-use oci_client::{Reference, RegistryOperation};
+use oci_client::Reference;
+use reqwest::header::CONTENT_TYPE;
+use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::{registry_error, PushReport, Registry};
+use super::http::{status_error, Session};
+use super::upload::{check_digest, exists, upload};
+use super::{manifest_url, Access, PushReport, Registry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
@@ -25,24 +28,16 @@ impl Registry {
         mount_from: &[Reference],
     ) -> Result<PushReport> {
         let plan = PushPlan::of(store, top)?;
-        let auth = self.auth(target)?;
         self.runtime.block_on(async {
-            for client in [&self.client, &self.small] {
-                client
-                    .auth(target, &auth, RegistryOperation::Push)
-                    .await
-                    .map_err(|e| {
-                        registry_error(e, &format!("log in to `{}` for pushing", target.registry()))
-                    })?;
-            }
             let mounts: Vec<&Reference> = mount_from
                 .iter()
                 .filter(|m| {
                     m.registry() == target.registry() && m.repository() != target.repository()
                 })
                 .collect();
+            let s = self.session(target, Access::Push, &mounts).await?;
             let results: Vec<BlobOutcome> = futures_util::stream::iter(plan.blobs.iter())
-                .map(|(digest, size)| self.push_blob(store, target, digest, *size, &mounts))
+                .map(|(digest, size)| push_blob(&s, store, target, digest, *size, &mounts))
                 .buffer_unordered(self.jobs())
                 .try_collect()
                 .await?;
@@ -61,101 +56,90 @@ impl Registry {
                 }
             }
             for (digest, media_type, bytes) in &plan.manifests {
-                let by_digest = target.clone_with_digest(digest.to_string());
-                self.push_manifest(&by_digest, bytes, media_type, digest)
-                    .await?;
+                push_manifest(&s, target, &digest.to_string(), bytes, media_type, digest).await?;
             }
             if let Some(tag) = target.tag() {
-                let tagged = Reference::with_tag(
-                    target.registry().into(),
-                    target.repository().into(),
-                    tag.into(),
-                );
                 let (digest, media_type, bytes) = plan
                     .manifests
                     .last()
                     .expect("the top manifest is in the plan");
-                self.push_manifest(&tagged, bytes, media_type, digest)
-                    .await?;
+                push_manifest(&s, target, tag, bytes, media_type, digest).await?;
             }
             Ok(report)
         })
     }
+}
 
-    async fn push_blob(
-        &self,
-        store: &Store,
-        target: &Reference,
-        digest: &Digest,
-        size: u64,
-        mounts: &[&Reference],
-    ) -> Result<BlobOutcome> {
-        let what = format!("push blob `{digest}` to `{}`", target.whole());
-        let d = digest.to_string();
-        let exists = self
-            .retry(&what, || self.client.blob_exists(target, &d))
-            .await?;
-        if exists {
-            return Ok(BlobOutcome::Skipped);
-        }
-        for source in mounts {
-            if self.client.mount_blob(target, source, &d).await.is_ok()
-                && self.client.blob_exists(target, &d).await.unwrap_or(false)
-            {
-                return Ok(BlobOutcome::Mounted);
-            }
-        }
-        let path = store.blob_path(digest);
-        let sent = self
-            .retry(&what, || {
-                let path = path.clone();
-                let d = d.clone();
-                async move {
-                    let file = tokio::fs::File::open(&path).await?;
-                    let stream = verified_stream(file, digest.clone(), path.clone());
-                    let client = if size <= SMALL_BLOB {
-                        &self.small
-                    } else {
-                        &self.client
-                    };
-                    client
-                        .push_blob_stream(target, stream, &d, Some(size))
-                        .await
-                }
-            })
-            .await;
-        if let Err(e) = sent {
-            // A damaged store copy is removed (and said so), never sent.
-            if !store.check_blob(digest)? {
-                return Err(Error::verification(
-                    format!("store blob `{digest}` was damaged; it was removed, not pushed"),
-                    "build the image again, or push the layout it was written to",
-                ));
-            }
-            return Err(e);
-        }
-        Ok(BlobOutcome::Uploaded)
+async fn push_blob(
+    s: &Session,
+    store: &Store,
+    target: &Reference,
+    digest: &Digest,
+    size: u64,
+    mounts: &[&Reference],
+) -> Result<BlobOutcome> {
+    let what = format!("push blob `{digest}` to `{}`", target.whole());
+    if exists(s, target, digest, &what).await? {
+        return Ok(BlobOutcome::Skipped);
     }
+    for source in mounts {
+        let url = format!("{}/v2/{}/blobs/uploads/", s.base, target.repository());
+        let query = [
+            ("mount", digest.to_string()),
+            ("from", source.repository().to_string()),
+        ];
+        let resp = s
+            .send(&what, || {
+                s.client
+                    .post(&url)
+                    .query(&query)
+                    .header("content-length", 0)
+            })
+            .await?;
+        if resp.status() == StatusCode::CREATED && exists(s, target, digest, &what).await? {
+            return Ok(BlobOutcome::Mounted);
+        }
+    }
+    // Push verifies what it sends: a damaged store copy is removed (a note
+    // says so) and never uploaded.
+    if !tokio::task::block_in_place(|| store.check_blob(digest))? {
+        return Err(Error::verification(
+            format!("store blob `{digest}` was damaged; it was removed, not pushed"),
+            "build the image again, or push the layout it was written to",
+        ));
+    }
+    upload(s, target, digest, size, &store.blob_path(digest)).await?;
+    Ok(BlobOutcome::Uploaded)
+}
 
-    async fn push_manifest(
-        &self,
-        at: &Reference,
-        bytes: &[u8],
-        media_type: &str,
-        digest: &Digest,
-    ) -> Result<()> {
-        let what = format!("push manifest `{digest}` to `{}`", at.whole());
-        let content_type: http::HeaderValue = media_type
-            .parse()
-            .expect("media types are valid header values");
-        let body = bytes::Bytes::copy_from_slice(bytes);
-        self.retry(&what, || {
-            self.client
-                .push_manifest_raw(at, body.clone(), content_type.clone())
+/// Puts a manifest under `tag_or_digest`; the registry must name it by our digest.
+async fn push_manifest(
+    s: &Session,
+    target: &Reference,
+    tag_or_digest: &str,
+    bytes: &[u8],
+    media_type: &str,
+    digest: &Digest,
+) -> Result<()> {
+    let what = format!(
+        "push manifest `{digest}` to `{}/{}:{tag_or_digest}`",
+        target.registry(),
+        target.repository()
+    );
+    let url = manifest_url(s, target, tag_or_digest);
+    let body = bytes::Bytes::copy_from_slice(bytes);
+    let resp = s
+        .send(&what, || {
+            s.client
+                .put(&url)
+                .header(CONTENT_TYPE, media_type)
+                .body(body.clone())
         })
         .await?;
-        Ok(())
+    if !resp.status().is_success() {
+        return Err(status_error(&what, resp).await);
     }
+    check_digest(resp.headers(), digest, &what)
 }
 
 enum BlobOutcome {
@@ -219,54 +203,4 @@ impl PushPlan {
         }
         Ok(())
     }
-}
-
-/// Blobs up to this size go up in one request; larger ones in chunks.
-const SMALL_BLOB: u64 = 32 << 20;
-
-/// Bytes per upload request: oci-client sends each stream item as PATCH
-/// requests of at most 4 MiB, so items of exactly that size make the fewest.
-const UPLOAD_CHUNK: usize = 4 << 20;
-
-/// The store file of blob `expected`, in upload chunks, hashed as it goes:
-/// at its end, content that does not match the digest fails the upload
-/// before it completes, so a damaged store copy is never sent.
-fn verified_stream(
-    file: tokio::fs::File,
-    expected: Digest,
-    path: std::path::PathBuf,
-) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>>
-       + Send
-       + 'static {
-    use sha2::Digest as _;
-    use tokio::io::AsyncReadExt;
-    let state = (file, sha2::Sha256::new(), expected, path);
-    futures_util::stream::try_unfold(state, |(mut file, mut hasher, expected, path)| async move {
-        let mut buf = vec![0u8; UPLOAD_CHUNK];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read(&mut buf[filled..]).await?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            let actual = Digest::from_hasher(hasher);
-            if actual != expected {
-                // Not an I/O error: resending the same bytes cannot help.
-                return Err(OciDistributionError::GenericError(Some(format!(
-                    "store blob `{}` does not match its digest `{expected}` (it hashes to `{actual}`)",
-                    path.display()
-                ))));
-            }
-            return Ok(None);
-        }
-        buf.truncate(filled);
-        hasher.update(&buf);
-        Ok(Some((
-            bytes::Bytes::from(buf),
-            (file, hasher, expected, path),
-        )))
-    })
 }

@@ -55,6 +55,9 @@ pub enum Flavour {
     Basic,
     /// Bearer tokens from [`token::TokenServer`], which takes basic auth.
     Token,
+    /// The token flow with the token server behind a [`proxy::Proxy`] that
+    /// fails the first token request (and the first of each other kind).
+    FlakyToken,
 }
 
 /// A running `docker-registry`.
@@ -66,6 +69,8 @@ pub struct Registry {
     pub storage: PathBuf,
     log: Arc<Mutex<String>>,
     token: Option<token::TokenServer>,
+    /// The proxy in front of the token server ([`Flavour::FlakyToken`]).
+    pub token_proxy: Option<proxy::Proxy>,
 }
 
 /// The registry of `flavour`, started on first use.
@@ -73,10 +78,12 @@ pub fn registry(flavour: Flavour) -> &'static Registry {
     static PLAIN: OnceLock<Registry> = OnceLock::new();
     static BASIC: OnceLock<Registry> = OnceLock::new();
     static TOKEN: OnceLock<Registry> = OnceLock::new();
+    static FLAKY_TOKEN: OnceLock<Registry> = OnceLock::new();
     let cell = match flavour {
         Flavour::Plain => &PLAIN,
         Flavour::Basic => &BASIC,
         Flavour::Token => &TOKEN,
+        Flavour::FlakyToken => &FLAKY_TOKEN,
     };
     cell.get_or_init(|| Registry::start(flavour))
 }
@@ -92,6 +99,7 @@ impl Registry {
             .keep();
         let storage = dir.join("storage");
         let mut token = None;
+        let mut token_proxy = None;
         let auth = match flavour {
             Flavour::Plain => String::new(),
             Flavour::Basic => {
@@ -103,11 +111,21 @@ impl Registry {
                     file.display()
                 )
             }
-            Flavour::Token => {
+            Flavour::Token | Flavour::FlakyToken => {
                 let server = token::TokenServer::start(&dir, USER, PASSWORD);
+                let mut realm = server.realm.clone();
+                if flavour == Flavour::FlakyToken {
+                    let upstream = realm
+                        .trim_start_matches("http://")
+                        .trim_end_matches("/token")
+                        .to_string();
+                    let p = proxy::Proxy::start(&upstream, proxy::Faults::OncePerKind);
+                    realm = format!("http://{}/token", p.host);
+                    token_proxy = Some(p);
+                }
                 let auth = format!(
                     "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
-                    server.realm,
+                    realm,
                     token::SERVICE,
                     token::ISSUER,
                     server.cert.display()
@@ -179,6 +197,7 @@ impl Registry {
             storage,
             log,
             token,
+            token_proxy,
         };
         registry.wait_ready();
         registry

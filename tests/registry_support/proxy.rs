@@ -1,7 +1,13 @@
 //! An HTTP/1.1 proxy in front of a registry, on 127.0.0.1: it records every
 //! request (so a test can count uploads) and, when asked, fails a share of
-//! them — answering 503 or closing the connection without an answer — to
-//! show that a client retries.
+//! them (a seeded mix of 500, 503, 429 with Docker Hub's error body and a
+//! `Retry-After`, connection resets and truncated answers) to show that a
+//! client retries, or lies (wrong or truncated manifests, corrupt blobs) to
+//! show that it refuses what does not match its digest.
+//!
+//! Seeded faults are deterministic in sequence: the `n`th request the proxy
+//! sees is failed or not, and how, by a hash of the seed and `n` alone (which
+//! request is the `n`th can vary with the client's concurrency).
 //!
 //! One request per client connection: each is forwarded on a fresh upstream
 //! connection and answered with `Connection: close`, so a response needs no
@@ -24,6 +30,48 @@ pub enum Faults {
     /// and query left out) fails, alternately with a 503 and a dropped
     /// connection; its retry goes through.
     OncePerKind,
+    /// A seeded mix: `percent` of the requests fail, each as one of
+    /// [`Fault`]'s kinds in turn of the hash; `retry_after` goes on the 429s.
+    Seeded {
+        seed: u64,
+        percent: u64,
+        retry_after: Option<u32>,
+    },
+    /// The first request of each kind is answered 429 with the standard
+    /// error body (`TOOMANYREQUESTS`) and `Retry-After: SECONDS`.
+    TooManyOncePerKind { retry_after: u32 },
+    /// Every second blob `PATCH` is reset before it reaches the registry.
+    ResetEverySecondPatch,
+    /// Answers with something other than what the registry sent.
+    Lie(Lie),
+}
+
+/// How a seeded fault fails a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    Status500,
+    Status503,
+    /// 429 with `{"errors":[{"code":"TOOMANYREQUESTS",…}]}`.
+    TooMany,
+    /// The connection is reset (RST) before the request reaches the registry.
+    Reset,
+    /// The request reaches the registry; its answer is cut in half, then reset.
+    Truncated,
+}
+
+/// What a lying registry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Manifest answers carry other bytes (valid JSON) than those asked for.
+    WrongManifest,
+    /// Manifest answers are cut in half (with a `Content-Length` to match).
+    TruncatedManifest,
+    /// Blob answers have one byte changed.
+    CorruptBlob,
+    /// Uploaded chunks (`PATCH` bodies) have their last byte changed on the way in.
+    CorruptUpload,
+    /// The answer to a manifest `PUT` names another digest (`Docker-Content-Digest`).
+    WrongPushedDigest,
 }
 
 /// A running proxy.
@@ -40,6 +88,7 @@ struct State {
     failed: AtomicUsize,
     log: Mutex<Vec<Request>>,
     kinds: Mutex<std::collections::HashSet<String>>,
+    patches: AtomicUsize,
 }
 
 /// One request the proxy saw.
@@ -50,6 +99,12 @@ pub struct Request {
     pub target: String,
     /// Whether the proxy failed it instead of passing it on.
     pub failed: bool,
+    /// How, for a failed one.
+    pub fault: Option<Fault>,
+    /// The bytes of its body (chunked framing included).
+    pub body_len: usize,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -72,6 +127,7 @@ impl Proxy {
             failed: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
             kinds: Mutex::new(Default::default()),
+            patches: AtomicUsize::new(0),
         });
         let s = state.clone();
         std::thread::spawn(move || {
@@ -100,7 +156,28 @@ impl Proxy {
     pub fn failed(&self) -> usize {
         self.state.failed.load(Ordering::SeqCst)
     }
+
+    /// How many requests failed with each kind of fault.
+    pub fn faults(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for q in self.requests() {
+            if let Some(f) = q.fault {
+                *counts.entry(format!("{f:?}")).or_default() += 1;
+            }
+        }
+        counts
+    }
 }
+
+/// splitmix64: a hash good enough to spread faults, fixed forever.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const TOO_MANY_BODY: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit.","detail":null}]}"#;
 
 fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
@@ -112,36 +189,101 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     let method = parts.next().unwrap_or_default().to_string();
     let target = parts.next().unwrap_or_default().to_string();
     let n = state.count.fetch_add(1, Ordering::SeqCst) + 1;
-    let fail = match state.faults {
-        Faults::None => None,
-        Faults::Every(k) if n.is_multiple_of(k) => Some((n / k) % 2 == 1),
+    let fault = match state.faults {
+        Faults::None | Faults::Lie(_) => None,
+        Faults::Every(k) if n.is_multiple_of(k) => Some(if (n / k) % 2 == 1 {
+            Fault::Status503
+        } else {
+            Fault::Reset
+        }),
         Faults::Every(_) => None,
         Faults::OncePerKind => state
             .kinds
             .lock()
             .unwrap()
             .insert(kind(&method, &target))
-            .then(|| state.failed.load(Ordering::SeqCst).is_multiple_of(2)),
+            .then(|| {
+                if state.failed.load(Ordering::SeqCst).is_multiple_of(2) {
+                    Fault::Status503
+                } else {
+                    Fault::Reset
+                }
+            }),
+        Faults::TooManyOncePerKind { .. } => state
+            .kinds
+            .lock()
+            .unwrap()
+            .insert(kind(&method, &target))
+            .then_some(Fault::TooMany),
+        Faults::ResetEverySecondPatch => (method == "PATCH"
+            && state.patches.fetch_add(1, Ordering::SeqCst) % 2 == 1)
+            .then_some(Fault::Reset),
+        Faults::Seeded { seed, percent, .. } => {
+            let h = mix(seed ^ mix(n as u64));
+            (h % 100 < percent).then(|| {
+                [
+                    Fault::Status500,
+                    Fault::Status503,
+                    Fault::TooMany,
+                    Fault::Reset,
+                    Fault::Truncated,
+                ][((h >> 32) % 5) as usize]
+            })
+        }
     };
     state.log.lock().unwrap().push(Request {
-        method,
-        target,
-        failed: fail.is_some(),
+        method: method.clone(),
+        target: target.clone(),
+        failed: fault.is_some(),
+        fault,
+        body_len: body.len(),
+        at: std::time::Instant::now(),
     });
     let mut client = client;
-    match fail {
-        Some(true) => {
-            state.failed.fetch_add(1, Ordering::SeqCst);
+    let retry_after = match state.faults {
+        Faults::Seeded { retry_after, .. } => retry_after,
+        Faults::TooManyOncePerKind { retry_after } => Some(retry_after),
+        _ => None,
+    };
+    if fault.is_some() {
+        state.failed.fetch_add(1, Ordering::SeqCst);
+    }
+    match fault {
+        Some(Fault::Status500) | Some(Fault::Status503) => {
+            let status = if fault == Some(Fault::Status500) {
+                "500 Internal Server Error"
+            } else {
+                "503 Service Unavailable"
+            };
             client.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 17\r\nConnection: close\r\n\r\ninjected failure\n",
+                format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: 17\r\nConnection: close\r\n\r\ninjected failure\n").as_bytes(),
             )?;
             return client.shutdown(Shutdown::Both);
         }
-        Some(false) => {
-            state.failed.fetch_add(1, Ordering::SeqCst);
+        Some(Fault::TooMany) => {
+            let after = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            client.write_all(
+                format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n{after}Content-Length: {}\r\nConnection: close\r\n\r\n{TOO_MANY_BODY}",
+                    TOO_MANY_BODY.len()
+                )
+                .as_bytes(),
+            )?;
             return client.shutdown(Shutdown::Both);
         }
-        None => {}
+        Some(Fault::Reset) => {
+            reset(&client);
+            return Ok(());
+        }
+        Some(Fault::Truncated) | None => {}
+    }
+    let mut body = body;
+    if state.faults == Faults::Lie(Lie::CorruptUpload) && method == "PATCH" {
+        if let Some(b) = body.last_mut() {
+            *b ^= 0xff;
+        }
     }
     let mut upstream = TcpStream::connect(&state.upstream)?;
     upstream.write_all(with_connection_close(&head).as_bytes())?;
@@ -158,11 +300,122 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
             break;
         }
     }
+    let lie = match state.faults {
+        Faults::Lie(Lie::WrongPushedDigest)
+            if method == "PUT" && target.contains("/manifests/") =>
+        {
+            Some(Lie::WrongPushedDigest)
+        }
+        Faults::Lie(lie) if method == "GET" => Some(lie),
+        _ => None,
+    };
+    if fault == Some(Fault::Truncated) || lie.is_some() {
+        // These need the whole answer first.
+        let mut rest = Vec::new();
+        std::io::copy(&mut up, &mut rest)?;
+        let head = with_connection_close(&response_head);
+        if fault == Some(Fault::Truncated) {
+            let mut all = head.into_bytes();
+            all.extend_from_slice(&rest);
+            let cut = if rest.is_empty() {
+                all.len() / 2
+            } else {
+                all.len() - rest.len().div_ceil(2)
+            };
+            client.write_all(&all[..cut])?;
+            client.flush()?;
+            reset(&client);
+            return Ok(());
+        }
+        let ok = response_head.starts_with("HTTP/1.1 200");
+        let body = match lie {
+            Some(Lie::WrongManifest) if ok && target.contains("/manifests/") => {
+                let mut doc: serde_json::Value =
+                    serde_json::from_slice(&rest).unwrap_or(serde_json::Value::Null);
+                doc["annotations"] = serde_json::json!({"lie": "not the manifest you asked for"});
+                serde_json::to_vec(&doc).unwrap()
+            }
+            Some(Lie::TruncatedManifest) if ok && target.contains("/manifests/") => {
+                rest[..rest.len() / 2].to_vec()
+            }
+            Some(Lie::CorruptBlob) if ok && target.contains("/blobs/sha256:") => {
+                let mut body = rest.clone();
+                if let Some(b) = body.last_mut() {
+                    *b ^= 0xff;
+                }
+                body
+            }
+            _ => rest,
+        };
+        let mut head = with_content_length(&head, body.len());
+        if lie == Some(Lie::WrongPushedDigest) {
+            head = head
+                .split_inclusive('\n')
+                .map(|l| {
+                    if l.to_ascii_lowercase().starts_with("docker-content-digest:") {
+                        format!("Docker-Content-Digest: sha256:{}\r\n", "0".repeat(64))
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+        }
+        client.write_all(head.as_bytes())?;
+        client.write_all(&body)?;
+        client.flush()?;
+        return client.shutdown(Shutdown::Both);
+    }
     client.write_all(with_connection_close(&response_head).as_bytes())?;
     // The rest, whatever its framing, until the registry closes.
     std::io::copy(&mut up, &mut client)?;
     client.flush()?;
     client.shutdown(Shutdown::Both)
+}
+
+/// Closes `stream` with a TCP reset (`SO_LINGER` 0), as a dropped link does.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Linger {
+        on: i32,
+        secs: i32,
+    }
+    extern "C" {
+        fn setsockopt(fd: i32, level: i32, name: i32, value: *const Linger, len: u32) -> i32;
+    }
+    const SOL_SOCKET: i32 = 1;
+    const SO_LINGER: i32 = 13;
+    let l = Linger { on: 1, secs: 0 };
+    // SAFETY: a valid socket and a value of the size given.
+    unsafe {
+        setsockopt(
+            stream.as_raw_fd(),
+            SOL_SOCKET,
+            SO_LINGER,
+            &l,
+            std::mem::size_of::<Linger>() as u32,
+        );
+    }
+    // The RST goes when the caller drops its last handle of the socket.
+}
+
+/// `head` with its `Content-Length` (and any `Transfer-Encoding`) replaced by `len`.
+fn with_content_length(head: &str, len: usize) -> String {
+    let mut out = String::new();
+    for line in head.split_inclusive('\n') {
+        if line == "\r\n" || line == "\n" {
+            out.push_str(&format!("Content-Length: {len}\r\n\r\n"));
+            break;
+        }
+        let drop = line.split_once(':').is_some_and(|(k, _)| {
+            let k = k.trim();
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+        });
+        if !drop {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// `METHOD PATH` without the query and with an upload's session id left

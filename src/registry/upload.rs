@@ -1,0 +1,239 @@
+//! Blob uploads that survive a bad network: a session (`POST`), chunks
+//! (`PATCH` with `Content-Range`), then `PUT ?digest=`. When a chunk fails,
+//! the session's status (`GET` on its `Location`) says how many bytes the
+//! registry holds (`Range: 0-LAST`), and the upload resumes from there; only
+//! a session the registry no longer knows (404, or refused as invalid) is
+//! started again. When the final `PUT`'s answer is lost and the session is
+//! gone with it, the blob's presence decides whether it went through.
+
+use std::path::Path;
+use std::time::Instant;
+
+use oci_client::Reference;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::blob_url;
+use super::http::{status_error, Attempt, Session};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+/// Bytes per `PATCH`. Larger chunks mean fewer requests to lose; smaller
+/// ones less to send again when a registry drops a session.
+pub(super) const CHUNK: u64 = 8 << 20;
+
+/// Where an upload session stands.
+struct Upload {
+    /// The session's URL (the registry's latest `Location`).
+    location: reqwest::Url,
+    /// Bytes the registry holds.
+    offset: u64,
+}
+
+/// Uploads blob `digest` (`size` bytes, the file at `path`) to `r`'s repository.
+pub(super) async fn upload(
+    s: &Session,
+    r: &Reference,
+    digest: &Digest,
+    size: u64,
+    path: &Path,
+) -> Result<()> {
+    let what = format!("push blob `{digest}` to `{}`", r.whole());
+    let mut file = tokio::fs::File::open(path).await.at("open", path)?;
+    // Failures in a row since the last chunk that went through, and when
+    // that was: the bounds apply to a stall, not to a long upload.
+    let mut started = Instant::now();
+    let mut failures = 0;
+    let mut upload: Option<Upload> = None;
+    // Sessions started: progress does not reset this, so a registry that
+    // keeps dropping sessions cannot keep kiln busy for ever.
+    let mut sessions = 0;
+    loop {
+        let mut up = match upload.take() {
+            Some(up) => up,
+            None if sessions > 2 * s.policy.attempts => {
+                return Err(Error::Registry {
+                    message: format!(
+                        "cannot {what}: the registry dropped {sessions} upload sessions"
+                    ),
+                    hint: Some(
+                        "check the registry's health and its upload purging settings".into(),
+                    ),
+                })
+            }
+            None => {
+                sessions += 1;
+                start(s, r, &what).await?
+            }
+        };
+        // Chunks, from wherever the registry stands.
+        while up.offset < size {
+            let end = (up.offset + CHUNK).min(size);
+            let mut chunk = vec![0u8; (end - up.offset) as usize];
+            file.seek(std::io::SeekFrom::Start(up.offset))
+                .await
+                .at("seek in", path)?;
+            file.read_exact(&mut chunk).await.at("read", path)?;
+            let chunk = bytes::Bytes::from(chunk);
+            let url = up.location.clone();
+            let range = format!("{}-{}", up.offset, end - 1);
+            let make = || {
+                s.client
+                    .patch(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, &range)
+                    .header(CONTENT_LENGTH, chunk.len())
+                    .body(chunk.clone())
+            };
+            let failure = match s.attempt(&make).await {
+                Attempt::Answer(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    up.location = location(&up.location, resp.headers()).unwrap_or(up.location);
+                    up.offset = held(resp.headers()).unwrap_or(end);
+                    failures = 0;
+                    started = Instant::now();
+                    continue;
+                }
+                Attempt::Answer(resp) => (format!("HTTP {}", resp.status().as_u16()), None),
+                Attempt::Transient { why, retry_after } => (why, retry_after),
+            };
+            s.pause(&what, &mut failures, started, failure.0, failure.1)
+                .await?;
+            match status(s, &up, &what).await? {
+                Some(now) => up = now,
+                None => break,
+            }
+        }
+        if up.offset < size {
+            continue; // the session is gone: start another
+        }
+        // Done: the registry checks the digest.
+        let mut url = up.location.clone();
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let make = || s.client.put(url.clone()).header(CONTENT_LENGTH, 0);
+        let failure = match s.attempt(&make).await {
+            Attempt::Answer(resp) if resp.status() == StatusCode::CREATED => {
+                return check_digest(resp.headers(), digest, &what);
+            }
+            Attempt::Answer(resp) if resp.status() == StatusCode::BAD_REQUEST => {
+                let body = resp.text().await.unwrap_or_default();
+                if body.contains("DIGEST_INVALID") {
+                    // What the registry received is not this blob.
+                    return Err(Error::verification(
+                        format!("digest mismatch for {what}: the registry says the bytes it received do not hash to it"),
+                        "push again; if it persists, something between kiln and the registry changes the data, or the store's copy of the blob is damaged (remove it from the store and build again)",
+                    ));
+                }
+                (format!("HTTP 400 {body}"), None)
+            }
+            Attempt::Answer(resp) => (format!("HTTP {}", resp.status().as_u16()), None),
+            Attempt::Transient { why, retry_after } => (why, retry_after),
+        };
+        s.pause(&what, &mut failures, started, failure.0, failure.1)
+            .await?;
+        // A session the registry still knows did not complete; one it no
+        // longer knows may have: the answer can be lost after the registry
+        // took the blob.
+        upload = status(s, &up, &what).await?;
+        if upload.is_none() && exists(s, r, digest, &what).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Starts an upload session.
+async fn start(s: &Session, r: &Reference, what: &str) -> Result<Upload> {
+    let url = format!("{}/v2/{}/blobs/uploads/", s.base, r.repository());
+    let resp = s
+        .send(what, || s.client.post(&url).header(CONTENT_LENGTH, 0))
+        .await?;
+    if resp.status() != StatusCode::ACCEPTED {
+        return Err(status_error(what, resp).await);
+    }
+    let base = reqwest::Url::parse(&url).expect("a valid URL");
+    let location = location(&base, resp.headers()).ok_or_else(|| Error::Registry {
+        message: format!("cannot {what}: the registry started an upload without a `Location`"),
+        hint: None,
+    })?;
+    Ok(Upload {
+        location,
+        offset: 0,
+    })
+}
+
+/// Where the session stands now, or `None` when the registry no longer
+/// answers for it (404). Distribution signs the offset into its
+/// `Location`s: after a chunk arrived whose answer was lost, the `Location`
+/// kiln holds is refused (404 `BLOB_UPLOAD_INVALID`) and the session cannot
+/// be resumed by us; some registries answer 400 for the same.
+async fn status(s: &Session, up: &Upload, what: &str) -> Result<Option<Upload>> {
+    let url = up.location.clone();
+    let resp = s.send(what, || s.client.get(url.clone())).await?;
+    match resp.status() {
+        StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED => Ok(Some(Upload {
+            location: location(&up.location, resp.headers()).unwrap_or(up.location.clone()),
+            offset: held(resp.headers()).unwrap_or(0),
+        })),
+        StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => Ok(None),
+        _ => Err(status_error(what, resp).await),
+    }
+}
+
+/// Whether `r`'s repository has blob `digest`.
+pub(super) async fn exists(
+    s: &Session,
+    r: &Reference,
+    digest: &Digest,
+    what: &str,
+) -> Result<bool> {
+    let url = blob_url(s, r, &digest.to_string());
+    let resp = s.send(what, || s.client.head(&url)).await?;
+    match resp.status() {
+        StatusCode::OK => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(status_error(what, resp).await),
+    }
+}
+
+/// The registry's `Location`, resolved against `base`.
+fn location(base: &reqwest::Url, headers: &reqwest::header::HeaderMap) -> Option<reqwest::Url> {
+    let text = headers.get(LOCATION)?.to_str().ok()?;
+    base.join(text).ok()
+}
+
+/// The bytes a session holds, from `Range: 0-LAST` (distribution writes
+/// `0-0` for an empty session; a chunk is never one byte, so it means 0).
+fn held(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let text = headers.get(RANGE)?.to_str().ok()?;
+    let text = text.trim().trim_start_matches("bytes=");
+    let (_, last) = text.split_once('-')?;
+    let last: u64 = last.trim().parse().ok()?;
+    Some(if last == 0 { 0 } else { last + 1 })
+}
+
+/// Fails when the registry names the blob by another digest than ours.
+pub(super) fn check_digest(
+    headers: &reqwest::header::HeaderMap,
+    digest: &Digest,
+    what: &str,
+) -> Result<()> {
+    let Some(named) = headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    match named.parse::<Digest>() {
+        Ok(actual) if &actual == digest => Ok(()),
+        Ok(actual) => Err(Error::DigestMismatch {
+            what: what.to_string(),
+            expected: digest.clone(),
+            actual,
+        }),
+        Err(_) => Err(Error::Registry {
+            message: format!("cannot {what}: the registry names it `{named}`, not a digest"),
+            hint: None,
+        }),
+    }
+}
