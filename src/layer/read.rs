@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read};
+use std::ops::Bound;
 
 use crate::error::{Error, IoContext, Result};
 use crate::plan::{DirMap, DirMeta};
@@ -79,12 +80,8 @@ fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
         if !h.entry_type().is_dir() {
             continue;
         }
-        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-        let name = name
-            .trim_start_matches("./")
-            .trim_start_matches('/')
-            .trim_end_matches('/');
-        if name.is_empty() || name == "." {
+        let name = entry_path(&entry.path().map_err(bad)?.to_string_lossy());
+        if name.is_empty() {
             continue;
         }
         let meta = DirMeta {
@@ -92,7 +89,7 @@ fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
             uid: h.uid().unwrap_or(0) as u32,
             gid: h.gid().unwrap_or(0) as u32,
         };
-        map.insert(name.to_string(), meta);
+        map.insert(name, meta);
     }
     // Read to the end so the verified reader checks the blob's digest.
     let mut rest = ar.into_inner();
@@ -100,22 +97,29 @@ fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
     Ok(map)
 }
 
-/// A layer entry's path, relative and without `./` or a trailing `/`.
+/// A layer entry's path, relative, without `.` segments or empty ones
+/// (`.//a/./b/` is `a/b`, as tar and the kernel read it); `..` is kept for
+/// the caller to refuse.
 pub fn entry_path(raw: &str) -> String {
-    raw.trim_start_matches("./")
-        .trim_start_matches('/')
-        .trim_end_matches('/')
-        .to_string()
+    raw.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Applies `path` to a tree of lower layers if it is an OCI whiteout
-/// (`.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory); returns
-/// whether it was one (and so is not an entry of its own).
+/// (`.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory, the
+/// layer's root included); returns whether it was one (and so is not an
+/// entry of its own). Only the entries removed are visited, so a layer of
+/// many whiteouts over a large tree costs no more than its size.
 pub fn apply_whiteout<V>(tree: &mut BTreeMap<String, V>, path: &str) -> bool {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     if name == ".wh..wh..opq" {
-        let prefix = format!("{dir}/");
-        tree.retain(|p, _| !p.starts_with(&prefix));
+        if dir.is_empty() {
+            tree.clear();
+        } else {
+            remove_under(tree, &format!("{dir}/"));
+        }
         return true;
     }
     let Some(hidden) = name.strip_prefix(".wh.") else {
@@ -126,7 +130,20 @@ pub fn apply_whiteout<V>(tree: &mut BTreeMap<String, V>, path: &str) -> bool {
     } else {
         format!("{dir}/{hidden}")
     };
-    let prefix = format!("{gone}/");
-    tree.retain(|p, _| *p != gone && !p.starts_with(&prefix));
+    tree.remove(&gone);
+    remove_under(tree, &format!("{gone}/"));
     true
+}
+
+/// Removes every path that starts with `prefix` (a directory and `/`).
+fn remove_under<V>(tree: &mut BTreeMap<String, V>, prefix: &str) {
+    let doomed: Vec<String> = tree
+        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .map(|(p, _)| p)
+        .take_while(|p| p.starts_with(prefix))
+        .cloned()
+        .collect();
+    for p in doomed {
+        tree.remove(&p);
+    }
 }
