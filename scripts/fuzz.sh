@@ -23,7 +23,7 @@ listing=$("$bin" --list 2>/dev/null)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   # Every fuzz target: the tests that use the harness (regressions are plain tests).
-  mapfile -t targets < <(sed -n 's/^\(binary\|oci\|text\|version\)::\([a-z0-9_]*\): test$/\2/p' <<<"$listing")
+  mapfile -t targets < <(grep -v '^regressions::' <<<"$listing" | sed -n 's/^[a-z]*::\([a-z0-9_]*\): test$/\1/p')
 fi
 
 log=$(mktemp)

@@ -7,6 +7,7 @@
 mod binary;
 mod gen;
 mod oci;
+mod package;
 mod regressions;
 mod seeds;
 mod text;
