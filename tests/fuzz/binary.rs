@@ -67,7 +67,7 @@ fn layer_tar() {
     let seeds: Vec<&[u8]> = vec![&plain, &pax];
     let (_dir, store) = store();
     let mut read = 0;
-    gen::run("layer_tar", 400, |rng| {
+    gen::run("layer_tar", 300, |rng| {
         let tar = tar_input(rng, &seeds);
         let gz = rng.u8(0..4) == 0;
         let blob = if gz { seeds::gzip(&tar) } else { tar };

@@ -130,7 +130,7 @@ fn write_layout(rng: &mut Rng, dir: &Path) {
 
 #[test]
 fn oci_layout_import() {
-    gen::run("oci_layout_import", 80, |rng| {
+    gen::run("oci_layout_import", 60, |rng| {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir: PathBuf = tmp.path().join("layout");
         write_layout(rng, &dir);

@@ -156,7 +156,7 @@ fn version_vs_dpkg() {
     let mut checked = 0usize;
     let mut mismatches = Vec::new();
     // Cases are batches of pairs; one batch is one shell running dpkg.
-    gen::run("version_vs_dpkg", 4, |rng| {
+    gen::run("version_vs_dpkg", 3, |rng| {
         let mut pairs = Vec::new();
         for _ in 0..500 {
             let a = tricky(rng, &real);
