@@ -90,6 +90,39 @@ pub fn attach(
     )
 }
 
+/// What an attestation layer's blob holds, read with some keys.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Envelope {
+    /// Not a DSSE envelope with a base64 payload.
+    Unreadable,
+    /// An envelope no key signed.
+    Unsigned,
+    /// The statement of an envelope a key signed (`Null` if it is not JSON).
+    Signed(Value),
+}
+
+/// Reads a DSSE envelope and checks its signatures against `keys`.
+#[doc(hidden)]
+pub fn open_envelope(bytes: &[u8], keys: &[NamedKey]) -> Envelope {
+    let env: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let payload_type = env["payloadType"].as_str().unwrap_or_default();
+    let Ok(body) = base64::engine::general_purpose::STANDARD
+        .decode(env["payload"].as_str().unwrap_or_default())
+    else {
+        return Envelope::Unreadable;
+    };
+    let signed = env["signatures"].as_array().into_iter().flatten().any(|s| {
+        let sig = s["sig"].as_str().unwrap_or_default();
+        keys.iter()
+            .any(|k| cosign::verify_bytes(&k.key, &pae(payload_type, &body), sig))
+    });
+    if !signed {
+        return Envelope::Unsigned;
+    }
+    Envelope::Signed(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
 /// Checks the image's attestations: at least one, and every one whose
 /// envelope some key signed must name `digest` as its subject. Returns the
 /// predicate types verified.
@@ -120,23 +153,14 @@ pub fn verify(
         else {
             continue;
         };
-        let env: Value = serde_json::from_slice(&store.read(&blob)?).unwrap_or(Value::Null);
-        let payload_type = env["payloadType"].as_str().unwrap_or_default();
-        let Ok(body) = base64::engine::general_purpose::STANDARD
-            .decode(env["payload"].as_str().unwrap_or_default())
-        else {
-            continue;
+        let st = match open_envelope(&store.read(&blob)?, keys) {
+            Envelope::Unreadable => continue,
+            Envelope::Unsigned => {
+                unsigned += 1;
+                continue;
+            }
+            Envelope::Signed(st) => st,
         };
-        let signed = env["signatures"].as_array().into_iter().flatten().any(|s| {
-            let sig = s["sig"].as_str().unwrap_or_default();
-            keys.iter()
-                .any(|k| cosign::verify_bytes(&k.key, &pae(payload_type, &body), sig))
-        });
-        if !signed {
-            unsigned += 1;
-            continue;
-        }
-        let st: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let names_digest = st["subject"]
             .as_array()
             .into_iter()

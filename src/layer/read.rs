@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, BufReader, Read};
+use std::ops::Bound;
 
 use crate::error::{Error, Result};
 use crate::plan::{DirMap, DirMeta};
@@ -188,22 +189,29 @@ pub fn bad_entry(layer: &crate::digest::Digest, raw: &str, why: &str) -> Error {
     )
 }
 
-/// A layer entry's path, relative and without `./` or a trailing `/`.
+/// A layer entry's path, relative, without `.` segments or empty ones
+/// (`.//a/./b/` is `a/b`, as tar and the kernel read it); `..` is kept for
+/// the caller to refuse.
 pub fn entry_path(raw: &str) -> String {
-    raw.trim_start_matches("./")
-        .trim_start_matches('/')
-        .trim_end_matches('/')
-        .to_string()
+    raw.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Applies `path` to a tree of lower layers if it is an OCI whiteout
-/// (`.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory); returns
-/// whether it was one (and so is not an entry of its own).
+/// (`.wh.NAME` removes NAME, `.wh..wh..opq` empties its directory, the
+/// layer's root included); returns whether it was one (and so is not an
+/// entry of its own). Only the entries removed are visited, so a layer of
+/// many whiteouts over a large tree costs no more than its size.
 pub fn apply_whiteout<V>(tree: &mut BTreeMap<String, V>, path: &str) -> bool {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     if name == ".wh..wh..opq" {
-        let prefix = format!("{dir}/");
-        tree.retain(|p, _| !p.starts_with(&prefix));
+        if dir.is_empty() {
+            tree.clear();
+        } else {
+            remove_under(tree, &format!("{dir}/"));
+        }
         return true;
     }
     let Some(hidden) = name.strip_prefix(".wh.") else {
@@ -214,9 +222,22 @@ pub fn apply_whiteout<V>(tree: &mut BTreeMap<String, V>, path: &str) -> bool {
     } else {
         format!("{dir}/{hidden}")
     };
-    let prefix = format!("{gone}/");
-    tree.retain(|p, _| *p != gone && !p.starts_with(&prefix));
+    tree.remove(&gone);
+    remove_under(tree, &format!("{gone}/"));
     true
+}
+
+/// Removes every path that starts with `prefix` (a directory and `/`).
+fn remove_under<V>(tree: &mut BTreeMap<String, V>, prefix: &str) {
+    let doomed: Vec<String> = tree
+        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .map(|(p, _)| p)
+        .take_while(|p| p.starts_with(prefix))
+        .cloned()
+        .collect();
+    for p in doomed {
+        tree.remove(&p);
+    }
 }
 
 #[cfg(test)]

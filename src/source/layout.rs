@@ -76,7 +76,16 @@ impl Layout {
     /// The descriptors listed in `index.json`.
     pub fn index(&self) -> Result<Vec<Desc>> {
         let path = self.dir.join("index.json");
-        let text = fs::read(&path).at("read", &path)?;
+        let mut text = Vec::new();
+        fs::File::open(&path)
+            .and_then(|f| f.take(MAX_JSON + 1).read_to_end(&mut text))
+            .at("read", &path)?;
+        if text.len() as u64 > MAX_JSON {
+            return Err(Error::invalid(
+                format!("`{}` is larger than {MAX_JSON} bytes", path.display()),
+                None,
+            ));
+        }
         let v: Value = serde_json::from_slice(&text).map_err(|e| {
             Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
         })?;
@@ -417,7 +426,14 @@ impl Layout {
         let top = self.single_image()?;
         let mut todo = vec![top.digest.clone()];
         let mut top_media = None;
+        // An index may name a child many times, and children may share
+        // grandchildren: each document is read once, or a few kilobytes of
+        // nested indexes could make the walk take exponential time.
+        let mut seen = std::collections::BTreeSet::new();
         while let Some(d) = todo.pop() {
+            if !seen.insert(d.clone()) {
+                continue;
+            }
             let (bytes, doc) = self.read_json(&d)?;
             store.put_bytes(&bytes)?;
             let media = if is_index(&doc) {

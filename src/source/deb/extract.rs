@@ -50,6 +50,12 @@ pub struct DebContents {
     pub entries: Vec<DebEntry>,
 }
 
+/// Refuses a control-archive file (`control`, `md5sums`, `postinst`) larger than this.
+pub const MAX_CONTROL_FILE: u64 = 64 << 20;
+
+/// Refuses a package whose control or data archive unpacks to more than this.
+pub const MAX_UNPACKED: u64 = 16 << 30;
+
 fn bad(package: &str, why: impl std::fmt::Display) -> Error {
     Error::invalid(
         format!("package `{package}` cannot be installed: {why}"),
@@ -138,13 +144,23 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
 }
 
 fn decompress<'a>(name: &str, r: impl Read + 'a, package: &str) -> Result<Box<dyn Read + 'a>> {
-    Ok(if name.ends_with(".xz") {
-        // lzma-rs decodes into a writer; stream it through a pipe thread-free by buffering.
+    let unpacked: Box<dyn Read + 'a> = if name.ends_with(".xz") {
+        // lzma-rs decodes into a writer: into an unnamed temporary file, so
+        // a large package is not held in memory, and no further than the bound.
         let mut r = BufReader::new(r);
-        let mut out = Vec::new();
+        let tmp = tempfile::tempfile().map_err(|e| bad(package, e))?;
+        let mut out = Bounded {
+            inner: io::BufWriter::new(tmp),
+            left: MAX_UNPACKED,
+        };
         lzma_rs::xz_decompress(&mut r, &mut out)
             .map_err(|e| bad(package, format!("bad xz data: {e}")))?;
-        Box::new(io::Cursor::new(out))
+        let mut file = out
+            .inner
+            .into_inner()
+            .map_err(|e| bad(package, e.error()))?;
+        io::Seek::rewind(&mut file).map_err(|e| bad(package, e))?;
+        Box::new(BufReader::new(file))
     } else if name.ends_with(".gz") {
         Box::new(flate2::read::GzDecoder::new(r))
     } else if name.ends_with(".zst") {
@@ -153,7 +169,62 @@ fn decompress<'a>(name: &str, r: impl Read + 'a, package: &str) -> Result<Box<dy
         Box::new(r)
     } else {
         return Err(bad(package, format!("unknown member `{name}`")));
-    })
+    };
+    Ok(Box::new(Bounded {
+        inner: unpacked,
+        left: MAX_UNPACKED,
+    }))
+}
+
+/// A reader or writer that fails, rather than go on, past `left` bytes.
+struct Bounded<T> {
+    inner: T,
+    left: u64,
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("it unpacks to more than {MAX_UNPACKED} bytes"),
+    )
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(too_large)?;
+        Ok(n)
+    }
+}
+
+impl<W: io::Write> io::Write for Bounded<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.left = self
+            .left
+            .checked_sub(buf.len() as u64)
+            .ok_or_else(too_large)?;
+        self.inner
+            .write(buf)
+            .inspect(|&n| self.left += (buf.len() - n) as u64)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A control-archive file as text, no larger than [`MAX_CONTROL_FILE`].
+fn small_text(e: impl Read, name: &str, package: &str) -> Result<String> {
+    let mut text = String::new();
+    e.take(MAX_CONTROL_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(package, e))?;
+    if text.len() as u64 > MAX_CONTROL_FILE {
+        return Err(bad(
+            package,
+            format!("its `{name}` is larger than {MAX_CONTROL_FILE} bytes"),
+        ));
+    }
+    Ok(text)
 }
 
 type ControlFiles = (String, Option<String>, Option<String>);
@@ -168,20 +239,10 @@ fn read_control(r: impl Read, package: &str) -> Result<ControlFiles> {
             .map_err(|e| bad(package, e))?
             .to_string_lossy()
             .into_owned();
-        let mut text = String::new();
         match name.trim_start_matches("./") {
-            "control" => {
-                e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
-                control = Some(text);
-            }
-            "md5sums" => {
-                e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
-                md5sums = Some(text);
-            }
-            "postinst" => {
-                e.read_to_string(&mut text).map_err(|e| bad(package, e))?;
-                postinst = Some(text);
-            }
+            "control" => control = Some(small_text(&mut e, "control", package)?),
+            "md5sums" => md5sums = Some(small_text(&mut e, "md5sums", package)?),
+            "postinst" => postinst = Some(small_text(&mut e, "postinst", package)?),
             _ => {}
         }
     }

@@ -286,8 +286,9 @@ fn busybox_links(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> 
 }
 
 /// One `update-alternatives --install LINK NAME PATH PRIORITY [--slave LINK NAME PATH]…`.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Alternative {
+pub struct Alternative {
     link: String,
     name: String,
     path: String,
@@ -297,7 +298,8 @@ struct Alternative {
 
 /// The `update-alternatives --install` calls of a maintainer script, read
 /// as data (calls using shell variables are skipped).
-fn install_calls(script: &str) -> Vec<Alternative> {
+#[doc(hidden)]
+pub fn install_calls(script: &str) -> Vec<Alternative> {
     let joined = script.replace("\\\n", " ");
     let mut out = Vec::new();
     for line in joined.lines() {
@@ -405,7 +407,8 @@ fn alternatives(packages: &[Installed], out: &mut BTreeMap<String, (Entry, Strin
 
 /// busybox keeps its applet names as one sorted, NUL-separated table that
 /// starts with `[` and `[[`; read it from the binary.
-fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
+#[doc(hidden)]
+pub fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
     let start = binary.windows(5).position(|w| w == b"[\0[[\0")?;
     let mut names = Vec::new();
     for raw in binary[start..].split(|&b| b == 0) {
