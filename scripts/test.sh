@@ -18,12 +18,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # dpkg-dev, apt-utils, gnupg, gpgv, xz-utils and zstd build and serve a
 # signed Debian repository on 127.0.0.1 (tests/apt_support); qemu-system-x86,
 # qemu-utils, erofs-utils, squashfs-tools, e2fsprogs,
-# a Debian kernel, busybox-static and cpio boot and read VM bundles (tests/vm.rs).
+# a Debian kernel, busybox-static and cpio boot and read VM bundles (tests/vm.rs,
+# tests/vm_hostile.rs); binutils (ar) crafts hostile .debs (tests/debian.rs);
+# lz4 reads the host's apt lists for the dpkg version oracle (tests/fuzz).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
     dpkg-dev apt-utils gnupg gpgv xz-utils zstd
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
+    binutils lz4
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -94,10 +97,11 @@ install_packages() {
 # present while the command is not (a diverted or removed file, a partial
 # install), and a clear stop here beats a test failing on it later.
 COMMANDS=(
-    umoci skopeo runc tar gcc faketime unshare setpriv prlimit
+    umoci skopeo runc tar gcc ar faketime unshare setpriv prlimit taskset md5sum sha256sum
     docker-registry htpasswd openssl
     dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
+    dump.erofs unsquashfs lz4
 )
 
 check_commands() {
