@@ -84,13 +84,7 @@ fn remove(path: &Path) -> Result<()> {
 fn acquire(parent: &Path, name: &str, wait: bool) -> Result<Option<OutputLock>> {
     let path = parent.join(format!(".{name}.kiln-lock"));
     loop {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at("open", &path)?;
+        let file = crate::store::locks::open_lock_file(&path)?;
         if wait {
             file.lock().at("lock", &path)?;
         } else {

@@ -234,16 +234,22 @@ fn remove_any(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     }
 }
 
-/// The lock that orders users of blobs against their removers.
-pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
-    let path = root.join("gc.lock");
-    let file = File::options()
+/// Opens (creating it if need be, never truncating it) a file whose lock
+/// is the point, not its content.
+pub fn open_lock_file(path: &Path) -> Result<File> {
+    File::options()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&path)
-        .at("open", &path)?;
+        .open(path)
+        .at("open", path)
+}
+
+/// The lock that orders users of blobs against their removers.
+pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
+    let path = root.join("gc.lock");
+    let file = open_lock_file(&path)?;
     if exclusive {
         file.lock().at("lock", &path)?;
     } else {
