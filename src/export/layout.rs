@@ -38,10 +38,8 @@ fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Resu
         let old = previous.join("blobs").join("sha256").join(digest.hex());
         let intact = File::open(&old)
             .ok()
-            .and_then(|f| {
-                crate::digest::digest_reader(io::BufReader::with_capacity(1 << 20, f)).ok()
-            })
-            .is_some_and(|(d, _)| d == digest);
+            .and_then(|f| store.hash_of(f, &old, &digest).ok())
+            .is_some_and(|d| d == digest);
         if intact && fs::hard_link(&old, &dest).is_ok() {
             continue;
         }

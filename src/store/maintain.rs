@@ -163,8 +163,11 @@ impl Store {
     pub fn prune(&self, options: &PruneOptions) -> Result<PruneReport> {
         let now = SystemTime::now();
         // Whatever was used since the oldest live process started may be in
-        // use; a second of slack for coarse file timestamps.
-        let protect = locks::oldest_live_start(self.root()) - Duration::from_secs(1);
+        // use. A blob's time is moved at most every `TOUCH_EVERY`, so a live
+        // build's blobs may look that much older; a second more for coarse
+        // file timestamps.
+        let protect =
+            locks::oldest_live_start(self.root()) - super::TOUCH_EVERY - Duration::from_secs(1);
         let mut blobs = self.list_blobs()?;
         blobs.sort_by_key(|b| (b.mtime, b.digest.clone()));
         let mut doomed = vec![false; blobs.len()];
@@ -217,6 +220,10 @@ impl Store {
             }
         }
         report.records_removed = self.drop_orphan_caches()?;
+        if report.removed > 0 {
+            // Stamps of removed blobs would only linger: start them afresh.
+            let _ = fs::remove_file(self.root().join("blob-stamps"));
+        }
         Ok(report)
     }
 
@@ -235,7 +242,9 @@ impl Store {
         }
         for (sub, prefix) in [("dirs", ""), ("debs", "v2-")] {
             for (path, stem) in json_files(&self.root().join(sub))? {
+                // `dirs/<hex>.v2.json`, `debs/v2-<hex>.json`: the hex alone.
                 let hex = stem.strip_prefix(prefix).unwrap_or(&stem);
+                let hex = hex.split('.').next().unwrap_or_default();
                 let gone = format!("sha256:{hex}")
                     .parse::<Digest>()
                     .is_ok_and(|d| !self.contains(&d));

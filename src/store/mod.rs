@@ -18,7 +18,10 @@
 //! digest; a blob found damaged is removed, so it is rebuilt or fetched
 //! again. Two processes may share a store: renames are atomic and the last
 //! writer of identical content wins harmlessly. A blob's mtime is when a
-//! build last used it, which is what `kiln store prune` goes by.
+//! build last used it (to within [`TOUCH_EVERY`]), which is what `kiln store
+//! prune` goes by. `blob-stamps` remembers which blobs were re-hashed and
+//! found intact, by inode and change time, so that a warm rebuild does not
+//! read them again; `kiln store verify` re-hashes everything regardless.
 
 pub mod locks;
 pub mod maintain;
@@ -42,6 +45,26 @@ pub struct Store {
     /// This process's lock token, part of every temporary name it writes.
     token: String,
     notes: Notes,
+    /// Blobs already re-hashed, by inode and change times (`blob-stamps`),
+    /// loaded on first use and saved when the last handle is dropped.
+    stamps: Arc<std::sync::OnceLock<Stamps>>,
+}
+
+/// How long a blob's "last used" time may lag behind its real last use: a
+/// blob is touched at most this often, so that its change time (which the
+/// stamps go by) stays still and a warm rebuild reads no blob contents.
+/// `prune` widens its protection of live builds by as much.
+pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The stamps of verified blobs, written back when dropped.
+#[derive(Debug)]
+struct Stamps(stat_cache::StatCache);
+
+impl Drop for Stamps {
+    fn drop(&mut self) {
+        // Only a cache: a lost write means one more re-hash next time.
+        let _ = self.0.save();
+    }
 }
 
 /// Where the store says what it repaired (the CLI prints it on stderr).
@@ -89,6 +112,7 @@ impl Store {
             root,
             token,
             notes: Notes::default(),
+            stamps: Arc::default(),
         })
     }
 
@@ -246,7 +270,14 @@ impl Store {
             // A store shared with other users may not let us set the time:
             // the blob is there all the same, only its last use is older.
             Ok(f) => {
-                let _ = f.set_modified(std::time::SystemTime::now());
+                let now = std::time::SystemTime::now();
+                let stale = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_or(true, |m| m + TOUCH_EVERY < now);
+                if stale {
+                    let _ = f.set_modified(now);
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -268,8 +299,7 @@ impl Store {
             Err(e) => return Err(Error::io("open blob", &path, e)),
         };
         let ino = file.metadata().at("stat blob", &path)?.ino();
-        let (actual, _) = crate::digest::digest_reader(io::BufReader::with_capacity(1 << 20, file))
-            .at("read", &path)?;
+        let actual = self.hash_of(file, &path, digest)?;
         if actual == *digest {
             return Ok(true);
         }
@@ -279,6 +309,30 @@ impl Store {
              removed it, and kiln makes it again"
         ));
         Ok(false)
+    }
+
+    /// The digest of the open file at `path`, which should be `expected`:
+    /// read and hashed, unless `blob-stamps` says it was hashed to
+    /// `expected` before and has not changed since (same inode, size and
+    /// mtime; see [`stat_cache::StatCache::for_blobs`]). For blob files
+    /// kiln wrote: store blobs, and blobs of a previous output.
+    pub fn hash_of(&self, file: File, path: &Path, expected: &Digest) -> Result<Digest> {
+        let meta = file.metadata().at("stat", path)?;
+        let stamps = self.stamps.get_or_init(|| {
+            Stamps(stat_cache::StatCache::for_blobs(
+                self.root.join("blob-stamps"),
+                self.temp_prefix(),
+            ))
+        });
+        if stamps.0.get(&meta).as_ref() == Some(expected) {
+            return Ok(expected.clone());
+        }
+        let (actual, _) = crate::digest::digest_reader(io::BufReader::with_capacity(1 << 20, file))
+            .at("read", path)?;
+        if actual == *expected {
+            stamps.0.put(&meta, expected);
+        }
+        Ok(actual)
     }
 
     /// Removes a blob judged damaged, unless it has been replaced since

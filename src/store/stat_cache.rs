@@ -27,11 +27,15 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &fs::Metadata) -> Stamp {
+    fn of(meta: &fs::Metadata, with_ctime: bool) -> Stamp {
         Stamp {
             size: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            ctime_ns: if with_ctime {
+                i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
+            } else {
+                0
+            },
         }
     }
 }
@@ -47,6 +51,8 @@ pub struct StatCache {
     /// Prefix of the temporary file `save` writes (the store's, so a
     /// killed save is reclaimed).
     tmp_prefix: String,
+    /// Whether the change time is part of a stamp (see [`StatCache::for_blobs`]).
+    with_ctime: bool,
 }
 
 impl StatCache {
@@ -64,6 +70,21 @@ impl StatCache {
             path,
             entries: Mutex::new((map, false)),
             tmp_prefix: ".tmp".into(),
+            with_ctime: true,
+        }
+    }
+
+    /// The cache of the store's own blobs (`blob-stamps`), saved under
+    /// `tmp_prefix`. Its stamps leave out the change time: a blob's file is
+    /// only ever written whole by kiln and renamed into place (a new inode),
+    /// while hard links to it, made and removed by every output written,
+    /// move its change time without touching its content. A write to it
+    /// still moves its mtime.
+    pub fn for_blobs(path: PathBuf, tmp_prefix: String) -> StatCache {
+        StatCache {
+            tmp_prefix,
+            with_ctime: false,
+            ..StatCache::load(path)
         }
     }
 
@@ -79,14 +100,16 @@ impl StatCache {
     pub fn get(&self, meta: &fs::Metadata) -> Option<Digest> {
         let guard = self.entries.lock().expect("no panics hold this lock");
         match guard.0.get(&(meta.dev(), meta.ino())) {
-            Some((stamp, digest)) if *stamp == Stamp::of(meta) => Some(digest.clone()),
+            Some((stamp, digest)) if *stamp == Stamp::of(meta, self.with_ctime) => {
+                Some(digest.clone())
+            }
             _ => None,
         }
     }
 
     /// Records the digest of a file just hashed, unless it changed too recently to trust.
     pub fn put(&self, meta: &fs::Metadata, digest: &Digest) {
-        let stamp = Stamp::of(meta);
+        let stamp = Stamp::of(meta, self.with_ctime);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -168,12 +191,10 @@ mod tests {
         cache.put(&meta, &d);
         assert_eq!(cache.get(&meta), None);
         // An entry written as if long ago is found, and lost on any change.
-        cache
-            .entries
-            .lock()
-            .unwrap()
-            .0
-            .insert((meta.dev(), meta.ino()), (Stamp::of(&meta), d.clone()));
+        cache.entries.lock().unwrap().0.insert(
+            (meta.dev(), meta.ino()),
+            (Stamp::of(&meta, true), d.clone()),
+        );
         cache.entries.lock().unwrap().1 = true;
         cache.save().unwrap();
         let reloaded = StatCache::load(dir.path().join("stat"));
