@@ -20,13 +20,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # qemu-utils, erofs-utils, squashfs-tools, e2fsprogs,
 # a Debian kernel, busybox-static and cpio boot and read VM bundles (tests/vm.rs,
 # tests/vm_hostile.rs); binutils (ar) crafts hostile .debs (tests/debian.rs);
-# lz4 reads the host's apt lists for the dpkg version oracle (tests/fuzz).
+# lz4 reads the host's apt lists for the dpkg version oracle (tests/fuzz);
+# procps (kill) stops and kills builds (tests/store.rs).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
     dpkg-dev apt-utils gnupg gpgv xz-utils zstd
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
-    binutils lz4
+    binutils lz4 procps
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -97,7 +98,7 @@ install_packages() {
 # present while the command is not (a diverted or removed file, a partial
 # install), and a clear stop here beats a test failing on it later.
 COMMANDS=(
-    umoci skopeo runc tar gcc ar faketime unshare setpriv prlimit taskset md5sum sha256sum
+    umoci skopeo runc tar gcc ar faketime unshare setpriv prlimit taskset md5sum sha256sum kill
     docker-registry htpasswd openssl
     dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
@@ -107,7 +108,8 @@ COMMANDS=(
 check_commands() {
     local missing=() c
     for c in "${COMMANDS[@]}"; do
-        command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+        # type -P: a file on PATH, never a shell builtin (bash has its own kill).
+        type -P "$c" >/dev/null 2>&1 || missing+=("$c")
     done
     compgen -G '/boot/vmlinuz-*' >/dev/null || missing+=("/boot/vmlinuz-* (linux-image-cloud-amd64)")
     qemu_in_step || missing+=("qemu-utils at qemu-system-x86's version ($(version_of qemu-utils) vs $(version_of qemu-system-x86))")

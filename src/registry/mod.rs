@@ -109,10 +109,7 @@ impl Registry {
                 plain.push(r.registry().to_string());
             }
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(300))
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")));
+        let mut certs = Vec::new();
         for path in &options.ca_certs {
             let data = std::fs::read(path).at("read CA certificate", path)?;
             let cert = reqwest::Certificate::from_pem(&data).map_err(|e| {
@@ -121,12 +118,25 @@ impl Registry {
                     None,
                 )
             })?;
-            builder = builder.add_root_certificate(cert);
+            certs.push(cert);
         }
-        let client = builder.build().map_err(|e| Error::Registry {
-            message: format!("cannot set up the HTTP client: {e}"),
-            hint: None,
-        })?;
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(30))
+                .read_timeout(Duration::from_secs(300))
+                .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        };
+        // A machine without system CA certificates (a minimal container)
+        // cannot build the platform verifier. Plain-HTTP registries still
+        // work then, and HTTPS trusts only `--ca-cert`: it fails closed.
+        let client = builder()
+            .tls_certs_merge(certs.clone())
+            .build()
+            .or_else(|_| builder().tls_certs_only(certs).build())
+            .map_err(|e| Error::Registry {
+                message: format!("cannot set up the HTTP client: {e}"),
+                hint: None,
+            })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

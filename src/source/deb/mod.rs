@@ -134,10 +134,17 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher for `mirror`.
     pub fn new(mirror: String) -> Result<Fetcher> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(600))
+        let builder = || {
+            reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(30))
+                .timeout(Duration::from_secs(600))
+        };
+        // Without system CA certificates (a minimal container) the platform
+        // verifier cannot be built: an `http://` mirror (whose InRelease
+        // signature is what kiln trusts) still works, and HTTPS fails closed.
+        let client = builder()
             .build()
+            .or_else(|_| builder().tls_certs_only([]).build())
             .map_err(|e| Error::Registry {
                 message: format!("cannot start an HTTP client: {e}"),
                 hint: None,
