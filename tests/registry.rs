@@ -701,3 +701,37 @@ fn multi_platform_index_round_trips() {
     }
     assert_same_blobs(&w.path().join("img"), &w.path().join("pulled"));
 }
+
+/// A machine without system CA certificates (a minimal Debian or container
+/// image) still pushes to and pulls from a plain-HTTP registry: the TLS
+/// verifier, which cannot be built there, once failed every command with
+/// `cannot set up the HTTP client: builder error`. rustls reads the system's
+/// roots from `SSL_CERT_FILE`/`SSL_CERT_DIR`, pointed here at nothing.
+#[test]
+fn push_and_pull_work_without_system_ca_certificates() {
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    unique_recipe(&w, "nocerts", "", "", "");
+    let no_certs = |mut c: std::process::Command| {
+        c.env("SSL_CERT_FILE", w.path().join("no-such-bundle.pem"))
+            .env("SSL_CERT_DIR", w.path().join("no-such-dir"));
+        c
+    };
+    let reference = r.repo("kiln/nocerts:v1");
+    let out = run_with_stdin(
+        no_certs(kiln(&w)),
+        &["build", "recipe.toml", "--out", "img", "--push", &reference],
+        None,
+    );
+    assert_success(&out, "kiln build --push without CA certificates");
+    let digest = last_digest(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(remote_digest(r, &reference), digest);
+    let by_digest = r.repo(&format!("kiln/nocerts@{digest}"));
+    let out = run_with_stdin(
+        no_certs(kiln_fresh_store(&w)),
+        &["pull", &by_digest, "--out", "pulled"],
+        None,
+    );
+    assert_success(&out, "kiln pull without CA certificates");
+    assert_same_blobs(&w.path().join("img"), &w.path().join("pulled"));
+}
