@@ -322,17 +322,19 @@ fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
 /// Unpacks the layout files of an OCI archive into `dir`; any other entry is
 /// refused, and so is a file that is not a tar archive or holds no layout.
 pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
-    let file = fs::File::open(archive).at("open", archive)?;
-    let mut ar = tar::Archive::new(io::BufReader::new(file));
+    let mut file = fs::File::open(archive).at("open", archive)?;
     let bad = |what: String| {
         Error::invalid(
             format!("`{}` is not an OCI archive: {what}", archive.display()),
             Some("give an archive written by `kiln build --format oci-archive` or `skopeo copy … oci-archive:FILE`, or an OCI layout directory".into()),
         )
     };
-    let mut head = [0u8; 512];
-    let n = io::Read::read(&mut fs::File::open(archive).at("open", archive)?, &mut head)
+    let mut head = Vec::with_capacity(512);
+    (&mut file)
+        .take(512)
+        .read_to_end(&mut head)
         .at("read", archive)?;
+    let n = head.len();
     match &head[..n] {
         [] => return Err(bad("it is empty".into())),
         [0x1f, 0x8b, ..] => return Err(bad("it is gzip-compressed; `gunzip` it first".into())),
@@ -354,6 +356,8 @@ pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
             .collect();
         bad(format!("its tar data is damaged ({text})"))
     };
+    io::Seek::rewind(&mut file).at("read", archive)?;
+    let mut ar = tar::Archive::new(io::BufReader::new(file));
     fs::create_dir_all(dir.join("blobs/sha256")).at("create", dir)?;
     let mut seen = 0;
     for entry in ar.entries().map_err(not_tar)? {

@@ -48,6 +48,23 @@ pub struct Store {
     /// Blobs already re-hashed, by inode and change times (`blob-stamps`),
     /// loaded on first use and saved when the last handle is dropped.
     stamps: Arc<std::sync::OnceLock<Stamps>>,
+    /// Blob files this process wrote or hashed, so that one run (an import
+    /// then a push, say) reads each at most once even while it is too fresh
+    /// for `blob-stamps`.
+    seen: Arc<std::sync::Mutex<std::collections::HashSet<(FileKey, Digest)>>>,
+}
+
+/// A file's identity and content-changing metadata: device, inode, size, mtime.
+type FileKey = (u64, u64, u64, i64, i64);
+
+fn file_key(meta: &fs::Metadata) -> FileKey {
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
 }
 
 /// How long a blob's "last used" time may lag behind its real last use: a
@@ -113,6 +130,7 @@ impl Store {
             token,
             notes: Notes::default(),
             stamps: Arc::default(),
+            seen: Arc::default(),
         })
     }
 
@@ -318,6 +336,15 @@ impl Store {
     /// kiln wrote: store blobs, and blobs of a previous output.
     pub fn hash_of(&self, file: File, path: &Path, expected: &Digest) -> Result<Digest> {
         let meta = file.metadata().at("stat", path)?;
+        let key = (file_key(&meta), expected.clone());
+        if self
+            .seen
+            .lock()
+            .expect("no panics hold this lock")
+            .contains(&key)
+        {
+            return Ok(expected.clone());
+        }
         let stamps = self.stamps.get_or_init(|| {
             Stamps(stat_cache::StatCache::for_blobs(
                 self.root.join("blob-stamps"),
@@ -331,8 +358,16 @@ impl Store {
             .at("read", path)?;
         if actual == *expected {
             stamps.0.put(&meta, expected);
+            self.remember_seen(&meta, expected);
         }
         Ok(actual)
+    }
+
+    fn remember_seen(&self, meta: &fs::Metadata, digest: &Digest) {
+        self.seen
+            .lock()
+            .expect("no panics hold this lock")
+            .insert((file_key(meta), digest.clone()));
     }
 
     /// Removes a blob judged damaged, unless it has been replaced since
@@ -458,9 +493,12 @@ impl BlobWriter {
         }
         file.as_file().sync_all().at("sync", file.path())?;
         let dest = self.store.blob_path(&digest);
+        let written = file.as_file().metadata().at("stat", file.path())?;
         file.persist(&dest)
             .map_err(|e| Error::io("rename into", &dest, e.error))?;
         sync_dir(dest.parent().expect("blob paths have a parent"))?;
+        // Hashed as it was written: this run need not read it again.
+        self.store.remember_seen(&written, &digest);
         Ok((digest, len))
     }
 }
