@@ -615,3 +615,36 @@ fn push_checks_what_it_sends_and_never_sends_a_damaged_store_blob() {
         "the registry received the damaged blob"
     );
 }
+
+/// Blobs of the previous output are hard-linked into the next one only when
+/// intact: a warm rebuild trusts what it checked before (`blob-stamps`), but
+/// a write to a blob of the output moves its mtime, and the damaged file is
+/// replaced by a verified copy rather than linked. Checked with skopeo,
+/// which verifies every blob of the layout it copies.
+#[test]
+fn a_damaged_blob_of_the_previous_output_is_not_linked_into_the_next() {
+    let w = Work::new();
+    big_recipe(&w, "big", 4, 7);
+    let digest = w.build("big.toml", "out/img");
+    // Twice more: the second rebuild goes by the stamps alone.
+    assert_eq!(w.build("big.toml", "out/img"), digest);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(w.build("big.toml", "out/img"), digest);
+    let blobs = w.path().join("out/img/blobs/sha256");
+    let largest = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_bit(&largest);
+    assert_eq!(w.build("big.toml", "out/img"), digest);
+    let bytes = fs::read(&largest).unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&bytes)),
+        largest.file_name().unwrap().to_string_lossy(),
+        "the damaged blob was linked into the new output"
+    );
+    let src = format!("oci:{}", w.path().join("out/img").display());
+    let dst = format!("oci:{}", w.path().join("copy").display());
+    skopeo(&["copy", &src, &dst]);
+}

@@ -47,6 +47,9 @@ fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Resu
         let mut file = File::create(&dest).at("create", &dest)?;
         io::copy(&mut src, &mut file).map_err(|e| verify_error(e, &store.blob_path(&digest)))?;
         file.sync_all().at("sync", &dest)?;
+        // The copy was verified as it was read: the next build can hard-link
+        // it without reading it again.
+        store.vouch(&file.metadata().at("stat", &dest)?, &digest);
     }
     write_synced(&dir.join("oci-layout"), OCI_LAYOUT)?;
     write_synced(&dir.join("index.json"), &output.index_json())?;

@@ -228,7 +228,7 @@ pub fn apply_whiteout<V>(tree: &mut BTreeMap<String, V>, path: &str) -> bool {
 }
 
 /// Removes every path that starts with `prefix` (a directory and `/`).
-fn remove_under<V>(tree: &mut BTreeMap<String, V>, prefix: &str) {
+pub(crate) fn remove_under<V>(tree: &mut BTreeMap<String, V>, prefix: &str) {
     let doomed: Vec<String> = tree
         .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
         .map(|(p, _)| p)

@@ -45,32 +45,17 @@ pub struct Store {
     /// This process's lock token, part of every temporary name it writes.
     token: String,
     notes: Notes,
-    /// Blobs already re-hashed, by inode and change times (`blob-stamps`),
-    /// loaded on first use and saved when the last handle is dropped.
+    /// Blobs known intact, by inode, size and mtime (`blob-stamps`): written
+    /// by this store whole, or re-hashed. Loaded on first use and saved when
+    /// the last handle is dropped.
     stamps: Arc<std::sync::OnceLock<Stamps>>,
-    /// Blob files this process wrote or hashed, so that one run (an import
-    /// then a push, say) reads each at most once even while it is too fresh
-    /// for `blob-stamps`.
-    seen: Arc<std::sync::Mutex<std::collections::HashSet<(FileKey, Digest)>>>,
-}
-
-/// A file's identity and content-changing metadata: device, inode, size, mtime.
-type FileKey = (u64, u64, u64, i64, i64);
-
-fn file_key(meta: &fs::Metadata) -> FileKey {
-    (
-        meta.dev(),
-        meta.ino(),
-        meta.len(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-    )
 }
 
 /// How long a blob's "last used" time may lag behind its real last use: a
-/// blob is touched at most this often, so that its change time (which the
-/// stamps go by) stays still and a warm rebuild reads no blob contents.
-/// `prune` widens its protection of live builds by as much.
+/// blob's mtime is moved at most this often (and a blob known intact keeps
+/// its stamp when it is), so a warm rebuild does no metadata writes and
+/// reads no blob contents. `prune` widens its protection of live builds by
+/// as much.
 pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The stamps of verified blobs, written back when dropped.
@@ -130,7 +115,6 @@ impl Store {
             token,
             notes: Notes::default(),
             stamps: Arc::default(),
-            seen: Arc::default(),
         })
     }
 
@@ -282,19 +266,41 @@ impl Store {
     /// Done under the shared `gc.lock`, so a concurrent `prune` either saw
     /// this use or removed the blob first (and then this says false).
     pub fn claim(&self, digest: &Digest) -> Result<bool> {
+        self.claim_all([digest])
+    }
+
+    /// [`Store::claim`]s every one of `digests` under one hold of the lock;
+    /// false as soon as one is missing.
+    pub fn claim_all<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> Result<bool> {
         let _gc = locks::gc_lock(&self.root, false)?;
+        for digest in digests {
+            if !self.claim_held(digest)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Claims `digest` while the caller holds the shared `gc.lock`.
+    fn claim_held(&self, digest: &Digest) -> Result<bool> {
         let path = self.blob_path(digest);
         match File::open(&path) {
             // A store shared with other users may not let us set the time:
             // the blob is there all the same, only its last use is older.
             Ok(f) => {
                 let now = std::time::SystemTime::now();
-                let stale = f
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map_or(true, |m| m + TOUCH_EVERY < now);
-                if stale {
-                    let _ = f.set_modified(now);
+                let before = f.metadata().ok();
+                let stale = before
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .is_none_or(|m| m + TOUCH_EVERY < now);
+                if stale && f.set_modified(now).is_ok() {
+                    // Only its time moved: a blob known intact stays known.
+                    let known =
+                        before.is_some_and(|m| self.stamps().get(&m).as_ref() == Some(digest));
+                    if let (true, Ok(after)) = (known, f.metadata()) {
+                        self.vouch(&after, digest);
+                    }
                 }
                 Ok(true)
             }
@@ -336,38 +342,36 @@ impl Store {
     /// kiln wrote: store blobs, and blobs of a previous output.
     pub fn hash_of(&self, file: File, path: &Path, expected: &Digest) -> Result<Digest> {
         let meta = file.metadata().at("stat", path)?;
-        let key = (file_key(&meta), expected.clone());
-        if self
-            .seen
-            .lock()
-            .expect("no panics hold this lock")
-            .contains(&key)
-        {
-            return Ok(expected.clone());
-        }
-        let stamps = self.stamps.get_or_init(|| {
-            Stamps(stat_cache::StatCache::for_blobs(
-                self.root.join("blob-stamps"),
-                self.temp_prefix(),
-            ))
-        });
-        if stamps.0.get(&meta).as_ref() == Some(expected) {
+        let stamps = self.stamps();
+        if stamps.get(&meta).as_ref() == Some(expected) {
             return Ok(expected.clone());
         }
         let (actual, _) = crate::digest::digest_reader(io::BufReader::with_capacity(1 << 20, file))
             .at("read", path)?;
         if actual == *expected {
-            stamps.0.put(&meta, expected);
-            self.remember_seen(&meta, expected);
+            stamps.put(&meta, expected);
         }
         Ok(actual)
     }
 
-    fn remember_seen(&self, meta: &fs::Metadata, digest: &Digest) {
-        self.seen
-            .lock()
-            .expect("no panics hold this lock")
-            .insert((file_key(meta), digest.clone()));
+    /// Records that the file `meta` describes holds `digest`, which kiln
+    /// has just checked while writing it (a blob copied out of the store
+    /// into an output), so a later check need not read it.
+    pub fn vouch(&self, meta: &fs::Metadata, digest: &Digest) {
+        self.stamps().put_known(meta, digest);
+    }
+
+    /// The stamps of blobs known intact (`blob-stamps`), loaded on first use.
+    fn stamps(&self) -> &stat_cache::StatCache {
+        &self
+            .stamps
+            .get_or_init(|| {
+                Stamps(stat_cache::StatCache::for_blobs(
+                    self.root.join("blob-stamps"),
+                    self.temp_prefix(),
+                ))
+            })
+            .0
     }
 
     /// Removes a blob judged damaged, unless it has been replaced since
@@ -497,8 +501,9 @@ impl BlobWriter {
         file.persist(&dest)
             .map_err(|e| Error::io("rename into", &dest, e.error))?;
         sync_dir(dest.parent().expect("blob paths have a parent"))?;
-        // Hashed as it was written: this run need not read it again.
-        self.store.remember_seen(&written, &digest);
+        // Hashed as it was written, and only ever replaced whole: known
+        // intact from now on, so no later check reads it again.
+        self.store.vouch(&written, &digest);
         Ok((digest, len))
     }
 }

@@ -124,6 +124,18 @@ impl StatCache {
         guard.1 = true;
     }
 
+    /// Records the digest of a file whose content kiln itself vouches for
+    /// (a blob it just wrote whole, or whose time alone it just moved),
+    /// however recent its change.
+    pub fn put_known(&self, meta: &fs::Metadata, digest: &Digest) {
+        let mut guard = self.entries.lock().expect("no panics hold this lock");
+        guard.0.insert(
+            (meta.dev(), meta.ino()),
+            (Stamp::of(meta, self.with_ctime), digest.clone()),
+        );
+        guard.1 = true;
+    }
+
     /// Writes the cache back (atomically) if anything was added.
     pub fn save(&self) -> Result<()> {
         let guard = self.entries.lock().expect("no panics hold this lock");

@@ -55,24 +55,19 @@ fn insert(tree: &mut BTreeMap<String, Meta>, path: String, meta: Meta) {
     let mut at = 0;
     while let Some(i) = path[at..].find('/') {
         let parent = &path[..at + i];
-        tree.entry(parent.to_string()).or_insert(Meta {
-            node: Node::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        });
+        if !tree.contains_key(parent) {
+            let dir = Meta {
+                node: Node::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            };
+            tree.insert(parent.to_string(), dir);
+        }
         at += i + 1;
     }
     if !matches!(meta.node, Node::Dir) {
-        let prefix = format!("{path}/");
-        let below: Vec<String> = tree
-            .range(prefix.clone()..)
-            .take_while(|(p, _)| p.starts_with(&prefix))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in below {
-            tree.remove(&p);
-        }
+        crate::layer::read::remove_under(tree, &format!("{path}/"));
     }
     tree.insert(path, meta);
 }

@@ -73,12 +73,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
         .ok()
         .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
     {
-        let complete = c.entries.iter().all(|e| {
-            e.digest
-                .as_ref()
-                .is_none_or(|d| store.claim(d).unwrap_or(false))
-        });
-        if complete {
+        if store.claim_all(c.entries.iter().filter_map(|e| e.digest.as_ref()))? {
             return Ok(c);
         }
     }
