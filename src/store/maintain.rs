@@ -77,6 +77,8 @@ struct BlobEntry {
     path: PathBuf,
     size: u64,
     mtime: SystemTime,
+    /// Device and inode, to forget the blob's stamp when it is removed.
+    id: (u64, u64),
 }
 
 impl Store {
@@ -95,6 +97,7 @@ impl Store {
                 path: entry.path(),
                 size: meta.len(),
                 mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                id: (meta.dev(), meta.ino()),
             });
         }
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -221,8 +224,14 @@ impl Store {
         }
         report.records_removed = self.drop_orphan_caches()?;
         if report.removed > 0 {
-            // Stamps of removed blobs would only linger: start them afresh.
-            let _ = fs::remove_file(self.root().join("blob-stamps"));
+            // Forget the stamps of removed blobs (their inodes may be reused).
+            let gone = blobs
+                .iter()
+                .zip(&doomed)
+                .filter(|(_, d)| **d)
+                .map(|(b, _)| b.id)
+                .collect();
+            self.forget_stamps(&gone)?;
         }
         Ok(report)
     }

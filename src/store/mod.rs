@@ -361,6 +361,13 @@ impl Store {
         self.stamps().put_known(meta, digest);
     }
 
+    /// Drops the stamps of the files `ids` (device, inode) names, and saves.
+    pub(crate) fn forget_stamps(&self, ids: &std::collections::HashSet<(u64, u64)>) -> Result<()> {
+        let stamps = self.stamps();
+        stamps.forget(ids);
+        stamps.save()
+    }
+
     /// The stamps of blobs known intact (`blob-stamps`), loaded on first use.
     fn stamps(&self) -> &stat_cache::StatCache {
         &self

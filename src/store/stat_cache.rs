@@ -136,7 +136,15 @@ impl StatCache {
         guard.1 = true;
     }
 
-    /// Writes the cache back (atomically) if anything was added.
+    /// Forgets the files `ids` (device, inode) names.
+    pub fn forget(&self, ids: &std::collections::HashSet<(u64, u64)>) {
+        let mut guard = self.entries.lock().expect("no panics hold this lock");
+        let before = guard.0.len();
+        guard.0.retain(|id, _| !ids.contains(id));
+        guard.1 |= guard.0.len() != before;
+    }
+
+    /// Writes the cache back (atomically) if anything changed.
     pub fn save(&self) -> Result<()> {
         let guard = self.entries.lock().expect("no panics hold this lock");
         if !guard.1 {
