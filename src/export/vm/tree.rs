@@ -128,11 +128,18 @@ pub(super) fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<Strin
                 continue;
             }
             let h = entry.header();
+            // What the entry is comes below; its mode and owner are known now.
             let (mode, uid, gid) = (
                 h.mode().unwrap_or(0o644) & 0o7777,
                 h.uid().unwrap_or(0) as u32,
                 h.gid().unwrap_or(0) as u32,
             );
+            let meta = move |node| Meta {
+                node,
+                mode,
+                uid,
+                gid,
+            };
             let kind = h.entry_type();
             let link_name = || {
                 entry
@@ -148,7 +155,7 @@ pub(super) fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<Strin
                 let target = link_name();
                 let to = hard_link_target(&target, |p| blocks(&tree, p))
                     .map_err(|why| refuse(&raw, &why))?;
-                links.push((raw, p, target, to, mode, uid, gid));
+                links.push((raw, p, target, to, meta));
                 continue;
             } else if kind.is_file() {
                 let mut w = store.writer()?;
@@ -163,15 +170,9 @@ pub(super) fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<Strin
             } else {
                 here.remove(&p);
             }
-            let meta = Meta {
-                node,
-                mode,
-                uid,
-                gid,
-            };
-            insert(&mut tree, p, meta);
+            insert(&mut tree, p, meta(node));
         }
-        for (raw, p, target, to, mode, uid, gid) in links {
+        for (raw, p, target, to, meta) in links {
             let node = match tree.get(&to).map(|m| &m.node) {
                 Some(n @ (Node::File { .. } | Node::Symlink(_))) => n.clone(),
                 _ => {
@@ -181,13 +182,7 @@ pub(super) fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<Strin
                     ))
                 }
             };
-            let meta = Meta {
-                node,
-                mode,
-                uid,
-                gid,
-            };
-            insert(&mut tree, p, meta);
+            insert(&mut tree, p, meta(node));
         }
     }
     Ok(tree)
