@@ -9,15 +9,16 @@
 pub mod attest;
 pub mod beneath;
 pub mod boot;
-pub mod build;
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod files;
 pub mod image;
 pub mod inspect;
 pub mod json;
 pub mod layer;
 pub mod lock;
+pub mod pipeline;
 pub mod plan;
 pub mod recipe;
 pub mod registry;

@@ -5,13 +5,12 @@
 //! line, so the same inputs write the same file and diffs stay small.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result, Source};
+use crate::error::{Error, Result, Source};
 
 /// The lockfile's format version.
 pub const LOCK_VERSION: u32 = 1;
@@ -165,15 +164,7 @@ impl Lock {
 
     /// Writes the lockfile atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = crate::export::layout::parent_of(path);
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(&dir).at("create a temporary file in", &dir)?;
-        tmp.write_all(self.render().as_bytes())
-            .at("write", tmp.path())?;
-        tmp.as_file().sync_all().at("sync", tmp.path())?;
-        tmp.persist(path)
-            .map_err(|e| Error::io("write", path, e.error))?;
-        Ok(())
+        crate::files::write_atomic(path, self.render().as_bytes())
     }
 }
 

@@ -217,7 +217,7 @@ impl Documents {
     /// Computes the SBOMs (one per platform manifest) and the provenance of `built`, as asked.
     pub fn of(
         store: &Store,
-        built: &crate::build::Built,
+        built: &crate::pipeline::Built,
         sbom: bool,
         provenance: bool,
     ) -> Result<Documents> {
@@ -260,15 +260,12 @@ impl Documents {
             } else {
                 format!("{base}.{}.sbom.spdx.json", platform.replace('/', "-"))
             };
-            crate::export::write_file_atomic(std::path::Path::new(&path), &canonical(doc))?;
+            crate::files::write_atomic(std::path::Path::new(&path), &canonical(doc))?;
             written.push(path.into());
         }
         if let (Some(p), Some(top)) = (&self.provenance, &self.top) {
             let path = std::path::PathBuf::from(format!("{base}.provenance.json"));
-            crate::export::write_file_atomic(
-                &path,
-                &statement(name, top, SLSA_PREDICATE, p.clone()),
-            )?;
+            crate::files::write_atomic(&path, &statement(name, top, SLSA_PREDICATE, p.clone()))?;
             written.push(path);
         }
         Ok(written)

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::build::Built;
+use crate::pipeline::Built;
 
 /// The builder id kiln writes.
 pub const BUILDER_ID: &str = "kiln";

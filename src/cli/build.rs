@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use kiln::build::{self, Event, Reporter, Settings};
 use kiln::error::Error;
 use kiln::export::{self, Output};
+use kiln::pipeline::{self, Event, Reporter, Settings};
 use kiln::registry::{parse_reference, Registry};
 
 use super::registry_args::RegistryArgs;
@@ -159,14 +159,14 @@ pub fn run(args: Args) -> Result<(), Error> {
         offline: args.offline,
     };
     let store = super::open_store()?;
-    let quiet = build::Quiet;
+    let quiet = pipeline::Quiet;
     let progress = Progress;
     let reporter: &dyn Reporter = if super::progress_enabled() {
         &progress
     } else {
         &quiet
     };
-    let built = build::build(&store, &args.recipe, &settings, reporter)?;
+    let built = pipeline::build(&store, &args.recipe, &settings, reporter)?;
 
     let out = args.out.unwrap_or_else(|| {
         let name = &built.recipe.name;
@@ -220,7 +220,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             }
             let mut signed = Vec::new();
             if let Some(key) = &sign_key {
-                signed = super::sign::sign_all(
+                signed = kiln::sign::sign_all(
                     &registry,
                     &store,
                     target,
@@ -263,5 +263,5 @@ pub fn run(args: Args) -> Result<(), Error> {
 
 /// Writes the digest file atomically (temp file beside it, then rename).
 pub fn write_digest_file(file: &std::path::Path, digest: &str) -> Result<(), Error> {
-    export::write_file_atomic(file, format!("{digest}\n").as_bytes())
+    kiln::files::write_atomic(file, format!("{digest}\n").as_bytes())
 }

@@ -68,12 +68,12 @@ pub fn run(args: Args) -> Result<(), Error> {
     let password = std::env::var("KILN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    write_new(
+    kiln::files::write_new(
         &private,
         keys::private_pem(&key, password.as_deref()).as_bytes(),
         0o600,
     )?;
-    write_new(
+    kiln::files::write_new(
         &public,
         keys::public_pem(key.verifying_key()).as_bytes(),
         0o644,
@@ -89,16 +89,4 @@ pub fn run(args: Args) -> Result<(), Error> {
         public.display()
     );
     Ok(())
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .at("create", path)?;
-    f.write_all(bytes).at("write", path)?;
-    f.sync_all().at("sync", path)
 }

@@ -20,7 +20,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     let (layout, _tmp) = open_any(&args.path)?;
     let top = layout.single_image()?;
     // The output's own name, as `kiln build` names an SBOM (`out/NAME`, `out/NAME.tar`).
-    let file = kiln::export::layout::file_name(&args.path);
+    let file = kiln::files::file_name(&args.path);
     let name = file.strip_suffix(".tar").unwrap_or(&file).to_string();
     let (_, doc) = layout.read_json(&top.digest)?;
     let manifest: Digest = if is_index(&doc) {

@@ -6,9 +6,7 @@ use kiln::digest::Digest;
 use kiln::error::Error;
 use kiln::registry::{parse_reference, Registry};
 use kiln::sign::{cosign, keys};
-use kiln::store::Store;
 use oci_client::Reference;
-use serde_json::Value;
 
 use super::registry_args::RegistryArgs;
 
@@ -50,39 +48,13 @@ fn digest_of(registry: &Registry, r: &Reference) -> Result<Digest, Error> {
     }
 }
 
-/// Signs `digest` (and with `recursive`, the manifests of an index) in `image`'s repository.
-pub fn sign_all(
-    registry: &Registry,
-    store: &Store,
-    image: &Reference,
-    digest: &Digest,
-    key: &p256::ecdsa::SigningKey,
-    recursive: bool,
-) -> Result<Vec<Digest>, Error> {
-    let mut signed = vec![digest.clone()];
-    if recursive {
-        let pinned = image.clone_with_digest(digest.to_string());
-        let top = registry.pull(store, &pinned, None)?;
-        let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
-        for m in doc["manifests"].as_array().into_iter().flatten() {
-            if let Some(d) = m["digest"].as_str().and_then(|d| d.parse().ok()) {
-                signed.push(d);
-            }
-        }
-    }
-    for d in &signed {
-        cosign::sign(registry, store, image, d, key)?;
-    }
-    Ok(signed)
-}
-
 pub fn sign(args: SignArgs) -> Result<(), Error> {
     let image = parse_reference(&args.reference)?;
     let key = super::keys::load_signing_key(&args.key)?;
     let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
     let digest = digest_of(&registry, &image)?;
-    for d in sign_all(&registry, &store, &image, &digest, &key, args.recursive)? {
+    for d in kiln::sign::sign_all(&registry, &store, &image, &digest, &key, args.recursive)? {
         super::say(&format!("signed  {}@{d}", cosign::identity(&image)));
     }
     println!("{digest}");

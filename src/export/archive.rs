@@ -4,9 +4,9 @@
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use super::layout::{file_name, parent_of};
 use super::{Output, OCI_LAYOUT};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::files;
 use crate::layer::tar::{Header, Kind, TarWriter};
 use crate::store::{verify_error, Store};
 
@@ -24,11 +24,7 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
         ));
     }
     let _lock = super::lock_output(dest)?;
-    let parent = parent_of(dest);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
-        .tempfile_in(&parent)
-        .at("create a temporary file in", &parent)?;
+    let tmp = files::temp_file_beside(dest)?;
     let tmp_path = tmp.path().to_path_buf();
     let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, tmp));
     let io_err = |e: io::Error| Error::io("write", &tmp_path, e);
@@ -78,8 +74,5 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
         .map_err(io_err)?
         .into_inner()
         .map_err(|e| io_err(e.into_error()))?;
-    file.as_file().sync_all().at("sync", &tmp_path)?;
-    file.persist(dest)
-        .map_err(|e| Error::io("rename into", dest, e.error))?;
-    crate::store::sync_dir(&parent)
+    files::commit(file, dest)
 }

@@ -1,12 +1,13 @@
 //! Writes an OCI image layout directory, atomically.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 use super::{Output, OCI_LAYOUT};
 use crate::error::{Error, IoContext, Result};
-use crate::store::{sync_dir, verify_error, Store};
+use crate::files::{self, sync_dir};
+use crate::store::{verify_error, Store};
 
 /// Writes `output` as an OCI image layout at `dest`, replacing a previous layout there.
 ///
@@ -15,17 +16,9 @@ use crate::store::{sync_dir, verify_error, Store};
 pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
     let _lock = super::lock_output(dest)?;
     check_replaceable(dest)?;
-    let parent = parent_of(dest);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
-        .tempdir_in(&parent)
-        .at("create a temporary directory in", &parent)?;
+    let tmp = files::temp_dir_beside(dest)?;
     fill(store, output, tmp.path(), dest)?;
-    let tmp_path = tmp.keep();
-    replace(&tmp_path, dest).inspect_err(|_| {
-        let _ = fs::remove_dir_all(&tmp_path);
-    })?;
-    sync_dir(&parent)
+    files::commit_dir(tmp, dest)
 }
 
 fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Result<()> {
@@ -51,18 +44,12 @@ fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Resu
         // it without reading it again.
         store.vouch(&file.metadata().at("stat", &dest)?, &digest);
     }
-    write_synced(&dir.join("oci-layout"), OCI_LAYOUT)?;
-    write_synced(&dir.join("index.json"), &output.index_json())?;
+    files::write_synced(&dir.join("oci-layout"), OCI_LAYOUT)?;
+    files::write_synced(&dir.join("index.json"), &output.index_json())?;
     for d in [&blobs_dir, &dir.join("blobs"), &dir.to_path_buf()] {
         sync_dir(d)?;
     }
     Ok(())
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).at("create", path)?;
-    f.write_all(bytes).at("write", path)?;
-    f.sync_all().at("sync", path)
 }
 
 /// Refuses to touch a `dest` that holds something other than a layout.
@@ -86,39 +73,4 @@ pub fn check_replaceable(dest: &Path) -> Result<()> {
         return refuse("it is a directory that is not an OCI image layout or a kiln VM bundle");
     }
     Ok(())
-}
-
-/// Moves `new` to `dest`; an old `dest` is moved aside first and removed after.
-pub(crate) fn replace(new: &Path, dest: &Path) -> Result<()> {
-    if fs::symlink_metadata(dest).is_err() {
-        return fs::rename(new, dest).at("rename into", dest);
-    }
-    let parent = parent_of(dest);
-    let old = tempfile::Builder::new()
-        .prefix(&format!(".{}.kiln-old-", file_name(dest)))
-        .tempdir_in(&parent)
-        .at("create a temporary directory in", &parent)?;
-    let old_path = old.path().join("layout");
-    fs::rename(dest, &old_path).at("move aside", dest)?;
-    if let Err(e) = fs::rename(new, dest) {
-        let _ = fs::rename(&old_path, dest);
-        return Err(Error::io("rename into", dest, e));
-    }
-    drop(old);
-    Ok(())
-}
-
-/// The directory a destination lives in (`.` for a bare name).
-pub fn parent_of(dest: &Path) -> PathBuf {
-    match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// The last component of a destination, for temporary names beside it.
-pub fn file_name(dest: &Path) -> String {
-    dest.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into())
 }

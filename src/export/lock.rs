@@ -10,8 +10,8 @@ use std::fs::{self, File, TryLockError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::layout::{file_name, parent_of};
 use crate::error::{Error, IoContext, Result};
+use crate::files::{file_name, parent_of};
 
 /// The lock of one output, held while it is written; removed when dropped.
 #[derive(Debug)]

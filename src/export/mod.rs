@@ -104,20 +104,3 @@ impl Output<'_> {
 
 /// The `oci-layout` file's content.
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-
-/// Writes a small file atomically: a temporary file beside it, synced, renamed.
-pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use crate::error::{Error, IoContext};
-    use std::io::Write;
-    let parent = layout::parent_of(path);
-    std::fs::create_dir_all(&parent).at("create", &parent)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-")
-        .tempfile_in(&parent)
-        .at("create a temporary file in", &parent)?;
-    tmp.write_all(bytes).at("write", tmp.path())?;
-    tmp.as_file().sync_all().at("sync", tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("write", path, e.error))?;
-    Ok(())
-}

@@ -39,8 +39,7 @@ pub fn add_layer_dirs(store: &Store, layer: &LayerRecord, map: &mut DirMap) -> R
             let mut tmp = store.temp_file_in(&store.root().join("dirs"))?;
             serde_json::to_writer(&mut tmp, &d)
                 .map_err(|e| Error::io("write", &cache, e.into()))?;
-            tmp.persist(&cache)
-                .map_err(|e| Error::io("rename into", &cache, e.error))?;
+            crate::files::rename_into(tmp, &cache)?;
             d
         }
     };

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// A user name and password (or identity token) for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -195,7 +195,6 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>> {
 /// Stores credentials for `registry` in docker's config file (where podman reads them too),
 /// keeping every other entry of the file. The file is written atomically with mode 0600.
 pub fn store(registry: &str, creds: &Credentials) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     let file = match std::env::var_os("REGISTRY_AUTH_FILE").filter(|v| !v.is_empty()) {
         Some(f) => PathBuf::from(f),
         None => docker_config(),
@@ -223,17 +222,8 @@ pub fn store(registry: &str, creds: &Credentials) -> Result<PathBuf> {
         *auths = json!({});
     }
     auths[registry] = json!({ "auth": auth });
-    let dir = crate::export::layout::parent_of(&file);
-    std::fs::create_dir_all(&dir).at("create", &dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).at("create a temporary file in", &dir)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .at("set permissions of", tmp.path())?;
     let text = serde_json::to_vec_pretty(&doc).expect("JSON values serialise");
-    tmp.write_all(&text).at("write", tmp.path())?;
-    tmp.as_file().sync_all().at("sync", tmp.path())?;
-    tmp.persist(&file)
-        .map_err(|e| Error::io("write", &file, e.error))?;
+    crate::files::write_private(&file, &text)?;
     Ok(file)
 }
 

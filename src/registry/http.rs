@@ -223,7 +223,7 @@ impl Session {
             Ok(b) => b,
             Err(e) => {
                 return Attempt::Transient {
-                    why: crate::build::render_chain(&e.without_url()),
+                    why: crate::error::render_chain(&e.without_url()),
                     retry_after: None,
                 }
             }
@@ -315,7 +315,7 @@ pub(super) async fn attempt(req: RequestBuilder) -> Attempt {
         }
         Ok(resp) => Attempt::Answer(resp),
         Err(e) => Attempt::Transient {
-            why: crate::build::render_chain(&e.without_url()),
+            why: crate::error::render_chain(&e.without_url()),
             retry_after: None,
         },
     }

@@ -158,7 +158,7 @@ async fn fetch_manifest(
                 let headers = resp.headers().clone();
                 match resp.bytes().await {
                     Ok(b) => break (headers, b),
-                    Err(e) => crate::build::render_chain(&e.without_url()),
+                    Err(e) => crate::error::render_chain(&e.without_url()),
                 }
             }
             resp => return Err(status_error(&what, resp).await),
@@ -280,7 +280,7 @@ async fn pull_blob(
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            cut = Some(crate::build::render_chain(&e.without_url()));
+                            cut = Some(crate::error::render_chain(&e.without_url()));
                             break;
                         }
                     }

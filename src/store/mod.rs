@@ -401,10 +401,7 @@ impl Store {
         let mut tmp = self.temp_file_in(&self.root.join("layers"))?;
         let text = serde_json::to_vec(record).expect("layer records serialise");
         tmp.write_all(&text).at("write", tmp.path())?;
-        tmp.as_file().sync_all().at("sync", tmp.path())?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io("rename into", &path, e.error))?;
-        Ok(())
+        crate::files::commit(tmp, &path)
     }
 
     fn layer_index_path(&self, input: &Digest) -> PathBuf {
@@ -505,8 +502,7 @@ impl BlobWriter {
         file.as_file().sync_all().at("sync", file.path())?;
         let dest = self.store.blob_path(&digest);
         let written = file.as_file().metadata().at("stat", file.path())?;
-        file.persist(&dest)
-            .map_err(|e| Error::io("rename into", &dest, e.error))?;
+        crate::files::rename_into(file, &dest)?;
         sync_dir(dest.parent().expect("blob paths have a parent"))?;
         // Hashed as it was written, and only ever replaced whole: known
         // intact from now on, so no later check reads it again.
@@ -515,9 +511,4 @@ impl BlobWriter {
     }
 }
 
-/// Fsyncs a directory so that a rename in it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .at("sync directory", dir)
-}
+pub use crate::files::sync_dir;

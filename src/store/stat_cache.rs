@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
@@ -169,9 +169,7 @@ impl StatCache {
             .tempfile_in(dir)
             .at("create a temporary file in", dir)?;
         tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
-        tmp.persist(&self.path)
-            .map_err(|e| Error::io("rename into", &self.path, e.error))?;
-        Ok(())
+        crate::files::rename_into(tmp, &self.path)
     }
 }
 

@@ -9,7 +9,7 @@
 //! has no `/init`).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 
 use serde_json::json;
@@ -19,11 +19,11 @@ mod initrd;
 mod tree;
 
 use super::cpio::{CpioKind, CpioWriter};
-use crate::build::Built;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::json::canonical;
 use crate::layer::compress::Encoder;
+use crate::pipeline::Built;
 use crate::recipe::{Compression, VmSection};
 use crate::store::Store;
 use tree::{merged_tree, Meta, Node};
@@ -270,11 +270,7 @@ fn uuid_from(d: &Digest) -> String {
 pub fn write(store: &Store, bundle: &Bundle, dest: &Path) -> Result<()> {
     let _lock = super::lock_output(dest)?;
     super::layout::check_replaceable(dest)?;
-    let parent = super::layout::parent_of(dest);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.kiln-tmp-", super::layout::file_name(dest)))
-        .tempdir_in(&parent)
-        .at("create a temporary directory in", &parent)?;
+    let tmp = crate::files::temp_dir_beside(dest)?;
     for (name, digest, _) in &bundle.files {
         let to = tmp.path().join(name);
         let mut src = BufReader::with_capacity(1 << 20, store.open_blob(digest)?);
@@ -284,14 +280,8 @@ pub fn write(store: &Store, bundle: &Bundle, dest: &Path) -> Result<()> {
         f.sync_all().at("sync", &to)?;
     }
     let m = tmp.path().join("bundle.json");
-    let mut f = std::fs::File::create(&m).at("create", &m)?;
-    f.write_all(&bundle.manifest).at("write", &m)?;
-    f.sync_all().at("sync", &m)?;
-    let tmp_path = tmp.keep();
-    super::layout::replace(&tmp_path, dest).inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp_path);
-    })?;
-    crate::store::sync_dir(&parent)
+    crate::files::write_synced(&m, &bundle.manifest)?;
+    crate::files::commit_dir(tmp, dest)
 }
 
 /// Reads `bundle.json` of a bundle directory.

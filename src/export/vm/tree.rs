@@ -16,10 +16,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader};
 
-use crate::build::Built;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layer::read::{apply_whiteout, bad_entry, decompress, hard_link_target, layer_path};
+use crate::pipeline::Built;
 use crate::store::Store;
 
 /// One node of the image's merged file tree.

@@ -133,8 +133,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
     let mut tmp = store.temp_file_in(&store.root().join("debs"))?;
     tmp.write_all(&serde_json::to_vec(&contents).expect("serialisable"))
         .at("write", tmp.path())?;
-    tmp.persist(&cache)
-        .map_err(|e| Error::io("rename into", &cache, e.error))?;
+    crate::files::rename_into(tmp, &cache)?;
     Ok(contents)
 }
 

@@ -199,7 +199,7 @@ impl Fetcher {
                         ),
                     })
                 }
-                Err(e) => last = crate::build::render_chain(&e),
+                Err(e) => last = crate::error::render_chain(&e),
             }
         }
         Err(Error::Registry {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{build_recipe, render_chain, report, LayerReport, Material, Reporter, Settings};
+use super::{build_recipe, report, LayerReport, Material, Reporter, Settings};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
@@ -136,7 +136,7 @@ pub(super) fn resolve_base(
                             span.clone(),
                             format!("cannot use base `oci:{}`", path.display()),
                         )
-                        .cause(render_chain(&e))
+                        .cause(crate::error::render_chain(&e))
                         .hint(hint.unwrap_or_else(|| {
                             "check the path and digest of the base layout".into()
                         }));

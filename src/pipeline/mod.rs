@@ -339,18 +339,6 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
     }
 }
 
-/// An error and its causes, joined with `: `.
-pub fn render_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// Takes every layer from the cache or builds it, several at once; returns
 /// (record, cached) per plan. A cached layer's blob is re-hashed first: a
 /// damaged one is removed (the store says so) and the layer rebuilt.
