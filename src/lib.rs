@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod recipe;
 pub mod registry;
+pub mod resolve;
 pub mod sign;
 pub mod source;
 pub mod store;

@@ -1,11 +1,11 @@
-//! `kiln build RECIPE`: build, export, print the digest.
+//! `kiln build RECIPE`: arguments → [`pipeline::Request`]; the outcome → the
+//! digest (or one JSON object) on stdout, progress on stderr.
 
 use std::path::PathBuf;
 
 use kiln::error::Error;
-use kiln::export::{self, Output};
 use kiln::pipeline::{self, Event, Reporter, Settings};
-use kiln::registry::{parse_reference, Registry};
+use kiln::registry::parse_reference;
 
 use super::registry_args::RegistryArgs;
 use serde_json::json;
@@ -17,6 +17,15 @@ pub enum Format {
     OciLayout,
     /// An OCI image layout in one tar file.
     OciArchive,
+}
+
+impl From<Format> for pipeline::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::OciLayout => pipeline::Format::OciLayout,
+            Format::OciArchive => pipeline::Format::OciArchive,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,7 +72,11 @@ pub struct Args {
     registry: RegistryArgs,
 }
 
-struct Progress;
+/// Draws a build's events on stderr, one line each.
+struct Progress {
+    /// With `--json`, outputs and pushes are in the JSON object instead.
+    json: bool,
+}
 
 impl Reporter for Progress {
     fn event(&self, event: Event<'_>) {
@@ -96,6 +109,14 @@ impl Reporter for Progress {
                     human(size)
                 )
             }
+            Event::Wrote { path } if !self.json => eprintln!("wrote   {}", path.display()),
+            Event::Pushed { reference, report } if !self.json => eprintln!(
+                "pushed  {} ({} blobs sent, {} already there)",
+                reference.whole(),
+                report.uploaded,
+                report.skipped
+            ),
+            Event::Wrote { .. } | Event::Pushed { .. } => {}
         }
     }
 }
@@ -133,135 +154,63 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let targets = args
+    let push = args
         .push
         .iter()
         .map(|r| parse_reference(r))
         .collect::<Result<Vec<_>, _>>()?;
-    let registry_options = args.registry.options()?;
-    if args.sign_key.is_some() && targets.is_empty() {
-        return Err(Error::invalid(
-            "`--sign-key` needs `--push`: signatures live in a registry",
-            Some("add `--push REGISTRY/REPOSITORY:TAG`, or sign later with `kiln sign`".into()),
-        ));
-    }
-    // Load the key before building, so a wrong password fails fast.
-    let sign_key = args
-        .sign_key
-        .as_deref()
-        .map(super::keys::load_signing_key)
-        .transpose()?;
     let settings = Settings {
         source_date_epoch: source_date_epoch()?,
         jobs: args.jobs,
-        registry: registry_options.clone(),
+        registry: args.registry.options()?,
         locked: args.locked,
         offline: args.offline,
     };
     let store = super::open_store()?;
+    let progress = Progress { json: args.json };
     let quiet = pipeline::Quiet;
-    let progress = Progress;
-    let reporter: &dyn Reporter = if super::progress_enabled() {
-        &progress
-    } else {
-        &quiet
-    };
-    let built = pipeline::build(&store, &args.recipe, &settings, reporter)?;
-
-    let out = args.out.unwrap_or_else(|| {
-        let name = &built.recipe.name;
-        match args.format {
-            Format::OciLayout => PathBuf::from("out").join(name),
-            Format::OciArchive => PathBuf::from("out").join(format!("{name}.tar")),
-        }
-    });
-    let output = Output {
-        top: &built.top,
-        tags: &built.recipe.tags,
-        mtime: settings.source_date_epoch.unwrap_or(0),
-    };
-    // What a push sends: the image, or for `[vm]` the bundle as an OCI artifact.
-    let mut pushed_top = built.top.clone();
-    match (&built.recipe.vm, args.format) {
-        (Some(vm), Format::OciLayout) => {
-            let bundle = export::vm::bundle(&store, &built, vm, output.mtime)?;
-            export::vm::write(&store, &bundle, &out)?;
-            pushed_top = export::vm::store_artifact(&store, &bundle)?;
-        }
-        (Some(_), Format::OciArchive) => {
-            return Err(Error::invalid(
-                "a recipe with `[vm]` builds a VM bundle directory, not an OCI archive",
-                Some("leave out `--format`".into()),
-            ))
-        }
-        (None, Format::OciLayout) => export::layout::write(&store, &output, &out)?,
-        (None, Format::OciArchive) => export::archive::write(&store, &output, &out)?,
-    }
-    let docs = kiln::attest::Documents::of(&store, &built, args.sbom, args.provenance)?;
-    for file in docs.write_beside(&out, &built.recipe.name)? {
-        if super::progress_enabled() && !args.json {
-            eprintln!("wrote   {}", file.display());
-        }
-    }
-    let digest = pushed_top.digest.to_string();
-    let mut pushes = Vec::new();
-    if !targets.is_empty() {
-        let refs: Vec<_> = targets.iter().collect();
-        let registry = Registry::new(registry_options, &refs)?;
-        for target in &targets {
-            let report = registry.push(&store, &pushed_top, target, &[])?;
-            if super::progress_enabled() && !args.json {
-                eprintln!(
-                    "pushed  {} ({} blobs sent, {} already there)",
-                    target.whole(),
-                    report.uploaded,
-                    report.skipped
-                );
-            }
-            let mut signed = Vec::new();
-            if let Some(key) = &sign_key {
-                signed = kiln::sign::sign_all(
-                    &registry,
-                    &store,
-                    target,
-                    &pushed_top.digest,
-                    key,
-                    args.recursive,
-                )?;
-                docs.attach_all(&registry, &store, target, key)?;
-            }
-            pushes.push(serde_json::json!({ "reference": target.whole(), "report": report, "signed": signed }));
-        }
-    }
+    let password = super::keys::password;
+    let outcome = pipeline::run(&pipeline::Request {
+        recipe: args.recipe,
+        settings,
+        out: args.out,
+        format: args.format.into(),
+        sbom: args.sbom,
+        provenance: args.provenance,
+        push,
+        signing: args.sign_key.map(|key| pipeline::Signing {
+            key,
+            password: &password,
+            recursive: args.recursive,
+        }),
+        store: &store,
+        reporter: if super::progress_enabled() {
+            &progress
+        } else {
+            &quiet
+        },
+    })?;
     if let Some(file) = &args.digest_file {
-        write_digest_file(file, &digest)?;
+        pipeline::write_digest_file(file, &outcome.digest)?;
     }
     if args.json {
         let doc = json!({
-            "name": built.recipe.name,
-            "digest": digest,
-            "media_type": built.top.media_type,
-            "out": out,
-            "format": match args.format { Format::OciLayout => "oci-layout", Format::OciArchive => "oci-archive" },
-            "platforms": built.manifests.iter().map(|m| &m.platform).collect::<Vec<_>>(),
-            "layers": built.manifests[0].layers,
-            "manifests": built.manifests,
-            "pushed": pushes,
+            "name": outcome.name,
+            "digest": outcome.digest,
+            "media_type": outcome.media_type,
+            "out": outcome.out,
+            "format": outcome.format,
+            "platforms": outcome.manifests.iter().map(|m| &m.platform).collect::<Vec<_>>(),
+            "layers": outcome.manifests[0].layers,
+            "manifests": outcome.manifests,
+            "pushed": outcome.pushed,
         });
         println!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("reports serialise")
         );
     } else {
-        if super::progress_enabled() {
-            eprintln!("wrote   {}", out.display());
-        }
-        println!("{digest}");
+        println!("{}", outcome.digest);
     }
     Ok(())
-}
-
-/// Writes the digest file atomically (temp file beside it, then rename).
-pub fn write_digest_file(file: &std::path::Path, digest: &str) -> Result<(), Error> {
-    kiln::files::write_atomic(file, format!("{digest}\n").as_bytes())
 }

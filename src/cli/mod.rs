@@ -111,7 +111,7 @@ fn say(line: &str) {
 /// Writes the digest file (if asked) and prints the digest as the last line of stdout.
 fn finish_digest(digest: &str, file: Option<&std::path::Path>) -> Result<(), Error> {
     if let Some(file) = file {
-        build::write_digest_file(file, digest)?;
+        kiln::files::write_atomic(file, format!("{digest}\n").as_bytes())?;
     }
     println!("{digest}");
     Ok(())

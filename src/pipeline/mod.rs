@@ -1,14 +1,18 @@
-//! The whole pipeline for one recipe: parse → resolve the base → plan the
-//! layers → build them into the store (or take them from the layer cache) →
-//! assemble config, manifests and index.
+//! Orchestration: the whole job for one recipe as one call, [`run`]:
+//! parse and resolve ([`crate::resolve`]) → fetch the base and packages →
+//! plan the layers → build them into the store (or take them from the layer
+//! cache) → assemble config, manifests and index → export → push → sign →
+//! attest. [`build`] stops after assembling, with everything in the store.
 //!
-//! Nothing here writes outside the store; [`crate::export`] writes outputs.
-//! Base recipes are built first, recursively, with cycles refused.
+//! Base recipes are built first, recursively; resolution refused cycles.
 
 mod base;
 mod packages;
+mod run;
 
-use std::path::{Path, PathBuf};
+pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
+
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -17,9 +21,9 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, Image, Stored};
-use crate::lock;
 use crate::plan::{DirMap, LayerPlan};
 use crate::recipe::{Platform, Recipe};
+use crate::resolve::{self, Material, Plan};
 use crate::source::local;
 use crate::store::stat_cache::StatCache;
 use crate::store::{LayerRecord, Store};
@@ -78,6 +82,18 @@ pub enum Event<'a> {
         /// Compressed size.
         size: u64,
     },
+    /// An output file or directory was written whole.
+    Wrote {
+        /// Where.
+        path: &'a Path,
+    },
+    /// The output was pushed.
+    Pushed {
+        /// Where to.
+        reference: &'a crate::registry::Reference,
+        /// Blobs sent, skipped and mounted.
+        report: &'a crate::registry::PushReport,
+    },
 }
 
 /// A reporter that says nothing.
@@ -117,15 +133,6 @@ pub struct ManifestReport {
     pub layers: Vec<LayerReport>,
 }
 
-/// An input of a build, named by digest (for provenance).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Material {
-    /// What it is: `file:PATH`, `oci:PATH`, a registry reference, `recipe:PATH`.
-    pub uri: String,
-    /// Its digest.
-    pub digest: Digest,
-}
-
 /// A finished build: everything is in the store.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -145,7 +152,7 @@ pub struct Built {
     pub manifests: Vec<ManifestReport>,
 }
 
-/// Builds the recipe at `path` into `store`.
+/// Resolves the recipe at `path` (and its bases) and builds it into `store`.
 pub fn build(
     store: &Store,
     path: &Path,
@@ -161,80 +168,54 @@ pub fn build(
     };
     // Times go into provenance only when they cannot break reproducibility.
     let started = settings.source_date_epoch.is_none().then(now);
-    let mut stack = Vec::new();
-    let mut built = build_recipe(store, path, settings, reporter, &mut stack)?;
+    let plan = resolve::resolve(
+        path,
+        resolve::Options {
+            locked: settings.locked,
+        },
+    )?;
+    let mut built = build_plan(store, &plan, settings, reporter)?;
     built.times = started.map(|s| (s, now()));
     Ok(built)
 }
 
-fn build_recipe(
+/// Builds a resolved recipe (its base recipes first).
+fn build_plan(
     store: &Store,
-    path: &Path,
+    plan: &Plan,
     settings: &Settings,
     reporter: &dyn Reporter,
-    stack: &mut Vec<(PathBuf, PathBuf)>,
 ) -> Result<Built> {
-    reporter.event(Event::Recipe { path });
-    let recipe = Recipe::load(path)?;
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    stack.push((canonical, path.to_path_buf()));
-    let result = build_loaded(store, recipe, settings, reporter, stack);
-    stack.pop();
-    result
-}
-
-fn build_loaded(
-    store: &Store,
-    recipe: Recipe,
-    settings: &Settings,
-    reporter: &dyn Reporter,
-    stack: &mut Vec<(PathBuf, PathBuf)>,
-) -> Result<Built> {
+    let recipe = &plan.recipe;
+    reporter.event(Event::Recipe {
+        path: &recipe.source.path,
+    });
     let epoch = settings.source_date_epoch.unwrap_or(0);
     let created = image::rfc3339(epoch);
-    if settings.locked {
-        base::check_locked(&recipe)?;
-    }
-    let (bases, mut materials) = base::resolve_base(store, &recipe, settings, reporter, stack)?;
-    materials.push(Material {
-        uri: format!("recipe:{}", recipe.source.path.display()),
-        digest: Digest::of(recipe.source.text.as_bytes()),
-    });
-    let lock_path = lock::path_for(&recipe.source.path);
-    if let Ok(bytes) = std::fs::read(&lock_path) {
-        materials.push(Material {
-            uri: format!("lock:{}", lock_path.display()),
-            digest: Digest::of(&bytes),
-        });
-    }
+    let (bases, mut materials) = base::fetch_base(store, plan, settings, reporter)?;
+    materials.extend(plan.materials.iter().cloned());
 
     // Plan every layer for every platform. Entries may differ per platform
     // (`{arch}` in `src`, `platforms` filters); where they do not, the plans
     // have the same input digest and the layer is built once.
     let hashes = StatCache::of_store(store);
     let mut per_platform: Vec<Vec<LayerPlan>> = Vec::new();
-    for (platform, (base, _)) in recipe.platforms.iter().zip(&bases) {
+    for ((platform, (base, _)), packages) in recipe.platforms.iter().zip(&bases).zip(&plan.packages)
+    {
         // Directories below each layer, so implied parents keep their modes.
         let mut below = DirMap::new();
         // Every base layer is checked here, wherever it came from.
         for layer in &base.layers {
             crate::layer::read::add_layer_dirs(store, layer, &mut below)
-                .map_err(|e| in_base(&recipe, e))?;
+                .map_err(|e| in_base(recipe, e))?;
         }
         let mut plans = Vec::new();
-        for (layer_no, section) in recipe.layers.iter().enumerate() {
-            let packages = packages::packages_for(
-                store,
-                &recipe,
-                layer_no,
-                platform,
-                settings,
-                &mut materials,
-            )?;
-            let plan =
-                local::plan_layer(&recipe, section, epoch, &below, &hashes, platform, packages)?;
-            plan.add_dirs_to(&mut below);
-            plans.push(plan);
+        for (section, pins) in recipe.layers.iter().zip(packages) {
+            let installed = packages::packages_for(store, pins, platform, settings)?;
+            let layer =
+                local::plan_layer(recipe, section, epoch, &below, &hashes, platform, installed)?;
+            layer.add_dirs_to(&mut below);
+            plans.push(layer);
         }
         per_platform.push(plans);
     }
@@ -304,7 +285,7 @@ fn build_loaded(
         materials,
         times: None,
         source_date_epoch: settings.source_date_epoch,
-        recipe,
+        recipe: recipe.clone(),
         images,
         top,
         manifests,

@@ -1,75 +1,32 @@
-//! The Debian packages of one layer: the lock's pins, fetched into the store
+//! The Debian packages of one layer, as resolution pinned them: fetched into the store
 //! when missing (four at a time, each verified), installed into layer entries.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::{Material, Settings};
-use crate::digest::Digest;
+use super::Settings;
 use crate::error::{Error, Result};
-use crate::lock::{self, Lock};
-use crate::recipe::{Platform, Recipe};
+use crate::recipe::Platform;
+use crate::resolve::Package;
 use crate::store::Store;
 
 /// The files of the Debian packages the lock pins for one layer and platform,
 /// fetched into the store if missing (by SHA-256; never otherwise).
 pub(super) fn packages_for(
     store: &Store,
-    recipe: &Recipe,
-    layer_no: usize,
+    pinned: &[Package],
     platform: &Platform,
     settings: &Settings,
-    materials: &mut Vec<Material>,
 ) -> Result<std::collections::BTreeMap<String, (crate::plan::Entry, String)>> {
     use crate::source::deb;
-    let section = &recipe.layers[layer_no];
-    let Some(first) = section.packages.first() else {
+    if pinned.is_empty() {
         return Ok(Default::default());
-    };
-    let lock_path = lock::path_for(&recipe.source.path);
-    let arch = deb::debian_arch(&platform.arch, platform.variant.as_deref());
-    let lock = Lock::read(&lock_path)?.unwrap_or_default();
-    let pinned: Vec<&lock::LockedPackage> = lock
-        .packages
-        .iter()
-        .filter(|p| p.arch == arch && p.layer == layer_no)
-        .collect();
-    let requested = lock
-        .requests
-        .iter()
-        .find(|r| r.arch == arch && r.layer == layer_no);
-    let stale = requested.is_none_or(|r| r.names != lock::requested_names(section));
-    let missing = section
-        .packages
-        .iter()
-        .find(|want| !pinned.iter().any(|p| p.name == *want.get_ref()));
-    if pinned.is_empty() || missing.is_some() || stale {
-        let at = missing.unwrap_or(first);
-        return Err(recipe
-            .source
-            .error(
-                at.span(),
-                format!(
-                    "`{}` is not pinned for `{arch}` in `{}`",
-                    at.get_ref(),
-                    lock_path.display()
-                ),
-            )
-            .hint(format!(
-                "run `kiln lock {}` and commit the lockfile",
-                recipe.source.path.display()
-            ))
-            .into());
     }
-    let digest_of = |p: &lock::LockedPackage| -> Result<Digest> {
-        format!("sha256:{}", p.sha256)
-            .parse()
-            .map_err(|e: crate::digest::BadDigest| Error::invalid(e.to_string(), None))
-    };
+    let arch = deb::debian_arch(&platform.arch, platform.variant.as_deref());
     let mut missing = Vec::new();
-    for p in &pinned {
-        if !store.check_blob(&digest_of(p)?)? {
-            missing.push(*p);
+    for p in pinned {
+        if !store.check_blob(&p.digest)? {
+            missing.push(p);
         }
     }
     if let (true, Some(p)) = (settings.offline, missing.first()) {
@@ -86,26 +43,28 @@ pub(super) fn packages_for(
         let fetcher = deb::Fetcher::new(deb::mirror()?)?;
         let next = AtomicUsize::new(0);
         let failed = Mutex::new(None);
+        let fetch = |p: &Package| -> Result<()> {
+            let mut w = store.writer()?;
+            fetcher.get_into(&p.path, &mut w)?;
+            w.commit(Some(&p.digest)).map_err(|e| match e {
+                Error::DigestMismatch {
+                    expected, actual, ..
+                } => Error::DigestMismatch {
+                    what: format!("package `{}` (`{}`)", p.name, p.path),
+                    expected,
+                    actual,
+                },
+                other => other,
+            })?;
+            Ok(())
+        };
         std::thread::scope(|s| {
             for _ in 0..missing.len().min(4) {
                 s.spawn(|| loop {
                     let Some(p) = missing.get(next.fetch_add(1, Ordering::SeqCst)) else {
                         return;
                     };
-                    let result = digest_of(p).and_then(|digest| {
-                        let mut w = store.writer()?;
-                        fetcher.get_into(&p.path, &mut w)?;
-                        w.commit(Some(&digest)).map_err(|e| match e {
-                            Error::DigestMismatch {
-                                expected, actual, ..
-                            } => Error::DigestMismatch {
-                                what: format!("package `{}` (`{}`)", p.name, p.path),
-                                expected,
-                                actual,
-                            },
-                            other => other,
-                        })
-                    });
+                    let result = fetch(p);
                     if let Err(e) = result {
                         failed
                             .lock()
@@ -122,17 +81,9 @@ pub(super) fn packages_for(
     }
     let mut installed = Vec::new();
     for p in pinned {
-        let digest = digest_of(p)?;
-        materials.push(Material {
-            uri: format!(
-                "pkg:deb/debian/{}@{}?arch={}",
-                p.name, p.version, p.architecture
-            ),
-            digest: digest.clone(),
-        });
         installed.push(deb::install::Installed {
             name: p.name.clone(),
-            contents: deb::extract::contents(store, &p.name, &digest)?,
+            contents: deb::extract::contents(store, &p.name, &p.digest)?,
         });
     }
     // The host's ldconfig reads the libraries only if they are its own architecture.

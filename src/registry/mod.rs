@@ -20,7 +20,7 @@ mod upload;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oci_client::Reference;
+pub use oci_client::Reference;
 
 use crate::error::{Error, IoContext, Result};
 

@@ -1,0 +1,191 @@
+//! The whole job of `kiln build` as one call: resolve and build the recipe,
+//! export it (OCI layout, OCI archive or VM bundle), write its SBOM and
+//! provenance beside it, push it, sign it and attach its attestations.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{build, ManifestReport, Reporter, Settings};
+use crate::attest::Documents;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::export::{self, Output};
+use crate::registry::{PushReport, Reference, Registry};
+use crate::store::Store;
+
+/// What to write locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// An OCI image layout directory (a VM bundle directory for `[vm]` recipes).
+    OciLayout,
+    /// An OCI image layout in one tar file.
+    OciArchive,
+}
+
+/// Signing what is pushed.
+pub struct Signing<'a> {
+    /// The private key file (PKCS#8 PEM, or cosign's encrypted format).
+    pub key: PathBuf,
+    /// Asked for the key's password when it is encrypted.
+    pub password: &'a dyn Fn() -> Result<String>,
+    /// For an index, also sign every platform manifest.
+    pub recursive: bool,
+}
+
+/// One `kiln build`.
+pub struct Request<'a> {
+    /// The recipe.
+    pub recipe: PathBuf,
+    /// How to build.
+    pub settings: Settings,
+    /// Where to write (default `out/NAME`, or `out/NAME.tar` for an archive).
+    pub out: Option<PathBuf>,
+    /// What to write.
+    pub format: Format,
+    /// Write an SPDX SBOM beside the output (and attach it when signing).
+    pub sbom: bool,
+    /// Write SLSA provenance beside the output (and attach it when signing).
+    pub provenance: bool,
+    /// Push to these references after building.
+    pub push: Vec<Reference>,
+    /// Sign what is pushed (needs `push`).
+    pub signing: Option<Signing<'a>>,
+    /// The store to build in.
+    pub store: &'a Store,
+    /// Told what happens as it happens.
+    pub reporter: &'a dyn Reporter,
+}
+
+/// What one push did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pushed {
+    /// The reference pushed to.
+    pub reference: String,
+    /// Blobs sent, skipped and mounted.
+    pub report: PushReport,
+    /// The digests signed there.
+    pub signed: Vec<Digest>,
+}
+
+/// What `kiln build` did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The recipe's `name`.
+    pub name: String,
+    /// What the output and every push point at: the image's manifest or
+    /// index, or for `[vm]` the bundle artifact's manifest.
+    pub digest: Digest,
+    /// The media type of the image's manifest or index.
+    pub media_type: String,
+    /// Where the output was written.
+    pub out: PathBuf,
+    /// What was written.
+    pub format: Format,
+    /// Per platform: the manifest and its layers.
+    pub manifests: Vec<ManifestReport>,
+    /// SBOM and provenance files written beside the output.
+    pub documents: Vec<PathBuf>,
+    /// Each push, in order.
+    pub pushed: Vec<Pushed>,
+}
+
+/// Builds, exports, pushes, signs and attests, as `request` asks.
+pub fn run(request: &Request<'_>) -> Result<Outcome> {
+    if request.signing.is_some() && request.push.is_empty() {
+        return Err(Error::invalid(
+            "`--sign-key` needs `--push`: signatures live in a registry",
+            Some("add `--push REGISTRY/REPOSITORY:TAG`, or sign later with `kiln sign`".into()),
+        ));
+    }
+    // The key is read before building, so a wrong password fails fast.
+    let key = match &request.signing {
+        Some(s) => Some(crate::sign::keys::load_private(&s.key, s.password)?),
+        None => None,
+    };
+    let store = request.store;
+    let built = build(store, &request.recipe, &request.settings, request.reporter)?;
+    let name = &built.recipe.name;
+    let out = request.out.clone().unwrap_or_else(|| match request.format {
+        Format::OciLayout => PathBuf::from("out").join(name),
+        Format::OciArchive => PathBuf::from("out").join(format!("{name}.tar")),
+    });
+    let output = Output {
+        top: &built.top,
+        tags: &built.recipe.tags,
+        mtime: request.settings.source_date_epoch.unwrap_or(0),
+    };
+    // What a push sends: the image, or for `[vm]` the bundle as an OCI artifact.
+    let pushed_top = match (&built.recipe.vm, request.format) {
+        (Some(vm), Format::OciLayout) => {
+            let bundle = export::vm::bundle(store, &built, vm, output.mtime)?;
+            export::vm::write(store, &bundle, &out)?;
+            export::vm::store_artifact(store, &bundle)?
+        }
+        (Some(_), Format::OciArchive) => {
+            return Err(Error::invalid(
+                "a recipe with `[vm]` builds a VM bundle directory, not an OCI archive",
+                Some("leave out `--format`".into()),
+            ))
+        }
+        (None, Format::OciLayout) => {
+            export::layout::write(store, &output, &out)?;
+            built.top.clone()
+        }
+        (None, Format::OciArchive) => {
+            export::archive::write(store, &output, &out)?;
+            built.top.clone()
+        }
+    };
+    let docs = Documents::of(store, &built, request.sbom, request.provenance)?;
+    let documents = docs.write_beside(&out, name)?;
+    for file in &documents {
+        request.reporter.event(super::Event::Wrote { path: file });
+    }
+    let mut pushed = Vec::new();
+    if !request.push.is_empty() {
+        let refs: Vec<&Reference> = request.push.iter().collect();
+        let registry = Registry::new(request.settings.registry.clone(), &refs)?;
+        for target in &request.push {
+            let report = registry.push(store, &pushed_top, target, &[])?;
+            request.reporter.event(super::Event::Pushed {
+                reference: target,
+                report: &report,
+            });
+            let mut signed = Vec::new();
+            if let (Some(key), Some(signing)) = (&key, &request.signing) {
+                signed = crate::sign::sign_all(
+                    &registry,
+                    store,
+                    target,
+                    &pushed_top.digest,
+                    key,
+                    signing.recursive,
+                )?;
+                docs.attach_all(&registry, store, target, key)?;
+            }
+            pushed.push(Pushed {
+                reference: target.whole(),
+                report,
+                signed,
+            });
+        }
+    }
+    request.reporter.event(super::Event::Wrote { path: &out });
+    Ok(Outcome {
+        name: name.clone(),
+        digest: pushed_top.digest,
+        media_type: built.top.media_type.to_string(),
+        out,
+        format: request.format,
+        manifests: built.manifests,
+        documents,
+        pushed,
+    })
+}
+
+/// Writes `digest` and a newline to `file`, atomically.
+pub fn write_digest_file(file: &Path, digest: &Digest) -> Result<()> {
+    crate::files::write_atomic(file, format!("{digest}\n").as_bytes())
+}

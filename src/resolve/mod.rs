@@ -1,0 +1,414 @@
+//! Stage 2, resolve: a [`Recipe`] and its lockfile → a [`Plan`], in which
+//! every input that can move is named by digest: the recipe and its lock by
+//! their bytes, a registry base by its manifest digest, an `oci:` base by
+//! the digest it names (or the one image its layout holds), a base recipe by
+//! its own plan, and each Debian package by SHA-256 and pool path.
+//!
+//! The lockfile is read here, once per recipe; later stages take the plan
+//! and never look at the lock again. Host files are named by content when
+//! their layer is planned ([`crate::source::local`]), because a layer's
+//! entries depend on the directories of the base below it.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::lock::{self, Lock, LockedPackage};
+use crate::recipe::{Base, Platform, Recipe};
+use crate::source::deb;
+use crate::source::layout::Layout;
+
+/// An input of a build, named by digest (for provenance).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Material {
+    /// What it is: `file:PATH`, `oci:PATH`, a registry reference, `recipe:PATH`.
+    pub uri: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// What resolution needs beyond the recipe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Fail unless every recipe's lockfile exists and pins exactly what it names by tag.
+    pub locked: bool,
+}
+
+/// A recipe with every input pinned.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The recipe, parsed and validated.
+    pub recipe: Recipe,
+    /// The base, pinned.
+    pub base: BasePlan,
+    /// Per platform of the recipe (in its order), per layer: the packages to install.
+    pub packages: Vec<Vec<Vec<Package>>>,
+    /// The recipe's own inputs known before building: the recipe, its lock,
+    /// a registry or layout base, and the packages (not the base recipe's: see
+    /// [`BasePlan::Recipe`]).
+    pub materials: Vec<Material>,
+}
+
+/// A base, pinned.
+#[derive(Debug, Clone)]
+pub enum BasePlan {
+    /// An empty root.
+    Scratch,
+    /// Another recipe, with its own plan (built first).
+    Recipe {
+        /// Its path, as the recipe resolves it.
+        path: PathBuf,
+        /// Where `base` is written.
+        span: Range<usize>,
+        /// Its plan.
+        plan: Box<Plan>,
+    },
+    /// A registry image.
+    Registry {
+        /// The reference, pinned to the digest.
+        reference: crate::registry::Reference,
+        /// The manifest or index digest.
+        digest: Digest,
+    },
+    /// An image in an OCI layout on disk.
+    Layout {
+        /// The layout directory.
+        path: PathBuf,
+        /// The manifest or index digest the recipe names, if it names one.
+        named: Option<Digest>,
+        /// The manifest or index used: the named one, or the layout's only image.
+        digest: Digest,
+        /// Where `base` is written.
+        span: Range<usize>,
+    },
+}
+
+/// A Debian package the lock pins for one layer and platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    /// `Package`.
+    pub name: String,
+    /// `Version`.
+    pub version: String,
+    /// The package's own `Architecture` (`all` for architecture-independent ones).
+    pub architecture: String,
+    /// The path inside the archive (`pool/…`).
+    pub path: String,
+    /// The `.deb`'s digest.
+    pub digest: Digest,
+}
+
+/// Resolves the recipe at `path` and, first, its base recipes (cycles refused).
+pub fn resolve(path: &Path, options: Options) -> Result<Plan> {
+    resolve_at(path, options, &mut Vec::new())
+}
+
+fn resolve_at(path: &Path, options: Options, stack: &mut Vec<(PathBuf, PathBuf)>) -> Result<Plan> {
+    let recipe = Recipe::load(path)?;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    stack.push((canonical, path.to_path_buf()));
+    let plan = resolve_loaded(recipe, options, stack);
+    stack.pop();
+    plan
+}
+
+fn resolve_loaded(
+    recipe: Recipe,
+    options: Options,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<Plan> {
+    let lock_path = lock::path_for(&recipe.source.path);
+    let lock_bytes = match std::fs::read(&lock_path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("read", &lock_path, e)),
+    };
+    let lock = match &lock_bytes {
+        Some(_) => Lock::read(&lock_path)?,
+        None => None,
+    };
+    if options.locked {
+        check_locked(&recipe, lock.as_ref())?;
+    }
+    let base = resolve_base(&recipe, lock.as_ref(), options, stack)?;
+    let mut materials = vec![Material {
+        uri: format!("recipe:{}", recipe.source.path.display()),
+        digest: Digest::of(recipe.source.text.as_bytes()),
+    }];
+    if let Some(bytes) = &lock_bytes {
+        materials.push(Material {
+            uri: format!("lock:{}", lock_path.display()),
+            digest: Digest::of(bytes),
+        });
+    }
+    match &base {
+        BasePlan::Registry { reference, digest } => materials.push(Material {
+            uri: reference.whole(),
+            digest: digest.clone(),
+        }),
+        BasePlan::Layout { path, digest, .. } => materials.push(Material {
+            uri: format!("oci:{}", path.display()),
+            digest: digest.clone(),
+        }),
+        BasePlan::Scratch | BasePlan::Recipe { .. } => {}
+    }
+    let mut packages = Vec::new();
+    for platform in &recipe.platforms {
+        let mut per_layer = Vec::new();
+        for layer_no in 0..recipe.layers.len() {
+            let pins = pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
+            for p in &pins {
+                materials.push(Material {
+                    uri: format!(
+                        "pkg:deb/debian/{}@{}?arch={}",
+                        p.name, p.version, p.architecture
+                    ),
+                    digest: p.digest.clone(),
+                });
+            }
+            per_layer.push(pins);
+        }
+        packages.push(per_layer);
+    }
+    Ok(Plan {
+        recipe,
+        base,
+        packages,
+        materials,
+    })
+}
+
+fn resolve_base(
+    recipe: &Recipe,
+    lock: Option<&Lock>,
+    options: Options,
+    stack: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<BasePlan> {
+    match &recipe.base {
+        Base::Scratch => Ok(BasePlan::Scratch),
+        Base::Recipe { path, span } => {
+            let at = |msg: String| recipe.source.error(span.clone(), msg);
+            if !path.is_file() {
+                return Err(
+                    at(format!("base recipe `{}` does not exist", path.display()))
+                        .hint("the path is relative to this recipe's directory; check its spelling")
+                        .into(),
+                );
+            }
+            let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            if let Some(pos) = stack.iter().position(|(c, _)| *c == canonical) {
+                let mut chain: Vec<String> = stack[pos..]
+                    .iter()
+                    .map(|(_, shown)| format!("`{}`", shown.display()))
+                    .collect();
+                chain.push(format!("`{}`", path.display()));
+                return Err(at(format!("base cycle: {}", chain.join(" → ")))
+                    .hint("a recipe cannot be its own base, directly or through others: break the chain")
+                    .into());
+            }
+            let plan = resolve_at(path, options, stack)?;
+            if let Some(p) = recipe
+                .platforms
+                .iter()
+                .find(|p| !plan.recipe.platforms.contains(p))
+            {
+                return Err(at(format!(
+                    "base recipe `{}` is not built for `{p}`",
+                    path.display()
+                ))
+                .hint(format!("add `{p}` to the base recipe's `platforms`"))
+                .into());
+            }
+            Ok(BasePlan::Recipe {
+                path: path.clone(),
+                span: span.clone(),
+                plan: Box::new(plan),
+            })
+        }
+        Base::Registry { reference, span } => {
+            let digest = pinned_digest(recipe, lock, reference, span)?;
+            let parsed = crate::registry::parse_reference(reference)?;
+            Ok(BasePlan::Registry {
+                reference: parsed.clone_with_digest(digest.to_string()),
+                digest,
+            })
+        }
+        Base::Layout { path, digest, span } => {
+            let layout = Layout::open(path).map_err(|e| layout_error(recipe, path, span, e))?;
+            let used = match digest {
+                Some(d) => d.clone(),
+                None => {
+                    layout
+                        .single_image()
+                        .map_err(|e| layout_error(recipe, path, span, e))?
+                        .digest
+                }
+            };
+            Ok(BasePlan::Layout {
+                path: path.clone(),
+                named: digest.clone(),
+                digest: used,
+                span: span.clone(),
+            })
+        }
+    }
+}
+
+/// An error reading an `oci:` base, as an error at the recipe's `base`
+/// (a digest mismatch keeps its own exit code and text).
+pub fn layout_error(recipe: &Recipe, path: &Path, span: &Range<usize>, e: Error) -> Error {
+    if e.exit_code() == 4 {
+        return e;
+    }
+    let hint = e.hint().map(String::from);
+    recipe
+        .source
+        .error(
+            span.clone(),
+            format!("cannot use base `oci:{}`", path.display()),
+        )
+        .cause(crate::error::render_chain(&e))
+        .hint(hint.unwrap_or_else(|| "check the path and digest of the base layout".into()))
+        .into()
+}
+
+/// The digest a registry base stands for: its own, or the lockfile's for a tag.
+fn pinned_digest(
+    recipe: &Recipe,
+    lock: Option<&Lock>,
+    reference: &str,
+    span: &Range<usize>,
+) -> Result<Digest> {
+    let parsed = crate::registry::parse_reference(reference)?;
+    if let Some(d) = parsed.digest() {
+        return d.parse().map_err(|e: crate::digest::BadDigest| {
+            recipe.source.error(span.clone(), e.to_string()).into()
+        });
+    }
+    let lock_path = lock::path_for(&recipe.source.path);
+    lock.and_then(|l| l.bases.get(reference).cloned())
+        .ok_or_else(|| {
+            recipe
+                .source
+                .error(
+                    span.clone(),
+                    format!(
+                        "base `{reference}` is a tag, and `{}` does not pin it to a digest",
+                        lock_path.display()
+                    ),
+                )
+                .hint(format!(
+                "run `kiln lock {}` and commit the lockfile, or write the base as `REPO@sha256:…`",
+                recipe.source.path.display()
+            ))
+                .into()
+        })
+}
+
+/// With `--locked`: the lockfile exists and pins exactly what the recipe names by tag.
+fn check_locked(recipe: &Recipe, lock: Option<&Lock>) -> Result<()> {
+    let lock_path = lock::path_for(&recipe.source.path);
+    let wanted: Vec<&str> = match &recipe.base {
+        Base::Registry { reference, .. } if !reference.contains('@') => vec![reference.as_str()],
+        _ => Vec::new(),
+    };
+    let hint = Some(format!(
+        "run `kiln lock {}`, commit the lockfile, and build again",
+        recipe.source.path.display()
+    ));
+    match lock {
+        None if wanted.is_empty() => Ok(()),
+        None => Err(Error::invalid(
+            format!("`--locked`, but `{}` does not exist", lock_path.display()),
+            hint,
+        )),
+        Some(lock) => {
+            let pinned: Vec<&str> = lock.bases.keys().map(String::as_str).collect();
+            if pinned == wanted {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    format!(
+                        "`--locked`, but `{}` is stale: it pins [{}], the recipe names [{}] by tag",
+                        lock_path.display(),
+                        pinned.join(", "),
+                        wanted.join(", ")
+                    ),
+                    hint,
+                ))
+            }
+        }
+    }
+}
+
+/// The packages the lock pins for one layer and platform; an error at the
+/// recipe's `packages` when the lock is missing, stale or lacks one.
+fn pinned_packages(
+    recipe: &Recipe,
+    lock: Option<&Lock>,
+    layer_no: usize,
+    platform: &Platform,
+) -> Result<Vec<Package>> {
+    let section = &recipe.layers[layer_no];
+    let Some(first) = section.packages.first() else {
+        return Ok(Vec::new());
+    };
+    let lock_path = lock::path_for(&recipe.source.path);
+    let arch = deb::debian_arch(&platform.arch, platform.variant.as_deref());
+    let empty = Lock::default();
+    let lock = lock.unwrap_or(&empty);
+    let pinned: Vec<&LockedPackage> = lock
+        .packages
+        .iter()
+        .filter(|p| p.arch == arch && p.layer == layer_no)
+        .collect();
+    let requested = lock
+        .requests
+        .iter()
+        .find(|r| r.arch == arch && r.layer == layer_no);
+    let stale = requested.is_none_or(|r| r.names != lock::requested_names(section));
+    let missing = section
+        .packages
+        .iter()
+        .find(|want| !pinned.iter().any(|p| p.name == *want.get_ref()));
+    if pinned.is_empty() || missing.is_some() || stale {
+        let at = missing.unwrap_or(first);
+        return Err(recipe
+            .source
+            .error(
+                at.span(),
+                format!(
+                    "`{}` is not pinned for `{arch}` in `{}`",
+                    at.get_ref(),
+                    lock_path.display()
+                ),
+            )
+            .hint(format!(
+                "run `kiln lock {}` and commit the lockfile",
+                recipe.source.path.display()
+            ))
+            .into());
+    }
+    pinned
+        .into_iter()
+        .map(|p| {
+            Ok(Package {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                architecture: p.architecture.clone(),
+                path: p.path.clone(),
+                digest: format!("sha256:{}", p.sha256).parse().map_err(
+                    |e: crate::digest::BadDigest| {
+                        Error::invalid(
+                            format!("`{}`: package `{}`: {e}", lock_path.display(), p.name),
+                            Some("regenerate the lockfile with `kiln lock RECIPE`".into()),
+                        )
+                    },
+                )?,
+            })
+        })
+        .collect()
+}
