@@ -18,7 +18,7 @@ pub use platform::Platform;
 
 use crate::error::{Error, Result, Source};
 
-pub use validate::{applies, expand_src, image_path, port_key};
+pub use validate::{expand_src, image_path, port_key};
 
 /// A parsed, validated recipe.
 #[derive(Debug, Clone)]
@@ -232,6 +232,17 @@ pub struct ConfigSection {
     pub stop_signal: Option<String>,
 }
 
+/// Which of the recipe's platforms an entry goes into (all, or those listed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlatformFilter(pub Option<Vec<Platform>>);
+
+impl PlatformFilter {
+    /// Whether the entry goes into `p`'s layer.
+    pub fn applies(&self, p: &Platform) -> bool {
+        self.0.as_ref().is_none_or(|list| list.contains(p))
+    }
+}
+
 /// One `[[layers]]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -274,6 +285,13 @@ pub struct FileItem {
     pub gid: Option<u32>,
     /// Only for these platforms (default: all of the recipe's).
     pub platforms: Option<Vec<Spanned<String>>>,
+    /// `dest` as a path in the image (no leading `/`; `/` itself is
+    /// empty), checked when the recipe is parsed.
+    #[serde(skip)]
+    pub at: String,
+    /// The recipe's platforms this entry goes into, parsed from `platforms`.
+    #[serde(skip)]
+    pub only: PlatformFilter,
 }
 
 /// `trees = [{ src, dest, exclude?, mode?, uid?, gid? }]`
@@ -295,6 +313,13 @@ pub struct TreeItem {
     pub gid: Option<u32>,
     /// Only for these platforms (default: all of the recipe's).
     pub platforms: Option<Vec<Spanned<String>>>,
+    /// `dest` as a path in the image (no leading `/`; `/` itself is
+    /// empty), checked when the recipe is parsed.
+    #[serde(skip)]
+    pub at: String,
+    /// The recipe's platforms this entry goes into, parsed from `platforms`.
+    #[serde(skip)]
+    pub only: PlatformFilter,
 }
 
 /// `contents = [{ dest, text, mode? }]`
@@ -313,6 +338,13 @@ pub struct ContentItem {
     pub gid: Option<u32>,
     /// Only for these platforms (default: all of the recipe's).
     pub platforms: Option<Vec<Spanned<String>>>,
+    /// `dest` as a path in the image (no leading `/`; `/` itself is
+    /// empty), checked when the recipe is parsed.
+    #[serde(skip)]
+    pub at: String,
+    /// The recipe's platforms this entry goes into, parsed from `platforms`.
+    #[serde(skip)]
+    pub only: PlatformFilter,
 }
 
 /// `dirs = [{ path, mode?, uid?, gid? }]`
@@ -329,6 +361,13 @@ pub struct DirItem {
     pub gid: Option<u32>,
     /// Only for these platforms (default: all of the recipe's).
     pub platforms: Option<Vec<Spanned<String>>>,
+    /// `path` as a path in the image (no leading `/`; `/` itself is
+    /// empty), checked when the recipe is parsed.
+    #[serde(skip)]
+    pub at: String,
+    /// The recipe's platforms this entry goes into, parsed from `platforms`.
+    #[serde(skip)]
+    pub only: PlatformFilter,
 }
 
 /// `symlinks = [{ path, target }]`
@@ -345,6 +384,13 @@ pub struct SymlinkItem {
     pub gid: Option<u32>,
     /// Only for these platforms (default: all of the recipe's).
     pub platforms: Option<Vec<Spanned<String>>>,
+    /// `path` as a path in the image (no leading `/`; `/` itself is
+    /// empty), checked when the recipe is parsed.
+    #[serde(skip)]
+    pub at: String,
+    /// The recipe's platforms this entry goes into, parsed from `platforms`.
+    #[serde(skip)]
+    pub only: PlatformFilter,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::{Base, Compression, Platform, RawRecipe, Recipe};
+use super::{Base, Compression, Platform, PlatformFilter, RawRecipe, Recipe};
 use crate::error::{Result, Source};
 
 pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Recipe> {
@@ -95,17 +95,22 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
             .hint("add `[repositories.debian]` with `suite = \"bookworm\"` (the mirror comes from `KILN_DEBIAN_MIRROR` or the host's apt sources)")
             .into());
     }
-    for layer in &raw.layers {
-        let filters = layer
-            .files
-            .iter()
-            .map(|i| &i.get_ref().platforms)
-            .chain(layer.trees.iter().map(|i| &i.get_ref().platforms))
-            .chain(layer.contents.iter().map(|i| &i.get_ref().platforms))
-            .chain(layer.dirs.iter().map(|i| &i.get_ref().platforms))
-            .chain(layer.symlinks.iter().map(|i| &i.get_ref().platforms));
-        for filter in filters.flatten() {
-            check_filter(&source, &platforms, filter)?;
+    let mut layers = raw.layers;
+    for layer in &mut layers {
+        for f in &mut layer.files {
+            f.get_mut().only = filter(&source, &platforms, &f.get_ref().platforms)?;
+        }
+        for t in &mut layer.trees {
+            t.get_mut().only = filter(&source, &platforms, &t.get_ref().platforms)?;
+        }
+        for c in &mut layer.contents {
+            c.get_mut().only = filter(&source, &platforms, &c.get_ref().platforms)?;
+        }
+        for d in &mut layer.dirs {
+            d.get_mut().only = filter(&source, &platforms, &d.get_ref().platforms)?;
+        }
+        for s in &mut layer.symlinks {
+            s.get_mut().only = filter(&source, &platforms, &s.get_ref().platforms)?;
         }
         for src in layer
             .files
@@ -115,15 +120,15 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         {
             check_placeholders(&source, src)?;
         }
-        for f in &layer.files {
-            let f = f.get_ref();
+        for f in &mut layer.files {
+            let f = f.get_mut();
             non_empty(&source, &f.src, "`src`")?;
-            image_path(&source, &f.dest, "`dest`")?;
+            f.at = image_path(&source, &f.dest, "`dest`")?;
         }
-        for t in &layer.trees {
-            let t = t.get_ref();
+        for t in &mut layer.trees {
+            let t = t.get_mut();
             non_empty(&source, &t.src, "`src`")?;
-            image_path(&source, &t.dest, "`dest`")?;
+            t.at = image_path(&source, &t.dest, "`dest`")?;
             for g in &t.exclude {
                 globset::Glob::new(g.get_ref()).map_err(|e| {
                     source
@@ -132,15 +137,17 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
                 })?;
             }
         }
-        for c in &layer.contents {
-            file_path(&source, &c.get_ref().dest)?;
+        for c in &mut layer.contents {
+            let c = c.get_mut();
+            c.at = file_path(&source, &c.dest)?;
         }
-        for d in &layer.dirs {
-            image_path(&source, &d.get_ref().path, "`path`")?;
+        for d in &mut layer.dirs {
+            let d = d.get_mut();
+            d.at = image_path(&source, &d.path, "`path`")?;
         }
-        for s in &layer.symlinks {
-            let s = s.get_ref();
-            file_path(&source, &s.path)?;
+        for s in &mut layer.symlinks {
+            let s = s.get_mut();
+            s.at = file_path(&source, &s.path)?;
             non_empty(&source, &s.target, "`target`")?;
             if s.target.get_ref().len() > MAX_PATH {
                 return Err(source
@@ -170,7 +177,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         annotations: raw.annotations,
         tags,
         config,
-        layers: raw.layers,
+        layers,
         repositories: raw.repositories,
         vm,
     })
@@ -241,8 +248,17 @@ fn parse_base(source: &Source, dir: &std::path::Path, b: &Spanned<String>) -> Re
         .into())
 }
 
-/// A `platforms` filter on a layer entry names platforms the recipe builds.
-fn check_filter(source: &Source, built: &[Platform], filter: &[Spanned<String>]) -> Result<()> {
+/// A layer entry's `platforms` filter, parsed; it may only name platforms
+/// the recipe builds.
+fn filter(
+    source: &Source,
+    built: &[Platform],
+    filter: &Option<Vec<Spanned<String>>>,
+) -> Result<PlatformFilter> {
+    let Some(filter) = filter else {
+        return Ok(PlatformFilter(None));
+    };
+    let mut only = Vec::new();
     for p in filter {
         let platform = Platform::parse(p.get_ref()).map_err(|msg| {
             source.error(p.span(), msg).hint(
@@ -262,8 +278,9 @@ fn check_filter(source: &Source, built: &[Platform], filter: &[Spanned<String>])
                 ))
                 .into());
         }
+        only.push(platform);
     }
-    Ok(())
+    Ok(PlatformFilter(Some(only)))
 }
 
 /// The placeholders a `src` may hold: `{os}`, `{arch}` and `{variant}`.
@@ -291,16 +308,6 @@ pub fn expand_src(src: &str, p: &Platform) -> String {
     src.replace("{os}", &p.os)
         .replace("{arch}", &p.arch)
         .replace("{variant}", p.variant.as_deref().unwrap_or(""))
-}
-
-/// Whether an entry with this `platforms` filter goes into `p`'s layer.
-pub fn applies(filter: &Option<Vec<Spanned<String>>>, p: &Platform) -> bool {
-    match filter {
-        None => true,
-        Some(list) => list
-            .iter()
-            .any(|s| Platform::parse(s.get_ref()).is_ok_and(|q| q == *p)),
-    }
 }
 
 /// The VM outputs kiln writes so far.

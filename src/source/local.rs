@@ -20,9 +20,7 @@ use toml::Spanned;
 use crate::digest::{digest_reader, Digest};
 use crate::error::{Diagnostic, Result};
 use crate::plan::{Content, DirMap, DirMeta, Entry, EntryKind, LayerPlan};
-use crate::recipe::{
-    applies, expand_src, image_path, LayerSection, Mode, Platform, Recipe, TreeItem,
-};
+use crate::recipe::{expand_src, LayerSection, Mode, Platform, Recipe, TreeItem};
 use crate::store::stat_cache::StatCache;
 
 /// Plans one layer of `recipe`.
@@ -48,112 +46,12 @@ pub fn plan_layer(
         entries: BTreeMap::new(),
         links: HashMap::new(),
     };
-    for item in section
-        .dirs
-        .iter()
-        .filter(|i| applies(&i.get_ref().platforms, platform))
-    {
-        let d = item.get_ref();
-        let path = image_path(&recipe.source, &d.path, "`path`")?;
-        if path.is_empty() {
-            continue;
-        }
-        let entry = Entry {
-            path,
-            kind: EntryKind::Dir,
-            mode: mode_or(d.mode, 0o755),
-            uid: d.uid.unwrap_or(0),
-            gid: d.gid.unwrap_or(0),
-        };
-        b.insert(entry, item.span(), None)?;
-    }
-    for item in section
-        .contents
-        .iter()
-        .filter(|i| applies(&i.get_ref().platforms, platform))
-    {
-        let c = item.get_ref();
-        let bytes: Arc<[u8]> = Arc::from(c.text.as_bytes());
-        let entry = Entry {
-            path: image_path(&recipe.source, &c.dest, "`dest`")?,
-            kind: EntryKind::File {
-                size: bytes.len() as u64,
-                digest: Digest::of(&bytes),
-                content: Content::Inline(bytes),
-            },
-            mode: mode_or(c.mode, 0o644),
-            uid: c.uid.unwrap_or(0),
-            gid: c.gid.unwrap_or(0),
-        };
-        b.insert(entry, item.span(), None)?;
-    }
-    for item in section
-        .symlinks
-        .iter()
-        .filter(|i| applies(&i.get_ref().platforms, platform))
-    {
-        let s = item.get_ref();
-        let entry = Entry {
-            path: image_path(&recipe.source, &s.path, "`path`")?,
-            kind: EntryKind::Symlink {
-                target: s.target.get_ref().clone(),
-            },
-            mode: 0o777,
-            uid: s.uid.unwrap_or(0),
-            gid: s.gid.unwrap_or(0),
-        };
-        b.insert(entry, item.span(), None)?;
-    }
-    for item in section
-        .files
-        .iter()
-        .filter(|i| applies(&i.get_ref().platforms, platform))
-    {
-        let f = item.get_ref();
-        let src = recipe.dir.join(expand_src(f.src.get_ref(), platform));
-        let meta = fs::metadata(&src).map_err(|e| {
-            b.error(&f.src, format!("cannot use `{}`", src.display()))
-                .cause(e)
-                .hint("check that `src` exists; it is relative to the recipe's directory")
-        })?;
-        if meta.is_dir() {
-            return Err(b
-                .error(&f.src, format!("`{}` is a directory", src.display()))
-                .hint("use `trees = [{ src = ..., dest = ... }]` to copy a directory")
-                .into());
-        }
-        if !meta.is_file() {
-            return Err(b
-                .error(&f.src, format!("`{}` is not a regular file", src.display()))
-                .hint("only regular files can be copied into an image")
-                .into());
-        }
-        let mut path = image_path(&recipe.source, &f.dest, "`dest`")?;
-        if f.dest.get_ref().ends_with('/') || path.is_empty() {
-            let base = src.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-                b.error(&f.src, "the file name is not UTF-8")
-                    .hint("give `dest` as a full path")
-            })?;
-            path = join(&path, base);
-        }
-        let entry = b.host_file(&src, &meta, path, &f.src, f.mode, f.uid, f.gid)?;
-        b.insert(entry, item.span(), Some(&meta))?;
-    }
-    for item in section
-        .trees
-        .iter()
-        .filter(|i| applies(&i.get_ref().platforms, platform))
-    {
-        b.tree(item.get_ref(), item.span())?;
-    }
-    // Package files go under the recipe's own entries: a path the recipe
-    // names wins over the package's (that is how recipes override a config).
-    let packages_span = section.packages.first().map_or(0..0, |p| p.span());
-    for (path, (entry, _)) in packages {
-        b.entries
-            .entry(path)
-            .or_insert_with(|| (entry, packages_span.clone()));
-    }
+    b.dirs(section)?;
+    b.contents(section)?;
+    b.symlinks(section)?;
+    b.files(section)?;
+    b.trees(section)?;
+    b.packages(section, packages);
     Ok(LayerPlan::new(
         section.name.clone(),
         b.finish(),
@@ -188,6 +86,144 @@ struct LayerBuilder<'a> {
 }
 
 impl LayerBuilder<'_> {
+    /// Directories (`dirs`); `/` itself needs no entry.
+    fn dirs(&mut self, section: &LayerSection) -> Result<()> {
+        for item in section
+            .dirs
+            .iter()
+            .filter(|i| i.get_ref().only.applies(self.platform))
+        {
+            let d = item.get_ref();
+            let path = d.at.clone();
+            if path.is_empty() {
+                continue;
+            }
+            let entry = Entry {
+                path,
+                kind: EntryKind::Dir,
+                mode: mode_or(d.mode, 0o755),
+                uid: d.uid.unwrap_or(0),
+                gid: d.gid.unwrap_or(0),
+            };
+            self.insert(entry, item.span(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Inline files (`contents`).
+    fn contents(&mut self, section: &LayerSection) -> Result<()> {
+        for item in section
+            .contents
+            .iter()
+            .filter(|i| i.get_ref().only.applies(self.platform))
+        {
+            let c = item.get_ref();
+            let bytes: Arc<[u8]> = Arc::from(c.text.as_bytes());
+            let entry = Entry {
+                path: c.at.clone(),
+                kind: EntryKind::File {
+                    size: bytes.len() as u64,
+                    digest: Digest::of(&bytes),
+                    content: Content::Inline(bytes),
+                },
+                mode: mode_or(c.mode, 0o644),
+                uid: c.uid.unwrap_or(0),
+                gid: c.gid.unwrap_or(0),
+            };
+            self.insert(entry, item.span(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Symbolic links (`symlinks`).
+    fn symlinks(&mut self, section: &LayerSection) -> Result<()> {
+        for item in section
+            .symlinks
+            .iter()
+            .filter(|i| i.get_ref().only.applies(self.platform))
+        {
+            let s = item.get_ref();
+            let entry = Entry {
+                path: s.at.clone(),
+                kind: EntryKind::Symlink {
+                    target: s.target.get_ref().clone(),
+                },
+                mode: 0o777,
+                uid: s.uid.unwrap_or(0),
+                gid: s.gid.unwrap_or(0),
+            };
+            self.insert(entry, item.span(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Single host files (`files`); a `dest` ending in `/` takes the file's name.
+    fn files(&mut self, section: &LayerSection) -> Result<()> {
+        for item in section
+            .files
+            .iter()
+            .filter(|i| i.get_ref().only.applies(self.platform))
+        {
+            let f = item.get_ref();
+            let src = self
+                .recipe
+                .dir
+                .join(expand_src(f.src.get_ref(), self.platform));
+            let meta = fs::metadata(&src).map_err(|e| {
+                self.error(&f.src, format!("cannot use `{}`", src.display()))
+                    .cause(e)
+                    .hint("check that `src` exists; it is relative to the recipe's directory")
+            })?;
+            if meta.is_dir() {
+                return Err(self
+                    .error(&f.src, format!("`{}` is a directory", src.display()))
+                    .hint("use `trees = [{ src = ..., dest = ... }]` to copy a directory")
+                    .into());
+            }
+            if !meta.is_file() {
+                return Err(self
+                    .error(&f.src, format!("`{}` is not a regular file", src.display()))
+                    .hint("only regular files can be copied into an image")
+                    .into());
+            }
+            let mut path = f.at.clone();
+            if f.dest.get_ref().ends_with('/') || path.is_empty() {
+                let base = src.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                    self.error(&f.src, "the file name is not UTF-8")
+                        .hint("give `dest` as a full path")
+                })?;
+                path = join(&path, base);
+            }
+            let entry = self.host_file(&src, &meta, path, &f.src, f.mode, f.uid, f.gid)?;
+            self.insert(entry, item.span(), Some(&meta))?;
+        }
+        Ok(())
+    }
+
+    /// Host directories (`trees`).
+    fn trees(&mut self, section: &LayerSection) -> Result<()> {
+        for item in section
+            .trees
+            .iter()
+            .filter(|i| i.get_ref().only.applies(self.platform))
+        {
+            self.tree(item.get_ref(), item.span())?;
+        }
+        Ok(())
+    }
+
+    /// Package files, under the recipe's own entries.
+    fn packages(&mut self, section: &LayerSection, packages: BTreeMap<String, (Entry, String)>) {
+        // Package files go under the recipe's own entries: a path the recipe
+        // names wins over the package's (that is how recipes override a config).
+        let packages_span = section.packages.first().map_or(0..0, |p| p.span());
+        for (path, (entry, _)) in packages {
+            self.entries
+                .entry(path)
+                .or_insert_with(|| (entry, packages_span.clone()));
+        }
+    }
+
     fn error(&self, at: &Spanned<String>, message: impl Into<String>) -> Diagnostic {
         self.recipe.source.error(at.span(), message)
     }
@@ -285,7 +321,7 @@ impl LayerBuilder<'_> {
                 .hint("use `files = [{ src = ..., dest = ... }]` for a single file")
                 .into());
         }
-        let dest = image_path(&self.recipe.source, &t.dest, "`dest`")?;
+        let dest = t.at.clone();
         let exclude = exclude_set(&t.exclude);
         let (uid, gid) = (t.uid.unwrap_or(0), t.gid.unwrap_or(0));
         // The tree's root directory is implied, like a parent: an explicit

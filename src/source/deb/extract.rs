@@ -20,20 +20,50 @@ use crate::store::Store;
 pub struct DebEntry {
     /// Path in the image, relative (`usr/bin/x`).
     pub path: String,
-    /// `dir`, `file`, `symlink` or `hardlink`.
-    pub kind: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: DebKind,
     /// Permission bits.
     pub mode: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Size of a file.
-    pub size: u64,
-    /// The file's content, a blob in the store.
-    pub digest: Option<Digest>,
-    /// Link target.
-    pub target: Option<String>,
+}
+
+/// What a package's entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DebKind {
+    /// A directory.
+    Dir,
+    /// A regular file, its content a blob in the store.
+    File {
+        /// Its size.
+        size: u64,
+        /// Its content's digest.
+        digest: Digest,
+    },
+    /// A symbolic link, stored as written.
+    Symlink {
+        /// What it points to.
+        target: String,
+    },
+    /// A hard link to another entry of the package.
+    Hardlink {
+        /// That entry's path.
+        target: String,
+    },
+}
+
+impl DebEntry {
+    /// The content's digest, for a file.
+    pub fn digest(&self) -> Option<&Digest> {
+        match &self.kind {
+            DebKind::File { digest, .. } => Some(digest),
+            _ => None,
+        }
+    }
 }
 
 /// What a package holds.
@@ -73,7 +103,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
         .ok()
         .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
     {
-        if store.claim_all(c.entries.iter().filter_map(|e| e.digest.as_ref()))? {
+        if store.claim_all(c.entries.iter().filter_map(DebEntry::digest))? {
             return Ok(c);
         }
     }
@@ -300,38 +330,33 @@ fn read_data(store: &Store, r: impl Read, package: &str) -> Result<Vec<DebEntry>
             String::from_utf8(l.into_owned())
                 .map_err(|_| bad(package, "a link target that is not UTF-8"))
         };
-        let mut entry = DebEntry {
-            path: path.clone(),
-            kind: String::new(),
-            mode,
-            uid,
-            gid,
-            size: 0,
-            digest: None,
-            target: None,
-        };
-        if kind.is_dir() {
-            entry.kind = "dir".into();
+        let kind = if kind.is_dir() {
+            DebKind::Dir
         } else if kind.is_symlink() {
-            entry.kind = "symlink".into();
-            entry.target = Some(link()?);
             symlinks.insert(path.clone());
+            DebKind::Symlink { target: link()? }
         } else if kind.is_hard_link() {
-            entry.kind = "hardlink".into();
-            entry.target = Some(clean(&link()?, package)?);
+            DebKind::Hardlink {
+                target: clean(&link()?, package)?,
+            }
         } else if kind.is_file() {
             let mut w = store.writer()?;
-            let n = io::copy(&mut e, &mut w).map_err(|err| bad(package, err))?;
+            let size = io::copy(&mut e, &mut w).map_err(|err| bad(package, err))?;
             let (digest, _) = w.commit(None)?;
-            entry.kind = "file".into();
-            entry.size = n;
-            entry.digest = Some(digest);
+            DebKind::File { size, digest }
         } else {
             return Err(bad(
                 package,
                 format!("`{path}` is a device, fifo or socket"),
             ));
-        }
+        };
+        let entry = DebEntry {
+            path: path.clone(),
+            kind,
+            mode,
+            uid,
+            gid,
+        };
         out.push(entry);
     }
     Ok(out)
@@ -379,5 +404,36 @@ mod tests {
         assert!(clean("/etc/passwd", "p").is_err());
         assert!(clean("./usr/../../etc", "p").is_err());
         assert_eq!(clean("./usr/bin/x", "p").unwrap(), "usr/bin/x");
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    /// Caches written before entries had a typed kind (every field on every
+    /// entry, `null` where unused) still read, so no store is re-extracted.
+    #[test]
+    fn reads_the_earlier_cache_form() {
+        let d = Digest::of(b"x");
+        let old = format!(
+            r#"[{{"path":"a","kind":"dir","mode":493,"uid":0,"gid":0,"size":0,"digest":null,"target":null}},
+               {{"path":"a/f","kind":"file","mode":420,"uid":0,"gid":0,"size":1,"digest":"{d}","target":null}},
+               {{"path":"a/l","kind":"symlink","mode":511,"uid":0,"gid":0,"size":0,"digest":null,"target":"f"}},
+               {{"path":"a/h","kind":"hardlink","mode":420,"uid":0,"gid":0,"size":0,"digest":null,"target":"a/f"}}]"#
+        );
+        let entries: Vec<DebEntry> = serde_json::from_str(&old).unwrap();
+        let kinds: Vec<DebKind> = entries.into_iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                DebKind::Dir,
+                DebKind::File { size: 1, digest: d },
+                DebKind::Symlink { target: "f".into() },
+                DebKind::Hardlink {
+                    target: "a/f".into()
+                },
+            ]
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Content, Entry, EntryKind};
 use crate::store::Store;
 
-use super::extract::DebContents;
+use super::extract::{DebContents, DebKind};
 
 /// A package to install: its name and contents.
 pub struct Installed {
@@ -40,25 +40,24 @@ pub fn entries(
     let mut certs: BTreeMap<String, Digest> = BTreeMap::new();
     for pkg in packages {
         for e in &pkg.contents.entries {
-            let kind = match e.kind.as_str() {
-                "dir" => EntryKind::Dir,
-                "file" => {
-                    let digest = e.digest.clone().expect("files have digests");
+            let kind = match &e.kind {
+                DebKind::Dir => EntryKind::Dir,
+                DebKind::File { size, digest } => {
                     if e.path.starts_with("usr/share/ca-certificates/") && e.path.ends_with(".crt")
                     {
                         certs.insert(e.path.clone(), digest.clone());
                     }
                     EntryKind::File {
-                        content: Content::Host(store.blob_path(&digest)),
-                        size: e.size,
-                        digest,
+                        content: Content::Host(store.blob_path(digest)),
+                        size: *size,
+                        digest: digest.clone(),
                     }
                 }
-                "symlink" => EntryKind::Symlink {
-                    target: e.target.clone().unwrap_or_default(),
+                DebKind::Symlink { target } => EntryKind::Symlink {
+                    target: target.clone(),
                 },
-                _ => EntryKind::HardLink {
-                    target: e.target.clone().unwrap_or_default(),
+                DebKind::Hardlink { target } => EntryKind::HardLink {
+                    target: target.clone(),
                 },
             };
             let entry = Entry {
