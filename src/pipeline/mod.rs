@@ -241,7 +241,7 @@ fn build_plan(
             unique.push(plan.clone());
         }
     }
-    let built = build_layers(store, &unique, &recipe, settings, reporter, epoch)?;
+    let built = build_layers(store, &unique, recipe, settings, reporter, epoch)?;
     let built_for = |plan: &LayerPlan| {
         let i = unique
             .iter()
