@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use kiln::digest::Digest;
 use kiln::error::Error;
 use kiln::registry::{parse_reference, Registry};
 use kiln::sign::{cosign, keys};
-use oci_client::Reference;
 
 use super::registry_args::RegistryArgs;
 
@@ -38,22 +36,12 @@ pub struct VerifyArgs {
     registry: RegistryArgs,
 }
 
-/// The digest a reference names, resolving a tag.
-fn digest_of(registry: &Registry, r: &Reference) -> Result<Digest, Error> {
-    match r.digest() {
-        Some(d) => d
-            .parse()
-            .map_err(|e: kiln::digest::BadDigest| Error::invalid(e.to_string(), None)),
-        None => registry.resolve(r),
-    }
-}
-
 pub fn sign(args: SignArgs) -> Result<(), Error> {
     let image = parse_reference(&args.reference)?;
     let key = super::keys::load_signing_key(&args.key)?;
     let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
-    let digest = digest_of(&registry, &image)?;
+    let digest = kiln::sign::digest_of(&registry, &image)?;
     for d in kiln::sign::sign_all(&registry, &store, &image, &digest, &key, args.recursive)? {
         super::say(&format!("signed  {}@{d}", cosign::identity(&image)));
     }
@@ -75,7 +63,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Error> {
         .collect::<Result<Vec<_>, Error>>()?;
     let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
-    let digest = digest_of(&registry, &image)?;
+    let digest = kiln::sign::digest_of(&registry, &image)?;
     let matched = cosign::verify(&registry, &store, &image, &digest, &keys)?;
     println!(
         "verified {}@{digest}: signed by `{}`",

@@ -24,8 +24,6 @@ use crate::image::{self, Image, Stored};
 use crate::plan::{DirMap, LayerPlan};
 use crate::recipe::{Platform, Recipe};
 use crate::resolve::{self, Material, Plan};
-use crate::source::local;
-use crate::store::stat_cache::StatCache;
 use crate::store::{LayerRecord, Store};
 
 /// Settings for a build that do not come from the recipe.
@@ -169,6 +167,7 @@ pub fn build(
     // Times go into provenance only when they cannot break reproducibility.
     let started = settings.source_date_epoch.is_none().then(now);
     let plan = resolve::resolve(
+        store,
         path,
         resolve::Options {
             locked: settings.locked,
@@ -195,13 +194,12 @@ fn build_plan(
     let (bases, mut materials) = base::fetch_base(store, plan, settings, reporter)?;
     materials.extend(plan.materials.iter().cloned());
 
-    // Plan every layer for every platform. Entries may differ per platform
-    // (`{arch}` in `src`, `platforms` filters); where they do not, the plans
-    // have the same input digest and the layer is built once.
-    let hashes = StatCache::of_store(store);
+    // Finish every layer for every platform: the base's directories, the
+    // packages. Entries may differ per platform (`{arch}` in `src`,
+    // `platforms` filters); where they do not, the plans have the same input
+    // digest and the layer is built once.
     let mut per_platform: Vec<Vec<LayerPlan>> = Vec::new();
-    for ((platform, (base, _)), packages) in recipe.platforms.iter().zip(&bases).zip(&plan.packages)
-    {
+    for ((platform, (base, _)), layers) in recipe.platforms.iter().zip(&bases).zip(&plan.layers) {
         // Directories below each layer, so implied parents keep their modes.
         let mut below = DirMap::new();
         // Every base layer is checked here, wherever it came from.
@@ -210,28 +208,16 @@ fn build_plan(
                 .map_err(|e| in_base(recipe, e))?;
         }
         let mut plans = Vec::new();
-        for (section, pins) in recipe.layers.iter().zip(packages) {
-            let installed = packages::packages_for(store, pins, platform, settings)?;
-            let layer =
-                local::plan_layer(recipe, section, epoch, &below, &hashes, platform, installed)?;
+        for inputs in layers {
+            let installed = packages::packages_for(store, &inputs.packages, platform, settings)?;
+            let layer = inputs
+                .local
+                .clone()
+                .finish(&below, installed, recipe.compression, epoch);
             layer.add_dirs_to(&mut below);
             plans.push(layer);
         }
         per_platform.push(plans);
-    }
-    hashes.save()?;
-    for entry in per_platform.iter().flatten().flat_map(|p| &p.entries) {
-        if let crate::plan::EntryKind::File {
-            content: crate::plan::Content::Host(path),
-            digest,
-            ..
-        } = &entry.kind
-        {
-            materials.push(Material {
-                uri: format!("file:{}", path.display()),
-                digest: digest.clone(),
-            });
-        }
     }
     materials.sort();
     materials.dedup();

@@ -4,10 +4,12 @@
 //! the digest it names (or the one image its layout holds), a base recipe by
 //! its own plan, and each Debian package by SHA-256 and pool path.
 //!
+//! Host files are read and named by content here too ([`LocalLayer`]); only
+//! the parent directories a layer needs wait for its base, whose
+//! directories decide their modes.
+//!
 //! The lockfile is read here, once per recipe; later stages take the plan
-//! and never look at the lock again. Host files are named by content when
-//! their layer is planned ([`crate::source::local`]), because a layer's
-//! entries depend on the directories of the base below it.
+//! and never look at the lock or the recipe's raw strings again.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,9 @@ use crate::lock::{self, Lock, LockedPackage};
 use crate::recipe::{Base, Platform, Recipe};
 use crate::source::deb;
 use crate::source::layout::Layout;
+use crate::source::local::{self, LocalLayer};
+use crate::store::stat_cache::StatCache;
+use crate::store::Store;
 
 /// An input of a build, named by digest (for provenance).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -44,10 +49,10 @@ pub struct Plan {
     pub recipe: Recipe,
     /// The base, pinned.
     pub base: BasePlan,
-    /// Per platform of the recipe (in its order), per layer: the packages to install.
-    pub packages: Vec<Vec<Vec<Package>>>,
-    /// The recipe's own inputs known before building: the recipe, its lock,
-    /// a registry or layout base, and the packages (not the base recipe's: see
+    /// Per platform of the recipe (in its order), per layer: its inputs.
+    pub layers: Vec<Vec<LayerInputs>>,
+    /// The recipe's own inputs, sorted: the recipe, its lock, a registry or
+    /// layout base, host files and packages (not a base recipe's: see
     /// [`BasePlan::Recipe`]).
     pub materials: Vec<Material>,
 }
@@ -86,6 +91,15 @@ pub enum BasePlan {
     },
 }
 
+/// What one layer is made of, for one platform.
+#[derive(Debug, Clone)]
+pub struct LayerInputs {
+    /// The entries the recipe names, host files named by content.
+    pub local: LocalLayer,
+    /// The Debian packages the lock pins for it.
+    pub packages: Vec<Package>,
+}
+
 /// A Debian package the lock pins for one layer and platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Package {
@@ -101,16 +115,29 @@ pub struct Package {
     pub digest: Digest,
 }
 
-/// Resolves the recipe at `path` and, first, its base recipes (cycles refused).
-pub fn resolve(path: &Path, options: Options) -> Result<Plan> {
-    resolve_at(path, options, &mut Vec::new())
+/// Resolves the recipe at `path` and, first, its base recipes (cycles
+/// refused). Host files are hashed through the store's stat cache, so
+/// unchanged files are not read again.
+pub fn resolve(store: &Store, path: &Path, options: Options) -> Result<Plan> {
+    let hashes = StatCache::of_store(store);
+    let plan = resolve_at(path, options, &hashes, &mut Vec::new())?;
+    hashes.save()?;
+    Ok(plan)
 }
 
-fn resolve_at(path: &Path, options: Options, stack: &mut Vec<(PathBuf, PathBuf)>) -> Result<Plan> {
+/// The recipes being resolved, outermost first: (canonical path, as written).
+type Stack = Vec<(PathBuf, PathBuf)>;
+
+fn resolve_at(
+    path: &Path,
+    options: Options,
+    hashes: &StatCache,
+    stack: &mut Stack,
+) -> Result<Plan> {
     let recipe = Recipe::load(path)?;
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     stack.push((canonical, path.to_path_buf()));
-    let plan = resolve_loaded(recipe, options, stack);
+    let plan = resolve_loaded(recipe, options, hashes, stack);
     stack.pop();
     plan
 }
@@ -118,7 +145,8 @@ fn resolve_at(path: &Path, options: Options, stack: &mut Vec<(PathBuf, PathBuf)>
 fn resolve_loaded(
     recipe: Recipe,
     options: Options,
-    stack: &mut Vec<(PathBuf, PathBuf)>,
+    hashes: &StatCache,
+    stack: &mut Stack,
 ) -> Result<Plan> {
     let lock_path = lock::path_for(&recipe.source.path);
     let lock_bytes = match std::fs::read(&lock_path) {
@@ -133,7 +161,7 @@ fn resolve_loaded(
     if options.locked {
         check_locked(&recipe, lock.as_ref())?;
     }
-    let base = resolve_base(&recipe, lock.as_ref(), options, stack)?;
+    let base = resolve_base(&recipe, lock.as_ref(), options, hashes, stack)?;
     let mut materials = vec![Material {
         uri: format!("recipe:{}", recipe.source.path.display()),
         digest: Digest::of(recipe.source.text.as_bytes()),
@@ -155,12 +183,19 @@ fn resolve_loaded(
         }),
         BasePlan::Scratch | BasePlan::Recipe { .. } => {}
     }
-    let mut packages = Vec::new();
+    let mut layers = Vec::new();
     for platform in &recipe.platforms {
         let mut per_layer = Vec::new();
-        for layer_no in 0..recipe.layers.len() {
-            let pins = pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
-            for p in &pins {
+        for (layer_no, section) in recipe.layers.iter().enumerate() {
+            let local = local::plan_local(&recipe, section, hashes, platform)?;
+            for (path, digest) in local.host_files() {
+                materials.push(Material {
+                    uri: format!("file:{}", path.display()),
+                    digest: digest.clone(),
+                });
+            }
+            let packages = pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
+            for p in &packages {
                 materials.push(Material {
                     uri: format!(
                         "pkg:deb/debian/{}@{}?arch={}",
@@ -169,14 +204,16 @@ fn resolve_loaded(
                     digest: p.digest.clone(),
                 });
             }
-            per_layer.push(pins);
+            per_layer.push(LayerInputs { local, packages });
         }
-        packages.push(per_layer);
+        layers.push(per_layer);
     }
+    materials.sort();
+    materials.dedup();
     Ok(Plan {
         recipe,
         base,
-        packages,
+        layers,
         materials,
     })
 }
@@ -185,7 +222,8 @@ fn resolve_base(
     recipe: &Recipe,
     lock: Option<&Lock>,
     options: Options,
-    stack: &mut Vec<(PathBuf, PathBuf)>,
+    hashes: &StatCache,
+    stack: &mut Stack,
 ) -> Result<BasePlan> {
     match &recipe.base {
         Base::Scratch => Ok(BasePlan::Scratch),
@@ -209,7 +247,7 @@ fn resolve_base(
                     .hint("a recipe cannot be its own base, directly or through others: break the chain")
                     .into());
             }
-            let plan = resolve_at(path, options, stack)?;
+            let plan = resolve_at(path, options, hashes, stack)?;
             if let Some(p) = recipe
                 .platforms
                 .iter()

@@ -5,10 +5,23 @@ pub mod keys;
 
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::registry::Reference;
 use crate::registry::Registry;
 use crate::store::Store;
-use oci_client::Reference;
 use serde_json::Value;
+
+/// The digest a reference names: its own, or the one its tag points at now.
+pub fn digest_of(registry: &Registry, r: &Reference) -> Result<Digest, Error> {
+    match r.digest() {
+        Some(d) => d.parse().map_err(|e: crate::digest::BadDigest| {
+            Error::invalid(
+                format!("`{}`: {e}", r.whole()),
+                Some("write the digest as `sha256:` and 64 lowercase hex digits".into()),
+            )
+        }),
+        None => registry.resolve(r),
+    }
+}
 
 /// Signs `digest` (and with `recursive`, the manifests of an index) in `image`'s repository.
 pub fn sign_all(

@@ -23,41 +23,145 @@ use crate::plan::{Content, DirMap, DirMeta, Entry, EntryKind, LayerPlan};
 use crate::recipe::{expand_src, LayerSection, Mode, Platform, Recipe, TreeItem};
 use crate::store::stat_cache::StatCache;
 
-/// Plans one layer of `recipe`.
-///
-/// `below` holds the directories of the layers underneath (the base's and
-/// this recipe's earlier layers): a parent directory this layer must
-/// include keeps the mode and owner it has there, so that adding
-/// `/tmp/x` does not reset `/tmp`'s 1777.
-pub fn plan_layer(
+/// A layer's own entries, as the recipe names them for one platform:
+/// everything but the packages and the parent directories the layers
+/// below decide. Every host file is named by its content's digest.
+#[derive(Debug, Clone)]
+pub struct LocalLayer {
+    /// The recipe's name for the layer.
+    name: Option<String>,
+    /// Entries by path, with the span of the recipe item that made each.
+    entries: BTreeMap<String, (Entry, Range<usize>)>,
+    /// Host files with several links (see [`LayerBuilder`]).
+    links: HashMap<(u64, u64, u32, u32, u32), Vec<String>>,
+    /// Tree roots added as implied directories: a lower layer's directory
+    /// there decides their mode and owner.
+    implied: Vec<String>,
+    /// Where `packages` is written, for package entries.
+    packages_span: Range<usize>,
+}
+
+/// Plans the entries `section` names for `platform`, reading and hashing
+/// host files (through `hashes`, so unchanged files are not read again).
+pub fn plan_local(
     recipe: &Recipe,
     section: &LayerSection,
-    mtime: u64,
-    below: &DirMap,
     hashes: &StatCache,
     platform: &Platform,
-    packages: BTreeMap<String, (Entry, String)>,
-) -> Result<LayerPlan> {
+) -> Result<LocalLayer> {
     let mut b = LayerBuilder {
         recipe,
         platform,
-        below,
         hashes,
         entries: BTreeMap::new(),
         links: HashMap::new(),
+        implied: Vec::new(),
     };
     b.dirs(section)?;
     b.contents(section)?;
     b.symlinks(section)?;
     b.files(section)?;
     b.trees(section)?;
-    b.packages(section, packages);
-    Ok(LayerPlan::new(
-        section.name.clone(),
-        b.finish(),
-        recipe.compression,
-        mtime,
-    ))
+    Ok(LocalLayer {
+        name: section.name.clone(),
+        entries: b.entries,
+        links: b.links,
+        implied: b.implied,
+        packages_span: section.packages.first().map_or(0..0, |p| p.span()),
+    })
+}
+
+impl LocalLayer {
+    /// The host files the layer copies, by content.
+    pub fn host_files(&self) -> impl Iterator<Item = (&Path, &Digest)> {
+        self.entries.values().filter_map(|(e, _)| match &e.kind {
+            EntryKind::File {
+                content: Content::Host(path),
+                digest,
+                ..
+            } => Some((path.as_path(), digest)),
+            _ => None,
+        })
+    }
+
+    /// The whole layer: these entries over the packages' (a path the recipe
+    /// names wins over the package's: that is how recipes override a
+    /// config), later links to one host inode as tar hard links, and the
+    /// missing parent directories.
+    ///
+    /// `below` holds the directories of the layers underneath (the base's
+    /// and this recipe's earlier layers): a parent directory this layer must
+    /// include keeps the mode and owner it has there, so that adding
+    /// `/tmp/x` does not reset `/tmp`'s 1777.
+    pub fn finish(
+        mut self,
+        below: &DirMap,
+        packages: BTreeMap<String, (Entry, String)>,
+        compression: crate::recipe::Compression,
+        mtime: u64,
+    ) -> LayerPlan {
+        for root in &self.implied {
+            if let Some(m) = below.get(root) {
+                self.entries
+                    .get_mut(root)
+                    .expect("implied roots are entries")
+                    .0 = m.entry(root);
+            }
+        }
+        for (path, (entry, _)) in packages {
+            self.entries
+                .entry(path)
+                .or_insert_with(|| (entry, self.packages_span.clone()));
+        }
+        self.hard_links();
+        self.add_parents(below);
+        let entries = self.entries.into_values().map(|(e, _)| e).collect();
+        LayerPlan::new(self.name, entries, compression, mtime)
+    }
+
+    /// Turns later links to one host inode into tar hard links.
+    fn hard_links(&mut self) {
+        for paths in self.links.values() {
+            let mut paths = paths.clone();
+            paths.sort();
+            let first = &paths[0];
+            let first_digest = match &self.entries[first].0.kind {
+                EntryKind::File { digest, .. } => digest.clone(),
+                _ => continue,
+            };
+            for other in &paths[1..] {
+                let (entry, _) = self
+                    .entries
+                    .get_mut(other)
+                    .expect("linked paths are entries");
+                if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
+                {
+                    entry.kind = EntryKind::HardLink {
+                        target: first.clone(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Adds the missing parent directories, as `below` has them or 0755 root.
+    fn add_parents(&mut self, below: &DirMap) {
+        let mut parents = Vec::new();
+        for path in self.entries.keys() {
+            let mut p = path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !self.entries.contains_key(parent) {
+                    parents.push(parent.to_string());
+                }
+                p = parent;
+            }
+        }
+        for parent in parents {
+            let meta = below.get(&parent).copied().unwrap_or(DirMeta::DEFAULT);
+            let dir = meta.entry(&parent);
+            self.entries.entry(parent).or_insert((dir, 0..0));
+        }
+    }
 }
 
 fn mode_or(mode: Option<Mode>, default: u32) -> u32 {
@@ -75,7 +179,6 @@ fn join(dir: &str, name: &str) -> String {
 struct LayerBuilder<'a> {
     recipe: &'a Recipe,
     platform: &'a Platform,
-    below: &'a DirMap,
     hashes: &'a StatCache,
     /// Explicit entries by path, with the span of the recipe item that made each.
     entries: BTreeMap<String, (Entry, Range<usize>)>,
@@ -83,6 +186,8 @@ struct LayerBuilder<'a> {
     /// in this layer: paths share a tar hard link only if their metadata in
     /// the image is the same too.
     links: HashMap<(u64, u64, u32, u32, u32), Vec<String>>,
+    /// Tree roots added as implied directories.
+    implied: Vec<String>,
 }
 
 impl LayerBuilder<'_> {
@@ -212,18 +317,6 @@ impl LayerBuilder<'_> {
         Ok(())
     }
 
-    /// Package files, under the recipe's own entries.
-    fn packages(&mut self, section: &LayerSection, packages: BTreeMap<String, (Entry, String)>) {
-        // Package files go under the recipe's own entries: a path the recipe
-        // names wins over the package's (that is how recipes override a config).
-        let packages_span = section.packages.first().map_or(0..0, |p| p.span());
-        for (path, (entry, _)) in packages {
-            self.entries
-                .entry(path)
-                .or_insert_with(|| (entry, packages_span.clone()));
-        }
-    }
-
     fn error(&self, at: &Spanned<String>, message: impl Into<String>) -> Diagnostic {
         self.recipe.source.error(at.span(), message)
     }
@@ -327,16 +420,14 @@ impl LayerBuilder<'_> {
         // The tree's root directory is implied, like a parent: an explicit
         // `dirs` entry or a lower layer decides its mode.
         if !dest.is_empty() && !self.entries.contains_key(&dest) {
-            let dir = match self.below.get(&dest) {
-                Some(m) => m.entry(&dest),
-                None => DirMeta {
-                    mode: 0o755,
-                    uid,
-                    gid,
-                }
-                .entry(&dest),
-            };
+            let dir = DirMeta {
+                mode: 0o755,
+                uid,
+                gid,
+            }
+            .entry(&dest);
             self.entries.insert(dest.clone(), (dir, span.clone()));
+            self.implied.push(dest.clone());
         }
         let mut symlinks = BTreeMap::new();
         let mut walk = walkdir::WalkDir::new(&root).min_depth(1).into_iter();
@@ -448,48 +539,6 @@ impl LayerBuilder<'_> {
             .hint("fix the links so that they end at a file or directory, or add them to `exclude`")
         })?;
         Ok(())
-    }
-
-    /// Turns later links to one host inode into tar hard links, adds missing
-    /// parent directories, and returns the entries in path order.
-    fn finish(mut self) -> Vec<Entry> {
-        for paths in self.links.values() {
-            let mut paths = paths.clone();
-            paths.sort();
-            let first = &paths[0];
-            let first_digest = match &self.entries[first].0.kind {
-                EntryKind::File { digest, .. } => digest.clone(),
-                _ => continue,
-            };
-            for other in &paths[1..] {
-                let (entry, _) = self
-                    .entries
-                    .get_mut(other)
-                    .expect("linked paths are entries");
-                if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
-                {
-                    entry.kind = EntryKind::HardLink {
-                        target: first.clone(),
-                    };
-                }
-            }
-        }
-        let mut parents = Vec::new();
-        for path in self.entries.keys() {
-            let mut p = path.as_str();
-            while let Some((parent, _)) = p.rsplit_once('/') {
-                if !self.entries.contains_key(parent) {
-                    parents.push(parent.to_string());
-                }
-                p = parent;
-            }
-        }
-        for parent in parents {
-            let meta = self.below.get(&parent).copied().unwrap_or(DirMeta::DEFAULT);
-            let dir = meta.entry(&parent);
-            self.entries.entry(parent).or_insert((dir, 0..0));
-        }
-        self.entries.into_values().map(|(e, _)| e).collect()
     }
 }
 
