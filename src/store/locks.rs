@@ -52,7 +52,7 @@ pub fn process_token(root: &Path) -> Result<String> {
     if let Some(h) = held.get(root) {
         return Ok(h.token.clone());
     }
-    let dir = root.join("locks");
+    let dir = root.join(super::LOCKS);
     fs::create_dir_all(&dir).at("create", &dir)?;
     let token = format!("{}x{:08x}", std::process::id(), rand_u32());
     let tmp = tempfile::Builder::new()
@@ -81,7 +81,7 @@ pub fn release() {
     let Some(held) = HELD.get() else { return };
     let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
     for (root, h) in held.drain() {
-        let _ = fs::remove_file(root.join("locks").join(&h.token));
+        let _ = fs::remove_file(root.join(super::LOCKS).join(&h.token));
     }
 }
 
@@ -143,7 +143,7 @@ pub struct Reclaimed {
 /// directory of the store that kiln writes temporary files into.
 pub fn reclaim(root: &Path) -> Result<Reclaimed> {
     let mut live = Liveness {
-        dir: root.join("locks"),
+        dir: root.join(super::LOCKS),
         known: HashMap::new(),
         dead: Vec::new(),
     };
@@ -155,7 +155,8 @@ pub fn reclaim(root: &Path) -> Result<Reclaimed> {
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > LEGACY_AGE)
     };
-    for sub in ["tmp", "layers", "dirs", "debs", ""] {
+    // Every directory of the store that kiln writes temporary files into.
+    for sub in [super::TMP, super::LAYERS, super::DIRS, super::DEBS, ""] {
         let dir = if sub.is_empty() {
             root.to_path_buf()
         } else {
@@ -205,8 +206,8 @@ pub fn reclaim(root: &Path) -> Result<Reclaimed> {
 /// Names that kiln's temporary files had before they carried a writer's token.
 fn legacy_temp(sub: &str, name: &str) -> bool {
     match sub {
-        "tmp" => name.starts_with("blob-") || name.starts_with(".tmp"),
-        "layers" => name.starts_with(".layer-"),
+        super::TMP => name.starts_with("blob-") || name.starts_with(".tmp"),
+        super::LAYERS => name.starts_with(".layer-"),
         _ => name.starts_with(".tmp") || name.starts_with(".kiln-"),
     }
 }
@@ -248,7 +249,7 @@ pub fn open_lock_file(path: &Path) -> Result<File> {
 
 /// The lock that orders users of blobs against their removers.
 pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
-    let path = root.join("gc.lock");
+    let path = root.join(super::GC_LOCK);
     let file = open_lock_file(&path)?;
     if exclusive {
         file.lock().at("lock", &path)?;
@@ -262,7 +263,7 @@ pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
 /// mtime): whatever was used since may belong to a running build.
 pub fn oldest_live_start(root: &Path) -> SystemTime {
     let mut oldest = SystemTime::now();
-    let dir = root.join("locks");
+    let dir = root.join(super::LOCKS);
     for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;

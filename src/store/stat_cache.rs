@@ -92,7 +92,7 @@ impl StatCache {
     pub fn of_store(store: &super::Store) -> StatCache {
         StatCache {
             tmp_prefix: store.temp_prefix(),
-            ..StatCache::load(store.root().join("stat-cache"))
+            ..StatCache::load(store.stat_cache_path())
         }
     }
 
