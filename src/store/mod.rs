@@ -16,14 +16,13 @@
 //! ```
 //!
 //! The store owns every one of these names: other modules ask it for a path
-//! ([`Store::blob_path`], [`Store::dirs_cache_path`],
-//! [`Store::deb_contents_path`], [`Store::temp_file_beside`],
-//! [`Store::temp_dir`]) rather than join names onto its root. `dirs/` and
-//! `debs/` are caches derived from blobs: `kiln store prune` removes the
-//! entries whose blob it removed, and the next use rebuilds any that is
-//! missing or unreadable. `blobs/sha256/` has the shape of an OCI image
-//! layout's, so the store can be read as a layout of the images pulled into
-//! it.
+//! ([`Store::blob_path`], `dirs_cache_path`, `deb_contents_path`,
+//! `temp_file_beside`, [`Store::temp_dir`]) rather than join names onto its
+//! root. `dirs/` and `debs/` are caches derived from blobs: `kiln store
+//! prune` removes the entries whose blob it removed, and the next use
+//! rebuilds any that is missing or unreadable. `blobs/sha256/` has the shape
+//! of an OCI image layout's, so the store can be read as a layout of the
+//! images pulled into it.
 //!
 //! A blob is written to a temporary file in `tmp/`, hashed while written,
 //! fsynced, then renamed into place, so a name never lies about its content
