@@ -5,7 +5,7 @@
 //! file or directory it writes into the store is named
 //! `.kiln-tmp-<token>-<random>`. A lock that can be taken means its process
 //! is gone (the kernel drops a lock when its holder dies, even by SIGKILL),
-//! so its temporary files are debris: [`reclaim`] removes them. A lock that
+//! so its temporary files are debris: `reclaim` removes them. A lock that
 //! cannot be taken means "don't touch".
 //!
 //! A lock file becomes visible only once it is locked (it is created under a
@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, IoContext, Result};
 
 /// The prefix of every temporary name kiln writes into a store.
-pub const TMP_PREFIX: &str = ".kiln-tmp-";
+pub(super) const TMP_PREFIX: &str = ".kiln-tmp-";
 
 /// Temporary names of kiln versions before per-process locks; these are
 /// removed only when older than this, since no lock says whether their writer lives.
@@ -44,7 +44,7 @@ struct Held {
 }
 
 /// Takes (once per process and store) this process's lock; returns its token.
-pub fn process_token(root: &Path) -> Result<String> {
+pub(super) fn process_token(root: &Path) -> Result<String> {
     let mut held = HELD
         .get_or_init(Default::default)
         .lock()
@@ -132,7 +132,7 @@ impl Liveness {
 
 /// What [`reclaim`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Reclaimed {
+pub(super) struct Reclaimed {
     /// Temporary files and directories removed.
     pub entries: u64,
     /// Their size in bytes.
@@ -141,7 +141,7 @@ pub struct Reclaimed {
 
 /// Removes the temporary files of writers that are gone, from every
 /// directory of the store that kiln writes temporary files into.
-pub fn reclaim(root: &Path) -> Result<Reclaimed> {
+pub(super) fn reclaim(root: &Path) -> Result<Reclaimed> {
     let mut live = Liveness {
         dir: root.join(super::LOCKS),
         known: HashMap::new(),
@@ -248,7 +248,7 @@ pub fn open_lock_file(path: &Path) -> Result<File> {
 }
 
 /// The lock that orders users of blobs against their removers.
-pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
+pub(super) fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
     let path = root.join(super::GC_LOCK);
     let file = open_lock_file(&path)?;
     if exclusive {
@@ -261,7 +261,7 @@ pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
 
 /// When the oldest live kiln process of this store started (its lock file's
 /// mtime): whatever was used since may belong to a running build.
-pub fn oldest_live_start(root: &Path) -> SystemTime {
+pub(super) fn oldest_live_start(root: &Path) -> SystemTime {
     let mut oldest = SystemTime::now();
     let dir = root.join(super::LOCKS);
     for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
+use crate::files::sync_dir;
 
 // The names under the root (see the module docs); paths are built from these
 // here and in `locks` and `maintain`, nowhere else.
@@ -348,12 +349,12 @@ impl Store {
     ///
     /// Done under the shared `gc.lock`, so a concurrent `prune` either saw
     /// this use or removed the blob first (and then this says false).
-    pub fn claim(&self, digest: &Digest) -> Result<bool> {
+    fn claim(&self, digest: &Digest) -> Result<bool> {
         self.claim_all([digest])
     }
 
-    /// [`Store::claim`]s every one of `digests` under one hold of the lock;
-    /// false as soon as one is missing.
+    /// Marks every one of `digests` as used now (for `prune`), under one
+    /// hold of the shared `gc.lock`; false as soon as one is missing.
     pub fn claim_all<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> Result<bool> {
         let _gc = locks::gc_lock(&self.root, false)?;
         for digest in digests {
@@ -421,7 +422,7 @@ impl Store {
     /// The digest of the open file at `path`, which should be `expected`:
     /// read and hashed, unless `blob-stamps` says it was hashed to
     /// `expected` before and has not changed since (same inode, size and
-    /// mtime; see [`stat_cache::StatCache::for_blobs`]). For blob files
+    /// mtime; see `StatCache::for_blobs`). For blob files
     /// kiln wrote: store blobs, and blobs of a previous output.
     pub fn hash_of(&self, file: File, path: &Path, expected: &Digest) -> Result<Digest> {
         let meta = file.metadata().at("stat", path)?;
@@ -466,7 +467,7 @@ impl Store {
 
     /// Removes a blob judged damaged, unless it has been replaced since
     /// (another process may have healed it: a new file has a new inode).
-    pub fn remove_damaged(&self, digest: &Digest, ino: u64) -> Result<bool> {
+    fn remove_damaged(&self, digest: &Digest, ino: u64) -> Result<bool> {
         let _gc = locks::gc_lock(&self.root, true)?;
         let path = self.blob_path(digest);
         match fs::symlink_metadata(&path) {
@@ -587,5 +588,3 @@ impl BlobWriter {
         Ok((digest, len))
     }
 }
-
-pub use crate::files::sync_dir;
