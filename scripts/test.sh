@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kiln's test command: installs what the tests need when it is missing, then
-# runs the formatting check, clippy and every test. Run it from anywhere, as
+# runs the formatting check, the stage-order check (scripts/check-stages.py),
+# clippy and every test. Run it from anywhere, as
 # root (the tests unpack images with umoci and run them with runc).
 #
 #   scripts/test.sh                      # everything
@@ -171,7 +172,14 @@ step() {
     if [ "$rc" -eq 0 ]; then RESULTS+=(ok); else RESULTS+=("FAILED (exit $rc)"); fi
 }
 
+# The stage order (ARCHITECTURE.md): the checker first proves on a tiny fake
+# tree that it catches an upward import, then checks src/.
+check_stages() {
+    python3 scripts/check-stages.py --self-test && python3 scripts/check-stages.py
+}
+
 step fmt cargo fmt --all -- --check
+step stages check_stages
 step clippy cargo clippy --all-targets -- -D warnings
 step test cargo test --no-fail-fast "$@"
 

@@ -3,8 +3,12 @@
 //! The pipeline runs one way, one module per stage: [`recipe`] (parse) →
 //! [`source`] (read inputs into a [`plan`]) → [`layer`] (tar + compress into
 //! the [`store`]) → [`image`] (config, manifest, index) → [`export`] (OCI
-//! layout or archive). [`build`] runs the whole pipeline for one recipe;
-//! [`inspect`] reads a layout back.
+//! layout or archive). [`pipeline`] runs the whole pipeline for one recipe;
+//! [`inspect`] reads a layout back. `ARCHITECTURE.md` gives the stage order.
+
+// Stages return values and errors; only the binary prints or exits.
+#![forbid(unsafe_code)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod attest;
 pub mod beneath;

@@ -1,6 +1,8 @@
 //! The `kiln` binary: parses arguments and dispatches to one file per
 //! subcommand under `cli/`. All logic lives in the library.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use clap::Parser;

@@ -57,7 +57,7 @@ pub fn run(args: Args) -> Result<(), Error> {
                 Err(Error::verification(
                     format!(
                         "the store at `{}` held {} damaged item(s); they were removed",
-                        store.root().display(),
+                        kiln::store::Store::default_root()?.display(),
                         report.damaged.len()
                     ),
                     "builds make removed blobs again; check the disk if this recurs",

@@ -12,7 +12,7 @@
 //! whole. Whoever holds the lock knows that any `.NAME.kiln-tmp-*` or
 //! `.NAME.kiln-old-*` beside it was left by a writer that died, and removes
 //! it; so are those of other outputs in the same directory whose lock is
-//! free (see [`lock`]).
+//! free (see `export::lock`).
 
 pub mod archive;
 pub mod cpio;

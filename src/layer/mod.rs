@@ -64,7 +64,7 @@ impl From<io::Error> for EntryError {
 }
 
 fn io_err(store: &Store, e: io::Error) -> Error {
-    Error::io("write a layer into", store.root().join("tmp"), e)
+    Error::io("write a layer into", store.tmp_dir(), e)
 }
 
 fn write_entry<W: Write>(

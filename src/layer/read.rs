@@ -24,11 +24,7 @@ use crate::store::{LayerRecord, Store};
 ///
 /// Refuses a layer with an entry that [`layer_path`] refuses.
 pub fn add_layer_dirs(store: &Store, layer: &LayerRecord, map: &mut DirMap) -> Result<()> {
-    // `.v2`: layers cached before entries were checked are scanned again.
-    let cache = store
-        .root()
-        .join("dirs")
-        .join(format!("{}.v2.json", layer.digest.hex()));
+    let cache = store.dirs_cache_path(&layer.digest);
     let dirs: DirMap = match fs::read(&cache)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -36,7 +32,7 @@ pub fn add_layer_dirs(store: &Store, layer: &LayerRecord, map: &mut DirMap) -> R
         Some(d) => d,
         None => {
             let d = scan(store, layer)?;
-            let mut tmp = store.temp_file_in(&store.root().join("dirs"))?;
+            let mut tmp = store.temp_file_beside(&cache)?;
             serde_json::to_writer(&mut tmp, &d)
                 .map_err(|e| Error::io("write", &cache, e.into()))?;
             crate::files::rename_into(tmp, &cache)?;

@@ -72,7 +72,8 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Writes the header blocks of one entry (and its PAX record if needed).
-    /// For a file, the caller then writes exactly `size` bytes with [`Self::write_data`].
+    /// For a file, the caller then writes exactly `size` bytes to [`Self::data`]
+    /// and ends them with [`Self::pad`].
     pub fn header(&mut self, h: &Header<'_>) -> io::Result<()> {
         let mut name = h.path.to_string();
         if h.kind == Kind::Dir {

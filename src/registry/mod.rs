@@ -1,5 +1,5 @@
 //! Stage 7, distribute: push and pull images by digest, speaking the
-//! distribution API over reqwest ([`http`]); oci-client parses references.
+//! distribution API over reqwest (`http`); oci-client parses references.
 //!
 //! Everything goes through the store: a push reads blobs from it, a pull
 //! writes verified blobs into it before any output is written. Pushes send
@@ -8,7 +8,7 @@
 //! tags. Transient failures (connection errors, cut answers, 408, 429, 5xx)
 //! are retried after `Retry-After` or a backoff, within a bounded number of
 //! attempts and time; an interrupted upload resumes from the offset the
-//! registry reports ([`upload`]); blobs that already arrived are not sent
+//! registry reports (`upload`); blobs that already arrived are not sent
 //! again on a re-run. Every digest mismatch is [`Error::DigestMismatch`].
 
 pub mod auth;

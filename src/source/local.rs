@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -607,11 +607,6 @@ fn resolve_within(link: &str, target: &str) -> Option<String> {
         }
     }
     Some(parts.join("/"))
-}
-
-/// The host path a recipe names (relative to the recipe's directory).
-pub fn host_path(recipe: &Recipe, src: &str) -> PathBuf {
-    recipe.dir.join(src)
 }
 
 #[cfg(test)]

@@ -1,3 +1,7 @@
+//! Inputs, verified into the store: files and trees from the host
+//! ([`local`]), OCI image layouts and archives ([`layout`]), and Debian
+//! archives and their packages ([`deb`]).
+
 pub mod deb;
 pub mod layout;
 pub mod local;

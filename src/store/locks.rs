@@ -5,7 +5,7 @@
 //! file or directory it writes into the store is named
 //! `.kiln-tmp-<token>-<random>`. A lock that can be taken means its process
 //! is gone (the kernel drops a lock when its holder dies, even by SIGKILL),
-//! so its temporary files are debris: [`reclaim`] removes them. A lock that
+//! so its temporary files are debris: `reclaim` removes them. A lock that
 //! cannot be taken means "don't touch".
 //!
 //! A lock file becomes visible only once it is locked (it is created under a
@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::{Error, IoContext, Result};
 
 /// The prefix of every temporary name kiln writes into a store.
-pub const TMP_PREFIX: &str = ".kiln-tmp-";
+pub(super) const TMP_PREFIX: &str = ".kiln-tmp-";
 
 /// Temporary names of kiln versions before per-process locks; these are
 /// removed only when older than this, since no lock says whether their writer lives.
@@ -44,7 +44,7 @@ struct Held {
 }
 
 /// Takes (once per process and store) this process's lock; returns its token.
-pub fn process_token(root: &Path) -> Result<String> {
+pub(super) fn process_token(root: &Path) -> Result<String> {
     let mut held = HELD
         .get_or_init(Default::default)
         .lock()
@@ -52,7 +52,7 @@ pub fn process_token(root: &Path) -> Result<String> {
     if let Some(h) = held.get(root) {
         return Ok(h.token.clone());
     }
-    let dir = root.join("locks");
+    let dir = root.join(super::LOCKS);
     fs::create_dir_all(&dir).at("create", &dir)?;
     let token = format!("{}x{:08x}", std::process::id(), rand_u32());
     let tmp = tempfile::Builder::new()
@@ -81,7 +81,7 @@ pub fn release() {
     let Some(held) = HELD.get() else { return };
     let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
     for (root, h) in held.drain() {
-        let _ = fs::remove_file(root.join("locks").join(&h.token));
+        let _ = fs::remove_file(root.join(super::LOCKS).join(&h.token));
     }
 }
 
@@ -132,7 +132,7 @@ impl Liveness {
 
 /// What [`reclaim`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Reclaimed {
+pub(super) struct Reclaimed {
     /// Temporary files and directories removed.
     pub entries: u64,
     /// Their size in bytes.
@@ -141,9 +141,9 @@ pub struct Reclaimed {
 
 /// Removes the temporary files of writers that are gone, from every
 /// directory of the store that kiln writes temporary files into.
-pub fn reclaim(root: &Path) -> Result<Reclaimed> {
+pub(super) fn reclaim(root: &Path) -> Result<Reclaimed> {
     let mut live = Liveness {
-        dir: root.join("locks"),
+        dir: root.join(super::LOCKS),
         known: HashMap::new(),
         dead: Vec::new(),
     };
@@ -155,7 +155,8 @@ pub fn reclaim(root: &Path) -> Result<Reclaimed> {
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > LEGACY_AGE)
     };
-    for sub in ["tmp", "layers", "dirs", "debs", ""] {
+    // Every directory of the store that kiln writes temporary files into.
+    for sub in [super::TMP, super::LAYERS, super::DIRS, super::DEBS, ""] {
         let dir = if sub.is_empty() {
             root.to_path_buf()
         } else {
@@ -205,8 +206,8 @@ pub fn reclaim(root: &Path) -> Result<Reclaimed> {
 /// Names that kiln's temporary files had before they carried a writer's token.
 fn legacy_temp(sub: &str, name: &str) -> bool {
     match sub {
-        "tmp" => name.starts_with("blob-") || name.starts_with(".tmp"),
-        "layers" => name.starts_with(".layer-"),
+        super::TMP => name.starts_with("blob-") || name.starts_with(".tmp"),
+        super::LAYERS => name.starts_with(".layer-"),
         _ => name.starts_with(".tmp") || name.starts_with(".kiln-"),
     }
 }
@@ -247,8 +248,8 @@ pub fn open_lock_file(path: &Path) -> Result<File> {
 }
 
 /// The lock that orders users of blobs against their removers.
-pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
-    let path = root.join("gc.lock");
+pub(super) fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
+    let path = root.join(super::GC_LOCK);
     let file = open_lock_file(&path)?;
     if exclusive {
         file.lock().at("lock", &path)?;
@@ -260,9 +261,9 @@ pub fn gc_lock(root: &Path, exclusive: bool) -> Result<File> {
 
 /// When the oldest live kiln process of this store started (its lock file's
 /// mtime): whatever was used since may belong to a running build.
-pub fn oldest_live_start(root: &Path) -> SystemTime {
+pub(super) fn oldest_live_start(root: &Path) -> SystemTime {
     let mut oldest = SystemTime::now();
-    let dir = root.join("locks");
+    let dir = root.join(super::LOCKS);
     for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;

@@ -83,7 +83,7 @@ struct BlobEntry {
 
 impl Store {
     fn list_blobs(&self) -> Result<Vec<BlobEntry>> {
-        let dir = self.root().join("blobs").join("sha256");
+        let dir = self.blobs_dir();
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).at("list", &dir)? {
             let entry = entry.at("list", &dir)?;
@@ -129,7 +129,7 @@ impl Store {
                 });
             }
         }
-        let dir = self.root().join("layers");
+        let dir = self.layers_dir();
         for (path, _) in json_files(&dir)? {
             report.layer_records += 1;
             let record = fs::read(&path)
@@ -239,7 +239,7 @@ impl Store {
     /// Removes layer records, directory and package caches whose blob is gone.
     fn drop_orphan_caches(&self) -> Result<u64> {
         let mut removed = 0;
-        for (path, _) in json_files(&self.root().join("layers"))? {
+        for (path, _) in json_files(&self.layers_dir())? {
             // Records are renamed into place whole, so an unreadable one is debris.
             let gone = fs::read(&path)
                 .ok()
@@ -249,7 +249,7 @@ impl Store {
                 removed += 1;
             }
         }
-        for (sub, prefix) in [("dirs", ""), ("debs", "v2-")] {
+        for (sub, prefix) in [(super::DIRS, ""), (super::DEBS, super::DEBS_PREFIX)] {
             for (path, stem) in json_files(&self.root().join(sub))? {
                 // `dirs/<hex>.v2.json`, `debs/v2-<hex>.json`: the hex alone.
                 let hex = stem.strip_prefix(prefix).unwrap_or(&stem);
@@ -335,6 +335,7 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn ages_and_sizes_parse() {
@@ -346,6 +347,53 @@ mod tests {
         assert_eq!(parse_size("500MiB"), Ok(500 << 20));
         assert_eq!(parse_size("123"), Ok(123));
         assert!(parse_size("5X").is_err());
+    }
+
+    #[test]
+    fn the_store_names_its_caches_as_its_docs_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = Digest::of(b"x");
+        let hex = d.hex();
+        let under = |p: PathBuf| p.strip_prefix(dir.path()).unwrap().to_path_buf();
+        assert_eq!(
+            under(store.blob_path(&d)),
+            Path::new(&format!("blobs/sha256/{hex}"))
+        );
+        assert_eq!(
+            under(store.layer_index_path(&d)),
+            Path::new(&format!("layers/{hex}.json"))
+        );
+        assert_eq!(
+            under(store.dirs_cache_path(&d)),
+            Path::new(&format!("dirs/{hex}.v2.json"))
+        );
+        assert_eq!(
+            under(store.deb_contents_path(&d)),
+            Path::new(&format!("debs/v2-{hex}.json"))
+        );
+        assert_eq!(under(store.stat_cache_path()), Path::new("stat-cache"));
+        assert_eq!(under(store.blob_stamps_path()), Path::new("blob-stamps"));
+        assert_eq!(under(store.tmp_dir()), Path::new("tmp"));
+    }
+
+    #[test]
+    fn prune_drops_the_caches_of_the_blobs_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = store.put_bytes(b"kept").unwrap();
+        let gone = store.put_bytes(b"gone").unwrap();
+        let caches = |d: &Digest| [store.dirs_cache_path(d), store.deb_contents_path(d)];
+        for path in caches(&kept).iter().chain(&caches(&gone)) {
+            let mut tmp = store.temp_file_beside(path).unwrap();
+            tmp.write_all(b"{}").unwrap();
+            tmp.persist(path).unwrap();
+        }
+        fs::remove_file(store.blob_path(&gone)).unwrap();
+        let report = store.prune(&PruneOptions::default()).unwrap();
+        assert_eq!(report.records_removed, 2);
+        assert!(caches(&kept).iter().all(|p| p.exists()));
+        assert!(!caches(&gone).iter().any(|p| p.exists()));
     }
 
     #[test]

@@ -6,10 +6,23 @@
 //! ```text
 //! blobs/sha256/<hex>     every blob kiln has built or imported
 //! layers/<hex>.json      layer cache: input digest → built layer
-//! tmp/                   blobs being written
+//! dirs/<hex>.v2.json     the directories a layer blob holds (by blob digest)
+//! debs/v2-<hex>.json     a .deb blob's control data and file list
+//! stat-cache             digests of host input files, by inode and times
+//! blob-stamps            blobs known intact, by inode and times
+//! tmp/                   blobs and work directories being written
 //! locks/<token>          one lock file per live kiln process
 //! gc.lock                orders users of blobs against `prune`
 //! ```
+//!
+//! The store owns every one of these names: other modules ask it for a path
+//! ([`Store::blob_path`], `dirs_cache_path`, `deb_contents_path`,
+//! `temp_file_beside`, [`Store::temp_dir`]) rather than join names onto its
+//! root. `dirs/` and `debs/` are caches derived from blobs: `kiln store
+//! prune` removes the entries whose blob it removed, and the next use
+//! rebuilds any that is missing or unreadable. `blobs/sha256/` has the shape
+//! of an OCI image layout's, so the store can be read as a layout of the
+//! images pulled into it.
 //!
 //! A blob is written to a temporary file in `tmp/`, hashed while written,
 //! fsynced, then renamed into place, so a name never lies about its content
@@ -37,6 +50,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
+use crate::files::sync_dir;
+
+// The names under the root (see the module docs); paths are built from these
+// here and in `locks` and `maintain`, nowhere else.
+const BLOBS: &str = "blobs/sha256";
+const LAYERS: &str = "layers";
+const DIRS: &str = "dirs";
+const DEBS: &str = "debs";
+const TMP: &str = "tmp";
+const LOCKS: &str = "locks";
+const GC_LOCK: &str = "gc.lock";
+const STAT_CACHE: &str = "stat-cache";
+const BLOB_STAMPS: &str = "blob-stamps";
+/// The prefix of `debs/` entries (`v2-<hex>.json`) and the suffix of `dirs/`
+/// ones (`<hex>.v2.json`): bumped when what they record changes (`v2`: the
+/// entries are checked), so entries cached before are read again.
+const DEBS_PREFIX: &str = "v2-";
+const DIRS_SUFFIX: &str = ".v2.json";
 
 /// A content-addressed blob store rooted at a directory.
 #[derive(Debug, Clone)]
@@ -104,7 +135,7 @@ impl Store {
     /// lock in it and removes the temporary files of writers that are gone.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for sub in ["blobs/sha256", "layers", "tmp"] {
+        for sub in [BLOBS, LAYERS, TMP] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).at("create", &dir)?;
         }
@@ -131,9 +162,15 @@ impl Store {
         }
     }
 
+    /// A temporary file beside `dest` (a path the store named), to be renamed
+    /// onto it; it is reclaimed if this process dies before that.
+    pub(crate) fn temp_file_beside(&self, dest: &Path) -> Result<tempfile::NamedTempFile> {
+        self.temp_file_in(&crate::files::parent_of(dest))
+    }
+
     /// A temporary file in `dir` (inside the store), named so that it is
     /// reclaimed if this process dies before persisting it.
-    pub fn temp_file_in(&self, dir: &Path) -> Result<tempfile::NamedTempFile> {
+    fn temp_file_in(&self, dir: &Path) -> Result<tempfile::NamedTempFile> {
         fs::create_dir_all(dir).at("create", dir)?;
         tempfile::Builder::new()
             .prefix(&self.temp_prefix())
@@ -143,7 +180,7 @@ impl Store {
 
     /// A temporary directory in the store's `tmp/`, reclaimed like temporary files.
     pub fn temp_dir(&self) -> Result<tempfile::TempDir> {
-        let dir = self.root.join("tmp");
+        let dir = self.tmp_dir();
         tempfile::Builder::new()
             .prefix(&self.temp_prefix())
             .tempdir_in(&dir)
@@ -172,14 +209,61 @@ impl Store {
         ))
     }
 
-    /// The store's root directory.
-    pub fn root(&self) -> &Path {
+    /// The store's root directory: for messages, and for reading the store
+    /// as an OCI layout. Paths under it come from the methods below.
+    pub(crate) fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `blobs/sha256/`: every blob.
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join(BLOBS)
     }
 
     /// Where the blob named `digest` lives (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join("sha256").join(digest.hex())
+        self.blobs_dir().join(digest.hex())
+    }
+
+    /// `tmp/`: where blobs and work directories are written.
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP)
+    }
+
+    /// `layers/`: the layer cache.
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join(LAYERS)
+    }
+
+    /// Where the layer cache records the layer built from input `input`.
+    fn layer_index_path(&self, input: &Digest) -> PathBuf {
+        self.layers_dir().join(format!("{}.json", input.hex()))
+    }
+
+    /// `dirs/<hex>.v2.json`: the cached directories of the layer blob
+    /// `layer` (written by `layer::read`), removed by `prune` with the blob.
+    pub(crate) fn dirs_cache_path(&self, layer: &Digest) -> PathBuf {
+        self.root
+            .join(DIRS)
+            .join(format!("{}{DIRS_SUFFIX}", layer.hex()))
+    }
+
+    /// `debs/v2-<hex>.json`: the cached contents of the `.deb` blob `deb`
+    /// (written by `source::deb`), removed by `prune` with the blob.
+    pub(crate) fn deb_contents_path(&self, deb: &Digest) -> PathBuf {
+        self.root
+            .join(DEBS)
+            .join(format!("{DEBS_PREFIX}{}.json", deb.hex()))
+    }
+
+    /// `stat-cache`: digests of host input files (see [`stat_cache`]).
+    fn stat_cache_path(&self) -> PathBuf {
+        self.root.join(STAT_CACHE)
+    }
+
+    /// `blob-stamps`: blobs known intact (see [`Store::hash_of`]).
+    fn blob_stamps_path(&self) -> PathBuf {
+        self.root.join(BLOB_STAMPS)
     }
 
     /// Whether the store holds `digest`.
@@ -189,7 +273,7 @@ impl Store {
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
-        let file = self.temp_file_in(&self.root.join("tmp"))?;
+        let file = self.temp_file_in(&self.tmp_dir())?;
         Ok(BlobWriter {
             store: self.clone(),
             inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
@@ -203,7 +287,7 @@ impl Store {
             return Ok(digest);
         }
         let mut w = self.writer()?;
-        w.write_all(bytes).at("write", &self.root.join("tmp"))?;
+        w.write_all(bytes).at("write", &self.tmp_dir())?;
         let (got, _) = w.commit(Some(&digest))?;
         Ok(got)
     }
@@ -265,12 +349,12 @@ impl Store {
     ///
     /// Done under the shared `gc.lock`, so a concurrent `prune` either saw
     /// this use or removed the blob first (and then this says false).
-    pub fn claim(&self, digest: &Digest) -> Result<bool> {
+    fn claim(&self, digest: &Digest) -> Result<bool> {
         self.claim_all([digest])
     }
 
-    /// [`Store::claim`]s every one of `digests` under one hold of the lock;
-    /// false as soon as one is missing.
+    /// Marks every one of `digests` as used now (for `prune`), under one
+    /// hold of the shared `gc.lock`; false as soon as one is missing.
     pub fn claim_all<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) -> Result<bool> {
         let _gc = locks::gc_lock(&self.root, false)?;
         for digest in digests {
@@ -338,7 +422,7 @@ impl Store {
     /// The digest of the open file at `path`, which should be `expected`:
     /// read and hashed, unless `blob-stamps` says it was hashed to
     /// `expected` before and has not changed since (same inode, size and
-    /// mtime; see [`stat_cache::StatCache::for_blobs`]). For blob files
+    /// mtime; see `StatCache::for_blobs`). For blob files
     /// kiln wrote: store blobs, and blobs of a previous output.
     pub fn hash_of(&self, file: File, path: &Path, expected: &Digest) -> Result<Digest> {
         let meta = file.metadata().at("stat", path)?;
@@ -374,7 +458,7 @@ impl Store {
             .stamps
             .get_or_init(|| {
                 Stamps(stat_cache::StatCache::for_blobs(
-                    self.root.join("blob-stamps"),
+                    self.blob_stamps_path(),
                     self.temp_prefix(),
                 ))
             })
@@ -383,7 +467,7 @@ impl Store {
 
     /// Removes a blob judged damaged, unless it has been replaced since
     /// (another process may have healed it: a new file has a new inode).
-    pub fn remove_damaged(&self, digest: &Digest, ino: u64) -> Result<bool> {
+    fn remove_damaged(&self, digest: &Digest, ino: u64) -> Result<bool> {
         let _gc = locks::gc_lock(&self.root, true)?;
         let path = self.blob_path(digest);
         match fs::symlink_metadata(&path) {
@@ -398,16 +482,10 @@ impl Store {
     /// Records a built layer under its input digest (atomically).
     pub fn remember_layer(&self, input: &Digest, record: &LayerRecord) -> Result<()> {
         let path = self.layer_index_path(input);
-        let mut tmp = self.temp_file_in(&self.root.join("layers"))?;
+        let mut tmp = self.temp_file_beside(&path)?;
         let text = serde_json::to_vec(record).expect("layer records serialise");
         tmp.write_all(&text).at("write", tmp.path())?;
         crate::files::commit(tmp, &path)
-    }
-
-    fn layer_index_path(&self, input: &Digest) -> PathBuf {
-        self.root
-            .join("layers")
-            .join(format!("{}.json", input.hex()))
     }
 }
 
@@ -486,7 +564,7 @@ impl BlobWriter {
 
     fn commit_named(self, expected: Option<&Digest>, what: &str) -> Result<(Digest, u64)> {
         let (buf, digest, len) = self.inner.finish();
-        let tmp_dir = self.store.root.join("tmp");
+        let tmp_dir = self.store.tmp_dir();
         let file = buf
             .into_inner()
             .map_err(|e| Error::io("write", &tmp_dir, e.into_error()))?;
@@ -510,5 +588,3 @@ impl BlobWriter {
         Ok((digest, len))
     }
 }
-
-pub use crate::files::sync_dir;

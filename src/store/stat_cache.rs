@@ -57,7 +57,7 @@ pub struct StatCache {
 
 impl StatCache {
     /// Loads the cache file (a missing or damaged file is an empty cache).
-    pub fn load(path: PathBuf) -> StatCache {
+    fn load(path: PathBuf) -> StatCache {
         let mut map = HashMap::new();
         if let Ok(text) = fs::read_to_string(&path) {
             for line in text.lines() {
@@ -80,7 +80,7 @@ impl StatCache {
     /// while hard links to it, made and removed by every output written,
     /// move its change time without touching its content. A write to it
     /// still moves its mtime.
-    pub fn for_blobs(path: PathBuf, tmp_prefix: String) -> StatCache {
+    pub(super) fn for_blobs(path: PathBuf, tmp_prefix: String) -> StatCache {
         StatCache {
             tmp_prefix,
             with_ctime: false,
@@ -92,7 +92,7 @@ impl StatCache {
     pub fn of_store(store: &super::Store) -> StatCache {
         StatCache {
             tmp_prefix: store.temp_prefix(),
-            ..StatCache::load(store.root().join("stat-cache"))
+            ..StatCache::load(store.stat_cache_path())
         }
     }
 
@@ -127,7 +127,7 @@ impl StatCache {
     /// Records the digest of a file whose content kiln itself vouches for
     /// (a blob it just wrote whole, or whose time alone it just moved),
     /// however recent its change.
-    pub fn put_known(&self, meta: &fs::Metadata, digest: &Digest) {
+    pub(super) fn put_known(&self, meta: &fs::Metadata, digest: &Digest) {
         let mut guard = self.entries.lock().expect("no panics hold this lock");
         guard.0.insert(
             (meta.dev(), meta.ino()),
@@ -137,7 +137,7 @@ impl StatCache {
     }
 
     /// Forgets the files `ids` (device, inode) names.
-    pub fn forget(&self, ids: &std::collections::HashSet<(u64, u64)>) {
+    pub(super) fn forget(&self, ids: &std::collections::HashSet<(u64, u64)>) {
         let mut guard = self.entries.lock().expect("no panics hold this lock");
         let before = guard.0.len();
         guard.0.retain(|id, _| !ids.contains(id));

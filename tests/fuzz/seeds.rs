@@ -143,7 +143,7 @@ pub enum Ent<'a> {
 }
 
 /// A GNU tar of `entries` (long names through GNU long-name records).
-pub fn tar(entries: &[Ent]) -> Vec<u8> {
+pub fn tar(entries: &[Ent<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         let mut h = tar::Header::new_gnu();

@@ -95,10 +95,7 @@ fn bad(package: &str, why: impl std::fmt::Display) -> Error {
 
 /// Reads the `.deb` blob `digest` of `package` from the store (cached per digest).
 pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebContents> {
-    let cache = store
-        .root()
-        .join("debs")
-        .join(format!("v2-{}.json", digest.hex()));
+    let cache = store.deb_contents_path(digest);
     if let Some(c) = std::fs::read(&cache)
         .ok()
         .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
@@ -160,7 +157,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
         postinst,
         entries: entries.ok_or_else(|| bad(package, "no data.tar member"))?,
     };
-    let mut tmp = store.temp_file_in(&store.root().join("debs"))?;
+    let mut tmp = store.temp_file_beside(&cache)?;
     tmp.write_all(&serde_json::to_vec(&contents).expect("serialisable"))
         .at("write", tmp.path())?;
     crate::files::rename_into(tmp, &cache)?;

@@ -71,11 +71,6 @@ impl<'a> Universe<'a> {
         Universe { by_name, providers }
     }
 
-    /// Whether a name is known at all (as a package or a virtual package).
-    pub fn knows(&self, name: &str) -> bool {
-        self.by_name.contains_key(name) || self.providers.contains_key(name)
-    }
-
     fn satisfied_by(&self, r: &Relation, chosen: &BTreeMap<String, &'a Package>) -> bool {
         if let Some(p) = chosen.get(&r.name) {
             if r.constraint
