@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use kiln::error::Error;
-use kiln::registry::{parse_reference, Registry};
+use kiln::registry::parse_reference;
 
 use super::registry_args::RegistryArgs;
 
@@ -24,9 +24,8 @@ pub fn run(args: Args) -> Result<(), Error> {
     let source = parse_reference(&args.source)?;
     let target = parse_reference(&args.destination)?;
     let store = super::open_store()?;
-    let registry = Registry::new(args.registry.options()?, &[&source, &target])?;
-    let top = registry.pull(&store, &source, None)?;
-    let report = registry.push(&store, &top, &target, std::slice::from_ref(&source))?;
+    let (digest, report) =
+        kiln::pipeline::copy(&store, args.registry.options()?, &source, &target)?;
     super::say(&format!(
         "copied  {} -> {} ({} blobs sent, {} already there, {} mounted)",
         source.whole(),
@@ -35,5 +34,5 @@ pub fn run(args: Args) -> Result<(), Error> {
         report.skipped,
         report.mounted
     ));
-    super::finish_digest(&top.digest.to_string(), args.digest_file.as_deref())
+    super::finish_digest(&digest, args.digest_file.as_deref())
 }

@@ -109,9 +109,12 @@ fn say(line: &str) {
 }
 
 /// Writes the digest file (if asked) and prints the digest as the last line of stdout.
-fn finish_digest(digest: &str, file: Option<&std::path::Path>) -> Result<(), Error> {
+fn finish_digest(
+    digest: &kiln::digest::Digest,
+    file: Option<&std::path::Path>,
+) -> Result<(), Error> {
     if let Some(file) = file {
-        kiln::files::write_atomic(file, format!("{digest}\n").as_bytes())?;
+        kiln::pipeline::write_digest_file(file, digest)?;
     }
     println!("{digest}");
     Ok(())

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use kiln::error::Error;
-use kiln::export::{self, Output};
-use kiln::registry::{parse_reference, Registry};
+use kiln::registry::parse_reference;
 
 use super::build::Format;
 use super::registry_args::RegistryArgs;
@@ -29,19 +28,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Error> {
     let source = parse_reference(&args.reference)?;
     let store = super::open_store()?;
-    let registry = Registry::new(args.registry.options()?, &[&source])?;
-    let top = registry.pull(&store, &source, None)?;
-    let tags: Vec<String> = source.tag().map(String::from).into_iter().collect();
-    let output = Output {
-        top: &top,
-        tags: &tags,
-        mtime: 0,
-    };
-    match (export::vm::from_artifact(&store, &top)?, args.format) {
-        (Some(bundle), _) => export::vm::write(&store, &bundle, &args.out)?,
-        (None, Format::OciLayout) => export::layout::write(&store, &output, &args.out)?,
-        (None, Format::OciArchive) => export::archive::write(&store, &output, &args.out)?,
-    }
+    let digest = kiln::pipeline::pull(
+        &store,
+        args.registry.options()?,
+        &source,
+        &args.out,
+        args.format.into(),
+    )?;
     super::say(&format!("wrote   {}", args.out.display()));
-    super::finish_digest(&top.digest.to_string(), args.digest_file.as_deref())
+    super::finish_digest(&digest, args.digest_file.as_deref())
 }

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use kiln::error::Error;
-use kiln::registry::{parse_reference, Registry};
-use kiln::source::layout::open_any_with;
+use kiln::registry::parse_reference;
 
 use super::registry_args::RegistryArgs;
 
@@ -24,10 +23,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Error> {
     let target = parse_reference(&args.reference)?;
     let store = super::open_store()?;
-    let (layout, _guard) = open_any_with(&args.source, || store.temp_dir())?;
-    let top = layout.import(&store)?;
-    let registry = Registry::new(args.registry.options()?, &[&target])?;
-    let report = registry.push(&store, &top, &target, &[])?;
+    let (digest, report) =
+        kiln::pipeline::push(&store, args.registry.options()?, &args.source, &target)?;
     super::say(&format!(
         "pushed  {} ({} blobs sent, {} already there, {} mounted)",
         target.whole(),
@@ -35,5 +32,5 @@ pub fn run(args: Args) -> Result<(), Error> {
         report.skipped,
         report.mounted
     ));
-    super::finish_digest(&top.digest.to_string(), args.digest_file.as_deref())
+    super::finish_digest(&digest, args.digest_file.as_deref())
 }

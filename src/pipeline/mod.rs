@@ -7,9 +7,11 @@
 //! Base recipes are built first, recursively; resolution refused cycles.
 
 mod base;
+mod distribute;
 mod packages;
 mod run;
 
+pub use distribute::{copy, pull, push};
 pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
 
 use std::path::Path;

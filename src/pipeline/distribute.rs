@@ -1,0 +1,68 @@
+//! The other whole jobs of the command line, each one call: push a layout
+//! already built, pull an image into a local output, copy between
+//! registries.
+
+use std::path::Path;
+
+use super::Format;
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::export::{self, Output};
+use crate::registry::{self, PushReport, Reference, Registry};
+use crate::source::layout::open_any_with;
+use crate::store::Store;
+
+/// Pushes the OCI layout or archive at `source` to `target`, every blob
+/// verified on the way into the store; returns what was pushed.
+pub fn push(
+    store: &Store,
+    options: registry::Options,
+    source: &Path,
+    target: &Reference,
+) -> Result<(Digest, PushReport)> {
+    let (layout, _guard) = open_any_with(source, || store.temp_dir())?;
+    let top = layout.import(store)?;
+    let registry = Registry::new(options, &[target])?;
+    let report = registry.push(store, &top, target, &[])?;
+    Ok((top.digest, report))
+}
+
+/// Pulls `source` (every blob verified) and writes it to `out`: a VM bundle
+/// directory for a bundle artifact, otherwise an OCI layout or archive named
+/// by the reference's tag.
+pub fn pull(
+    store: &Store,
+    options: registry::Options,
+    source: &Reference,
+    out: &Path,
+    format: Format,
+) -> Result<Digest> {
+    let registry = Registry::new(options, &[source])?;
+    let top = registry.pull(store, source, None)?;
+    let tags: Vec<String> = source.tag().map(String::from).into_iter().collect();
+    let output = Output {
+        top: &top,
+        tags: &tags,
+        mtime: 0,
+    };
+    match (export::vm::from_artifact(store, &top)?, format) {
+        (Some(bundle), _) => export::vm::write(store, &bundle, out)?,
+        (None, Format::OciLayout) => export::layout::write(store, &output, out)?,
+        (None, Format::OciArchive) => export::archive::write(store, &output, out)?,
+    }
+    Ok(top.digest)
+}
+
+/// Copies `source` to `target` by digest, mounting blobs across
+/// repositories of one registry where it can.
+pub fn copy(
+    store: &Store,
+    options: registry::Options,
+    source: &Reference,
+    target: &Reference,
+) -> Result<(Digest, PushReport)> {
+    let registry = Registry::new(options, &[source, target])?;
+    let top = registry.pull(store, source, None)?;
+    let report = registry.push(store, &top, target, std::slice::from_ref(source))?;
+    Ok((top.digest, report))
+}
