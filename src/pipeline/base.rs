@@ -35,85 +35,114 @@ pub(super) fn fetch_base(
             path,
             plan: base_plan,
             ..
-        } => {
-            let base = build_plan(store, base_plan, settings, reporter)?;
-            let mut materials = base.materials.clone();
-            materials.push(Material {
-                uri: format!("base:{}", path.display()),
-                digest: base.top.digest.clone(),
-            });
-            // Resolution checked that the base is built for every platform.
-            let images = recipe
-                .platforms
-                .iter()
-                .map(|p| {
-                    let ((img, _), m) = base
-                        .images
-                        .iter()
-                        .zip(&base.manifests)
-                        .find(|((img, _), _)| img.platform == *p)
-                        .expect("resolution checked the base's platforms");
-                    let mut reports = m.layers.clone();
-                    for r in &mut reports {
-                        r.from_base = true;
-                    }
-                    (img.clone(), reports)
-                })
-                .collect();
-            Ok((images, materials))
-        }
+        } => recipe_base(store, recipe, path, base_plan, settings, reporter),
         BasePlan::Registry { reference, digest } => {
-            let view = Layout::over_store(store);
-            let load = || -> Result<Vec<(Image, Vec<bool>)>> {
-                recipe
-                    .platforms
-                    .iter()
-                    .map(|p| view.load_image(Some(digest), p, store))
-                    .collect()
-            };
-            // A base already in the store is used without asking the registry.
-            let (images, cached) = match load() {
-                Ok(images) => (images, true),
-                Err(_) => {
-                    let registry =
-                        crate::registry::Registry::new(settings.registry.clone(), &[reference])?;
-                    registry.pull(store, reference, Some(&recipe.platforms))?;
-                    (load()?, false)
-                }
-            };
-            let images = images
-                .into_iter()
-                .map(|(img, _)| {
-                    let reports = img
-                        .layers
-                        .iter()
-                        .map(|l| report(l, None, cached, true))
-                        .collect();
-                    (img, reports)
-                })
-                .collect();
-            Ok((images, Vec::new()))
+            registry_base(store, recipe, reference, digest, settings)
         }
         BasePlan::Layout {
             path, named, span, ..
-        } => {
-            let wrap = |e| layout_error(recipe, path, span, e);
-            let layout = Layout::open(path).map_err(wrap)?;
-            let images = recipe
-                .platforms
-                .iter()
-                .map(|p| {
-                    let (img, had) = layout.load_image(named.as_ref(), p, store).map_err(wrap)?;
-                    let reports = img
-                        .layers
-                        .iter()
-                        .zip(had)
-                        .map(|(l, cached)| report(l, None, cached, true))
-                        .collect();
-                    Ok((img, reports))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((images, Vec::new()))
-        }
+        } => layout_base(store, recipe, path, named.as_ref(), span),
     }
+}
+
+/// A base recipe, built first; its platforms' images and layer reports.
+fn recipe_base(
+    store: &Store,
+    recipe: &Recipe,
+    path: &std::path::Path,
+    base_plan: &Plan,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+) -> Result<(Vec<BaseImage>, Vec<Material>)> {
+    let base = build_plan(store, base_plan, settings, reporter)?;
+    let mut materials = base.materials.clone();
+    materials.push(Material {
+        uri: format!("base:{}", path.display()),
+        digest: base.top.digest.clone(),
+    });
+    // Resolution checked that the base is built for every platform.
+    let images = recipe
+        .platforms
+        .iter()
+        .map(|p| {
+            let ((img, _), m) = base
+                .images
+                .iter()
+                .zip(&base.manifests)
+                .find(|((img, _), _)| img.platform == *p)
+                .expect("resolution checked the base's platforms");
+            let mut reports = m.layers.clone();
+            for r in &mut reports {
+                r.from_base = true;
+            }
+            (img.clone(), reports)
+        })
+        .collect();
+    Ok((images, materials))
+}
+
+/// A registry base: from the store when it is there, else pulled.
+fn registry_base(
+    store: &Store,
+    recipe: &Recipe,
+    reference: &crate::registry::Reference,
+    digest: &crate::digest::Digest,
+    settings: &Settings,
+) -> Result<(Vec<BaseImage>, Vec<Material>)> {
+    let view = Layout::over_store(store);
+    let load = || -> Result<Vec<(Image, Vec<bool>)>> {
+        recipe
+            .platforms
+            .iter()
+            .map(|p| view.load_image(Some(digest), p, store))
+            .collect()
+    };
+    // A base already in the store is used without asking the registry.
+    let (images, cached) = match load() {
+        Ok(images) => (images, true),
+        Err(_) => {
+            let registry = crate::registry::Registry::new(settings.registry.clone(), &[reference])?;
+            registry.pull(store, reference, Some(&recipe.platforms))?;
+            (load()?, false)
+        }
+    };
+    let images = images
+        .into_iter()
+        .map(|(img, _)| {
+            let reports = img
+                .layers
+                .iter()
+                .map(|l| report(l, None, cached, true))
+                .collect();
+            (img, reports)
+        })
+        .collect();
+    Ok((images, Vec::new()))
+}
+
+/// An `oci:` base, read from its layout (blobs verified into the store).
+fn layout_base(
+    store: &Store,
+    recipe: &Recipe,
+    path: &std::path::Path,
+    named: Option<&crate::digest::Digest>,
+    span: &std::ops::Range<usize>,
+) -> Result<(Vec<BaseImage>, Vec<Material>)> {
+    let wrap = |e| layout_error(recipe, path, span, e);
+    let layout = Layout::open(path).map_err(wrap)?;
+    let images = recipe
+        .platforms
+        .iter()
+        .map(|p| {
+            let (img, had) = layout.load_image(named, p, store).map_err(wrap)?;
+            let reports = img
+                .layers
+                .iter()
+                .zip(had)
+                .map(|(l, cached)| report(l, None, cached, true))
+                .collect();
+            Ok((img, reports))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((images, Vec::new()))
 }

@@ -22,51 +22,9 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         Some(b) => parse_base(&source, &dir, b)?,
     };
 
-    let mut platforms = Vec::new();
-    let mut seen = BTreeSet::new();
-    match &raw.platforms {
-        None => platforms.push(Platform::default_platform()),
-        Some(list) if list.is_empty() => {
-            return Err(source
-                .error(0..0, "`platforms` is empty")
-                .hint("name at least one platform, e.g. `platforms = [\"linux/amd64\"]`, or leave the key out")
-                .into())
-        }
-        Some(list) => {
-            for p in list {
-                let platform = Platform::parse(p.get_ref()).map_err(|msg| {
-                    source
-                        .error(p.span(), msg)
-                        .hint("platforms are written as in `docker --platform`: `linux/amd64`, `linux/arm64`, `linux/arm/v7`")
-                })?;
-                if !seen.insert(platform.clone()) {
-                    return Err(source
-                        .error(p.span(), format!("platform `{platform}` is listed twice"))
-                        .hint("remove the duplicate")
-                        .into());
-                }
-                platforms.push(platform);
-            }
-        }
-    }
+    let platforms = platforms(&source, &raw.platforms)?;
 
-    let mut tags = Vec::new();
-    for t in &raw.tags {
-        let tag = t.get_ref();
-        let valid = !tag.is_empty()
-            && tag.len() <= 128
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            && !tag.starts_with(['.', '-']);
-        if !valid {
-            return Err(source
-                .error(t.span(), format!("`{tag}` is not a valid tag"))
-                .hint("a tag is up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`")
-                .into());
-        }
-        tags.push(tag.clone());
-    }
+    let tags = tags(&source, &raw.tags)?;
 
     let config = raw.config;
     if let Some(w) = &config.workdir {
@@ -97,70 +55,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
     }
     let mut layers = raw.layers;
     for layer in &mut layers {
-        for f in &mut layer.files {
-            f.get_mut().only = filter(&source, &platforms, &f.get_ref().platforms)?;
-        }
-        for t in &mut layer.trees {
-            t.get_mut().only = filter(&source, &platforms, &t.get_ref().platforms)?;
-        }
-        for c in &mut layer.contents {
-            c.get_mut().only = filter(&source, &platforms, &c.get_ref().platforms)?;
-        }
-        for d in &mut layer.dirs {
-            d.get_mut().only = filter(&source, &platforms, &d.get_ref().platforms)?;
-        }
-        for s in &mut layer.symlinks {
-            s.get_mut().only = filter(&source, &platforms, &s.get_ref().platforms)?;
-        }
-        for src in layer
-            .files
-            .iter()
-            .map(|i| &i.get_ref().src)
-            .chain(layer.trees.iter().map(|i| &i.get_ref().src))
-        {
-            check_placeholders(&source, src)?;
-        }
-        for f in &mut layer.files {
-            let f = f.get_mut();
-            non_empty(&source, &f.src, "`src`")?;
-            f.at = image_path(&source, &f.dest, "`dest`")?;
-        }
-        for t in &mut layer.trees {
-            let t = t.get_mut();
-            non_empty(&source, &t.src, "`src`")?;
-            t.at = image_path(&source, &t.dest, "`dest`")?;
-            for g in &t.exclude {
-                globset::Glob::new(g.get_ref()).map_err(|e| {
-                    source
-                        .error(g.span(), format!("invalid exclude glob: {e}"))
-                        .hint("globs use `*`, `**`, `?` and `[abc]`, e.g. `*.tmp` or `cache/**`")
-                })?;
-            }
-        }
-        for c in &mut layer.contents {
-            let c = c.get_mut();
-            c.at = file_path(&source, &c.dest)?;
-        }
-        for d in &mut layer.dirs {
-            let d = d.get_mut();
-            d.at = image_path(&source, &d.path, "`path`")?;
-        }
-        for s in &mut layer.symlinks {
-            let s = s.get_mut();
-            s.at = file_path(&source, &s.path)?;
-            non_empty(&source, &s.target, "`target`")?;
-            if s.target.get_ref().len() > MAX_PATH {
-                return Err(source
-                    .error(
-                        s.target.span(),
-                        format!("`target` is {} bytes long", s.target.get_ref().len()),
-                    )
-                    .hint(format!(
-                        "a link target is at most {MAX_PATH} bytes (Linux's PATH_MAX)"
-                    ))
-                    .into());
-            }
-        }
+        layer_section(&source, &platforms, layer)?;
     }
 
     let vm = match raw.vm {
@@ -181,6 +76,134 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         repositories: raw.repositories,
         vm,
     })
+}
+
+/// `platforms`, parsed; the default is `linux/amd64`.
+fn platforms(source: &Source, list: &Option<Vec<Spanned<String>>>) -> Result<Vec<Platform>> {
+    let mut platforms = Vec::new();
+    let mut seen = BTreeSet::new();
+    match list {
+        None => platforms.push(Platform::default_platform()),
+        Some(list) if list.is_empty() => {
+            return Err(source
+                .error(0..0, "`platforms` is empty")
+                .hint("name at least one platform, e.g. `platforms = [\"linux/amd64\"]`, or leave the key out")
+                .into())
+        }
+        Some(list) => {
+            for p in list {
+                let platform = Platform::parse(p.get_ref()).map_err(|msg| {
+                    source
+                        .error(p.span(), msg)
+                        .hint("platforms are written as in `docker --platform`: `linux/amd64`, `linux/arm64`, `linux/arm/v7`")
+                })?;
+                if !seen.insert(platform.clone()) {
+                    return Err(source
+                        .error(p.span(), format!("platform `{platform}` is listed twice"))
+                        .hint("remove the duplicate")
+                        .into());
+                }
+                platforms.push(platform);
+            }
+        }
+    }
+    Ok(platforms)
+}
+
+/// `tags`: each a valid OCI tag.
+fn tags(source: &Source, list: &[Spanned<String>]) -> Result<Vec<String>> {
+    let mut tags = Vec::new();
+    for t in list {
+        let tag = t.get_ref();
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !tag.starts_with(['.', '-']);
+        if !valid {
+            return Err(source
+                .error(t.span(), format!("`{tag}` is not a valid tag"))
+                .hint("a tag is up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`")
+                .into());
+        }
+        tags.push(tag.clone());
+    }
+    Ok(tags)
+}
+
+/// One `[[layers]]` table: platform filters and image paths parsed into
+/// the entries' `only` and `at`, sources, globs and link targets checked.
+fn layer_section(
+    source: &Source,
+    platforms: &[Platform],
+    layer: &mut super::LayerSection,
+) -> Result<()> {
+    for f in &mut layer.files {
+        f.get_mut().only = filter(source, platforms, &f.get_ref().platforms)?;
+    }
+    for t in &mut layer.trees {
+        t.get_mut().only = filter(source, platforms, &t.get_ref().platforms)?;
+    }
+    for c in &mut layer.contents {
+        c.get_mut().only = filter(source, platforms, &c.get_ref().platforms)?;
+    }
+    for d in &mut layer.dirs {
+        d.get_mut().only = filter(source, platforms, &d.get_ref().platforms)?;
+    }
+    for s in &mut layer.symlinks {
+        s.get_mut().only = filter(source, platforms, &s.get_ref().platforms)?;
+    }
+    for src in layer
+        .files
+        .iter()
+        .map(|i| &i.get_ref().src)
+        .chain(layer.trees.iter().map(|i| &i.get_ref().src))
+    {
+        check_placeholders(source, src)?;
+    }
+    for f in &mut layer.files {
+        let f = f.get_mut();
+        non_empty(source, &f.src, "`src`")?;
+        f.at = image_path(source, &f.dest, "`dest`")?;
+    }
+    for t in &mut layer.trees {
+        let t = t.get_mut();
+        non_empty(source, &t.src, "`src`")?;
+        t.at = image_path(source, &t.dest, "`dest`")?;
+        for g in &t.exclude {
+            globset::Glob::new(g.get_ref()).map_err(|e| {
+                source
+                    .error(g.span(), format!("invalid exclude glob: {e}"))
+                    .hint("globs use `*`, `**`, `?` and `[abc]`, e.g. `*.tmp` or `cache/**`")
+            })?;
+        }
+    }
+    for c in &mut layer.contents {
+        let c = c.get_mut();
+        c.at = file_path(source, &c.dest)?;
+    }
+    for d in &mut layer.dirs {
+        let d = d.get_mut();
+        d.at = image_path(source, &d.path, "`path`")?;
+    }
+    for s in &mut layer.symlinks {
+        let s = s.get_mut();
+        s.at = file_path(source, &s.path)?;
+        non_empty(source, &s.target, "`target`")?;
+        if s.target.get_ref().len() > MAX_PATH {
+            return Err(source
+                .error(
+                    s.target.span(),
+                    format!("`target` is {} bytes long", s.target.get_ref().len()),
+                )
+                .hint(format!(
+                    "a link target is at most {MAX_PATH} bytes (Linux's PATH_MAX)"
+                ))
+                .into());
+        }
+    }
+    Ok(())
 }
 
 fn parse_base(source: &Source, dir: &std::path::Path, b: &Spanned<String>) -> Result<Base> {

@@ -462,70 +462,9 @@ impl LayerBuilder<'_> {
                 continue;
             }
             let path = join(&dest, rel);
-            let ft = item.file_type();
-            let meta = item.metadata().map_err(|e| {
-                self.error(&t.src, format!("cannot read `{}`", item.path().display()))
-                    .cause(e)
-                    .hint("make it readable by the user running kiln, or add it to `exclude`")
-            })?;
-            let entry = if ft.is_dir() {
-                Entry {
-                    path,
-                    kind: EntryKind::Dir,
-                    mode: 0o755,
-                    uid,
-                    gid,
-                }
-            } else if ft.is_symlink() {
-                let target = fs::read_link(item.path()).map_err(|e| {
-                    self.error(
-                        &t.src,
-                        format!("cannot read link `{}`", item.path().display()),
-                    )
-                    .cause(e)
-                })?;
-                let target = target.to_str().ok_or_else(|| {
-                    self.error(
-                        &t.src,
-                        format!(
-                            "link `{}` has a target that is not UTF-8",
-                            item.path().display()
-                        ),
-                    )
-                    .hint("add it to `exclude`")
-                })?;
-                symlinks.insert(rel.to_string(), target.to_string());
-                Entry {
-                    path,
-                    kind: EntryKind::Symlink {
-                        target: target.to_string(),
-                    },
-                    mode: 0o777,
-                    uid,
-                    gid,
-                }
-            } else if ft.is_file() {
-                let entry = self.host_file(
-                    item.path(),
-                    &meta,
-                    path,
-                    &t.src,
-                    t.mode,
-                    Some(uid),
-                    Some(gid),
-                )?;
-                self.insert(entry, span.clone(), Some(&meta))?;
-                continue;
-            } else {
-                return Err(self
-                    .error(
-                        &t.src,
-                        format!("`{}` is a device, socket or fifo", item.path().display()),
-                    )
-                    .hint("images hold only files, directories and links: add it to `exclude`")
-                    .into());
-            };
-            self.insert(entry, span.clone(), None)?;
+            if let Some(target) = self.tree_entry(t, &item, path, (uid, gid), &span)? {
+                symlinks.insert(rel.to_string(), target);
+            }
         }
         check_symlink_loops(&symlinks).map_err(|chain| {
             self.error(
@@ -539,6 +478,84 @@ impl LayerBuilder<'_> {
             .hint("fix the links so that they end at a file or directory, or add them to `exclude`")
         })?;
         Ok(())
+    }
+
+    /// One entry of a tree (not its root); a symlink's target is returned
+    /// for the loop check.
+    fn tree_entry(
+        &mut self,
+        t: &TreeItem,
+        item: &walkdir::DirEntry,
+        path: String,
+        (uid, gid): (u32, u32),
+        span: &Range<usize>,
+    ) -> Result<Option<String>> {
+        let mut link = None;
+        let ft = item.file_type();
+        let meta = item.metadata().map_err(|e| {
+            self.error(&t.src, format!("cannot read `{}`", item.path().display()))
+                .cause(e)
+                .hint("make it readable by the user running kiln, or add it to `exclude`")
+        })?;
+        let entry = if ft.is_dir() {
+            Entry {
+                path,
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid,
+                gid,
+            }
+        } else if ft.is_symlink() {
+            let target = fs::read_link(item.path()).map_err(|e| {
+                self.error(
+                    &t.src,
+                    format!("cannot read link `{}`", item.path().display()),
+                )
+                .cause(e)
+            })?;
+            let target = target.to_str().ok_or_else(|| {
+                self.error(
+                    &t.src,
+                    format!(
+                        "link `{}` has a target that is not UTF-8",
+                        item.path().display()
+                    ),
+                )
+                .hint("add it to `exclude`")
+            })?;
+            link = Some(target.to_string());
+            Entry {
+                path,
+                kind: EntryKind::Symlink {
+                    target: target.to_string(),
+                },
+                mode: 0o777,
+                uid,
+                gid,
+            }
+        } else if ft.is_file() {
+            let entry = self.host_file(
+                item.path(),
+                &meta,
+                path,
+                &t.src,
+                t.mode,
+                Some(uid),
+                Some(gid),
+            )?;
+            self.insert(entry, span.clone(), Some(&meta))?;
+            return Ok(None);
+        } else {
+            return Err(self
+                .error(
+                    &t.src,
+                    format!("`{}` is a device, socket or fifo", item.path().display()),
+                )
+                .hint("images hold only files, directories and links: add it to `exclude`")
+                .into());
+        };
+        self.insert(entry, span.clone(), None)?;
+        Ok(link)
     }
 }
 
