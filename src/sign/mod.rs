@@ -8,7 +8,6 @@ use crate::error::Error;
 use crate::registry::Registry;
 use crate::store::Store;
 use oci_client::Reference;
-use serde_json::Value;
 
 /// Signs `digest` (and with `recursive`, the manifests of an index) in `image`'s repository.
 pub fn sign_all(
@@ -23,11 +22,10 @@ pub fn sign_all(
     if recursive {
         let pinned = image.clone_with_digest(digest.to_string());
         let top = registry.pull(store, &pinned, None)?;
-        let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
-        for m in doc["manifests"].as_array().into_iter().flatten() {
-            if let Some(d) = m["digest"].as_str().and_then(|d| d.parse().ok()) {
-                signed.push(d);
-            }
+        if top.media_type == crate::oci::INDEX_MEDIA_TYPE {
+            let what = format!("index `{}` from `{}`", top.digest, pinned.whole());
+            let index = crate::oci::parse_index(&store.read(&top.digest)?, &what)?;
+            signed.extend(index.manifests.into_iter().map(|m| m.digest));
         }
     }
     for d in &signed {
