@@ -304,7 +304,8 @@ fn diagnose(value: &Value, kind: Kind, err: &serde_json::Error) -> String {
     };
     for (name, required, shape) in fields {
         let v = match value.get(name) {
-            None | Some(Value::Null) if *required => return format!("`{name}` is missing"),
+            None if *required => return format!("`{name}` is missing"),
+            Some(Value::Null) if *required => return format!("`{name}` is null"),
             None | Some(Value::Null) => continue,
             Some(v) => v,
         };
@@ -460,6 +461,10 @@ mod tests {
             e.contains("manifest `X` from `R`") && e.contains("`layers` is missing"),
             "{e}"
         );
+
+        let mut m = manifest(MANIFEST_MEDIA_TYPE);
+        m["layers"] = Value::Null;
+        assert!(err(&m).contains("`layers` is null"), "{}", err(&m));
 
         let mut m = manifest(MANIFEST_MEDIA_TYPE);
         m["layers"] = json!({});
