@@ -41,12 +41,7 @@ pub struct Stored {
     pub media_type: &'static str,
 }
 
-/// The OCI image manifest media type.
-pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// The OCI image index media type.
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-/// The OCI image config media type.
-pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+pub use crate::oci::{CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 
 impl Image {
     /// An empty image (`scratch`) for `platform`.

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::source::layout::{descriptors, is_index, open_any, Desc, Layout};
+use crate::oci::{Document, Manifest};
+use crate::source::layout::{open_any, Desc, Layout};
 
 /// What a layout holds.
 #[derive(Debug, Serialize)]
@@ -49,7 +50,7 @@ pub struct ImageReport {
     /// `created` from the config.
     pub created: Option<String>,
     /// The runtime config (`Entrypoint`, `Env` …) as stored.
-    pub config: Value,
+    pub config: Option<Value>,
     /// The layers, bottom first.
     pub layers: Vec<LayerInfo>,
     /// Manifest annotations.
@@ -81,9 +82,7 @@ fn inspect_layout(layout: &Layout, shown: &Path) -> Result<Report> {
     let mut todo: Vec<Desc> = Vec::new();
     for d in layout.index()? {
         refs.push(RefReport {
-            name: d.json["annotations"][crate::export::REF_NAME]
-                .as_str()
-                .map(String::from),
+            name: d.annotation(crate::export::REF_NAME).map(String::from),
             digest: d.digest.clone(),
             media_type: d.media_type.clone(),
         });
@@ -94,14 +93,10 @@ fn inspect_layout(layout: &Layout, shown: &Path) -> Result<Report> {
         if !seen.insert(d.digest.clone()) {
             continue;
         }
-        let (_, doc) = layout.read_json(&d.digest)?;
-        if is_index(&doc) {
-            let mut children = descriptors(&doc, &layout.blob_path(&d.digest))?;
-            children.reverse();
-            todo.extend(children);
-            continue;
+        match layout.read_document(&d.digest)?.1 {
+            Document::Index(index) => todo.extend(index.manifests.into_iter().rev()),
+            Document::Manifest(m) => images.push(image_report(layout, &d.digest, &m)?),
         }
-        images.push(image_report(layout, &d.digest, &doc)?);
     }
     Ok(Report {
         path: shown.to_path_buf(),
@@ -110,34 +105,14 @@ fn inspect_layout(layout: &Layout, shown: &Path) -> Result<Report> {
     })
 }
 
-fn image_report(layout: &Layout, digest: &Digest, manifest: &Value) -> Result<ImageReport> {
-    let bad = |what: &str| Error::invalid(format!("manifest `{digest}` {what}"), None);
-    let config_digest: Digest = manifest["config"]["digest"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("has no valid config digest"))?;
-    let (_, config) = layout.read_json(&config_digest)?;
-    let diff_ids: Vec<Option<Digest>> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
+fn image_report(layout: &Layout, digest: &Digest, manifest: &Manifest) -> Result<ImageReport> {
+    let config_digest = manifest.config.digest.clone();
+    let config = layout.read_config(&config_digest)?;
+    let diff_ids = config.diff_ids();
     let mut layers = Vec::new();
-    for (i, l) in manifest["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let d: Digest = l["digest"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("has a layer without a valid digest"))?;
-        let size = l["size"].as_u64().unwrap_or(0);
-        let path = layout.blob_path(&d);
+    for (i, l) in manifest.layers.iter().enumerate() {
+        let size = l.size;
+        let path = layout.blob_path(&l.digest);
         let actual = fs::metadata(&path).at("find layer blob", &path)?.len();
         if actual != size {
             return Err(Error::invalid(
@@ -149,35 +124,27 @@ fn image_report(layout: &Layout, digest: &Digest, manifest: &Value) -> Result<Im
             ));
         }
         layers.push(LayerInfo {
-            digest: d,
+            digest: l.digest.clone(),
             size,
-            diff_id: diff_ids.get(i).cloned().flatten(),
-            media_type: l["mediaType"].as_str().unwrap_or_default().to_string(),
+            diff_id: diff_ids.get(i).cloned(),
+            media_type: l.media_type.clone(),
         });
     }
     let mut platform = format!(
         "{}/{}",
-        config["os"].as_str().unwrap_or("?"),
-        config["architecture"].as_str().unwrap_or("?")
+        config.os.as_deref().unwrap_or("?"),
+        config.architecture.as_deref().unwrap_or("?")
     );
-    if let Some(v) = config["variant"].as_str() {
+    if let Some(v) = &config.variant {
         platform = format!("{platform}/{v}");
     }
-    let annotations = manifest["annotations"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
     Ok(ImageReport {
         platform,
         digest: digest.clone(),
         config_digest,
-        created: config["created"].as_str().map(String::from),
-        config: config.get("config").cloned().unwrap_or(Value::Null),
+        created: config.created,
+        config: config.config,
         layers,
-        annotations,
+        annotations: manifest.annotations(),
     })
 }

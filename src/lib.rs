@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod json;
 pub mod layer;
 pub mod lock;
+pub mod oci;
 pub mod pipeline;
 pub mod plan;
 pub mod recipe;

@@ -147,13 +147,7 @@ pub fn verify(
     let mut verified = Vec::new();
     let mut unsigned = 0;
     for layer in &layers {
-        let Some(blob) = layer["digest"]
-            .as_str()
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
-            continue;
-        };
-        let st = match open_envelope(&store.read(&blob)?, keys) {
+        let st = match open_envelope(&store.read(&layer.digest)?, keys) {
             Envelope::Unreadable => continue,
             Envelope::Unsigned => {
                 unsigned += 1;

@@ -44,7 +44,7 @@ fn render(r: &Report) -> String {
         if let Some(c) = &img.created {
             s += &format!("  created  {c}\n");
         }
-        if let Value::Object(cfg) = &img.config {
+        if let Some(Value::Object(cfg)) = &img.config {
             for (k, v) in cfg {
                 s += &format!("  {:<8} {}\n", k, compact(v));
             }

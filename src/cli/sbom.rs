@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use kiln::digest::Digest;
 use kiln::error::Error;
+use kiln::oci::Document;
 use kiln::recipe::Platform;
-use kiln::source::layout::{descriptors, is_index, matches_platform, open_any};
+use kiln::source::layout::{matches_platform, open_any};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,38 +23,34 @@ pub fn run(args: Args) -> Result<(), Error> {
     // The output's own name, as `kiln build` names an SBOM (`out/NAME`, `out/NAME.tar`).
     let file = kiln::files::file_name(&args.path);
     let name = file.strip_suffix(".tar").unwrap_or(&file).to_string();
-    let (_, doc) = layout.read_json(&top.digest)?;
-    let manifest: Digest = if is_index(&doc) {
-        let list = descriptors(&doc, &layout.blob_path(&top.digest))?;
-        let chosen = match &args.platform {
-            None => list.first(),
-            Some(p) => {
-                let p = Platform::parse(p).map_err(|m| Error::invalid(m, None))?;
-                list.iter().find(|d| matches_platform(&d.json, &p))
-            }
-        };
-        chosen
-            .ok_or_else(|| {
-                Error::invalid(
-                    format!(
-                        "the index in `{}` has no such platform",
-                        args.path.display()
-                    ),
-                    Some("name one of its platforms with `--platform os/arch`".into()),
-                )
-            })?
-            .digest
-            .clone()
-    } else {
-        top.digest.clone()
+    let manifest: Digest = match layout.read_document(&top.digest)?.1 {
+        Document::Index(index) => {
+            let list = index.manifests;
+            let chosen = match &args.platform {
+                None => list.first(),
+                Some(p) => {
+                    let p = Platform::parse(p).map_err(|m| Error::invalid(m, None))?;
+                    list.iter().find(|d| matches_platform(d, &p))
+                }
+            };
+            chosen
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!(
+                            "the index in `{}` has no such platform",
+                            args.path.display()
+                        ),
+                        Some("name one of its platforms with `--platform os/arch`".into()),
+                    )
+                })?
+                .digest
+                .clone()
+        }
+        Document::Manifest(_) => top.digest.clone(),
     };
-    let (_, m) = layout.read_json(&manifest)?;
-    let config_digest: Digest = m["config"]["digest"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::invalid(format!("manifest `{manifest}` has no config"), None))?;
-    let (_, config) = layout.read_json(&config_digest)?;
-    let created = config["created"].as_str().unwrap_or("1970-01-01T00:00:00Z");
+    let m = layout.read_manifest(&manifest)?;
+    let config = layout.read_config(&m.config.digest)?;
+    let created = config.created.as_deref().unwrap_or("1970-01-01T00:00:00Z");
     let sbom = kiln::attest::sbom::spdx(&layout, &manifest, &name, created)?;
     println!(
         "{}",

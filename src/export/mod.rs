@@ -23,13 +23,12 @@ pub mod vm;
 use std::collections::BTreeSet;
 
 use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
-use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::{oci_digest, Stored, INDEX_MEDIA_TYPE};
 use crate::json::canonical;
-use crate::source::layout::{descriptors, is_index, manifest_blobs};
+use crate::oci::{self, Document};
 use crate::store::Store;
 
 pub use lock::{lock_output, OutputLock};
@@ -90,12 +89,10 @@ impl Output<'_> {
             if !out.insert(d.clone()) {
                 continue;
             }
-            let doc: Value = serde_json::from_slice(&store.read(&d)?).unwrap_or(Value::Null);
-            let path = store.blob_path(&d);
-            if is_index(&doc) {
-                todo.extend(descriptors(&doc, &path)?.into_iter().map(|c| c.digest));
-            } else {
-                out.extend(manifest_blobs(&doc, &path)?.into_iter().map(|b| b.digest));
+            let what = format!("`{d}` in the store");
+            match oci::parse(&store.read(&d)?, &what)? {
+                Document::Index(i) => todo.extend(i.manifests.into_iter().map(|c| c.digest)),
+                Document::Manifest(m) => out.extend(m.blobs().map(|b| b.digest.clone())),
             }
         }
         Ok(out)

@@ -8,14 +8,15 @@ use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 use reqwest::header::{ACCEPT, RANGE};
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use super::http::{status_error, Attempt, Session};
 use super::{blob_url, manifest_url, Access, Registry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::oci::{self, Document};
 use crate::recipe::Platform;
+use crate::source::layout::matches_platform;
 use crate::store::Store;
 
 /// No manifest or index kiln reads is larger.
@@ -47,8 +48,7 @@ impl Registry {
     pub fn resolve(&self, source: &Reference) -> Result<Digest> {
         self.runtime.block_on(async {
             let s = self.session(source, Access::Pull, &[]).await?;
-            let (bytes, digest) = fetch_manifest(&s, source, source.digest()).await?;
-            let _ = bytes;
+            let (_, digest) = fetch_manifest(&s, source, None).await?;
             Ok(digest)
         })
     }
@@ -64,34 +64,25 @@ impl Registry {
     ) -> Result<Stored> {
         self.runtime.block_on(async {
             let s = self.session(source, Access::Pull, &[]).await?;
-            let top = pull_manifest(&s, store, source, source.digest()).await?;
+            let (top, doc) = pull_manifest(&s, store, source, None).await?;
             let mut blobs = Vec::new();
-            let mut manifests = vec![top.clone()];
-            if top.media_type == INDEX_MEDIA_TYPE {
-                let doc: Value =
-                    serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
-                for child in doc["manifests"].as_array().into_iter().flatten() {
-                    let wanted = platforms.is_none_or(|ps| {
-                        ps.iter()
-                            .any(|p| crate::source::layout::matches_platform(child, p))
-                    });
+            let mut manifests = vec![doc];
+            if let Document::Index(index) = &manifests[0] {
+                let mut children = Vec::new();
+                for child in &index.manifests {
+                    let wanted =
+                        platforms.is_none_or(|ps| ps.iter().any(|p| matches_platform(child, p)));
                     if !wanted {
                         continue;
                     }
-                    let d = child["digest"].as_str().unwrap_or_default();
-                    let r = source.clone_with_digest(d.to_string());
-                    manifests.push(pull_manifest(&s, store, &r, Some(d)).await?);
+                    let r = source.clone_with_digest(child.digest.to_string());
+                    children.push(pull_manifest(&s, store, &r, Some(&child.digest)).await?.1);
                 }
+                manifests.extend(children);
             }
-            for m in &manifests[..] {
-                if m.media_type != MANIFEST_MEDIA_TYPE {
-                    continue;
-                }
-                let doc: Value =
-                    serde_json::from_slice(&store.read(&m.digest)?).unwrap_or(Value::Null);
-                let path = store.blob_path(&m.digest);
-                for desc in crate::source::layout::manifest_blobs(&doc, &path)? {
-                    blobs.push((desc.digest, desc.size));
+            for m in &manifests {
+                if let Document::Manifest(m) = m {
+                    blobs.extend(m.blobs().map(|d| (d.digest.clone(), d.size)));
                 }
             }
             blobs.sort();
@@ -124,15 +115,18 @@ fn tag_or_digest(r: &Reference) -> String {
 async fn fetch_manifest(
     s: &Session,
     r: &Reference,
-    expected: Option<&str>,
+    expected: Option<&Digest>,
 ) -> Result<(Vec<u8>, Digest)> {
     let what = format!("pull manifest `{}`", r.whole());
-    let expected: Option<Digest> = match expected {
-        Some(e) => Some(
-            e.parse()
-                .map_err(|e| Error::invalid(format!("{e}"), None))?,
-        ),
-        None => None,
+    let expected = match expected {
+        Some(e) => Some(e.clone()),
+        None => r
+            .digest()
+            .map(|e| {
+                e.parse::<Digest>()
+                    .map_err(|e| Error::invalid(format!("{e}"), None))
+            })
+            .transpose()?,
     };
     let at = match &expected {
         Some(d) => d.to_string(),
@@ -191,35 +185,23 @@ async fn fetch_manifest(
     Ok((bytes.to_vec(), actual))
 }
 
+/// Fetches a manifest or an index (checked against `expected`, or the
+/// reference's digest), parses it and stores its bytes as they came.
 async fn pull_manifest(
     s: &Session,
     store: &Store,
     r: &Reference,
-    expected: Option<&str>,
-) -> Result<Stored> {
-    let what = format!("pull manifest `{}`", r.whole());
+    expected: Option<&Digest>,
+) -> Result<(Stored, Document)> {
     let (bytes, actual) = fetch_manifest(s, r, expected).await?;
-    let doc: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid(format!("{what} is not JSON: {e}"), None))?;
-    let media_type = if crate::source::layout::is_index(&doc) {
-        INDEX_MEDIA_TYPE
-    } else if crate::source::layout::is_manifest(&doc) {
-        MANIFEST_MEDIA_TYPE
-    } else {
-        return Err(Error::invalid(
-            format!("{what} is neither an OCI image manifest nor an index"),
-            Some(
-                "kiln reads OCI images; convert Docker v2 images with `skopeo copy --format oci`"
-                    .into(),
-            ),
-        ));
-    };
+    let doc = oci::parse(&bytes, &format!("manifest `{actual}` from `{}`", r.whole()))?;
     store.put_bytes(&bytes)?;
-    Ok(Stored {
+    let stored = Stored {
         digest: actual,
         size: bytes.len() as u64,
-        media_type,
-    })
+        media_type: doc.media_type(),
+    };
+    Ok((stored, doc))
 }
 
 /// Downloads blob `digest` into the store. An answer cut short resumes with

@@ -6,7 +6,6 @@ use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
-use serde_json::Value;
 
 use super::http::{status_error, Session};
 use super::upload::{check_digest, exists, upload};
@@ -14,6 +13,7 @@ use super::{manifest_url, Access, PushReport, Registry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::oci;
 use crate::store::Store;
 
 impl Registry {
@@ -162,17 +162,9 @@ impl PushPlan {
         };
         let bytes = store.read(&top.digest)?;
         if top.media_type == INDEX_MEDIA_TYPE {
-            let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            for child in doc["manifests"].as_array().into_iter().flatten() {
-                let d: Digest = child["digest"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            format!("index `{}` has an invalid descriptor", top.digest),
-                            None,
-                        )
-                    })?;
+            let index = oci::parse_index(&bytes, &format!("index `{}` in the store", top.digest))?;
+            for child in index.manifests {
+                let d = child.digest;
                 let child_bytes = store.read(&d)?;
                 plan.add_manifest_blobs(store, &d, &child_bytes)?;
                 plan.manifests.push((d, MANIFEST_MEDIA_TYPE, child_bytes));
@@ -188,10 +180,9 @@ impl PushPlan {
     }
 
     fn add_manifest_blobs(&mut self, store: &Store, digest: &Digest, bytes: &[u8]) -> Result<()> {
-        let doc: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
-        let path = store.blob_path(digest);
-        for desc in crate::source::layout::manifest_blobs(&doc, &path)? {
-            let d = desc.digest;
+        let manifest = oci::parse_manifest(bytes, &format!("manifest `{digest}` in the store"))?;
+        for desc in manifest.blobs() {
+            let d = desc.digest.clone();
             if !store.contains(&d) {
                 return Err(Error::invalid(
                     format!("blob `{d}` of manifest `{digest}` is not in the store"),

@@ -13,14 +13,17 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use oci_client::Reference;
+use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Stored, MANIFEST_MEDIA_TYPE};
+use crate::image::{oci_digest, Stored, MANIFEST_MEDIA_TYPE};
 use crate::json::canonical;
+use crate::oci::{self, Desc};
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -95,34 +98,43 @@ pub fn append_layer(
         image.repository().into(),
         tag.into(),
     );
-    let mut layers: Vec<Value> = match registry.pull_if_present(store, &target)? {
+    let mut layers: Vec<Descriptor> = match registry.pull_if_present(store, &target)? {
         Some(top) => {
-            let doc: Value =
-                serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
-            doc["layers"].as_array().cloned().unwrap_or_default()
+            let what = format!("manifest `{}` from `{}`", top.digest, target.whole());
+            let manifest = oci::parse_manifest(&store.read(&top.digest)?, &what)?;
+            manifest.doc.layers().clone()
         }
         None => Vec::new(),
     };
     let digest = store.put_bytes(&layer.blob)?;
-    let annotations: serde_json::Map<String, Value> = layer
-        .annotations
+    let mut descriptor = Descriptor::new(
+        MediaType::from(layer.media_type),
+        layer.blob.len() as u64,
+        oci_digest(&digest),
+    );
+    descriptor.set_annotations(Some(layer.annotations.into_iter().collect()));
+    let duplicate = layers
         .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    let descriptor = json!({
-        "mediaType": layer.media_type,
-        "size": layer.blob.len(),
-        "digest": digest.to_string(),
-        "annotations": annotations,
-    });
-    let duplicate = layers.iter().any(|l| {
-        l["digest"] == descriptor["digest"] && l["annotations"] == descriptor["annotations"]
-    });
+        .any(|l| l.digest() == descriptor.digest() && l.annotations() == descriptor.annotations());
     if !duplicate {
         layers.push(descriptor);
     }
-    let diff_ids: Vec<Value> = layers.iter().map(|l| l["digest"].clone()).collect();
-    let history: Vec<Value> = layers
+    let manifest = signature_manifest(store, layers)?;
+    let manifest_digest = store.put_bytes(&manifest)?;
+    let stored = Stored {
+        digest: manifest_digest.clone(),
+        size: manifest.len() as u64,
+        media_type: MANIFEST_MEDIA_TYPE,
+    };
+    registry.push(store, &stored, &target, &[])?;
+    Ok(manifest_digest)
+}
+
+/// The bytes of a `.sig` or `.att` manifest over `layers`, with its config
+/// (stored).
+fn signature_manifest(store: &Store, layers: Vec<Descriptor>) -> Result<Vec<u8>> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest().to_string()).collect();
+    let history: Vec<_> = layers
         .iter()
         .map(|_| json!({"created": "0001-01-01T00:00:00Z"}))
         .collect();
@@ -135,24 +147,18 @@ pub fn append_layer(
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }));
     let config_digest = store.put_bytes(&config)?;
-    let manifest = canonical(&json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {
-            "mediaType": crate::image::CONFIG_MEDIA_TYPE,
-            "size": config.len(),
-            "digest": config_digest.to_string(),
-        },
-        "layers": layers,
-    }));
-    let manifest_digest = store.put_bytes(&manifest)?;
-    let stored = Stored {
-        digest: manifest_digest.clone(),
-        size: manifest.len() as u64,
-        media_type: MANIFEST_MEDIA_TYPE,
-    };
-    registry.push(store, &stored, &target, &[])?;
-    Ok(manifest_digest)
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config.len() as u64,
+            oci_digest(&config_digest),
+        ))
+        .layers(layers)
+        .build()
+        .expect("every required manifest field is set");
+    Ok(canonical(&manifest))
 }
 
 /// Signs the manifest `digest` in `image`'s repository.
@@ -186,7 +192,7 @@ pub fn stored_layers(
     image: &Reference,
     digest: &Digest,
     suffix: &str,
-) -> Result<Option<Vec<Value>>> {
+) -> Result<Option<Vec<Desc>>> {
     let target = Reference::with_tag(
         image.registry().into(),
         image.repository().into(),
@@ -195,8 +201,40 @@ pub fn stored_layers(
     let Some(top) = registry.pull_if_present(store, &target)? else {
         return Ok(None);
     };
-    let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
-    Ok(Some(doc["layers"].as_array().cloned().unwrap_or_default()))
+    let what = format!("manifest `{}` from `{}`", top.digest, target.whole());
+    let manifest = oci::parse_manifest(&store.read(&top.digest)?, &what)?;
+    Ok(Some(manifest.layers))
+}
+
+/// The claims of a simple-signing payload kiln checks; a payload that is
+/// not JSON, or lacks one, reads as empty strings and fails the checks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Claims {
+    critical: Critical,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Critical {
+    identity: ClaimedIdentity,
+    image: ClaimedImage,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ClaimedIdentity {
+    #[serde(rename = "docker-reference")]
+    docker_reference: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ClaimedImage {
+    #[serde(rename = "docker-manifest-digest")]
+    docker_manifest_digest: String,
 }
 
 /// A public key to verify with, and where it came from.
@@ -229,16 +267,10 @@ pub fn verify(
     };
     let mut problem = None;
     for layer in &layers {
-        let Some(sig) = layer["annotations"][SIGNATURE_ANNOTATION].as_str() else {
+        let Some(sig) = layer.annotation(SIGNATURE_ANNOTATION) else {
             continue;
         };
-        let Some(blob) = layer["digest"]
-            .as_str()
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
-            continue;
-        };
-        let body = store.read(&blob)?;
+        let body = store.read(&layer.digest)?;
         let Some(matched) = keys.iter().find(|k| verify_bytes(&k.key, &body, sig)) else {
             problem.get_or_insert(fail(
                 format!(
@@ -249,14 +281,10 @@ pub fn verify(
             ));
             continue;
         };
-        let claims: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let signed_digest = claims["critical"]["image"]["docker-manifest-digest"]
-            .as_str()
-            .unwrap_or_default();
-        let signed_identity = claims["critical"]["identity"]["docker-reference"]
-            .as_str()
-            .unwrap_or_default();
-        if signed_digest != digest.to_string() {
+        let claims: Claims = serde_json::from_slice(&body).unwrap_or_default();
+        let signed_digest = &claims.critical.image.docker_manifest_digest;
+        let signed_identity = &claims.critical.identity.docker_reference;
+        if *signed_digest != digest.to_string() {
             problem = Some(fail(
                 format!(
                     "digest mismatch: a signature by `{}` is for `{signed_digest}`, not `{digest}`",
@@ -264,7 +292,7 @@ pub fn verify(
                 ),
                 "the signature belongs to another image: sign this digest",
             ));
-        } else if signed_identity != identity(image) {
+        } else if *signed_identity != identity(image) {
             problem = Some(fail(
                 format!(
                     "identity mismatch: a signature by `{}` names `{signed_identity}`, not `{}`",
@@ -273,7 +301,7 @@ pub fn verify(
                 ),
                 "the image was signed under another repository name: sign it where it is",
             ));
-        } else if claims["critical"]["type"] != SIGNATURE_TYPE {
+        } else if claims.critical.kind != SIGNATURE_TYPE {
             problem = Some(fail(
                 format!(
                     "a signature by `{}` has an unexpected payload type",
@@ -300,6 +328,48 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `.sig` manifest is now built from oci-spec types: its bytes (and
+    /// so its digest) are those the JSON-value writer produced.
+    #[test]
+    fn signature_manifest_bytes_did_not_move() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let pulled = br#"{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","size":3,"digest":"sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae","annotations":{"dev.cosignproject.cosign/signature":"MEUC","dev.sigstore.cosign/bundle":"{}"}}"#;
+        let new = json!({
+            "mediaType": SIGNATURE_MEDIA_TYPE,
+            "size": 4,
+            "digest": Digest::of(b"body").to_string(),
+            "annotations": { SIGNATURE_ANNOTATION: "", "predicateType": "x" },
+        });
+        let old_layers = vec![
+            serde_json::from_slice::<serde_json::Value>(pulled).unwrap(),
+            new.clone(),
+        ];
+        let typed = vec![
+            serde_json::from_slice::<Descriptor>(pulled).unwrap(),
+            serde_json::from_value::<Descriptor>(new).unwrap(),
+        ];
+        let bytes = signature_manifest(&store, typed).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let config = store
+            .read(&doc["config"]["digest"].as_str().unwrap().parse().unwrap())
+            .unwrap();
+        let old = canonical(&json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {
+                "mediaType": crate::image::CONFIG_MEDIA_TYPE,
+                "size": config.len(),
+                "digest": Digest::of(&config).to_string(),
+            },
+            "layers": old_layers,
+        }));
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            String::from_utf8(old).unwrap()
+        );
+    }
 
     #[test]
     fn payload_has_cosign_shape_and_signatures_are_deterministic() {

@@ -8,7 +8,6 @@ use crate::error::Error;
 use crate::registry::Reference;
 use crate::registry::Registry;
 use crate::store::Store;
-use serde_json::Value;
 
 /// The digest a reference names: its own, or the one its tag points at now.
 pub fn digest_of(registry: &Registry, r: &Reference) -> Result<Digest, Error> {
@@ -36,11 +35,10 @@ pub fn sign_all(
     if recursive {
         let pinned = image.clone_with_digest(digest.to_string());
         let top = registry.pull(store, &pinned, None)?;
-        let doc: Value = serde_json::from_slice(&store.read(&top.digest)?).unwrap_or(Value::Null);
-        for m in doc["manifests"].as_array().into_iter().flatten() {
-            if let Some(d) = m["digest"].as_str().and_then(|d| d.parse().ok()) {
-                signed.push(d);
-            }
+        if top.media_type == crate::oci::INDEX_MEDIA_TYPE {
+            let what = format!("index `{}` from `{}`", top.digest, pinned.whole());
+            let index = crate::oci::parse_index(&store.read(&top.digest)?, &what)?;
+            signed.extend(index.manifests.into_iter().map(|m| m.digest));
         }
     }
     for d in &signed {

@@ -13,9 +13,12 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::image::{Image, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::image::Image;
+use crate::oci::{self, ConfigView, Document, Manifest};
 use crate::recipe::Platform;
 use crate::store::{verify_error, LayerRecord, Store};
+
+pub use crate::oci::Desc;
 
 /// Refuses to read manifests, indexes and configs larger than this.
 const MAX_JSON: u64 = 16 << 20;
@@ -24,19 +27,6 @@ const MAX_JSON: u64 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct Layout {
     dir: PathBuf,
-}
-
-/// A descriptor as found in an index.
-#[derive(Debug, Clone)]
-pub struct Desc {
-    /// The media type.
-    pub media_type: String,
-    /// The digest.
-    pub digest: Digest,
-    /// The declared size.
-    pub size: u64,
-    /// The full descriptor JSON (platform, annotations …).
-    pub json: Value,
 }
 
 impl Layout {
@@ -86,10 +76,7 @@ impl Layout {
                 None,
             ));
         }
-        let v: Value = serde_json::from_slice(&text).map_err(|e| {
-            Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
-        })?;
-        descriptors(&v, &path)
+        Ok(oci::parse_index(&text, &format!("`{}`", path.display()))?.manifests)
     }
 
     /// The one image `index.json` names (several tags of one digest count as one).
@@ -136,6 +123,16 @@ impl Layout {
 
     /// Reads a JSON blob (manifest, index, config), verified against its digest.
     pub fn read_json(&self, d: &Digest) -> Result<(Vec<u8>, Value)> {
+        let bytes = self.read_blob(d)?;
+        let v = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid(format!("{} is not valid JSON: {e}", self.name(d)), None)
+        })?;
+        Ok((bytes, v))
+    }
+
+    /// Reads a small blob (a manifest, an index, a config, at most 16 MiB),
+    /// verified against its digest.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(d);
         let file = fs::File::open(&path).at("open blob", &path)?;
         let mut bytes = Vec::new();
@@ -150,10 +147,30 @@ impl Layout {
                 actual,
             });
         }
-        let v = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
-        })?;
-        Ok((bytes, v))
+        Ok(bytes)
+    }
+
+    /// Reads a manifest or an index, verified against its digest; returns
+    /// its bytes too.
+    pub fn read_document(&self, d: &Digest) -> Result<(Vec<u8>, Document)> {
+        let bytes = self.read_blob(d)?;
+        let doc = oci::parse(&bytes, &self.name(d))?;
+        Ok((bytes, doc))
+    }
+
+    /// Reads an image manifest, verified against its digest.
+    pub fn read_manifest(&self, d: &Digest) -> Result<Manifest> {
+        oci::parse_manifest(&self.read_blob(d)?, &self.name(d))
+    }
+
+    /// Reads the part of an image config kiln uses, verified against its digest.
+    pub fn read_config(&self, d: &Digest) -> Result<ConfigView> {
+        ConfigView::parse(&self.read_blob(d)?, &self.name(d))
+    }
+
+    /// How errors name blob `d`: its path, which holds the digest.
+    fn name(&self, d: &Digest) -> String {
+        format!("`{}`", self.blob_path(d).display())
     }
 
     /// Picks the image for `platform`: the one named by `digest`, or the only one in `index.json`.
@@ -169,25 +186,30 @@ impl Layout {
             Some(d) => d.clone(),
             None => self.single_image()?.digest,
         };
-        let (_, doc) = self.read_json(&top)?;
-        let manifest_digest = if is_index(&doc) {
-            let path = self.blob_path(&top);
-            let list = descriptors(&doc, &path)?;
-            let found = list
+        let manifest_digest = match self.read_document(&top)?.1 {
+            Document::Index(index) => index
+                .manifests
                 .iter()
-                .find(|d| matches_platform(&d.json, platform))
+                .find(|d| matches_platform(d, platform))
                 .ok_or_else(|| {
+                    let unnamed = index.manifests.iter().filter(|d| d.platform().is_none());
+                    let unnamed: Vec<String> = unnamed.map(|d| format!("`{}`", d.digest)).collect();
+                    let why = if unnamed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (entries without a `platform`: {})", unnamed.join(", "))
+                    };
                     Error::invalid(
                         format!(
-                            "the image index `{top}` in `{}` has no manifest for `{platform}`",
+                            "the image index `{top}` in `{}` has no manifest for `{platform}`{why}",
                             self.dir.display()
                         ),
                         Some("build the base for this platform, or change `platforms`".into()),
                     )
-                })?;
-            found.digest.clone()
-        } else {
-            top
+                })?
+                .digest
+                .clone(),
+            Document::Manifest(_) => top,
         };
         self.load_manifest(&manifest_digest, platform, store)
     }
@@ -198,27 +220,15 @@ impl Layout {
         platform: &Platform,
         store: &Store,
     ) -> Result<(Image, Vec<bool>)> {
-        let (_, manifest) = self.read_json(digest)?;
-        let path = self.blob_path(digest);
-        let config_desc = manifest
-            .get("config")
-            .map(|c| descriptor(c, &path))
-            .transpose()?
-            .ok_or_else(|| {
-                Error::invalid(format!("manifest `{}` has no config", path.display()), None)
-            })?;
-        let (_, config) = self.read_json(&config_desc.digest)?;
-        let layers = match manifest.get("layers") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|l| descriptor(l, &path))
-                .collect::<Result<Vec<_>>>()?,
-            _ => Vec::new(),
-        };
-        let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
-            .unwrap_or_default();
+        let manifest = self.read_manifest(digest)?;
+        // The config is kept whole as JSON (fields kiln does not know
+        // survive); the view checks the fields kiln reads.
+        let config_bytes = self.read_blob(&manifest.config.digest)?;
+        let view = ConfigView::parse(&config_bytes, &self.name(&manifest.config.digest))?;
+        let config: Value =
+            serde_json::from_slice(&config_bytes).expect("the config view parsed it as JSON");
+        let layers = manifest.layers;
+        let diff_ids = view.diff_ids().to_vec();
         if diff_ids.len() != layers.len() {
             return Err(Error::invalid(
                 format!(
@@ -243,8 +253,8 @@ impl Layout {
             });
         }
         let mut platform = platform.clone();
-        if let Some(os) = config["os"].as_str() {
-            platform.os = os.to_string();
+        if let Some(os) = view.os {
+            platform.os = os;
         }
         Ok((
             Image {
@@ -257,65 +267,13 @@ impl Layout {
     }
 }
 
-/// Whether a JSON document is an image index.
-pub fn is_index(doc: &Value) -> bool {
-    doc.get("mediaType").and_then(Value::as_str) == Some(INDEX_MEDIA_TYPE)
-        || doc.get("manifests").is_some()
-}
-
-/// Whether a JSON document is an image manifest.
-pub fn is_manifest(doc: &Value) -> bool {
-    doc.get("mediaType").and_then(Value::as_str) == Some(MANIFEST_MEDIA_TYPE)
-        || doc.get("config").is_some()
-}
-
-/// Whether an index descriptor is for platform `p`.
-pub fn matches_platform(desc: &Value, p: &Platform) -> bool {
-    let plat = &desc["platform"];
-    plat["os"].as_str() == Some(p.os.as_str())
-        && plat["architecture"].as_str() == Some(p.arch.as_str())
-        && (p.variant.is_none() || plat["variant"].as_str() == p.variant.as_deref())
-}
-
-/// The descriptors in an index document's `manifests`.
-pub fn descriptors(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
-    match doc.get("manifests") {
-        Some(Value::Array(list)) => list.iter().map(|d| descriptor(d, path)).collect(),
-        _ => Err(Error::invalid(
-            format!("`{}` has no `manifests` list", path.display()),
-            None,
-        )),
-    }
-}
-
-/// The blobs an image manifest document names: its config, then its layers.
-pub fn manifest_blobs(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
-    let config = doc.get("config").ok_or_else(|| {
-        Error::invalid(format!("manifest `{}` has no config", path.display()), None)
-    })?;
-    std::iter::once(config)
-        .chain(doc["layers"].as_array().into_iter().flatten())
-        .map(|d| descriptor(d, path))
-        .collect()
-}
-
-fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
-    let bad = |what: &str| {
-        Error::invalid(
-            format!("a descriptor in `{}` has {what}", path.display()),
-            None,
-        )
-    };
-    let digest = v["digest"]
-        .as_str()
-        .ok_or_else(|| bad("no digest"))?
-        .parse::<Digest>()
-        .map_err(|e| bad(&e.to_string()))?;
-    Ok(Desc {
-        media_type: v["mediaType"].as_str().unwrap_or_default().to_string(),
-        size: v["size"].as_u64().ok_or_else(|| bad("no size"))?,
-        digest,
-        json: v.clone(),
+/// Whether an index entry is for platform `p` (an entry without a
+/// `platform` is for none).
+pub fn matches_platform(desc: &Desc, p: &Platform) -> bool {
+    desc.platform().is_some_and(|plat| {
+        plat.os().to_string() == p.os
+            && plat.architecture().to_string() == p.arch
+            && (p.variant.is_none() || plat.variant().as_deref() == p.variant.as_deref())
     })
 }
 
@@ -438,22 +396,18 @@ impl Layout {
             if !seen.insert(d.clone()) {
                 continue;
             }
-            let (bytes, doc) = self.read_json(&d)?;
+            let (bytes, doc) = self.read_document(&d)?;
             store.put_bytes(&bytes)?;
-            let media = if is_index(&doc) {
-                INDEX_MEDIA_TYPE
-            } else {
-                MANIFEST_MEDIA_TYPE
-            };
-            top_media.get_or_insert((d.clone(), media, bytes.len() as u64));
-            if is_index(&doc) {
-                for child in descriptors(&doc, &self.blob_path(&d))? {
-                    todo.push(child.digest);
+            top_media.get_or_insert((d.clone(), doc.media_type(), bytes.len() as u64));
+            match doc {
+                Document::Index(index) => {
+                    todo.extend(index.manifests.into_iter().map(|c| c.digest))
                 }
-                continue;
-            }
-            for b in manifest_blobs(&doc, &self.blob_path(&d))? {
-                self.copy_to_store(&b.digest, store)?;
+                Document::Manifest(m) => {
+                    for b in m.blobs() {
+                        self.copy_to_store(&b.digest, store)?;
+                    }
+                }
             }
         }
         let (digest, media_type, size) = top_media.expect("the top was read");

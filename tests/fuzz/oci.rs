@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use kiln::attest::{envelope, open_envelope, statement, Envelope, INTOTO_PAYLOAD_TYPE};
 use kiln::digest::Digest;
+use kiln::oci::{self, Document};
 use kiln::recipe::Platform;
 use kiln::sign::cosign::{payload, sign_bytes, verify_bytes, NamedKey};
-use kiln::source::layout::{
-    descriptors, is_index, is_manifest, manifest_blobs, matches_platform, Layout,
-};
+use kiln::source::layout::{matches_platform, Layout};
 use kiln::store::Store;
 use p256::ecdsa::SigningKey;
 use serde_json::{json, Value};
@@ -80,24 +79,32 @@ fn oci_json_documents() {
     ];
     gen::run("oci_json_documents", 2000, |rng| {
         let bytes = gen::input(rng, &seeds, JSON_TOKENS);
-        let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
-            return;
-        };
-        let path = Path::new("fuzz.json");
-        let _ = (is_index(&doc), is_manifest(&doc));
-        if let Ok(list) = descriptors(&doc, path) {
-            for d in &list {
-                assert_eq!(
-                    d.json["digest"].as_str(),
-                    Some(d.digest.to_string().as_str())
-                );
-                for p in &platforms {
-                    let _ = matches_platform(&d.json, p);
+        let parsed = oci::parse(&bytes, "`fuzz.json`");
+        let is_json = serde_json::from_slice::<Value>(&bytes).is_ok();
+        match parsed {
+            Ok(Document::Index(index)) => {
+                for d in &index.manifests {
+                    assert_eq!(d.descriptor.digest().to_string(), d.digest.to_string());
+                    for p in &platforms {
+                        let _ = matches_platform(d, p);
+                    }
                 }
             }
-        }
-        if let Ok(blobs) = manifest_blobs(&doc, path) {
-            assert!(!blobs.is_empty(), "the config is the first blob");
+            Ok(Document::Manifest(m)) => {
+                assert_eq!(
+                    m.blobs().count(),
+                    m.layers.len() + 1,
+                    "the config comes first"
+                );
+            }
+            // A malformed document is an invalid-input error that names it.
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{e}");
+                assert!(e.to_string().contains("`fuzz.json`"), "{e}");
+                if !is_json {
+                    assert!(e.to_string().contains("not valid JSON"), "{e}");
+                }
+            }
         }
     });
 }
