@@ -64,8 +64,7 @@ fn a_four_megabyte_dest_is_refused_quickly_and_shown_in_part() {
     let recipe =
         format!("name = \"x\"\n[[layers]]\nfiles = [ {{ src = \"hello\", dest = \"{long}\" }} ]\n");
     let stderr = refused_at(&recipe, "\"/a/a");
-    assert!(stderr.contains("4194304 bytes long"), "{stderr}");
-    assert!(stderr.contains("4096"), "the limit is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
     assert!(
         stderr.len() < 2000,
         "the 4 MB line is echoed whole ({} bytes of stderr)",
@@ -80,7 +79,7 @@ fn a_path_component_over_255_bytes_is_refused() {
         "name = \"x\"\n[[layers]]\ncontents = [ {{ dest = \"/etc/{name}\", text = \"x\" }} ]\n"
     );
     let stderr = refused_at(&recipe, "\"/etc/n");
-    assert!(stderr.contains("256-byte component"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
     // 255 is still fine.
     let ok = format!(
         "name = \"x\"\n[[layers]]\ncontents = [ {{ dest = \"/etc/{}\", text = \"x\" }} ]\n",
@@ -97,18 +96,19 @@ fn a_link_target_longer_than_path_max_is_refused() {
     let recipe = format!(
         "name = \"x\"\n[[layers]]\nsymlinks = [ {{ path = \"/l\", target = \"{target}\" }} ]\n"
     );
-    refused_at(&recipe, "\"ttt");
+    assert_output_snapshot!(refused_at(&recipe, "\"ttt"));
 }
 
 #[test]
 fn nul_in_a_link_target_is_refused_not_truncated() {
     let recipe = "name = \"x\"\n[[layers]]\nsymlinks = [ { path = \"/l\", target = \"index\\u0000.html\" } ]\n";
     let stderr = refused_at(recipe, "\\u0000");
-    assert!(stderr.contains("NUL"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
 fn nul_in_name_env_label_or_key_is_refused() {
+    let mut all = String::new();
     for (recipe, needle) in [
         ("name = \"a\\u0000b\"\n", "\\u0000"),
         (
@@ -124,12 +124,14 @@ fn nul_in_name_env_label_or_key_is_refused() {
             "\\u0000",
         ),
     ] {
-        refused_at(recipe, needle);
+        all += &refused_at(recipe, needle);
     }
+    assert_output_snapshot!(all);
 }
 
 #[test]
 fn env_names_that_are_empty_or_hold_an_equals_sign_are_refused() {
+    let mut all = String::new();
     for (recipe, needle) in [
         ("name = \"x\"\n[config]\nenv = { \"\" = \"y\" }\n", "\"\""),
         (
@@ -137,9 +139,9 @@ fn env_names_that_are_empty_or_hold_an_equals_sign_are_refused() {
             "\"A=B\"",
         ),
     ] {
-        let stderr = refused_at(recipe, needle);
-        assert!(stderr.contains("environment variable name"), "{stderr}");
+        all += &refused_at(recipe, needle);
     }
+    assert_output_snapshot!(all);
 }
 
 #[test]
@@ -151,9 +153,7 @@ fn invalid_utf8_names_the_line_and_the_byte() {
     w.write("recipe.toml", &text);
     let (code, stderr) = fails_bounded(&w, &["build", "recipe.toml"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("recipe.toml:2:6"), "{stderr}");
-    assert!(stderr.contains("0xe9"), "{stderr}");
-    assert!(stderr.contains("UTF-8"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -173,20 +173,11 @@ fn inspect_of_what_is_not_an_image_says_what_it_is_not() {
     let mut gz = flate2_free_gzip_header();
     gz.extend_from_slice(&noise[..600]);
     w.write("layout.tar.gz", &gz);
-    for (file, says) in [
-        ("noise.bin", "not a tar file"),
-        ("empty.tar", "is empty"),
-        ("text.txt", "not a tar file"),
-        ("layout.tar.gz", "gzip"),
-    ] {
+    let mut all = String::new();
+    for file in ["noise.bin", "empty.tar", "text.txt", "layout.tar.gz"] {
         let (code, stderr) = fails_bounded(&w, &["inspect", file]);
         assert_eq!(code, 2, "{file}: {stderr}");
-        assert!(
-            stderr.contains(&format!("`{file}`")),
-            "names the file: {stderr}"
-        );
-        assert!(stderr.contains("is not an OCI archive"), "{stderr}");
-        assert!(stderr.contains(says), "{file}: {stderr}");
+        all += &stderr;
         assert!(
             !stderr.contains("kiln-archive-"),
             "names a temp dir: {stderr}"
@@ -201,7 +192,8 @@ fn inspect_of_what_is_not_an_image_says_what_it_is_not() {
     assert!(status.success());
     let (code, stderr) = fails_bounded(&w, &["inspect", "other.tar"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("unexpected entry `text.txt`"), "{stderr}");
+    all += &stderr;
+    assert_output_snapshot!(all);
 }
 
 /// The first bytes of a gzip member, enough to be recognised as one.
@@ -218,6 +210,7 @@ fn a_password_in_a_reference_is_never_printed() {
         "https://user:{secret}@127.0.0.1:9/repo@sha256:{}",
         "0".repeat(64)
     );
+    let mut all = String::new();
     for args in [
         vec!["pull", with.as_str(), "--out", "o"],
         vec!["copy", https.as_str(), "127.0.0.1:9/x:y"],
@@ -230,8 +223,7 @@ fn a_password_in_a_reference_is_never_printed() {
             !stderr.contains(secret),
             "the password is printed:\n{stderr}"
         );
-        assert!(stderr.contains("***@127.0.0.1:9"), "{stderr}");
-        assert!(stderr.contains("kiln login"), "{stderr}");
+        all += &stderr;
     }
     let recipe = format!("name = \"x\"\nbase = \"{with}\"\n");
     let stderr = refused_at(&recipe, "\"user:");
@@ -239,4 +231,6 @@ fn a_password_in_a_reference_is_never_printed() {
         !stderr.contains(secret),
         "the password is printed:\n{stderr}"
     );
+    all += &stderr;
+    assert_output_snapshot!(all);
 }

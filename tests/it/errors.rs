@@ -93,7 +93,7 @@ fn as_nobody(w: &Work) -> impl Fn() -> Command + '_ {
 fn unknown_top_level_key() {
     let recipe = "name = \"bad\"\ncolour = \"red\"\n\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n";
     let stderr = recipe_error(recipe, "colour", "colour");
-    assert!(stderr.contains("colour"), "the key is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -108,13 +108,13 @@ files = [
 ]
 "#;
     let stderr = recipe_error(recipe, "owner", "owner");
-    assert!(stderr.contains("owner"), "the key is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
 fn wrong_type() {
     let recipe = "# a comment first\nname = 5\n";
-    recipe_error(recipe, "name = 5", "5");
+    assert_output_snapshot!(recipe_error(recipe, "name = 5", "5"));
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn wrong_type_inside_a_layer() {
 [[layers]]
 dirs = [ { path = "/data", mode = "rwx" } ]
 "#;
-    recipe_error(recipe, "rwx", "\"rwx\"");
+    assert_output_snapshot!(recipe_error(recipe, "rwx", "\"rwx\""));
 }
 
 #[test]
@@ -137,10 +137,7 @@ files = [
 ]
 "#;
     let stderr = recipe_error(recipe, "/app/other", "{");
-    assert!(
-        stderr.contains("src"),
-        "the missing key is named:\n{stderr}"
-    );
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -149,7 +146,7 @@ fn dest_not_absolute() {
 [[layers]]
 files = [ { src = "hello", dest = "app/hello" } ]
 "#;
-    recipe_error(recipe, "app/hello", "\"app/hello\"");
+    assert_output_snapshot!(recipe_error(recipe, "app/hello", "\"app/hello\""));
 }
 
 #[test]
@@ -159,7 +156,7 @@ fn dest_escaping_with_dot_dot() {
 contents = [ { dest = "/etc/ok", text = "ok" } ]
 files = [ { src = "hello", dest = "/app/../../etc/shadow" } ]
 "#;
-    recipe_error(recipe, "shadow", "\"/app/../../etc/shadow\"");
+    assert_output_snapshot!(recipe_error(recipe, "shadow", "\"/app/../../etc/shadow\""));
 }
 
 #[test]
@@ -175,7 +172,7 @@ contents = [
 ]
 "#;
     let stderr = recipe_error(recipe, "three", "{");
-    assert!(stderr.contains("/etc/motd"), "the path is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -214,6 +211,7 @@ trees = [ { src = "loop", dest = "/srv" } ]
         "recipe.toml",
         pos(recipe, "loop", "\"loop\""),
     );
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -247,7 +245,7 @@ files = [
         "recipe.toml",
         pos(recipe, "secret", "\"secret\""),
     );
-    assert!(stderr.contains("secret"), "the file is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
     assert!(!w.path().join("out/img").exists());
 }
 
@@ -267,6 +265,7 @@ files = [ { src = "gone", dest = "/app/gone" } ]
         "recipe.toml",
         pos(recipe, "gone", "\"gone\""),
     );
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -276,7 +275,7 @@ fn base_recipe_that_does_not_exist() {
 base = "base-images/nope.toml"
 "#;
     let stderr = recipe_error(recipe, "nope", "\"base-images/nope.toml\"");
-    assert!(stderr.contains("nope.toml"), "the base is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -298,7 +297,7 @@ fn base_cycle() {
         stderr.contains(&at_first) || stderr.contains(&at_second),
         "stderr should point at `{at_second}` (or `{at_first}`):\n{stderr}"
     );
-    assert!(stderr.contains("hint:"), "no hint:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
     assert!(!w.path().join("out").exists());
 }
 
@@ -314,6 +313,7 @@ fn base_that_is_itself() {
         "recipe.toml",
         pos(recipe, "base", "\"recipe.toml\""),
     );
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -322,10 +322,7 @@ fn invalid_platform() {
 platforms = ["linux/amd64", "linux/x86_64"]
 "#;
     let stderr = recipe_error(recipe, "platforms", "\"linux/x86_64\"");
-    assert!(
-        stderr.contains("amd64"),
-        "the fix (`amd64`) is suggested:\n{stderr}"
-    );
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -333,7 +330,7 @@ fn missing_recipe_file() {
     let w = Work::new();
     let (code, stderr) = w.fails(&["build", "nope.toml"]);
     assert_eq!(code, 2, "stderr:\n{stderr}");
-    assert!(stderr.contains("nope.toml"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
     assert!(!w.path().join("out").exists());
 }
 
@@ -465,7 +462,7 @@ fn failed_build_leaves_the_previous_layout() {
 
     let (code, stderr) = w.fails(&["build", "bad.toml", "--out", "out/img"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("missing.bin"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
 
     assert_eq!(
         fs::read(w.path().join("out/img/index.json")).unwrap(),
@@ -619,10 +616,7 @@ fn out_that_is_a_directory_of_something_else_is_refused() {
     let before = snapshot(&w.path().join("precious"));
     let (code, stderr) = w.fails(&["build", "recipe.toml", "--out", "precious"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains("precious"),
-        "the directory is named:\n{stderr}"
-    );
+    assert_output_snapshot!(&*stderr);
     assert!(
         before == snapshot(&w.path().join("precious")),
         "`precious/` was modified"
@@ -650,6 +644,7 @@ fn error_in_a_base_recipe_names_the_base_file() {
     let (code, stderr) = w.fails(&["build", "images/app.toml", "--out", "out/img"]);
     let (line, col) = pos(base, "etc/motd", "\"etc/motd\"");
     assert_points_at(code, &stderr, "base.toml", (line, col));
+    assert_output_snapshot!(&*stderr);
     assert!(
         stderr.contains(&format!("base/base.toml:{line}:{col}`")),
         "the base is named by its path:\n{stderr}"
@@ -663,6 +658,7 @@ fn invalid_source_date_epoch() {
         "recipe.toml",
         "name = \"t\"\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n",
     );
+    let mut all = String::new();
     for bad in ["yesterday", "-5", "1.5"] {
         let out = w
             .kiln()
@@ -676,10 +672,10 @@ fn invalid_source_date_epoch() {
             Some(2),
             "SOURCE_DATE_EPOCH={bad}:\n{stderr}"
         );
-        assert!(stderr.contains("SOURCE_DATE_EPOCH"), "{stderr}");
-        assert!(stderr.contains("hint:"), "{stderr}");
+        all += &format!("SOURCE_DATE_EPOCH={bad}\n{stderr}\n");
         assert!(!w.path().join("out").exists());
     }
+    assert_output_snapshot!(all);
 }
 
 #[test]
@@ -692,7 +688,7 @@ fn out_that_is_a_file_is_refused() {
     w.write("notes.txt", "precious\n");
     let (code, stderr) = w.fails(&["build", "recipe.toml", "--out", "notes.txt"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("notes.txt"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
     assert_eq!(
         fs::read_to_string(w.path().join("notes.txt")).unwrap(),
         "precious\n"
@@ -717,7 +713,7 @@ fn archive_out_that_is_a_directory_is_refused() {
         "keep",
     ]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("hint:"), "{stderr}");
+    assert_output_snapshot!(&*stderr);
     assert!(
         before == snapshot(&w.path().join("keep")),
         "`keep/` was modified"
@@ -733,7 +729,7 @@ fn fifo_in_a_tree() {
     run(Command::new("mkfifo").arg(w.path().join("t/pipe")));
     let (code, stderr) = w.fails(&["build", "recipe.toml", "--out", "out/img"]);
     assert_points_at(code, &stderr, "recipe.toml", pos(recipe, "trees", "\"t\""));
-    assert!(stderr.contains("pipe"), "the fifo is named:\n{stderr}");
+    assert_output_snapshot!(&*stderr);
 }
 
 #[test]
@@ -769,8 +765,5 @@ fn unreadable_directory_in_a_tree() {
         "recipe.toml",
         pos(recipe, "trees", "\"t\""),
     );
-    assert!(
-        stderr.contains("secret"),
-        "the directory is named:\n{stderr}"
-    );
+    assert_output_snapshot!(&*stderr);
 }

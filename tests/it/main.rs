@@ -6,6 +6,7 @@
 //!
 //! Run one module with a filter: `cargo test --test it registry::`.
 
+#[macro_use]
 mod support;
 
 mod apt_fixture;
@@ -14,6 +15,7 @@ mod bad_input;
 mod debian;
 mod errors;
 mod fuzz;
+mod output;
 mod readme;
 mod real_tools;
 mod registry;

@@ -6,6 +6,39 @@ pub mod apt;
 pub mod cosign;
 pub mod registry;
 
+/// Asserts a snapshot (insta) of human-facing output, named after the test
+/// (or `name` when given), with what varies between runs and machines
+/// filtered out: see [`snapshot_settings`]. A mismatch fails the test and
+/// leaves the new text in a `.snap.new` beside the snapshot to review.
+macro_rules! assert_output_snapshot {
+    ($text:expr $(,)?) => {
+        $crate::support::snapshot_settings().bind(|| insta::assert_snapshot!($text))
+    };
+    ($name:expr, $text:expr $(,)?) => {
+        $crate::support::snapshot_settings().bind(|| insta::assert_snapshot!($name, $text))
+    };
+}
+
+/// insta settings for kiln's output: temporary directories become `[TMP]`
+/// and digests `[DIGEST]` (the golden-digest tests pin digests; snapshots
+/// pin wording and layout). Snapshots live in `tests/it/snapshots/`.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    let tmp = std::env::temp_dir();
+    let tmp = tmp.to_str().unwrap().trim_end_matches('/');
+    let escaped: String = tmp
+        .chars()
+        .flat_map(|c| {
+            let meta = "\\.+*?()|[]{}^$".contains(c);
+            meta.then_some('\\').into_iter().chain([c])
+        })
+        .collect();
+    settings.add_filter(&format!("{escaped}/[^/\\s`'\"]+"), "[TMP]");
+    settings.add_filter("sha256:[0-9a-f]{64}", "[DIGEST]");
+    settings.add_filter("\\b[0-9a-f]{64}\\b", "[HEX]");
+    settings
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
