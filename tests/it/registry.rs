@@ -144,20 +144,11 @@ fn pull_by_digest_gives_back_the_built_blobs(flavour: Flavour) {
     assert_eq!(index["manifests"][0]["digest"], digest.as_str());
 }
 
-#[test]
-fn pull_by_digest_gives_back_the_built_blobs_plain() {
-    pull_by_digest_gives_back_the_built_blobs(Flavour::Plain);
-}
-
-#[test]
-fn pull_by_digest_gives_back_the_built_blobs_basic() {
-    pull_by_digest_gives_back_the_built_blobs(Flavour::Basic);
-}
-
-#[test]
-fn pull_by_digest_gives_back_the_built_blobs_token() {
-    pull_by_digest_gives_back_the_built_blobs(Flavour::Token);
-}
+test_cases! { pull_by_digest_gives_back_the_built_blobs {
+    plain: (Flavour::Plain),
+    basic: (Flavour::Basic),
+    token: (Flavour::Token),
+} }
 
 #[test]
 fn pushing_the_same_image_twice_sends_no_blob_the_second_time() {
@@ -310,15 +301,10 @@ fn push_through_a_flaky_proxy_completes(faults: Faults, name: &str) {
     assert_same_blobs(&w.path().join("img"), &copied);
 }
 
-#[test]
-fn push_through_a_proxy_failing_every_third_request_completes() {
-    push_through_a_flaky_proxy_completes(Faults::Every(3), "flaky-every-third");
-}
-
-#[test]
-fn push_through_a_proxy_failing_each_kind_of_request_once_completes() {
-    push_through_a_flaky_proxy_completes(Faults::OncePerKind, "flaky-once-per-kind");
-}
+test_cases! { push_through_a_flaky_proxy_completes {
+    failing_every_third_request: (Faults::Every(3), "flaky-every-third"),
+    failing_each_kind_of_request_once: (Faults::OncePerKind, "flaky-once-per-kind"),
+} }
 
 /// A wrong password: exit 3, an error that says it is about credentials,
 /// and the password nowhere in the output.
@@ -392,15 +378,10 @@ fn a_wrong_password_is_refused_and_never_echoed(flavour: Flavour) {
     assert!(!w.path().join("pulled").exists());
 }
 
-#[test]
-fn a_wrong_password_is_refused_and_never_echoed_basic() {
-    a_wrong_password_is_refused_and_never_echoed(Flavour::Basic);
-}
-
-#[test]
-fn a_wrong_password_is_refused_and_never_echoed_token() {
-    a_wrong_password_is_refused_and_never_echoed(Flavour::Token);
-}
+test_cases! { a_wrong_password_is_refused_and_never_echoed {
+    basic: (Flavour::Basic),
+    token: (Flavour::Token),
+} }
 
 /// No credentials at all for a registry that wants them: exit 3 and an
 /// error that says so.
@@ -422,15 +403,10 @@ fn push_without_credentials_says_so(flavour: Flavour) {
     );
 }
 
-#[test]
-fn push_without_credentials_says_so_basic() {
-    push_without_credentials_says_so(Flavour::Basic);
-}
-
-#[test]
-fn push_without_credentials_says_so_token() {
-    push_without_credentials_says_so(Flavour::Token);
-}
+test_cases! { push_without_credentials_says_so {
+    basic: (Flavour::Basic),
+    token: (Flavour::Token),
+} }
 
 /// `kiln login` checks the password before it stores it.
 fn login_refuses_a_wrong_password(flavour: Flavour) {
@@ -459,15 +435,10 @@ fn login_refuses_a_wrong_password(flavour: Flavour) {
     );
 }
 
-#[test]
-fn login_refuses_a_wrong_password_basic() {
-    login_refuses_a_wrong_password(Flavour::Basic);
-}
-
-#[test]
-fn login_refuses_a_wrong_password_token() {
-    login_refuses_a_wrong_password(Flavour::Token);
-}
+test_cases! { login_refuses_a_wrong_password {
+    basic: (Flavour::Basic),
+    token: (Flavour::Token),
+} }
 
 /// `kiln login` stores the credentials in docker's config.json (in
 /// `$DOCKER_CONFIG`, mode 0600); push and pull then need no `--username`.
@@ -511,15 +482,10 @@ fn login_then_push_and_pull_without_username(flavour: Flavour) {
     assert_same_blobs(&w.path().join("img"), &w.path().join("pulled"));
 }
 
-#[test]
-fn login_then_push_and_pull_without_username_basic() {
-    login_then_push_and_pull_without_username(Flavour::Basic);
-}
-
-#[test]
-fn login_then_push_and_pull_without_username_token() {
-    login_then_push_and_pull_without_username(Flavour::Token);
-}
+test_cases! { login_then_push_and_pull_without_username {
+    basic: (Flavour::Basic),
+    token: (Flavour::Token),
+} }
 
 /// With `REGISTRY_AUTH_FILE` set, login writes there and push reads it.
 #[test]

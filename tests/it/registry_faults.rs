@@ -343,25 +343,12 @@ fn pull_from_a_liar_fails_with_exit_4(lie: Lie, name: &str, by_tag: bool) {
     assert!(!w.path().join("pulled").exists(), "nothing at --out");
 }
 
-#[test]
-fn a_manifest_with_the_wrong_digest_fails_the_pull_with_exit_4() {
-    pull_from_a_liar_fails_with_exit_4(Lie::WrongManifest, "lie-manifest", false);
-}
-
-#[test]
-fn a_manifest_by_tag_that_is_not_what_the_registry_names_fails_with_exit_4() {
-    pull_from_a_liar_fails_with_exit_4(Lie::WrongManifest, "lie-manifest-tag", true);
-}
-
-#[test]
-fn a_truncated_manifest_fails_the_pull_with_exit_4() {
-    pull_from_a_liar_fails_with_exit_4(Lie::TruncatedManifest, "lie-truncated", false);
-}
-
-#[test]
-fn a_blob_that_does_not_match_its_digest_fails_the_pull_with_exit_4() {
-    pull_from_a_liar_fails_with_exit_4(Lie::CorruptBlob, "lie-blob", false);
-}
+test_cases! { pull_from_a_liar_fails_with_exit_4 {
+    a_manifest_with_the_wrong_digest: (Lie::WrongManifest, "lie-manifest", false),
+    a_manifest_by_tag_that_is_not_what_the_registry_names: (Lie::WrongManifest, "lie-manifest-tag", true),
+    a_truncated_manifest: (Lie::TruncatedManifest, "lie-truncated", false),
+    a_blob_that_does_not_match_its_digest: (Lie::CorruptBlob, "lie-blob", false),
+} }
 
 /// The first `GET /v2/` and the token exchange are retried like any other
 /// request: with the token server behind a proxy that fails the first token
@@ -430,12 +417,7 @@ fn push_to_a_liar_fails_with_exit_4(lie: Lie, name: &str) {
     assert!(out.stdout.is_empty(), "no digest printed");
 }
 
-#[test]
-fn an_upload_the_registry_says_does_not_match_fails_the_push_with_exit_4() {
-    push_to_a_liar_fails_with_exit_4(Lie::CorruptUpload, "lie-upload");
-}
-
-#[test]
-fn a_manifest_the_registry_names_by_another_digest_fails_the_push_with_exit_4() {
-    push_to_a_liar_fails_with_exit_4(Lie::WrongPushedDigest, "lie-pushed-digest");
-}
+test_cases! { push_to_a_liar_fails_with_exit_4 {
+    an_upload_the_registry_says_does_not_match: (Lie::CorruptUpload, "lie-upload"),
+    a_manifest_the_registry_names_by_another_digest: (Lie::WrongPushedDigest, "lie-pushed-digest"),
+} }

@@ -193,25 +193,17 @@ fn bundle_round_trips_through_a_registry_as_an_artifact() {
     }
 }
 
-/// With `outputs = ["raw", "qcow2"]` the image root is an erofs disk (and its
-/// qcow2 copy), byte-identical across builds; the small initramfs loads the
-/// virtio and erofs modules, mounts the disk read-only and runs init from it.
-#[test]
-fn disk_bundle_boots_from_its_erofs_root_and_is_reproducible() {
-    disk_bundle("erofs");
-}
+test_cases! { disk_bundle_boots_from_its_root_and_is_reproducible {
+    erofs: ("erofs"),
+    squashfs: ("squashfs"),
+    ext4: ("ext4"),
+} }
 
-#[test]
-fn disk_bundle_boots_from_its_squashfs_root_and_is_reproducible() {
-    disk_bundle("squashfs");
-}
-
-#[test]
-fn disk_bundle_boots_from_its_ext4_root_and_is_reproducible() {
-    disk_bundle("ext4");
-}
-
-fn disk_bundle(fs: &str) {
+/// With `outputs = ["raw", "qcow2"]` the image root is a disk of file system
+/// `fs` (and its qcow2 copy), byte-identical across builds; the small
+/// initramfs loads the virtio and file-system modules, mounts the disk
+/// read-only and runs init from it.
+fn disk_bundle_boots_from_its_root_and_is_reproducible(fs: &str) {
     let init = "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo KILN-DISK-OK root=$(/bin/busybox awk '$2==\"/\" {print $3}' /proc/mounts | /bin/busybox tail -n 1)\n/bin/busybox poweroff -f\n";
     let (a, b) = (Work::new(), Work::new());
     for w in [&a, &b] {

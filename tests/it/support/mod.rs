@@ -19,6 +19,31 @@ macro_rules! assert_output_snapshot {
     };
 }
 
+/// Parameterised tests: one `#[test]` per case, in a module named after the
+/// function they call, so each case runs, fails and filters on its own
+/// (`registry::push_without_credentials_says_so::token`).
+///
+/// ```ignore
+/// test_cases! { check_fn {
+///     case_a: (Flavour::Plain),
+///     case_b: (Flavour::Basic, "name"),
+/// } }
+/// ```
+macro_rules! test_cases {
+    ($check:ident { $($case:ident: ($($arg:expr),* $(,)?)),+ $(,)? }) => {
+        mod $check {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    super::$check($($arg),*)
+                }
+            )+
+        }
+    };
+}
+
 /// insta settings for kiln's output: temporary directories become `[TMP]`
 /// and digests `[DIGEST]` (the golden-digest tests pin digests; snapshots
 /// pin wording and layout). Snapshots live in `tests/it/snapshots/`.
