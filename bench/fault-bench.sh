@@ -14,7 +14,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MB=${MB:-100}
 cd "$REPO"
 start=$(date +%s)
-KILN_FAULT_IMAGE_MB=$MB cargo test --test registry_faults \
-    twenty_pushes_and_pulls_through_a_proxy_failing_a_fifth_of_requests \
+KILN_FAULT_IMAGE_MB=$MB cargo test --test it \
+    registry_faults::twenty_pushes_and_pulls_through_a_proxy_failing_a_fifth_of_requests \
     -- --exact --nocapture 2>&1 | grep -E 'MiB image|^test |test result|push [0-9]+:|pull [0-9]+:'
 printf '[fault-bench] %s MiB: %ss in all (build included)\n' "$MB" "$(( $(date +%s) - start ))"

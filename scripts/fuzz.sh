@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
-# Runs each fuzz target of tests/fuzz/ for a chosen time, with fresh seeds,
+# Runs each fuzz target of tests/it/fuzz/ for a chosen time, with fresh seeds,
 # and prints the cases run and the failures of each.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # SECONDS is per target (default 60); TARGETs are test names such as
 # `deb_package` or `version_vs_dpkg` (default: every target). Each round runs
-# `cargo test --test fuzz` with KILN_FUZZ_CASES and a new KILN_FUZZ_SEED,
+# the fuzz tests of `cargo test --test it` with KILN_FUZZ_CASES and a new KILN_FUZZ_SEED,
 # doubling the cases until a round takes a few seconds. A failing case
-# prints its seed: replay it with KILN_FUZZ_REPLAY=SEED cargo test --test fuzz TARGET.
+# prints its seed: replay it with KILN_FUZZ_REPLAY=SEED cargo test --test it TARGET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs=${1:-60}
 shift || true
 # Build once, then run the test binary itself: no cargo start-up per round.
-bin=$(cargo test --test fuzz --no-run --message-format=json 2>/dev/null |
-  grep -o '"executable":"[^"]*/deps/fuzz-[^"]*"' | tail -1 | cut -d'"' -f4)
-[ -x "$bin" ] || { echo "cannot build the fuzz tests" >&2; cargo test --test fuzz --no-run; exit 1; }
-listing=$("$bin" --list 2>/dev/null)
+# The fuzz targets are the `fuzz::` module of the one integration-test crate.
+bin=$(cargo test --test it --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*/deps/it-[^"]*"' | tail -1 | cut -d'"' -f4)
+[ -x "$bin" ] || { echo "cannot build the fuzz tests" >&2; cargo test --test it --no-run; exit 1; }
+listing=$("$bin" --list 2>/dev/null | grep '^fuzz::')
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   # Every fuzz target: the tests that use the harness (regressions are plain tests).
-  mapfile -t targets < <(grep -v '^regressions::' <<<"$listing" | sed -n 's/^[a-z]*::\([a-z0-9_]*\): test$/\1/p')
+  mapfile -t targets < <(grep -v '^fuzz::regressions::' <<<"$listing" | sed -n 's/^fuzz::[a-z]*::\([a-z0-9_]*\): test$/\1/p')
 fi
 
 log=$(mktemp)
@@ -37,7 +38,7 @@ for t in "${targets[@]}"; do
     seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
     started=$SECONDS
     KILN_FUZZ_SEED=$seed KILN_FUZZ_CASES=$cases RUST_BACKTRACE=0 \
-      "$bin" --exact --nocapture --test-threads 1 "$(sed -n "s/^\([a-z]*::$t\): test$/\1/p" <<<"$listing")" \
+      "$bin" --exact --nocapture --test-threads 1 "$(sed -n "s/^\(fuzz::[a-z]*::$t\): test$/\1/p" <<<"$listing")" \
       >"$log" 2>&1 || true
     line=$(grep -o "fuzz-result target=$t cases=[0-9]* failures=[0-9]*" "$log" | tail -1 || true)
     if [ -z "$line" ]; then

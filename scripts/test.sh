@@ -5,24 +5,24 @@
 # root (the tests unpack images with umoci and run them with runc).
 #
 #   scripts/test.sh                      # everything
-#   scripts/test.sh --test real_tools    # extra arguments go to `cargo test`
+#   scripts/test.sh --test it real_tools::   # extra arguments go to `cargo test`
 #   scripts/test.sh --install-only       # install the test tools, run nothing
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The Debian packages the tests use: umoci, skopeo, runc and GNU tar read and
-# run what kiln writes (tests/real_tools.rs); gcc and libc6-dev compile the
+# run what kiln writes (tests/it/real_tools.rs); gcc and libc6-dev compile the
 # static probe those images run; faketime and util-linux (unshare) vary the
-# clock and the user (tests/reproducibility.rs); docker-registry, htpasswd
-# from apache2-utils and openssl serve a real registry (tests/registry.rs);
+# clock and the user (tests/it/reproducibility.rs); docker-registry, htpasswd
+# from apache2-utils and openssl serve a real registry (tests/it/registry.rs);
 # dpkg-dev, apt-utils, gnupg, gpgv, xz-utils and zstd build and serve a
-# signed Debian repository on 127.0.0.1 (tests/apt_support); qemu-system-x86,
+# signed Debian repository on 127.0.0.1 (tests/it/support/apt.rs); qemu-system-x86,
 # qemu-utils, erofs-utils, squashfs-tools, e2fsprogs,
-# a Debian kernel, busybox-static and cpio boot and read VM bundles (tests/vm.rs,
-# tests/vm_hostile.rs); binutils (ar) crafts hostile .debs (tests/debian.rs);
-# lz4 reads the host's apt lists for the dpkg version oracle (tests/fuzz);
-# procps (kill) stops and kills builds (tests/store.rs).
+# a Debian kernel, busybox-static and cpio boot and read VM bundles (tests/it/vm.rs,
+# tests/it/vm_hostile.rs); binutils (ar) crafts hostile .debs (tests/it/debian.rs);
+# lz4 reads the host's apt lists for the dpkg version oracle (tests/it/fuzz);
+# procps (kill) stops and kills builds (tests/it/store.rs).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
@@ -133,7 +133,7 @@ ensure_components() {
         || die "cannot add ${missing[*]} (offline?): install them, then rerun"
 }
 
-# SPDX's own validator checks kiln's SBOMs (tests/attestations.rs); it comes
+# SPDX's own validator checks kiln's SBOMs (tests/it/attestations.rs); it comes
 # from PyPI, as Debian has no package of it.
 install_spdx_tools() {
     if command -v pyspdxtools >/dev/null 2>&1; then

@@ -1,0 +1,27 @@
+//! kiln's integration tests, one crate (one binary to link) instead of one
+//! per file: each module below runs the real `kiln` binary, or a parser of
+//! the library, the way a user or an attacker would. Helpers shared by the
+//! modules (a scratch workspace, a local registry, a local Debian
+//! repository, a real cosign) live in `support`.
+//!
+//! Run one module with a filter: `cargo test --test it registry::`.
+
+#[macro_use]
+mod support;
+
+mod apt_fixture;
+mod attestations;
+mod bad_input;
+mod debian;
+mod errors;
+mod fuzz;
+mod output;
+mod readme;
+mod real_tools;
+mod registry;
+mod registry_faults;
+mod reproducibility;
+mod signing;
+mod store;
+mod vm;
+mod vm_hostile;
