@@ -15,6 +15,7 @@ mod bad_input;
 mod debian;
 mod errors;
 mod fuzz;
+mod oci_documents;
 mod output;
 mod readme;
 mod real_tools;

@@ -3,11 +3,9 @@
 //! (exit 2) that names the document and what is wrong with it, never "no
 //! layers".
 
-mod common;
-
 use std::path::Path;
 
-use common::Work;
+use crate::support::Work;
 use serde_json::{json, Value};
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
