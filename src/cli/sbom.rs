@@ -2,11 +2,8 @@
 
 use std::path::PathBuf;
 
-use kiln::digest::Digest;
 use kiln::error::Error;
-use kiln::oci::Document;
 use kiln::recipe::Platform;
-use kiln::source::layout::{matches_platform, open_any};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,40 +15,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
-    let (layout, _tmp) = open_any(&args.path)?;
-    let top = layout.single_image()?;
-    // The output's own name, as `kiln build` names an SBOM (`out/NAME`, `out/NAME.tar`).
-    let file = kiln::files::file_name(&args.path);
-    let name = file.strip_suffix(".tar").unwrap_or(&file).to_string();
-    let manifest: Digest = match layout.read_document(&top.digest)?.1 {
-        Document::Index(index) => {
-            let list = index.manifests;
-            let chosen = match &args.platform {
-                None => list.first(),
-                Some(p) => {
-                    let p = Platform::parse(p).map_err(|m| Error::invalid(m, None))?;
-                    list.iter().find(|d| matches_platform(d, &p))
-                }
-            };
-            chosen
-                .ok_or_else(|| {
-                    Error::invalid(
-                        format!(
-                            "the index in `{}` has no such platform",
-                            args.path.display()
-                        ),
-                        Some("name one of its platforms with `--platform os/arch`".into()),
-                    )
-                })?
-                .digest
-                .clone()
-        }
-        Document::Manifest(_) => top.digest.clone(),
+    let platform = match &args.platform {
+        Some(p) => Some(Platform::parse(p).map_err(|m| {
+            Error::invalid(
+                format!("`--platform {p}`: {m}"),
+                Some("write it as in `docker --platform`, e.g. `linux/amd64`".into()),
+            )
+        })?),
+        None => None,
     };
-    let m = layout.read_manifest(&manifest)?;
-    let config = layout.read_config(&m.config.digest)?;
-    let created = config.created.as_deref().unwrap_or("1970-01-01T00:00:00Z");
-    let sbom = kiln::attest::sbom::spdx(&layout, &manifest, &name, created)?;
+    let sbom = kiln::pipeline::sbom(&args.path, platform.as_ref())?;
     println!(
         "{}",
         serde_json::to_string_pretty(&sbom).expect("JSON values serialise")

@@ -10,9 +10,11 @@ mod base;
 mod distribute;
 mod packages;
 mod run;
+mod sbom;
 
 pub use distribute::{copy, pull, push};
 pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
+pub use sbom::sbom;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
