@@ -1,8 +1,11 @@
 //! Errors of the library, and the diagnostics that point into recipe files.
 //!
 //! Every error names what it is about (a path in backticks, a digest, a
-//! recipe line) and, where we know the fix, carries a hint. The binary maps
-//! [`Error::exit_code`] to the process exit status.
+//! recipe line) and, where we know the fix, carries a hint. A cause that is
+//! an error value stays one (`#[source]`), so the binary can print it as a
+//! `caused by:` line instead of finding it flattened into the message. The
+//! binary maps [`Error::exit_code`] to the process exit status; the codes are
+//! in [`exit`].
 
 use std::fmt;
 use std::io;
@@ -10,6 +13,32 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+
+/// A cause kept as an error value.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The process exit codes, one per kind of failure a CI script may act on
+/// differently. They are documented in the README; existing codes never change
+/// meaning.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Anything else: an I/O error on a path, an internal failure.
+    pub const INTERNAL: i32 = 1;
+    /// Bad input: a recipe, an argument, a lockfile, a base image or layout, a key.
+    pub const BAD_INPUT: i32 = 2;
+    /// A registry or mirror refused a request or could not be reached (often worth a retry).
+    pub const NETWORK: i32 = 3;
+    /// Verification failed: content that does not match its digest, a
+    /// signature or attestation that does not verify.
+    pub const VERIFICATION: i32 = 4;
+    /// A host tool kiln runs (`qemu-system-x86_64`, `mkfs.erofs`, `gpgv` …) is
+    /// missing or failed: fix the host, not the input.
+    pub const HOST_TOOL: i32 = 5;
+    /// `kiln boot`: the machine booted but did not succeed (a kernel panic, a
+    /// power-off before the marker, a timeout).
+    pub const BOOT_FAILED: i32 = 6;
+}
 
 /// Everything that can go wrong in kiln's library.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +96,68 @@ pub enum Error {
         /// The digest it has.
         actual: Digest,
     },
+
+    /// Input that a parser refused (JSON, xz, a PEM file): the parser's error is the cause.
+    #[error("{message}")]
+    Malformed {
+        /// What could not be read, naming it (`` `index.json` is not valid JSON ``).
+        message: String,
+        /// How to fix it, when known.
+        hint: Option<String>,
+        /// The parser's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A request to a registry or mirror failed, or it could not be reached.
+    #[error("cannot {action} `{url}`{}", status.map_or(String::new(), |s| format!(": HTTP {s}")))]
+    Network {
+        /// What kiln was doing (`download`, `fetch the token from` …).
+        action: String,
+        /// The URL (without credentials).
+        url: String,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+        /// How to fix it, when known.
+        hint: Option<String>,
+        /// The transport's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// A host tool kiln runs is missing or failed.
+    #[error("{message}")]
+    Tool {
+        /// The program (`qemu-system-x86_64`, `mkfs.erofs` …).
+        tool: String,
+        /// What went wrong, naming the tool.
+        message: String,
+        /// How to fix it (usually: which package to install).
+        hint: Option<String>,
+        /// The error starting it, when it could not be started.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// `kiln boot`: the machine ran but did not succeed.
+    #[error("{message}")]
+    Boot {
+        /// What the console showed (the panic line) or what did not happen.
+        message: String,
+        /// What to check.
+        hint: Option<String>,
+    },
+
+    /// kiln could not do something that has no path to name: start its
+    /// network runtime or HTTP client, read standard input, keep a stream.
+    #[error("cannot {action}")]
+    Internal {
+        /// What kiln was doing.
+        action: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// The user-info part of a reference or URL (`user:pass` in
@@ -88,13 +179,17 @@ pub fn redact_userinfo(text: &str) -> Option<String> {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The process exit code for this error: 2 bad input, 3 registry or network, 4 verification, 1 internal.
+    /// The process exit code for this error, one of [`exit`]: 2 bad input,
+    /// 3 registry or network, 4 verification, 5 host tool, 6 boot failed,
+    /// 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Recipe(_) | Error::Invalid { .. } => 2,
-            Error::DigestMismatch { .. } | Error::Verification { .. } => 4,
-            Error::Registry { .. } => 3,
-            Error::Io { .. } => 1,
+            Error::Recipe(_) | Error::Invalid { .. } | Error::Malformed { .. } => exit::BAD_INPUT,
+            Error::DigestMismatch { .. } | Error::Verification { .. } => exit::VERIFICATION,
+            Error::Registry { .. } | Error::Network { .. } => exit::NETWORK,
+            Error::Tool { .. } => exit::HOST_TOOL,
+            Error::Boot { .. } => exit::BOOT_FAILED,
+            Error::Io { .. } | Error::Internal { .. } => exit::INTERNAL,
         }
     }
 
@@ -104,8 +199,12 @@ impl Error {
             Error::Recipe(d) => d.hint.as_deref(),
             Error::Invalid { hint, .. }
             | Error::Registry { hint, .. }
-            | Error::Verification { hint, .. } => hint.as_deref(),
-            _ => None,
+            | Error::Verification { hint, .. }
+            | Error::Malformed { hint, .. }
+            | Error::Network { hint, .. }
+            | Error::Tool { hint, .. }
+            | Error::Boot { hint, .. } => hint.as_deref(),
+            Error::Io { .. } | Error::DigestMismatch { .. } | Error::Internal { .. } => None,
         }
     }
 
@@ -131,6 +230,76 @@ impl Error {
         Error::Invalid {
             message: message.into(),
             hint,
+        }
+    }
+
+    /// Builds an [`Error::Malformed`]: `message` names what could not be
+    /// read, `source` is the parser's error.
+    pub fn malformed(
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::Malformed {
+            message: message.into(),
+            hint: Some(hint.into()),
+            source: source.into(),
+        }
+    }
+
+    /// Builds an [`Error::Network`] for a request to `url` that failed with `source`.
+    pub fn network(
+        action: impl Into<String>,
+        url: impl Into<String>,
+        source: impl Into<BoxError>,
+        hint: Option<String>,
+    ) -> Self {
+        Error::Network {
+            action: action.into(),
+            url: url.into(),
+            status: None,
+            hint,
+            source: Some(source.into()),
+        }
+    }
+
+    /// Builds an [`Error::Tool`] for a program that could not be started;
+    /// `package` is the Debian package that has it.
+    pub fn tool_missing(tool: impl Into<String>, package: &str, source: io::Error) -> Self {
+        let tool = tool.into();
+        Error::Tool {
+            message: format!("cannot run `{tool}`"),
+            hint: Some(format!(
+                "install Debian's `{package}` package, or put `{tool}` on PATH"
+            )),
+            tool,
+            source: Some(source),
+        }
+    }
+
+    /// Builds an [`Error::Tool`] for a program that ran and failed.
+    pub fn tool_failed(tool: impl Into<String>, message: impl Into<String>, hint: &str) -> Self {
+        Error::Tool {
+            tool: tool.into(),
+            message: message.into(),
+            hint: Some(hint.to_string()),
+            source: None,
+        }
+    }
+
+    /// Builds an [`Error::Boot`].
+    pub fn boot(message: impl Into<String>, hint: &str) -> Self {
+        Error::Boot {
+            message: message.into(),
+            hint: Some(hint.to_string()),
+        }
+    }
+
+    /// Builds an [`Error::Internal`].
+    pub fn internal(action: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Internal {
+            action: action.into(),
+            source: source.into(),
         }
     }
 }

@@ -61,11 +61,8 @@ pub(super) fn packages_for(
             ))
             .into());
     }
-    let digest_of = |p: &lock::LockedPackage| -> Result<Digest> {
-        format!("sha256:{}", p.sha256)
-            .parse()
-            .map_err(|e: crate::digest::BadDigest| Error::invalid(e.to_string(), None))
-    };
+    // The lock checked every digest when it was read.
+    let digest_of = |p: &lock::LockedPackage| -> Result<Digest> { Ok(p.digest.clone()) };
     let mut missing = Vec::new();
     for p in &pinned {
         if !store.check_blob(&digest_of(p)?)? {

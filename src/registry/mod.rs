@@ -133,15 +133,12 @@ impl Registry {
             .tls_certs_merge(certs.clone())
             .build()
             .or_else(|_| builder().tls_certs_only(certs).build())
-            .map_err(|e| Error::Registry {
-                message: format!("cannot set up the HTTP client: {e}"),
-                hint: None,
-            })?;
+            .map_err(|e| Error::internal("set up the HTTP client", e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| Error::io("start the network runtime", PathBuf::from("tokio"), e))?;
+            .map_err(|e| Error::internal("start the network runtime", e))?;
         Ok(Registry {
             client,
             plain,

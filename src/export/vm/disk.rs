@@ -62,19 +62,18 @@ pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Pa
 }
 
 pub(super) fn run_tool(cmd: &mut std::process::Command, what: &str, package: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| {
-        Error::invalid(
-            format!("cannot run {what}: {e}"),
-            Some(format!("install Debian's `{package}` package")),
-        )
-    })?;
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .map_err(|e| Error::tool_missing(&tool, package, e))?;
     if !out.status.success() {
-        return Err(Error::invalid(
+        return Err(Error::tool_failed(
+            tool,
             format!(
                 "{what} failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            None,
+            &format!("check the message above; a newer `{package}` may be needed"),
         ));
     }
     Ok(())
