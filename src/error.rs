@@ -40,6 +40,15 @@ pub mod exit {
     pub const BOOT_FAILED: i32 = 6;
 }
 
+/// Hints that several errors share.
+pub mod hint {
+    /// For an image layout, archive or artifact whose documents are not what
+    /// the OCI image spec says they must be.
+    pub const DAMAGED_IMAGE: &str = "the image is damaged or was not written by an OCI tool: build it again with `kiln build`, or pull it again with `kiln pull`";
+    /// For a digest that does not parse.
+    pub const DIGEST: &str = "write a digest as `sha256:` followed by 64 lowercase hex digits";
+}
+
 /// Everything that can go wrong in kiln's library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,14 +106,16 @@ pub enum Error {
         actual: Digest,
     },
 
-    /// Input that a parser refused (JSON, xz, a PEM file): the parser's error is the cause.
+    /// Input kiln cannot use, with the error that says why as its cause: a
+    /// document a parser refused (JSON, xz, PEM), a file it cannot read, an
+    /// operation the host refused.
     #[error("{message}")]
-    Malformed {
-        /// What could not be read, naming it (`` `index.json` is not valid JSON ``).
+    Unusable {
+        /// What is wrong, naming the thing (`` `index.json` is not valid JSON ``).
         message: String,
         /// How to fix it, when known.
         hint: Option<String>,
-        /// The parser's error.
+        /// Why: the parser's or the operating system's error.
         #[source]
         source: BoxError,
     },
@@ -184,7 +195,7 @@ impl Error {
     /// 1 anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Recipe(_) | Error::Invalid { .. } | Error::Malformed { .. } => exit::BAD_INPUT,
+            Error::Recipe(_) | Error::Invalid { .. } | Error::Unusable { .. } => exit::BAD_INPUT,
             Error::DigestMismatch { .. } | Error::Verification { .. } => exit::VERIFICATION,
             Error::Registry { .. } | Error::Network { .. } => exit::NETWORK,
             Error::Tool { .. } => exit::HOST_TOOL,
@@ -200,7 +211,7 @@ impl Error {
             Error::Invalid { hint, .. }
             | Error::Registry { hint, .. }
             | Error::Verification { hint, .. }
-            | Error::Malformed { hint, .. }
+            | Error::Unusable { hint, .. }
             | Error::Network { hint, .. }
             | Error::Tool { hint, .. }
             | Error::Boot { hint, .. } => hint.as_deref(),
@@ -233,14 +244,14 @@ impl Error {
         }
     }
 
-    /// Builds an [`Error::Malformed`]: `message` names what could not be
-    /// read, `source` is the parser's error.
-    pub fn malformed(
+    /// Builds an [`Error::Unusable`]: `message` names what is wrong,
+    /// `source` says why.
+    pub fn unusable(
         message: impl Into<String>,
         source: impl Into<BoxError>,
         hint: impl Into<String>,
     ) -> Self {
-        Error::Malformed {
+        Error::Unusable {
             message: message.into(),
             hint: Some(hint.into()),
             source: source.into(),

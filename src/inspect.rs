@@ -111,7 +111,12 @@ fn inspect_layout(layout: &Layout, shown: &Path) -> Result<Report> {
 }
 
 fn image_report(layout: &Layout, digest: &Digest, manifest: &Value) -> Result<ImageReport> {
-    let bad = |what: &str| Error::invalid(format!("manifest `{digest}` {what}"), None);
+    let bad = |what: &str| {
+        Error::invalid(
+            format!("manifest `{digest}` {what}"),
+            Some(crate::error::hint::DAMAGED_IMAGE.into()),
+        )
+    };
     let config_digest: Digest = manifest["config"]["digest"]
         .as_str()
         .and_then(|s| s.parse().ok())
@@ -145,7 +150,7 @@ fn image_report(layout: &Layout, digest: &Digest, manifest: &Value) -> Result<Im
                     "layer blob `{}` has {actual} bytes, the manifest says {size}",
                     path.display()
                 ),
-                None,
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
             ));
         }
         layers.push(LayerInfo {

@@ -43,7 +43,7 @@ impl RegistryArgs {
             (None, true) => {
                 return Err(Error::invalid(
                     "`--password-stdin` needs `--username`",
-                    None,
+                    Some("add `--username USER`, or give neither and use stored credentials (`kiln login`)".into()),
                 ))
             }
         };

@@ -28,7 +28,12 @@ pub fn run(args: Args) -> Result<(), Error> {
         let chosen = match &args.platform {
             None => list.first(),
             Some(p) => {
-                let p = Platform::parse(p).map_err(|m| Error::invalid(m, None))?;
+                let p = Platform::parse(p).map_err(|m| {
+                    Error::invalid(
+                        m,
+                        Some("pick one of the platforms `kiln inspect` lists".into()),
+                    )
+                })?;
                 list.iter().find(|d| matches_platform(&d.json, &p))
             }
         };
@@ -51,7 +56,12 @@ pub fn run(args: Args) -> Result<(), Error> {
     let config_digest: Digest = m["config"]["digest"]
         .as_str()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::invalid(format!("manifest `{manifest}` has no config"), None))?;
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("manifest `{manifest}` has no config"),
+                Some(kiln::error::hint::DAMAGED_IMAGE.into()),
+            )
+        })?;
     let (_, config) = layout.read_json(&config_digest)?;
     let created = config["created"].as_str().unwrap_or("1970-01-01T00:00:00Z");
     let sbom = kiln::attest::sbom::spdx(&layout, &manifest, &name, created)?;

@@ -41,9 +41,9 @@ pub struct VerifyArgs {
 /// The digest a reference names, resolving a tag.
 fn digest_of(registry: &Registry, r: &Reference) -> Result<Digest, Error> {
     match r.digest() {
-        Some(d) => d
-            .parse()
-            .map_err(|e: kiln::digest::BadDigest| Error::invalid(e.to_string(), None)),
+        Some(d) => d.parse().map_err(|e: kiln::digest::BadDigest| {
+            Error::invalid(e.to_string(), Some(kiln::error::hint::DIGEST.into()))
+        }),
         None => registry.resolve(r),
     }
 }

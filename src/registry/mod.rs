@@ -74,10 +74,7 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
         ));
     }
     text.parse::<Reference>().map_err(|e| {
-        Error::invalid(
-            format!("`{text}` is not an image reference: {e}"),
-            Some("write `REGISTRY/REPOSITORY:TAG` or `REGISTRY/REPOSITORY@sha256:…`, e.g. `127.0.0.1:5000/app:1.0`".into()),
-        )
+        Error::unusable(format!("`{text}` is not an image reference"), e, "write `REGISTRY/REPOSITORY:TAG` or `REGISTRY/REPOSITORY@sha256:…`, e.g. `127.0.0.1:5000/app:1.0`")
     })
 }
 
@@ -113,9 +110,10 @@ impl Registry {
         for path in &options.ca_certs {
             let data = std::fs::read(path).at("read CA certificate", path)?;
             let cert = reqwest::Certificate::from_pem(&data).map_err(|e| {
-                Error::invalid(
-                    format!("`{}` is not a PEM certificate: {e}", path.display()),
-                    None,
+                Error::unusable(
+                    format!("`{}` is not a PEM certificate", path.display()),
+                    e,
+                    "give `--ca-cert` a PEM file (`-----BEGIN CERTIFICATE-----`)",
                 )
             })?;
             certs.push(cert);

@@ -128,10 +128,9 @@ async fn fetch_manifest(
 ) -> Result<(Vec<u8>, Digest)> {
     let what = format!("pull manifest `{}`", r.whole());
     let expected: Option<Digest> = match expected {
-        Some(e) => Some(
-            e.parse()
-                .map_err(|e| Error::invalid(format!("{e}"), None))?,
-        ),
+        Some(e) => Some(e.parse().map_err(|e| {
+            Error::invalid(format!("{e}"), Some(crate::error::hint::DIGEST.into()))
+        })?),
         None => None,
     };
     let at = match &expected {
@@ -199,8 +198,13 @@ async fn pull_manifest(
 ) -> Result<Stored> {
     let what = format!("pull manifest `{}`", r.whole());
     let (bytes, actual) = fetch_manifest(s, r, expected).await?;
-    let doc: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid(format!("{what} is not JSON: {e}"), None))?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::unusable(
+            format!("{what}: the manifest is not JSON"),
+            e,
+            "check the reference: the registry served something that is not an OCI manifest",
+        )
+    })?;
     let media_type = if crate::source::layout::is_index(&doc) {
         INDEX_MEDIA_TYPE
     } else if crate::source::layout::is_manifest(&doc) {

@@ -170,7 +170,7 @@ impl PushPlan {
                     .ok_or_else(|| {
                         Error::invalid(
                             format!("index `{}` has an invalid descriptor", top.digest),
-                            None,
+                            Some(crate::error::hint::DAMAGED_IMAGE.into()),
                         )
                     })?;
                 let child_bytes = store.read(&d)?;

@@ -83,11 +83,15 @@ impl Layout {
         if text.len() as u64 > MAX_JSON {
             return Err(Error::invalid(
                 format!("`{}` is larger than {MAX_JSON} bytes", path.display()),
-                None,
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
             ));
         }
         let v: Value = serde_json::from_slice(&text).map_err(|e| {
-            Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
+            Error::unusable(
+                format!("`{}` is not valid JSON", path.display()),
+                e,
+                crate::error::hint::DAMAGED_IMAGE,
+            )
         })?;
         descriptors(&v, &path)
     }
@@ -100,7 +104,7 @@ impl Layout {
             1 => Ok(index.remove(0)),
             0 => Err(Error::invalid(
                 format!("`{}` holds no image", self.dir.display()),
-                None,
+                Some("build or pull an image into it first (`kiln build`, `kiln pull`)".into()),
             )),
             n => Err(Error::invalid(
                 format!("`{}` holds {n} different images", self.dir.display()),
@@ -151,7 +155,11 @@ impl Layout {
             });
         }
         let v = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None)
+            Error::unusable(
+                format!("`{}` is not valid JSON", path.display()),
+                e,
+                crate::error::hint::DAMAGED_IMAGE,
+            )
         })?;
         Ok((bytes, v))
     }
@@ -205,7 +213,10 @@ impl Layout {
             .map(|c| descriptor(c, &path))
             .transpose()?
             .ok_or_else(|| {
-                Error::invalid(format!("manifest `{}` has no config", path.display()), None)
+                Error::invalid(
+                    format!("manifest `{}` has no config", path.display()),
+                    Some(crate::error::hint::DAMAGED_IMAGE.into()),
+                )
             })?;
         let (_, config) = self.read_json(&config_desc.digest)?;
         let layers = match manifest.get("layers") {
@@ -227,7 +238,7 @@ impl Layout {
                     layers.len(),
                     diff_ids.len()
                 ),
-                None,
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
             ));
         }
         let mut records = Vec::new();
@@ -283,7 +294,7 @@ pub fn descriptors(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
         Some(Value::Array(list)) => list.iter().map(|d| descriptor(d, path)).collect(),
         _ => Err(Error::invalid(
             format!("`{}` has no `manifests` list", path.display()),
-            None,
+            Some(crate::error::hint::DAMAGED_IMAGE.into()),
         )),
     }
 }
@@ -291,7 +302,10 @@ pub fn descriptors(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
 /// The blobs an image manifest document names: its config, then its layers.
 pub fn manifest_blobs(doc: &Value, path: &Path) -> Result<Vec<Desc>> {
     let config = doc.get("config").ok_or_else(|| {
-        Error::invalid(format!("manifest `{}` has no config", path.display()), None)
+        Error::invalid(
+            format!("manifest `{}` has no config", path.display()),
+            Some(crate::error::hint::DAMAGED_IMAGE.into()),
+        )
     })?;
     std::iter::once(config)
         .chain(doc["layers"].as_array().into_iter().flatten())
@@ -303,7 +317,7 @@ fn descriptor(v: &Value, path: &Path) -> Result<Desc> {
     let bad = |what: &str| {
         Error::invalid(
             format!("a descriptor in `{}` has {what}", path.display()),
-            None,
+            Some(crate::error::hint::DAMAGED_IMAGE.into()),
         )
     };
     let digest = v["digest"]
@@ -410,9 +424,10 @@ pub fn open_any_with(
     tmp: impl FnOnce() -> Result<tempfile::TempDir>,
 ) -> Result<(Layout, Option<tempfile::TempDir>)> {
     let meta = fs::metadata(path).map_err(|e| {
-        Error::invalid(
-            format!("cannot open `{}`: {e}", path.display()),
-            Some("give the path of an OCI layout directory or an OCI archive".into()),
+        Error::unusable(
+            format!("cannot open `{}`", path.display()),
+            e,
+            "give the path of an OCI layout directory or an OCI archive",
         )
     })?;
     if meta.is_dir() {

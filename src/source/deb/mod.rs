@@ -312,11 +312,11 @@ pub fn load_index(
         let mut text = Vec::new();
         if rel.ends_with(".xz") {
             lzma_rs::xz_decompress(&mut &compressed[..], &mut text)
-                .map_err(|e| Error::invalid(format!("`{rel}` is not valid xz: {e}"), None))?;
+                .map_err(|e| Error::unusable(format!("`{rel}` is not valid xz"), e, "the mirror served a damaged index: try again, or another mirror (`KILN_DEBIAN_MIRROR`)"))?;
         } else {
             flate2::read::GzDecoder::new(&compressed[..])
                 .read_to_end(&mut text)
-                .map_err(|e| Error::invalid(format!("`{rel}` is not valid gzip: {e}"), None))?;
+                .map_err(|e| Error::unusable(format!("`{rel}` is not valid gzip"), e, "the mirror served a damaged index: try again, or another mirror (`KILN_DEBIAN_MIRROR`)"))?;
         }
         for stanza in control::parse(&String::from_utf8_lossy(&text)) {
             let get = |k: &str| stanza.get(k).cloned().unwrap_or_default();
