@@ -38,6 +38,26 @@ pub mod exit {
     /// `kiln boot`: the machine booted but did not succeed (a kernel panic, a
     /// power-off before the marker, a timeout).
     pub const BOOT_FAILED: i32 = 6;
+
+    /// Every code and what it means, as `kiln --help` and the README list them.
+    pub const TABLE: &[(i32, &str)] = &[
+        (OK, "success"),
+        (INTERNAL, "anything else: an I/O error on a path, an internal failure"),
+        (BAD_INPUT, "bad input: a recipe, an argument, a lockfile, a base, a layout, a key"),
+        (NETWORK, "a registry or mirror refused a request or could not be reached"),
+        (
+            VERIFICATION,
+            "verification failed: content that does not match its digest, a signature or attestation that does not verify",
+        ),
+        (
+            HOST_TOOL,
+            "a host tool (qemu, mkfs.erofs, mksquashfs, mke2fs, gpgv …) is missing or failed",
+        ),
+        (
+            BOOT_FAILED,
+            "`kiln boot`: the kernel panicked, the machine powered off before the marker, or the timeout passed",
+        ),
+    ];
 }
 
 /// Hints that several errors share.

@@ -19,7 +19,7 @@ use kiln::error::Error;
 
 /// kiln builds reproducible, content-addressed OCI images from TOML recipes.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about)]
+#[command(name = "kiln", version, about, after_help = exit_codes_help())]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +53,15 @@ enum Command {
     Login(login::Args),
     /// Verify the store's blobs, or prune what no recent build used.
     Store(store::Args),
+}
+
+/// The exit code table shown after `kiln --help`.
+fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes:");
+    for (code, meaning) in kiln::error::exit::TABLE {
+        text.push_str(&format!("\n  {code}  {meaning}"));
+    }
+    text
 }
 
 /// Runs the parsed command.
