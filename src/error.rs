@@ -479,6 +479,18 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// An error and its causes, joined with `: `.
+pub fn render_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,16 +522,4 @@ mod tests {
         assert!(shown.starts_with("`r.toml:3:8`: wrong type"), "{shown}");
         assert!(shown.contains("3 | user = 5\n  |        ^"), "{shown}");
     }
-}
-
-/// An error and its causes, joined with `: `.
-pub fn render_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
