@@ -65,6 +65,8 @@ pub mod hint {
     /// For an image layout, archive or artifact whose documents are not what
     /// the OCI image spec says they must be.
     pub const DAMAGED_IMAGE: &str = "the image is damaged or was not written by an OCI tool: build it again with `kiln build`, or pull it again with `kiln pull`";
+    /// For a registry that does not follow the OCI distribution spec.
+    pub const NOT_OCI_REGISTRY: &str = "the registry does not follow the OCI distribution spec here: upgrade it, or push to another registry";
     /// For a digest that does not parse.
     pub const DIGEST: &str = "write a digest as `sha256:` followed by 64 lowercase hex digits";
 }
