@@ -11,6 +11,7 @@ use std::fmt;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::digest::Digest;
 
@@ -74,8 +75,9 @@ pub mod hint {
 /// Everything that can go wrong in kiln's library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A problem in a recipe, located at a file, line and column.
-    #[error("{0}")]
+    /// A problem in a recipe or a lockfile, located at a file, line and
+    /// column; its cause, when it is an error value, is its source.
+    #[error(transparent)]
     Recipe(Box<Diagnostic>),
 
     /// Input that is not valid, outside any recipe (an argument, an image layout, the environment).
@@ -393,6 +395,7 @@ impl Source {
             width,
             hint: None,
             cause: None,
+            source: None,
         }
     }
 }
@@ -421,8 +424,12 @@ pub struct Diagnostic {
     pub width: usize,
     /// How to fix it.
     pub hint: Option<String>,
-    /// The underlying cause, rendered (an OS error, a nested recipe's error).
+    /// The underlying cause, as text, shown on a `caused by:` line.
     pub cause: Option<String>,
+    /// The underlying cause as an error value (an OS error, a nested
+    /// recipe's error): the diagnostic's [`source`](std::error::Error::source),
+    /// so every link of its chain is shown.
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Diagnostic {
@@ -440,10 +447,24 @@ impl Diagnostic {
         self
     }
 
-    /// Adds a cause.
+    /// Adds a cause, as text.
     pub fn cause(mut self, cause: impl fmt::Display) -> Self {
         self.cause = Some(cause.to_string());
         self
+    }
+
+    /// Adds a cause that is an error, kept as the diagnostic's source.
+    pub fn caused_by(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(Arc::from(source.into()));
+        self
+    }
+}
+
+impl std::error::Error for Diagnostic {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -509,6 +530,48 @@ mod tests {
         );
         assert_eq!(redact_userinfo("h:5000/r@sha256:00"), None);
         assert_eq!(redact_userinfo("u:p@h"), Some("***@h".into()));
+    }
+
+    /// A diagnostic's cause stays an error value: the chain reaches it, and
+    /// the diagnostic's own text does not repeat it.
+    #[test]
+    fn a_diagnostic_keeps_its_cause_as_its_source() {
+        let src = Source {
+            path: "r.toml".into(),
+            text: "src = \"nope\"\n".into(),
+        };
+        let os = io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let e = Error::from(src.error(6..12, "cannot use `nope`").caused_by(os));
+        assert!(!e.to_string().contains("no such file"), "{e}");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "no such file");
+        assert!(render_chain(&e).ends_with("^^^^^^: no such file"));
+    }
+
+    #[test]
+    fn exit_codes_keep_their_meaning() {
+        let tool = Error::tool_missing(
+            "qemu-system-x86_64",
+            "qemu-system-x86",
+            io::ErrorKind::NotFound.into(),
+        );
+        assert_eq!(tool.exit_code(), 5);
+        assert_eq!(
+            Error::boot("the kernel panicked", "check init").exit_code(),
+            6
+        );
+        assert_eq!(Error::invalid("x", None).exit_code(), 2);
+        assert_eq!(
+            Error::network("download", "http://m/x", io::Error::other("reset"), None).exit_code(),
+            3
+        );
+        assert_eq!(Error::verification("x", "y").exit_code(), 4);
+        assert_eq!(
+            Error::io("read", "/x", io::ErrorKind::NotFound.into()).exit_code(),
+            1
+        );
+        let codes: Vec<i32> = exit::TABLE.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

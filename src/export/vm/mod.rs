@@ -53,7 +53,7 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
                                 kernel_at.clone(),
                                 format!("cannot read the kernel `{}`", host.display()),
                             )
-                            .cause(e)
+                            .caused_by(e)
                             .hint("`kernel.path` is a host file, relative to the recipe"),
                     )
                 })?;
