@@ -31,7 +31,7 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
-    /// Boot a VM bundle in qemu on the serial console.
+    /// Boot a VM bundle in qemu on the serial console; exit 6 if the machine fails, 5 if qemu does.
     Boot(boot::Args),
     /// Pin every input a recipe names by tag (a base image) in `RECIPE.lock`.
     Lock(lock::Args),
