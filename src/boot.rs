@@ -4,7 +4,9 @@
 //!
 //! qemu exits 0 even after a kernel panic, so the outcome is read from the
 //! console: a marker line (when asked for), a `Kernel panic`, the machine
-//! powering off, or the timeout.
+//! powering off, or the timeout. A missing or failing qemu is an
+//! [`Error::Tool`]; what the machine did is the [`Outcome`], which the binary
+//! turns into an [`Error::Boot`] when it is not a success.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -91,12 +93,7 @@ pub fn boot(dir: &Path, opts: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Re
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            Error::invalid(
-                format!("cannot run `qemu-system-x86_64`: {e}"),
-                Some("install Debian's `qemu-system-x86` package".into()),
-            )
-        })?;
+        .map_err(|e| Error::tool_missing("qemu-system-x86_64", "qemu-system-x86", e))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -140,9 +137,10 @@ pub fn boot(dir: &Path, opts: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Re
                 if let Some(mut e) = child.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
-                return Err(Error::invalid(
-                    format!("qemu failed ({s}): {}", err.trim()),
-                    Some("check the bundle's kernel and initramfs".into()),
+                return Err(Error::tool_failed(
+                    "qemu-system-x86_64",
+                    format!("`qemu-system-x86_64` failed ({s}): {}", err.trim()),
+                    "check the bundle's kernel and initramfs, and that this qemu can run them",
                 ));
             }
         }

@@ -120,7 +120,7 @@ fn image_report(layout: &Layout, digest: &Digest, manifest: &Manifest) -> Result
                     "layer blob `{}` has {actual} bytes, the manifest says {size}",
                     path.display()
                 ),
-                None,
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
             ));
         }
         layers.push(LayerInfo {

@@ -3,14 +3,21 @@
 //! It pins every input a recipe names by something that can move (a base
 //! image by tag) to a digest. Its bytes are stable: entries sorted, one per
 //! line, so the same inputs write the same file and diffs stay small.
+//!
+//! Digests are [`Digest`]s, checked when the file is read; a lock read from a
+//! file keeps its text and each entry's place in it, so an error about an
+//! entry (a bad digest, a package the store cannot verify) names the line and
+//! column of that entry, like a recipe error.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::digest::Digest;
-use crate::error::{Error, Result, Source};
+use crate::error::{Diagnostic, Error, Result, Source};
 
 /// The lockfile's format version.
 pub const LOCK_VERSION: u32 = 1;
@@ -24,6 +31,47 @@ pub struct Lock {
     pub packages: Vec<LockedPackage>,
     /// What each layer asked for, per architecture (so a stale lock is seen).
     pub requests: Vec<LockedRequest>,
+    /// The file this lock was read from, for errors about its entries.
+    pub origin: Origin,
+}
+
+/// The lockfile a [`Lock`] was read from (none for a lock made in memory).
+/// Two locks with the same entries are equal wherever they came from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin(pub Option<Arc<Source>>);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+/// Where an entry stands in the lockfile it was read from (byte offsets);
+/// empty for an entry made in memory. Ignored by comparisons, so a lock read
+/// back equals the lock written.
+#[derive(Debug, Clone, Default)]
+pub struct Span(pub Range<usize>);
+
+impl PartialEq for Span {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Span {}
+
+impl PartialOrd for Span {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Span {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
 }
 
 /// The package names one layer of the recipe asked for, when it was locked.
@@ -36,6 +84,9 @@ pub struct LockedRequest {
     pub layer: usize,
     /// The names, sorted.
     pub names: Vec<String>,
+    /// Where the entry stands in the lockfile.
+    #[serde(skip)]
+    pub span: Span,
 }
 
 /// One Debian package pinned by the lock.
@@ -54,24 +105,62 @@ pub struct LockedPackage {
     pub architecture: String,
     /// The path inside the archive (`pool/…`), the same on every mirror.
     pub path: String,
-    /// Its SHA-256.
-    pub sha256: String,
+    /// Its SHA-256, written bare (`sha256 = "<64 hex>"`).
+    #[serde(rename = "sha256", with = "bare_hex")]
+    pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
     /// The recipe's name for the repository it came from.
     pub repository: String,
+    /// Where the entry stands in the lockfile.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// A SHA-256 [`Digest`] written as its bare hex, as the lockfile has always
+/// written package digests.
+mod bare_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::digest::Digest;
+
+    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(d.hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let hex = String::deserialize(d)?;
+        format!("sha256:{hex}").parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{hex}` is not a SHA-256 digest (64 lowercase hex digits)"
+            ))
+        })
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLock {
-    version: u32,
+    version: toml::Spanned<u32>,
     #[serde(default)]
-    bases: BTreeMap<String, toml::Spanned<String>>,
+    bases: BTreeMap<String, Digest>,
     #[serde(default)]
-    packages: Vec<LockedPackage>,
+    packages: Vec<toml::Spanned<LockedPackage>>,
     #[serde(default)]
-    requests: Vec<LockedRequest>,
+    requests: Vec<toml::Spanned<LockedRequest>>,
+}
+
+/// `kiln lock RECIPE` for the lockfile at `lock`.
+fn command_for(lock: &Path) -> String {
+    format!("`kiln lock {}`", lock.with_extension("toml").display())
+}
+
+/// The hint for a lockfile kiln cannot use.
+fn regenerate_hint(lock: &Path) -> String {
+    format!(
+        "regenerate the lockfile with {} and commit it",
+        command_for(lock)
+    )
 }
 
 /// The lockfile of the recipe at `recipe`: the same name with `.lock`.
@@ -91,53 +180,75 @@ impl Lock {
             path: path.to_path_buf(),
             text,
         };
+        // A bad digest fails here, at its own value: the deserializer knows its span.
         let raw: RawLock = toml::from_str(&source.text).map_err(|e| {
             Error::from(
                 source
                     .error(e.span().unwrap_or(0..0), e.message().trim_end().to_string())
-                    .hint("regenerate the lockfile with `kiln lock RECIPE`"),
+                    .hint(regenerate_hint(path)),
             )
         })?;
-        if raw.version != LOCK_VERSION {
+        if *raw.version.get_ref() != LOCK_VERSION {
             return Err(source
                 .error(
-                    0..0,
-                    format!("lockfile version {} is not {LOCK_VERSION}", raw.version),
+                    raw.version.span(),
+                    format!(
+                        "lockfile version {} is not {LOCK_VERSION}",
+                        raw.version.get_ref()
+                    ),
                 )
-                .hint("regenerate it with this kiln: `kiln lock RECIPE`")
+                .hint(format!(
+                    "regenerate it with this kiln: {}",
+                    command_for(path)
+                ))
                 .into());
         }
-        let mut bases = BTreeMap::new();
-        for (reference, digest) in raw.bases {
-            let d = digest
-                .get_ref()
-                .parse()
-                .map_err(|e: crate::digest::BadDigest| {
-                    Error::from(
-                        source
-                            .error(digest.span(), e.to_string())
-                            .hint("regenerate the lockfile with `kiln lock RECIPE`"),
-                    )
-                })?;
-            bases.insert(reference, d);
-        }
-        let mut packages = raw.packages;
-        for p in &packages {
-            if format!("sha256:{}", p.sha256).parse::<Digest>().is_err() {
-                return Err(source
-                    .error(0..0, format!("package `{}` has an invalid sha256", p.name))
-                    .hint("regenerate the lockfile with `kiln lock RECIPE`")
-                    .into());
-            }
-        }
+        let mut packages: Vec<LockedPackage> = raw
+            .packages
+            .into_iter()
+            .map(|p| {
+                let span = p.span();
+                LockedPackage {
+                    span: Span(span),
+                    ..p.into_inner()
+                }
+            })
+            .collect();
         packages.sort();
-        let mut requests = raw.requests;
+        let mut requests: Vec<LockedRequest> = raw
+            .requests
+            .into_iter()
+            .map(|r| {
+                let span = r.span();
+                LockedRequest {
+                    span: Span(span),
+                    ..r.into_inner()
+                }
+            })
+            .collect();
         requests.sort();
         Ok(Some(Lock {
-            bases,
+            bases: raw.bases,
             packages,
             requests,
+            origin: Origin(Some(Arc::new(source))),
         }))
+    }
+
+    /// A diagnostic at `span` of the file this lock was read from, with a hint
+    /// to regenerate it; an [`Error::Invalid`] for a lock made in memory.
+    pub fn error_at(&self, span: &Span, message: impl Into<String>) -> Error {
+        match &self.origin.0 {
+            Some(source) => {
+                let hint = regenerate_hint(&source.path);
+                let d: Diagnostic = source.error(span.0.clone(), message).hint(hint);
+                d.into()
+            }
+            None => Error::invalid(
+                message,
+                Some("regenerate the lockfile with `kiln lock RECIPE`".into()),
+            ),
+        }
     }
 
     /// The lockfile's text.
@@ -226,9 +337,7 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
                 version: p.version.clone(),
                 arch: p.architecture.clone(),
                 path: p.path.clone(),
-                sha256: format!("sha256:{}", p.sha256)
-                    .parse()
-                    .unwrap_or_else(|_| Digest::of(p.path.as_bytes())),
+                sha256: p.digest.clone(),
                 size: p.size,
                 stanza: index
                     .iter()
@@ -249,6 +358,7 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
                 arch: arch.clone(),
                 layer: layer_no,
                 names: requested_names(layer),
+                span: Span::default(),
             });
             let chosen = universe.resolve(&names, &installed).map_err(|e| {
                 let (span, message, hint) = match e {
@@ -279,9 +389,10 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
                     version: p.version.clone(),
                     architecture: p.arch.clone(),
                     path: p.path.clone(),
-                    sha256: p.sha256.hex().to_string(),
+                    digest: p.sha256.clone(),
                     size: p.size,
                     repository: p.repository.clone(),
+                    span: Span::default(),
                 });
             }
         }
@@ -362,5 +473,68 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), first);
         let text = String::from_utf8(first).unwrap();
         assert!(text.find("r.example/a:1").unwrap() < text.find("r.example/b:2").unwrap());
+    }
+
+    fn package(sha256: &str) -> String {
+        format!(
+            "version = 1\n\n[[packages]]\narch = \"amd64\"\nlayer = 0\nname = \"hello\"\n\
+             version = \"1\"\narchitecture = \"amd64\"\npath = \"pool/h.deb\"\n\
+             sha256 = \"{sha256}\"\nsize = 1\nrepository = \"debian\"\n"
+        )
+    }
+
+    /// Reads `text` as `app.lock` and returns the rendered error.
+    fn read_error(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.lock");
+        std::fs::write(&path, text).unwrap();
+        let e = Lock::read(&path).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
+        assert!(e.hint().unwrap().contains("kiln lock"), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn package_digests_are_digests_and_keep_their_text() {
+        let text = package(&"ab".repeat(32));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.lock");
+        std::fs::write(&path, &text).unwrap();
+        let lock = Lock::read(&path).unwrap().unwrap();
+        let p = &lock.packages[0];
+        assert_eq!(p.digest.hex(), "ab".repeat(32));
+        assert!(
+            lock.render().ends_with(&text["version = 1\n".len()..]),
+            "{}",
+            lock.render()
+        );
+        // Where the entry stands is kept, and an error about it points there.
+        let e = lock.error_at(&p.span, "not in the store").to_string();
+        assert!(e.contains("app.lock:3:1`: not in the store"), "{e}");
+    }
+
+    /// A bad package digest once pointed at line 1, column 1.
+    #[test]
+    fn a_bad_package_digest_points_at_its_value() {
+        let e = read_error(&package("xyz"));
+        assert!(e.contains("app.lock:10:10`"), "{e}");
+        assert!(e.contains("`xyz` is not a SHA-256 digest"), "{e}");
+    }
+
+    /// So did a lockfile of another version.
+    #[test]
+    fn a_wrong_version_points_at_its_value() {
+        let e = read_error("# lock\nversion = 7\n");
+        assert!(
+            e.contains("app.lock:2:11`: lockfile version 7 is not 1"),
+            "{e}"
+        );
+        assert!(e.contains("2 | version = 7\n  |           ^"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_base_digest_points_at_its_value() {
+        let e = read_error("version = 1\n\n[bases]\n\"r.example/a:1\" = \"sha256:12\"\n");
+        assert!(e.contains("app.lock:4:19`"), "{e}");
     }
 }

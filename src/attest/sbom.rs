@@ -45,7 +45,7 @@ fn files(layout: &Layout, manifest: &Digest) -> Result<BTreeMap<String, FileSums
             .ok_or_else(|| {
                 Error::invalid(
                     format!("manifest `{manifest}` has a layer without a digest"),
-                    None,
+                    Some(crate::error::hint::DAMAGED_IMAGE.into()),
                 )
             })?;
         let path = layout.blob_path(&digest);

@@ -28,22 +28,22 @@ pub fn run(args: Args) -> Result<(), Error> {
         memory: args.memory,
     };
     let outcome = boot(&args.bundle, &opts, &mut |line| println!("{line}"))?;
-    let fail = Error::verification;
+    // The machine ran and failed: its own exit code (6), not a verification failure.
     match outcome {
         Outcome::Marker => {
             eprintln!("boot: saw `{}`", args.marker.unwrap_or_default());
             Ok(())
         }
         Outcome::PoweredOff if args.marker.is_none() => Ok(()),
-        Outcome::PoweredOff => Err(fail(
-            "the machine powered off before the marker appeared".into(),
+        Outcome::PoweredOff => Err(Error::boot(
+            "the machine powered off before the marker appeared",
             "check the image's init",
         )),
-        Outcome::Panic(line) => Err(fail(
+        Outcome::Panic(line) => Err(Error::boot(
             format!("the kernel panicked: {line}"),
             "check `[vm].init` and the kernel command line",
         )),
-        Outcome::TimedOut => Err(fail(
+        Outcome::TimedOut => Err(Error::boot(
             format!("nothing decisive within {} s", args.timeout),
             "raise `--timeout`, or check the console output above",
         )),

@@ -19,7 +19,7 @@ use kiln::error::Error;
 
 /// kiln builds reproducible, content-addressed OCI images from TOML recipes.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about)]
+#[command(name = "kiln", version, about, after_help = exit_codes_help())]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +31,7 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
-    /// Boot a VM bundle in qemu on the serial console.
+    /// Boot a VM bundle in qemu on the serial console; exit 6 if the machine fails, 5 if qemu does.
     Boot(boot::Args),
     /// Pin every input a recipe names by tag (a base image) in `RECIPE.lock`.
     Lock(lock::Args),
@@ -53,6 +53,15 @@ enum Command {
     Login(login::Args),
     /// Verify the store's blobs, or prune what no recent build used.
     Store(store::Args),
+}
+
+/// The exit code table shown after `kiln --help`.
+fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes:");
+    for (code, meaning) in kiln::error::exit::TABLE {
+        text.push_str(&format!("\n  {code}  {meaning}"));
+    }
+    text
 }
 
 /// Runs the parsed command.

@@ -43,7 +43,7 @@ impl RegistryArgs {
             (None, true) => {
                 return Err(Error::invalid(
                     "`--password-stdin` needs `--username`",
-                    None,
+                    Some("add `--username USER`, or give neither and use stored credentials (`kiln login`)".into()),
                 ))
             }
         };
@@ -62,7 +62,7 @@ pub fn read_password() -> Result<String, Error> {
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
-        .map_err(|e| Error::io("read the password from", PathBuf::from("standard input"), e))?;
+        .map_err(|e| Error::internal("read the password from standard input", e))?;
     let password = text.trim_end_matches(['\n', '\r']).to_string();
     if password.is_empty() {
         return Err(Error::invalid(

@@ -420,10 +420,11 @@ impl Recipe {
             let hint = (e.kind() == std::io::ErrorKind::NotFound).then(|| {
                 "check the path; recipes are TOML files such as `recipes/hello.toml`".to_string()
             });
-            Error::invalid(
-                format!("cannot read recipe `{}`: {e}", path.display()),
+            Error::Unusable {
+                message: format!("cannot read recipe `{}`", path.display()),
                 hint,
-            )
+                source: e.into(),
+            }
         })?;
         let text = String::from_utf8(bytes).map_err(|e| utf8_error(path, e))?;
         Self::parse(path, text)

@@ -72,9 +72,10 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
             continue;
         };
         let doc: Value = serde_json::from_slice(&text).map_err(|e| {
-            Error::invalid(
-                format!("`{}` is not valid JSON: {e}", file.display()),
-                Some("fix or remove the file".into()),
+            Error::unusable(
+                format!("`{}` is not valid JSON", file.display()),
+                e,
+                "fix or remove the file",
             )
         })?;
         if let Some(found) = from_config(&doc, registry, &file)? {
@@ -201,9 +202,10 @@ pub fn store(registry: &str, creds: &Credentials) -> Result<PathBuf> {
     };
     let mut doc: Value = match std::fs::read(&file) {
         Ok(text) => serde_json::from_slice(&text).map_err(|e| {
-            Error::invalid(
-                format!("`{}` is not valid JSON: {e}", file.display()),
-                Some("fix or remove the file".into()),
+            Error::unusable(
+                format!("`{}` is not valid JSON", file.display()),
+                e,
+                "fix or remove the file",
             )
         })?,
         Err(_) => json!({}),

@@ -169,7 +169,7 @@ impl Session {
         let what = format!("get a token for `{}`", self.registry);
         let realm = get("realm").ok_or_else(|| Error::Registry {
             message: format!("cannot {what}: its challenge names no token server (`realm`)"),
-            hint: None,
+            hint: Some(BROKEN_AUTH_HINT.into()),
         })?;
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(service) = get("service") {
@@ -190,9 +190,12 @@ impl Session {
         if !resp.status().is_success() {
             return Err(status_error(&what, resp).await);
         }
-        let body: serde_json::Value = resp.json().await.map_err(|e| Error::Registry {
-            message: format!("cannot {what}: the token server's answer is not JSON ({e})"),
-            hint: None,
+        let body: serde_json::Value = resp.json().await.map_err(|e| Error::Network {
+            action: format!("{what}: cannot read the JSON answer of"),
+            url: realm.clone(),
+            status: None,
+            hint: Some(BROKEN_AUTH_HINT.into()),
+            source: Some(e.into()),
         })?;
         let token = body["token"]
             .as_str()
@@ -200,7 +203,7 @@ impl Session {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::Registry {
                 message: format!("cannot {what}: the token server's answer has no token"),
-                hint: None,
+                hint: Some(BROKEN_AUTH_HINT.into()),
             })?;
         Ok(format!("Bearer {token}"))
     }
@@ -336,6 +339,10 @@ fn error_detail(body: &[u8]) -> String {
     }
 }
 
+/// What to do when the registry's token authentication misbehaves.
+const BROKEN_AUTH_HINT: &str =
+    "the registry's token authentication is misconfigured: check its `WWW-Authenticate` challenge and token server, or tell its operator";
+
 /// The error for an answer that is not what `what` needed.
 pub(super) async fn status_error(what: &str, resp: Response) -> Error {
     let status = resp.status().as_u16();
@@ -351,7 +358,10 @@ pub(super) async fn status_error(what: &str, resp: Response) -> Error {
         hint: match status {
             403 => Some("check that the user may access this repository".into()),
             404 => Some("check the repository name and digest".into()),
-            _ => None,
+            500.. => Some("the registry failed: try again later, or check its logs".into()),
+            _ => Some(
+                "check the reference, and that the registry speaks the OCI distribution API".into(),
+            ),
         },
     }
 }

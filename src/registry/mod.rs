@@ -74,10 +74,7 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
         ));
     }
     text.parse::<Reference>().map_err(|e| {
-        Error::invalid(
-            format!("`{text}` is not an image reference: {e}"),
-            Some("write `REGISTRY/REPOSITORY:TAG` or `REGISTRY/REPOSITORY@sha256:…`, e.g. `127.0.0.1:5000/app:1.0`".into()),
-        )
+        Error::unusable(format!("`{text}` is not an image reference"), e, "write `REGISTRY/REPOSITORY:TAG` or `REGISTRY/REPOSITORY@sha256:…`, e.g. `127.0.0.1:5000/app:1.0`")
     })
 }
 
@@ -113,9 +110,10 @@ impl Registry {
         for path in &options.ca_certs {
             let data = std::fs::read(path).at("read CA certificate", path)?;
             let cert = reqwest::Certificate::from_pem(&data).map_err(|e| {
-                Error::invalid(
-                    format!("`{}` is not a PEM certificate: {e}", path.display()),
-                    None,
+                Error::unusable(
+                    format!("`{}` is not a PEM certificate", path.display()),
+                    e,
+                    "give `--ca-cert` a PEM file (`-----BEGIN CERTIFICATE-----`)",
                 )
             })?;
             certs.push(cert);
@@ -133,15 +131,12 @@ impl Registry {
             .tls_certs_merge(certs.clone())
             .build()
             .or_else(|_| builder().tls_certs_only(certs).build())
-            .map_err(|e| Error::Registry {
-                message: format!("cannot set up the HTTP client: {e}"),
-                hint: None,
-            })?;
+            .map_err(|e| Error::internal("set up the HTTP client", e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| Error::io("start the network runtime", PathBuf::from("tokio"), e))?;
+            .map_err(|e| Error::internal("start the network runtime", e))?;
         Ok(Registry {
             client,
             plain,

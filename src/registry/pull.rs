@@ -146,7 +146,7 @@ async fn fetch_manifest(
                         message: format!(
                             "cannot {what}: the manifest is larger than {MAX_MANIFEST} bytes"
                         ),
-                        hint: None,
+                        hint: Some("check that the reference names an image or an index".into()),
                     });
                 }
                 let headers = resp.headers().clone();

@@ -154,7 +154,7 @@ async fn start(s: &Session, r: &Reference, what: &str) -> Result<Upload> {
     let base = reqwest::Url::parse(&url).expect("a valid URL");
     let location = location(&base, resp.headers()).ok_or_else(|| Error::Registry {
         message: format!("cannot {what}: the registry started an upload without a `Location`"),
-        hint: None,
+        hint: Some(crate::error::hint::NOT_OCI_REGISTRY.into()),
     })?;
     Ok(Upload {
         location,
@@ -233,7 +233,7 @@ pub(super) fn check_digest(
         }),
         Err(_) => Err(Error::Registry {
             message: format!("cannot {what}: the registry names it `{named}`, not a digest"),
-            hint: None,
+            hint: Some(crate::error::hint::NOT_OCI_REGISTRY.into()),
         }),
     }
 }

@@ -308,7 +308,7 @@ pub fn layout_error(recipe: &Recipe, path: &Path, span: &Range<usize>, e: Error)
             span.clone(),
             format!("cannot use base `oci:{}`", path.display()),
         )
-        .cause(crate::error::render_chain(&e))
+        .caused_by(e)
         .hint(hint.unwrap_or_else(|| "check the path and digest of the base layout".into()))
         .into()
 }
@@ -430,23 +430,15 @@ fn pinned_packages(
             ))
             .into());
     }
-    pinned
+    // The lock checked every digest when it was read.
+    Ok(pinned
         .into_iter()
-        .map(|p| {
-            Ok(Package {
-                name: p.name.clone(),
-                version: p.version.clone(),
-                architecture: p.architecture.clone(),
-                path: p.path.clone(),
-                digest: format!("sha256:{}", p.sha256).parse().map_err(
-                    |e: crate::digest::BadDigest| {
-                        Error::invalid(
-                            format!("`{}`: package `{}`: {e}", lock_path.display(), p.name),
-                            Some("regenerate the lockfile with `kiln lock RECIPE`".into()),
-                        )
-                    },
-                )?,
-            })
+        .map(|p| Package {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            architecture: p.architecture.clone(),
+            path: p.path.clone(),
+            digest: p.digest.clone(),
         })
-        .collect()
+        .collect())
 }

@@ -73,7 +73,7 @@ impl Layout {
         if text.len() as u64 > MAX_JSON {
             return Err(Error::invalid(
                 format!("`{}` is larger than {MAX_JSON} bytes", path.display()),
-                None,
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
             ));
         }
         Ok(oci::parse_index(&text, &format!("`{}`", path.display()))?.manifests)
@@ -87,7 +87,7 @@ impl Layout {
             1 => Ok(index.remove(0)),
             0 => Err(Error::invalid(
                 format!("`{}` holds no image", self.dir.display()),
-                None,
+                Some("build or pull an image into it first (`kiln build`, `kiln pull`)".into()),
             )),
             n => Err(Error::invalid(
                 format!("`{}` holds {n} different images", self.dir.display()),
@@ -237,7 +237,7 @@ impl Layout {
                     layers.len(),
                     diff_ids.len()
                 ),
-                None,
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
             ));
         }
         let mut records = Vec::new();
@@ -368,9 +368,10 @@ pub fn open_any_with(
     tmp: impl FnOnce() -> Result<tempfile::TempDir>,
 ) -> Result<(Layout, Option<tempfile::TempDir>)> {
     let meta = fs::metadata(path).map_err(|e| {
-        Error::invalid(
-            format!("cannot open `{}`: {e}", path.display()),
-            Some("give the path of an OCI layout directory or an OCI archive".into()),
+        Error::unusable(
+            format!("cannot open `{}`", path.display()),
+            e,
+            "give the path of an OCI layout directory or an OCI archive",
         )
     })?;
     if meta.is_dir() {

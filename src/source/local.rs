@@ -276,7 +276,7 @@ impl LayerBuilder<'_> {
                 .join(expand_src(f.src.get_ref(), self.platform));
             let meta = fs::metadata(&src).map_err(|e| {
                 self.error(&f.src, format!("cannot use `{}`", src.display()))
-                    .cause(e)
+                    .caused_by(e)
                     .hint("check that `src` exists; it is relative to the recipe's directory")
             })?;
             if meta.is_dir() {
@@ -364,7 +364,7 @@ impl LayerBuilder<'_> {
             None => {
                 let unreadable = |e: std::io::Error| {
                     self.error(at, format!("cannot read `{}`", src.display()))
-                        .cause(e)
+                        .caused_by(e)
                         .hint("make the file readable by the user running kiln, or leave it out")
                 };
                 let file = fs::File::open(src).map_err(unreadable)?;
@@ -405,7 +405,7 @@ impl LayerBuilder<'_> {
             .join(expand_src(t.src.get_ref(), self.platform));
         let meta = fs::metadata(&root).map_err(|e| {
             self.error(&t.src, format!("cannot use `{}`", root.display()))
-                .cause(e)
+                .caused_by(e)
                 .hint("check that `src` exists; it is relative to the recipe's directory")
         })?;
         if !meta.is_dir() {
@@ -441,7 +441,7 @@ impl LayerBuilder<'_> {
                     &t.src,
                     format!("cannot read `{}` in the tree", at.display()),
                 )
-                .cause(e)
+                .caused_by(e)
                 .hint("make it readable by the user running kiln, or add it to `exclude`")
             })?;
             let rel = item
@@ -494,7 +494,7 @@ impl LayerBuilder<'_> {
         let ft = item.file_type();
         let meta = item.metadata().map_err(|e| {
             self.error(&t.src, format!("cannot read `{}`", item.path().display()))
-                .cause(e)
+                .caused_by(e)
                 .hint("make it readable by the user running kiln, or add it to `exclude`")
         })?;
         let entry = if ft.is_dir() {
@@ -511,7 +511,7 @@ impl LayerBuilder<'_> {
                     &t.src,
                     format!("cannot read link `{}`", item.path().display()),
                 )
-                .cause(e)
+                .caused_by(e)
             })?;
             let target = target.to_str().ok_or_else(|| {
                 self.error(

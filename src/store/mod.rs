@@ -297,7 +297,7 @@ impl Store {
         let mut w = self.writer()?;
         let mut reader = reader;
         io::copy(&mut reader, &mut w)
-            .map_err(|e| Error::io("copy into the store", PathBuf::from(what.to_string()), e))?;
+            .map_err(|e| Error::internal(format!("copy {what} into the store"), e))?;
         w.commit_named(Some(expected), what).map(|(_, n)| n)
     }
 

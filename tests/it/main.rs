@@ -14,6 +14,7 @@ mod attestations;
 mod bad_input;
 mod debian;
 mod errors;
+mod exit_codes;
 mod fuzz;
 mod oci_documents;
 mod output;

@@ -20,18 +20,17 @@ use crate::store::Store;
 /// that slipped past the checks of the merge still cannot reach the host.
 pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Path) -> Result<()> {
     let root = Root::open(dir).at("open", dir)?;
-    let refused = |path: &str, e: io::Error| {
-        Error::invalid(
-            format!(
-                "cannot write `/{path}` of the image into `{}` ({e})",
-                root.path().display()
-            ),
-            Some(
-                "kiln never writes through a link of the image: the entry lies beneath a \
+    let refused = |path: &str, e: io::Error| Error::Unusable {
+        source: e.into(),
+        message: format!(
+            "cannot write `/{path}` of the image into `{}`",
+            root.path().display()
+        ),
+        hint: Some(
+            "kiln never writes through a link of the image: the entry lies beneath a \
                  symlink or a file; rebuild the image without it"
-                    .into(),
-            ),
-        )
+                .into(),
+        ),
     };
     for (path, m) in tree {
         match &m.node {
@@ -45,9 +44,10 @@ pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Pa
             Node::Symlink(t) => root.symlink(t, path).map_err(|e| refused(path, e))?,
         }
         root.set_owner(path, m.uid, m.gid).map_err(|e| {
-            Error::invalid(
-                format!("cannot give `/{path}` its owner {}:{} ({e})", m.uid, m.gid),
-                Some("building a VM disk needs root: file owners go into the filesystem".into()),
+            Error::unusable(
+                format!("cannot give `/{path}` its owner {}:{}", m.uid, m.gid),
+                e,
+                "building a VM disk needs root: file owners go into the filesystem",
             )
         })?;
     }
@@ -62,19 +62,18 @@ pub(super) fn materialize(store: &Store, tree: &BTreeMap<String, Meta>, dir: &Pa
 }
 
 pub(super) fn run_tool(cmd: &mut std::process::Command, what: &str, package: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| {
-        Error::invalid(
-            format!("cannot run {what}: {e}"),
-            Some(format!("install Debian's `{package}` package")),
-        )
-    })?;
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .map_err(|e| Error::tool_missing(&tool, package, e))?;
     if !out.status.success() {
-        return Err(Error::invalid(
+        return Err(Error::tool_failed(
+            tool,
             format!(
                 "{what} failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            None,
+            &format!("check the message above; a newer `{package}` may be needed"),
         ));
     }
     Ok(())

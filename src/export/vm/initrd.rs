@@ -111,9 +111,10 @@ pub(super) fn boot_tree(
     let (deps_text, read_module): (String, ModuleReader<'_>) = match modules {
         Some(dir) => {
             let text = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| {
-                Error::invalid(
-                    format!("cannot read `{}`: {e}", dir.join("modules.dep").display()),
-                    Some("install the kernel's package on the host, or use `kernel = { package = … }`".into()),
+                Error::unusable(
+                    format!("cannot read `{}`", dir.join("modules.dep").display()),
+                    e,
+                    "install the kernel's package on the host, or use `kernel = { package = … }`",
                 )
             })?;
             let dir = dir.to_path_buf();
@@ -151,7 +152,7 @@ pub(super) fn boot_tree(
                         }) => Ok((digest.clone(), *size)),
                         _ => Err(Error::invalid(
                             format!("the image lacks module `{rel}`"),
-                            None,
+                            Some("install the kernel's modules in the image (the package that has `/lib/modules/VERSION`), or name a kernel package in `[vm]`".into()),
                         )),
                     }
                 }),

@@ -53,7 +53,7 @@ pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Resul
                                 kernel_at.clone(),
                                 format!("cannot read the kernel `{}`", host.display()),
                             )
-                            .cause(e)
+                            .caused_by(e)
                             .hint("`kernel.path` is a host file, relative to the recipe"),
                     )
                 })?;
@@ -291,14 +291,24 @@ pub fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
     std::fs::File::open(&path)
         .and_then(|mut f| f.read_to_string(&mut text))
         .map_err(|e| {
-            Error::invalid(
-                format!("`{}` is not a kiln VM bundle: {e}", dir.display()),
-                Some("give the output directory of `kiln build` for a recipe with `[vm]`".into()),
+            Error::unusable(
+                format!("`{}` is not a kiln VM bundle", dir.display()),
+                e,
+                "give the output directory of `kiln build` for a recipe with `[vm]`",
             )
         })?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::invalid(format!("`{}` is not valid JSON: {e}", path.display()), None))
+    serde_json::from_str(&text).map_err(|e| {
+        Error::unusable(
+            format!("`{}` is not valid JSON", path.display()),
+            e,
+            "rebuild the bundle with `kiln build`",
+        )
+    })
 }
+
+/// What to do about an artifact that is not a bundle kiln pushed.
+const BUNDLE_HINT: &str =
+    "pull a VM bundle pushed by `kiln build --push` for a recipe with `[vm]`, or push it again";
 
 /// The `artifactType` of a VM bundle pushed to a registry.
 pub const ARTIFACT_TYPE: &str = "application/vnd.kiln.vm.bundle.v1+json";
@@ -373,7 +383,7 @@ pub fn from_artifact(store: &Store, top: &crate::image::Stored) -> Result<Option
             .ok_or_else(|| {
                 Error::invalid(
                     format!("artifact `{}` has a layer without a digest", top.digest),
-                    None,
+                    Some(BUNDLE_HINT.into()),
                 )
             })?;
         let safe = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
@@ -383,7 +393,7 @@ pub fn from_artifact(store: &Store, top: &crate::image::Stored) -> Result<Option
                     "artifact `{}` names a file `{name}`, which kiln will not write",
                     top.digest
                 ),
-                None,
+                Some(BUNDLE_HINT.into()),
             ));
         }
         if name == "bundle.json" {
@@ -395,7 +405,7 @@ pub fn from_artifact(store: &Store, top: &crate::image::Stored) -> Result<Option
     let manifest = manifest.ok_or_else(|| {
         Error::invalid(
             format!("artifact `{}` has no bundle.json", top.digest),
-            None,
+            Some(BUNDLE_HINT.into()),
         )
     })?;
     Ok(Some(Bundle { files, manifest }))

@@ -145,10 +145,7 @@ impl Fetcher {
         let client = builder()
             .build()
             .or_else(|_| builder().tls_certs_only([]).build())
-            .map_err(|e| Error::Registry {
-                message: format!("cannot start an HTTP client: {e}"),
-                hint: None,
-            })?;
+            .map_err(|e| Error::internal("start an HTTP client", e))?;
         Ok(Fetcher { client, mirror })
     }
 
@@ -167,7 +164,7 @@ impl Fetcher {
     /// GETs `rel` into a writer, retrying transient failures from the start.
     pub fn get_into(&self, rel: &str, out: &mut dyn std::io::Write) -> Result<()> {
         let url = format!("{}/{}", self.mirror, rel.trim_start_matches('/'));
-        let mut last = String::new();
+        let mut last: (Option<u16>, Option<crate::error::BoxError>) = (None, None);
         for attempt in 0..4u32 {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(300 << attempt));
@@ -178,33 +175,37 @@ impl Fetcher {
                     let mut resp = resp;
                     match resp.read_to_end(&mut buf) {
                         Ok(_) => {
-                            out.write_all(&buf)
-                                .map_err(|e| Error::io("write", PathBuf::from(&url), e))?;
+                            out.write_all(&buf).map_err(|e| {
+                                Error::internal(format!("keep the download of `{url}`"), e)
+                            })?;
                             return Ok(());
                         }
-                        Err(e) => last = e.to_string(),
+                        Err(e) => last = (None, Some(e.into())),
                     }
                 }
                 Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
-                    last = format!("HTTP {}", resp.status().as_u16());
+                    last = (Some(resp.status().as_u16()), None);
                 }
                 Ok(resp) => {
-                    return Err(Error::Registry {
-                        message: format!(
-                            "cannot download `{url}`: HTTP {}",
-                            resp.status().as_u16()
-                        ),
+                    return Err(Error::Network {
+                        action: "download".into(),
+                        url,
+                        status: Some(resp.status().as_u16()),
                         hint: Some(
                             "check the suite, component and package names, and the mirror".into(),
                         ),
+                        source: None,
                     })
                 }
-                Err(e) => last = crate::error::render_chain(&e),
+                Err(e) => last = (None, Some(e.into())),
             }
         }
-        Err(Error::Registry {
-            message: format!("cannot download `{url}`: {last}"),
+        Err(Error::Network {
+            action: "download".into(),
+            url,
+            status: last.0,
             hint: Some("check that the mirror is reachable (`KILN_DEBIAN_MIRROR` or the host's apt sources)".into()),
+            source: last.1,
         })
     }
 }
@@ -232,12 +233,7 @@ pub fn verify_inrelease(signed: &[u8], keyring: &Path, what: &str) -> Result<Str
         .arg(&output)
         .arg(&input)
         .output()
-        .map_err(|e| {
-            Error::invalid(
-                format!("cannot run `gpgv`: {e}"),
-                Some("install Debian's `gpgv` package".into()),
-            )
-        })?;
+        .map_err(|e| Error::tool_missing("gpgv", "gpgv", e))?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr)
             .lines()
@@ -316,11 +312,11 @@ pub fn load_index(
         let mut text = Vec::new();
         if rel.ends_with(".xz") {
             lzma_rs::xz_decompress(&mut &compressed[..], &mut text)
-                .map_err(|e| Error::invalid(format!("`{rel}` is not valid xz: {e}"), None))?;
+                .map_err(|e| Error::unusable(format!("`{rel}` is not valid xz"), e, "the mirror served a damaged index: try again, or another mirror (`KILN_DEBIAN_MIRROR`)"))?;
         } else {
             flate2::read::GzDecoder::new(&compressed[..])
                 .read_to_end(&mut text)
-                .map_err(|e| Error::invalid(format!("`{rel}` is not valid gzip: {e}"), None))?;
+                .map_err(|e| Error::unusable(format!("`{rel}` is not valid gzip"), e, "the mirror served a damaged index: try again, or another mirror (`KILN_DEBIAN_MIRROR`)"))?;
         }
         for stanza in control::parse(&String::from_utf8_lossy(&text)) {
             let get = |k: &str| stanza.get(k).cloned().unwrap_or_default();
