@@ -346,40 +346,38 @@ fn pinned_digest(
         })
 }
 
-/// With `--locked`: the lockfile exists and pins exactly what the recipe names by tag.
+/// With `--locked`: the lockfile exists and pins exactly what the recipe
+/// names by tag. The error points at the recipe's `base`.
 fn check_locked(recipe: &Recipe, lock: Option<&Lock>) -> Result<()> {
     let lock_path = lock::path_for(&recipe.source.path);
     let wanted: Vec<&str> = match &recipe.base {
         Base::Registry { reference, .. } if !reference.contains('@') => vec![reference.as_str()],
         _ => Vec::new(),
     };
-    let hint = Some(format!(
-        "run `kiln lock {}`, commit the lockfile, and build again",
-        recipe.source.path.display()
-    ));
-    match lock {
-        None if wanted.is_empty() => Ok(()),
-        None => Err(Error::invalid(
-            format!("`--locked`, but `{}` does not exist", lock_path.display()),
-            hint,
-        )),
+    let message = match lock {
+        None if wanted.is_empty() => return Ok(()),
+        None => format!("`--locked`, but `{}` does not exist", lock_path.display()),
         Some(lock) => {
             let pinned: Vec<&str> = lock.bases.keys().map(String::as_str).collect();
             if pinned == wanted {
-                Ok(())
-            } else {
-                Err(Error::invalid(
-                    format!(
-                        "`--locked`, but `{}` is stale: it pins [{}], the recipe names [{}] by tag",
-                        lock_path.display(),
-                        pinned.join(", "),
-                        wanted.join(", ")
-                    ),
-                    hint,
-                ))
+                return Ok(());
             }
+            format!(
+                "`--locked`, but `{}` is stale: it pins [{}], the recipe names [{}] by tag",
+                lock_path.display(),
+                pinned.join(", "),
+                wanted.join(", ")
+            )
         }
-    }
+    };
+    let hint = format!(
+        "run `kiln lock {}`, commit the lockfile, and build again",
+        recipe.source.path.display()
+    );
+    Err(match recipe.base.shown() {
+        Some((_, span)) => recipe.source.error(span, message).hint(hint).into(),
+        None => Error::invalid(message, Some(hint)),
+    })
 }
 
 /// The packages the lock pins for one layer and platform; an error at the
