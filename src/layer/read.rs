@@ -11,7 +11,7 @@
 //! written only for a layer that passed), so a base's layers are
 //! decompressed once, not on every build.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read};
 use std::ops::Bound;
@@ -72,49 +72,288 @@ pub fn decompress<'a, R: Read + 'a>(
 fn scan(store: &Store, layer: &LayerRecord) -> Result<DirMap> {
     let path = store.blob_path(&layer.digest);
     let blob = BufReader::new(store.open_blob(&layer.digest)?);
-    let reader = decompress(blob, &layer.media_type, &layer.digest)?;
-    let mut map = DirMap::new();
-    let mut ar = tar::Archive::new(reader);
+    let mut reader = decompress(blob, &layer.media_type, &layer.digest)?;
     let bad = |e: io::Error| crate::store::verify_error(e, &path);
-    let mut symlinks = BTreeSet::new();
-    for entry in ar.entries().map_err(bad)? {
-        let entry = entry.map_err(bad)?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let refuse = |why: String| bad_entry(&layer.digest, &raw, &why);
-        let Some(name) =
-            layer_path(&raw, |p| symlinks.contains(p).then_some("symlink")).map_err(refuse)?
-        else {
-            continue;
-        };
-        let h = entry.header();
-        let kind = h.entry_type();
-        if kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            hard_link_target(&target, |p| symlinks.contains(p).then_some("symlink"))
-                .map_err(refuse)?;
-        }
-        if kind.is_symlink() {
-            symlinks.insert(name.clone());
-        } else {
-            symlinks.remove(&name);
-        }
-        if !kind.is_dir() {
-            continue;
-        }
-        let meta = DirMeta {
-            mode: h.mode().unwrap_or(0o755) & 0o7777,
-            uid: h.uid().unwrap_or(0) as u32,
-            gid: h.gid().unwrap_or(0) as u32,
-        };
-        map.insert(name, meta);
-    }
+    let mut dirs = Dirs {
+        layer: &layer.digest,
+        map: DirMap::new(),
+    };
+    walk_layer(&mut reader, &mut Tree::new(), &mut dirs, bad)?;
     // Read to the end so the verified reader checks the blob's digest.
-    let mut rest = ar.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(bad)?;
-    Ok(map)
+    io::copy(&mut reader, &mut io::sink()).map_err(bad)?;
+    Ok(dirs.map)
+}
+
+/// The directories of one layer read on its own, for [`scan`]: its tree
+/// holds the layer's symlinks, which its entries may not pass through.
+struct Dirs<'a> {
+    layer: &'a crate::digest::Digest,
+    map: DirMap,
+}
+
+impl Visitor for Dirs<'_> {
+    type Node = ();
+    const RULES: Rules = Rules {
+        paths: Paths::Checked,
+        whiteouts: false,
+    };
+
+    fn blocks(&self, tree: &Tree<()>, path: &str) -> Option<&'static str> {
+        tree.contains_key(path).then_some("symlink")
+    }
+
+    fn refuse(&self, raw: &str, why: &str) -> Error {
+        bad_entry(self.layer, raw, why)
+    }
+
+    fn entry(&mut self, tree: &mut Tree<()>, entry: Entry<'_>) -> Result<()> {
+        if let Kind::Symlink(_) = entry.kind {
+            tree.insert(entry.path, ());
+            return Ok(());
+        }
+        tree.remove(&entry.path);
+        if let Kind::Dir = entry.kind {
+            let meta = DirMeta {
+                mode: entry.mode(0o755),
+                uid: entry.uid,
+                gid: entry.gid,
+            };
+            self.map.insert(entry.path, meta);
+        }
+        Ok(())
+    }
+
+    fn hard_link(&mut self, _: &mut Tree<()>, _: HardLink) -> Result<()> {
+        // Its target was checked as it was met.
+        Ok(())
+    }
+}
+
+/// A merged file tree: relative path → node.
+pub type Tree<N> = BTreeMap<String, N>;
+
+/// How a walk reads a layer's entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// How entry paths are read.
+    pub paths: Paths,
+    /// Whether `.wh.` entries remove paths from the tree (layers applied
+    /// over others) or are entries like any other (a layer read on its own).
+    pub whiteouts: bool,
+}
+
+/// How a walk reads entry paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paths {
+    /// Checked by [`layer_path`] (and hard link targets by
+    /// [`hard_link_target`]) against [`Visitor::blocks`]; a refused entry
+    /// fails the walk with [`Visitor::refuse`]. For anything that is written.
+    Checked,
+    /// Read as tar and the kernel read them ([`entry_path`]), refusing
+    /// nothing: for describing an image (its SBOM), never for writing one.
+    AsWritten,
+}
+
+/// What a layer entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file; its bytes are [`Entry::data`].
+    File,
+    /// A symlink to the target, as written.
+    Symlink(String),
+    /// A hard link to the target, as written: met here, in the layer's
+    /// order, then handed over again as a [`HardLink`] after the layer's
+    /// other entries.
+    HardLink(String),
+    /// A device, fifo or anything else a tree of files does not hold.
+    Other,
+}
+
+/// One entry of a layer (not a whiteout), its path read by [`Rules::paths`].
+pub struct Entry<'a> {
+    /// The path as written in the layer, for errors.
+    pub raw: String,
+    /// The path, relative, never empty.
+    pub path: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Its mode bits (`& 0o7777`), if the header holds a readable one.
+    pub mode: Option<u32>,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+    /// The file's bytes (empty for other kinds).
+    pub data: &'a mut dyn Read,
+}
+
+impl Entry<'_> {
+    /// The mode, or `default` when the header's is unreadable.
+    pub fn mode(&self, default: u32) -> u32 {
+        self.mode.unwrap_or(default)
+    }
+}
+
+/// A hard link of a layer, handed over after the layer's other entries (its
+/// target may come later in the layer than the link).
+#[derive(Debug, Clone)]
+pub struct HardLink {
+    /// The link's path as written, for errors.
+    pub raw: String,
+    /// The link's path.
+    pub path: String,
+    /// The target as written.
+    pub target: String,
+    /// The target's path in the tree: checked by [`hard_link_target`]
+    /// (with [`Paths::Checked`]), or with leading `./` and `/` dropped.
+    pub to: String,
+    /// The link's own mode bits, if readable.
+    pub mode: Option<u32>,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+}
+
+impl HardLink {
+    /// The mode, or `default` when the header's is unreadable.
+    pub fn mode(&self, default: u32) -> u32 {
+        self.mode.unwrap_or(default)
+    }
+}
+
+/// What a walk does with the entries of a layer: the one place where each
+/// use of a layer tree (the directories of a base, the VM's merged tree, the
+/// SBOM's files) says what it keeps, the walker doing the rest.
+pub trait Visitor {
+    /// What the tree holds at a path.
+    type Node;
+    /// How the layer is read.
+    const RULES: Rules;
+
+    /// What `path`, a path of the tree, is when an entry may not pass
+    /// through it (`"symlink"`, `"file"` …); `None` lets it through.
+    fn blocks(&self, _tree: &Tree<Self::Node>, _path: &str) -> Option<&'static str> {
+        None
+    }
+
+    /// As [`Visitor::blocks`], for the path of a hard link's target.
+    fn link_blocks(&self, tree: &Tree<Self::Node>, path: &str) -> Option<&'static str> {
+        self.blocks(tree, path)
+    }
+
+    /// The error for the entry written `raw` that [`layer_path`] refuses for `why`.
+    fn refuse(&self, raw: &str, why: &str) -> Error {
+        Error::invalid(format!("a layer has an entry `{raw}` that {why}"), None)
+    }
+
+    /// Takes one entry (in the layer's order) into the tree.
+    fn entry(&mut self, tree: &mut Tree<Self::Node>, entry: Entry<'_>) -> Result<()>;
+
+    /// Takes one hard link into the tree, after the layer's other entries.
+    fn hard_link(&mut self, tree: &mut Tree<Self::Node>, link: HardLink) -> Result<()>;
+}
+
+/// Applies one layer (the tar stream `tar`) to `tree`: every entry's path
+/// read by the visitor's [`Rules`], whiteouts applied, then each entry handed
+/// to `visitor` in order and the hard links after them. Read errors of the
+/// stream go through `bad`. The stream is left where the tar ends: a caller
+/// that verifies a digest reads the rest.
+pub fn walk_layer<V: Visitor>(
+    tar: &mut dyn Read,
+    tree: &mut Tree<V::Node>,
+    visitor: &mut V,
+    bad: impl Fn(io::Error) -> Error,
+) -> Result<()> {
+    let rules = V::RULES;
+    let mut archive = tar::Archive::new(tar);
+    let mut links = Vec::new();
+    for entry in archive.entries().map_err(&bad)? {
+        let mut entry = entry.map_err(&bad)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = match rules.paths {
+            Paths::Checked => match layer_path(&raw, |p| visitor.blocks(tree, p)) {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(why) => return Err(visitor.refuse(&raw, &why)),
+            },
+            Paths::AsWritten => match entry_path(&raw) {
+                p if p.is_empty() => continue,
+                p => p,
+            },
+        };
+        if rules.whiteouts && apply_whiteout(tree, &path) {
+            continue;
+        }
+        let h = entry.header();
+        let mode = h.mode().ok().map(|m| m & 0o7777);
+        let (uid, gid) = (h.uid().unwrap_or(0) as u32, h.gid().unwrap_or(0) as u32);
+        let kind = h.entry_type();
+        let link_name = entry
+            .link_name_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let kind = if kind.is_dir() {
+            Kind::Dir
+        } else if kind.is_symlink() {
+            Kind::Symlink(link_name.unwrap_or_default())
+        } else if kind.is_hard_link() {
+            let target = link_name.clone().unwrap_or_default();
+            let to = match rules.paths {
+                Paths::Checked => Some(
+                    hard_link_target(&target, |p| visitor.link_blocks(tree, p))
+                        .map_err(|why| visitor.refuse(&raw, &why))?,
+                ),
+                // No target, no link (as tar reads it).
+                Paths::AsWritten => link_name.as_ref().map(|t| {
+                    t.trim_start_matches("./")
+                        .trim_start_matches('/')
+                        .to_string()
+                }),
+            };
+            let met = Entry {
+                raw: raw.clone(),
+                path: path.clone(),
+                kind: Kind::HardLink(target.clone()),
+                mode,
+                uid,
+                gid,
+                data: &mut io::empty(),
+            };
+            visitor.entry(tree, met)?;
+            if let Some(to) = to {
+                links.push(HardLink {
+                    raw,
+                    path,
+                    target,
+                    to,
+                    mode,
+                    uid,
+                    gid,
+                });
+            }
+            continue;
+        } else if kind.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        let entry = Entry {
+            raw,
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            data: &mut entry,
+        };
+        visitor.entry(tree, entry)?;
+    }
+    for link in links {
+        visitor.hard_link(tree, link)?;
+    }
+    Ok(())
 }
 
 /// A layer entry's path checked and made relative (no `./`, no trailing

@@ -119,7 +119,19 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     // What a push sends: the image, or for `[vm]` the bundle as an OCI artifact.
     let pushed_top = match (&built.recipe.vm, request.format) {
         (Some(vm), Format::OciLayout) => {
-            let bundle = export::vm::bundle(store, &built, vm, output.mtime)?;
+            let input = export::vm::Input {
+                recipe: &built.recipe,
+                vm,
+                layers: &built.images[0].0.layers,
+                base_layers: built.manifests[0]
+                    .layers
+                    .iter()
+                    .filter(|l| l.from_base)
+                    .count(),
+                image: &built.top.digest,
+                mtime: output.mtime,
+            };
+            let bundle = export::vm::bundle(store, &input)?;
             export::vm::write(store, &bundle, &out)?;
             export::vm::store_artifact(store, &bundle)?
         }
