@@ -5,8 +5,6 @@
 pub mod provenance;
 pub mod sbom;
 
-pub use provenance::Material;
-
 use base64::Engine;
 use oci_client::Reference;
 use p256::ecdsa::SigningKey;
@@ -17,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::json::canonical;
 use crate::recipe::Recipe;
 use crate::registry::Registry;
+use crate::resolve::Material;
 use crate::sign::cosign::{self, NamedKey, NewLayer, SIGNATURE_ANNOTATION};
 use crate::store::Store;
 

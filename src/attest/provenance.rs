@@ -4,7 +4,6 @@
 //! times are recorded only when `SOURCE_DATE_EPOCH` is unset, so that with it
 //! set the statement is byte-identical across builds.
 
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::digest::Digest;
@@ -13,15 +12,6 @@ use crate::digest::Digest;
 pub const BUILDER_ID: &str = "kiln";
 /// The build type kiln writes.
 pub const BUILD_TYPE: &str = "urn:kiln:build:v1";
-
-/// An input of a build, named by digest (for provenance).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Material {
-    /// What it is: `file:PATH`, `oci:PATH`, a registry reference, `recipe:PATH`.
-    pub uri: String,
-    /// Its digest.
-    pub digest: Digest,
-}
 
 /// The provenance predicate of the build `subject` describes.
 pub fn predicate(subject: &super::Subject) -> Value {

@@ -150,7 +150,21 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
             built.top.clone()
         }
     };
-    let docs = Documents::of(store, &built, request.sbom, request.provenance)?;
+    let manifests: Vec<_> = (built.images.iter().zip(&built.manifests))
+        .map(|((_, stored), report)| crate::attest::PlatformManifest {
+            platform: report.platform.clone(),
+            digest: stored.digest.clone(),
+        })
+        .collect();
+    let subject = crate::attest::Subject {
+        recipe: &built.recipe,
+        top: &built.top.digest,
+        manifests: &manifests,
+        materials: &built.materials,
+        times: built.times.as_ref(),
+        source_date_epoch: built.source_date_epoch,
+    };
+    let docs = Documents::of(store, &subject, request.sbom, request.provenance)?;
     let documents = docs.write_beside(&out, name)?;
     for file in &documents {
         request.reporter.event(super::Event::Wrote { path: file });
