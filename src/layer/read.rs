@@ -1,5 +1,10 @@
-//! Reading layers back: the directories of a base image's layers, so that a
-//! layer on top keeps their modes and owners for the parents it includes.
+//! Reading layers back. [`walk_layer`] is the one walker of layer trees:
+//! it applies a layer to a tree (entry paths checked, whiteouts and opaque
+//! whiteouts applied, hard links handed over after the layer's other
+//! entries) and a [`Visitor`] says what the tree keeps. Its three users: the
+//! directories of a base image's layers (here, so that a layer on top keeps
+//! their modes and owners for the parents it includes), the merged tree of a
+//! VM image (`export::vm`) and the files of an SBOM (`attest::sbom`).
 //!
 //! This scan is also where every base layer is checked as it is taken into
 //! a build (from an `oci:` layout, a registry or a base recipe): an entry
@@ -477,6 +482,110 @@ pub(crate) fn remove_under<V>(tree: &mut BTreeMap<String, V>, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A layer of `(path, kind, link target)`; files hold their path as bytes.
+    fn layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, link) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(*kind);
+            h.set_mode(0o640);
+            let data = if *kind == tar::EntryType::Regular {
+                path.as_bytes()
+            } else {
+                &[]
+            };
+            h.set_size(data.len() as u64);
+            // Written raw: the builder would refuse some of these paths.
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Keeps each path's kind (and a file's bytes); symlinks block.
+    struct Kinds;
+
+    impl Visitor for Kinds {
+        type Node = String;
+        const RULES: Rules = Rules {
+            paths: Paths::Checked,
+            whiteouts: true,
+        };
+
+        fn blocks(&self, tree: &Tree<String>, path: &str) -> Option<&'static str> {
+            tree.get(path)
+                .filter(|n| n.starts_with("->"))
+                .map(|_| "symlink")
+        }
+
+        fn entry(&mut self, tree: &mut Tree<String>, mut entry: Entry<'_>) -> Result<()> {
+            let node = match &entry.kind {
+                Kind::Dir => format!("dir {:o}", entry.mode(0)),
+                Kind::File => {
+                    let mut text = String::new();
+                    entry.data.read_to_string(&mut text).unwrap();
+                    format!("file {text}")
+                }
+                Kind::Symlink(t) => format!("->{t}"),
+                Kind::HardLink(_) | Kind::Other => return Ok(()),
+            };
+            tree.insert(entry.path, node);
+            Ok(())
+        }
+
+        fn hard_link(&mut self, tree: &mut Tree<String>, link: HardLink) -> Result<()> {
+            let node = tree[&link.to].clone();
+            tree.insert(link.path, node);
+            Ok(())
+        }
+    }
+
+    fn walk(tree: &mut Tree<String>, tar: &[u8]) -> Result<()> {
+        walk_layer(&mut &tar[..], tree, &mut Kinds, |e| {
+            Error::io("read", "layer", e)
+        })
+    }
+
+    #[test]
+    fn layers_apply_bottom_up_with_whiteouts_and_late_hard_links() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let mut tree = Tree::new();
+        let lower = [
+            ("./", Directory, ""),
+            ("a/", Directory, ""),
+            ("a/f", Regular, ""),
+            ("b", Regular, ""),
+            ("c/d", Regular, ""),
+            ("l", Symlink, "/etc"),
+        ];
+        walk(&mut tree, &layer(&lower)).unwrap();
+        let upper = [
+            ("./.wh.b", Regular, ""),
+            ("a/.wh..wh..opq", Regular, ""),
+            // The link comes before its target: links are resolved last.
+            ("a/h", Link, "./a/g"),
+            ("a/g", Regular, ""),
+            ("c/.wh.d", Regular, ""),
+        ];
+        walk(&mut tree, &layer(&upper)).unwrap();
+        let got: Vec<String> = tree.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+        assert_eq!(
+            got,
+            ["a: dir 640", "a/g: file a/g", "a/h: file a/g", "l: ->/etc"]
+        );
+        let through = layer(&[("l/passwd", Regular, "")]);
+        let err = walk(&mut tree, &through).unwrap_err().to_string();
+        assert!(err.contains("passes through `l`, a symlink"), "{err}");
+        let out = layer(&[("h", Link, "../x")]);
+        let err = walk(&mut tree, &out).unwrap_err().to_string();
+        assert!(
+            err.contains("is a hard link to `../x`, which climbs out"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn entry_paths_are_checked() {
