@@ -237,7 +237,12 @@ pub struct PlatformManifest {
 
 impl Documents {
     /// Computes the SBOMs (one per platform manifest) and the provenance of `subject`, as asked.
-    pub fn of(store: &Store, subject: &Subject, sbom: bool, provenance: bool) -> Result<Documents> {
+    pub fn of(
+        store: &Store,
+        subject: &Subject<'_>,
+        sbom: bool,
+        provenance: bool,
+    ) -> Result<Documents> {
         let view = crate::source::layout::Layout::over_store(store);
         let created = crate::image::rfc3339(subject.source_date_epoch.unwrap_or(0));
         let mut docs = Documents {

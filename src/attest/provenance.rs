@@ -14,7 +14,7 @@ pub const BUILDER_ID: &str = "kiln";
 pub const BUILD_TYPE: &str = "urn:kiln:build:v1";
 
 /// The provenance predicate of the build `subject` describes.
-pub fn predicate(subject: &super::Subject) -> Value {
+pub fn predicate(subject: &super::Subject<'_>) -> Value {
     let mut deps: Vec<Value> = subject
         .materials
         .iter()

@@ -61,7 +61,7 @@ fn files(layout: &Layout, manifest: &Digest) -> Result<BTreeMap<String, FileSums
             )?;
             let bad = |e: io::Error| Error::io("read layer", &path, e);
             let mut visitor = Files { bad: &bad };
-            walk_layer(&mut tar, &mut files, &mut visitor, &bad)?;
+            walk_layer(&mut tar, &mut files, &mut visitor, bad)?;
         }
         io::copy(&mut hashed, &mut io::sink()).at("read layer", &path)?;
         let actual = hashed.digest_so_far();

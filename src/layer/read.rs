@@ -521,7 +521,7 @@ mod tests {
                 .map(|_| "symlink")
         }
 
-        fn entry(&mut self, tree: &mut Tree<String>, mut entry: Entry<'_>) -> Result<()> {
+        fn entry(&mut self, tree: &mut Tree<String>, entry: Entry<'_>) -> Result<()> {
             let node = match &entry.kind {
                 Kind::Dir => format!("dir {:o}", entry.mode(0)),
                 Kind::File => {

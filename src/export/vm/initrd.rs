@@ -96,7 +96,7 @@ fn meta(node: Node, mode: u32) -> Meta {
 pub(super) fn boot_tree(
     store: &Store,
     image: &BTreeMap<String, Meta>,
-    boot: &Boot,
+    boot: &Boot<'_>,
 ) -> Result<BTreeMap<String, Meta>> {
     let mut t = BTreeMap::new();
     let busybox = ["bin/busybox", "usr/bin/busybox"]

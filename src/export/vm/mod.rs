@@ -62,7 +62,7 @@ struct KernelFile {
 }
 
 /// Builds the bundle of a built `[vm]` recipe into the store.
-pub fn bundle(store: &Store, input: &Input) -> Result<Bundle> {
+pub fn bundle(store: &Store, input: &Input<'_>) -> Result<Bundle> {
     let vm = input.vm;
     let mut tree = merged_tree(store, input)?;
     let kernel = find_kernel(store, input, &tree)?;
@@ -98,7 +98,7 @@ pub fn bundle(store: &Store, input: &Input) -> Result<Bundle> {
 }
 
 /// The kernel: the host file `kernel.path`, or the one `/boot/vmlinuz-*` of the image.
-fn find_kernel(store: &Store, input: &Input, tree: &Tree<Meta>) -> Result<KernelFile> {
+fn find_kernel(store: &Store, input: &Input<'_>, tree: &Tree<Meta>) -> Result<KernelFile> {
     let recipe = input.recipe;
     let at = input.vm.kernel_span.clone();
     match &input.vm.kernel {
@@ -164,7 +164,7 @@ fn find_kernel(store: &Store, input: &Input, tree: &Tree<Meta>) -> Result<Kernel
 /// The root disks asked for (`disk.raw`, `disk.qcow2`), in the store.
 fn write_disks(
     store: &Store,
-    input: &Input,
+    input: &Input<'_>,
     tree: &Tree<Meta>,
 ) -> Result<Vec<(String, Digest, u64)>> {
     let vm = input.vm;
@@ -194,7 +194,7 @@ fn write_disks(
 /// The small tree of a disk boot's initramfs; its errors point at `kernel`.
 fn boot_tree(
     store: &Store,
-    input: &Input,
+    input: &Input<'_>,
     tree: &Tree<Meta>,
     kernel: &KernelFile,
 ) -> Result<Tree<Meta>> {
@@ -223,7 +223,7 @@ fn boot_tree(
 
 /// `bundle.json`.
 fn manifest(
-    input: &Input,
+    input: &Input<'_>,
     kernel: &KernelFile,
     initramfs: &(Digest, u64),
     disks: &[(String, Digest, u64)],

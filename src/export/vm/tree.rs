@@ -75,7 +75,7 @@ fn insert(tree: &mut Tree<Meta>, path: String, meta: Meta) {
 }
 
 /// Applies the image's layers in order (whiteouts included); file contents go into the store.
-pub(super) fn merged_tree(store: &Store, input: &super::Input) -> Result<Tree<Meta>> {
+pub(super) fn merged_tree(store: &Store, input: &super::Input<'_>) -> Result<Tree<Meta>> {
     let mut tree = Tree::new();
     let base = input.recipe.base.shown().map(|(base, _)| base);
     for (i, layer) in input.layers.iter().enumerate() {
