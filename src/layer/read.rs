@@ -278,16 +278,8 @@ pub fn walk_layer<V: Visitor>(
     for entry in archive.entries().map_err(&bad)? {
         let mut entry = entry.map_err(&bad)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let path = match rules.paths {
-            Paths::Checked => match layer_path(&raw, |p| visitor.blocks(tree, p)) {
-                Ok(Some(p)) => p,
-                Ok(None) => continue,
-                Err(why) => return Err(visitor.refuse(&raw, &why)),
-            },
-            Paths::AsWritten => match entry_path(&raw) {
-                p if p.is_empty() => continue,
-                p => p,
-            },
+        let Some(path) = read_path(&raw, tree, visitor)? else {
+            continue;
         };
         if rules.whiteouts && apply_whiteout(tree, &path) {
             continue;
@@ -304,19 +296,8 @@ pub fn walk_layer<V: Visitor>(
         } else if kind.is_symlink() {
             Kind::Symlink(link_name.unwrap_or_default())
         } else if kind.is_hard_link() {
-            let target = link_name.clone().unwrap_or_default();
-            let to = match rules.paths {
-                Paths::Checked => Some(
-                    hard_link_target(&target, |p| visitor.link_blocks(tree, p))
-                        .map_err(|why| visitor.refuse(&raw, &why))?,
-                ),
-                // No target, no link (as tar reads it).
-                Paths::AsWritten => link_name.as_ref().map(|t| {
-                    t.trim_start_matches("./")
-                        .trim_start_matches('/')
-                        .to_string()
-                }),
-            };
+            let to = link_to(&raw, link_name.as_deref(), tree, visitor)?;
+            let target = link_name.unwrap_or_default();
             let met = Entry {
                 raw: raw.clone(),
                 path: path.clone(),
@@ -359,6 +340,40 @@ pub fn walk_layer<V: Visitor>(
         visitor.hard_link(tree, link)?;
     }
     Ok(())
+}
+
+/// The path of the entry written `raw`, read by the visitor's
+/// [`Rules::paths`]; `None` for the layer's root.
+fn read_path<V: Visitor>(raw: &str, tree: &Tree<V::Node>, visitor: &V) -> Result<Option<String>> {
+    match V::RULES.paths {
+        Paths::Checked => {
+            layer_path(raw, |p| visitor.blocks(tree, p)).map_err(|why| visitor.refuse(raw, &why))
+        }
+        Paths::AsWritten => Ok(Some(entry_path(raw)).filter(|p| !p.is_empty())),
+    }
+}
+
+/// The path of the tree that the hard link written `raw` to `target` names,
+/// read by the visitor's [`Rules::paths`]; `None` when a link as written has
+/// no target (tar reads no link then).
+fn link_to<V: Visitor>(
+    raw: &str,
+    target: Option<&str>,
+    tree: &Tree<V::Node>,
+    visitor: &V,
+) -> Result<Option<String>> {
+    match V::RULES.paths {
+        Paths::Checked => {
+            hard_link_target(target.unwrap_or_default(), |p| visitor.link_blocks(tree, p))
+                .map(Some)
+                .map_err(|why| visitor.refuse(raw, &why))
+        }
+        Paths::AsWritten => Ok(target.map(|t| {
+            t.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_string()
+        })),
+    }
 }
 
 /// A layer entry's path checked and made relative (no `./`, no trailing
