@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::json::canonical;
+use crate::recipe::Recipe;
 use crate::registry::Registry;
+use crate::resolve::Material;
 use crate::sign::cosign::{self, NamedKey, NewLayer, SIGNATURE_ANNOTATION};
 use crate::store::Store;
 
@@ -207,29 +209,54 @@ pub struct Documents {
     pub top: Option<Digest>,
 }
 
+/// What attestations are made about: the narrow view of a build that `attest` needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The recipe: its name, path, text (digested) and directory (for its git commit).
+    pub recipe: &'a Recipe,
+    /// What the output points at: the manifest, or the index for several platforms.
+    pub top: &'a Digest,
+    /// Per platform, its manifest.
+    pub manifests: &'a [PlatformManifest],
+    /// Every input, sorted.
+    pub materials: &'a [Material],
+    /// Start and finish (RFC 3339), only when `SOURCE_DATE_EPOCH` is unset.
+    pub times: Option<&'a (String, String)>,
+    /// `SOURCE_DATE_EPOCH` as used.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// One platform's manifest of a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformManifest {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// The manifest's digest (an SBOM describes its layers).
+    pub digest: Digest,
+}
+
 impl Documents {
-    /// Computes the SBOMs (one per platform manifest) and the provenance of `built`, as asked.
+    /// Computes the SBOMs (one per platform manifest) and the provenance of `subject`, as asked.
     pub fn of(
         store: &Store,
-        built: &crate::pipeline::Built,
+        subject: &Subject<'_>,
         sbom: bool,
         provenance: bool,
     ) -> Result<Documents> {
         let view = crate::source::layout::Layout::over_store(store);
-        let created = crate::image::rfc3339(built.source_date_epoch.unwrap_or(0));
+        let created = crate::image::rfc3339(subject.source_date_epoch.unwrap_or(0));
         let mut docs = Documents {
-            top: Some(built.top.digest.clone()),
+            top: Some(subject.top.clone()),
             ..Default::default()
         };
         if sbom {
-            for ((_, stored), report) in built.images.iter().zip(&built.manifests) {
-                let doc = sbom::spdx(&view, &stored.digest, &built.recipe.name, &created)?;
-                docs.sboms
-                    .push((stored.digest.clone(), report.platform.clone(), doc));
+            for m in subject.manifests {
+                let doc = sbom::spdx(&view, &m.digest, &subject.recipe.name, &created)?;
+                docs.sboms.push((m.digest.clone(), m.platform.clone(), doc));
             }
         }
         if provenance {
-            docs.provenance = Some(provenance::predicate(built));
+            docs.provenance = Some(provenance::predicate(subject));
         }
         Ok(docs)
     }

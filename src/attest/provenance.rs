@@ -6,25 +6,25 @@
 
 use serde_json::{json, Value};
 
-use crate::pipeline::Built;
+use crate::digest::Digest;
 
 /// The builder id kiln writes.
 pub const BUILDER_ID: &str = "kiln";
 /// The build type kiln writes.
 pub const BUILD_TYPE: &str = "urn:kiln:build:v1";
 
-/// The provenance predicate of `built`.
-pub fn predicate(built: &Built) -> Value {
-    let mut deps: Vec<Value> = built
+/// The provenance predicate of the build `subject` describes.
+pub fn predicate(subject: &super::Subject<'_>) -> Value {
+    let mut deps: Vec<Value> = subject
         .materials
         .iter()
         .map(|m| json!({ "uri": m.uri, "digest": { "sha256": m.digest.hex() } }))
         .collect();
-    if let Some(commit) = git_commit(&built.recipe.dir) {
+    if let Some(commit) = git_commit(&subject.recipe.dir) {
         deps.push(json!({ "uri": "git+recipe-repository", "digest": { "gitCommit": commit } }));
     }
     let mut metadata = serde_json::Map::new();
-    if let Some((start, end)) = &built.times {
+    if let Some((start, end)) = &subject.times {
         metadata.insert("startedOn".into(), json!(start));
         metadata.insert("finishedOn".into(), json!(end));
     }
@@ -33,13 +33,13 @@ pub fn predicate(built: &Built) -> Value {
             "buildType": BUILD_TYPE,
             "externalParameters": {
                 "recipe": {
-                    "path": built.recipe.source.path.display().to_string(),
-                    "digest": { "sha256": crate::digest::Digest::of(built.recipe.source.text.as_bytes()).hex() },
+                    "path": subject.recipe.source.path.display().to_string(),
+                    "digest": { "sha256": Digest::of(subject.recipe.source.text.as_bytes()).hex() },
                 },
-                "platforms": built.manifests.iter().map(|m| m.platform.clone()).collect::<Vec<_>>(),
+                "platforms": subject.manifests.iter().map(|m| m.platform.clone()).collect::<Vec<_>>(),
             },
             "internalParameters": {
-                "sourceDateEpoch": built.source_date_epoch,
+                "sourceDateEpoch": subject.source_date_epoch,
             },
             "resolvedDependencies": deps,
         },

@@ -15,7 +15,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::layer::read::{apply_whiteout, decompress, entry_path};
+use crate::layer::read::{
+    decompress, walk_layer, Entry, HardLink, Kind, Paths, Rules, Tree, Visitor,
+};
 use crate::source::layout::Layout;
 
 /// One file of the image.
@@ -52,12 +54,14 @@ fn files(layout: &Layout, manifest: &Digest) -> Result<BTreeMap<String, FileSums
         let file = std::fs::File::open(&path).at("open layer", &path)?;
         let mut hashed = crate::digest::HashingReader::new(BufReader::new(file));
         {
-            let tar = decompress(
+            let mut tar = decompress(
                 &mut hashed,
                 layer["mediaType"].as_str().unwrap_or_default(),
                 &digest,
             )?;
-            apply_layer(tar, &mut files).at("read layer", &path)?;
+            let bad = |e: io::Error| Error::io("read layer", &path, e);
+            let mut visitor = Files { bad: &bad };
+            walk_layer(&mut tar, &mut files, &mut visitor, bad)?;
         }
         io::copy(&mut hashed, &mut io::sink()).at("read layer", &path)?;
         let actual = hashed.digest_so_far();
@@ -72,60 +76,60 @@ fn files(layout: &Layout, manifest: &Digest) -> Result<BTreeMap<String, FileSums
     Ok(files)
 }
 
-fn apply_layer(tar: impl Read, files: &mut BTreeMap<String, FileSums>) -> io::Result<()> {
-    let mut archive = tar::Archive::new(tar);
-    let mut links = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry_path(&entry.path()?.to_string_lossy());
-        if apply_whiteout(files, &path) {
-            continue;
-        }
-        let kind = entry.header().entry_type();
+/// The regular files of an image's layers, hard links sharing their
+/// target's sums, for [`files`].
+struct Files<'a> {
+    bad: &'a dyn Fn(io::Error) -> Error,
+}
+
+impl Visitor for Files<'_> {
+    type Node = FileSums;
+    const RULES: Rules = Rules {
+        paths: Paths::AsWritten,
+        whiteouts: true,
+    };
+
+    fn entry(&mut self, files: &mut Tree<FileSums>, entry: Entry<'_>) -> Result<()> {
         // A later entry replaces whatever was at its path.
-        files.remove(&path);
-        if kind.is_file() {
-            let mut s256 = Sha256::new();
-            let mut s1 = Sha1::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let keep = is_dpkg_db(&path);
-            let mut kept = Vec::new();
-            loop {
-                let n = entry.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                s256.update(&buf[..n]);
-                s1.update(&buf[..n]);
-                if keep {
-                    kept.extend_from_slice(&buf[..n]);
-                }
-            }
-            files.insert(
-                path,
-                FileSums {
-                    sha256: hex::encode(s256.finalize()),
-                    sha1: hex::encode(s1.finalize()),
-                    dpkg: keep.then(|| String::from_utf8_lossy(&kept).into_owned()),
-                },
-            );
-        } else if kind.is_hard_link() {
-            if let Some(target) = entry.link_name()? {
-                let target = target
-                    .to_string_lossy()
-                    .trim_start_matches("./")
-                    .trim_start_matches('/')
-                    .to_string();
-                links.push((path, target));
-            }
+        files.remove(&entry.path);
+        if entry.kind == Kind::File {
+            let sums = sums(&entry.path, entry.data).map_err(self.bad)?;
+            files.insert(entry.path, sums);
+        }
+        Ok(())
+    }
+
+    fn hard_link(&mut self, files: &mut Tree<FileSums>, link: HardLink) -> Result<()> {
+        if let Some(sums) = files.get(&link.to).cloned() {
+            files.insert(link.path, sums);
+        }
+        Ok(())
+    }
+}
+
+/// The checksums of the file at `path` whose bytes `data` reads.
+fn sums(path: &str, data: &mut dyn Read) -> io::Result<FileSums> {
+    let mut s256 = Sha256::new();
+    let mut s1 = Sha1::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let keep = is_dpkg_db(path);
+    let mut kept = Vec::new();
+    loop {
+        let n = data.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        s256.update(&buf[..n]);
+        s1.update(&buf[..n]);
+        if keep {
+            kept.extend_from_slice(&buf[..n]);
         }
     }
-    for (path, target) in links {
-        if let Some(sums) = files.get(&target).cloned() {
-            files.insert(path, sums);
-        }
-    }
-    Ok(())
+    Ok(FileSums {
+        sha256: hex::encode(s256.finalize()),
+        sha1: hex::encode(s1.finalize()),
+        dpkg: keep.then(|| String::from_utf8_lossy(&kept).into_owned()),
+    })
 }
 
 /// The SPDX 2.3 document for the image `manifest` (in `layout`), named `name`.

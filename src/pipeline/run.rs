@@ -119,7 +119,19 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     // What a push sends: the image, or for `[vm]` the bundle as an OCI artifact.
     let pushed_top = match (&built.recipe.vm, request.format) {
         (Some(vm), Format::OciLayout) => {
-            let bundle = export::vm::bundle(store, &built, vm, output.mtime)?;
+            let input = export::vm::Input {
+                recipe: &built.recipe,
+                vm,
+                layers: &built.images[0].0.layers,
+                base_layers: built.manifests[0]
+                    .layers
+                    .iter()
+                    .filter(|l| l.from_base)
+                    .count(),
+                image: &built.top.digest,
+                mtime: output.mtime,
+            };
+            let bundle = export::vm::bundle(store, &input)?;
             export::vm::write(store, &bundle, &out)?;
             export::vm::store_artifact(store, &bundle)?
         }
@@ -138,7 +150,21 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
             built.top.clone()
         }
     };
-    let docs = Documents::of(store, &built, request.sbom, request.provenance)?;
+    let manifests: Vec<_> = (built.images.iter().zip(&built.manifests))
+        .map(|((_, stored), report)| crate::attest::PlatformManifest {
+            platform: report.platform.clone(),
+            digest: stored.digest.clone(),
+        })
+        .collect();
+    let subject = crate::attest::Subject {
+        recipe: &built.recipe,
+        top: &built.top.digest,
+        manifests: &manifests,
+        materials: &built.materials,
+        times: built.times.as_ref(),
+        source_date_epoch: built.source_date_epoch,
+    };
+    let docs = Documents::of(store, &subject, request.sbom, request.provenance)?;
     let documents = docs.write_beside(&out, name)?;
     for file in &documents {
         request.reporter.event(super::Event::Wrote { path: file });

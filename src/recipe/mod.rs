@@ -49,31 +49,121 @@ pub struct Recipe {
     pub vm: Option<VmSection>,
 }
 
-/// `[vm]`: how the image becomes a bootable machine.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[vm]`: how the image becomes a bootable machine, parsed and checked
+/// once (defaults filled in) when the recipe is read.
+#[derive(Debug, Clone)]
 pub struct VmSection {
-    /// The kernel: `{ path = "…" }` (a host file, relative to the recipe) or
-    /// `{ package = "linux-image-…" }` (the `/boot/vmlinuz-*` that package installs in the image).
-    pub kernel: Spanned<KernelSource>,
+    /// Where the kernel comes from.
+    pub kernel: Kernel,
+    /// Where `kernel` is written in the recipe, for errors.
+    pub kernel_span: std::ops::Range<usize>,
     /// The program the kernel starts (default `/sbin/init`).
-    pub init: Option<Spanned<String>>,
+    pub init: String,
     /// The kernel command line (default `console=ttyS0`).
-    pub cmdline: Option<String>,
-    /// What to write (default `["initramfs"]`).
-    #[serde(default)]
-    pub outputs: Vec<Spanned<String>>,
-    /// The disk's root filesystem (`erofs`, the default; `squashfs`; `ext4`).
-    pub root: Option<Spanned<String>>,
-    /// The disk's size (`512M`, `2G`): required room for ext4, zero padding for the others.
-    pub size: Option<Spanned<String>>,
+    pub cmdline: String,
+    /// What to write, as listed (default `["initramfs"]`).
+    pub outputs: Vec<VmOutput>,
+    /// The disk's root filesystem (default erofs).
+    pub root: RootFs,
+    /// The disk's size in bytes: required room for ext4, zero padding for the others.
+    pub size: Option<u64>,
 }
 
 impl VmSection {
-    /// The disk size in bytes, if one is given (checked when the recipe is parsed).
-    pub fn size_bytes(&self) -> Option<u64> {
-        self.size.as_ref().and_then(|s| parse_size(s.get_ref()))
+    /// Whether `output` is one of the outputs.
+    pub fn writes(&self, output: VmOutput) -> bool {
+        self.outputs.contains(&output)
     }
+
+    /// Whether a root disk is written (`raw` or `qcow2`), and so booted from.
+    pub fn wants_disk(&self) -> bool {
+        self.writes(VmOutput::Raw) || self.writes(VmOutput::Qcow2)
+    }
+}
+
+/// Where the kernel comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    /// `{ path = "…" }`: a host file, relative to the recipe.
+    Path(PathBuf),
+    /// `{ package = "linux-image-…" }`: the `/boot/vmlinuz-*` that package installs in the image.
+    Package(String),
+}
+
+/// What a `[vm]` recipe writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VmOutput {
+    /// `initramfs`: the whole image root in memory.
+    Initramfs,
+    /// `raw`: a root disk.
+    Raw,
+    /// `qcow2`: the same disk for qemu.
+    Qcow2,
+}
+
+impl VmOutput {
+    /// Every output, as written in a recipe.
+    pub const ALL: [(&'static str, VmOutput); 3] = [
+        ("initramfs", VmOutput::Initramfs),
+        ("raw", VmOutput::Raw),
+        ("qcow2", VmOutput::Qcow2),
+    ];
+
+    /// The output written `name`.
+    pub fn parse(name: &str) -> Option<VmOutput> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, o)| *o)
+    }
+}
+
+/// The root filesystem of a VM disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootFs {
+    /// erofs, by `mkfs.erofs` (the default).
+    Erofs,
+    /// squashfs, by `mksquashfs`.
+    Squashfs,
+    /// ext4, by `mke2fs -d`.
+    Ext4,
+}
+
+impl RootFs {
+    /// Every root filesystem, as written in a recipe.
+    pub const ALL: [RootFs; 3] = [RootFs::Erofs, RootFs::Squashfs, RootFs::Ext4];
+
+    /// Its name: in a recipe, in `bundle.json`, and for `mount -t`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RootFs::Erofs => "erofs",
+            RootFs::Squashfs => "squashfs",
+            RootFs::Ext4 => "ext4",
+        }
+    }
+
+    /// The filesystem named `name`.
+    pub fn parse(name: &str) -> Option<RootFs> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// `[vm]` as written, before [`VmSection`] is made of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename = "VmSection")]
+struct RawVm {
+    kernel: Spanned<RawKernel>,
+    init: Option<Spanned<String>>,
+    cmdline: Option<String>,
+    #[serde(default)]
+    outputs: Vec<Spanned<String>>,
+    root: Option<Spanned<String>>,
+    size: Option<Spanned<String>>,
+}
+
+/// `kernel` as written: exactly one of the two is checked when [`Kernel`] is made of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename = "KernelSource")]
+struct RawKernel {
+    path: Option<String>,
+    package: Option<String>,
 }
 
 /// Parses `512M`, `2G`, `1048576` (bytes); K, M, G, T are powers of 1024.
@@ -93,16 +183,6 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult).filter(|&b| b > 0)
-}
-
-/// Where the kernel comes from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelSource {
-    /// A host file.
-    pub path: Option<String>,
-    /// A Debian package installed in the image.
-    pub package: Option<String>,
 }
 
 /// `[repositories.NAME]`: a Debian suite. The mirror is not written here: it
@@ -410,7 +490,7 @@ struct RawRecipe {
     layers: Vec<LayerSection>,
     #[serde(default)]
     repositories: BTreeMap<String, RepositorySection>,
-    vm: Option<VmSection>,
+    vm: Option<RawVm>,
 }
 
 impl Recipe {

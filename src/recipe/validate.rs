@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::{Base, Compression, Platform, PlatformFilter, RawRecipe, Recipe};
+use super::{
+    Base, Compression, Kernel, Platform, PlatformFilter, RawRecipe, Recipe, RootFs, VmOutput,
+};
 use crate::error::{Result, Source};
 
 pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Recipe> {
@@ -333,35 +335,45 @@ pub fn expand_src(src: &str, p: &Platform) -> String {
         .replace("{variant}", p.variant.as_deref().unwrap_or(""))
 }
 
-/// The VM outputs kiln writes so far.
-pub const VM_OUTPUTS: [&str; 3] = ["initramfs", "raw", "qcow2"];
-
-fn check_vm(
-    source: &Source,
-    vm: super::VmSection,
-    platforms: &[Platform],
-) -> Result<super::VmSection> {
-    let k = vm.kernel.get_ref();
-    if k.path.is_some() == k.package.is_some() {
-        return Err(source
-            .error(vm.kernel.span(), "`kernel` needs exactly one of `path` and `package`")
+/// Checks `[vm]` and parses it into its types, defaults filled in.
+fn check_vm(source: &Source, vm: super::RawVm, platforms: &[Platform]) -> Result<super::VmSection> {
+    let kernel_span = vm.kernel.span();
+    let kernel = match vm.kernel.into_inner() {
+        super::RawKernel {
+            path: Some(path),
+            package: None,
+        } => Kernel::Path(path.into()),
+        super::RawKernel {
+            path: None,
+            package: Some(package),
+        } => Kernel::Package(package),
+        _ => {
+            return Err(source
+            .error(kernel_span, "`kernel` needs exactly one of `path` and `package`")
             .hint("write `kernel = { path = \"vmlinuz\" }` or `kernel = { package = \"linux-image-cloud-amd64\" }`")
-            .into());
-    }
+            .into())
+        }
+    };
     if let Some(init) = &vm.init {
         image_path(source, init, "`init`")?;
     }
+    let mut outputs = Vec::new();
     for o in &vm.outputs {
-        if !VM_OUTPUTS.contains(&o.get_ref().as_str()) {
+        let Some(output) = VmOutput::parse(o.get_ref()) else {
             return Err(source
                 .error(o.span(), format!("`{}` is not a VM output kiln can write", o.get_ref()))
                 .hint("kiln writes `initramfs` (the whole image root in memory), `raw` (an erofs root disk) and `qcow2` (the same disk for qemu)")
                 .into());
-        }
+        };
+        outputs.push(output);
     }
-    if let Some(root) = &vm.root {
-        if !["erofs", "squashfs", "ext4"].contains(&root.get_ref().as_str()) {
-            return Err(source
+    if outputs.is_empty() {
+        outputs.push(VmOutput::Initramfs);
+    }
+    let root = match &vm.root {
+        None => RootFs::Erofs,
+        Some(root) => RootFs::parse(root.get_ref()).ok_or_else(|| {
+            source
                 .error(
                     root.span(),
                     format!(
@@ -370,27 +382,36 @@ fn check_vm(
                     ),
                 )
                 .hint("use `root = \"erofs\"`, `\"squashfs\"` or `\"ext4\"`")
-                .into());
-        }
-    }
-    if let Some(size) = &vm.size {
-        if super::parse_size(size.get_ref()).is_none() {
-            return Err(source
+        })?,
+    };
+    let size = match &vm.size {
+        None => None,
+        Some(size) => Some(super::parse_size(size.get_ref()).ok_or_else(|| {
+            source
                 .error(size.span(), format!("`{}` is not a size", size.get_ref()))
                 .hint("write a number with K, M, G or T, e.g. `size = \"512M\"`")
-                .into());
-        }
-    }
+        })?),
+    };
     if platforms.len() != 1 || platforms[0].os != "linux" || platforms[0].arch != "amd64" {
         return Err(source
             .error(
-                vm.kernel.span(),
+                kernel_span,
                 "a VM bundle is built for exactly one platform, `linux/amd64`",
             )
             .hint("set `platforms = [\"linux/amd64\"]` (or leave it out)")
             .into());
     }
-    Ok(vm)
+    Ok(super::VmSection {
+        kernel,
+        kernel_span,
+        init: vm
+            .init
+            .map_or_else(|| "/sbin/init".to_string(), Spanned::into_inner),
+        cmdline: vm.cmdline.unwrap_or_else(|| "console=ttyS0".into()),
+        outputs,
+        root,
+        size,
+    })
 }
 
 fn non_empty(source: &Source, s: &Spanned<String>, what: &str) -> Result<()> {

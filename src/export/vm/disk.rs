@@ -10,6 +10,7 @@ use super::{Meta, Node};
 use crate::beneath::Root;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::recipe::RootFs;
 use crate::store::Store;
 
 /// Writes `tree` into the fresh directory `dir` with its modes and owners
@@ -86,7 +87,7 @@ pub(super) fn make_disk(
     tree: &BTreeMap<String, Meta>,
     mtime: u64,
     uuid: &str,
-    fs: &str,
+    fs: RootFs,
     size: Option<u64>,
 ) -> Result<(Digest, u64)> {
     let work = store.temp_dir()?;
@@ -94,9 +95,9 @@ pub(super) fn make_disk(
     std::fs::create_dir(&root).at("create", &root)?;
     materialize(store, tree, &root)?;
     let image = work.path().join("disk.raw");
-    if fs == "ext4" {
+    if fs == RootFs::Ext4 {
         make_ext4(tree, &root, &image, mtime, uuid, size, work.path())?;
-    } else if fs == "squashfs" {
+    } else if fs == RootFs::Squashfs {
         run_tool(
             std::process::Command::new("mksquashfs")
                 .arg(&root)
@@ -129,12 +130,15 @@ pub(super) fn make_disk(
             "erofs-utils",
         )?;
     }
-    if let (Some(want), false) = (size, fs == "ext4") {
+    if let (Some(want), false) = (size, fs == RootFs::Ext4) {
         // A fixed disk size: pad the read-only image with zeros.
         let have = std::fs::metadata(&image).at("stat", &image)?.len();
         if have > want {
             return Err(Error::invalid(
-                format!("the {fs} root needs {have} bytes, more than `size` ({want})"),
+                format!(
+                    "the {} root needs {have} bytes, more than `size` ({want})",
+                    fs.name()
+                ),
                 Some("raise `size`, or leave it out".into()),
             ));
         }

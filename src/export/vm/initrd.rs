@@ -9,6 +9,7 @@ use std::path::Path;
 use super::{Meta, Node};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::recipe::RootFs;
 use crate::store::Store;
 
 /// Reads one module (by its path in `modules.dep`) into the store.
@@ -69,6 +70,25 @@ fn modules_dep_from_modinfo(
 /// The kernel modules a disk boot needs, in load order (dependencies first).
 const DISK_MODULES: [&str; 2] = ["virtio_pci", "virtio_blk"];
 
+/// What a disk boot starts: the kernel's version and, for a host kernel,
+/// its modules' directory on the host; the init to switch to; the root's
+/// filesystem.
+pub(super) struct Boot<'a> {
+    pub(super) version: Option<&'a str>,
+    pub(super) modules: Option<&'a Path>,
+    pub(super) init: &'a str,
+    pub(super) fs: RootFs,
+}
+
+fn meta(node: Node, mode: u32) -> Meta {
+    Meta {
+        node,
+        mode,
+        uid: 0,
+        gid: 0,
+    }
+}
+
 /// The small initramfs of a disk boot: busybox (from the image), the modules
 /// for virtio disks and erofs (from `modules`, or the image's
 /// `/lib/modules/VERSION`), and an `/init` that mounts the disk read-only and
@@ -76,17 +96,8 @@ const DISK_MODULES: [&str; 2] = ["virtio_pci", "virtio_blk"];
 pub(super) fn boot_tree(
     store: &Store,
     image: &BTreeMap<String, Meta>,
-    version: Option<&str>,
-    modules: Option<&Path>,
-    init: &str,
-    fs: &str,
+    boot: &Boot<'_>,
 ) -> Result<BTreeMap<String, Meta>> {
-    let meta = |node: Node, mode: u32| Meta {
-        node,
-        mode,
-        uid: 0,
-        gid: 0,
-    };
     let mut t = BTreeMap::new();
     let busybox = ["bin/busybox", "usr/bin/busybox"]
         .iter()
@@ -101,66 +112,91 @@ pub(super) fn boot_tree(
         t.insert(d.to_string(), meta(Node::Dir, 0o755));
     }
     t.insert("bin/busybox".into(), meta(busybox.node.clone(), 0o755));
-    let version = version.ok_or_else(|| {
+    let version = boot.version.ok_or_else(|| {
         Error::invalid(
             "the kernel's version is unknown, so its modules cannot be found",
             Some("name the kernel file `vmlinuz-VERSION`".into()),
         )
     })?;
-    let dep_path = format!("lib/modules/{version}/modules.dep");
-    let (deps_text, read_module): (String, ModuleReader<'_>) = match modules {
-        Some(dir) => {
-            let text = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| {
-                Error::unusable(
-                    format!("cannot read `{}`", dir.join("modules.dep").display()),
-                    e,
-                    "install the kernel's package on the host, or use `kernel = { package = … }`",
-                )
-            })?;
-            let dir = dir.to_path_buf();
-            (
-                text,
-                Box::new(move |rel: &str| {
-                    let p = dir.join(rel);
-                    let f = std::fs::File::open(&p).at("read module", &p)?;
-                    let mut w = store.writer()?;
-                    io::copy(&mut BufReader::new(f), &mut w).at("read", &p)?;
-                    w.commit(None)
-                }),
-            )
-        }
-        None => {
-            // depmod writes modules.dep when the package is installed; kiln
-            // runs no maintainer script, so without one it reads each
-            // module's own `depends=` (its .modinfo) instead.
-            let text = match image.get(&dep_path) {
-                Some(Meta {
-                    node: Node::File { digest, .. },
-                    ..
-                }) => String::from_utf8_lossy(&store.read(digest)?).into_owned(),
-                _ => modules_dep_from_modinfo(store, image, version)?,
-            };
-            let image = image.clone();
-            let version = version.to_string();
-            (
-                text,
-                Box::new(move |rel: &str| {
-                    match image.get(&format!("lib/modules/{version}/{rel}")) {
-                        Some(Meta {
-                            node: Node::File { digest, size },
-                            ..
-                        }) => Ok((digest.clone(), *size)),
-                        _ => Err(Error::invalid(
-                            format!("the image lacks module `{rel}`"),
-                            Some("install the kernel's modules in the image (the package that has `/lib/modules/VERSION`), or name a kernel package in `[vm]`".into()),
-                        )),
-                    }
-                }),
-            )
-        }
+    let (deps_text, read_module) = match boot.modules {
+        Some(dir) => host_modules(store, dir)?,
+        None => image_modules(store, image, version)?,
     };
-    let deps: BTreeMap<String, Vec<String>> = deps_text
-        .lines()
+    let order = load_order(&parse_deps(&deps_text), boot.fs);
+    let mut script = String::from("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox mount -t sysfs sysfs /sys\n/bin/busybox mount -t devtmpfs devtmpfs /dev\n");
+    for (i, m) in order.iter().enumerate() {
+        let (digest, size) = read_module(m)?;
+        let name = format!("lib/modules/{i:02}-{}", m.rsplit('/').next().unwrap_or(m));
+        script.push_str(&format!("/bin/busybox insmod /{name}\n"));
+        t.insert(name, meta(Node::File { digest, size }, 0o644));
+    }
+    let (fs, init) = (boot.fs.name(), boot.init);
+    script.push_str(&format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n/bin/busybox mount -t {fs} -o ro /dev/vda /newroot || /bin/busybox echo 'kiln: cannot mount the root disk'\n/bin/busybox umount /proc /sys\n/bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\nexec /bin/busybox switch_root /newroot {init}\n"
+    ));
+    let bytes = script.into_bytes();
+    let digest = store.put_bytes(&bytes)?;
+    let size = bytes.len() as u64;
+    t.insert("init".into(), meta(Node::File { digest, size }, 0o755));
+    Ok(t)
+}
+
+/// `modules.dep` of a host kernel's modules directory, and a reader of its modules.
+fn host_modules<'a>(store: &'a Store, dir: &Path) -> Result<(String, ModuleReader<'a>)> {
+    let text = std::fs::read_to_string(dir.join("modules.dep")).map_err(|e| {
+        Error::unusable(
+            format!("cannot read `{}`", dir.join("modules.dep").display()),
+            e,
+            "install the kernel's package on the host, or use `kernel = { package = … }`",
+        )
+    })?;
+    let dir = dir.to_path_buf();
+    let read: ModuleReader<'a> = Box::new(move |rel: &str| {
+        let p = dir.join(rel);
+        let f = std::fs::File::open(&p).at("read module", &p)?;
+        let mut w = store.writer()?;
+        io::copy(&mut BufReader::new(f), &mut w).at("read", &p)?;
+        w.commit(None)
+    });
+    Ok((text, read))
+}
+
+/// `modules.dep` of the image's kernel `version`, and a reader of its modules.
+fn image_modules<'a>(
+    store: &'a Store,
+    image: &BTreeMap<String, Meta>,
+    version: &str,
+) -> Result<(String, ModuleReader<'a>)> {
+    // depmod writes modules.dep when the package is installed; kiln
+    // runs no maintainer script, so without one it reads each
+    // module's own `depends=` (its .modinfo) instead.
+    let text = match image.get(&format!("lib/modules/{version}/modules.dep")) {
+        Some(Meta {
+            node: Node::File { digest, .. },
+            ..
+        }) => String::from_utf8_lossy(&store.read(digest)?).into_owned(),
+        _ => modules_dep_from_modinfo(store, image, version)?,
+    };
+    let image = image.clone();
+    let version = version.to_string();
+    let read: ModuleReader<'a> = Box::new(move |rel: &str| {
+        match image.get(&format!("lib/modules/{version}/{rel}")) {
+                Some(Meta {
+                    node: Node::File { digest, size },
+                    ..
+                }) => Ok((digest.clone(), *size)),
+                _ => Err(Error::invalid(
+                    format!("the image lacks module `{rel}`"),
+                    Some("install the kernel's modules in the image (the package that has `/lib/modules/VERSION`), or name a kernel package in `[vm]`".into()),
+                )),
+            }
+    });
+    Ok((text, read))
+}
+
+/// `modules.dep`'s lines: module → the modules it needs.
+fn parse_deps(text: &str) -> BTreeMap<String, Vec<String>> {
+    text.lines()
         .filter_map(|l| {
             let (m, d) = l.split_once(':')?;
             Some((
@@ -168,7 +204,12 @@ pub(super) fn boot_tree(
                 d.split_whitespace().map(String::from).collect(),
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// The modules a disk boot on `fs` loads, dependencies first; a module
+/// that `deps` does not list is taken to be built into the kernel.
+fn load_order(deps: &BTreeMap<String, Vec<String>>, fs: RootFs) -> Vec<String> {
     let by_name = |name: &str| {
         deps.keys()
             .find(|k| {
@@ -178,7 +219,6 @@ pub(super) fn boot_tree(
             })
             .cloned()
     };
-    let mut order: Vec<String> = Vec::new();
     fn visit(m: &str, deps: &BTreeMap<String, Vec<String>>, order: &mut Vec<String>) {
         if order.iter().any(|o| o == m) {
             return;
@@ -188,33 +228,11 @@ pub(super) fn boot_tree(
         }
         order.push(m.to_string());
     }
-    for name in DISK_MODULES.iter().copied().chain([fs]) {
-        // Built into the kernel when modules.dep does not list it.
+    let mut order = Vec::new();
+    for name in DISK_MODULES.iter().copied().chain([fs.name()]) {
         if let Some(m) = by_name(name) {
-            visit(&m, &deps, &mut order);
+            visit(&m, deps, &mut order);
         }
     }
-    let mut script = String::from("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox mount -t sysfs sysfs /sys\n/bin/busybox mount -t devtmpfs devtmpfs /dev\n");
-    for (i, m) in order.iter().enumerate() {
-        let (digest, size) = read_module(m)?;
-        let name = format!("lib/modules/{i:02}-{}", m.rsplit('/').next().unwrap_or(m));
-        script.push_str(&format!("/bin/busybox insmod /{name}\n"));
-        t.insert(name, meta(Node::File { digest, size }, 0o644));
-    }
-    script.push_str(&format!(
-        "for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n/bin/busybox mount -t {fs} -o ro /dev/vda /newroot || /bin/busybox echo 'kiln: cannot mount the root disk'\n/bin/busybox umount /proc /sys\n/bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\nexec /bin/busybox switch_root /newroot {init}\n"
-    ));
-    let bytes = script.into_bytes();
-    let digest = store.put_bytes(&bytes)?;
-    t.insert(
-        "init".into(),
-        meta(
-            Node::File {
-                digest,
-                size: bytes.len() as u64,
-            },
-            0o755,
-        ),
-    );
-    Ok(t)
+    order
 }

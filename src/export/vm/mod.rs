@@ -8,7 +8,6 @@
 //! starts `[vm].init` as PID 1 instead (`/init` links to it when the image
 //! has no `/init`).
 
-use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
@@ -23,9 +22,9 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::json::canonical;
 use crate::layer::compress::Encoder;
-use crate::pipeline::Built;
-use crate::recipe::{Compression, VmSection};
-use crate::store::Store;
+use crate::layer::read::Tree;
+use crate::recipe::{Compression, Kernel, Recipe, VmOutput, VmSection};
+use crate::store::{LayerRecord, Store};
 use tree::{merged_tree, Meta, Node};
 
 /// The files of a bundle: name → (blob in the store, size, media type).
@@ -36,174 +35,232 @@ pub struct Bundle {
     pub manifest: Vec<u8>,
 }
 
+/// What a VM bundle is made of: the narrow view of a build that export needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The recipe: its name, directory (`kernel.path` is relative to it),
+    /// compression, base (for errors) and text (errors quote it).
+    pub recipe: &'a Recipe,
+    /// Its `[vm]` section.
+    pub vm: &'a VmSection,
+    /// The image's layers, bottom first.
+    pub layers: &'a [LayerRecord],
+    /// How many of them, at the bottom, are the base's (errors name the base).
+    pub base_layers: usize,
+    /// The image's manifest digest: `bundle.json` names it, and the disk's UUID comes from it.
+    pub image: &'a Digest,
+    /// The time of every file in the initramfs and disk.
+    pub mtime: u64,
+}
+
+/// The kernel of a bundle, in the store.
+struct KernelFile {
+    digest: Digest,
+    size: u64,
+    /// From its name, `vmlinuz-VERSION`.
+    version: Option<String>,
+}
+
 /// Builds the bundle of a built `[vm]` recipe into the store.
-pub fn bundle(store: &Store, built: &Built, vm: &VmSection, mtime: u64) -> Result<Bundle> {
-    let mut tree = merged_tree(store, built)?;
-    let recipe = &built.recipe;
-    let kernel_at = vm.kernel.span();
-    let (kernel, kernel_size, version) =
-        match (&vm.kernel.get_ref().path, &vm.kernel.get_ref().package) {
-            (Some(path), _) => {
-                let host = recipe.dir.join(path);
-                let file = std::fs::File::open(&host).map_err(|e| {
-                    Error::from(
-                        recipe
-                            .source
-                            .error(
-                                kernel_at.clone(),
-                                format!("cannot read the kernel `{}`", host.display()),
-                            )
-                            .caused_by(e)
-                            .hint("`kernel.path` is a host file, relative to the recipe"),
-                    )
-                })?;
-                let mut w = store.writer()?;
-                io::copy(&mut BufReader::new(file), &mut w).at("read", &host)?;
-                let (d, n) = w.commit(None)?;
-                let name = host
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (d, n, name.strip_prefix("vmlinuz-").map(String::from))
-            }
-            (None, Some(package)) => {
-                let found: Vec<(&String, &Meta)> = tree
-                    .iter()
-                    .filter(|(p, m)| {
-                        p.starts_with("boot/vmlinuz-") && matches!(m.node, Node::File { .. })
-                    })
-                    .collect();
-                let [(p, m)] = found.as_slice() else {
-                    return Err(recipe
-                        .source
-                        .error(
-                            kernel_at.clone(),
-                            format!(
-                                "the image holds {} kernels (`/boot/vmlinuz-*`), not one",
-                                found.len()
-                            ),
-                        )
-                        .hint(format!(
-                            "install `{package}` in a layer's `packages`, and only one kernel"
-                        ))
-                        .into());
-                };
-                let Node::File { digest, size } = &m.node else {
-                    unreachable!("filtered to files")
-                };
-                (
-                    digest.clone(),
-                    *size,
-                    p.strip_prefix("boot/vmlinuz-").map(String::from),
-                )
-            }
-            (None, None) => unreachable!("checked when the recipe was parsed"),
-        };
-    let init = vm
-        .init
-        .as_ref()
-        .map_or("/sbin/init".to_string(), |i| i.get_ref().clone());
+pub fn bundle(store: &Store, input: &Input<'_>) -> Result<Bundle> {
+    let vm = input.vm;
+    let mut tree = merged_tree(store, input)?;
+    let kernel = find_kernel(store, input, &tree)?;
     if !tree.contains_key("init") {
-        tree.insert(
-            "init".into(),
-            Meta {
-                node: Node::Symlink(init.clone()),
-                mode: 0o777,
-                uid: 0,
-                gid: 0,
-            },
-        );
-    }
-    let cmdline = vm.cmdline.clone().unwrap_or_else(|| "console=ttyS0".into());
-
-    let outputs: Vec<String> = if vm.outputs.is_empty() {
-        vec!["initramfs".into()]
-    } else {
-        vm.outputs.iter().map(|o| o.get_ref().clone()).collect()
-    };
-    let wants_disk = outputs.iter().any(|o| o == "raw" || o == "qcow2");
-    let root_fs = vm
-        .root
-        .as_ref()
-        .map_or("erofs".to_string(), |r| r.get_ref().clone());
-    let mut disk_files = Vec::new();
-    let (initramfs, initramfs_size) = if wants_disk {
-        let uuid = uuid_from(&built.top.digest);
-        // The root needs mount points for what the kernel provides.
-        let mut disk_tree = tree.clone();
-        for d in ["dev", "proc", "sys", "run", "tmp"] {
-            disk_tree.entry(d.to_string()).or_insert(Meta {
-                node: Node::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            });
-        }
-        let raw = disk::make_disk(store, &disk_tree, mtime, &uuid, &root_fs, vm.size_bytes())?;
-        if outputs.iter().any(|o| o == "raw") {
-            disk_files.push(("disk.raw".to_string(), raw.0.clone(), raw.1));
-        }
-        if outputs.iter().any(|o| o == "qcow2") {
-            let q = disk::make_qcow2(store, &raw.0)?;
-            disk_files.push(("disk.qcow2".to_string(), q.0, q.1));
-        }
-        let modules_dir = match (&vm.kernel.get_ref().path, &version) {
-            (Some(_), Some(v)) => Some(std::path::PathBuf::from(format!("/lib/modules/{v}"))),
-            _ => None,
+        let link = Meta {
+            node: Node::Symlink(vm.init.clone()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
         };
-        let small = initrd::boot_tree(
-            store,
-            &tree,
-            version.as_deref(),
-            modules_dir.as_deref(),
-            &init,
-            &root_fs,
-        )
-        .map_err(|e| match e {
-            Error::Invalid { message, hint } => Error::from(
-                recipe
-                    .source
-                    .error(kernel_at.clone(), message)
-                    .hint(hint.unwrap_or_default()),
-            ),
-            other => other,
-        })?;
-        write_initramfs(store, &small, recipe.compression, mtime)?
+        tree.insert("init".into(), link);
+    }
+    let mut files = Vec::new();
+    let initramfs = if vm.wants_disk() {
+        let disks = write_disks(store, input, &tree)?;
+        let small = boot_tree(store, input, &tree, &kernel)?;
+        let initramfs = write_initramfs(store, &small, input.recipe.compression, input.mtime)?;
+        files.extend(disks);
+        initramfs
     } else {
-        write_initramfs(store, &tree, recipe.compression, mtime)?
+        write_initramfs(store, &tree, input.recipe.compression, input.mtime)?
     };
+    let manifest = manifest(input, &kernel, &initramfs, &files);
+    let mut all = vec![
+        ("vmlinuz".to_string(), kernel.digest, kernel.size),
+        ("initramfs.img".to_string(), initramfs.0, initramfs.1),
+    ];
+    all.extend(files);
+    Ok(Bundle {
+        files: all,
+        manifest,
+    })
+}
 
+/// The kernel: the host file `kernel.path`, or the one `/boot/vmlinuz-*` of the image.
+fn find_kernel(store: &Store, input: &Input<'_>, tree: &Tree<Meta>) -> Result<KernelFile> {
+    let recipe = input.recipe;
+    let at = input.vm.kernel_span.clone();
+    match &input.vm.kernel {
+        Kernel::Path(path) => {
+            let host = recipe.dir.join(path);
+            let file = std::fs::File::open(&host).map_err(|e| {
+                Error::from(
+                    recipe
+                        .source
+                        .error(at, format!("cannot read the kernel `{}`", host.display()))
+                        .caused_by(e)
+                        .hint("`kernel.path` is a host file, relative to the recipe"),
+                )
+            })?;
+            let mut w = store.writer()?;
+            io::copy(&mut BufReader::new(file), &mut w).at("read", &host)?;
+            let (digest, size) = w.commit(None)?;
+            let name = host
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let version = name.strip_prefix("vmlinuz-").map(String::from);
+            Ok(KernelFile {
+                digest,
+                size,
+                version,
+            })
+        }
+        Kernel::Package(package) => {
+            let found: Vec<(&String, &Digest, u64)> = tree
+                .iter()
+                .filter_map(|(p, m)| match &m.node {
+                    Node::File { digest, size } if p.starts_with("boot/vmlinuz-") => {
+                        Some((p, digest, *size))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let [(p, digest, size)] = found.as_slice() else {
+                return Err(recipe
+                    .source
+                    .error(
+                        at,
+                        format!(
+                            "the image holds {} kernels (`/boot/vmlinuz-*`), not one",
+                            found.len()
+                        ),
+                    )
+                    .hint(format!(
+                        "install `{package}` in a layer's `packages`, and only one kernel"
+                    ))
+                    .into());
+            };
+            Ok(KernelFile {
+                digest: (*digest).clone(),
+                size: *size,
+                version: p.strip_prefix("boot/vmlinuz-").map(String::from),
+            })
+        }
+    }
+}
+
+/// The root disks asked for (`disk.raw`, `disk.qcow2`), in the store.
+fn write_disks(
+    store: &Store,
+    input: &Input<'_>,
+    tree: &Tree<Meta>,
+) -> Result<Vec<(String, Digest, u64)>> {
+    let vm = input.vm;
+    // The root needs mount points for what the kernel provides.
+    let mut disk_tree = tree.clone();
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        disk_tree.entry(d.to_string()).or_insert(Meta {
+            node: Node::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    let uuid = uuid_from(input.image);
+    let raw = disk::make_disk(store, &disk_tree, input.mtime, &uuid, vm.root, vm.size)?;
+    let mut files = Vec::new();
+    if vm.writes(VmOutput::Raw) {
+        files.push(("disk.raw".to_string(), raw.0.clone(), raw.1));
+    }
+    if vm.writes(VmOutput::Qcow2) {
+        let q = disk::make_qcow2(store, &raw.0)?;
+        files.push(("disk.qcow2".to_string(), q.0, q.1));
+    }
+    Ok(files)
+}
+
+/// The small tree of a disk boot's initramfs; its errors point at `kernel`.
+fn boot_tree(
+    store: &Store,
+    input: &Input<'_>,
+    tree: &Tree<Meta>,
+    kernel: &KernelFile,
+) -> Result<Tree<Meta>> {
+    let vm = input.vm;
+    let modules_dir = match (&vm.kernel, &kernel.version) {
+        (Kernel::Path(_), Some(v)) => Some(std::path::PathBuf::from(format!("/lib/modules/{v}"))),
+        _ => None,
+    };
+    let boot = initrd::Boot {
+        version: kernel.version.as_deref(),
+        modules: modules_dir.as_deref(),
+        init: &vm.init,
+        fs: vm.root,
+    };
+    initrd::boot_tree(store, tree, &boot).map_err(|e| match e {
+        Error::Invalid { message, hint } => Error::from(
+            input
+                .recipe
+                .source
+                .error(vm.kernel_span.clone(), message)
+                .hint(hint.unwrap_or_default()),
+        ),
+        other => other,
+    })
+}
+
+/// `bundle.json`.
+fn manifest(
+    input: &Input<'_>,
+    kernel: &KernelFile,
+    initramfs: &(Digest, u64),
+    disks: &[(String, Digest, u64)],
+) -> Vec<u8> {
+    let vm = input.vm;
+    let recipe = input.recipe;
     let compression = match recipe.compression {
         Compression::Gzip => "gzip",
         Compression::Zstd => "zstd",
     };
-    let mut files = vec![
-        ("vmlinuz".to_string(), kernel, kernel_size),
-        ("initramfs.img".to_string(), initramfs, initramfs_size),
-    ];
-    files.extend(disk_files);
-    let manifest = canonical(&json!({
+    let files = [
+        ("vmlinuz", &kernel.digest, kernel.size),
+        ("initramfs.img", &initramfs.0, initramfs.1),
+    ]
+    .into_iter()
+    .chain(disks.iter().map(|(n, d, s)| (n.as_str(), d, *s)));
+    canonical(&json!({
         "name": recipe.name,
-        "image": built.top.digest.to_string(),
-        "kernel": { "file": "vmlinuz", "version": version },
-        "init": init,
-        "cmdline": cmdline,
+        "image": input.image.to_string(),
+        "kernel": { "file": "vmlinuz", "version": kernel.version },
+        "init": vm.init,
+        "cmdline": vm.cmdline,
         "initramfs": { "file": "initramfs.img", "format": "newc", "compression": compression },
-        "disk": wants_disk.then(|| json!({
-            "root": root_fs,
-            "uuid": uuid_from(&built.top.digest),
-            "raw": outputs.iter().any(|o| o == "raw").then_some("disk.raw"),
-            "qcow2": outputs.iter().any(|o| o == "qcow2").then_some("disk.qcow2"),
+        "disk": vm.wants_disk().then(|| json!({
+            "root": vm.root.name(),
+            "uuid": uuid_from(input.image),
+            "raw": vm.writes(VmOutput::Raw).then_some("disk.raw"),
+            "qcow2": vm.writes(VmOutput::Qcow2).then_some("disk.qcow2"),
         })),
-        "files": files.iter().map(|(n, d, s)| json!({ "name": n, "sha256": d.hex(), "size": s })).collect::<Vec<_>>(),
-    }));
-    Ok(Bundle { files, manifest })
+        "files": files.map(|(n, d, s)| json!({ "name": n, "sha256": d.hex(), "size": s })).collect::<Vec<_>>(),
+    }))
 }
 
 /// Compresses `tree` as a newc cpio into the store.
 fn write_initramfs(
     store: &Store,
-    tree: &BTreeMap<String, Meta>,
+    tree: &Tree<Meta>,
     compression: Compression,
     mtime: u64,
 ) -> Result<(Digest, u64)> {

@@ -13,13 +13,15 @@
 //! never be written through the link that replaced it. A hard link names a
 //! file of the tree, never a host path: it shares the node of its target.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{self, BufReader};
+use std::path::Path;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::layer::read::{apply_whiteout, bad_entry, decompress, hard_link_target, layer_path};
-use crate::pipeline::Built;
+use crate::layer::read::{
+    bad_entry, decompress, walk_layer, Entry, HardLink, Kind, Paths, Rules, Tree, Visitor,
+};
 use crate::store::Store;
 
 /// One node of the image's merged file tree.
@@ -41,7 +43,7 @@ pub(super) struct Meta {
 const LOWER: &str = "symlink of a lower layer";
 
 /// What a path of the tree is, when an entry may not pass through it.
-fn blocks(tree: &BTreeMap<String, Meta>, path: &str) -> Option<&'static str> {
+fn blocks(tree: &Tree<Meta>, path: &str) -> Option<&'static str> {
     match tree.get(path).map(|m| &m.node) {
         None | Some(Node::Dir) => None,
         Some(Node::Symlink(_)) => Some("symlink"),
@@ -51,7 +53,7 @@ fn blocks(tree: &BTreeMap<String, Meta>, path: &str) -> Option<&'static str> {
 
 /// Puts `meta` at `path`: missing parents become plain directories, and a
 /// non-directory drops whatever the tree held beneath `path`.
-fn insert(tree: &mut BTreeMap<String, Meta>, path: String, meta: Meta) {
+fn insert(tree: &mut Tree<Meta>, path: String, meta: Meta) {
     let mut at = 0;
     while let Some(i) = path[at..].find('/') {
         let parent = &path[..at + i];
@@ -73,119 +75,131 @@ fn insert(tree: &mut BTreeMap<String, Meta>, path: String, meta: Meta) {
 }
 
 /// Applies the image's layers in order (whiteouts included); file contents go into the store.
-pub(super) fn merged_tree(store: &Store, built: &Built) -> Result<BTreeMap<String, Meta>> {
-    let mut tree: BTreeMap<String, Meta> = BTreeMap::new();
-    let image = &built.images[0].0;
-    let from_base = |i: usize| {
-        built.manifests[0]
-            .layers
-            .get(i)
-            .is_some_and(|r| r.from_base)
-    };
-    for (i, layer) in image.layers.iter().enumerate() {
-        let refuse = |raw: &str, why: &str| -> Error {
-            let Error::Invalid {
-                mut message,
-                mut hint,
-            } = bad_entry(&layer.digest, raw, why)
-            else {
-                unreachable!("bad_entry is an Error::Invalid")
-            };
-            if why.ends_with(LOWER) {
-                hint = Some(
-                    "kiln does not resolve a path through a symlink of a lower layer: give \
-                     the directory its own entry first (it replaces the link), or use the \
-                     path the link points to"
-                        .into(),
-                );
-            }
-            if let (true, Some((base, _))) = (from_base(i), built.recipe.base.shown()) {
-                message = format!("base `{base}`: {message}");
-            }
-            Error::invalid(message, hint)
-        };
+pub(super) fn merged_tree(store: &Store, input: &super::Input<'_>) -> Result<Tree<Meta>> {
+    let mut tree = Tree::new();
+    let base = input.recipe.base.shown().map(|(base, _)| base);
+    for (i, layer) in input.layers.iter().enumerate() {
         let path = store.blob_path(&layer.digest);
         let blob = BufReader::new(store.open_blob(&layer.digest)?);
-        let reader = decompress(blob, &layer.media_type, &layer.digest)?;
-        let mut ar = tar::Archive::new(reader);
+        let mut reader = decompress(blob, &layer.media_type, &layer.digest)?;
+        let mut merge = Merge {
+            store,
+            layer: &layer.digest,
+            base: base.as_deref().filter(|_| i < input.base_layers),
+            blob: &path,
+            here: BTreeSet::new(),
+        };
         let bad = |e: io::Error| crate::store::verify_error(e, &path);
-        let mut links = Vec::new();
-        // Symlinks met in this layer, to tell them from those of lower layers.
-        let mut here = BTreeSet::new();
-        for entry in ar.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let traverses = |p: &str| match blocks(&tree, p) {
-                Some("symlink") if !here.contains(p) => Some(LOWER),
-                other => other,
-            };
-            let p = match layer_path(&raw, traverses) {
-                Ok(Some(p)) => p,
-                Ok(None) => continue,
-                Err(why) => return Err(refuse(&raw, &why)),
-            };
-            if apply_whiteout(&mut tree, &p) {
-                continue;
-            }
-            let h = entry.header();
-            // What the entry is comes below; its mode and owner are known now.
-            let (mode, uid, gid) = (
-                h.mode().unwrap_or(0o644) & 0o7777,
-                h.uid().unwrap_or(0) as u32,
-                h.gid().unwrap_or(0) as u32,
-            );
-            let meta = move |node| Meta {
-                node,
-                mode,
-                uid,
-                gid,
-            };
-            let kind = h.entry_type();
-            let link_name = || {
-                entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default()
-            };
-            let node = if kind.is_dir() {
-                Node::Dir
-            } else if kind.is_symlink() {
-                Node::Symlink(link_name())
-            } else if kind.is_hard_link() {
-                let target = link_name();
-                let to = hard_link_target(&target, |p| blocks(&tree, p))
-                    .map_err(|why| refuse(&raw, &why))?;
-                links.push((raw, p, target, to, meta));
-                continue;
-            } else if kind.is_file() {
-                let mut w = store.writer()?;
-                let size = io::copy(&mut entry, &mut w).map_err(bad)?;
-                let (digest, _) = w.commit(None)?;
-                Node::File { digest, size }
-            } else {
-                continue;
-            };
-            if matches!(node, Node::Symlink(_)) {
-                here.insert(p.clone());
-            } else {
-                here.remove(&p);
-            }
-            insert(&mut tree, p, meta(node));
-        }
-        for (raw, p, target, to, meta) in links {
-            let node = match tree.get(&to).map(|m| &m.node) {
-                Some(n @ (Node::File { .. } | Node::Symlink(_))) => n.clone(),
-                _ => {
-                    return Err(refuse(
-                        &raw,
-                        &format!("is a hard link to `{target}`, which is not a file of the image"),
-                    ))
-                }
-            };
-            insert(&mut tree, p, meta(node));
-        }
+        walk_layer(&mut reader, &mut tree, &mut merge, bad)?;
     }
     Ok(tree)
+}
+
+/// Applies one layer of a VM image to its merged tree.
+struct Merge<'a> {
+    store: &'a Store,
+    /// The layer, for errors.
+    layer: &'a Digest,
+    /// The base as the recipe names it, when the layer is one of its.
+    base: Option<&'a str>,
+    /// The layer's blob, for errors.
+    blob: &'a Path,
+    /// Symlinks met in this layer, to tell them from those of lower layers.
+    here: BTreeSet<String>,
+}
+
+impl Visitor for Merge<'_> {
+    type Node = Meta;
+    const RULES: Rules = Rules {
+        paths: Paths::Checked,
+        whiteouts: true,
+    };
+
+    fn blocks(&self, tree: &Tree<Meta>, path: &str) -> Option<&'static str> {
+        match blocks(tree, path) {
+            Some("symlink") if !self.here.contains(path) => Some(LOWER),
+            other => other,
+        }
+    }
+
+    fn link_blocks(&self, tree: &Tree<Meta>, path: &str) -> Option<&'static str> {
+        blocks(tree, path)
+    }
+
+    fn refuse(&self, raw: &str, why: &str) -> Error {
+        let Error::Invalid {
+            mut message,
+            mut hint,
+        } = bad_entry(self.layer, raw, why)
+        else {
+            unreachable!("bad_entry is an Error::Invalid")
+        };
+        if why.ends_with(LOWER) {
+            hint = Some(
+                "kiln does not resolve a path through a symlink of a lower layer: give \
+                 the directory its own entry first (it replaces the link), or use the \
+                 path the link points to"
+                    .into(),
+            );
+        }
+        if let Some(base) = self.base {
+            message = format!("base `{base}`: {message}");
+        }
+        Error::invalid(message, hint)
+    }
+
+    fn entry(&mut self, tree: &mut Tree<Meta>, entry: Entry<'_>) -> Result<()> {
+        let mode = entry.mode(0o644);
+        let node = match entry.kind {
+            Kind::Dir => Node::Dir,
+            Kind::Symlink(target) => Node::Symlink(target),
+            Kind::File => {
+                let mut w = self.store.writer()?;
+                let size = io::copy(entry.data, &mut w)
+                    .map_err(|e| crate::store::verify_error(e, self.blob))?;
+                let (digest, _) = w.commit(None)?;
+                Node::File { digest, size }
+            }
+            // A hard link comes back once the layer's files are in the tree.
+            Kind::HardLink(_) | Kind::Other => return Ok(()),
+        };
+        if matches!(node, Node::Symlink(_)) {
+            self.here.insert(entry.path.clone());
+        } else {
+            self.here.remove(&entry.path);
+        }
+        let meta = Meta {
+            node,
+            mode,
+            uid: entry.uid,
+            gid: entry.gid,
+        };
+        insert(tree, entry.path, meta);
+        Ok(())
+    }
+
+    fn hard_link(&mut self, tree: &mut Tree<Meta>, link: HardLink) -> Result<()> {
+        let node = match tree.get(&link.to).map(|m| &m.node) {
+            Some(n @ (Node::File { .. } | Node::Symlink(_))) => n.clone(),
+            _ => {
+                return Err(self.refuse(
+                    &link.raw,
+                    &format!(
+                        "is a hard link to `{}`, which is not a file of the image",
+                        link.target
+                    ),
+                ))
+            }
+        };
+        let meta = Meta {
+            node,
+            mode: link.mode(0o644),
+            uid: link.uid,
+            gid: link.gid,
+        };
+        insert(tree, link.path, meta);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_link_replacing_a_directory_takes_its_children() {
-        let mut t = BTreeMap::new();
+        let mut t = Tree::new();
         insert(&mut t, "d/e/f".into(), dir());
         insert(&mut t, "d-x".into(), dir());
         assert_eq!(t["d"].mode, 0o755, "implied parents are plain directories");
