@@ -313,8 +313,11 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
     }
     let mut requests = Vec::new();
     let store = crate::store::Store::open(crate::store::Store::default_root()?)?;
-    let fetcher = deb::Fetcher::new(deb::mirror()?)?;
     let repos = repositories(recipe);
+    let fetchers = repos
+        .iter()
+        .map(|r| deb::Fetcher::new(mirror_for(recipe, r)?))
+        .collect::<Result<Vec<_>>>()?;
     let mut out = Vec::new();
     let mut arches: Vec<String> = recipe
         .platforms
@@ -324,8 +327,8 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
     arches.dedup();
     for arch in arches {
         let mut index = Vec::new();
-        for repo in &repos {
-            index.extend(deb::load_index(&fetcher, &store, repo, &arch)?);
+        for (repo, fetcher) in repos.iter().zip(&fetchers) {
+            index.extend(deb::load_index(fetcher, &store, repo, &arch)?);
         }
         let universe = Universe::new(&index, &arch);
         // Packages a base recipe's lock installs count as installed here.
@@ -446,8 +449,44 @@ pub fn repositories(recipe: &crate::recipe::Recipe) -> Vec<crate::source::deb::R
                 || PathBuf::from(crate::source::deb::DEFAULT_KEYRING),
                 |k| recipe.dir.join(k),
             ),
+            archive: r.archive().to_string(),
+            span: r.archive.as_ref().map_or(r.span.clone(), |a| a.span()),
         })
         .collect()
+}
+
+/// The mirror of `repo`'s archive (see [`crate::source::deb::archive_mirror`]),
+/// or an error at the recipe line that names the repository, saying both ways
+/// to configure it.
+pub fn mirror_for(
+    recipe: &crate::recipe::Recipe,
+    repo: &crate::source::deb::Repository,
+) -> Result<String> {
+    use crate::source::deb;
+    deb::archive_mirror(&repo.archive, &repo.suite).ok_or_else(|| {
+        let variable = deb::mirror_variable(&repo.archive);
+        let also = if repo.archive == deb::MAIN_ARCHIVE {
+            " (or `KILN_DEBIAN_MIRROR`)"
+        } else {
+            ""
+        };
+        Error::from(
+            recipe
+                .source
+                .error(
+                    repo.span.clone(),
+                    format!(
+                        "no mirror for the `{}` archive of repository `{}` (suite `{}`)",
+                        repo.archive, repo.name, repo.suite
+                    ),
+                )
+                .hint(format!(
+                    "set `{variable}`{also} to the archive's URL, or add a `deb URL {} {}` line for it to the host's apt sources; mirrors are never written in the recipe",
+                    repo.suite,
+                    repo.components.join(" ")
+                )),
+        )
+    })
 }
 
 fn toml_key(s: &str) -> String {

@@ -213,7 +213,8 @@ fn build_plan(
         }
         let mut plans = Vec::new();
         for inputs in layers {
-            let installed = packages::packages_for(store, &inputs.packages, platform, settings)?;
+            let installed =
+                packages::packages_for(store, &inputs.packages, platform, settings, recipe)?;
             let layer = inputs
                 .local
                 .clone()

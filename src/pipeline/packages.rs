@@ -17,6 +17,7 @@ pub(super) fn packages_for(
     pinned: &[Package],
     platform: &Platform,
     settings: &Settings,
+    recipe: &crate::recipe::Recipe,
 ) -> Result<std::collections::BTreeMap<String, (crate::plan::Entry, String)>> {
     use crate::source::deb;
     if pinned.is_empty() {
@@ -40,23 +41,69 @@ pub(super) fn packages_for(
     }
     if !missing.is_empty() {
         // Downloads run four at a time; each is verified before it enters the store.
-        let fetcher = deb::Fetcher::new(deb::mirror()?)?;
+        // Each package comes from its repository's archive; a `.deb` that mirror
+        // no longer has is asked of the archive's fallbacks, by the same pool path.
+        let repos = crate::lock::repositories(recipe);
+        let mut sources: std::collections::BTreeMap<String, (Vec<deb::Fetcher>, String)> =
+            Default::default();
+        for p in &missing {
+            if sources.contains_key(&p.repository) {
+                continue;
+            }
+            let mut urls = Vec::new();
+            let archive = match repos.iter().find(|r| r.name == p.repository) {
+                Some(r) => {
+                    urls.push(crate::lock::mirror_for(recipe, r)?);
+                    r.archive.clone()
+                }
+                None => {
+                    urls.push(deb::mirror()?);
+                    deb::MAIN_ARCHIVE.to_string()
+                }
+            };
+            urls.extend(deb::fallbacks(&archive));
+            let fetchers = urls
+                .into_iter()
+                .map(deb::Fetcher::new)
+                .collect::<Result<Vec<_>>>()?;
+            sources.insert(
+                p.repository.clone(),
+                (fetchers, deb::fallback_variable(&archive)),
+            );
+        }
         let next = AtomicUsize::new(0);
         let failed = Mutex::new(None);
         let fetch = |p: &Package| -> Result<()> {
-            let mut w = store.writer()?;
-            fetcher.get_into(&p.path, &mut w)?;
-            w.commit(Some(&p.digest)).map_err(|e| match e {
-                Error::DigestMismatch {
-                    expected, actual, ..
-                } => Error::DigestMismatch {
-                    what: format!("package `{}` (`{}`)", p.name, p.path),
-                    expected,
-                    actual,
-                },
-                other => other,
-            })?;
-            Ok(())
+            let (fetchers, variable) = &sources[&p.repository];
+            let mut tried = Vec::new();
+            for fetcher in fetchers {
+                let mut w = store.writer()?;
+                match fetcher.get_into(&p.path, &mut w) {
+                    Ok(()) => {}
+                    Err(e @ Error::Network { .. }) => {
+                        tried.push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                w.commit(Some(&p.digest)).map_err(|e| match e {
+                    Error::DigestMismatch {
+                        expected, actual, ..
+                    } => Error::DigestMismatch {
+                        what: format!(
+                            "package `{}` (`{}` from `{}`)",
+                            p.name,
+                            p.path,
+                            fetcher.mirror()
+                        ),
+                        expected,
+                        actual,
+                    },
+                    other => other,
+                })?;
+                return Ok(());
+            }
+            Err(all_failed(p, tried, variable))
         };
         std::thread::scope(|s| {
             for _ in 0..missing.len().min(4) {
@@ -93,4 +140,42 @@ pub(super) fn packages_for(
         other => other,
     };
     deb::install::entries(store, &installed, arch == host)
+}
+
+/// The error when no mirror of a package's archive had it: every attempt named.
+fn all_failed(p: &Package, tried: Vec<Error>, variable: &str) -> Error {
+    let attempts: Vec<String> = tried.iter().map(|e| format!("`{e}`")).collect();
+    let Some(Error::Network {
+        action,
+        url,
+        status,
+        source,
+        ..
+    }) = tried.into_iter().last()
+    else {
+        return Error::internal(
+            format!("download package `{}`", p.name),
+            "no mirror was tried",
+        );
+    };
+    let hint = if attempts.len() > 1 {
+        format!(
+            "package `{}` ({}) is in none of its archive's mirrors; tried: {}; add a mirror that keeps old versions (a snapshot archive) to `{variable}`, or run `kiln lock --update`",
+            p.name,
+            p.version,
+            attempts.join(", ")
+        )
+    } else {
+        format!(
+            "package `{}` ({}) may have left the mirror (Debian removes superseded versions): list a mirror that keeps old versions (a snapshot archive) in `{variable}` (`URL[,URL…]`), or run `kiln lock --update`",
+            p.name, p.version
+        )
+    };
+    Error::Network {
+        action,
+        url,
+        status,
+        hint: Some(hint),
+        source,
+    }
 }

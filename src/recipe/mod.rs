@@ -185,8 +185,12 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(mult).filter(|&b| b > 0)
 }
 
-/// `[repositories.NAME]`: a Debian suite. The mirror is not written here: it
-/// comes from `KILN_DEBIAN_MIRROR` or the host's apt sources.
+/// The archive a repository comes from when it names none: Debian's main archive.
+pub const MAIN_ARCHIVE: &str = "debian";
+
+/// `[repositories.NAME]`: a Debian suite of an archive. The mirror is not
+/// written here: the archive's mirror comes from an environment variable
+/// (`KILN_MIRROR_<ARCHIVE>`) or the host's apt sources.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySection {
@@ -197,6 +201,21 @@ pub struct RepositorySection {
     pub components: Vec<String>,
     /// The keyring `InRelease` must be signed by (default Debian's archive keyring).
     pub keyring: Option<String>,
+    /// The archive the suite lives in (default `debian`, the main archive;
+    /// `debian-security` for security updates; any other name).
+    pub archive: Option<Spanned<String>>,
+    /// Where the section is written, for errors (set when the recipe is read).
+    #[serde(skip)]
+    pub span: std::ops::Range<usize>,
+}
+
+impl RepositorySection {
+    /// The archive's name: `archive`, else `debian`.
+    pub fn archive(&self) -> &str {
+        self.archive
+            .as_ref()
+            .map_or(MAIN_ARCHIVE, |a| a.get_ref().as_str())
+    }
 }
 
 /// Where an image starts.
@@ -489,7 +508,7 @@ struct RawRecipe {
     #[serde(default)]
     layers: Vec<LayerSection>,
     #[serde(default)]
-    repositories: BTreeMap<String, RepositorySection>,
+    repositories: BTreeMap<String, Spanned<RepositorySection>>,
     vm: Option<RawVm>,
 }
 

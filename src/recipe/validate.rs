@@ -1,12 +1,13 @@
 //! Checks a raw recipe's values and turns it into a [`Recipe`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use toml::Spanned;
 
 use super::{
-    Base, Compression, Kernel, Platform, PlatformFilter, RawRecipe, Recipe, RootFs, VmOutput,
+    Base, Compression, Kernel, Platform, PlatformFilter, RawRecipe, Recipe, RepositorySection,
+    RootFs, VmOutput,
 };
 use crate::error::{Result, Source};
 
@@ -55,6 +56,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
             .hint("add `[repositories.debian]` with `suite = \"bookworm\"` (the mirror comes from `KILN_DEBIAN_MIRROR` or the host's apt sources)")
             .into());
     }
+    let repositories = repository_sections(&source, raw.repositories)?;
     let mut layers = raw.layers;
     for layer in &mut layers {
         layer_section(&source, &platforms, layer)?;
@@ -75,7 +77,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         tags,
         config,
         layers,
-        repositories: raw.repositories,
+        repositories,
         vm,
     })
 }
@@ -326,6 +328,35 @@ fn check_placeholders(source: &Source, src: &Spanned<String>) -> Result<()> {
         rest = &after[end..];
     }
     Ok(())
+}
+
+/// `[repositories.NAME]`: keeps where each is written and checks `archive`,
+/// whose name picks the environment variable of its mirror.
+fn repository_sections(
+    source: &Source,
+    raw: BTreeMap<String, Spanned<RepositorySection>>,
+) -> Result<BTreeMap<String, RepositorySection>> {
+    let mut out = BTreeMap::new();
+    for (name, section) in raw {
+        let span = section.span();
+        let mut section = section.into_inner();
+        section.span = span;
+        if let Some(a) = &section.archive {
+            let text = a.get_ref();
+            let ok = text.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                return Err(source
+                    .error(a.span(), format!("`{text}` is not an archive name"))
+                    .hint("an archive is named in lower-case letters, digits and `-`, e.g. `archive = \"debian-security\"`; its mirror is set outside the recipe (`KILN_MIRROR_DEBIAN_SECURITY` or the host's apt sources)")
+                    .into());
+            }
+        }
+        out.insert(name, section);
+    }
+    Ok(out)
 }
 
 /// `src` with the platform's placeholders filled in.

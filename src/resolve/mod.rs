@@ -113,6 +113,8 @@ pub struct Package {
     pub path: String,
     /// The `.deb`'s digest.
     pub digest: Digest,
+    /// The recipe's name for the repository it came from (which picks the mirror).
+    pub repository: String,
 }
 
 /// Resolves the recipe at `path` and, first, its base recipes (cycles
@@ -437,6 +439,7 @@ fn pinned_packages(
             architecture: p.architecture.clone(),
             path: p.path.clone(),
             digest: p.digest.clone(),
+            repository: p.repository.clone(),
         })
         .collect())
 }

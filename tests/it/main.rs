@@ -10,6 +10,7 @@
 mod support;
 
 mod apt_fixture;
+mod archives;
 mod attestations;
 mod bad_input;
 mod debian;

@@ -5,8 +5,10 @@
 //! `gpgv` against the repository's keyring and only the text gpgv vouches for
 //! is read; `Packages` must match the SHA-256 that text lists; every `.deb`
 //! must match the SHA-256 its `Packages` entry (and so the lockfile) gives.
-//! The mirror is never written in a recipe: it comes from
-//! `KILN_DEBIAN_MIRROR` or the host's apt sources.
+//! The mirror is never written in a recipe: a repository names its archive
+//! (`debian`, `debian-security`, …) and the archive's mirror comes from
+//! `KILN_MIRROR_<ARCHIVE>` (`KILN_DEBIAN_MIRROR` for the main one) or the host's
+//! apt sources.
 
 pub mod control;
 pub mod extract;
@@ -24,6 +26,8 @@ use crate::store::Store;
 
 use self::control::Stanza;
 
+pub use crate::recipe::MAIN_ARCHIVE;
+
 /// The keyring used when a repository names none.
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -38,6 +42,11 @@ pub struct Repository {
     pub components: Vec<String>,
     /// The keyring that must have signed `InRelease`.
     pub keyring: PathBuf,
+    /// The archive it comes from (`debian`, `debian-security`, …), which
+    /// picks its mirror ([`archive_mirror`]).
+    pub archive: String,
+    /// Where the recipe writes it, for errors.
+    pub span: std::ops::Range<usize>,
 }
 
 /// One package as an index lists it.
@@ -68,14 +77,94 @@ impl Package {
     }
 }
 
-/// The mirror: `KILN_DEBIAN_MIRROR`, else the first Debian archive in the host's apt sources.
+/// The mirror of the main archive: `KILN_MIRROR_DEBIAN` (or `KILN_DEBIAN_MIRROR`),
+/// else the first Debian archive in the host's apt sources.
 pub fn mirror() -> Result<String> {
-    if let Some(m) = std::env::var("KILN_DEBIAN_MIRROR")
+    archive_mirror(MAIN_ARCHIVE, "").ok_or_else(|| {
+        Error::invalid(
+            "no Debian mirror: `KILN_DEBIAN_MIRROR` is unset and the host's apt sources name none",
+            Some("set `KILN_DEBIAN_MIRROR` to the URL of a Debian archive".into()),
+        )
+    })
+}
+
+/// The environment variable that names the mirror of `archive`:
+/// `KILN_MIRROR_` and the name upper-cased, `-` as `_` (`KILN_MIRROR_DEBIAN_SECURITY`).
+pub fn mirror_variable(archive: &str) -> String {
+    format!(
+        "KILN_MIRROR_{}",
+        archive.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// The environment variable that lists the fallback mirrors of `archive`
+/// (`KILN_FALLBACK_DEBIAN=URL[,URL…]`), tried for a pinned `.deb` the mirror no
+/// longer has.
+pub fn fallback_variable(archive: &str) -> String {
+    format!(
+        "KILN_FALLBACK_{}",
+        archive.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+fn env_url(name: &str) -> Option<String> {
+    std::env::var(name)
         .ok()
+        .map(|m| m.trim().trim_end_matches('/').to_string())
         .filter(|m| !m.is_empty())
-    {
-        return Ok(m.trim_end_matches('/').to_string());
+}
+
+/// The mirror of `archive` for `suite`: its environment variable
+/// ([`mirror_variable`]; `KILN_DEBIAN_MIRROR` too for the main archive), else
+/// the host's apt source whose suites include `suite`, else (the main archive
+/// only) the host's first source that is not a security archive.
+pub fn archive_mirror(archive: &str, suite: &str) -> Option<String> {
+    if let Some(m) = env_url(&mirror_variable(archive)) {
+        return Some(m);
     }
+    if archive == MAIN_ARCHIVE {
+        if let Some(m) = env_url("KILN_DEBIAN_MIRROR") {
+            return Some(m);
+        }
+    }
+    let sources = host_sources();
+    if let Some((uri, _)) = sources
+        .iter()
+        .find(|(_, suites)| !suite.is_empty() && suites.iter().any(|s| s == suite))
+    {
+        return Some(uri.clone());
+    }
+    (archive == MAIN_ARCHIVE)
+        .then(|| {
+            sources
+                .iter()
+                .find(|(_, suites)| !suites.iter().any(|s| s.contains("security")))
+                .map(|(uri, _)| uri.clone())
+        })
+        .flatten()
+}
+
+/// The fallback mirrors of `archive`, in order ([`fallback_variable`];
+/// `KILN_DEBIAN_FALLBACK` too for the main archive).
+pub fn fallbacks(archive: &str) -> Vec<String> {
+    let mut names = vec![fallback_variable(archive)];
+    if archive == MAIN_ARCHIVE {
+        names.push("KILN_DEBIAN_FALLBACK".into());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        for url in std::env::var(name).unwrap_or_default().split(',') {
+            let url = url.trim().trim_end_matches('/');
+            if !url.is_empty() && !out.iter().any(|u| u == url) {
+                out.push(url.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The host's enabled `deb` sources: (URI, suites), in apt's reading order.
+fn host_sources() -> Vec<(String, Vec<String>)> {
     let mut texts = Vec::new();
     if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
         texts.push((false, t));
@@ -93,36 +182,52 @@ pub fn mirror() -> Result<String> {
             }
         }
     }
+    let mut out = Vec::new();
     for (deb822, text) in texts {
-        let found = if deb822 {
-            control::parse(&text).into_iter().find_map(|s| {
+        if deb822 {
+            for s in control::parse(&text) {
                 let enabled = s.get("Enabled").is_none_or(|v| v != "no");
-                let suites = s.get("Suites").cloned().unwrap_or_default();
                 let is_deb = s
                     .get("Types")
                     .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
-                (enabled && is_deb && !suites.contains("security"))
-                    .then(|| s.get("URIs")?.split_whitespace().next().map(String::from))
-                    .flatten()
-            })
+                let suites: Vec<String> = s
+                    .get("Suites")
+                    .map(|v| v.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default();
+                if enabled && is_deb {
+                    for uri in s
+                        .get("URIs")
+                        .map(|v| v.as_str())
+                        .unwrap_or_default()
+                        .split_whitespace()
+                    {
+                        out.push((uri.trim_end_matches('/').to_string(), suites.clone()));
+                    }
+                }
+            }
         } else {
-            text.lines().find_map(|l| {
-                let l = l.trim();
-                let mut words = l.split_whitespace().filter(|w| !w.starts_with('['));
-                (words.next() == Some("deb")).then_some(())?;
-                let uri = words.next()?;
-                let suite = words.next()?;
-                (!suite.contains("security")).then(|| uri.to_string())
-            })
-        };
-        if let Some(uri) = found {
-            return Ok(uri.trim_end_matches('/').to_string());
+            for l in text.lines() {
+                let l = l.split('#').next().unwrap_or_default().trim();
+                // Options (`[signed-by=…]`) may hold spaces inside the brackets.
+                let l = match (l.find('['), l.find(']')) {
+                    (Some(a), Some(b)) if a < b => format!("{} {}", &l[..a], &l[b + 1..]),
+                    _ => l.to_string(),
+                };
+                let mut words = l.split_whitespace();
+                if words.next() != Some("deb") {
+                    continue;
+                }
+                let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                out.push((
+                    uri.trim_end_matches('/').to_string(),
+                    vec![suite.to_string()],
+                ));
+            }
         }
     }
-    Err(Error::invalid(
-        "no Debian mirror: `KILN_DEBIAN_MIRROR` is unset and the host's apt sources name none",
-        Some("set `KILN_DEBIAN_MIRROR` to the URL of a Debian archive".into()),
-    ))
+    out
 }
 
 /// Downloads over HTTP(S) with a few retries.
