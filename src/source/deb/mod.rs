@@ -309,7 +309,7 @@ impl Fetcher {
             action: "download".into(),
             url,
             status: last.0,
-            hint: Some("check that the mirror is reachable (`KILN_DEBIAN_MIRROR` or the host's apt sources)".into()),
+            hint: Some("check that the mirror is reachable (`KILN_MIRROR_<ARCHIVE>`, `KILN_DEBIAN_MIRROR` or the host's apt sources)".into()),
             source: last.1,
         })
     }
