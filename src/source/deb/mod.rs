@@ -182,49 +182,56 @@ fn host_sources() -> Vec<(String, Vec<String>)> {
             }
         }
     }
+    texts
+        .iter()
+        .flat_map(|(deb822, text)| parse_sources(*deb822, text))
+        .collect()
+}
+
+/// The enabled `deb` sources of one apt sources file (deb822 `.sources` or
+/// one-line `.list`): (URI, suites).
+fn parse_sources(deb822: bool, text: &str) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
-    for (deb822, text) in texts {
-        if deb822 {
-            for s in control::parse(&text) {
-                let enabled = s.get("Enabled").is_none_or(|v| v != "no");
-                let is_deb = s
-                    .get("Types")
-                    .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
-                let suites: Vec<String> = s
-                    .get("Suites")
-                    .map(|v| v.split_whitespace().map(String::from).collect())
-                    .unwrap_or_default();
-                if enabled && is_deb {
-                    for uri in s
-                        .get("URIs")
-                        .map(|v| v.as_str())
-                        .unwrap_or_default()
-                        .split_whitespace()
-                    {
-                        out.push((uri.trim_end_matches('/').to_string(), suites.clone()));
-                    }
+    if deb822 {
+        for s in control::parse(text) {
+            let enabled = s.get("Enabled").is_none_or(|v| v != "no");
+            let is_deb = s
+                .get("Types")
+                .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+            let suites: Vec<String> = s
+                .get("Suites")
+                .map(|v| v.split_whitespace().map(String::from).collect())
+                .unwrap_or_default();
+            if enabled && is_deb {
+                for uri in s
+                    .get("URIs")
+                    .map(|v| v.as_str())
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    out.push((uri.trim_end_matches('/').to_string(), suites.clone()));
                 }
             }
-        } else {
-            for l in text.lines() {
-                let l = l.split('#').next().unwrap_or_default().trim();
-                // Options (`[signed-by=…]`) may hold spaces inside the brackets.
-                let l = match (l.find('['), l.find(']')) {
-                    (Some(a), Some(b)) if a < b => format!("{} {}", &l[..a], &l[b + 1..]),
-                    _ => l.to_string(),
-                };
-                let mut words = l.split_whitespace();
-                if words.next() != Some("deb") {
-                    continue;
-                }
-                let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                out.push((
-                    uri.trim_end_matches('/').to_string(),
-                    vec![suite.to_string()],
-                ));
+        }
+    } else {
+        for l in text.lines() {
+            let l = l.split('#').next().unwrap_or_default().trim();
+            // Options (`[signed-by=…]`) may hold spaces inside the brackets.
+            let l = match (l.find('['), l.find(']')) {
+                (Some(a), Some(b)) if a < b => format!("{} {}", &l[..a], &l[b + 1..]),
+                _ => l.to_string(),
+            };
+            let mut words = l.split_whitespace();
+            if words.next() != Some("deb") {
+                continue;
             }
+            let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+                continue;
+            };
+            out.push((
+                uri.trim_end_matches('/').to_string(),
+                vec![suite.to_string()],
+            ));
         }
     }
     out
@@ -450,5 +457,57 @@ pub fn debian_arch(arch: &str, variant: Option<&str>) -> String {
         ("arm", Some(_)) => "armel".into(),
         ("386", _) => "i386".into(),
         (a, _) => a.into(),
+    }
+}
+
+#[cfg(test)]
+mod archive_tests {
+    use super::*;
+
+    #[test]
+    fn host_sources_give_each_suite_its_uri() {
+        let deb822 = "Types: deb\n# a comment\nURIs: http://main.invalid/debian/\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
+                      Types: deb\nURIs: http://security.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n\n\
+                      Types: deb-src\nURIs: http://src.invalid/debian\nSuites: bookworm\n\n\
+                      Enabled: no\nTypes: deb\nURIs: http://off.invalid/debian\nSuites: trixie\n";
+        assert_eq!(
+            parse_sources(true, deb822),
+            [
+                (
+                    "http://main.invalid/debian".to_string(),
+                    vec!["bookworm".to_string(), "bookworm-updates".to_string()]
+                ),
+                (
+                    "http://security.invalid/debian-security".to_string(),
+                    vec!["bookworm-security".to_string()]
+                ),
+            ]
+        );
+        let list = "# deb http://commented.invalid/debian bookworm main\n\
+                    deb [arch=amd64 signed-by=/usr/share/keyrings/k.gpg] http://main.invalid/debian bookworm main\n\
+                    deb-src http://src.invalid/debian bookworm main\n\
+                    deb http://security.invalid/debian-security bookworm-security main # updates\n";
+        assert_eq!(
+            parse_sources(false, list),
+            [
+                (
+                    "http://main.invalid/debian".to_string(),
+                    vec!["bookworm".to_string()]
+                ),
+                (
+                    "http://security.invalid/debian-security".to_string(),
+                    vec!["bookworm-security".to_string()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn archive_variables() {
+        assert_eq!(
+            mirror_variable("debian-security"),
+            "KILN_MIRROR_DEBIAN_SECURITY"
+        );
+        assert_eq!(fallback_variable("debian"), "KILN_FALLBACK_DEBIAN");
     }
 }
