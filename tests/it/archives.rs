@@ -9,7 +9,7 @@
 use std::process::Output;
 
 use crate::support::apt::{Pkg, Repo};
-use crate::support::{assert_success, Work};
+use crate::support::{assert_success, read, Work};
 
 /// The environment variables that pick mirrors, cleared so the caller's
 /// environment cannot leak in.
@@ -139,6 +139,18 @@ packages = ["hello", "libfix"]
     assert_eq!(asked(&security, &libfix), 1, "{:?}", security.requests());
     assert_eq!(asked(&main, &libfix), 0);
     assert_eq!(asked(&security, &hello), 0);
+    let root = unpack(&w, "out");
+    assert_eq!(read(&root.join("usr/share/hello/version")), "1.0\n");
+    assert_eq!(read(&root.join("usr/share/libfix/version")), "1.0+sec1\n");
+}
+
+/// The image layout at `layout` unpacked by umoci (as root, so owners are kept);
+/// returns its root file system.
+fn unpack(w: &Work, layout: &str) -> std::path::PathBuf {
+    crate::support::need_root("umoci keeps owners only as root; run scripts/test.sh as root");
+    let umoci = std::process::Command::new("umoci");
+    crate::support::umoci_unpack(umoci, w.path(), &format!("{layout}:latest"), "bundle")
+        .join("rootfs")
 }
 
 /// A repository whose archive has no mirror configured: exit 2, at the
