@@ -691,6 +691,36 @@ mod tests {
         assert!(text.find("r.example/a:1").unwrap() < text.find("r.example/b:2").unwrap());
     }
 
+    /// `satisfied` is written only when a layer has such names, so locks
+    /// without them keep their bytes; it reads back.
+    #[test]
+    fn satisfied_names_are_additive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.lock");
+        let mut lock = Lock::default();
+        lock.requests.push(LockedRequest {
+            arch: "amd64".into(),
+            layer: 0,
+            names: vec!["a".into(), "b".into()],
+            satisfied: Vec::new(),
+            span: Span::default(),
+        });
+        assert_eq!(
+            lock.render(),
+            "# Written by `kiln lock`: every moving input of the recipe, pinned by digest.\n\
+             # Commit it beside the recipe.\nversion = 1\n\n[[requests]]\narch = \"amd64\"\n\
+             layer = 0\nnames = [\"a\", \"b\"]\n"
+        );
+        lock.requests[0].satisfied = vec!["b".into()];
+        lock.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("names = [\"a\", \"b\"]\nsatisfied = [\"b\"]\n"),
+            "{text}"
+        );
+        assert_eq!(Lock::read(&path).unwrap().unwrap(), lock);
+    }
+
     fn package(sha256: &str) -> String {
         format!(
             "version = 1\n\n[[packages]]\narch = \"amd64\"\nlayer = 0\nname = \"hello\"\n\
