@@ -434,10 +434,15 @@ fn restrict(
     index: &[crate::source::deb::Package],
     pins: &BTreeMap<String, String>,
 ) -> Vec<crate::source::deb::Package> {
+    let present: std::collections::BTreeSet<(&str, &str)> = index
+        .iter()
+        .filter(|p| pins.contains_key(&p.name))
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
     index
         .iter()
         .filter(|p| match pins.get(&p.name) {
-            Some(v) if index.iter().any(|q| q.name == p.name && q.version == *v) => p.version == *v,
+            Some(v) if present.contains(&(p.name.as_str(), v.as_str())) => p.version == *v,
             _ => true,
         })
         .cloned()
