@@ -84,6 +84,11 @@ pub struct LockedRequest {
     pub layer: usize,
     /// The names, sorted.
     pub names: Vec<String>,
+    /// The names among them that no package of this layer is called by:
+    /// the base recipe or an earlier layer installs them, or a package the
+    /// layer installs provides them. Written only when there are some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub satisfied: Vec<String>,
     /// Where the entry stands in the lockfile.
     #[serde(skip)]
     pub span: Span,
@@ -279,13 +284,90 @@ impl Lock {
     }
 }
 
-/// Resolves every input `recipe` names by tag and writes its lockfile.
-/// Returns the lockfile's path and whether its content changed.
+/// What `kiln lock` may move.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Update {
+    /// Keep every pin that still resolves; move only what must move.
+    #[default]
+    Keep,
+    /// `--update`: every package to the newest version that resolves.
+    All,
+    /// `--update PKG…`: these packages (and what their new versions require).
+    Only(std::collections::BTreeSet<String>),
+}
+
+impl Update {
+    fn frees(&self, name: &str) -> bool {
+        match self {
+            Update::Keep => false,
+            Update::All => true,
+            Update::Only(names) => names.contains(name),
+        }
+    }
+}
+
+/// One lockfile `kiln lock` looked at: its path, what it pins, and whether
+/// it was written.
+#[derive(Debug, Clone)]
+pub struct Locked {
+    /// The lockfile.
+    pub path: PathBuf,
+    /// What it pins.
+    pub lock: Lock,
+    /// Whether its content changed (and it was written).
+    pub changed: bool,
+}
+
+/// Whether a recipe has something to lock (a registry base by tag, or
+/// packages) or a lockfile already.
+fn needs_lock(recipe: &crate::recipe::Recipe) -> bool {
+    let tagged = matches!(&recipe.base, crate::recipe::Base::Registry { reference, .. } if !reference.contains('@'));
+    tagged
+        || recipe.layers.iter().any(|l| !l.packages.is_empty())
+        || path_for(&recipe.source.path).exists()
+}
+
+/// Locks `recipe` and, first, its base recipes that need a lock (a base
+/// whose lock is up to date keeps its bytes). Returns every lockfile looked
+/// at, base recipes first, `recipe`'s last. `update` applies to all of them.
 pub fn lock_recipe(
     recipe: &Path,
     options: &crate::registry::Options,
-) -> Result<(PathBuf, Lock, bool)> {
-    let parsed = crate::recipe::Recipe::load(recipe)?;
+    update: &Update,
+) -> Result<Vec<Locked>> {
+    let mut chain = vec![crate::recipe::Recipe::load(recipe)?];
+    while let crate::recipe::Base::Recipe { path, span } = &chain.last().expect("one").base {
+        if chain.len() > 32 {
+            let last = chain.last().expect("one");
+            return Err(last
+                .source
+                .error(span.clone(), "base recipes nest more than 32 deep")
+                .hint("look for a base cycle")
+                .into());
+        }
+        let base = crate::recipe::Recipe::load(path)?;
+        chain.push(base);
+    }
+    let mut out = Vec::new();
+    // The deepest base first: a child resolves on top of its base's lock.
+    for (depth, parsed) in chain.into_iter().enumerate().rev() {
+        if depth > 0 && !needs_lock(&parsed) {
+            continue;
+        }
+        out.push(lock_one(parsed, options, update)?);
+    }
+    Ok(out)
+}
+
+/// Locks one recipe whose base recipes are locked already.
+fn lock_one(
+    mut parsed: crate::recipe::Recipe,
+    options: &crate::registry::Options,
+    update: &Update,
+) -> Result<Locked> {
+    inherit_repositories(&mut parsed)?;
+    let path = path_for(&parsed.source.path);
+    let previous = Lock::read(&path).ok().flatten();
     let mut lock = Lock::default();
     if let crate::recipe::Base::Registry { reference, .. } = &parsed.base {
         let r = crate::registry::parse_reference(reference)?;
@@ -294,26 +376,111 @@ pub fn lock_recipe(
             lock.bases.insert(reference.clone(), registry.resolve(&r)?);
         }
     }
-    (lock.packages, lock.requests) = lock_packages(&parsed)?;
-    let path = path_for(recipe);
-    let changed = Lock::read(&path).ok().flatten().as_ref() != Some(&lock);
+    let keep = match update {
+        Update::All => None,
+        _ => previous.as_ref(),
+    };
+    (lock.packages, lock.requests) = lock_packages(&parsed, keep, update)?;
+    let changed = previous.as_ref() != Some(&lock);
     if changed {
         lock.write(&path)?;
     }
-    Ok((path, lock, changed))
+    Ok(Locked {
+        path,
+        lock,
+        changed,
+    })
+}
+
+/// Adds to `recipe` the `[repositories]` of its base recipes (recursively)
+/// that it does not name itself: a recipe overrides a base's repository by
+/// naming one of the same name. A base's keyring stays relative to the base.
+pub fn inherit_repositories(recipe: &mut crate::recipe::Recipe) -> Result<()> {
+    let mut current = recipe.base.clone();
+    let mut depth = 0;
+    while let crate::recipe::Base::Recipe { path, .. } = current {
+        depth += 1;
+        if depth > 32 || !path.is_file() {
+            break;
+        }
+        let base = crate::recipe::Recipe::load(&path)?;
+        inherit_from(recipe, &base);
+        current = base.base.clone();
+    }
+    Ok(())
+}
+
+/// Adds `base`'s repositories that `recipe` does not name, keyrings made
+/// absolute against `base`'s directory.
+pub fn inherit_from(recipe: &mut crate::recipe::Recipe, base: &crate::recipe::Recipe) {
+    for (name, r) in &base.repositories {
+        if recipe.repositories.contains_key(name) {
+            continue;
+        }
+        let mut r = r.clone();
+        r.keyring = r
+            .keyring
+            .map(|k| base.dir.join(k).to_string_lossy().into_owned());
+        recipe.repositories.insert(name.clone(), r);
+    }
 }
 
 /// Resolves every layer's `packages` for every platform of `recipe`.
 type LockedSets = (Vec<LockedPackage>, Vec<LockedRequest>);
 
-fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
+/// Keeps, for every name `previous` pins for `arch` (and `update` does not
+/// free), only the pinned version in `index` when the index still has it.
+fn restrict(
+    index: &[crate::source::deb::Package],
+    pins: &BTreeMap<String, String>,
+) -> Vec<crate::source::deb::Package> {
+    let present: std::collections::BTreeSet<(&str, &str)> = index
+        .iter()
+        .filter(|p| pins.contains_key(&p.name))
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    index
+        .iter()
+        .filter(|p| match pins.get(&p.name) {
+            Some(v) if present.contains(&(p.name.as_str(), v.as_str())) => p.version == *v,
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// The package name a relation in a resolver chain is about (`tool-data (= 2)` → `tool-data`).
+fn relation_name(relation: &str) -> &str {
+    let end = relation
+        .find(|c: char| c.is_whitespace() || c == '(' || c == ':')
+        .unwrap_or(relation.len());
+    &relation[..end]
+}
+
+fn lock_packages(
+    recipe: &crate::recipe::Recipe,
+    previous: Option<&Lock>,
+    update: &Update,
+) -> Result<LockedSets> {
     use crate::source::deb::{self, resolve::Universe, resolve::Unsatisfiable};
     if recipe.layers.iter().all(|l| l.packages.is_empty()) {
         return Ok((Vec::new(), Vec::new()));
     }
+    let repos = repositories(recipe);
+    if repos.is_empty() {
+        let first = recipe
+            .layers
+            .iter()
+            .find_map(|l| l.packages.first())
+            .map_or(0..0, |p| p.span());
+        return Err(recipe
+            .source
+            .error(first, "`packages` needs a Debian repository, and neither the recipe nor its base recipes name one")
+            .hint("add `[repositories.debian]` with `suite = \"bookworm\"` (the mirror comes from `KILN_DEBIAN_MIRROR` or the host's apt sources)")
+            .into());
+    }
     let mut requests = Vec::new();
     let store = crate::store::Store::open(crate::store::Store::default_root()?)?;
-    let repos = repositories(recipe);
     let fetchers = repos
         .iter()
         .map(|r| deb::Fetcher::new(mirror_for(recipe, r)?))
@@ -330,7 +497,6 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
         for (repo, fetcher) in repos.iter().zip(&fetchers) {
             index.extend(deb::load_index(fetcher, &store, repo, &arch)?);
         }
-        let universe = Universe::new(&index, &arch);
         // Packages a base recipe's lock installs count as installed here.
         let base_packages = base_lock_packages(recipe, &arch)?;
         let base_owned: Vec<deb::Package> = base_packages
@@ -350,55 +516,110 @@ fn lock_packages(recipe: &crate::recipe::Recipe) -> Result<LockedSets> {
                 repository: p.repository.clone(),
             })
             .collect();
-        let mut installed: BTreeMap<String, &deb::Package> =
-            base_owned.iter().map(|p| (p.name.clone(), p)).collect();
-        for (layer_no, layer) in recipe.layers.iter().enumerate() {
-            if layer.packages.is_empty() {
-                continue;
-            }
-            let names: Vec<String> = layer.packages.iter().map(|p| p.get_ref().clone()).collect();
-            requests.push(LockedRequest {
-                arch: arch.clone(),
-                layer: layer_no,
-                names: requested_names(layer),
-                span: Span::default(),
-            });
-            let chosen = universe.resolve(&names, &installed).map_err(|e| {
-                let (span, message, hint) = match e {
-                    Unsatisfiable::Unknown(name) => (
-                        layer.packages.iter().find(|p| *p.get_ref() == name).map_or(0..0, |p| p.span()),
-                        format!("no package `{name}` for `{arch}` in the recipe's repositories"),
-                        "check the name (`apt-cache show NAME`), the suite and the components",
-                    ),
-                    Unsatisfiable::Chain(chain) => (
-                        layer
-                            .packages
-                            .iter()
-                            .find(|p| Some(p.get_ref()) == chain.first())
-                            .or(layer.packages.first())
-                            .map_or(0..0, |p| p.span()),
-                        format!("cannot install for `{arch}`: {}", chain.join(" → ")),
-                        "no version in the repositories satisfies the last dependency: add the repository that has it, or drop the package",
-                    ),
+        // What the previous lock pins for this architecture, minus what
+        // `update` frees: kept while it still resolves.
+        let mut pins: BTreeMap<String, String> = previous
+            .map(|l| {
+                l.packages
+                    .iter()
+                    .filter(|p| p.arch == arch && !update.frees(&p.name))
+                    .map(|p| (p.name.clone(), p.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (arch_packages, arch_requests) = loop {
+            let restricted = restrict(&index, &pins);
+            let universe = Universe::new(&restricted, &arch);
+            let mut installed: BTreeMap<String, &deb::Package> =
+                base_owned.iter().map(|p| (p.name.clone(), p)).collect();
+            let mut packages = Vec::new();
+            let mut layer_requests = Vec::new();
+            let mut failed = None;
+            for (layer_no, layer) in recipe.layers.iter().enumerate() {
+                if layer.packages.is_empty() {
+                    continue;
+                }
+                let names: Vec<String> =
+                    layer.packages.iter().map(|p| p.get_ref().clone()).collect();
+                let chosen = match universe.resolve(&names, &installed) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed = Some((layer_no, e));
+                        break;
+                    }
                 };
-                Error::from(recipe.source.error(span, message).hint(hint))
-            })?;
-            for p in chosen {
-                installed.insert(p.name.clone(), p);
-                out.push(LockedPackage {
+                let wanted = requested_names(layer);
+                // Requested names no package of this layer is called by: the
+                // base or an earlier layer installs them (or a chosen package
+                // provides them).
+                let satisfied = wanted
+                    .iter()
+                    .filter(|n| !chosen.iter().any(|p| p.name == **n))
+                    .cloned()
+                    .collect();
+                layer_requests.push(LockedRequest {
                     arch: arch.clone(),
                     layer: layer_no,
-                    name: p.name.clone(),
-                    version: p.version.clone(),
-                    architecture: p.arch.clone(),
-                    path: p.path.clone(),
-                    digest: p.sha256.clone(),
-                    size: p.size,
-                    repository: p.repository.clone(),
+                    names: wanted,
+                    satisfied,
                     span: Span::default(),
                 });
+                for p in chosen {
+                    installed.insert(p.name.clone(), p);
+                    packages.push(LockedPackage {
+                        arch: arch.clone(),
+                        layer: layer_no,
+                        name: p.name.clone(),
+                        version: p.version.clone(),
+                        architecture: p.arch.clone(),
+                        path: p.path.clone(),
+                        digest: p.sha256.clone(),
+                        size: p.size,
+                        repository: p.repository.clone(),
+                        span: Span::default(),
+                    });
+                }
             }
-        }
+            let Some((layer_no, e)) = failed else {
+                break (packages, layer_requests);
+            };
+            // A kept pin may be what stands in the way: free the one the
+            // failure names, or all of them, and try again.
+            if !pins.is_empty() {
+                let named = match &e {
+                    Unsatisfiable::Unknown(name) => Some(name.as_str()),
+                    Unsatisfiable::Chain(chain) => chain.last().map(|r| relation_name(r)),
+                };
+                match named {
+                    Some(n) if pins.contains_key(n) => {
+                        pins.remove(n);
+                    }
+                    _ => pins.clear(),
+                }
+                continue;
+            }
+            let layer = &recipe.layers[layer_no];
+            let (span, message, hint) = match e {
+                Unsatisfiable::Unknown(name) => (
+                    layer.packages.iter().find(|p| *p.get_ref() == name).map_or(0..0, |p| p.span()),
+                    format!("no package `{name}` for `{arch}` in the recipe's repositories"),
+                    "check the name (`apt-cache show NAME`), the suite and the components",
+                ),
+                Unsatisfiable::Chain(chain) => (
+                    layer
+                        .packages
+                        .iter()
+                        .find(|p| Some(p.get_ref()) == chain.first())
+                        .or(layer.packages.first())
+                        .map_or(0..0, |p| p.span()),
+                    format!("cannot install for `{arch}`: {}", chain.join(" → ")),
+                    "no version in the repositories satisfies the last dependency: add the repository that has it, or drop the package",
+                ),
+            };
+            return Err(Error::from(recipe.source.error(span, message).hint(hint)));
+        };
+        out.extend(arch_packages);
+        requests.extend(arch_requests);
     }
     out.sort();
     requests.sort();
@@ -512,6 +733,36 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), first);
         let text = String::from_utf8(first).unwrap();
         assert!(text.find("r.example/a:1").unwrap() < text.find("r.example/b:2").unwrap());
+    }
+
+    /// `satisfied` is written only when a layer has such names, so locks
+    /// without them keep their bytes; it reads back.
+    #[test]
+    fn satisfied_names_are_additive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.lock");
+        let mut lock = Lock::default();
+        lock.requests.push(LockedRequest {
+            arch: "amd64".into(),
+            layer: 0,
+            names: vec!["a".into(), "b".into()],
+            satisfied: Vec::new(),
+            span: Span::default(),
+        });
+        assert_eq!(
+            lock.render(),
+            "# Written by `kiln lock`: every moving input of the recipe, pinned by digest.\n\
+             # Commit it beside the recipe.\nversion = 1\n\n[[requests]]\narch = \"amd64\"\n\
+             layer = 0\nnames = [\"a\", \"b\"]\n"
+        );
+        lock.requests[0].satisfied = vec!["b".into()];
+        lock.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("names = [\"a\", \"b\"]\nsatisfied = [\"b\"]\n"),
+            "{text}"
+        );
+        assert_eq!(Lock::read(&path).unwrap().unwrap(), lock);
     }
 
     fn package(sha256: &str) -> String {

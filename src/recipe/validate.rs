@@ -50,7 +50,9 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
     }
 
     let wants_packages = raw.layers.iter().find_map(|l| l.packages.first());
-    if let (Some(first), true) = (wants_packages, raw.repositories.is_empty()) {
+    // A recipe on a base recipe inherits its repositories (checked when it is locked).
+    let inherits = matches!(base, Base::Recipe { .. });
+    if let (Some(first), true, false) = (wants_packages, raw.repositories.is_empty(), inherits) {
         return Err(source
             .error(first.span(), "`packages` needs a Debian repository, and the recipe names none")
             .hint("add `[repositories.debian]` with `suite = \"bookworm\"` (the mirror comes from `KILN_DEBIAN_MIRROR` or the host's apt sources)")

@@ -145,7 +145,7 @@ fn resolve_at(
 }
 
 fn resolve_loaded(
-    recipe: Recipe,
+    mut recipe: Recipe,
     options: Options,
     hashes: &StatCache,
     stack: &mut Stack,
@@ -164,6 +164,10 @@ fn resolve_loaded(
         check_locked(&recipe, lock.as_ref())?;
     }
     let base = resolve_base(&recipe, lock.as_ref(), options, hashes, stack)?;
+    // Repositories a base recipe names and this one does not are inherited.
+    if let BasePlan::Recipe { plan, .. } = &base {
+        lock::inherit_from(&mut recipe, &plan.recipe);
+    }
     let mut materials = vec![Material {
         uri: format!("recipe:{}", recipe.source.path.display()),
         digest: Digest::of(recipe.source.text.as_bytes()),
@@ -408,11 +412,13 @@ fn pinned_packages(
         .iter()
         .find(|r| r.arch == arch && r.layer == layer_no);
     let stale = requested.is_none_or(|r| r.names != lock::requested_names(section));
-    let missing = section
-        .packages
-        .iter()
-        .find(|want| !pinned.iter().any(|p| p.name == *want.get_ref()));
-    if pinned.is_empty() || missing.is_some() || stale {
+    // A name the lock records as satisfied (by the base recipe, an earlier
+    // layer, or a provider this layer installs) needs no package of its own.
+    let missing = section.packages.iter().find(|want| {
+        !pinned.iter().any(|p| p.name == *want.get_ref())
+            && !requested.is_some_and(|r| r.satisfied.contains(want.get_ref()))
+    });
+    if missing.is_some() || stale {
         let at = missing.unwrap_or(first);
         return Err(recipe
             .source

@@ -17,6 +17,7 @@ mod debian;
 mod errors;
 mod exit_codes;
 mod fuzz;
+mod lock_commands;
 mod oci_documents;
 mod output;
 mod readme;
