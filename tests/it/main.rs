@@ -23,6 +23,7 @@ mod real_tools;
 mod registry;
 mod registry_faults;
 mod reproducibility;
+mod sbom_syft;
 mod signing;
 mod store;
 mod vm;
