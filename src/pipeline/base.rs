@@ -55,7 +55,25 @@ fn recipe_base(
     reporter: &dyn Reporter,
 ) -> Result<(Vec<BaseImage>, Vec<Material>)> {
     let base = build_plan(store, base_plan, settings, reporter)?;
-    let mut materials = base.materials.clone();
+    // Only the base's inputs for the platforms built: its `.deb`s for
+    // other architectures are not inputs of this build.
+    let archs: Vec<String> = recipe
+        .platforms
+        .iter()
+        .map(|p| crate::source::deb::debian_arch(&p.arch, p.variant.as_deref()))
+        .collect();
+    let mut materials: Vec<Material> = base
+        .materials
+        .iter()
+        .filter(|m| match m.uri.strip_prefix("deb:") {
+            Some(path) => {
+                path.ends_with("_all.deb")
+                    || archs.iter().any(|a| path.ends_with(&format!("_{a}.deb")))
+            }
+            None => true,
+        })
+        .cloned()
+        .collect();
     materials.push(Material {
         uri: format!("base:{}", path.display()),
         digest: base.top.digest.clone(),
