@@ -25,6 +25,7 @@ mod registry_faults;
 mod reproducibility;
 mod sbom_syft;
 mod signing;
+mod single_platform;
 mod store;
 mod vm;
 mod vm_hostile;
