@@ -242,8 +242,10 @@ fn provenance_is_the_same_from_two_checkouts_and_two_stores() {
     );
     let repo = Repo::start(SUITE, &["main"], &pkgs);
     let w = Work::new();
-    let a = w.path().join("checkout-a/project");
-    fs::create_dir_all(&a).unwrap();
+    // The recipes in a subdirectory of a git repository: paths are written
+    // relative to the repository's root.
+    let a_root = w.path().join("checkout-a/project");
+    let a = a_root.join("recipes");
     fs::create_dir_all(a.join("keys")).unwrap();
     fs::copy(&repo.keyring, a.join("keys/test.gpg")).unwrap();
     // A two-platform base with a package, and a child for amd64 only.
@@ -268,8 +270,20 @@ fn provenance_is_the_same_from_two_checkouts_and_two_stores() {
     let cache_a = w.path().join("store-a");
     kiln(&a, &cache_a, &repo.url, &["lock", "base.toml"]);
     kiln(&a, &cache_a, &repo.url, &["lock", "recipe.toml"]);
-    let b = w.path().join("elsewhere/checkout-b");
-    copy_tree(&a, &b);
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .current_dir(&a_root)
+            .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z")
+            .args(["-c", "user.name=t", "-c", "user.email=t@127.0.0.1"])
+            .args(args))
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "recipes"]);
+    let b_root = w.path().join("elsewhere/checkout-b");
+    copy_tree(&a_root, &b_root);
+    let b = b_root.join("recipes");
 
     let mut provenance = Vec::new();
     for (dir, cache) in [(&a, cache_a), (&b, w.path().join("store-b"))] {
@@ -298,7 +312,10 @@ fn provenance_is_the_same_from_two_checkouts_and_two_stores() {
     );
     let doc: Value = serde_json::from_str(&text).unwrap();
     let pred = &doc["predicate"]["buildDefinition"];
-    assert_eq!(pred["externalParameters"]["recipe"]["path"], "recipe.toml");
+    assert_eq!(
+        pred["externalParameters"]["recipe"]["path"],
+        "recipes/recipe.toml"
+    );
     let uris: Vec<&str> = pred["resolvedDependencies"]
         .as_array()
         .unwrap()
@@ -306,15 +323,20 @@ fn provenance_is_the_same_from_two_checkouts_and_two_stores() {
         .filter_map(|d| d["uri"].as_str())
         .collect();
     for want in [
-        "recipe:recipe.toml",
-        "recipe:base.toml",
-        "lock:recipe.lock",
+        "recipe:recipes/recipe.toml",
+        "recipe:recipes/base.toml",
+        "lock:recipes/recipe.lock",
+        "base:recipes/base.toml",
         "deb:pool/main/p/python3.11/python3.11_3.11.2-6_amd64.deb",
         "deb:pool/main/libd/libdb5.3/libdb5.3_5.3.28+dfsg2-1_amd64.deb",
         "deb:pool/main/b/base-files/base-files_12.4+deb12u5_amd64.deb",
     ] {
         assert!(uris.contains(&want), "{want} is not among {uris:?}");
     }
+    assert!(
+        uris.contains(&"git+recipe-repository"),
+        "no git commit among {uris:?}"
+    );
     assert!(
         !uris.iter().any(|u| u.contains("arm64")),
         "an amd64-only build lists arm64 inputs: {uris:?}"
