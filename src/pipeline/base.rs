@@ -54,8 +54,34 @@ fn recipe_base(
     settings: &Settings,
     reporter: &dyn Reporter,
 ) -> Result<(Vec<BaseImage>, Vec<Material>)> {
-    let base = build_plan(store, base_plan, settings, reporter)?;
-    let mut materials = base.materials.clone();
+    // Only the platforms this recipe needs: a platform's image does not
+    // depend on the others, so each is the one a full build of the base
+    // makes (only the base's index, which this recipe does not use, differs).
+    let base = build_plan(
+        store,
+        &restricted(base_plan, &recipe.platforms),
+        settings,
+        reporter,
+    )?;
+    // Only the base's inputs for the platforms built: its `.deb`s for
+    // other architectures are not inputs of this build.
+    let archs: Vec<String> = recipe
+        .platforms
+        .iter()
+        .map(|p| crate::source::deb::debian_arch(&p.arch, p.variant.as_deref()))
+        .collect();
+    let mut materials: Vec<Material> = base
+        .materials
+        .iter()
+        .filter(|m| match m.uri.strip_prefix("deb:") {
+            Some(path) => {
+                path.ends_with("_all.deb")
+                    || archs.iter().any(|a| path.ends_with(&format!("_{a}.deb")))
+            }
+            None => true,
+        })
+        .cloned()
+        .collect();
     materials.push(Material {
         uri: format!("base:{}", path.display()),
         digest: base.top.digest.clone(),
@@ -79,6 +105,24 @@ fn recipe_base(
         })
         .collect();
     Ok((images, materials))
+}
+
+/// `plan` for only those of its platforms that are in `platforms` (in its
+/// own order); the plan itself when it needs them all.
+fn restricted(plan: &Plan, platforms: &[crate::recipe::Platform]) -> Plan {
+    let keep: Vec<usize> = (0..plan.recipe.platforms.len())
+        .filter(|&i| platforms.contains(&plan.recipe.platforms[i]))
+        .collect();
+    if keep.len() == plan.recipe.platforms.len() {
+        return plan.clone();
+    }
+    let mut out = plan.clone();
+    out.recipe.platforms = keep
+        .iter()
+        .map(|&i| plan.recipe.platforms[i].clone())
+        .collect();
+    out.layers = keep.iter().map(|&i| plan.layers[i].clone()).collect();
+    out
 }
 
 /// A registry base: from the store when it is there, else pulled.

@@ -202,11 +202,9 @@ fn resolve_loaded(
             }
             let packages = pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
             for p in &packages {
+                // By what it is: its pool path (the same on every mirror) and SHA-256.
                 materials.push(Material {
-                    uri: format!(
-                        "pkg:deb/debian/{}@{}?arch={}",
-                        p.name, p.version, p.architecture
-                    ),
+                    uri: format!("deb:{}", p.path),
                     digest: p.digest.clone(),
                 });
             }
