@@ -6,6 +6,7 @@
 //!
 //! Base recipes are built first, recursively; resolution refused cycles.
 
+mod accounts;
 mod base;
 mod distribute;
 mod packages;
@@ -219,6 +220,12 @@ fn build_plan(
                 .clone()
                 .finish(&below, installed, recipe.compression, epoch);
             layer.add_dirs_to(&mut below);
+            plans.push(layer);
+        }
+        if let Some(section) = &recipe.accounts {
+            let (layer, files) =
+                accounts::layer(store, recipe, section, &base.layers, &plans, &below, epoch)?;
+            accounts::check_user(recipe, &files)?;
             plans.push(layer);
         }
         per_platform.push(plans);

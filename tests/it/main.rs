@@ -9,6 +9,7 @@
 #[macro_use]
 mod support;
 
+mod accounts;
 mod apt_fixture;
 mod attestations;
 mod bad_input;

@@ -8,7 +8,9 @@
 //! when `busybox` or `busybox-static` is (the applet names are read from the
 //! binary's own table, so no binary of another architecture has to run), and
 //! the links `update-alternatives --install` calls in `postinst` scripts
-//! would have made in auto mode (the scripts are read as data, never run).
+//! would have made in auto mode (the scripts are read as data, never run),
+//! and `/etc/passwd` and `/etc/group` from base-passwd's master files when
+//! `base-passwd` is installed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,6 +127,9 @@ pub fn entries(
     {
         busybox_links(store, &mut out)?;
     }
+    if packages.iter().any(|p| p.name == "base-passwd") {
+        base_passwd(store, &mut out)?;
+    }
     alternatives(packages, &mut out);
     if native {
         ld_cache(store, &mut out)?;
@@ -234,6 +239,31 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
     let bytes = std::fs::read(&cache).at("read", &cache)?;
     out.remove("etc/ld.so.cache");
     add_text(out, "etc/ld.so.cache", bytes, "libc-bin");
+    Ok(())
+}
+
+/// `/etc/passwd` and `/etc/group` from base-passwd's master files, as its
+/// `postinst` copies them on a first install (unless the layer already has
+/// them, from the recipe or another package).
+fn base_passwd(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
+    for name in ["passwd", "group"] {
+        let master = format!("usr/share/base-passwd/{name}.master");
+        let target = format!("etc/{name}");
+        if out.contains_key(&target) {
+            continue;
+        }
+        if let Some((
+            Entry {
+                kind: EntryKind::File { digest, .. },
+                ..
+            },
+            _,
+        )) = out.get(&master)
+        {
+            let bytes = store.read(digest)?;
+            add_text(out, &target, bytes, "base-passwd");
+        }
+    }
     Ok(())
 }
 
