@@ -213,8 +213,12 @@ fn build_plan(
                 .map_err(|e| in_base(recipe, e))?;
         }
         let mut plans = Vec::new();
-        for inputs in layers {
-            let installed = packages::packages_for(store, &inputs.packages, platform, settings)?;
+        for (inputs, section) in layers.iter().zip(&recipe.layers) {
+            let exclude = crate::source::deb::install::Exclude::new(
+                section.exclude.iter().map(|g| g.get_ref().as_str()),
+            );
+            let installed =
+                packages::packages_for(store, &inputs.packages, platform, settings, &exclude)?;
             let layer = inputs
                 .local
                 .clone()

@@ -17,6 +17,7 @@ pub(super) fn packages_for(
     pinned: &[Package],
     platform: &Platform,
     settings: &Settings,
+    exclude: &crate::source::deb::install::Exclude,
 ) -> Result<std::collections::BTreeMap<String, (crate::plan::Entry, String)>> {
     use crate::source::deb;
     if pinned.is_empty() {
@@ -92,5 +93,5 @@ pub(super) fn packages_for(
         "aarch64" => "arm64",
         other => other,
     };
-    deb::install::entries(store, &installed, arch == host)
+    deb::install::entries(store, &installed, arch == host, exclude)
 }

@@ -211,6 +211,16 @@ struct RawKernel {
     package: Option<String>,
 }
 
+/// An exclude glob of image paths: `*` and `?` stay within one path
+/// component, `**` crosses them.
+pub fn image_glob(text: &str) -> std::result::Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(text)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
+}
+
 /// Parses `512M`, `2G`, `1048576` (bytes); K, M, G, T are powers of 1024.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
@@ -392,6 +402,10 @@ pub struct LayerSection {
     /// Debian packages (with their dependencies), pinned by `kiln lock`.
     #[serde(default)]
     pub packages: Vec<Spanned<String>>,
+    /// Absolute globs of package files to leave out (`/usr/share/doc/**`);
+    /// `/usr/share/doc/*/copyright` is kept.
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
 }
 
 /// `files = [{ src, dest, mode?, uid?, gid? }]`

@@ -268,6 +268,26 @@ fn layer_section(
             })?;
         }
     }
+    for g in &layer.exclude {
+        if layer.packages.is_empty() {
+            return Err(source
+                .error(g.span(), "`exclude` leaves out files of the layer's `packages`, and it has none")
+                .hint("move `exclude` to the `[[layers]]` table with the `packages`; `trees` take their own `exclude`")
+                .into());
+        }
+        let text = g.get_ref();
+        let bad = if !text.starts_with('/') {
+            Some("it is not absolute".to_string())
+        } else {
+            super::image_glob(text).err()
+        };
+        if let Some(why) = bad {
+            return Err(source
+                .error(g.span(), format!("invalid exclude glob `{text}`: {why}"))
+                .hint("write absolute globs of image paths, e.g. `/usr/share/doc/**` or `/usr/share/man/**`")
+                .into());
+        }
+    }
     for c in &mut layer.contents {
         let c = c.get_mut();
         c.at = file_path(source, &c.dest)?;

@@ -14,6 +14,7 @@ mod apt_fixture;
 mod attestations;
 mod bad_input;
 mod debian;
+mod declarative;
 mod errors;
 mod exit_codes;
 mod fuzz;

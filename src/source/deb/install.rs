@@ -30,18 +30,68 @@ pub struct Installed {
     pub contents: DebContents,
 }
 
-/// The layer entries for `packages` (sorted by name), keyed by path.
-/// `native` says whether the image's architecture is the host's, so that the
-/// host's `ldconfig` can read the libraries.
+/// The package files a layer leaves out (`exclude`), as dpkg's
+/// `path-exclude` would: matched against the absolute path, with every
+/// `/usr/share/doc/PACKAGE/copyright` kept. The dpkg database still lists
+/// every file the packages hold.
+#[derive(Debug, Clone, Default)]
+pub struct Exclude {
+    globs: Vec<globset::GlobMatcher>,
+}
+
+impl Exclude {
+    /// The globs of a layer's `exclude`, checked when the recipe was read.
+    pub fn new<'a>(globs: impl IntoIterator<Item = &'a str>) -> Exclude {
+        Exclude {
+            globs: globs
+                .into_iter()
+                .map(|g| crate::recipe::image_glob(g).expect("checked when the recipe is parsed"))
+                .collect(),
+        }
+    }
+
+    /// Whether the package file at `path` (relative) is left out.
+    pub fn leaves_out(&self, path: &str) -> bool {
+        if self.globs.is_empty() {
+            return false;
+        }
+        let copyright = path
+            .strip_prefix("usr/share/doc/")
+            .and_then(|p| p.strip_suffix("/copyright"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+        let abs = format!("/{path}");
+        !copyright && self.globs.iter().any(|g| g.is_match(&abs))
+    }
+}
+
+/// The layer entries for `packages` (sorted by name), keyed by path, less
+/// what `exclude` leaves out. `native` says whether the image's architecture
+/// is the host's, so that the host's `ldconfig` can read the libraries.
 pub fn entries(
     store: &Store,
     packages: &[Installed],
     native: bool,
+    exclude: &Exclude,
 ) -> Result<BTreeMap<String, (Entry, String)>> {
     let mut out: BTreeMap<String, (Entry, String)> = BTreeMap::new();
     let mut certs: BTreeMap<String, Digest> = BTreeMap::new();
+    // Excluded directories, kept only if something kept lies beneath them.
+    let mut excluded_dirs = Vec::new();
     for pkg in packages {
         for e in &pkg.contents.entries {
+            if exclude.leaves_out(&e.path) {
+                if let DebKind::File { digest, .. } = &e.kind {
+                    // The CA bundle is made from the certificates even so.
+                    if e.path.starts_with("usr/share/ca-certificates/") && e.path.ends_with(".crt")
+                    {
+                        certs.insert(e.path.clone(), digest.clone());
+                    }
+                }
+                if !matches!(e.kind, DebKind::Dir) {
+                    continue;
+                }
+                excluded_dirs.push(e.path.clone());
+            }
             let kind = match &e.kind {
                 DebKind::Dir => EntryKind::Dir,
                 DebKind::File { size, digest } => {
@@ -101,6 +151,18 @@ pub fn entries(
                 sums.clone().into_bytes(),
                 &pkg.name,
             );
+        }
+    }
+    // Deepest first, so that a directory holding only excluded ones goes too.
+    excluded_dirs.sort();
+    for dir in excluded_dirs.into_iter().rev() {
+        let beneath = format!("{dir}/");
+        let used = out
+            .range(beneath.clone()..)
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(&beneath));
+        if !used {
+            out.remove(&dir);
         }
     }
     refuse_paths_through_links(&out)?;
