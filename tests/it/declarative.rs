@@ -54,7 +54,49 @@ fn packages() -> Vec<Pkg> {
         };
         tool = tool.file(&format!("/{path}"), content, mode);
     }
-    vec![tool]
+    vec![
+        tool,
+        jre("17", 1711),
+        jre("11", 1111),
+        // A postinst-registered `java` of lower priority than both runtimes.
+        Pkg::new("other-java", "1", "amd64")
+            .file("/usr/lib/other/java", "other\n", 0o755)
+            .file(
+                "/DEBIAN/postinst",
+                "#!/bin/sh\nset -e\nupdate-alternatives --install /usr/bin/java java /usr/lib/other/java 100\n",
+                0o755,
+            ),
+    ]
+}
+
+/// A JRE-like package as Debian's openjdk packages lay it out: the runtime
+/// in `/usr/lib/jvm/java-V-fake`, a `java-1.V.0-fake` link to it, and the
+/// `.jinfo` file that its `postinst` reads to install the alternatives.
+fn jre(v: &str, priority: u32) -> Pkg {
+    let base = format!("/usr/lib/jvm/java-{v}-fake");
+    let jinfo = format!(
+        "name=java-1.{v}.0-fake\nalias=java-1.{v}.0-fake\npriority={priority}\nsection=main\n\n\
+         hl java /usr/lib/jvm/java-1.{v}.0-fake/bin/java\n\
+         hl keytool {base}/bin/keytool\n\
+         jre policytool {base}/bin/policytool\n"
+    );
+    Pkg::new(&format!("fake-jre-{v}"), "1", "amd64")
+        .file(&format!("{base}/bin/java"), format!("java {v}\n"), 0o755)
+        .file(
+            &format!("{base}/bin/keytool"),
+            format!("keytool {v}\n"),
+            0o755,
+        )
+        .file(&format!("{base}/man/man1/java.1.gz"), "man\n", 0o644)
+        .symlink(
+            &format!("/usr/lib/jvm/java-1.{v}.0-fake"),
+            &format!("java-{v}-fake"),
+        )
+        .file(
+            &format!("/usr/lib/jvm/.java-1.{v}.0-fake.jinfo"),
+            jinfo,
+            0o644,
+        )
 }
 
 fn repo() -> &'static Repo {
@@ -202,4 +244,50 @@ fn exclude_is_checked_when_the_recipe_is_read() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("recipe.toml:6:12"), "{err}");
     assert!(err.contains("not absolute"), "{err}");
+}
+
+#[test]
+fn java_alternatives_come_from_jinfo_files_and_the_highest_priority_wins() {
+    support::need_root("umoci keeps owners only as root");
+    let w =
+        workspace("[[layers]]\npackages = [\"fake-jre-11\", \"other-java\", \"fake-jre-17\"]\n");
+    ok(&w, &["build", "recipe.toml", "--out", "img"]);
+    let root =
+        support::umoci_unpack(Command::new("umoci"), w.path(), "img:latest", "b").join("rootfs");
+    let link = |p: &str| {
+        fs::read_link(root.join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .display()
+            .to_string()
+    };
+    assert_eq!(link("usr/bin/java"), "/etc/alternatives/java");
+    assert_eq!(
+        link("etc/alternatives/java"),
+        "/usr/lib/jvm/java-1.17.0-fake/bin/java"
+    );
+    // Followed inside the image (the links are absolute, so step by step),
+    // it is the runtime of priority 1711.
+    let within = |p: &str| {
+        let mut at = p.to_string();
+        for _ in 0..8 {
+            match fs::read_link(root.join(at.trim_start_matches('/'))) {
+                Ok(t) if t.is_absolute() => at = t.display().to_string(),
+                _ => break,
+            }
+        }
+        support::read(&root.join(at.trim_start_matches('/')))
+    };
+    assert_eq!(within("/usr/bin/java"), "java 17\n");
+    assert_eq!(within("/usr/bin/keytool"), "keytool 17\n");
+    assert_eq!(
+        link("etc/alternatives/java.1.gz"),
+        "/usr/lib/jvm/java-1.17.0-fake/man/man1/java.1.gz"
+    );
+    assert_eq!(
+        link("usr/share/man/man1/java.1.gz"),
+        "/etc/alternatives/java.1.gz"
+    );
+    // A tool the runtime does not ship gets no link.
+    assert!(!root.join("usr/bin/policytool").exists());
+    assert!(fs::symlink_metadata(root.join("usr/bin/policytool")).is_err());
 }
