@@ -92,6 +92,33 @@ fn below(store: &Store, base: &[LayerRecord], plans: &[LayerPlan]) -> Result<Tre
     Ok(tree)
 }
 
+/// Drops the `/etc/passwd` and `/etc/group` that `source::deb::install`
+/// made from base-passwd's master files where a layer below already has
+/// that file: base-passwd's `postinst` copies a master file only on a first
+/// install, and a lower layer's accounts are never replaced.
+pub(super) fn keep_lower_account_files(
+    store: &Store,
+    base: &[LayerRecord],
+    plans: &[LayerPlan],
+    installed: &mut std::collections::BTreeMap<String, (Entry, String)>,
+) -> Result<()> {
+    let made = |installed: &std::collections::BTreeMap<String, (Entry, String)>, p: &str| {
+        installed
+            .get(p)
+            .is_some_and(|(_, owner)| owner == "base-passwd")
+    };
+    if !made(installed, "etc/passwd") && !made(installed, "etc/group") {
+        return Ok(());
+    }
+    let tree = below(store, base, plans)?;
+    for path in ["etc/passwd", "etc/group"] {
+        if made(installed, path) && tree.get(path).is_some_and(Option::is_some) {
+            installed.remove(path);
+        }
+    }
+    Ok(())
+}
+
 /// The `[accounts]` layer over `base` and `plans`, and the merged files
 /// (for checking `config.user`).
 pub(super) fn layer(

@@ -217,8 +217,9 @@ fn build_plan(
             let exclude = crate::source::deb::install::Exclude::new(
                 section.exclude.iter().map(|g| g.get_ref().as_str()),
             );
-            let installed =
+            let mut installed =
                 packages::packages_for(store, &inputs.packages, platform, settings, &exclude)?;
+            accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
             let layer = inputs
                 .local
                 .clone()

@@ -183,3 +183,36 @@ fn bad_accounts_are_refused_when_the_recipe_is_read() {
     let (_, err) = w.fails(&["build", "recipe.toml"]);
     assert!(err.contains("listed twice"), "{err}");
 }
+
+#[test]
+fn base_passwd_over_a_lower_passwd_keeps_it() {
+    support::need_root("umoci keeps owners only as root");
+    let w = Work::new();
+    w.write("keys/test.gpg", fs::read(&repo().keyring).unwrap());
+    let lower =
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n";
+    w.write(
+        "base.toml",
+        format!(
+            "name = \"base\"\n[[layers]]\ncontents = [{{ dest = \"/etc/passwd\", text = {lower:?} }}]\n"
+        ),
+    );
+    w.write(
+        "recipe.toml",
+        format!(
+            "name = \"app\"\nbase = \"base.toml\"\n\n[repositories.test]\nsuite = \"{SUITE}\"\n\
+             keyring = \"keys/test.gpg\"\n\n[[layers]]\npackages = [\"base-passwd\"]\n"
+        ),
+    );
+    ok(&w, &["lock", "recipe.toml"]);
+    ok(&w, &["build", "recipe.toml", "--out", "img"]);
+    let rootfs =
+        support::umoci_unpack(Command::new("umoci"), w.path(), "img:latest", "b").join("rootfs");
+    assert_eq!(read(&rootfs.join("etc/passwd")), lower);
+    // No group file below: base-passwd's postinst would have made it.
+    assert_eq!(read(&rootfs.join("etc/group")), GROUP_MASTER);
+    assert_eq!(
+        read(&rootfs.join("usr/share/base-passwd/passwd.master")),
+        PASSWD_MASTER
+    );
+}
