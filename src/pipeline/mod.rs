@@ -6,6 +6,7 @@
 //!
 //! Base recipes are built first, recursively; resolution refused cycles.
 
+mod accounts;
 mod base;
 mod distribute;
 mod packages;
@@ -212,14 +213,30 @@ fn build_plan(
                 .map_err(|e| in_base(recipe, e))?;
         }
         let mut plans = Vec::new();
-        for inputs in layers {
-            let installed =
-                packages::packages_for(store, &inputs.packages, platform, settings, recipe)?;
+        for (inputs, section) in layers.iter().zip(&recipe.layers) {
+            let exclude = crate::source::deb::install::Exclude::new(
+                section.exclude.iter().map(|g| g.get_ref().as_str()),
+            );
+            let mut installed = packages::packages_for(
+                store,
+                &inputs.packages,
+                platform,
+                settings,
+                recipe,
+                &exclude,
+            )?;
+            accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
             let layer = inputs
                 .local
                 .clone()
                 .finish(&below, installed, recipe.compression, epoch);
             layer.add_dirs_to(&mut below);
+            plans.push(layer);
+        }
+        if let Some(section) = &recipe.accounts {
+            let (layer, files) =
+                accounts::layer(store, recipe, section, &base.layers, &plans, &below, epoch)?;
+            accounts::check_user(recipe, &files)?;
             plans.push(layer);
         }
         per_platform.push(plans);

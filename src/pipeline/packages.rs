@@ -18,6 +18,7 @@ pub(super) fn packages_for(
     platform: &Platform,
     settings: &Settings,
     recipe: &crate::recipe::Recipe,
+    exclude: &crate::source::deb::install::Exclude,
 ) -> Result<std::collections::BTreeMap<String, (crate::plan::Entry, String)>> {
     use crate::source::deb;
     if pinned.is_empty() {
@@ -139,7 +140,7 @@ pub(super) fn packages_for(
         "aarch64" => "arm64",
         other => other,
     };
-    deb::install::entries(store, &installed, arch == host)
+    deb::install::entries(store, &installed, arch == host, exclude)
 }
 
 /// The error when no mirror of a package's archive had it: every attempt named.

@@ -47,6 +47,51 @@ pub struct Recipe {
     pub repositories: BTreeMap<String, RepositorySection>,
     /// `[vm]`: build a bootable VM bundle from the image.
     pub vm: Option<VmSection>,
+    /// `[accounts]`: users and groups merged into the image's account files.
+    pub accounts: Option<AccountsSection>,
+}
+
+/// `[accounts]`: users and groups added to the `/etc/passwd` and `/etc/group`
+/// (and `/etc/shadow`, `/etc/gshadow` where they exist) of the layers below,
+/// in a layer of their own on top. Entries already there are kept as they are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsSection {
+    /// `users = [{ name, uid, gid, home?, shell? }]`
+    #[serde(default)]
+    pub users: Vec<Spanned<UserItem>>,
+    /// `groups = [{ name, gid, members? }]`
+    #[serde(default)]
+    pub groups: Vec<Spanned<GroupItem>>,
+}
+
+/// One user of `[accounts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserItem {
+    /// The login name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary group's gid.
+    pub gid: u32,
+    /// Its home directory (default `/home/NAME`).
+    pub home: Option<String>,
+    /// Its shell (default `/usr/sbin/nologin`).
+    pub shell: Option<String>,
+}
+
+/// One group of `[accounts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupItem {
+    /// The group's name.
+    pub name: String,
+    /// Its gid.
+    pub gid: u32,
+    /// Users who belong to it besides those whose primary group it is.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 /// `[vm]`: how the image becomes a bootable machine, parsed and checked
@@ -164,6 +209,16 @@ struct RawVm {
 struct RawKernel {
     path: Option<String>,
     package: Option<String>,
+}
+
+/// An exclude glob of image paths: `*` and `?` stay within one path
+/// component, `**` crosses them.
+pub fn image_glob(text: &str) -> std::result::Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(text)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
 }
 
 /// Parses `512M`, `2G`, `1048576` (bytes); K, M, G, T are powers of 1024.
@@ -366,6 +421,10 @@ pub struct LayerSection {
     /// Debian packages (with their dependencies), pinned by `kiln lock`.
     #[serde(default)]
     pub packages: Vec<Spanned<String>>,
+    /// Absolute globs of package files to leave out (`/usr/share/doc/**`);
+    /// `/usr/share/doc/*/copyright` is kept.
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
 }
 
 /// `files = [{ src, dest, mode?, uid?, gid? }]`
@@ -510,6 +569,7 @@ struct RawRecipe {
     #[serde(default)]
     repositories: BTreeMap<String, Spanned<RepositorySection>>,
     vm: Option<RawVm>,
+    accounts: Option<AccountsSection>,
 }
 
 impl Recipe {

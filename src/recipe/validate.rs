@@ -68,6 +68,9 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         Some(vm) => Some(check_vm(&source, vm, &platforms)?),
         None => None,
     };
+    if let Some(a) = &raw.accounts {
+        check_accounts(&source, a)?;
+    }
     Ok(Recipe {
         source,
         dir,
@@ -81,7 +84,91 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
         layers,
         repositories,
         vm,
+        accounts: raw.accounts,
     })
+}
+
+/// `[accounts]`: names and paths that fit the account files, each name and
+/// id given once.
+fn check_accounts(source: &Source, a: &super::AccountsSection) -> Result<()> {
+    let bad_name = |n: &str| {
+        n.is_empty()
+            || n.len() > 32
+            || n.starts_with('-')
+            || n.chars().all(|c| c.is_ascii_digit())
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let bad_path = |p: &str| !p.starts_with('/') || p.contains([':', '\n', '\0']);
+    let mut names = BTreeSet::new();
+    let mut uids = BTreeSet::new();
+    for u in &a.users {
+        let span = u.span();
+        let u = u.get_ref();
+        if bad_name(&u.name) {
+            return Err(source
+                .error(span, format!("user name `{}` cannot go into `/etc/passwd`", u.name))
+                .hint("use letters, digits, `_`, `-` or `.` (not all digits), at most 32, e.g. `name = \"app\"`")
+                .into());
+        }
+        for (key, p) in [("home", &u.home), ("shell", &u.shell)] {
+            if let Some(p) = p.as_deref().filter(|p| bad_path(p)) {
+                return Err(source
+                    .error(
+                        span.clone(),
+                        format!(
+                            "user `{}`: `{key}` `{p}` is not an absolute path without `:`",
+                            u.name
+                        ),
+                    )
+                    .hint(format!(
+                        "write `{key}` as an absolute path, e.g. `/usr/sbin/nologin`"
+                    ))
+                    .into());
+            }
+        }
+        if !names.insert(u.name.clone()) || !uids.insert(u.uid) {
+            return Err(source
+                .error(
+                    span,
+                    format!(
+                        "user `{}` (uid {}) is listed twice in `[accounts]`",
+                        u.name, u.uid
+                    ),
+                )
+                .hint("give each user one entry, with a name and a uid of its own")
+                .into());
+        }
+    }
+    let mut names = BTreeSet::new();
+    let mut gids = BTreeSet::new();
+    for g in &a.groups {
+        let span = g.span();
+        let g = g.get_ref();
+        if let Some(n) = std::iter::once(&g.name)
+            .chain(&g.members)
+            .find(|n| bad_name(n))
+        {
+            return Err(source
+                .error(span, format!("name `{n}` cannot go into `/etc/group`"))
+                .hint("use letters, digits, `_`, `-` or `.` (not all digits), at most 32")
+                .into());
+        }
+        if !names.insert(g.name.clone()) || !gids.insert(g.gid) {
+            return Err(source
+                .error(
+                    span,
+                    format!(
+                        "group `{}` (gid {}) is listed twice in `[accounts]`",
+                        g.name, g.gid
+                    ),
+                )
+                .hint("give each group one entry, with a name and a gid of its own")
+                .into());
+        }
+    }
+    Ok(())
 }
 
 /// `platforms`, parsed; the default is `linux/amd64`.
@@ -183,6 +270,26 @@ fn layer_section(
                     .error(g.span(), format!("invalid exclude glob: {e}"))
                     .hint("globs use `*`, `**`, `?` and `[abc]`, e.g. `*.tmp` or `cache/**`")
             })?;
+        }
+    }
+    for g in &layer.exclude {
+        if layer.packages.is_empty() {
+            return Err(source
+                .error(g.span(), "`exclude` leaves out files of the layer's `packages`, and it has none")
+                .hint("move `exclude` to the `[[layers]]` table with the `packages`; `trees` take their own `exclude`")
+                .into());
+        }
+        let text = g.get_ref();
+        let bad = if !text.starts_with('/') {
+            Some("it is not absolute".to_string())
+        } else {
+            super::image_glob(text).err()
+        };
+        if let Some(why) = bad {
+            return Err(source
+                .error(g.span(), format!("invalid exclude glob `{text}`: {why}"))
+                .hint("write absolute globs of image paths, e.g. `/usr/share/doc/**` or `/usr/share/man/**`")
+                .into());
         }
     }
     for c in &mut layer.contents {

@@ -2,6 +2,7 @@
 //! ([`local`]), OCI image layouts and archives ([`layout`]), and Debian
 //! archives and their packages ([`deb`]).
 
+pub mod accounts;
 pub mod deb;
 pub mod layout;
 pub mod local;

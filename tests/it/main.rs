@@ -9,11 +9,13 @@
 #[macro_use]
 mod support;
 
+mod accounts;
 mod apt_fixture;
 mod archives;
 mod attestations;
 mod bad_input;
 mod debian;
+mod declarative;
 mod errors;
 mod exit_codes;
 mod fuzz;

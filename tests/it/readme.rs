@@ -52,6 +52,15 @@ fn readme_documents_every_recipe_key() {
             "name = \"x\"\n[vm]\nkernel = { path = \"k\" }\nzzz = 1\n",
         ),
         ("[vm].kernel", "name = \"x\"\n[vm]\nkernel = { zzz = 1 }\n"),
+        ("[accounts]", "name = \"x\"\n[accounts]\nzzz = 1\n"),
+        (
+            "[accounts].users",
+            "name = \"x\"\n[accounts]\nusers = [{ zzz = 1 }]\n",
+        ),
+        (
+            "[accounts].groups",
+            "name = \"x\"\n[accounts]\ngroups = [{ zzz = 1 }]\n",
+        ),
     ];
     let mut missing = Vec::new();
     for (table, recipe) in tables {

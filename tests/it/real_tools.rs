@@ -154,7 +154,7 @@ fn probe() -> &'static Path {
 }
 
 /// Copies the probe into the workspace as `rel` (for a recipe's `files`).
-fn put_probe(w: &Work, rel: &str) {
+pub(crate) fn put_probe(w: &Work, rel: &str) {
     let dest = w.path().join(rel);
     fs::create_dir_all(dest.parent().unwrap()).unwrap();
     fs::copy(probe(), &dest).unwrap();

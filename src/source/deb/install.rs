@@ -8,7 +8,9 @@
 //! when `busybox` or `busybox-static` is (the applet names are read from the
 //! binary's own table, so no binary of another architecture has to run), and
 //! the links `update-alternatives --install` calls in `postinst` scripts
-//! would have made in auto mode (the scripts are read as data, never run).
+//! would have made in auto mode (the scripts are read as data, never run),
+//! and `/etc/passwd` and `/etc/group` from base-passwd's master files when
+//! `base-passwd` is installed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,18 +30,68 @@ pub struct Installed {
     pub contents: DebContents,
 }
 
-/// The layer entries for `packages` (sorted by name), keyed by path.
-/// `native` says whether the image's architecture is the host's, so that the
-/// host's `ldconfig` can read the libraries.
+/// The package files a layer leaves out (`exclude`), as dpkg's
+/// `path-exclude` would: matched against the absolute path, with every
+/// `/usr/share/doc/PACKAGE/copyright` kept. The dpkg database still lists
+/// every file the packages hold.
+#[derive(Debug, Clone, Default)]
+pub struct Exclude {
+    globs: Vec<globset::GlobMatcher>,
+}
+
+impl Exclude {
+    /// The globs of a layer's `exclude`, checked when the recipe was read.
+    pub fn new<'a>(globs: impl IntoIterator<Item = &'a str>) -> Exclude {
+        Exclude {
+            globs: globs
+                .into_iter()
+                .map(|g| crate::recipe::image_glob(g).expect("checked when the recipe is parsed"))
+                .collect(),
+        }
+    }
+
+    /// Whether the package file at `path` (relative) is left out.
+    pub fn leaves_out(&self, path: &str) -> bool {
+        if self.globs.is_empty() {
+            return false;
+        }
+        let copyright = path
+            .strip_prefix("usr/share/doc/")
+            .and_then(|p| p.strip_suffix("/copyright"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+        let abs = format!("/{path}");
+        !copyright && self.globs.iter().any(|g| g.is_match(&abs))
+    }
+}
+
+/// The layer entries for `packages` (sorted by name), keyed by path, less
+/// what `exclude` leaves out. `native` says whether the image's architecture
+/// is the host's, so that the host's `ldconfig` can read the libraries.
 pub fn entries(
     store: &Store,
     packages: &[Installed],
     native: bool,
+    exclude: &Exclude,
 ) -> Result<BTreeMap<String, (Entry, String)>> {
     let mut out: BTreeMap<String, (Entry, String)> = BTreeMap::new();
     let mut certs: BTreeMap<String, Digest> = BTreeMap::new();
+    // Excluded directories, kept only if something kept lies beneath them.
+    let mut excluded_dirs = Vec::new();
     for pkg in packages {
         for e in &pkg.contents.entries {
+            if exclude.leaves_out(&e.path) {
+                if let DebKind::File { digest, .. } = &e.kind {
+                    // The CA bundle is made from the certificates even so.
+                    if e.path.starts_with("usr/share/ca-certificates/") && e.path.ends_with(".crt")
+                    {
+                        certs.insert(e.path.clone(), digest.clone());
+                    }
+                }
+                if !matches!(e.kind, DebKind::Dir) {
+                    continue;
+                }
+                excluded_dirs.push(e.path.clone());
+            }
             let kind = match &e.kind {
                 DebKind::Dir => EntryKind::Dir,
                 DebKind::File { size, digest } => {
@@ -101,6 +153,18 @@ pub fn entries(
             );
         }
     }
+    // Deepest first, so that a directory holding only excluded ones goes too.
+    excluded_dirs.sort();
+    for dir in excluded_dirs.into_iter().rev() {
+        let beneath = format!("{dir}/");
+        let used = out
+            .range(beneath.clone()..)
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(&beneath));
+        if !used {
+            out.remove(&dir);
+        }
+    }
     refuse_paths_through_links(&out)?;
     if packages.iter().any(|p| p.name == "ca-certificates") {
         let mut bundle = Vec::new();
@@ -125,7 +189,10 @@ pub fn entries(
     {
         busybox_links(store, &mut out)?;
     }
-    alternatives(packages, &mut out);
+    if packages.iter().any(|p| p.name == "base-passwd") {
+        base_passwd(store, &mut out)?;
+    }
+    alternatives(store, packages, &mut out)?;
     if native {
         ld_cache(store, &mut out)?;
     }
@@ -234,6 +301,31 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
     let bytes = std::fs::read(&cache).at("read", &cache)?;
     out.remove("etc/ld.so.cache");
     add_text(out, "etc/ld.so.cache", bytes, "libc-bin");
+    Ok(())
+}
+
+/// `/etc/passwd` and `/etc/group` from base-passwd's master files, as its
+/// `postinst` copies them on a first install (unless the layer already has
+/// them, from the recipe or another package).
+fn base_passwd(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Result<()> {
+    for name in ["passwd", "group"] {
+        let master = format!("usr/share/base-passwd/{name}.master");
+        let target = format!("etc/{name}");
+        if out.contains_key(&target) {
+            continue;
+        }
+        if let Some((
+            Entry {
+                kind: EntryKind::File { digest, .. },
+                ..
+            },
+            _,
+        )) = out.get(&master)
+        {
+            let bytes = store.read(digest)?;
+            add_text(out, &target, bytes, "base-passwd");
+        }
+    }
     Ok(())
 }
 
@@ -347,22 +439,126 @@ pub fn install_calls(script: &str) -> Vec<Alternative> {
     out
 }
 
-/// What `update-alternatives` would have set up in auto mode: for each name,
-/// the highest-priority path that exists, as `LINK -> /etc/alternatives/NAME
-/// -> PATH` (and its slaves whose paths exist).
-fn alternatives(packages: &[Installed], out: &mut BTreeMap<String, (Entry, String)>) {
-    let mut best: BTreeMap<String, (Alternative, String)> = BTreeMap::new();
-    for pkg in packages {
-        for alt in install_calls(pkg.contents.postinst.as_deref().unwrap_or_default()) {
-            if !out.contains_key(alt.path.trim_start_matches('/')) {
+/// The alternatives a Java runtime's `.jinfo` file lists
+/// (`/usr/lib/jvm/.NAME.jinfo`: `priority=N`, then `TYPE TOOL PATH` lines),
+/// which its `postinst` installs in a loop as `/usr/bin/TOOL` with the man
+/// page `BASEDIR/man/man1/TOOL.1.gz` as a slave.
+#[doc(hidden)]
+pub fn jinfo_calls(text: &str) -> Vec<Alternative> {
+    let priority = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("priority="))
+        .and_then(|p| p.trim().parse().ok());
+    let Some(priority) = priority else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [kind, tool, path] = words[..] else {
+            continue;
+        };
+        let known = matches!(kind, "hl" | "jre" | "jdkhl" | "jdk");
+        let plain = !tool.contains('/') && !tool.is_empty() && path.starts_with('/');
+        if !known || !plain {
+            continue;
+        }
+        let basedir = path.rsplitn(3, '/').nth(2).unwrap_or("");
+        out.push(Alternative {
+            link: format!("/usr/bin/{tool}"),
+            name: tool.to_string(),
+            path: path.to_string(),
+            priority,
+            slaves: vec![(
+                format!("/usr/share/man/man1/{tool}.1.gz"),
+                format!("{tool}.1.gz"),
+                format!("{basedir}/man/man1/{tool}.1.gz"),
+            )],
+        });
+    }
+    out
+}
+
+/// Whether `path` (absolute or relative to the root) names something the
+/// layer holds, following the layer's symlinks (a JRE's `bin/java` is
+/// reached through `/usr/lib/jvm/java-1.17.0-…`, a link to its directory).
+fn resolves(out: &BTreeMap<String, (Entry, String)>, path: &str) -> bool {
+    let mut parts: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = path.split('/').rev().map(String::from).collect();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                parts.pop();
                 continue;
             }
-            let better = best
-                .get(&alt.name)
-                .is_none_or(|(b, _)| alt.priority > b.priority);
-            if better {
-                best.insert(alt.name.clone(), (alt, pkg.name.clone()));
+            _ => parts.push(part),
+        }
+        let here = parts.join("/");
+        match out.get(&here).map(|(e, _)| &e.kind) {
+            None => return false,
+            Some(EntryKind::Symlink { target }) => {
+                hops += 1;
+                if hops > 40 {
+                    return false;
+                }
+                parts.pop();
+                if target.starts_with('/') {
+                    parts.clear();
+                }
+                todo.extend(target.split('/').rev().map(String::from));
             }
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+/// What `update-alternatives` would have set up in auto mode: for each name,
+/// the highest-priority path that exists, as `LINK -> /etc/alternatives/NAME
+/// -> PATH` (and its slaves whose paths exist). The calls come from
+/// `postinst` scripts and from Java runtimes' `.jinfo` files; of equal
+/// priorities, the first package (by name) wins.
+fn alternatives(
+    store: &Store,
+    packages: &[Installed],
+    out: &mut BTreeMap<String, (Entry, String)>,
+) -> Result<()> {
+    let mut calls: Vec<(Alternative, String)> = Vec::new();
+    for pkg in packages {
+        for alt in install_calls(pkg.contents.postinst.as_deref().unwrap_or_default()) {
+            calls.push((alt, pkg.name.clone()));
+        }
+    }
+    let jinfos: Vec<(Digest, String)> = out
+        .iter()
+        .filter(|(p, _)| {
+            p.strip_prefix("usr/lib/jvm/.")
+                .is_some_and(|n| n.ends_with(".jinfo") && !n.contains('/'))
+        })
+        .filter_map(|(_, (e, owner))| match &e.kind {
+            EntryKind::File { digest, .. } => Some((digest.clone(), owner.clone())),
+            _ => None,
+        })
+        .collect();
+    for (digest, owner) in jinfos {
+        let text = String::from_utf8_lossy(&store.read(&digest)?).into_owned();
+        for alt in jinfo_calls(&text) {
+            calls.push((alt, owner.clone()));
+        }
+    }
+    calls.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut best: BTreeMap<String, (Alternative, String)> = BTreeMap::new();
+    for (alt, owner) in calls {
+        if !resolves(out, &alt.path) {
+            continue;
+        }
+        let better = best
+            .get(&alt.name)
+            .is_none_or(|(b, _)| alt.priority > b.priority);
+        if better {
+            best.insert(alt.name.clone(), (alt, owner));
         }
     }
     let link =
@@ -386,7 +582,7 @@ fn alternatives(packages: &[Installed], out: &mut BTreeMap<String, (Entry, Strin
         link(out, &format!("etc/alternatives/{name}"), &alt.path, &owner);
         link(out, &alt.link, &format!("/etc/alternatives/{name}"), &owner);
         for (slave_link, slave_name, slave_path) in &alt.slaves {
-            if out.contains_key(slave_path.trim_start_matches('/')) {
+            if resolves(out, slave_path) {
                 link(
                     out,
                     &format!("etc/alternatives/{slave_name}"),
@@ -402,6 +598,7 @@ fn alternatives(packages: &[Installed], out: &mut BTreeMap<String, (Entry, Strin
             }
         }
     }
+    Ok(())
 }
 
 /// busybox keeps its applet names as one sorted, NUL-separated table that
@@ -462,6 +659,24 @@ mod tests {
         assert_eq!(calls[0].link, "/usr/bin/awk");
         assert_eq!(calls[0].priority, 5);
         assert_eq!(calls[0].slaves[0].1, "awk.1.gz");
+    }
+
+    #[test]
+    fn reads_a_jinfo_file() {
+        let text = "name=java-1.17.0-openjdk-amd64\nalias=java-1.17.0-openjdk-amd64\npriority=1711\nsection=main\n\nhl java /usr/lib/jvm/java-17-openjdk-amd64/bin/java\njre jexec /usr/lib/jvm/java-17-openjdk-amd64/lib/jexec\njdk javac /usr/lib/jvm/java-17-openjdk-amd64/bin/javac\n";
+        let calls = jinfo_calls(text);
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[0].link, "/usr/bin/java");
+        assert_eq!(calls[0].name, "java");
+        assert_eq!(calls[0].priority, 1711);
+        assert_eq!(
+            calls[0].slaves[0].2,
+            "/usr/lib/jvm/java-17-openjdk-amd64/man/man1/java.1.gz"
+        );
+        assert!(
+            jinfo_calls("hl java /x/bin/java\n").is_empty(),
+            "no priority"
+        );
     }
 
     #[test]
