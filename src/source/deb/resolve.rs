@@ -19,6 +19,8 @@ pub struct Universe<'a> {
     arch: String,
     by_name: BTreeMap<&'a str, Vec<&'a Package>>,
     providers: BTreeMap<String, Vec<(&'a Package, Option<String>)>>,
+    /// Name → (version, its `Conflicts` and `Breaks` on this architecture), for packages that have any.
+    negative: BTreeMap<&'a str, Vec<(&'a str, Vec<Relation>)>>,
 }
 
 /// Why a request cannot be met.
@@ -40,11 +42,24 @@ impl<'a> Universe<'a> {
     pub fn new(packages: &'a [Package], arch: &str) -> Universe<'a> {
         let mut by_name: BTreeMap<&str, Vec<&Package>> = BTreeMap::new();
         let mut providers: BTreeMap<String, Vec<(&Package, Option<String>)>> = BTreeMap::new();
+        let mut negative: BTreeMap<&str, Vec<(&str, Vec<Relation>)>> = BTreeMap::new();
         for p in packages
             .iter()
             .filter(|p| p.arch == arch || p.arch == "all")
         {
             by_name.entry(p.name.as_str()).or_default().push(p);
+            let rels: Vec<Relation> = ["Conflicts", "Breaks"]
+                .iter()
+                .filter_map(|f| p.stanza.get(*f))
+                .flat_map(|f| relations_for(f, arch))
+                .flatten()
+                .collect();
+            if !rels.is_empty() {
+                negative
+                    .entry(p.name.as_str())
+                    .or_default()
+                    .push((p.version.as_str(), rels));
+            }
             if let Some(field) = p.stanza.get("Provides") {
                 for group in relations(field) {
                     for r in group {
@@ -78,6 +93,7 @@ impl<'a> Universe<'a> {
             arch: arch.to_string(),
             by_name,
             providers,
+            negative,
         }
     }
 
@@ -142,13 +158,16 @@ impl<'a> Universe<'a> {
     /// Whether installing `p` next to the packages `chosen` breaks a
     /// `Conflicts` or `Breaks` of either side.
     fn conflicts(&self, p: &Package, chosen: &BTreeMap<String, &'a Package>) -> bool {
+        let rels = |who: &Package| {
+            self.negative
+                .get(who.name.as_str())
+                .and_then(|l| l.iter().find(|(v, _)| *v == who.version))
+                .map_or(&[][..], |(_, r)| &r[..])
+        };
         let against = |who: &Package, other: &Package| {
-            ["Conflicts", "Breaks"]
+            rels(who)
                 .iter()
-                .filter_map(|f| who.stanza.get(*f))
-                .flat_map(|f| relations_for(f, &self.arch))
-                .flatten()
-                .any(|r| other.name != who.name && self.matches(&r, other))
+                .any(|r| other.name != who.name && self.matches(r, other))
         };
         chosen
             .values()
