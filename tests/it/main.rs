@@ -10,6 +10,7 @@
 mod support;
 
 mod apt_fixture;
+mod apt_parity;
 mod attestations;
 mod bad_input;
 mod debian;
