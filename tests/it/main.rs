@@ -11,6 +11,7 @@ mod support;
 
 mod accounts;
 mod apt_fixture;
+mod apt_parity;
 mod archives;
 mod attestations;
 mod bad_input;

@@ -38,52 +38,153 @@ pub fn parse(text: &str) -> Vec<Stanza> {
     out
 }
 
-/// One alternative of a dependency: `name[:arch] [(op version)]`.
+/// One alternative of a dependency, as dpkg reads it:
+/// `name[:archqual] [(op version)] [[arch …]] [<profile …> …]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
     /// The package (or virtual package) name.
     pub name: String,
-    /// The version constraint, if any.
+    /// The architecture qualifier after `:` (`any`, `native`, `amd64`), if any.
+    pub arch_qualifier: Option<String>,
+    /// The version constraint, if any: an operator (`<<`, `<=`, `=`, `>=`,
+    /// `>>`; the obsolete `<` and `>` are read as `<=` and `>=`) and a version.
     pub constraint: Option<(String, String)>,
+    /// The architecture restriction `[amd64 !arm64]`, as written (empty: none).
+    pub arches: Vec<String>,
+    /// Whether a build-profile restriction `<…>` is attached (binary relations ignore such alternatives).
+    pub profiled: bool,
 }
 
-impl std::fmt::Display for Relation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.constraint {
-            Some((op, v)) => write!(f, "{} ({op} {v})", self.name),
-            None => write!(f, "{}", self.name),
+impl Relation {
+    /// An unqualified, unconstrained relation on `name`.
+    pub fn named(name: &str) -> Relation {
+        Relation {
+            name: name.to_string(),
+            arch_qualifier: None,
+            constraint: None,
+            arches: Vec::new(),
+            profiled: false,
+        }
+    }
+
+    /// Whether the architecture restriction admits `arch` (no restriction admits all).
+    pub fn applies_to(&self, arch: &str) -> bool {
+        if self.arches.is_empty() {
+            return true;
+        }
+        let negated = self.arches.iter().all(|a| a.starts_with('!'));
+        if negated {
+            !self.arches.iter().any(|a| arch_matches(&a[1..], arch))
+        } else {
+            self.arches.iter().any(|a| arch_matches(a, arch))
         }
     }
 }
 
-/// Parses a `Depends`-style field into groups of alternatives.
+/// Whether the architecture (or wildcard such as `any`, `linux-any`, `any-amd64`) `pattern` matches `arch`.
+pub fn arch_matches(pattern: &str, arch: &str) -> bool {
+    pattern == arch
+        || pattern == "any"
+        || pattern == "linux-any"
+        || pattern == format!("any-{arch}")
+        || pattern == format!("linux-{arch}")
+}
+
+impl std::fmt::Display for Relation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(q) = &self.arch_qualifier {
+            write!(f, ":{q}")?;
+        }
+        if let Some((op, v)) = &self.constraint {
+            write!(f, " ({op} {v})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses one alternative; `None` when it is not a relation dpkg would accept.
+fn relation(alt: &str) -> Option<Relation> {
+    let alt = alt.trim();
+    // The name (with its qualifier) runs to the first space, `(`, `[` or `<`.
+    let end = alt
+        .find(|c: char| c.is_whitespace() || "([<".contains(c))
+        .unwrap_or(alt.len());
+    let (head, mut rest) = alt.split_at(end);
+    if head.is_empty() {
+        return None;
+    }
+    let (name, arch_qualifier) = match head.split_once(':') {
+        Some((n, q)) => (n, Some(q.to_string())),
+        None => (head, None),
+    };
+    let mut r = Relation::named(name);
+    r.arch_qualifier = arch_qualifier;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix('(') {
+            let close = after.find(')')?;
+            let inner = after[..close].trim();
+            let op_len = inner
+                .find(|c: char| !"<>=".contains(c))
+                .unwrap_or(inner.len());
+            let op = match &inner[..op_len] {
+                "<<" => "<<",
+                "<=" | "<" => "<=",
+                "=" => "=",
+                ">=" | ">" => ">=",
+                ">>" => ">>",
+                _ => return None,
+            };
+            let version = inner[op_len..].trim();
+            if version.is_empty() {
+                return None;
+            }
+            r.constraint = Some((op.to_string(), version.to_string()));
+            rest = &after[close + 1..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let close = after.find(']')?;
+            r.arches = after[..close]
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            rest = &after[close + 1..];
+        } else if let Some(after) = rest.strip_prefix('<') {
+            let close = after.find('>')?;
+            r.profiled = true;
+            rest = &after[close + 1..];
+        } else if rest.is_empty() {
+            return Some(r);
+        } else {
+            return None;
+        }
+    }
+}
+
+/// Parses a `Depends`-style field into groups of alternatives (every
+/// alternative, whatever its architecture restriction: see [`relations_for`]).
 pub fn relations(field: &str) -> Vec<Vec<Relation>> {
     field
         .split(',')
         .map(str::trim)
         .filter(|g| !g.is_empty())
-        .map(|group| {
-            group
-                .split('|')
-                .map(|alt| {
-                    // Drop architecture restrictions `[amd64]` and build profiles `<!nocheck>`.
-                    let alt = alt.split(['[', '<']).next().unwrap_or(alt).trim();
-                    let (name, constraint) = match alt.split_once('(') {
-                        Some((n, c)) => {
-                            let c = c.trim_end_matches(')').trim();
-                            let op_len = c.chars().take_while(|ch| "<>=".contains(*ch)).count();
-                            (
-                                n.trim(),
-                                Some((c[..op_len].to_string(), c[op_len..].trim().to_string())),
-                            )
-                        }
-                        None => (alt, None),
-                    };
-                    let name = name.split(':').next().unwrap_or(name).to_string();
-                    Relation { name, constraint }
-                })
-                .collect()
+        .map(|group| group.split('|').filter_map(relation).collect::<Vec<_>>())
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+/// The groups of a binary package's relation field that apply on `arch`:
+/// alternatives restricted to other architectures, or to build profiles, are
+/// dropped, and so are groups left empty.
+pub fn relations_for(field: &str, arch: &str) -> Vec<Vec<Relation>> {
+    relations(field)
+        .into_iter()
+        .map(|g| {
+            g.into_iter()
+                .filter(|r| !r.profiled && r.applies_to(arch))
+                .collect::<Vec<_>>()
         })
+        .filter(|g| !g.is_empty())
         .collect()
 }
 
@@ -102,5 +203,46 @@ mod tests {
         assert_eq!(r[0][0].constraint, Some((">=".into(), "1.2".into())));
         assert_eq!(r[1][1].name, "d");
         assert_eq!(r.len(), 2);
+    }
+
+    /// From bookworm's Packages: `nginx-light` depends on `nginx (<< 1.22.1-9.1~)`,
+    /// which the parser once cut at the `<`, leaving an empty constraint.
+    #[test]
+    fn keeps_less_than_constraints() {
+        let r = relations("nginx (<< 1.22.1-9.1~), nginx (>= 1.22.1-9), libc6 (>= 2.34)");
+        assert_eq!(
+            r[0][0].constraint,
+            Some(("<<".into(), "1.22.1-9.1~".into()))
+        );
+        assert_eq!(r[0][0].to_string(), "nginx (<< 1.22.1-9.1~)");
+        assert_eq!(r[1][0].constraint, Some((">=".into(), "1.22.1-9".into())));
+        let r = relations("a (<= 2), b (< 3), c (> 4), d(>>5), e (=1)");
+        let ops: Vec<_> = r
+            .iter()
+            .map(|g| g[0].constraint.clone().unwrap().0)
+            .collect();
+        assert_eq!(ops, ["<=", "<=", ">=", ">>", "="]);
+        assert_eq!(r[3][0].constraint, Some((">>".into(), "5".into())));
+    }
+
+    #[test]
+    fn reads_qualifiers_restrictions_and_profiles() {
+        let r = relations("python3:any (>= 3.11~), libfoo [amd64 arm64] <!nocheck> | bar [!amd64], baz:amd64 <stage1 cross> <!nocheck>");
+        assert_eq!(r[0][0].name, "python3");
+        assert_eq!(r[0][0].arch_qualifier.as_deref(), Some("any"));
+        assert_eq!(r[0][0].constraint, Some((">=".into(), "3.11~".into())));
+        assert!(r[1][0].applies_to("amd64") && !r[1][0].applies_to("armhf"));
+        assert!(r[1][0].profiled);
+        assert!(!r[1][1].applies_to("amd64") && r[1][1].applies_to("arm64"));
+        assert_eq!(r[2][0].arch_qualifier.as_deref(), Some("amd64"));
+        let bin = relations_for("libfoo [amd64] | bar [!amd64], t <!nocheck>, u", "amd64");
+        assert_eq!(bin.len(), 2);
+        assert_eq!(bin[0].len(), 1);
+        assert_eq!(bin[0][0].name, "libfoo");
+        assert_eq!(bin[1][0].name, "u");
+        assert!(
+            relations("a (<< )").is_empty(),
+            "an empty version is not a relation"
+        );
     }
 }

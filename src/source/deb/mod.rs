@@ -379,7 +379,8 @@ pub fn release_entry(release: &str, path: &str) -> Option<(Digest, u64)> {
 }
 
 /// Reads the package index of `repo` for `arch`: verified `InRelease`, then
-/// `Packages.xz` (or `.gz`) checked against it, kept in the store by digest.
+/// `Packages.xz` (or `.gz`, or the plain `Packages`: the first that
+/// `InRelease` lists) checked against it, kept in the store by digest.
 pub fn load_index(
     fetcher: &Fetcher,
     store: &Store,
@@ -392,43 +393,72 @@ pub fn load_index(
     let mut packages = Vec::new();
     for component in &repo.components {
         let base = format!("{component}/binary-{arch}/Packages");
-        let (rel, digest, _) = ["xz", "gz"]
+        // Every form `InRelease` lists, smallest first; a mirror may lack
+        // some (a local one may hold only the plain `Packages`).
+        let listed: Vec<(String, Digest)> = ["Packages.xz", "Packages.gz", "Packages"]
             .iter()
-            .find_map(|ext| {
-                let p = format!("{base}.{ext}");
-                release_entry(&release, &p).map(|(d, s)| (p, d, s))
+            .filter_map(|file| {
+                let p = format!("{component}/binary-{arch}/{file}");
+                release_entry(&release, &p).map(|(d, _)| (p, d))
             })
-            .ok_or_else(|| {
-                Error::invalid(
-                    format!("the `{}` suite has no `{base}.xz` or `.gz`", repo.suite),
-                    Some(format!(
-                        "check `components` and that the suite has `{arch}`"
-                    )),
-                )
-            })?;
-        if !store.check_blob(&digest)? {
-            let mut w = store.writer()?;
-            fetcher.get_into(&format!("dists/{}/{rel}", repo.suite), &mut w)?;
-            w.commit(Some(&digest)).map_err(|e| match e {
-                Error::DigestMismatch {
-                    expected, actual, ..
-                } => Error::DigestMismatch {
-                    what: format!("`dists/{}/{rel}` (as `InRelease` lists it)", repo.suite),
-                    expected,
-                    actual,
-                },
-                other => other,
-            })?;
+            .collect();
+        if listed.is_empty() {
+            return Err(Error::invalid(
+                format!(
+                    "the `{}` suite's `InRelease` lists no `{base}.xz`, `.gz` or `{base}`",
+                    repo.suite
+                ),
+                Some(format!(
+                    "check `components` and that the suite has `{arch}`"
+                )),
+            ));
         }
-        let compressed = store.read(&digest)?;
+        let mut found = None;
+        let mut missing = None;
+        for (rel, digest) in listed {
+            if !store.check_blob(&digest)? {
+                let mut w = store.writer()?;
+                match fetcher.get_into(&format!("dists/{}/{rel}", repo.suite), &mut w) {
+                    Ok(()) => {}
+                    Err(
+                        e @ Error::Network {
+                            status: Some(404 | 410),
+                            ..
+                        },
+                    ) => {
+                        missing.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                w.commit(Some(&digest)).map_err(|e| match e {
+                    Error::DigestMismatch {
+                        expected, actual, ..
+                    } => Error::DigestMismatch {
+                        what: format!("`dists/{}/{rel}` (as `InRelease` lists it)", repo.suite),
+                        expected,
+                        actual,
+                    },
+                    other => other,
+                })?;
+            }
+            found = Some((rel, digest));
+            break;
+        }
+        let Some((rel, digest)) = found else {
+            return Err(missing.expect("a listed index was tried"));
+        };
+        let stored = store.read(&digest)?;
         let mut text = Vec::new();
         if rel.ends_with(".xz") {
-            lzma_rs::xz_decompress(&mut &compressed[..], &mut text)
+            lzma_rs::xz_decompress(&mut &stored[..], &mut text)
                 .map_err(|e| Error::unusable(format!("`{rel}` is not valid xz"), e, "the mirror served a damaged index: try again, or another mirror (`KILN_DEBIAN_MIRROR`)"))?;
-        } else {
-            flate2::read::GzDecoder::new(&compressed[..])
+        } else if rel.ends_with(".gz") {
+            flate2::read::GzDecoder::new(&stored[..])
                 .read_to_end(&mut text)
                 .map_err(|e| Error::unusable(format!("`{rel}` is not valid gzip"), e, "the mirror served a damaged index: try again, or another mirror (`KILN_DEBIAN_MIRROR`)"))?;
+        } else {
+            text = stored;
         }
         for stanza in control::parse(&String::from_utf8_lossy(&text)) {
             let get = |k: &str| stanza.get(k).cloned().unwrap_or_default();

@@ -259,3 +259,54 @@ fn version_order_properties() {
         assert_eq!(satisfies(&a, "<<", &b), compare(&a, &b) == Ordering::Less);
     });
 }
+
+/// Several thousand pairs drawn deterministically from the host's real
+/// versions (sorted, distinct): evenly spaced neighbours across the whole
+/// list, and pairs picked by a fixed-seed generator; dpkg checks each.
+#[test]
+fn version_real_pairs_vs_dpkg() {
+    let mut real = seeds::real_versions();
+    real.retain(|v| valid(v));
+    real.sort_by(|a, b| compare(a, b).then_with(|| a.cmp(b)));
+    real.dedup();
+    if real.len() < 2 {
+        eprintln!("SKIPPED version_real_pairs_vs_dpkg: the host has no apt lists");
+        return;
+    }
+    let stride = (real.len() / 3000).max(1);
+    let mut pairs: Vec<(String, String, Ordering)> = (0..real.len() - 1)
+        .step_by(stride)
+        .map(|i| (real[i].clone(), real[i + 1].clone()))
+        .map(|(a, b)| {
+            let o = compare(&a, &b);
+            (a, b, o)
+        })
+        .collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize % n
+    };
+    for _ in 0..2000 {
+        let (a, b) = (
+            real[next(real.len())].clone(),
+            real[next(real.len())].clone(),
+        );
+        let o = compare(&a, &b);
+        pairs.push((a, b, o));
+    }
+    let bad = dpkg_disagreements(&pairs);
+    eprintln!(
+        "version oracle: {} pairs of {} distinct real versions checked by dpkg --compare-versions, {} disagree",
+        pairs.len(),
+        real.len(),
+        bad.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "kiln and dpkg disagree:\n{}",
+        bad.join("\n")
+    );
+}

@@ -697,6 +697,20 @@ impl Drop for Repo {
 // HTTP
 // ---------------------------------------------------------------------------
 
+/// Serves the directory `root` on 127.0.0.1 under [`URL_PREFIX`] for the
+/// rest of the process; returns the mirror URL (`http://127.0.0.1:PORT/debian`).
+pub fn serve_dir(root: &Path) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}{URL_PREFIX}", listener.local_addr().unwrap());
+    serve(
+        listener,
+        root.to_path_buf(),
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    url
+}
+
 fn serve(
     listener: TcpListener,
     root: PathBuf,
