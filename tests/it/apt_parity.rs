@@ -183,9 +183,28 @@ struct Suite {
     packages: String,
 }
 
+/// The host's release (`VERSION_CODENAME` of `/etc/os-release`) and its
+/// `-updates` and `-security` suites: the ones apt installs from by default.
+/// Others a machine may list (backports, which apt never picks on its own;
+/// another release) are left out, so both sides read the same candidates.
+fn default_suites() -> Vec<String> {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .unwrap_or_else(|| "bookworm".into());
+    vec![
+        codename.clone(),
+        format!("{codename}-updates"),
+        format!("{codename}-security"),
+    ]
+}
+
 /// The file names in the host's lists ending with `_InRelease` whose suite
-/// has a `main/binary-amd64` index, decompressed.
+/// is one of [`default_suites`] and has a `main/binary-amd64` index.
 fn host_suites() -> Vec<(String, String)> {
+    let wanted = default_suites();
     let Ok(dir) = std::fs::read_dir(LISTS) else {
         return Vec::new();
     };
@@ -196,6 +215,10 @@ fn host_suites() -> Vec<(String, String)> {
     names
         .iter()
         .filter_map(|n| n.strip_suffix("_InRelease"))
+        .filter(|base| {
+            base.rsplit_once("_dists_")
+                .is_some_and(|(_, suite)| wanted.iter().any(|w| w == suite))
+        })
         .filter_map(|base| {
             let packages = format!("{base}_main_binary-amd64_Packages");
             names
