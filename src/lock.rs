@@ -174,6 +174,11 @@ pub fn path_for(recipe: &Path) -> PathBuf {
 }
 
 impl Lock {
+    /// The text the lock was read from (none for a lock made in memory).
+    pub fn text(&self) -> Option<&str> {
+        self.origin.0.as_deref().map(|s| s.text.as_str())
+    }
+
     /// Reads a lockfile; `None` if there is none.
     pub fn read(path: &Path) -> Result<Option<Lock>> {
         let text = match std::fs::read_to_string(path) {

@@ -123,8 +123,9 @@ async fn fetch_manifest(
         None => r
             .digest()
             .map(|e| {
-                e.parse::<Digest>()
-                    .map_err(|e| Error::invalid(format!("{e}"), None))
+                e.parse::<Digest>().map_err(|e| {
+                    Error::invalid(format!("{e}"), Some(crate::error::hint::DIGEST.into()))
+                })
             })
             .transpose()?,
     };

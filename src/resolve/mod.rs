@@ -151,15 +151,8 @@ fn resolve_loaded(
     stack: &mut Stack,
 ) -> Result<Plan> {
     let lock_path = lock::path_for(&recipe.source.path);
-    let lock_bytes = match std::fs::read(&lock_path) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io("read", &lock_path, e)),
-    };
-    let lock = match &lock_bytes {
-        Some(_) => Lock::read(&lock_path)?,
-        None => None,
-    };
+    // Read once: its entries pin the inputs, its bytes are a material.
+    let lock = Lock::read(&lock_path)?;
     if options.locked {
         check_locked(&recipe, lock.as_ref())?;
     }
@@ -172,10 +165,10 @@ fn resolve_loaded(
         uri: format!("recipe:{}", recipe.source.path.display()),
         digest: Digest::of(recipe.source.text.as_bytes()),
     }];
-    if let Some(bytes) = &lock_bytes {
+    if let Some(text) = lock.as_ref().and_then(Lock::text) {
         materials.push(Material {
             uri: format!("lock:{}", lock_path.display()),
-            digest: Digest::of(bytes),
+            digest: Digest::of(text.as_bytes()),
         });
     }
     match &base {

@@ -15,7 +15,7 @@ pub fn digest_of(registry: &Registry, r: &Reference) -> Result<Digest, Error> {
         Some(d) => d.parse().map_err(|e: crate::digest::BadDigest| {
             Error::invalid(
                 format!("`{}`: {e}", r.whole()),
-                Some("write the digest as `sha256:` and 64 lowercase hex digits".into()),
+                Some(crate::error::hint::DIGEST.into()),
             )
         }),
         None => registry.resolve(r),

@@ -35,17 +35,11 @@ fn repo() -> &'static Repo {
 }
 
 fn kiln(w: &Work, args: &[&str]) -> std::process::Output {
-    w.kiln()
-        .env("KILN_DEBIAN_MIRROR", &repo().url)
-        .args(args)
-        .output()
-        .unwrap()
+    support::apt::kiln_at(w, &repo().url, args)
 }
 
 fn ok(w: &Work, args: &[&str]) -> String {
-    let out = kiln(w, args);
-    support::assert_success(&out, &format!("kiln {}", args.join(" ")));
-    String::from_utf8(out.stdout).unwrap()
+    support::apt::kiln_ok_at(w, &repo().url, args)
 }
 
 fn fails(w: &Work, args: &[&str]) -> String {

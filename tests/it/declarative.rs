@@ -104,18 +104,8 @@ fn repo() -> &'static Repo {
     REPO.get_or_init(|| Repo::start(SUITE, &["main"], &packages()))
 }
 
-fn kiln(w: &Work, args: &[&str]) -> std::process::Output {
-    w.kiln()
-        .env("KILN_DEBIAN_MIRROR", &repo().url)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn ok(w: &Work, args: &[&str]) -> String {
-    let out = kiln(w, args);
-    support::assert_success(&out, &format!("kiln {}", args.join(" ")));
-    String::from_utf8(out.stdout).unwrap()
+    support::apt::kiln_ok_at(w, &repo().url, args)
 }
 
 /// A locked workspace whose recipe has one repository and `layers`.

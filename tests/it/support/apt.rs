@@ -1007,3 +1007,19 @@ fn sweep_stale_dirs() {
         let _ = std::fs::remove_dir_all(e.path());
     }
 }
+
+/// `kiln ARGS` in `w`, with the repository at `url` as the Debian mirror.
+pub fn kiln_at(w: &super::Work, url: &str, args: &[&str]) -> Output {
+    w.kiln()
+        .env("KILN_DEBIAN_MIRROR", url)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// As [`kiln_at`], which must succeed: its standard output.
+pub fn kiln_ok_at(w: &super::Work, url: &str, args: &[&str]) -> String {
+    let out = kiln_at(w, url, args);
+    super::assert_success(&out, &format!("kiln {}", args.join(" ")));
+    String::from_utf8(out.stdout).unwrap()
+}
