@@ -205,17 +205,12 @@ fn keytool_entries(out: &str) -> BTreeMap<String, (String, String)> {
     entries
 }
 
-#[test]
-fn keytool_and_openssl_read_every_certificate_as_a_trusted_entry() {
-    let repo = repo();
-    let w = workspace(repo, SUITE, "[\"fake-jre\"]");
-    ok(&w, &repo.url, &["build", "recipe.toml", "--out", "img"]);
-    let root = unpack(&w, "img");
-    let store = root.join("etc/ssl/certs/java/cacerts");
-    assert_eq!(support::mode(&store), 0o644);
-
+/// `store` read by keytool and openssl: every certificate of [`CERTS`] a
+/// trusted entry under its alias with its fingerprint, the MAC verified with
+/// `changeit`, a wrong password refused by both.
+fn check_store(store: &Path) {
     // Java's own KeyStore code: every certificate a trusted entry, by alias.
-    let out = keytool_list(&store, "changeit");
+    let out = keytool_list(store, "changeit");
     support::assert_success(&out, "keytool -list");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Keystore type: PKCS12"), "{text}");
@@ -235,14 +230,14 @@ fn keytool_and_openssl_read_every_certificate_as_a_trusted_entry() {
         })
         .collect();
     assert_eq!(listed, expected, "keytool said:\n{text}");
-    let wrong = keytool_list(&store, "not-the-password");
+    let wrong = keytool_list(store, "not-the-password");
     assert!(!wrong.status.success(), "keytool accepted a wrong password");
 
     // OpenSSL verifies the MAC with `changeit` and finds each certificate.
     let openssl = |pass: &str| {
         Command::new("openssl")
             .args(["pkcs12", "-nokeys", "-in"])
-            .arg(&store)
+            .arg(store)
             .args(["-passin", &format!("pass:{pass}")])
             .output()
             .unwrap()
@@ -261,6 +256,18 @@ fn keytool_and_openssl_read_every_certificate_as_a_trusted_entry() {
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
     );
+}
+
+#[test]
+fn keytool_and_openssl_read_every_certificate_as_a_trusted_entry() {
+    let repo = repo();
+    let w = workspace(repo, SUITE, "[\"fake-jre\"]");
+    ok(&w, &repo.url, &["build", "recipe.toml", "--out", "img"]);
+    let root = unpack(&w, "img");
+    let store = root.join("etc/ssl/certs/java/cacerts");
+    assert_eq!(support::mode(&store), 0o644);
+
+    check_store(&store);
 
     // The JRE's own path resolves (inside the image) to the store.
     let link = root.join("usr/lib/jvm/java-17-fake/lib/security/cacerts");
@@ -327,4 +334,35 @@ fn a_certificate_that_does_not_parse_is_an_error_naming_package_and_file() {
         "{err}"
     );
     assert!(err.contains("hint:"), "{err}");
+}
+
+/// The usual case: `ca-certificates` comes with the base (`debian-static`
+/// has it) and a JRE in a layer of the recipe on top. The store is made
+/// from the base's certificates, read back from its layers.
+#[test]
+fn a_jre_over_a_base_with_ca_certificates_gets_the_base_certificates() {
+    let repo = repo();
+    let w = Work::new();
+    w.write("keys/test.gpg", fs::read(&repo.keyring).unwrap());
+    let repos =
+        format!("[repositories.test]\nsuite = \"{SUITE}\"\nkeyring = \"keys/test.gpg\"\n\n");
+    w.write(
+        "base.toml",
+        format!("name = \"base\"\nplatforms = [\"linux/amd64\"]\n\n{repos}[[layers]]\npackages = [\"ca-certificates\"]\n"),
+    );
+    w.write(
+        "recipe.toml",
+        format!("name = \"app\"\nbase = \"base.toml\"\n\n{repos}[[layers]]\npackages = [\"fake-jre\"]\n"),
+    );
+    ok(&w, &repo.url, &["lock", "base.toml"]);
+    ok(&w, &repo.url, &["lock", "recipe.toml"]);
+    let lock = support::read(&w.path().join("recipe.lock"));
+    assert!(
+        !lock.contains("name = \"ca-certificates\"\n"),
+        "the base's package is not installed again:\n{lock}"
+    );
+    ok(&w, &repo.url, &["build", "base.toml", "--out", "base"]);
+    ok(&w, &repo.url, &["build", "recipe.toml", "--out", "img"]);
+    let root = unpack(&w, "img");
+    check_store(&root.join("etc/ssl/certs/java/cacerts"));
 }
