@@ -39,39 +39,104 @@ const CERTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Self-signed CA certificates, made once per test process.
+/// Self-signed CA certificates, made once per test process, and beside
+/// them (in [`keys`]) `ca-0.key`, the key of the first, `leaf.pem`, a server
+/// certificate it signed, and `stranger.pem`, one no CA signed.
 fn pems() -> &'static Vec<String> {
-    static PEMS: OnceLock<Vec<String>> = OnceLock::new();
-    PEMS.get_or_init(|| {
+    &made().1
+}
+
+fn keys() -> &'static Path {
+    made().0.path()
+}
+
+fn made() -> &'static (tempfile::TempDir, Vec<String>) {
+    static MADE: OnceLock<(tempfile::TempDir, Vec<String>)> = OnceLock::new();
+    MADE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        CERTS
+        let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        let self_signed = |cn: &str, key: &str, out: &str, ca: bool| {
+            let mut c = Command::new("openssl");
+            c.args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "3650"])
+                .args(["-subj", &format!("/CN={cn}"), "-keyout", key, "-out", out]);
+            if ca {
+                c.args(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            }
+            support::run(&mut c);
+        };
+        let pems = CERTS
             .iter()
-            .map(|(_, cn, _)| {
-                let out = dir.path().join("c.pem");
-                support::run(Command::new("openssl").args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-days",
-                    "3650",
-                    "-subj",
-                    &format!("/CN={cn}"),
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-keyout",
-                    dir.path().join("k.pem").to_str().unwrap(),
-                    "-out",
-                    out.to_str().unwrap(),
-                ]));
-                support::read(&out)
+            .enumerate()
+            .map(|(i, (_, cn, _))| {
+                let out = at(&format!("ca-{i}.pem"));
+                self_signed(cn, &at(&format!("ca-{i}.key")), &out, true);
+                support::read(Path::new(&out))
             })
-            .collect()
+            .collect();
+        support::run(Command::new("openssl").args([
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", "/CN=leaf.test", "-keyout", &at("leaf.key"), "-out", &at("leaf.csr"),
+        ]));
+        fs::write(
+            at("leaf.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:leaf.test\n",
+        )
+        .unwrap();
+        support::run(Command::new("openssl").args([
+            "x509", "-req", "-in", &at("leaf.csr"), "-CA", &at("ca-0.pem"), "-CAkey",
+            &at("ca-0.key"), "-set_serial", "2", "-days", "365", "-extfile", &at("leaf.ext"),
+            "-out", &at("leaf.pem"),
+        ]));
+        self_signed("stranger.test", &at("stranger.key"), &at("stranger.pem"), false);
+        (dir, pems)
     })
 }
+
+/// A Java program: the store at `args[0]` loaded as PKCS12 and as JKS (the
+/// type older code asks for), a `TrustManagerFactory` initialised from it,
+/// and the server certificates `args[1]` (must be trusted) and `args[2]`
+/// (must not be) checked by its trust manager.
+const CHECK_JAVA: &str = r#"
+import java.io.FileInputStream;
+import java.io.InputStream;
+import java.security.KeyStore;
+import java.security.cert.CertificateException;
+import java.security.cert.CertificateFactory;
+import java.security.cert.X509Certificate;
+import javax.net.ssl.TrustManagerFactory;
+import javax.net.ssl.X509TrustManager;
+
+public class Check {
+    static X509Certificate read(String path) throws Exception {
+        try (InputStream in = new FileInputStream(path)) {
+            return (X509Certificate) CertificateFactory.getInstance("X.509").generateCertificate(in);
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        for (String type : new String[] {"PKCS12", "JKS"}) {
+            KeyStore ks = KeyStore.getInstance(type);
+            try (InputStream in = new FileInputStream(args[0])) {
+                ks.load(in, "changeit".toCharArray());
+            }
+            TrustManagerFactory tmf =
+                TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+            tmf.init(ks);
+            X509TrustManager tm = (X509TrustManager) tmf.getTrustManagers()[0];
+            System.out.println(type + " issuers " + tm.getAcceptedIssuers().length);
+            tm.checkServerTrusted(new X509Certificate[] {read(args[1])}, "ECDHE_ECDSA");
+            System.out.println(type + " leaf trusted");
+            try {
+                tm.checkServerTrusted(new X509Certificate[] {read(args[2])}, "ECDHE_ECDSA");
+                System.out.println(type + " stranger trusted");
+            } catch (CertificateException e) {
+                System.out.println(type + " stranger refused");
+            }
+        }
+    }
+}
+"#;
 
 /// A `ca-certificates` holding `files`, `ca-certificates-java` and a JRE
 /// whose `lib/security/cacerts` links to the store, as openjdk's does.
@@ -268,6 +333,27 @@ fn keytool_and_openssl_read_every_certificate_as_a_trusted_entry() {
     assert_eq!(support::mode(&store), 0o644);
 
     check_store(&store);
+
+    // Java's TrustManagerFactory trusts a server certificate one of the CAs
+    // signed, and no other (`java Check.java`: the JRE runs source files).
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("Check.java"), CHECK_JAVA).unwrap();
+    let out = support::run(
+        Command::new("java")
+            .current_dir(dir.path())
+            .arg("Check.java")
+            .arg(&store)
+            .arg(keys().join("leaf.pem"))
+            .arg(keys().join("stranger.pem")),
+    );
+    let n = CERTS.len();
+    assert_eq!(
+        out,
+        format!(
+            "PKCS12 issuers {n}\nPKCS12 leaf trusted\nPKCS12 stranger refused\n\
+             JKS issuers {n}\nJKS leaf trusted\nJKS stranger refused\n"
+        )
+    );
 
     // The JRE's own path resolves (inside the image) to the store.
     let link = root.join("usr/lib/jvm/java-17-fake/lib/security/cacerts");
