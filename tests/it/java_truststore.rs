@@ -452,3 +452,76 @@ fn a_jre_over_a_base_with_ca_certificates_gets_the_base_certificates() {
     let root = unpack(&w, "img");
     check_store(&root.join("etc/ssl/certs/java/cacerts"));
 }
+
+/// Debian's own tool as the oracle: a `ca-certificates` made of the host's
+/// certificates (those `/etc/ca-certificates.conf` enables) gives a store
+/// whose aliases and fingerprints are those of the host's
+/// `/etc/ssl/certs/java/cacerts`, which `ca-certificates-java` wrote (less
+/// the host's local certificates, from `/usr/local/share/ca-certificates`).
+#[test]
+fn the_store_matches_the_one_debian_made_on_this_host() {
+    let host_store = Path::new("/etc/ssl/certs/java/cacerts");
+    assert!(
+        host_store.is_file(),
+        "no {} on this host: install default-jre-headless (it brings ca-certificates-java)",
+        host_store.display()
+    );
+    let conf = support::read(Path::new("/etc/ca-certificates.conf"));
+    let enabled: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+        .collect();
+    assert!(enabled.len() > 50, "{conf}");
+    let mut ca = Pkg::new("ca-certificates", "1", "all");
+    for name in &enabled {
+        let path = format!("/usr/share/ca-certificates/{name}");
+        ca = ca.file(&path, fs::read(&path).unwrap(), 0o644);
+    }
+    let suite = "kiln-cacerts-debian";
+    let repo = Repo::start(
+        suite,
+        &["main"],
+        &[
+            ca,
+            Pkg::new("ca-certificates-java", "1", "all").depends("ca-certificates"),
+        ],
+    );
+    let w = workspace(&repo, suite, "[\"ca-certificates-java\"]");
+    ok(&w, &repo.url, &["build", "recipe.toml", "--out", "img"]);
+    let root = unpack(&w, "img");
+    let ours = keytool_list(&root.join("etc/ssl/certs/java/cacerts"), "changeit");
+    support::assert_success(&ours, "keytool -list (kiln's store)");
+    let ours = keytool_entries(&String::from_utf8_lossy(&ours.stdout));
+    let debian = Command::new("keytool")
+        .args(["-list", "-keystore"])
+        .arg(host_store)
+        .args(["-storepass", "changeit"])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    support::assert_success(&debian, "keytool -list (the host's store)");
+    let mut debian = keytool_entries(&String::from_utf8_lossy(&debian.stdout));
+    let local: Vec<String> = fs::read_dir("/usr/local/share/ca-certificates")
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in local {
+        let stem = name.strip_suffix(".crt").unwrap_or(&name);
+        debian.remove(&format!("debian:{}.pem", stem.to_lowercase()));
+    }
+    // Entries added by hand (not by the Debian tool) have other aliases.
+    debian.retain(|alias, _| alias.starts_with("debian:"));
+    let differ: Vec<String> = ours
+        .keys()
+        .chain(debian.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|a| ours.get(*a) != debian.get(*a))
+        .map(|a| format!("{a}: kiln {:?}, Debian {:?}", ours.get(a), debian.get(a)))
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    assert_eq!(ours.len(), enabled.len());
+}
