@@ -296,6 +296,27 @@ mod tests {
         assert_eq!(integer(128), [0x02, 0x02, 0x00, 0x80]);
     }
 
+    /// The bytes are a function of the certificates and aliases alone: a
+    /// change here moves the digest of every image with a Java trust store.
+    #[test]
+    fn the_store_bytes_are_pinned() {
+        let der = seq(&[
+            &seq(&[&integer(1)]),
+            &seq(&[&oid(OID_SHA256)]),
+            &tlv(0x03, &[0]),
+        ]);
+        check_certificate(&der).unwrap();
+        let certs = vec![("debian:a.pem".to_string(), der.clone())];
+        let store = pkcs12(&certs, STORE_PASSWORD);
+        assert_eq!(store, pkcs12(&certs, STORE_PASSWORD));
+        assert_eq!(
+            hex::encode(Sha256::digest(&store)),
+            "f3293eaf1bc7cfd71679cb3a17ee1b3e8d46778fc089e6708134f9223af6b755"
+        );
+        let other = vec![("debian:b.pem".to_string(), der)];
+        assert_ne!(store, pkcs12(&other, STORE_PASSWORD));
+    }
+
     #[test]
     fn refuses_what_is_not_a_certificate() {
         assert!(first_certificate(b"hello").unwrap_err().contains("BEGIN"));
