@@ -12,6 +12,7 @@ mod distribute;
 mod packages;
 mod run;
 mod sbom;
+mod truststore;
 
 pub use distribute::{copy, pull, push};
 pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
@@ -226,6 +227,7 @@ fn build_plan(
                 &exclude,
             )?;
             accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
+            truststore::from_lower_layers(store, &base.layers, &plans, &mut installed)?;
             let layer = inputs
                 .local
                 .clone()

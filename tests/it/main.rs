@@ -20,6 +20,7 @@ mod declarative;
 mod errors;
 mod exit_codes;
 mod fuzz;
+mod java_truststore;
 mod lock_commands;
 mod oci_documents;
 mod output;

@@ -7,6 +7,8 @@
 //! `/usr/share/ca-certificates`, in path order), and busybox's applet links
 //! when `busybox` or `busybox-static` is (the applet names are read from the
 //! binary's own table, so no binary of another architecture has to run), and
+//! Java's trust store `/etc/ssl/certs/java/cacerts` (PKCS#12) from the same
+//! certificates when `ca-certificates-java` is, and
 //! the links `update-alternatives --install` calls in `postinst` scripts
 //! would have made in auto mode (the scripts are read as data, never run),
 //! and `/etc/passwd` and `/etc/group` from base-passwd's master files when
@@ -183,6 +185,12 @@ pub fn entries(
             "ca-certificates",
         );
     }
+    // Made from this layer's certificates; with `ca-certificates` in a lower
+    // layer (the base's), the pipeline makes it from those.
+    let installs = |name: &str| packages.iter().any(|p| p.name == name);
+    if installs("ca-certificates-java") && installs("ca-certificates") {
+        java_cacerts(store, &certs, &mut out)?;
+    }
     if packages
         .iter()
         .any(|p| p.name == "busybox" || p.name == "busybox-static")
@@ -197,6 +205,49 @@ pub fn entries(
         ld_cache(store, &mut out)?;
     }
     Ok(out)
+}
+
+/// Java's trust store `/etc/ssl/certs/java/cacerts` (PKCS#12, see
+/// [`super::truststore`]) from the certificates of the CA bundle, in the
+/// same order, as `ca-certificates-java`'s trigger would have made it. The
+/// JRE's `lib/security/cacerts` links to it.
+fn java_cacerts(
+    store: &Store,
+    certs: &BTreeMap<String, Digest>,
+    out: &mut BTreeMap<String, (Entry, String)>,
+) -> Result<()> {
+    let mut files = Vec::new();
+    for (path, digest) in certs {
+        files.push((path.clone(), store.read(digest)?));
+    }
+    let bytes = java_trust_store(&files, "")?;
+    out.remove(super::truststore::PATH);
+    add_text(out, super::truststore::PATH, bytes, "ca-certificates-java");
+    Ok(())
+}
+
+/// The bytes of Java's trust store for the certificate files `certs` (path
+/// relative to the root, PEM), in path order: one trusted entry per file,
+/// aliased `debian:NAME.pem`; of two files with one alias the later wins,
+/// as it replaces the earlier in `/etc/ssl/certs`. A file that does not
+/// parse is an error (Debian's tool skips it with a warning on the console,
+/// which a build would not show); `place` says where the files are, after
+/// their path (empty for this layer).
+pub fn java_trust_store(certs: &[(String, Vec<u8>)], place: &str) -> Result<Vec<u8>> {
+    use super::truststore;
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    for (path, pem) in certs {
+        let der = truststore::first_certificate(pem).map_err(|why| {
+            Error::invalid(
+                format!("package `ca-certificates` holds `/{path}`{place}, which is not a PEM certificate: {why}"),
+                Some("Java's trust store is made from every certificate under `/usr/share/ca-certificates`: use a `ca-certificates` package whose files are PEM certificates, or leave `ca-certificates-java` out".into()),
+            )
+        })?;
+        let alias = truststore::alias_for(path);
+        entries.retain(|(a, _)| *a != alias);
+        entries.push((alias, der));
+    }
+    Ok(truststore::pkcs12(&entries, truststore::STORE_PASSWORD))
 }
 
 /// Refuses an entry beneath a path that another entry of the layer makes a

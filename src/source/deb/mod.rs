@@ -14,6 +14,7 @@ pub mod control;
 pub mod extract;
 pub mod install;
 pub mod resolve;
+pub mod truststore;
 pub mod version;
 
 use std::io::Read;
