@@ -156,7 +156,14 @@ pub(super) fn reclaim(root: &Path) -> Result<Reclaimed> {
             .is_some_and(|age| age > LEGACY_AGE)
     };
     // Every directory of the store that kiln writes temporary files into.
-    for sub in [super::TMP, super::LAYERS, super::DIRS, super::DEBS, ""] {
+    for sub in [
+        super::TMP,
+        super::LAYERS,
+        super::DIRS,
+        super::DEBS,
+        super::DERIVED,
+        "",
+    ] {
         let dir = if sub.is_empty() {
             root.to_path_buf()
         } else {

@@ -236,7 +236,8 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes layer records, directory and package caches whose blob is gone.
+    /// Removes layer records, derived-blob records, directory and package
+    /// caches whose blob is gone.
     fn drop_orphan_caches(&self) -> Result<u64> {
         let mut removed = 0;
         for (path, _) in json_files(&self.layers_dir())? {
@@ -244,6 +245,15 @@ impl Store {
             let gone = fs::read(&path)
                 .ok()
                 .and_then(|t| serde_json::from_slice::<LayerRecord>(&t).ok())
+                .is_none_or(|r| !self.contains(&r.digest));
+            if gone && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        for (path, _) in json_files(&self.derived_dir())? {
+            let gone = fs::read(&path)
+                .ok()
+                .and_then(|t| serde_json::from_slice::<super::Derived>(&t).ok())
                 .is_none_or(|r| !self.contains(&r.digest));
             if gone && fs::remove_file(&path).is_ok() {
                 removed += 1;

@@ -8,6 +8,7 @@
 //! layers/<hex>.json      layer cache: input digest → built layer
 //! dirs/<hex>.v2.json     the directories a layer blob holds (by blob digest)
 //! debs/v2-<hex>.json     a .deb blob's control data and file list
+//! derived/<hex>.json     a blob a host tool made, by the digest of its inputs
 //! stat-cache             digests of host input files, by inode and times
 //! blob-stamps            blobs known intact, by inode and times
 //! tmp/                   blobs and work directories being written
@@ -58,6 +59,7 @@ const BLOBS: &str = "blobs/sha256";
 const LAYERS: &str = "layers";
 const DIRS: &str = "dirs";
 const DEBS: &str = "debs";
+const DERIVED: &str = "derived";
 const TMP: &str = "tmp";
 const LOCKS: &str = "locks";
 const GC_LOCK: &str = "gc.lock";
@@ -115,6 +117,15 @@ impl std::fmt::Debug for Notes {
             "None"
         })
     }
+}
+
+/// What `derived/<hex>.json` records: the blob a host tool made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Derived {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// A built layer as the layer cache remembers it.
@@ -254,6 +265,16 @@ impl Store {
         self.root
             .join(DEBS)
             .join(format!("{DEBS_PREFIX}{}.json", deb.hex()))
+    }
+
+    /// `derived/`: blobs made by host tools, by the digest of their inputs.
+    fn derived_dir(&self) -> PathBuf {
+        self.root.join(DERIVED)
+    }
+
+    /// Where the blob made from inputs `key` is recorded.
+    fn derived_path(&self, key: &Digest) -> PathBuf {
+        self.derived_dir().join(format!("{}.json", key.hex()))
     }
 
     /// `stat-cache`: digests of host input files (see [`stat_cache`]).
@@ -477,6 +498,41 @@ impl Store {
             }
             _ => Ok(false),
         }
+    }
+
+    /// The blob a host tool made before from the inputs whose digest is
+    /// `key` (see [`Store::remember_derived`]); a record whose blob is gone
+    /// or damaged counts as a miss.
+    pub fn derived(&self, key: &Digest) -> Result<Option<Digest>> {
+        let Some(record) = fs::read(self.derived_path(key))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Derived>(&text).ok())
+        else {
+            return Ok(None);
+        };
+        let size = fs::metadata(self.blob_path(&record.digest)).map(|m| m.len());
+        if size.ok() != Some(record.size) {
+            return Ok(None);
+        }
+        Ok(self.check_blob(&record.digest)?.then_some(record.digest))
+    }
+
+    /// Puts `bytes`, made by a host tool from the inputs whose digest is
+    /// `key`, into the store and records it (atomically), so that the next
+    /// build with the same inputs does not run the tool again.
+    pub fn remember_derived(&self, key: &Digest, bytes: &[u8]) -> Result<Digest> {
+        let digest = self.put_bytes(bytes)?;
+        let path = self.derived_path(key);
+        fs::create_dir_all(self.derived_dir()).at("create", &self.derived_dir())?;
+        let mut tmp = self.temp_file_beside(&path)?;
+        let record = Derived {
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+        };
+        let text = serde_json::to_vec(&record).expect("records serialise");
+        tmp.write_all(&text).at("write", tmp.path())?;
+        crate::files::commit(tmp, &path)?;
+        Ok(digest)
     }
 
     /// Records a built layer under its input digest (atomically).

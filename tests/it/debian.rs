@@ -1046,6 +1046,83 @@ fn a_layer_with_shared_libraries_gets_an_ld_so_cache() {
     );
 }
 
+/// A rebuild with nothing changed takes the layer's `/etc/ld.so.cache` from
+/// the store: ldconfig is asked only for its version, and no scratch copy
+/// of the layer is written; the digest is the same.
+#[test]
+fn a_warm_rebuild_does_not_run_ldconfig_again() {
+    let real = ["/usr/sbin/ldconfig", "/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("no ldconfig on this host (libc-bin)");
+    let src = Work::new();
+    src.write("k.c", "int kiln_answer(void) { return 42; }\n");
+    run(tool("gcc").current_dir(src.path()).args([
+        "-shared",
+        "-fPIC",
+        "-o",
+        "libkilnwarm.so.1",
+        "k.c",
+    ]));
+    let lib = fs::read(src.path().join("libkilnwarm.so.1")).unwrap();
+    let pkg = Pkg::new("libkilnwarm1", "1.0", "amd64").file(
+        "/usr/lib/x86_64-linux-gnu/libkilnwarm.so.1",
+        &lib,
+        0o644,
+    );
+    let repo = Repo::start(SUITE, &["main"], &[pkg]);
+    let w = locked_workspace(
+        &repo,
+        &["linux/amd64"],
+        "[[layers]]\npackages = [\"libkilnwarm1\"]\n",
+    );
+    // An ldconfig that logs its arguments, then runs the real one.
+    let log = w.path().join("ldconfig.log");
+    let bin = w.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    w.write(
+        "bin/ldconfig",
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n",
+            log.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(bin.join("ldconfig"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let build = |out: &str| {
+        let o = w
+            .kiln()
+            .env("KILN_DEBIAN_MIRROR", &repo.url)
+            .env("PATH", &path)
+            .args(["build", "recipe.toml", "--out", out])
+            .output()
+            .unwrap();
+        assert_success(&o, "kiln build");
+        last_digest(&String::from_utf8(o.stdout).unwrap())
+    };
+    let cold = build("out/a");
+    let calls = fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.lines().any(|l| l.contains("-r")),
+        "the cold build did not run ldconfig -r: {calls:?}"
+    );
+    fs::remove_file(&log).unwrap();
+    let warm = build("out/b");
+    let calls = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !calls.lines().any(|l| l.contains("-r")),
+        "the warm build ran ldconfig on a scratch tree again: {calls:?}"
+    );
+    assert_eq!(cold, warm, "the warm build gave another digest");
+    let root = unpack(&w, "out/b", "bundle");
+    let cache = fs::read(root.join("etc/ld.so.cache")).expect("no /etc/ld.so.cache");
+    assert!(
+        String::from_utf8_lossy(&cache).contains("libkilnwarm.so.1"),
+        "the cache taken from the store does not name the library"
+    );
+}
+
 /// A symlink from one package and a file beneath it from another (each
 /// harmless alone) must not let the build write through the link on the
 /// host: the ld.so.cache scratch tree once followed it and created the

@@ -293,6 +293,19 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
     if !ships_libraries {
         return Ok(());
     }
+    // The cache depends only on the layer's files and on the host's
+    // ldconfig: one made before from the same is taken from the store, so a
+    // rebuild with nothing changed writes no scratch tree.
+    let Some(version) = ldconfig_version() else {
+        // No ldconfig on this host: the image works without a cache.
+        return Ok(());
+    };
+    let key = ld_cache_key(&version, out);
+    if let Some(digest) = store.derived(&key)? {
+        out.remove("etc/ld.so.cache");
+        add_stored(out, "etc/ld.so.cache", store, digest, "libc-bin")?;
+        return Ok(());
+    }
     // In the store's `tmp/`, so a killed build's tree is reclaimed.
     let work = store.temp_dir()?;
     let root = work.path();
@@ -350,9 +363,57 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
         return Ok(());
     }
     let bytes = std::fs::read(&cache).at("read", &cache)?;
+    let digest = store.remember_derived(&key, &bytes)?;
     out.remove("etc/ld.so.cache");
-    add_text(out, "etc/ld.so.cache", bytes, "libc-bin");
+    add_stored(out, "etc/ld.so.cache", store, digest, "libc-bin")?;
     Ok(())
+}
+
+/// The host's `ldconfig --version` (its first line), or `None` without one.
+fn ldconfig_version() -> Option<String> {
+    let out = std::process::Command::new("ldconfig")
+        .arg("--version")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// What `/etc/ld.so.cache` is made from: the ldconfig, and every entry of
+/// the layer (path, kind, mode, content digest or link target).
+fn ld_cache_key(version: &str, out: &BTreeMap<String, (Entry, String)>) -> Digest {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"ld.so.cache 1\0");
+    h.update(version.as_bytes());
+    h.update(b"\0");
+    for (path, (entry, _)) in out {
+        h.update(path.as_bytes());
+        h.update(format!("\0{:o}\0", entry.mode).as_bytes());
+        match &entry.kind {
+            EntryKind::Dir => h.update(b"d"),
+            EntryKind::File { digest, .. } => {
+                h.update(b"f");
+                h.update(digest.to_string().as_bytes());
+            }
+            EntryKind::Symlink { target } => {
+                h.update(b"l");
+                h.update(target.as_bytes());
+            }
+            EntryKind::HardLink { target } => {
+                h.update(b"h");
+                h.update(target.as_bytes());
+            }
+        }
+        h.update(b"\0");
+    }
+    Digest::from_hasher(h)
 }
 
 /// `/etc/passwd` and `/etc/group` from base-passwd's master files, as its
@@ -667,6 +728,29 @@ pub fn applet_names(binary: &[u8]) -> Option<Vec<String>> {
     }
     let sorted = names.windows(2).all(|w| w[0] < w[1]);
     (names.len() > 2 && sorted && names.iter().any(|n| n == "sh")).then_some(names)
+}
+
+/// Adds the store's blob `digest` as the file `path` (mode 0644, root's).
+fn add_stored(
+    out: &mut BTreeMap<String, (Entry, String)>,
+    path: &str,
+    store: &Store,
+    digest: Digest,
+    owner: &str,
+) -> Result<()> {
+    let entry = Entry {
+        path: path.to_string(),
+        kind: EntryKind::File {
+            size: store.size(&digest)?,
+            content: Content::Host(store.blob_path(&digest)),
+            digest,
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    out.insert(path.to_string(), (entry, owner.to_string()));
+    Ok(())
 }
 
 fn add_text(out: &mut BTreeMap<String, (Entry, String)>, path: &str, bytes: Vec<u8>, owner: &str) {
