@@ -38,6 +38,85 @@ pub fn parse(text: &str) -> Vec<Stanza> {
     out
 }
 
+/// Stanzas written to it in pieces (a decompressor's output), handed one at
+/// a time to a callback with only the fields in `keep`, so that a large
+/// `Packages` index is never held whole, nor its unused fields.
+pub struct StanzaSink<'k, F: FnMut(Stanza)> {
+    buf: Vec<u8>,
+    keep: &'k [&'k str],
+    each: F,
+}
+
+impl<'k, F: FnMut(Stanza)> StanzaSink<'k, F> {
+    /// A sink that calls `each` with every stanza, keeping the fields `keep`.
+    pub fn new(keep: &'k [&'k str], each: F) -> Self {
+        StanzaSink {
+            buf: Vec::new(),
+            keep,
+            each,
+        }
+    }
+
+    /// Hands over the last stanza (text without a blank line after it).
+    pub fn finish(mut self) {
+        let rest = std::mem::take(&mut self.buf);
+        self.parse(&rest);
+    }
+
+    fn parse(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let mut cur = Stanza::new();
+        // The field that continuation lines extend, if it is kept.
+        let mut last: Option<&str> = None;
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                if !cur.is_empty() {
+                    (self.each)(std::mem::take(&mut cur));
+                }
+                last = None;
+                continue;
+            }
+            if line.starts_with([' ', '\t']) {
+                if let Some(k) = last {
+                    let v = cur.entry(k.to_string()).or_default();
+                    v.push('\n');
+                    v.push_str(line.trim_start());
+                }
+                continue;
+            }
+            last = None;
+            if let Some((k, v)) = line.split_once(':') {
+                let k = k.trim();
+                if let Some(kept) = self.keep.iter().find(|f| **f == k) {
+                    cur.insert(k.to_string(), v.trim().to_string());
+                    last = Some(kept);
+                }
+            }
+        }
+        if !cur.is_empty() {
+            (self.each)(cur);
+        }
+    }
+}
+
+impl<F: FnMut(Stanza)> std::io::Write for StanzaSink<'_, F> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let from = self.buf.len().saturating_sub(1);
+        self.buf.extend_from_slice(data);
+        // Everything up to the last blank line is whole stanzas.
+        if let Some(at) = self.buf[from..].windows(2).rposition(|w| w == b"\n\n") {
+            let end = from + at + 2;
+            let whole: Vec<u8> = self.buf.drain(..end).collect();
+            self.parse(&whole);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One alternative of a dependency, as dpkg reads it:
 /// `name[:archqual] [(op version)] [[arch …]] [<profile …> …]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
