@@ -11,6 +11,7 @@ mod base;
 mod distribute;
 mod packages;
 mod run;
+mod satisfied;
 mod sbom;
 
 pub use distribute::{copy, pull, push};
@@ -213,6 +214,11 @@ fn build_plan(
                 .map_err(|e| in_base(recipe, e))?;
         }
         let mut plans = Vec::new();
+        // What the recipe's layers install so far, and (read when a layer
+        // needs it) what the base installs: the lock's `satisfied` names
+        // must be among them.
+        let mut installs = std::collections::BTreeSet::new();
+        let mut base_installs = None;
         for (inputs, section) in layers.iter().zip(&recipe.layers) {
             let exclude = crate::source::deb::install::Exclude::new(
                 section.exclude.iter().map(|g| g.get_ref().as_str()),
@@ -226,6 +232,15 @@ fn build_plan(
                 &exclude,
             )?;
             accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
+            satisfied::add_layer(&installed, &mut installs)?;
+            if !inputs.satisfied.is_empty() {
+                let from_base = match &mut base_installs {
+                    Some(names) => names,
+                    None => base_installs.insert(satisfied::base_names(store, &base.layers)?),
+                };
+                let all = from_base.union(&installs).cloned().collect();
+                satisfied::check(recipe, &inputs.satisfied, &all)?;
+            }
             let layer = inputs
                 .local
                 .clone()

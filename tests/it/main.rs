@@ -21,6 +21,7 @@ mod errors;
 mod exit_codes;
 mod fuzz;
 mod lock_commands;
+mod lock_satisfied;
 mod oci_documents;
 mod output;
 mod readme;
