@@ -219,6 +219,8 @@ fn build_plan(
         // must be among them.
         let mut installs = std::collections::BTreeSet::new();
         let mut base_installs = None;
+        // The packages' scripts and `sysusers.d` files, for `from-packages`.
+        let mut scripts = Vec::new();
         for (inputs, section) in layers.iter().zip(&recipe.layers) {
             let exclude = crate::source::deb::install::Exclude::new(
                 section.exclude.iter().map(|g| g.get_ref().as_str()),
@@ -230,7 +232,9 @@ fn build_plan(
                 settings,
                 recipe,
                 &exclude,
+                &mut scripts,
             )?;
+            accounts::add_sysusers(&installed, &mut scripts)?;
             accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
             satisfied::add_layer(&installed, &mut installs)?;
             if !inputs.satisfied.is_empty() {
@@ -249,8 +253,15 @@ fn build_plan(
             plans.push(layer);
         }
         if let Some(section) = &recipe.accounts {
-            let (layer, files) =
-                accounts::layer(store, recipe, section, &base.layers, &plans, &below, epoch)?;
+            let from = accounts::package_calls(recipe, section, &mut scripts)?;
+            let (layer, files) = accounts::layer(
+                store,
+                recipe,
+                section,
+                &from,
+                (&base.layers, &plans, &below),
+                epoch,
+            )?;
             accounts::check_user(recipe, &files)?;
             plans.push(layer);
         }

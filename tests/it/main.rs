@@ -33,5 +33,6 @@ mod sbom_syft;
 mod signing;
 mod single_platform;
 mod store;
+mod sysusers;
 mod vm;
 mod vm_hostile;

@@ -1,0 +1,898 @@
+//! System accounts that packages' maintainer scripts create, read as data
+//! (the scripts are never run): `adduser --system`, `addgroup --system`,
+//! `useradd -r`, `groupadd -r` and `adduser USER GROUP` in `preinst` and
+//! `postinst`, and systemd's `sysusers.d` lines (`u`, `g`, `m`), applied to
+//! the image's account files with the ids the real tools would pick:
+//! - `adduser`/`addgroup` (Debian's, with its default `adduser.conf`): the
+//!   first free id from 100 up to 999 (uid and gid each on their own); a
+//!   user without `--group`, `--ingroup` or `--gid` goes in `nogroup`; home
+//!   `/nonexistent` unless `--home`, shell `/usr/sbin/nologin`; a comment
+//!   becomes `C,,,` as `chfn` writes it; the home is created (mode 0755,
+//!   owned by the user) unless `--no-create-home` or `/nonexistent`.
+//! - `useradd -r`/`groupadd -r` (shadow's, with Debian's `login.defs`): the
+//!   id below the lowest one in use between 101 and 999, or else the highest
+//!   free one; a user gets a group of its own name (gid = uid when free);
+//!   home `/home/NAME` (created only with `-m`), shell `/bin/sh`.
+//! - `sysusers.d`: the highest free id from 999 down; home `/`, shell
+//!   `/usr/sbin/nologin`.
+//!
+//! An account that already exists by name is kept as it is. A call whose
+//! name or options come from a shell variable or a command substitution
+//! cannot be read: that is an error naming the package and the line.
+
+use crate::source::accounts::AccountFiles;
+
+/// How a user's primary group is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Primary {
+    /// A group of the user's own name (`--group`, useradd's default).
+    Own,
+    /// A named group (`--ingroup`, `-g NAME`).
+    Named(String),
+    /// A gid (`--gid`, `-g N`).
+    Gid(u32),
+    /// `nogroup` (adduser without a group option).
+    Nogroup,
+}
+
+/// Which tool's id rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// Debian's `adduser`/`addgroup`.
+    Adduser,
+    /// shadow's `useradd`/`groupadd`.
+    Useradd,
+    /// `systemd-sysusers`.
+    Sysusers,
+}
+
+/// One account a package creates, as its script or `sysusers.d` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A system user.
+    User {
+        /// Its name.
+        name: String,
+        /// The uid asked for.
+        uid: Option<u32>,
+        /// Its primary group.
+        primary: Primary,
+        /// Its home.
+        home: String,
+        /// Whether the tool makes the home directory.
+        create_home: bool,
+        /// Its shell.
+        shell: String,
+        /// Its comment (GECOS).
+        gecos: String,
+        /// Supplementary groups (`useradd -G`).
+        groups: Vec<String>,
+        /// Whose rules allocate ids.
+        tool: Tool,
+    },
+    /// A system group.
+    Group {
+        /// Its name.
+        name: String,
+        /// The gid asked for.
+        gid: Option<u32>,
+        /// Whose rules allocate ids.
+        tool: Tool,
+    },
+    /// A user added to a group.
+    Member {
+        /// The user.
+        user: String,
+        /// The group.
+        group: String,
+    },
+}
+
+impl Call {
+    /// The account's name, and whether it is a user (`None` for membership).
+    pub fn account(&self) -> Option<(&str, bool)> {
+        match self {
+            Call::User { name, .. } => Some((name, true)),
+            Call::Group { name, .. } => Some((name, false)),
+            Call::Member { .. } => None,
+        }
+    }
+}
+
+/// A call kiln cannot read: its 1-based line and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The line it starts on.
+    pub line: usize,
+    /// The call as written.
+    pub text: String,
+    /// Why it cannot be read.
+    pub why: String,
+    /// The account name, when it is a literal.
+    pub name: Option<String>,
+}
+
+/// One word of a shell command: its text, and whether it expands at run time.
+#[derive(Debug, Clone)]
+struct Word {
+    text: String,
+    expands: bool,
+}
+
+/// Splits a script into simple commands (words, first line, source text).
+fn commands(script: &str) -> Vec<(Vec<Word>, usize, String)> {
+    let mut out = Vec::new();
+    let mut words: Vec<Word> = Vec::new();
+    let mut cur: Option<Word> = None;
+    let mut line = 1;
+    let mut start_line = 1;
+    let mut text = String::new();
+    let chars: Vec<char> = script.chars().collect();
+    let mut i = 0;
+    let flush_word = |cur: &mut Option<Word>, words: &mut Vec<Word>| {
+        if let Some(w) = cur.take() {
+            words.push(w);
+        }
+    };
+    macro_rules! end_command {
+        () => {{
+            flush_word(&mut cur, &mut words);
+            if !words.is_empty() {
+                out.push((
+                    std::mem::take(&mut words),
+                    start_line,
+                    text.trim().to_string(),
+                ));
+            }
+            text.clear();
+        }};
+    }
+    while i < chars.len() {
+        let c = chars[i];
+        if words.is_empty() && cur.is_none() && !c.is_whitespace() {
+            start_line = line;
+        }
+        match c {
+            '\\' if chars.get(i + 1) == Some(&'\n') => {
+                line += 1;
+                text.push(' ');
+                i += 2;
+                continue;
+            }
+            '\\' => {
+                let w = cur.get_or_insert(Word {
+                    text: String::new(),
+                    expands: false,
+                });
+                if let Some(&n) = chars.get(i + 1) {
+                    w.text.push(n);
+                    text.push(c);
+                    text.push(n);
+                }
+                i += 2;
+                continue;
+            }
+            '#' if cur.is_none() => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            '\n' | ';' | '&' | '|' | '(' | ')' => {
+                if c == '\n' {
+                    line += 1;
+                }
+                end_command!();
+                i += 1;
+                continue;
+            }
+            ' ' | '\t' | '\r' => {
+                flush_word(&mut cur, &mut words);
+            }
+            '\'' => {
+                let w = cur.get_or_insert(Word {
+                    text: String::new(),
+                    expands: false,
+                });
+                text.push(c);
+                i += 1;
+                while i < chars.len() && chars[i] != '\'' {
+                    if chars[i] == '\n' {
+                        line += 1;
+                    }
+                    w.text.push(chars[i]);
+                    text.push(chars[i]);
+                    i += 1;
+                }
+            }
+            '"' => {
+                let w = cur.get_or_insert(Word {
+                    text: String::new(),
+                    expands: false,
+                });
+                text.push(c);
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    match chars[i] {
+                        '\\' if matches!(chars.get(i + 1), Some('"' | '\\' | '$' | '`')) => {
+                            w.text.push(chars[i + 1]);
+                            text.push(chars[i]);
+                            text.push(chars[i + 1]);
+                            i += 2;
+                            continue;
+                        }
+                        '$' | '`' => w.expands = true,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                    w.text.push(chars[i]);
+                    text.push(chars[i]);
+                    i += 1;
+                }
+            }
+            _ => {
+                let w = cur.get_or_insert(Word {
+                    text: String::new(),
+                    expands: false,
+                });
+                if matches!(c, '$' | '`' | '*' | '?' | '[' | '{' | '~') {
+                    w.expands = true;
+                }
+                w.text.push(c);
+            }
+        }
+        if i < chars.len() {
+            text.push(c);
+        }
+        i += 1;
+    }
+    end_command!();
+    out
+}
+
+/// The account calls of a maintainer script, in script order.
+pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> {
+    let mut out = Vec::new();
+    for (words, line, text) in commands(script) {
+        // Skip keywords and assignments before the command word.
+        let at = words.iter().position(|w| {
+            !matches!(
+                w.text.as_str(),
+                "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "!" | "{" | "command"
+            ) && !(w.text.contains('=') && !w.text.starts_with('-'))
+        });
+        let Some(at) = at else { continue };
+        let tool = words[at]
+            .text
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !matches!(
+            tool.as_str(),
+            "adduser" | "addgroup" | "useradd" | "groupadd"
+        ) {
+            continue;
+        }
+        // Redirections are not arguments.
+        let mut args: Vec<&Word> = Vec::new();
+        let mut skip = false;
+        for w in &words[at + 1..] {
+            if skip {
+                skip = false;
+                continue;
+            }
+            let t = w
+                .text
+                .trim_start_matches(|c: char| c.is_ascii_digit() || c == '&');
+            if t.starts_with('>') || t.starts_with('<') {
+                skip = t.len() == 1 || t == ">>";
+                continue;
+            }
+            args.push(w);
+        }
+        let unreadable = |why: &str, name: Option<String>| Unreadable {
+            line,
+            text: text.split_whitespace().collect::<Vec<_>>().join(" "),
+            why: why.to_string(),
+            name,
+        };
+        let last_literal = args
+            .last()
+            .filter(|w| !w.expands && !w.text.starts_with('-'))
+            .map(|w| w.text.clone());
+        if let Some(w) = args.iter().find(|w| w.expands) {
+            return Err(unreadable(
+                &format!("`{}` comes from the shell at run time", w.text),
+                last_literal,
+            ));
+        }
+        let args: Vec<String> = args.iter().map(|w| w.text.clone()).collect();
+        let call = match tool.as_str() {
+            "adduser" | "addgroup" => adduser(&args, tool == "addgroup"),
+            "useradd" => useradd(&args),
+            _ => groupadd(&args),
+        };
+        match call {
+            Ok(Some(c)) => out.push(c),
+            Ok(None) => {}
+            Err(why) => return Err(unreadable(&why, last_literal)),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits `--opt=value` into `--opt` and `value`.
+fn options(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => {
+                out.push(k.to_string());
+                out.push(v.to_string());
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    out
+}
+
+fn number(opt: &str, v: Option<&String>) -> Result<u32, String> {
+    v.and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("`{opt}` needs a number"))
+}
+
+fn adduser(args: &[String], addgroup: bool) -> Result<Option<Call>, String> {
+    let args = options(args);
+    let (mut system, mut group, mut no_create) = (false, addgroup, false);
+    let (mut uid, mut gid, mut ingroup, mut home, mut shell, mut gecos) =
+        (None, None, None, None, None, None);
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let next = args.get(i + 1);
+        let mut value = || {
+            i += 1;
+            next.cloned().ok_or_else(|| format!("`{a}` needs a value"))
+        };
+        match a {
+            "--system" => system = true,
+            "--group" => group = true,
+            "--no-create-home" => no_create = true,
+            "--quiet"
+            | "-q"
+            | "--disabled-login"
+            | "--disabled-password"
+            | "--force-badname"
+            | "--allow-badname"
+            | "--allow-bad-names"
+            | "--allow-all-names"
+            | "--verbose"
+            | "--debug" => {}
+            "--uid" => uid = Some(number(a, value().ok().as_ref())?),
+            "--gid" => gid = Some(number(a, value().ok().as_ref())?),
+            "--ingroup" => ingroup = Some(value()?),
+            "--home" => home = Some(value()?),
+            "--shell" => shell = Some(value()?),
+            "--gecos" | "--comment" => gecos = Some(value()?),
+            _ if a.starts_with('-') => return Err(format!("kiln does not know option `{a}`")),
+            _ => names.push(a.to_string()),
+        }
+        i += 1;
+    }
+    match names.as_slice() {
+        [user, group_name] if !system && !addgroup => Ok(Some(Call::Member {
+            user: user.clone(),
+            group: group_name.clone(),
+        })),
+        [_] if !system => Err("only system accounts (`--system`) are read".into()),
+        [name] if addgroup => Ok(Some(Call::Group {
+            name: name.clone(),
+            gid,
+            tool: Tool::Adduser,
+        })),
+        [name] => {
+            let primary = match (group, ingroup, gid) {
+                (true, None, None) => Primary::Own,
+                (false, Some(g), None) => Primary::Named(g),
+                (false, None, Some(g)) => Primary::Gid(g),
+                (false, None, None) => Primary::Nogroup,
+                _ => return Err("`--group`, `--ingroup` and `--gid` exclude each other".into()),
+            };
+            let home = home.unwrap_or_else(|| "/nonexistent".into());
+            let create_home = !no_create && !is_nonexistent(&home);
+            Ok(Some(Call::User {
+                name: name.clone(),
+                uid,
+                primary,
+                home,
+                create_home,
+                shell: shell.unwrap_or_else(|| "/usr/sbin/nologin".into()),
+                gecos: gecos.map(|c| chfn(&c)).unwrap_or_default(),
+                groups: Vec::new(),
+                tool: Tool::Adduser,
+            }))
+        }
+        _ => Err("expected one account name".into()),
+    }
+}
+
+fn is_nonexistent(home: &str) -> bool {
+    let h = home.trim_start_matches('/');
+    h == "nonexistent" || h.starts_with("nonexistent/")
+}
+
+/// A comment as `chfn -f NAME [-r ROOM -w WORK -h HOME -o OTHER]` writes it.
+fn chfn(comment: &str) -> String {
+    let mut fields: Vec<&str> = comment.split(',').collect();
+    while fields.len() < 4 {
+        fields.push("");
+    }
+    fields.truncate(5);
+    fields.join(",")
+}
+
+fn useradd(args: &[String]) -> Result<Option<Call>, String> {
+    let args = options(args);
+    let (mut system, mut create, mut own_group) = (false, false, true);
+    let (mut uid, mut g, mut home, mut shell, mut gecos, mut groups) =
+        (None, None, None, None, None, Vec::new());
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let next = args.get(i + 1).cloned();
+        let mut value = || {
+            i += 1;
+            next.clone().ok_or_else(|| format!("`{a}` needs a value"))
+        };
+        match a {
+            "-r" | "--system" => system = true,
+            "-m" | "--create-home" => create = true,
+            "-M" | "--no-create-home" => create = false,
+            "-U" | "--user-group" => own_group = true,
+            "-N" | "--no-user-group" => return Err("`-N` is not read".into()),
+            "-l" | "--no-log-init" | "-o" | "--non-unique" => {}
+            "-K" | "--key" => {
+                value()?;
+            }
+            "-u" | "--uid" => uid = Some(number(a, Some(&value()?))?),
+            "-g" | "--gid" => g = Some(value()?),
+            "-d" | "--home-dir" | "--home" => home = Some(value()?),
+            "-s" | "--shell" => shell = Some(value()?),
+            "-c" | "--comment" => gecos = Some(value()?),
+            "-G" | "--groups" => {
+                groups = value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            _ if a.starts_with('-') => return Err(format!("kiln does not know option `{a}`")),
+            _ => names.push(a.to_string()),
+        }
+        i += 1;
+    }
+    let [name] = names.as_slice() else {
+        return Err("expected one account name".into());
+    };
+    if !system {
+        return Err("only system accounts (`-r`) are read".into());
+    }
+    let primary = match g {
+        Some(g) => match g.parse() {
+            Ok(n) => Primary::Gid(n),
+            Err(_) => Primary::Named(g),
+        },
+        None if own_group => Primary::Own,
+        None => Primary::Nogroup,
+    };
+    Ok(Some(Call::User {
+        name: name.clone(),
+        uid,
+        primary,
+        home: home.unwrap_or_else(|| format!("/home/{name}")),
+        create_home: create,
+        shell: shell.unwrap_or_else(|| "/bin/sh".into()),
+        gecos: gecos.unwrap_or_default(),
+        groups,
+        tool: Tool::Useradd,
+    }))
+}
+
+fn groupadd(args: &[String]) -> Result<Option<Call>, String> {
+    let args = options(args);
+    let (mut system, mut gid) = (false, None);
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "-r" | "--system" => system = true,
+            "-f" | "--force" | "-o" | "--non-unique" => {}
+            "-g" | "--gid" => {
+                gid = Some(number(a, args.get(i + 1))?);
+                i += 1;
+            }
+            "-K" | "--key" => i += 1,
+            _ if a.starts_with('-') => return Err(format!("kiln does not know option `{a}`")),
+            _ => names.push(a.to_string()),
+        }
+        i += 1;
+    }
+    let [name] = names.as_slice() else {
+        return Err("expected one group name".into());
+    };
+    if !system {
+        return Err("only system groups (`-r`) are read".into());
+    }
+    Ok(Some(Call::Group {
+        name: name.clone(),
+        gid,
+        tool: Tool::Useradd,
+    }))
+}
+
+/// The `u`, `g` and `m` lines of a `sysusers.d` file; `Err(line, why)` for
+/// one kiln cannot read.
+pub fn sysusers_calls(text: &str) -> std::result::Result<Vec<Call>, (usize, String)> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let f = sysusers_fields(l);
+        let get = |i: usize| f.get(i).map(String::as_str).filter(|s| *s != "-");
+        let bad = |why: &str| (n + 1, format!("`{l}`: {why}"));
+        match f[0].as_str() {
+            "u" | "u!" => {
+                let name = get(1).ok_or_else(|| bad("no name"))?.to_string();
+                let (uid, primary) = match get(2) {
+                    None => (None, Primary::Own),
+                    Some(id) => {
+                        let (u, g) = id.split_once(':').map_or((id, None), |(u, g)| (u, Some(g)));
+                        let uid = u.parse().map_err(|_| bad("the id is not a number"))?;
+                        let primary = match g {
+                            None => Primary::Own,
+                            Some(g) => g
+                                .parse()
+                                .map_or(Primary::Named(g.to_string()), Primary::Gid),
+                        };
+                        (Some(uid), primary)
+                    }
+                };
+                out.push(Call::User {
+                    name,
+                    uid,
+                    primary,
+                    home: get(4).unwrap_or("/").to_string(),
+                    create_home: false,
+                    shell: get(5).unwrap_or("/usr/sbin/nologin").to_string(),
+                    gecos: get(3).unwrap_or("").to_string(),
+                    groups: Vec::new(),
+                    tool: Tool::Sysusers,
+                });
+            }
+            "g" => out.push(Call::Group {
+                name: get(1).ok_or_else(|| bad("no name"))?.to_string(),
+                gid: get(2)
+                    .map(|g| g.parse().map_err(|_| bad("the id is not a number")))
+                    .transpose()?,
+                tool: Tool::Sysusers,
+            }),
+            "m" => out.push(Call::Member {
+                user: get(1).ok_or_else(|| bad("no user"))?.to_string(),
+                group: get(2).ok_or_else(|| bad("no group"))?.to_string(),
+            }),
+            "r" => {}
+            _ => return Err(bad("kiln reads only `u`, `g`, `m` and `r` lines")),
+        }
+    }
+    Ok(out)
+}
+
+/// Whitespace-separated fields, `"…"` quoting one.
+fn sysusers_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut any) = (false, false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+/// A home directory a call makes: its path, owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    /// The absolute path.
+    pub path: String,
+    /// Its owner.
+    pub uid: u32,
+    /// Its group.
+    pub gid: u32,
+}
+
+fn rows(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(':').collect::<Vec<_>>())
+}
+
+fn id_of(text: &str, name: &str, field: usize) -> Option<u32> {
+    rows(text)
+        .find(|f| f[0] == name)
+        .and_then(|f| f.get(field).and_then(|v| v.parse().ok()))
+}
+
+fn used(text: &str, id: u32) -> bool {
+    rows(text).any(|f| f.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(id))
+}
+
+/// adduser: the first free id from 100 to 999.
+fn first_free(text: &str) -> Option<u32> {
+    (100..=999).find(|id| !used(text, *id))
+}
+
+/// useradd -r: below the lowest id in use from 101 to 999, else the highest free.
+fn shadow_free(text: &str) -> Option<u32> {
+    let lowest = rows(text)
+        .filter_map(|f| f.get(2).and_then(|v| v.parse::<u32>().ok()))
+        .filter(|id| (101..=999).contains(id))
+        .min();
+    if let Some(l) = lowest {
+        if l > 101 && !used(text, l - 1) {
+            return Some(l - 1);
+        }
+    }
+    (101..=999).rev().find(|id| !used(text, *id))
+}
+
+/// systemd-sysusers: the highest free id from 999 down.
+fn top_free(text: &str) -> Option<u32> {
+    (101..=999).rev().find(|id| !used(text, *id))
+}
+
+fn line(file: &mut String, text: &str) {
+    if !file.is_empty() && !file.ends_with('\n') {
+        file.push('\n');
+    }
+    file.push_str(text);
+    file.push('\n');
+}
+
+/// Adds `user` to `group`'s members (and in gshadow); false if the group is missing.
+fn add_member(files: &mut AccountFiles, user: &str, group: &str) -> bool {
+    let mut found = false;
+    for (file, field) in [(&mut files.group, 3usize), (&mut files.gshadow, 3usize)] {
+        let Some(text) = file.as_mut() else { continue };
+        let mut out = String::new();
+        for l in text.lines() {
+            let mut f: Vec<String> = l.split(':').map(String::from).collect();
+            if f.len() > field && f[0] == group {
+                found = true;
+                let mut members: Vec<&str> =
+                    f[field].split(',').filter(|m| !m.is_empty()).collect();
+                if !members.contains(&user) {
+                    members.push(user);
+                }
+                f[field] = members.join(",");
+                out.push_str(&f.join(":"));
+            } else {
+                out.push_str(l);
+            }
+            out.push('\n');
+        }
+        *text = out;
+    }
+    found
+}
+
+/// Applies `calls` to `files` in their order (memberships after every
+/// account is made); the homes created, and per call (in that order)
+/// whether it created an account. `Err` names (by index) a call that cannot be applied.
+pub fn apply(
+    files: &mut AccountFiles,
+    calls: &[Call],
+) -> Result<(Vec<Home>, Vec<bool>), (usize, String)> {
+    let mut homes = Vec::new();
+    let mut created = Vec::new();
+    // Memberships last, so that a group another package creates is there.
+    let member = |c: &Call| matches!(c, Call::Member { .. });
+    let order = (calls.iter().enumerate().filter(|(_, c)| !member(c)))
+        .chain(calls.iter().enumerate().filter(|(_, c)| member(c)));
+    for (at, call) in order {
+        apply_one(files, call, &mut homes, &mut created).map_err(|why| (at, why))?;
+    }
+    Ok((homes, created))
+}
+
+fn apply_one(
+    files: &mut AccountFiles,
+    call: &Call,
+    homes: &mut Vec<Home>,
+    created: &mut Vec<bool>,
+) -> Result<(), String> {
+    {
+        let passwd = files.passwd.get_or_insert_with(String::new).clone();
+        let group = files.group.get_or_insert_with(String::new).clone();
+        match call {
+            Call::Group { name, gid, tool } => {
+                if id_of(&group, name, 2).is_some() {
+                    created.push(false);
+                    return Ok(());
+                }
+                let gid = match gid {
+                    Some(g) if !used(&group, *g) => *g,
+                    Some(g) if *tool == Tool::Adduser => {
+                        return Err(format!("gid {g} of group `{name}` is already in use"))
+                    }
+                    _ => match tool {
+                        Tool::Adduser => first_free(&group),
+                        Tool::Useradd => shadow_free(&group),
+                        Tool::Sysusers => top_free(&group),
+                    }
+                    .ok_or_else(|| format!("no free gid for group `{name}`"))?,
+                };
+                new_group(files, name, gid);
+                created.push(true);
+            }
+            Call::Member { user, group: g } => {
+                if !add_member(files, user, g) {
+                    return Err(format!(
+                        "group `{g}` does not exist when `{user}` is added to it"
+                    ));
+                }
+                created.push(false);
+            }
+            Call::User {
+                name,
+                uid,
+                primary,
+                home,
+                create_home,
+                shell,
+                gecos,
+                groups,
+                tool,
+            } => {
+                if id_of(&passwd, name, 2).is_some() {
+                    created.push(false);
+                    return Ok(());
+                }
+                let uid = match uid {
+                    Some(u) if used(&passwd, *u) => {
+                        return Err(format!("uid {u} of user `{name}` is already in use"))
+                    }
+                    Some(u) => *u,
+                    None => match tool {
+                        Tool::Adduser => first_free(&passwd),
+                        Tool::Useradd => shadow_free(&passwd),
+                        Tool::Sysusers => top_free(&passwd),
+                    }
+                    .ok_or_else(|| format!("no free uid for user `{name}`"))?,
+                };
+                let gid = match primary {
+                    Primary::Own => match id_of(&group, name, 2) {
+                        Some(g) => g,
+                        None => {
+                            let gid = match (tool, call_uid(call)) {
+                                // adduser --uid N --group: gid N.
+                                (Tool::Adduser, Some(_)) => uid,
+                                (Tool::Adduser, None) => first_free(&group)
+                                    .ok_or_else(|| format!("no free gid for `{name}`"))?,
+                                _ if !used(&group, uid) => uid,
+                                (Tool::Useradd, _) => shadow_free(&group)
+                                    .ok_or_else(|| format!("no free gid for `{name}`"))?,
+                                _ => top_free(&group)
+                                    .ok_or_else(|| format!("no free gid for `{name}`"))?,
+                            };
+                            new_group(files, name, gid);
+                            gid
+                        }
+                    },
+                    Primary::Named(g) => id_of(&group, g, 2)
+                        .ok_or_else(|| format!("group `{g}` of user `{name}` does not exist"))?,
+                    Primary::Gid(g) => *g,
+                    Primary::Nogroup => id_of(&group, "nogroup", 2).unwrap_or(65534),
+                };
+                let p = files.passwd.get_or_insert_with(String::new);
+                line(p, &format!("{name}:x:{uid}:{gid}:{gecos}:{home}:{shell}"));
+                if let Some(s) = files.shadow.as_mut() {
+                    line(s, &format!("{name}:*:::::::"));
+                }
+                for g in groups {
+                    if !add_member(files, name, g) {
+                        return Err(format!("group `{g}` of user `{name}` does not exist"));
+                    }
+                }
+                if *create_home && home.starts_with('/') && home != "/" {
+                    homes.push(Home {
+                        path: home.clone(),
+                        uid,
+                        gid,
+                    });
+                }
+                created.push(true);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn call_uid(call: &Call) -> Option<u32> {
+    match call {
+        Call::User { uid, .. } => *uid,
+        _ => None,
+    }
+}
+
+fn new_group(files: &mut AccountFiles, name: &str, gid: u32) {
+    line(
+        files.group.get_or_insert_with(String::new),
+        &format!("{name}:x:{gid}:"),
+    );
+    if let Some(s) = files.gshadow.as_mut() {
+        line(s, &format!("{name}:!::"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_real_postinst_calls() {
+        let script = "#!/bin/sh\nset -e\nif ! getent passwd redis >/dev/null; then\n\tadduser --system --home /var/lib/redis --quiet --group redis\nfi\n\
+                      adduser --system --quiet --home /var/lib/postgresql --no-create-home \\\n  --shell /bin/bash --group --gecos \"PostgreSQL administrator\" postgres\n\
+                      getent group ssl-cert >/dev/null || addgroup --system --quiet ssl-cert\nadduser --quiet postgres ssl-cert\n\
+                      useradd -r -s /usr/sbin/nologin -d /var/lib/app app 2>/dev/null || true\n";
+        let calls = script_calls(script).unwrap();
+        assert_eq!(calls.len(), 5, "{calls:?}");
+        assert!(
+            matches!(&calls[1], Call::User { name, gecos, shell, create_home: false, .. }
+            if name == "postgres" && gecos == "PostgreSQL administrator,,," && shell == "/bin/bash")
+        );
+        assert!(matches!(&calls[2], Call::Group { name, .. } if name == "ssl-cert"));
+        assert!(
+            matches!(&calls[3], Call::Member { user, group } if user == "postgres" && group == "ssl-cert")
+        );
+        assert!(matches!(
+            &calls[4],
+            Call::User {
+                tool: Tool::Useradd,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_variable_is_unreadable_at_its_line() {
+        let e = script_calls("#!/bin/sh\n\nadduser --system --home \"$HOME_DIR\" \\\n  svc\n")
+            .unwrap_err();
+        assert_eq!(e.line, 3);
+        assert_eq!(e.name.as_deref(), Some("svc"));
+        let e = script_calls("adduser --system $(echo x)\n").unwrap_err();
+        assert_eq!(e.name, None);
+    }
+}
