@@ -13,8 +13,9 @@
 //!   id below the lowest one in use between 101 and 999, or else the highest
 //!   free one; a user gets a group of its own name (gid = uid when free);
 //!   home `/home/NAME` (created only with `-m`), shell `/bin/sh`.
-//! - `sysusers.d`: the highest free id from 999 down; home `/`, shell
-//!   `/usr/sbin/nologin`.
+//! - `sysusers.d` (as `systemd-sysusers` applies a file: groups, users,
+//!   memberships): the highest id from 999 down free as a uid and a gid
+//!   (a group's: the highest free gid); home `/`, shell `/usr/sbin/nologin`.
 //!
 //! An account that already exists by name is kept as it is. A call whose
 //! name or options come from a shell variable or a command substitution
@@ -534,9 +535,21 @@ fn groupadd(args: &[String]) -> Result<Option<Call>, String> {
     }))
 }
 
-/// The `u`, `g` and `m` lines of a `sysusers.d` file; `Err(line, why)` for
-/// one kiln cannot read.
+/// The `u`, `g` and `m` lines of a `sysusers.d` file, in the order
+/// `systemd-sysusers` applies them (groups, then users, then memberships);
+/// `Err(line, why)` for one kiln cannot read.
 pub fn sysusers_calls(text: &str) -> std::result::Result<Vec<Call>, (usize, String)> {
+    let mut out = sysusers_lines(text)?;
+    let rank = |c: &Call| match c {
+        Call::Group { .. } => 0,
+        Call::User { .. } => 1,
+        Call::Member { .. } => 2,
+    };
+    out.sort_by_key(rank);
+    Ok(out)
+}
+
+fn sysusers_lines(text: &str) -> std::result::Result<Vec<Call>, (usize, String)> {
     let mut out = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let l = raw.trim();
@@ -788,7 +801,11 @@ fn apply_one(
                     None => match tool {
                         Tool::Adduser => first_free(&passwd),
                         Tool::Useradd => shadow_free(&passwd),
-                        Tool::Sysusers => top_free(&passwd),
+                        // An id free as a uid and as a gid, from the top.
+                        Tool::Sysusers => (101..=999)
+                            .rev()
+                            .find(|id| !used(&passwd, *id) && !used(&group, *id))
+                            .or_else(|| top_free(&passwd)),
                     }
                     .ok_or_else(|| format!("no free uid for user `{name}`"))?,
                 };
@@ -894,5 +911,74 @@ mod tests {
         assert_eq!(e.name.as_deref(), Some("svc"));
         let e = script_calls("adduser --system $(echo x)\n").unwrap_err();
         assert_eq!(e.name, None);
+    }
+
+    fn files(passwd: &str, group: &str) -> AccountFiles {
+        AccountFiles {
+            passwd: Some(passwd.into()),
+            group: Some(group.into()),
+            shadow: None,
+            gshadow: None,
+        }
+    }
+
+    /// The ids the real tools picked over the same files (see
+    /// `tests/it/sysusers.rs` for the test that runs them).
+    #[test]
+    fn ids_follow_adduser_and_useradd() {
+        let mut f = files(
+            "root:x:0:0::/root:/bin/sh\nx:x:500:500::/:/bin/sh\ny:x:999:999::/:/bin/sh\n",
+            "root:x:0:\nx:x:500:\nnogroup:x:65534:\n",
+        );
+        let calls = script_calls(
+            "useradd -r a\nuseradd -r b\ngroupadd -r g\nuseradd -r -g x c\nuseradd -r -u 300 d\n\
+             adduser --system e\nadduser --system --uid 700 --group f\n",
+        )
+        .unwrap();
+        let (homes, created) = apply(&mut f, &calls).unwrap();
+        assert_eq!(
+            f.passwd.unwrap(),
+            "root:x:0:0::/root:/bin/sh\nx:x:500:500::/:/bin/sh\ny:x:999:999::/:/bin/sh\n\
+             a:x:499:499::/home/a:/bin/sh\nb:x:498:498::/home/b:/bin/sh\nc:x:497:500::/home/c:/bin/sh\n\
+             d:x:300:300::/home/d:/bin/sh\ne:x:100:65534::/nonexistent:/usr/sbin/nologin\n\
+             f:x:700:700::/nonexistent:/usr/sbin/nologin\n"
+        );
+        assert_eq!(
+            f.group.unwrap(),
+            "root:x:0:\nx:x:500:\nnogroup:x:65534:\na:x:499:\nb:x:498:\ng:x:497:\nd:x:300:\nf:x:700:\n"
+        );
+        assert!(homes.is_empty());
+        assert_eq!(created, vec![true; 7]);
+    }
+
+    #[test]
+    fn reads_sysusers_lines() {
+        let calls = sysusers_calls(
+            "# comment\ng sysgrp -\nu sysu - \"Sys user\" /var/lib/sysu\nm sysu sysgrp\nr - 500-900\n",
+        )
+        .unwrap();
+        let mut f = files("root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+        apply(&mut f, &calls).unwrap();
+        // What `systemd-sysusers --root` wrote over the same files.
+        assert_eq!(
+            f.passwd.as_deref().unwrap(),
+            "root:x:0:0::/root:/bin/sh\nsysu:x:998:998:Sys user:/var/lib/sysu:/usr/sbin/nologin\n"
+        );
+        assert_eq!(
+            f.group.as_deref().unwrap(),
+            "root:x:0:\nsysgrp:x:999:sysu\nsysu:x:998:\n"
+        );
+        let calls = sysusers_calls("u a -\nu b 300\nu c 400:sysgrp\ng d 310\n").unwrap();
+        apply(&mut f, &calls).unwrap();
+        assert_eq!(
+            f.passwd.unwrap(),
+            "root:x:0:0::/root:/bin/sh\nsysu:x:998:998:Sys user:/var/lib/sysu:/usr/sbin/nologin\n\
+             a:x:997:997::/:/usr/sbin/nologin\nb:x:300:300::/:/usr/sbin/nologin\nc:x:400:999::/:/usr/sbin/nologin\n"
+        );
+        assert_eq!(
+            f.group.unwrap(),
+            "root:x:0:\nsysgrp:x:999:sysu\nsysu:x:998:\nd:x:310:\na:x:997:\nb:x:300:\n"
+        );
+        assert!(sysusers_calls("x foo\n").is_err());
     }
 }

@@ -142,7 +142,16 @@ fn real_tools(start: [&str; 4], commands: &str) -> ([String; 4], String) {
 #[test]
 fn package_scripts_create_the_accounts_adduser_and_useradd_would() {
     support::need_root("umoci keeps owners only as root; unshare needs root");
-    support::apt::need("adduser");
+    for (tool, package) in [
+        ("adduser", "adduser"),
+        ("useradd", "passwd"),
+        ("unshare", "util-linux"),
+    ] {
+        assert!(
+            support::apt::have(tool),
+            "`{tool}` is not installed (Debian package `{package}`)"
+        );
+    }
     let w = workspace(
         "\"postgresql-common\", \"redis-server\", \"svc-daemon\"",
         Some("from-packages = true\nusers = [{ name = \"app\", uid = 1000, gid = 1000, home = \"/app\" }]\ngroups = [{ name = \"app\", gid = 1000 }]"),
