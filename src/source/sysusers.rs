@@ -260,7 +260,7 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
             !matches!(
                 w.text.as_str(),
                 "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "!" | "{" | "command"
-            ) && !(w.text.contains('=') && !w.text.starts_with('-'))
+            ) && (!w.text.contains('=') || w.text.starts_with('-'))
         });
         let Some(at) = at else { continue };
         let tool = words[at]
