@@ -450,8 +450,14 @@ fn pinned_packages(
             .into());
     }
     let lock_line = requested.map_or_else(String::new, |r| {
+        // The line of the request's `satisfied = […]`, else of the request.
         let line = lock.origin.0.as_ref().map_or(0, |s| {
-            s.text[..r.span.0.start.min(s.text.len())].lines().count() + 1
+            let start = r.span.0.start.min(s.text.len());
+            let end = r.span.0.end.clamp(start, s.text.len());
+            let at = s.text[start..end]
+                .find("satisfied")
+                .map_or(start, |i| start + i);
+            s.text[..at].matches('\n').count() + 1
         });
         format!("{}:{line}", lock_path.display())
     });

@@ -85,7 +85,21 @@ fn a_package_the_base_no_longer_installs_fails_the_build_until_locked_again() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("app.toml:6:"), "{stderr}");
     assert!(stderr.contains("`tool-data`"), "{stderr}");
-    assert!(stderr.contains("app.lock:"), "{stderr}");
+    // `app.lock:N` is the line that records it.
+    let n: usize = stderr
+        .split("app.lock:")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        lock.lines().nth(n - 1),
+        Some("satisfied = [\"tool-data\"]"),
+        "{stderr}"
+    );
     assert!(stderr.contains("kiln lock"), "{stderr}");
     assert_output_snapshot!(&*stderr);
     assert!(!w.path().join("out2").exists());

@@ -33,6 +33,8 @@ const REDIS: &str = "adduser --system --home /var/lib/redis --quiet --group redi
 const SSL_CERT: &str = "addgroup --quiet --system ssl-cert";
 const SVCD: &str = "useradd -r -d /var/lib/svcd -s /usr/sbin/nologin -c 'svc daemon' svcd";
 
+const SYSUSERS_CONF: &str = "# sysu's accounts\ng sysgrp -\nu sysu - \"Sys user\" /var/lib/sysu\nm sysu sysgrp\nu sysb 300\ng sysd 310\n";
+
 fn script(body: &str) -> String {
     format!("#!/bin/sh\nset -e\n\ncase \"$1\" in\n    configure)\n        {body}\n        ;;\nesac\n\n#DEBHELPER#\nexit 0\n")
 }
@@ -78,6 +80,11 @@ fn repo() -> &'static Repo {
                         format!("#!/bin/sh\nset -e\ngetent passwd svcd >/dev/null || {SVCD}\n"),
                         0o755,
                     ),
+                Pkg::new("sysu", "1", "all").file(
+                    "/usr/lib/sysusers.d/sysu.conf",
+                    SYSUSERS_CONF,
+                    0o644,
+                ),
                 Pkg::new("weird", "1", "all").file(
                     "/DEBIAN/postinst",
                     "#!/bin/sh\nset -e\nHOMEDIR=/srv/weird\n\nadduser --system --quiet \\\n  --home \"$HOMEDIR\" weird\n",
@@ -253,5 +260,38 @@ fn without_from_packages_nothing_changes() {
     assert_eq!(
         read(&rootfs.join("etc/group")),
         format!("{GROUP_MASTER}app:x:1000:\n")
+    );
+}
+
+/// `sysusers.d` lines give what `systemd-sysusers --root` gives over the
+/// same files.
+#[test]
+fn sysusers_d_files_give_what_systemd_sysusers_gives() {
+    support::need_root("umoci keeps owners only as root");
+    assert!(
+        support::apt::have("systemd-sysusers"),
+        "`systemd-sysusers` is not installed (Debian package `systemd`)"
+    );
+    let w = workspace("\"sysu\"", Some("from-packages = true"));
+    ok(&w, &["build", "recipe.toml", "--out", "img"]);
+    let rootfs =
+        support::umoci_unpack(Command::new("umoci"), w.path(), "img:latest", "b").join("rootfs");
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("etc")).unwrap();
+    fs::write(dir.path().join("etc/passwd"), PASSWD_MASTER).unwrap();
+    fs::write(dir.path().join("etc/group"), GROUP_MASTER).unwrap();
+    fs::write(dir.path().join("sysu.conf"), SYSUSERS_CONF).unwrap();
+    support::apt::run(
+        Command::new("systemd-sysusers")
+            .arg(format!("--root={}", dir.path().display()))
+            .arg(dir.path().join("sysu.conf")),
+    );
+    assert_eq!(
+        read(&rootfs.join("etc/passwd")),
+        read(&dir.path().join("etc/passwd"))
+    );
+    assert_eq!(
+        read(&rootfs.join("etc/group")),
+        read(&dir.path().join("etc/group"))
     );
 }
