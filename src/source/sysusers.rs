@@ -254,7 +254,41 @@ fn commands(script: &str) -> Vec<(Vec<Word>, usize, String)> {
 /// The account calls of a maintainer script, in script order.
 pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> {
     let mut out = Vec::new();
-    for (words, line, text) in commands(script) {
+    let commands = commands(script);
+    // Every literal value each shell variable is assigned in the script.
+    let mut assigned: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (words, _, _) in &commands {
+        for w in words.iter().take_while(|w| is_assignment(&w.text)) {
+            let (k, v) = w.text.split_once('=').expect("an assignment");
+            assigned
+                .entry(k)
+                .or_default()
+                .push(if w.expands { "\0" } else { v });
+        }
+    }
+    // `$quiet` where the script only ever sets `quiet="--quiet"` changes
+    // nothing kiln reads, set or not: such a word is dropped.
+    let harmless = |w: &Word| {
+        let name = w
+            .text
+            .strip_prefix("${")
+            .and_then(|n| n.strip_suffix('}'))
+            .or_else(|| w.text.strip_prefix('$'));
+        name.and_then(|n| assigned.get(n)).is_some_and(|values| {
+            values.iter().all(|v| {
+                matches!(
+                    *v,
+                    "" | "--quiet"
+                        | "-q"
+                        | "--disabled-login"
+                        | "--disabled-password"
+                        | "--verbose"
+                )
+            })
+        })
+    };
+    for (words, line, text) in &commands {
+        let (line, text) = (*line, text.clone());
         // Skip keywords and assignments before the command word.
         let at = words.iter().position(|w| {
             !matches!(
@@ -290,7 +324,9 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
                 skip = t.len() == 1 || t == ">>";
                 continue;
             }
-            args.push(w);
+            if !(w.expands && harmless(w)) {
+                args.push(w);
+            }
         }
         let unreadable = |why: &str, name: Option<String>| Unreadable {
             line,
@@ -321,6 +357,15 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
         }
     }
     Ok(out)
+}
+
+/// Whether a word is a shell assignment (`NAME=VALUE`).
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(k, _)| {
+        !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// Splits `--opt=value` into `--opt` and `value`.
@@ -478,8 +523,8 @@ fn useradd(args: &[String]) -> Result<Option<Call>, String> {
     let [name] = names.as_slice() else {
         return Err("expected one account name".into());
     };
-    if !system {
-        return Err("only system accounts (`-r`) are read".into());
+    if !system && uid.is_none() {
+        return Err("only system accounts (`-r`), or users with a `-u` uid, are read".into());
     }
     let primary = match g {
         Some(g) => match g.parse() {
@@ -525,8 +570,8 @@ fn groupadd(args: &[String]) -> Result<Option<Call>, String> {
     let [name] = names.as_slice() else {
         return Err("expected one group name".into());
     };
-    if !system {
-        return Err("only system groups (`-r`) are read".into());
+    if !system && gid.is_none() {
+        return Err("only system groups (`-r`), or groups with a `-g` gid, are read".into());
     }
     Ok(Some(Call::Group {
         name: name.clone(),
@@ -901,6 +946,29 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// postgresql-common's own `postinst` (bookworm): `$quiet` is only ever `--quiet`.
+    #[test]
+    fn a_variable_that_only_holds_quiet_is_dropped() {
+        let script = "    [ \"$DPKG_MAINTSCRIPT_PACKAGE\" ] && quiet=\"--quiet\" # RedHat doesn't have this\n\
+                      if ! getent passwd postgres > /dev/null; then\n\
+                      \tadduser --system $quiet --home /var/lib/postgresql --no-create-home \\\n\
+                      \t    --shell /bin/bash --group --gecos \"PostgreSQL administrator\" postgres\nfi\n\
+                      groupadd -g 42 shadow || true\n";
+        let calls = script_calls(script).unwrap();
+        assert!(matches!(&calls[0], Call::User { name, .. } if name == "postgres"));
+        assert_eq!(
+            calls[1],
+            Call::Group {
+                name: "shadow".into(),
+                gid: Some(42),
+                tool: Tool::Useradd
+            }
+        );
+        // A variable set to anything else still stops kiln.
+        let e = script_calls("opt=--home\nadduser --system $opt /x svc\n").unwrap_err();
+        assert_eq!(e.line, 2);
     }
 
     #[test]

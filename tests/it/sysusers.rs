@@ -53,9 +53,12 @@ fn repo() -> &'static Repo {
                     .depends("ssl-cert")
                     .file(
                         "/DEBIAN/postinst",
+                        // As the real one: `$quiet` is `--quiet` or nothing.
                         script(&format!(
-                            "if ! getent passwd postgres > /dev/null; then\n            {POSTGRES}\n        fi\n        \
-                             if getent group ssl-cert >/dev/null; then\n            adduser --quiet postgres ssl-cert\n        fi"
+                            "[ \"$DPKG_MAINTSCRIPT_PACKAGE\" ] && quiet=\"--quiet\"\n        \
+                             if ! getent passwd postgres > /dev/null; then\n            {}\n        fi\n        \
+                             if getent group ssl-cert >/dev/null; then\n            adduser $quiet postgres ssl-cert\n        fi",
+                            POSTGRES.replace("--quiet", "$quiet")
                         )),
                         0o755,
                     )
