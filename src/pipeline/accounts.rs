@@ -149,6 +149,14 @@ pub(super) fn add_sysusers(
     Ok(())
 }
 
+/// An account a package's scripts created: for the build's report.
+pub(super) struct Made {
+    pub(super) package: String,
+    pub(super) name: String,
+    pub(super) user: bool,
+    pub(super) id: u32,
+}
+
 /// One account call a package makes, with where it was read.
 pub(super) struct FromPackage {
     package: String,
@@ -231,7 +239,8 @@ pub(super) fn package_calls(
 }
 
 /// The `[accounts]` layer over the base's layers, `plans` and their
-/// directories, and the merged files (for checking `config.user`).
+/// directories, the merged files (for checking `config.user`), and the
+/// accounts that packages created.
 pub(super) fn layer(
     store: &Store,
     recipe: &Recipe,
@@ -239,7 +248,7 @@ pub(super) fn layer(
     from: &[FromPackage],
     (base, plans, dirs): (&[LayerRecord], &[LayerPlan], &DirMap),
     epoch: u64,
-) -> Result<(LayerPlan, AccountFiles)> {
+) -> Result<(LayerPlan, AccountFiles, Vec<Made>)> {
     let tree = below(store, base, plans)?;
     let text = |path: &str| {
         tree.get(path)
@@ -255,7 +264,7 @@ pub(super) fn layer(
     };
     let mut merged = accounts::merge(&recipe.source, section, &found)?;
     let calls: Vec<sysusers::Call> = from.iter().map(|f| f.call.clone()).collect();
-    let (homes, _) = sysusers::apply(&mut merged, &calls).map_err(|(at, why)| {
+    let (homes, created) = sysusers::apply(&mut merged, &calls).map_err(|(at, why)| {
         Error::invalid(
             format!(
                 "`{}`: with `[accounts] from-packages`, an account package `{}` creates cannot be added: {why}",
@@ -332,7 +341,19 @@ pub(super) fn layer(
     }
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let plan = LayerPlan::new(Some("accounts".into()), entries, recipe.compression, epoch);
-    Ok((plan, merged))
+    let made = created
+        .iter()
+        .filter_map(|c| {
+            let (name, _) = from[c.call].call.account()?;
+            Some(Made {
+                package: from[c.call].package.clone(),
+                name: name.to_string(),
+                user: c.user,
+                id: c.id,
+            })
+        })
+        .collect();
+    Ok((plan, merged, made))
 }
 
 /// Refuses a `config.user` that names a user (or group) the image's account

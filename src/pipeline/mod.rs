@@ -86,6 +86,17 @@ pub enum Event<'a> {
         /// Compressed size.
         size: u64,
     },
+    /// `[accounts] from-packages`: a package's scripts created an account.
+    Account {
+        /// The package.
+        package: &'a str,
+        /// The account's name.
+        name: &'a str,
+        /// A user (else a group).
+        user: bool,
+        /// Its uid or gid.
+        id: u32,
+    },
     /// An output file or directory was written whole.
     Wrote {
         /// Where.
@@ -254,7 +265,7 @@ fn build_plan(
         }
         if let Some(section) = &recipe.accounts {
             let from = accounts::package_calls(recipe, section, &mut scripts)?;
-            let (layer, files) = accounts::layer(
+            let (layer, files, made) = accounts::layer(
                 store,
                 recipe,
                 section,
@@ -263,6 +274,15 @@ fn build_plan(
                 epoch,
             )?;
             accounts::check_user(recipe, &files)?;
+            // Once, not per platform: the scripts are the same.
+            for m in made.iter().filter(|_| per_platform.is_empty()) {
+                reporter.event(Event::Account {
+                    package: &m.package,
+                    name: &m.name,
+                    user: m.user,
+                    id: m.id,
+                });
+            }
             plans.push(layer);
         }
         per_platform.push(plans);

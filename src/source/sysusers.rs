@@ -680,6 +680,17 @@ fn sysusers_fields(line: &str) -> Vec<String> {
     out
 }
 
+/// An account a call created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The call's index.
+    pub call: usize,
+    /// A user (else a group).
+    pub user: bool,
+    /// Its uid or gid.
+    pub id: u32,
+}
+
 /// A home directory a call makes: its path, owner and mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
@@ -767,12 +778,12 @@ fn add_member(files: &mut AccountFiles, user: &str, group: &str) -> bool {
 }
 
 /// Applies `calls` to `files` in their order (memberships after every
-/// account is made); the homes created, and per call (in that order)
-/// whether it created an account. `Err` names (by index) a call that cannot be applied.
+/// account is made); the homes and the accounts created. `Err` names (by
+/// index) a call that cannot be applied.
 pub fn apply(
     files: &mut AccountFiles,
     calls: &[Call],
-) -> Result<(Vec<Home>, Vec<bool>), (usize, String)> {
+) -> Result<(Vec<Home>, Vec<Created>), (usize, String)> {
     let mut homes = Vec::new();
     let mut created = Vec::new();
     // Memberships last, so that a group another package creates is there.
@@ -780,7 +791,8 @@ pub fn apply(
     let order = (calls.iter().enumerate().filter(|(_, c)| !member(c)))
         .chain(calls.iter().enumerate().filter(|(_, c)| member(c)));
     for (at, call) in order {
-        apply_one(files, call, &mut homes, &mut created).map_err(|why| (at, why))?;
+        let made = apply_one(files, call, &mut homes).map_err(|why| (at, why))?;
+        created.extend(made.map(|(user, id)| Created { call: at, user, id }));
     }
     Ok((homes, created))
 }
@@ -789,16 +801,14 @@ fn apply_one(
     files: &mut AccountFiles,
     call: &Call,
     homes: &mut Vec<Home>,
-    created: &mut Vec<bool>,
-) -> Result<(), String> {
+) -> Result<Option<(bool, u32)>, String> {
     {
         let passwd = files.passwd.get_or_insert_with(String::new).clone();
         let group = files.group.get_or_insert_with(String::new).clone();
         match call {
             Call::Group { name, gid, tool } => {
                 if id_of(&group, name, 2).is_some() {
-                    created.push(false);
-                    return Ok(());
+                    return Ok(None);
                 }
                 let gid = match gid {
                     Some(g) if !used(&group, *g) => *g,
@@ -813,7 +823,7 @@ fn apply_one(
                     .ok_or_else(|| format!("no free gid for group `{name}`"))?,
                 };
                 new_group(files, name, gid);
-                created.push(true);
+                Ok(Some((false, gid)))
             }
             Call::Member { user, group: g } => {
                 if !add_member(files, user, g) {
@@ -821,7 +831,7 @@ fn apply_one(
                         "group `{g}` does not exist when `{user}` is added to it"
                     ));
                 }
-                created.push(false);
+                Ok(None)
             }
             Call::User {
                 name,
@@ -835,8 +845,7 @@ fn apply_one(
                 tool,
             } => {
                 if id_of(&passwd, name, 2).is_some() {
-                    created.push(false);
-                    return Ok(());
+                    return Ok(None);
                 }
                 let uid = match uid {
                     Some(u) if used(&passwd, *u) => {
@@ -895,11 +904,10 @@ fn apply_one(
                         gid,
                     });
                 }
-                created.push(true);
+                Ok(Some((true, uid)))
             }
         }
     }
-    Ok(())
 }
 
 fn call_uid(call: &Call) -> Option<u32> {
@@ -1016,7 +1024,7 @@ mod tests {
             "root:x:0:\nx:x:500:\nnogroup:x:65534:\na:x:499:\nb:x:498:\ng:x:497:\nd:x:300:\nf:x:700:\n"
         );
         assert!(homes.is_empty());
-        assert_eq!(created, vec![true; 7]);
+        assert_eq!(created.len(), 8);
     }
 
     #[test]

@@ -167,7 +167,24 @@ fn package_scripts_create_the_accounts_adduser_and_useradd_would() {
         Some("from-packages = true\nusers = [{ name = \"app\", uid = 1000, gid = 1000, home = \"/app\" }]\ngroups = [{ name = \"app\", gid = 1000 }]"),
     );
     ok(&w, &["build", "base.toml", "--out", "base"]);
-    ok(&w, &["build", "recipe.toml", "--out", "img"]);
+    let out = w
+        .kiln()
+        .env("KILN_DEBIAN_MIRROR", &repo().url)
+        .env("KILN_NO_PROGRESS", "0")
+        .args(["build", "recipe.toml", "--out", "img"])
+        .output()
+        .unwrap();
+    support::assert_success(&out, "kiln build");
+    // The build says which package created which account.
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for line in [
+        "account user postgres (uid 100) from package postgresql-common",
+        "account user redis (uid 101) from package redis-server",
+        "account group ssl-cert (gid 102) from package ssl-cert",
+        "account user svcd (uid 999) from package svc-daemon",
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "{line}:\n{stderr}");
+    }
     let rootfs =
         support::umoci_unpack(Command::new("umoci"), w.path(), "img:latest", "b").join("rootfs");
     let passwd = read(&rootfs.join("etc/passwd"));
