@@ -120,8 +120,39 @@ struct Word {
     expands: bool,
 }
 
+/// The script with here-document bodies blanked (their lines kept, for
+/// line numbers): they are text, not commands, and may hold stray quotes.
+fn without_heredocs(script: &str) -> String {
+    let mut out = String::new();
+    let mut until: Option<String> = None;
+    for line in script.split_inclusive('\n') {
+        if let Some(end) = &until {
+            if line.trim() == end {
+                until = None;
+            }
+            out.push('\n');
+            continue;
+        }
+        out.push_str(line);
+        if let Some((_, rest)) = line.split_once("<<").filter(|(_, r)| !r.starts_with('<')) {
+            let word: String = rest
+                .trim_start_matches('-')
+                .trim_start()
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !matches!(c, ';' | '&' | '|' | ')'))
+                .filter(|c| !matches!(c, '\'' | '"' | '\\'))
+                .collect();
+            if !word.is_empty() {
+                until = Some(word);
+            }
+        }
+    }
+    out
+}
+
 /// Splits a script into simple commands (words, first line, source text).
 fn commands(script: &str) -> Vec<(Vec<Word>, usize, String)> {
+    let script = &without_heredocs(script);
     let mut out = Vec::new();
     let mut words: Vec<Word> = Vec::new();
     let mut cur: Option<Word> = None;
@@ -980,6 +1011,17 @@ mod tests {
     }
 
     #[test]
+    fn here_documents_are_text() {
+        let script = "cat <<EOF\nIt's adduser --system ghost\nEOF\nadduser --system real\n\
+                      cat <<-'END' >&2\n\tdon't\n\tEND\naddgroup --system g\n";
+        let calls = script_calls(script).unwrap();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(matches!(&calls[0], Call::User { name, .. } if name == "real"));
+        let e = script_calls("cat <<EOF\nx\nEOF\nadduser --system $x y\n").unwrap_err();
+        assert_eq!(e.line, 4);
+    }
+
+    #[test]
     fn a_variable_is_unreadable_at_its_line() {
         let e = script_calls("#!/bin/sh\n\nadduser --system --home \"$HOME_DIR\" \\\n  svc\n")
             .unwrap_err();
@@ -1024,7 +1066,19 @@ mod tests {
             "root:x:0:\nx:x:500:\nnogroup:x:65534:\na:x:499:\nb:x:498:\ng:x:497:\nd:x:300:\nf:x:700:\n"
         );
         assert!(homes.is_empty());
-        assert_eq!(created.len(), 8);
+        let ids: Vec<(bool, u32)> = created.iter().map(|c| (c.user, c.id)).collect();
+        assert_eq!(
+            ids,
+            [
+                (true, 499),
+                (true, 498),
+                (false, 497),
+                (true, 497),
+                (true, 300),
+                (true, 100),
+                (true, 700)
+            ]
+        );
     }
 
     #[test]
