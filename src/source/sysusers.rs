@@ -297,15 +297,17 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
                 .push(if w.expands { "\0" } else { v });
         }
     }
+    let values_of = |w: &Word| {
+        w.text
+            .strip_prefix("${")
+            .and_then(|n| n.strip_suffix('}'))
+            .or_else(|| w.text.strip_prefix('$'))
+            .and_then(|n| assigned.get(n))
+    };
     // `$quiet` where the script only ever sets `quiet="--quiet"` changes
     // nothing kiln reads, set or not: such a word is dropped.
     let harmless = |w: &Word| {
-        let name = w
-            .text
-            .strip_prefix("${")
-            .and_then(|n| n.strip_suffix('}'))
-            .or_else(|| w.text.strip_prefix('$'));
-        name.and_then(|n| assigned.get(n)).is_some_and(|values| {
+        values_of(w).is_some_and(|values| {
             values.iter().all(|v| {
                 matches!(
                     *v,
@@ -318,6 +320,22 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
             })
         })
     };
+    // `"$USER"` where the script only ever sets `USER=messagebus`: that value.
+    let constant = |w: &Word| {
+        values_of(w)
+            .filter(|values| {
+                values
+                    .iter()
+                    .all(|v| *v == values[0] && *v != "\0" && !v.contains(char::is_whitespace))
+            })
+            .map(|values| values[0].to_string())
+    };
+    let is_tool = |w: &Word| {
+        matches!(
+            w.text.rsplit('/').next().unwrap_or_default(),
+            "adduser" | "addgroup" | "useradd" | "groupadd"
+        )
+    };
     for (words, line, text) in &commands {
         let (line, text) = (*line, text.clone());
         // Skip keywords and assignments before the command word.
@@ -327,7 +345,21 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
                 "if" | "then" | "else" | "elif" | "do" | "while" | "until" | "!" | "{" | "command"
             ) && (!w.text.contains('=') || w.text.starts_with('-'))
         });
-        let Some(at) = at else { continue };
+        let Some(mut at) = at else { continue };
+        // A wrapper function (dbus's `in_sysroot adduser …`) runs the tool.
+        let wrapper = |w: &Word| {
+            !w.expands
+                && w.text
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !matches!(
+                    w.text.as_str(),
+                    "echo" | "printf" | "which" | "type" | "test"
+                )
+        };
+        if !is_tool(&words[at]) && wrapper(&words[at]) && words.get(at + 1).is_some_and(is_tool) {
+            at += 1;
+        }
         let tool = words[at]
             .text
             .rsplit('/')
@@ -341,7 +373,7 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
             continue;
         }
         // Redirections are not arguments.
-        let mut args: Vec<&Word> = Vec::new();
+        let mut args: Vec<Word> = Vec::new();
         let mut skip = false;
         for w in &words[at + 1..] {
             if skip {
@@ -355,8 +387,15 @@ pub fn script_calls(script: &str) -> std::result::Result<Vec<Call>, Unreadable> 
                 skip = t.len() == 1 || t == ">>";
                 continue;
             }
-            if !(w.expands && harmless(w)) {
-                args.push(w);
+            if !w.expands {
+                args.push(w.clone());
+            } else if let Some(value) = constant(w) {
+                args.push(Word {
+                    text: value,
+                    expands: false,
+                });
+            } else if !harmless(w) {
+                args.push(w.clone());
             }
         }
         let unreadable = |why: &str, name: Option<String>| Unreadable {
@@ -1006,8 +1045,30 @@ mod tests {
             }
         );
         // A variable set to anything else still stops kiln.
-        let e = script_calls("opt=--home\nadduser --system $opt /x svc\n").unwrap_err();
-        assert_eq!(e.line, 2);
+        let e = script_calls("opt=--home\n[ x ] && opt=--shell\nadduser --system $opt /x svc\n")
+            .unwrap_err();
+        assert_eq!(e.line, 3);
+    }
+
+    /// dbus-system-bus-common's own `postinst` (bookworm).
+    #[test]
+    fn a_wrapper_and_a_constant_variable_are_read() {
+        let script = "#!/bin/sh\nset -e\n\nMESSAGEUSER=messagebus\n\nin_sysroot () {\n    \
+                      if [ -z \"${DPKG_ROOT:-}\" ]; then\n        \"$@\"\n    else\n        \
+                      chroot \"${DPKG_ROOT}\" \"$@\"\n    fi\n}\n\nif [ \"$1\" = configure ]; then\n    \
+                      in_sysroot adduser --system \\\n            --quiet \\\n            --home /nonexistent \\\n            \
+                      --no-create-home \\\n            --disabled-password \\\n            --group \"$MESSAGEUSER\"\nfi\n";
+        let calls = script_calls(script).unwrap();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(
+            matches!(&calls[0], Call::User { name, primary: Primary::Own, .. } if name == "messagebus")
+        );
+        // Two different values: unreadable.
+        let e = script_calls("U=a\n[ x ] && U=b\nadduser --system \"$U\"\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(script_calls("echo adduser --system x\n")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
