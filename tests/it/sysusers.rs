@@ -90,7 +90,7 @@ fn repo() -> &'static Repo {
                 ),
                 Pkg::new("weird", "1", "all").file(
                     "/DEBIAN/postinst",
-                    "#!/bin/sh\nset -e\nHOMEDIR=/srv/weird\n\nadduser --system --quiet \\\n  --home \"$HOMEDIR\" weird\n",
+                    "#!/bin/sh\nset -e\n[ -r /etc/default/weird ] && . /etc/default/weird\n\nadduser --system --quiet \\\n  --home \"$HOMEDIR\" weird\n",
                     0o755,
                 ),
             ],
