@@ -1101,8 +1101,8 @@ mod tests {
         }
     }
 
-    /// The ids the real tools picked over the same files (see
-    /// `tests/it/sysusers.rs` for the test that runs them).
+    /// The lines the real `useradd`/`adduser` (bookworm) wrote over the
+    /// same files (see `tests/it/sysusers.rs` for a test that runs them).
     #[test]
     fn ids_follow_adduser_and_useradd() {
         let mut f = files(
@@ -1111,7 +1111,8 @@ mod tests {
         );
         let calls = script_calls(
             "useradd -r a\nuseradd -r b\ngroupadd -r g\nuseradd -r -g x c\nuseradd -r -u 300 d\n\
-             adduser --system e\nadduser --system --uid 700 --group f\n",
+             adduser --system e\nadduser --system --uid 700 --group f\n\
+             adduser --system --ingroup x --gecos 'A,B' h\n",
         )
         .unwrap();
         let (homes, created) = apply(&mut f, &calls).unwrap();
@@ -1120,7 +1121,7 @@ mod tests {
             "root:x:0:0::/root:/bin/sh\nx:x:500:500::/:/bin/sh\ny:x:999:999::/:/bin/sh\n\
              a:x:499:499::/home/a:/bin/sh\nb:x:498:498::/home/b:/bin/sh\nc:x:497:500::/home/c:/bin/sh\n\
              d:x:300:300::/home/d:/bin/sh\ne:x:100:65534::/nonexistent:/usr/sbin/nologin\n\
-             f:x:700:700::/nonexistent:/usr/sbin/nologin\n"
+             f:x:700:700::/nonexistent:/usr/sbin/nologin\nh:x:101:500:A,B,,:/nonexistent:/usr/sbin/nologin\n"
         );
         assert_eq!(
             f.group.unwrap(),
@@ -1137,7 +1138,8 @@ mod tests {
                 (true, 497),
                 (true, 300),
                 (true, 100),
-                (true, 700)
+                (true, 700),
+                (true, 101)
             ]
         );
     }
