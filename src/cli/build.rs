@@ -109,6 +109,19 @@ impl Reporter for Progress {
                     human(size)
                 )
             }
+            Event::Account {
+                package,
+                name,
+                user,
+                id,
+            } => {
+                let (kind, id_kind) = if user {
+                    ("user", "uid")
+                } else {
+                    ("group", "gid")
+                };
+                eprintln!("account {kind} {name} ({id_kind} {id}) from package {package}")
+            }
             Event::Wrote { path } if !self.json => eprintln!("wrote   {}", path.display()),
             Event::Pushed { reference, report } if !self.json => eprintln!(
                 "pushed  {} ({} blobs sent, {} already there)",

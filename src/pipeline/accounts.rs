@@ -8,6 +8,9 @@ use crate::layer::read::{self, Kind, Paths, Rules, Tree, Visitor};
 use crate::plan::{Content, DirMap, Entry, EntryKind, LayerPlan};
 use crate::recipe::{AccountsSection, Recipe};
 use crate::source::accounts::{self, AccountFiles};
+use crate::source::sysusers;
+
+use super::packages::Scripts;
 use crate::store::{LayerRecord, Store};
 
 const FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"];
@@ -119,17 +122,133 @@ pub(super) fn keep_lower_account_files(
     Ok(())
 }
 
-/// The `[accounts]` layer over `base` and `plans`, and the merged files
-/// (for checking `config.user`).
+/// Adds the `sysusers.d` files a layer's packages install to their scripts.
+pub(super) fn add_sysusers(
+    installed: &std::collections::BTreeMap<String, (Entry, String)>,
+    scripts: &mut [Scripts],
+) -> Result<()> {
+    for (path, (entry, owner)) in installed {
+        let Some(name) = path.strip_prefix("usr/lib/sysusers.d/") else {
+            continue;
+        };
+        if !name.ends_with(".conf") || name.contains('/') {
+            continue;
+        }
+        let EntryKind::File { content, .. } = &entry.kind else {
+            continue;
+        };
+        let bytes = match content {
+            Content::Host(p) => std::fs::read(p).at("read", p)?,
+            Content::Inline(b) => b.to_vec(),
+        };
+        if let Some(s) = scripts.iter_mut().rev().find(|s| s.package == *owner) {
+            s.sysusers
+                .push((path.clone(), String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// An account a package's scripts created: for the build's report.
+pub(super) struct Made {
+    pub(super) package: String,
+    pub(super) name: String,
+    pub(super) user: bool,
+    pub(super) id: u32,
+}
+
+/// One account call a package makes, with where it was read.
+pub(super) struct FromPackage {
+    package: String,
+    call: sysusers::Call,
+}
+
+/// With `from-packages`, the account calls of the recipe's packages:
+/// packages in name order, then `preinst`, `postinst` and `sysusers.d`
+/// files, each in its own order. A call kiln cannot read is an error,
+/// unless the recipe declares that account itself or ignores the package.
+pub(super) fn package_calls(
+    recipe: &Recipe,
+    section: &AccountsSection,
+    scripts: &mut [Scripts],
+) -> Result<Vec<FromPackage>> {
+    if !section.from_packages {
+        return Ok(Vec::new());
+    }
+    scripts.sort_by(|a, b| a.package.cmp(&b.package));
+    let declared = |name: &str| {
+        section.users.iter().any(|u| u.get_ref().name == name)
+            || section.groups.iter().any(|g| g.get_ref().name == name)
+    };
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in scripts.iter() {
+        if section.ignore_packages.contains(&s.package) || !seen.insert(s.package.clone()) {
+            continue;
+        }
+        for (which, text) in [("preinst", &s.preinst), ("postinst", &s.postinst)] {
+            let Some(text) = text else { continue };
+            match sysusers::script_calls(text) {
+                Ok(calls) => out.extend(calls.into_iter().map(|call| FromPackage {
+                    package: s.package.clone(),
+                    call,
+                })),
+                Err(e) if e.name.as_deref().is_some_and(declared) => {}
+                Err(e) => {
+                    return Err(Error::invalid(
+                        format!(
+                            "`{}`: with `[accounts] from-packages`, the `{which}` script of package `{}` creates an account kiln cannot read at line {} ({}): `{}`",
+                            recipe.source.path.display(),
+                            s.package,
+                            e.line,
+                            e.why,
+                            e.text
+                        ),
+                        Some(format!(
+                            "declare that account under `[accounts]` yourself (`users = [{{ name = \"{}\", uid = …, gid = … }}]`), or leave the package's accounts out with `ignore-packages = [\"{}\"]`",
+                            e.name.as_deref().unwrap_or("NAME"),
+                            s.package
+                        )),
+                    ))
+                }
+            }
+        }
+        for (path, text) in &s.sysusers {
+            match sysusers::sysusers_calls(text) {
+                Ok(calls) => out.extend(calls.into_iter().map(|call| FromPackage {
+                    package: s.package.clone(),
+                    call,
+                })),
+                Err((line, why)) => {
+                    return Err(Error::invalid(
+                        format!(
+                            "`{}`: with `[accounts] from-packages`, `/{path}` of package `{}` cannot be read at line {line}: {why}",
+                            recipe.source.path.display(),
+                            s.package
+                        ),
+                        Some(format!(
+                            "declare its accounts under `[accounts]` yourself, or leave them out with `ignore-packages = [\"{}\"]`",
+                            s.package
+                        )),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `[accounts]` layer over the base's layers, `plans` and their
+/// directories, the merged files (for checking `config.user`), and the
+/// accounts that packages created.
 pub(super) fn layer(
     store: &Store,
     recipe: &Recipe,
     section: &AccountsSection,
-    base: &[LayerRecord],
-    plans: &[LayerPlan],
-    dirs: &DirMap,
+    from: &[FromPackage],
+    (base, plans, dirs): (&[LayerRecord], &[LayerPlan], &DirMap),
     epoch: u64,
-) -> Result<(LayerPlan, AccountFiles)> {
+) -> Result<(LayerPlan, AccountFiles, Vec<Made>)> {
     let tree = below(store, base, plans)?;
     let text = |path: &str| {
         tree.get(path)
@@ -143,13 +262,54 @@ pub(super) fn layer(
         shadow: text("etc/shadow"),
         gshadow: text("etc/gshadow"),
     };
-    let merged = accounts::merge(&recipe.source, section, &found)?;
-    let etc = dirs.get("etc").copied().unwrap_or(crate::plan::DirMeta {
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-    });
-    let mut entries = vec![etc.entry("etc")];
+    let mut merged = accounts::merge(&recipe.source, section, &found)?;
+    let calls: Vec<sysusers::Call> = from.iter().map(|f| f.call.clone()).collect();
+    let (homes, created) = sysusers::apply(&mut merged, &calls).map_err(|(at, why)| {
+        Error::invalid(
+            format!(
+                "`{}`: with `[accounts] from-packages`, an account package `{}` creates cannot be added: {why}",
+                recipe.source.path.display(),
+                from[at].package
+            ),
+            Some("declare the account under `[accounts]` yourself, or leave the package's accounts out with `ignore-packages`".into()),
+        )
+    })?;
+    let dir = |path: &str| {
+        dirs.get(path).copied().unwrap_or(crate::plan::DirMeta {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        })
+    };
+    let mut entries = vec![dir("etc").entry("etc")];
+    // The homes the tools would create, where nothing below has them.
+    let mut made = std::collections::BTreeSet::from(["etc".to_string()]);
+    for h in &homes {
+        let rel = h.path.trim_matches('/').to_string();
+        if rel.is_empty() || dirs.contains_key(rel.as_str()) || rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let mut at = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            if at != rel && made.insert(at.clone()) {
+                entries.push(dir(&at).entry(&at));
+            }
+        }
+        if made.insert(rel.clone()) {
+            entries.push(
+                crate::plan::DirMeta {
+                    mode: 0o755,
+                    uid: h.uid,
+                    gid: h.gid,
+                }
+                .entry(&rel),
+            );
+        }
+    }
     let files = [
         ("etc/passwd", &merged.passwd, 0o644),
         ("etc/group", &merged.group, 0o644),
@@ -179,8 +339,21 @@ pub(super) fn layer(
             gid,
         });
     }
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let plan = LayerPlan::new(Some("accounts".into()), entries, recipe.compression, epoch);
-    Ok((plan, merged))
+    let made = created
+        .iter()
+        .filter_map(|c| {
+            let (name, _) = from[c.call].call.account()?;
+            Some(Made {
+                package: from[c.call].package.clone(),
+                name: name.to_string(),
+                user: c.user,
+                id: c.id,
+            })
+        })
+        .collect();
+    Ok((plan, merged, made))
 }
 
 /// Refuses a `config.user` that names a user (or group) the image's account

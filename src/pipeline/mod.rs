@@ -11,6 +11,7 @@ mod base;
 mod distribute;
 mod packages;
 mod run;
+mod satisfied;
 mod sbom;
 mod truststore;
 
@@ -85,6 +86,17 @@ pub enum Event<'a> {
         digest: &'a Digest,
         /// Compressed size.
         size: u64,
+    },
+    /// `[accounts] from-packages`: a package's scripts created an account.
+    Account {
+        /// The package.
+        package: &'a str,
+        /// The account's name.
+        name: &'a str,
+        /// A user (else a group).
+        user: bool,
+        /// Its uid or gid.
+        id: u32,
     },
     /// An output file or directory was written whole.
     Wrote {
@@ -214,6 +226,13 @@ fn build_plan(
                 .map_err(|e| in_base(recipe, e))?;
         }
         let mut plans = Vec::new();
+        // What the recipe's layers install so far, and (read when a layer
+        // needs it) what the base installs: the lock's `satisfied` names
+        // must be among them.
+        let mut installs = std::collections::BTreeSet::new();
+        let mut base_installs = None;
+        // The packages' scripts and `sysusers.d` files, for `from-packages`.
+        let mut scripts = Vec::new();
         for (inputs, section) in layers.iter().zip(&recipe.layers) {
             let exclude = crate::source::deb::install::Exclude::new(
                 section.exclude.iter().map(|g| g.get_ref().as_str()),
@@ -225,9 +244,20 @@ fn build_plan(
                 settings,
                 recipe,
                 &exclude,
+                &mut scripts,
             )?;
+            accounts::add_sysusers(&installed, &mut scripts)?;
             accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
             truststore::from_lower_layers(store, &base.layers, &plans, &mut installed)?;
+            satisfied::add_layer(&installed, &mut installs)?;
+            if !inputs.satisfied.is_empty() {
+                let from_base = match &mut base_installs {
+                    Some(names) => names,
+                    None => base_installs.insert(satisfied::base_names(store, &base.layers)?),
+                };
+                let all = from_base.union(&installs).cloned().collect();
+                satisfied::check(recipe, &inputs.satisfied, &all)?;
+            }
             let layer = inputs
                 .local
                 .clone()
@@ -236,9 +266,25 @@ fn build_plan(
             plans.push(layer);
         }
         if let Some(section) = &recipe.accounts {
-            let (layer, files) =
-                accounts::layer(store, recipe, section, &base.layers, &plans, &below, epoch)?;
+            let from = accounts::package_calls(recipe, section, &mut scripts)?;
+            let (layer, files, made) = accounts::layer(
+                store,
+                recipe,
+                section,
+                &from,
+                (&base.layers, &plans, &below),
+                epoch,
+            )?;
             accounts::check_user(recipe, &files)?;
+            // Once, not per platform: the scripts are the same.
+            for m in made.iter().filter(|_| per_platform.is_empty()) {
+                reporter.event(Event::Account {
+                    package: &m.package,
+                    name: &m.name,
+                    user: m.user,
+                    id: m.id,
+                });
+            }
             plans.push(layer);
         }
         per_platform.push(plans);

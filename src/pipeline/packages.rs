@@ -10,6 +10,15 @@ use crate::recipe::Platform;
 use crate::resolve::Package;
 use crate::store::Store;
 
+/// A package's maintainer scripts, read (never run) for the accounts they create.
+pub(super) struct Scripts {
+    pub(super) package: String,
+    pub(super) preinst: Option<String>,
+    pub(super) postinst: Option<String>,
+    /// Its `usr/lib/sysusers.d/*.conf` files: path and text.
+    pub(super) sysusers: Vec<(String, String)>,
+}
+
 /// The files of the Debian packages the lock pins for one layer and platform,
 /// fetched into the store if missing (by SHA-256; never otherwise).
 pub(super) fn packages_for(
@@ -19,6 +28,7 @@ pub(super) fn packages_for(
     settings: &Settings,
     recipe: &crate::recipe::Recipe,
     exclude: &crate::source::deb::install::Exclude,
+    scripts: &mut Vec<Scripts>,
 ) -> Result<std::collections::BTreeMap<String, (crate::plan::Entry, String)>> {
     use crate::source::deb;
     if pinned.is_empty() {
@@ -129,9 +139,16 @@ pub(super) fn packages_for(
     }
     let mut installed = Vec::new();
     for p in pinned {
+        let contents = deb::extract::contents(store, &p.name, &p.digest)?;
+        scripts.push(Scripts {
+            package: p.name.clone(),
+            preinst: contents.preinst.clone(),
+            postinst: contents.postinst.clone(),
+            sysusers: Vec::new(),
+        });
         installed.push(deb::install::Installed {
             name: p.name.clone(),
-            contents: deb::extract::contents(store, &p.name, &p.digest)?,
+            contents,
         });
     }
     // The host's ldconfig reads the libraries only if they are its own architecture.

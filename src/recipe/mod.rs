@@ -63,6 +63,15 @@ pub struct AccountsSection {
     /// `groups = [{ name, gid, members? }]`
     #[serde(default)]
     pub groups: Vec<Spanned<GroupItem>>,
+    /// `from-packages = true`: the system users and groups that the
+    /// `preinst`/`postinst` scripts (and `sysusers.d` files) of the
+    /// packages this recipe installs create, read as data.
+    #[serde(default, rename = "from-packages")]
+    pub from_packages: bool,
+    /// `ignore-packages = ["NAME"]`: packages whose scripts are not read
+    /// for accounts (with `from-packages`).
+    #[serde(default, rename = "ignore-packages")]
+    pub ignore_packages: Vec<String>,
 }
 
 /// One user of `[accounts]`.

@@ -98,6 +98,22 @@ pub struct LayerInputs {
     pub local: LocalLayer,
     /// The Debian packages the lock pins for it.
     pub packages: Vec<Package>,
+    /// The names the layer asks for that the lock records as satisfied by
+    /// the image below it (the base, an earlier layer) or by a package of
+    /// the layer: checked when the layer is built, since the base may have
+    /// changed since the lock was written.
+    pub satisfied: Vec<Satisfied>,
+}
+
+/// A requested name the lock records as `satisfied`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Satisfied {
+    /// The package name.
+    pub name: String,
+    /// Where the recipe asks for it.
+    pub span: std::ops::Range<usize>,
+    /// Where the lock records it, as `LOCKFILE:LINE`.
+    pub lock_line: String,
 }
 
 /// A Debian package the lock pins for one layer and platform.
@@ -193,7 +209,8 @@ fn resolve_loaded(
                     digest: digest.clone(),
                 });
             }
-            let packages = pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
+            let (packages, satisfied) =
+                pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
             for p in &packages {
                 // By what it is: its pool path (the same on every mirror) and SHA-256.
                 materials.push(Material {
@@ -201,7 +218,11 @@ fn resolve_loaded(
                     digest: p.digest.clone(),
                 });
             }
-            per_layer.push(LayerInputs { local, packages });
+            per_layer.push(LayerInputs {
+                local,
+                packages,
+                satisfied,
+            });
         }
         layers.push(per_layer);
     }
@@ -377,17 +398,18 @@ fn check_locked(recipe: &Recipe, lock: Option<&Lock>) -> Result<()> {
     })
 }
 
-/// The packages the lock pins for one layer and platform; an error at the
-/// recipe's `packages` when the lock is missing, stale or lacks one.
+/// The packages the lock pins for one layer and platform, and the names it
+/// records as satisfied; an error at the recipe's `packages` when the lock
+/// is missing, stale or lacks one.
 fn pinned_packages(
     recipe: &Recipe,
     lock: Option<&Lock>,
     layer_no: usize,
     platform: &Platform,
-) -> Result<Vec<Package>> {
+) -> Result<(Vec<Package>, Vec<Satisfied>)> {
     let section = &recipe.layers[layer_no];
     let Some(first) = section.packages.first() else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let lock_path = lock::path_for(&recipe.source.path);
     let arch = deb::debian_arch(&platform.arch, platform.variant.as_deref());
@@ -427,8 +449,31 @@ fn pinned_packages(
             ))
             .into());
     }
+    let lock_line = requested.map_or_else(String::new, |r| {
+        // The line of the request's `satisfied = […]`, else of the request.
+        let line = lock.origin.0.as_ref().map_or(0, |s| {
+            let start = r.span.0.start.min(s.text.len());
+            let end = r.span.0.end.clamp(start, s.text.len());
+            let at = s.text[start..end]
+                .find("satisfied")
+                .map_or(start, |i| start + i);
+            s.text[..at].matches('\n').count() + 1
+        });
+        format!("{}:{line}", lock_path.display())
+    });
+    let satisfied = section
+        .packages
+        .iter()
+        .filter(|want| requested.is_some_and(|r| r.satisfied.contains(want.get_ref())))
+        .filter(|want| !pinned.iter().any(|p| p.name == *want.get_ref()))
+        .map(|want| Satisfied {
+            name: want.get_ref().clone(),
+            span: want.span(),
+            lock_line: lock_line.clone(),
+        })
+        .collect();
     // The lock checked every digest when it was read.
-    Ok(pinned
+    let packages = pinned
         .into_iter()
         .map(|p| Package {
             name: p.name.clone(),
@@ -438,5 +483,6 @@ fn pinned_packages(
             digest: p.digest.clone(),
             repository: p.repository.clone(),
         })
-        .collect())
+        .collect();
+    Ok((packages, satisfied))
 }

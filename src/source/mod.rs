@@ -6,3 +6,4 @@ pub mod accounts;
 pub mod deb;
 pub mod layout;
 pub mod local;
+pub mod sysusers;

@@ -76,9 +76,17 @@ pub struct DebContents {
     /// The `postinst` script, if any (read, never run: see `install`).
     #[serde(default)]
     pub postinst: Option<String>,
+    /// The `preinst` script, if any (read, never run).
+    pub preinst: Option<String>,
+    /// [`CONTENTS_FORMAT`] when written: a cached entry of another format
+    /// (one from before `preinst` was kept) is read from the `.deb` again.
+    pub format: u32,
     /// The data entries, in archive order.
     pub entries: Vec<DebEntry>,
 }
+
+/// The format of cached [`DebContents`].
+pub const CONTENTS_FORMAT: u32 = 2;
 
 /// Refuses a control-archive file (`control`, `md5sums`, `postinst`) larger than this.
 pub const MAX_CONTROL_FILE: u64 = 64 << 20;
@@ -99,6 +107,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
     if let Some(c) = std::fs::read(&cache)
         .ok()
         .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
+        .filter(|c| c.format == CONTENTS_FORMAT)
     {
         if store.claim_all(c.entries.iter().filter_map(DebEntry::digest))? {
             return Ok(c);
@@ -114,6 +123,7 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
     let mut control = None;
     let mut md5sums = None;
     let mut postinst = None;
+    let mut preinst = None;
     let mut entries = None;
     loop {
         let mut header = [0u8; 60];
@@ -132,10 +142,11 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
             .map_err(|_| bad(package, "a corrupt ar header"))?;
         let mut member = (&mut reader).take(size);
         if name.starts_with("control.tar") {
-            let (c, m, p) = read_control(decompress(&name, &mut member, package)?, package)?;
+            let (c, m, p, pre) = read_control(decompress(&name, &mut member, package)?, package)?;
             control = Some(c);
             md5sums = m;
             postinst = p;
+            preinst = pre;
         } else if name.starts_with("data.tar") {
             entries = Some(read_data(
                 store,
@@ -155,6 +166,8 @@ pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebCont
         control: control.ok_or_else(|| bad(package, "no control.tar member"))?,
         md5sums,
         postinst,
+        preinst,
+        format: CONTENTS_FORMAT,
         entries: entries.ok_or_else(|| bad(package, "no data.tar member"))?,
     };
     let mut tmp = store.temp_file_beside(&cache)?;
@@ -248,11 +261,11 @@ fn small_text(e: impl Read, name: &str, package: &str) -> Result<String> {
     Ok(text)
 }
 
-type ControlFiles = (String, Option<String>, Option<String>);
+type ControlFiles = (String, Option<String>, Option<String>, Option<String>);
 
 fn read_control(r: impl Read, package: &str) -> Result<ControlFiles> {
     let mut ar = tar::Archive::new(r);
-    let (mut control, mut md5sums, mut postinst) = (None, None, None);
+    let (mut control, mut md5sums, mut postinst, mut preinst) = (None, None, None, None);
     for e in ar.entries().map_err(|e| bad(package, e))? {
         let mut e = e.map_err(|e| bad(package, e))?;
         let name = e
@@ -264,6 +277,7 @@ fn read_control(r: impl Read, package: &str) -> Result<ControlFiles> {
             "control" => control = Some(small_text(&mut e, "control", package)?),
             "md5sums" => md5sums = Some(small_text(&mut e, "md5sums", package)?),
             "postinst" => postinst = Some(small_text(&mut e, "postinst", package)?),
+            "preinst" => preinst = Some(small_text(&mut e, "preinst", package)?),
             _ => {}
         }
     }
@@ -271,6 +285,7 @@ fn read_control(r: impl Read, package: &str) -> Result<ControlFiles> {
         control.ok_or_else(|| bad(package, "no control file"))?,
         md5sums,
         postinst,
+        preinst,
     ))
 }
 
