@@ -47,6 +47,15 @@ pub struct Args {
     /// How many layers to build at once (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
+    /// How many threads compress each gzip layer (default: one per CPU); the bytes do not depend on it.
+    #[arg(
+        long,
+        env = "KILN_THREADS",
+        value_name = "N",
+        default_value_t = 0,
+        hide_env_values = true
+    )]
+    threads: usize,
     /// Fail unless the recipe's lockfile exists and pins exactly its tagged inputs (for CI).
     #[arg(long)]
     locked: bool,
@@ -162,6 +171,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     let settings = Settings {
         source_date_epoch: source_date_epoch()?,
         jobs: args.jobs,
+        threads: args.threads,
         registry: args.registry.options()?,
         locked: args.locked,
         offline: args.offline,
