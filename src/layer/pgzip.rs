@@ -25,8 +25,8 @@ pub const CHUNK: usize = 1 << 20;
 /// chains). Measured on `bench/build-bench.sh`'s tree in 1 MiB chunks: level 1
 /// (`deflate_quick`, static Huffman codes only) is 15 % larger than
 /// miniz_oxide at 6, about 1.14× umoci's output, over the 1.05× kiln allows
-/// itself; level 2 is 2.6 % larger than miniz_oxide at 6 for about 2.8× less
-/// CPU, level 3 1 % larger for 2.4× less (bench/RESULTS.md).
+/// itself; level 2 is 2.6 % larger than miniz_oxide at 6 (1.013× umoci) for
+/// about 2.6× less CPU, level 3 1 % larger for 2.3× less (bench/RESULTS.md).
 pub const LEVEL: u32 = 2;
 
 /// A gzip writer that compresses chunks on several threads.

@@ -291,3 +291,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn a_bad_thread_count_is_refused_naming_the_variable() {
+    let w = crate::support::Work::new();
+    w.write("recipe.toml", "name = \"t\"\n");
+    for bad in ["abc", "-1", "100000"] {
+        let out = w
+            .kiln()
+            .env("KILN_THREADS", bad)
+            .args(["build", "recipe.toml", "--out", "out"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "KILN_THREADS={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("`{bad}` is not a number of threads"))
+                && err.contains("KILN_THREADS"),
+            "KILN_THREADS={bad}: {err}"
+        );
+    }
+}
