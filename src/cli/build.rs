@@ -47,6 +47,16 @@ pub struct Args {
     /// How many layers to build at once (default: one per CPU).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
+    /// How many threads compress each gzip layer (default: one per CPU); the bytes do not depend on it.
+    #[arg(
+        long,
+        env = "KILN_THREADS",
+        value_name = "N",
+        default_value_t = 0,
+        hide_env_values = true,
+        value_parser = threads
+    )]
+    threads: usize,
     /// Fail unless the recipe's lockfile exists and pins exactly its tagged inputs (for CI).
     #[arg(long)]
     locked: bool,
@@ -166,6 +176,23 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
     }
 }
 
+/// `--threads` / `KILN_THREADS`: 0 (one per CPU) up to [`MAX_THREADS`].
+fn threads(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= MAX_THREADS)
+        .ok_or_else(|| {
+            format!(
+                "`{s}` is not a number of threads from 0 to {MAX_THREADS}: set --threads or \
+                 KILN_THREADS to e.g. 4, or to 0 (or leave it unset) for one per CPU"
+            )
+        })
+}
+
+/// The most threads one gzip layer may use (each holds a 1 MiB chunk).
+const MAX_THREADS: usize = 1024;
+
 pub fn run(args: Args) -> Result<(), Error> {
     let push = args
         .push
@@ -175,6 +202,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     let settings = Settings {
         source_date_epoch: source_date_epoch()?,
         jobs: args.jobs,
+        threads: args.threads,
         registry: args.registry.options()?,
         locked: args.locked,
         offline: args.offline,

@@ -1,10 +1,10 @@
 //! Layer compression with fixed parameters.
 //!
 //! Digests depend on the compressed bytes, so the backends and levels are
-//! part of kiln's format: gzip is flate2's pure-Rust miniz_oxide backend at
-//! level 6, in independent 1 MiB chunks compressed on all CPUs and joined
-//! into one stream ([`super::pgzip`]), with a header carrying no name, mtime 0
-//! and OS byte 255; zstd is
+//! part of kiln's format: gzip is zlib-rs (pure Rust, through flate2) at
+//! level 2, in independent 1 MiB chunks compressed on all CPUs (or
+//! `KILN_THREADS`) and joined into one stream ([`super::pgzip`]), with a
+//! header carrying no name, mtime 0 and OS byte 255; zstd is
 //! libzstd (bundled, pinned by Cargo.lock) at level 3, single-threaded, with
 //! no checksum and no content size. Neither depends on the number of
 //! threads or the CPU's features. Changing any of this changes digests and
@@ -33,11 +33,14 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    /// Starts compressing into `out`.
-    pub fn new(c: Compression, out: W) -> io::Result<Self> {
+    /// Starts compressing into `out`; gzip uses `threads` threads (0: one per CPU).
+    pub fn new(c: Compression, out: W, threads: usize) -> io::Result<Self> {
         Ok(match c {
             Compression::Gzip => {
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let workers = match threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                };
                 Encoder::Gzip(super::pgzip::ParallelGzip::new(out, workers))
             }
             Compression::Zstd => {
@@ -79,7 +82,7 @@ mod tests {
     use super::*;
 
     fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
-        let mut e = Encoder::new(c, Vec::new()).unwrap();
+        let mut e = Encoder::new(c, Vec::new(), 2).unwrap();
         // Feed in uneven pieces: output must not depend on write sizes.
         for chunk in data.chunks(777) {
             e.write_all(chunk).unwrap();
@@ -101,7 +104,7 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         for c in [Compression::Gzip, Compression::Zstd] {
-            let mut whole = Encoder::new(c, Vec::new()).unwrap();
+            let mut whole = Encoder::new(c, Vec::new(), 2).unwrap();
             whole.write_all(&data).unwrap();
             assert_eq!(whole.finish().unwrap(), compress(c, &data));
         }

@@ -24,15 +24,18 @@ use crate::store::{LayerRecord, Store};
 
 use self::tar::{Header, Kind, TarWriter};
 
-/// Builds the layer blob for `entries` (already sorted) into `store`.
+/// Builds the layer blob for `entries` (already sorted) into `store`, gzip
+/// compressing on `threads` threads (0: one per CPU; the bytes do not depend on it).
 pub fn build(
     store: &Store,
     entries: &[Entry],
     compression: Compression,
     mtime: u64,
+    threads: usize,
 ) -> Result<LayerRecord> {
     let blob = store.writer()?;
-    let encoder = compress::Encoder::new(compression, blob).map_err(|e| io_err(store, e))?;
+    let encoder =
+        compress::Encoder::new(compression, blob, threads).map_err(|e| io_err(store, e))?;
     let mut tar = TarWriter::new(HashingWriter::new(encoder));
     for entry in entries {
         write_entry(&mut tar, entry, mtime).map_err(|e| match e {

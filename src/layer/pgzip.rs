@@ -1,12 +1,17 @@
 //! Deterministic parallel gzip.
 //!
 //! The stream is cut into fixed 1 MiB chunks; each is compressed on its own
-//! (raw deflate, level 6, no shared dictionary) and ended with a sync flush,
-//! so the compressed chunks concatenate into one valid deflate stream, closed
-//! by an empty final block. Because the cut points are fixed and chunks do
-//! not depend on each other, the output is the same whatever the number of
-//! threads or their timing; only the chunk size and the library matter, and
-//! both are part of kiln's format (see [`crate::plan::FORMAT_VERSION`]).
+//! (raw deflate by zlib-rs at level [`LEVEL`], no shared dictionary) and
+//! ended with a sync flush, so the compressed chunks concatenate into one
+//! valid deflate stream, closed by an empty final block: one gzip member per
+//! layer, which every consumer reads. Because the cut points are fixed and
+//! chunks do not depend on each other, the output is the same whatever the
+//! number of threads or their timing; zlib-rs's CPU-specific routines (AVX2
+//! match comparison and hash slide) compute the same results as its portable
+//! ones, so the CPU does not matter either (tests/it/deflate_determinism.rs
+//! proves both under `qemu-x86_64 -cpu qemu64`). Only the chunk size, the
+//! library and the level matter, and all are part of kiln's format (see
+//! [`crate::plan::FORMAT_VERSION`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -16,7 +21,13 @@ use flate2::{Compress, Compression, FlushCompress};
 
 /// Uncompressed bytes per independently compressed chunk.
 pub const CHUNK: usize = 1 << 20;
-const LEVEL: u32 = 6;
+/// zlib-rs level 2 (zlib-ng's `deflate_fast`: greedy matching, short hash
+/// chains). Measured on `bench/build-bench.sh`'s tree in 1 MiB chunks: level 1
+/// (`deflate_quick`, static Huffman codes only) is 15 % larger than
+/// miniz_oxide at 6, about 1.14× umoci's output, over the 1.05× kiln allows
+/// itself; level 2 is 2.6 % larger than miniz_oxide at 6 (1.013× umoci) for
+/// about 2.6× less CPU, level 3 1 % larger for 2.3× less (bench/RESULTS.md).
+pub const LEVEL: u32 = 2;
 
 /// A gzip writer that compresses chunks on several threads.
 pub struct ParallelGzip<W: Write> {

@@ -40,6 +40,9 @@ pub struct Settings {
     pub source_date_epoch: Option<u64>,
     /// How many layers to build at once (0: one per CPU).
     pub jobs: usize,
+    /// How many threads compress one gzip layer (0: one per CPU). The bytes
+    /// do not depend on it.
+    pub threads: usize,
     /// How to reach registries for registry bases.
     pub registry: crate::registry::Options,
     /// Fail unless every recipe's lockfile exists and matches it exactly (for CI).
@@ -409,7 +412,13 @@ fn build_layers(
             files,
             bytes,
         });
-        let r = crate::layer::build(store, &plan.entries, recipe.compression, epoch)?;
+        let r = crate::layer::build(
+            store,
+            &plan.entries,
+            recipe.compression,
+            epoch,
+            settings.threads,
+        )?;
         store.remember_layer(&plan.input_digest, &r)?;
         reporter.event(Event::LayerBuilt {
             name: plan.name.as_deref(),

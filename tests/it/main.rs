@@ -17,6 +17,7 @@ mod attestations;
 mod bad_input;
 mod debian;
 mod declarative;
+mod deflate_determinism;
 mod errors;
 mod exit_codes;
 mod fuzz;

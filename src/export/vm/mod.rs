@@ -266,7 +266,7 @@ fn write_initramfs(
 ) -> Result<(Digest, u64)> {
     let mut w = store.writer()?;
     {
-        let enc = Encoder::new(compression, &mut w).at("write", store.root())?;
+        let enc = Encoder::new(compression, &mut w, 0).at("write", store.root())?;
         let mut cpio = CpioWriter::new(enc, mtime);
         for (path, m) in tree {
             let res = match &m.node {
