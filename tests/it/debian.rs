@@ -604,9 +604,9 @@ fn lock_refuses_another_key_and_a_tampered_index() {
     ok(&good, &repo.url, None, &["lock", "recipe.toml"]);
     assert_eq!(locked(&lock_path(&good)).len(), 1);
 
-    // Packages.xz no longer matches InRelease; Packages.gz still does and
-    // must not be used to mask it.
-    repo.tamper(&repo.dists("main/binary-amd64/Packages.xz"));
+    // Packages.gz (the form kiln reads first) no longer matches InRelease;
+    // Packages.xz still does and must not be used to mask it.
+    repo.tamper(&repo.dists("main/binary-amd64/Packages.gz"));
     let w = Work::new();
     w.write(
         "recipe.toml",
@@ -618,8 +618,8 @@ fn lock_refuses_another_key_and_a_tampered_index() {
         ),
     );
     let (code, err) = fails(&w, &repo.url, None, &["lock", "recipe.toml"]);
-    assert_eq!(code, 4, "a tampered Packages.xz: {err}");
-    assert!(err.contains("Packages.xz"), "names the index: {err}");
+    assert_eq!(code, 4, "a tampered Packages.gz: {err}");
+    assert!(err.contains("Packages.gz"), "names the index: {err}");
     assert!(!lock_path(&w).exists(), "a lock was written");
 
     // A broken signature (text changed under it) fails too.
