@@ -3,8 +3,9 @@
 //! then the recipe's own layers as planned) merged with the recipe's users
 //! and groups by `source::accounts`, written as one layer on top.
 
-use crate::error::{Error, IoContext, Result};
-use crate::layer::read::{self, Kind, Paths, Rules, Tree, Visitor};
+use super::below::Found;
+use crate::error::{Error, Result};
+use crate::layer::read::Tree;
 use crate::plan::{Content, DirMap, Entry, EntryKind, LayerPlan};
 use crate::recipe::{AccountsSection, Recipe};
 use crate::source::accounts::{self, AccountFiles};
@@ -15,84 +16,9 @@ use crate::store::{LayerRecord, Store};
 
 const FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"];
 
-/// One account file below: its bytes, mode and owner.
-#[derive(Clone)]
-struct Found {
-    bytes: Vec<u8>,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-}
-
-/// Keeps the account files a layer writes; whiteouts remove them.
-struct Accounts;
-
-impl Visitor for Accounts {
-    type Node = Option<Found>;
-    const RULES: Rules = Rules {
-        paths: Paths::AsWritten,
-        whiteouts: true,
-    };
-
-    fn entry(&mut self, tree: &mut Tree<Self::Node>, entry: read::Entry<'_>) -> Result<()> {
-        if !FILES.contains(&entry.path.as_str()) {
-            return Ok(());
-        }
-        let found = if entry.kind == Kind::File {
-            let mut bytes = Vec::new();
-            entry
-                .data
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::io("read", &entry.path, e))?;
-            Some(Found {
-                bytes,
-                mode: entry.mode(0o644),
-                uid: entry.uid,
-                gid: entry.gid,
-            })
-        } else {
-            None
-        };
-        tree.insert(entry.path, found);
-        Ok(())
-    }
-
-    fn hard_link(&mut self, _: &mut Tree<Self::Node>, _: read::HardLink) -> Result<()> {
-        Ok(())
-    }
-}
-
 /// The account files of the image below the `[accounts]` layer.
 fn below(store: &Store, base: &[LayerRecord], plans: &[LayerPlan]) -> Result<Tree<Option<Found>>> {
-    let mut tree = Tree::new();
-    for layer in base {
-        let path = store.blob_path(&layer.digest);
-        let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
-        let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
-        let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
-        read::walk_layer(&mut tar, &mut tree, &mut Accounts, bad)?;
-    }
-    for plan in plans {
-        for e in &plan.entries {
-            if !FILES.contains(&e.path.as_str()) {
-                continue;
-            }
-            let found = match &e.kind {
-                EntryKind::File { content, .. } => Some(Found {
-                    bytes: match content {
-                        Content::Host(p) => std::fs::read(p).at("read", p)?,
-                        Content::Inline(b) => b.to_vec(),
-                    },
-                    mode: e.mode,
-                    uid: e.uid,
-                    gid: e.gid,
-                }),
-                _ => None,
-            };
-            tree.insert(e.path.clone(), found);
-        }
-    }
-    Ok(tree)
+    super::below::files(store, base, plans, |p| FILES.contains(&p))
 }
 
 /// Drops the `/etc/passwd` and `/etc/group` that `source::deb::install`
@@ -137,10 +63,7 @@ pub(super) fn add_sysusers(
         let EntryKind::File { content, .. } = &entry.kind else {
             continue;
         };
-        let bytes = match content {
-            Content::Host(p) => std::fs::read(p).at("read", p)?,
-            Content::Inline(b) => b.to_vec(),
-        };
+        let bytes = super::below::bytes_of(content)?;
         if let Some(s) = scripts.iter_mut().rev().find(|s| s.package == *owner) {
             s.sysusers
                 .push((path.clone(), String::from_utf8_lossy(&bytes).into_owned()));

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod base;
+mod below;
 mod distribute;
 mod packages;
 mod run;

@@ -8,52 +8,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::{Error, Result};
-use crate::layer::read::{self, Kind, Paths, Rules, Tree, Visitor};
-use crate::plan::{Content, Entry, EntryKind};
+use crate::error::Result;
+use crate::plan::{Entry, EntryKind};
 use crate::recipe::Recipe;
 use crate::resolve::Satisfied;
 use crate::source::deb::control;
 use crate::store::{LayerRecord, Store};
-
-/// Keeps the dpkg database files a layer writes; whiteouts remove them.
-struct Status;
 
 fn is_status(path: &str) -> bool {
     path == "var/lib/dpkg/status"
         || path
             .strip_prefix("var/lib/dpkg/status.d/")
             .is_some_and(|n| !n.is_empty() && !n.contains('/') && !n.contains('.'))
-}
-
-impl Visitor for Status {
-    type Node = Option<String>;
-    const RULES: Rules = Rules {
-        paths: Paths::AsWritten,
-        whiteouts: true,
-    };
-
-    fn entry(&mut self, tree: &mut Tree<Self::Node>, entry: read::Entry<'_>) -> Result<()> {
-        if !is_status(&entry.path) {
-            return Ok(());
-        }
-        let text = if entry.kind == Kind::File {
-            let mut bytes = Vec::new();
-            entry
-                .data
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::io("read", &entry.path, e))?;
-            Some(String::from_utf8_lossy(&bytes).into_owned())
-        } else {
-            None
-        };
-        tree.insert(entry.path, text);
-        Ok(())
-    }
-
-    fn hard_link(&mut self, _: &mut Tree<Self::Node>, _: read::HardLink) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// Adds the names (and what they provide) of the packages `text` says are installed.
@@ -74,18 +40,11 @@ fn add_names(text: &str, names: &mut BTreeSet<String>) {
 
 /// What the base's layers install, by dpkg's database.
 pub(super) fn base_names(store: &Store, base: &[LayerRecord]) -> Result<BTreeSet<String>> {
-    let mut tree = Tree::new();
-    for layer in base {
-        let path = store.blob_path(&layer.digest);
-        let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
-        let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
-        let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
-        read::walk_layer(&mut tar, &mut tree, &mut Status, bad)?;
-    }
+    let tree = super::below::files(store, base, &[], is_status)?;
     let mut names = BTreeSet::new();
     for (_, text) in tree.iter() {
-        if let Some(text) = text {
-            add_names(text, &mut names);
+        if let Some(found) = text {
+            add_names(&String::from_utf8_lossy(&found.bytes), &mut names);
         }
     }
     Ok(names)
@@ -101,14 +60,10 @@ pub(super) fn add_layer(
             continue;
         }
         if let EntryKind::File { content, .. } = &entry.kind {
-            let text = match content {
-                Content::Inline(b) => String::from_utf8_lossy(b).into_owned(),
-                Content::Host(p) => {
-                    String::from_utf8_lossy(&std::fs::read(p).map_err(|e| Error::io("read", p, e))?)
-                        .into_owned()
-                }
-            };
-            add_names(&text, names);
+            add_names(
+                &String::from_utf8_lossy(&super::below::bytes_of(content)?),
+                names,
+            );
         }
     }
     Ok(())

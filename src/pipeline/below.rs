@@ -1,0 +1,100 @@
+//! Files of the image below a layer, read back for steps that act on what
+//! is already there (account files, the CA certificates, the dpkg
+//! database): the base's layers from the store, their whiteouts applied,
+//! then the recipe's earlier layers as planned.
+
+use crate::error::{Error, IoContext, Result};
+use crate::layer::read::{self, Kind, Paths, Rules, Tree, Visitor};
+use crate::plan::{Content, EntryKind, LayerPlan};
+use crate::store::{LayerRecord, Store};
+
+/// A regular file found below: its bytes, mode and owner.
+#[derive(Clone)]
+pub(super) struct Found {
+    pub(super) bytes: Vec<u8>,
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+}
+
+/// Keeps what a layer writes at the paths `wanted` accepts: a regular file
+/// as [`Found`], anything else there (a link, a directory) as `None`;
+/// whiteouts remove them.
+struct Pick<F>(F);
+
+impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
+    type Node = Option<Found>;
+    const RULES: Rules = Rules {
+        paths: Paths::AsWritten,
+        whiteouts: true,
+    };
+
+    fn entry(&mut self, tree: &mut Tree<Self::Node>, entry: read::Entry<'_>) -> Result<()> {
+        if !(self.0)(&entry.path) {
+            return Ok(());
+        }
+        let found = if entry.kind == Kind::File {
+            let mut bytes = Vec::new();
+            entry
+                .data
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("read", &entry.path, e))?;
+            Some(Found {
+                bytes,
+                mode: entry.mode(0o644),
+                uid: entry.uid,
+                gid: entry.gid,
+            })
+        } else {
+            None
+        };
+        tree.insert(entry.path, found);
+        Ok(())
+    }
+
+    fn hard_link(&mut self, _: &mut Tree<Self::Node>, _: read::HardLink) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The files at the paths `wanted` accepts as the base's layers and then
+/// the planned layers `plans` leave them (`None`: not a regular file).
+pub(super) fn files(
+    store: &Store,
+    base: &[LayerRecord],
+    plans: &[LayerPlan],
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Tree<Option<Found>>> {
+    let mut tree = Tree::new();
+    let mut pick = Pick(wanted);
+    for layer in base {
+        let path = store.blob_path(&layer.digest);
+        let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
+        let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
+        let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
+        read::walk_layer(&mut tar, &mut tree, &mut pick, bad)?;
+    }
+    for plan in plans {
+        for e in plan.entries.iter().filter(|e| (pick.0)(&e.path)) {
+            let found = match &e.kind {
+                EntryKind::File { content, .. } => Some(Found {
+                    bytes: bytes_of(content)?,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                }),
+                _ => None,
+            };
+            tree.insert(e.path.clone(), found);
+        }
+    }
+    Ok(tree)
+}
+
+/// The bytes of a planned file.
+pub(super) fn bytes_of(content: &Content) -> Result<Vec<u8>> {
+    Ok(match content {
+        Content::Host(p) => std::fs::read(p).at("read", p)?,
+        Content::Inline(b) => b.to_vec(),
+    })
+}
