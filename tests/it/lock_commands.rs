@@ -16,17 +16,11 @@ use crate::support::{assert_success, Work};
 const SUITE: &str = "kiln-test";
 
 fn kiln(w: &Work, repo: &Repo, args: &[&str]) -> Output {
-    w.kiln()
-        .env("KILN_DEBIAN_MIRROR", &repo.url)
-        .args(args)
-        .output()
-        .unwrap()
+    crate::support::apt::kiln_at(w, &repo.url, args)
 }
 
 fn ok(w: &Work, repo: &Repo, args: &[&str]) -> String {
-    let out = kiln(w, repo, args);
-    assert_success(&out, &format!("kiln {}", args.join(" ")));
-    String::from_utf8(out.stdout).unwrap()
+    crate::support::apt::kiln_ok_at(w, &repo.url, args)
 }
 
 fn fails(w: &Work, repo: &Repo, args: &[&str]) -> (i32, String) {

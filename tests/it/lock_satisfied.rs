@@ -9,22 +9,16 @@ use std::fs;
 use std::process::{Command, Output};
 
 use crate::support::apt::{Pkg, Repo};
-use crate::support::{self, assert_success, Work};
+use crate::support::{self, Work};
 
 const SUITE: &str = "kiln-satisfied";
 
 fn kiln(w: &Work, repo: &Repo, args: &[&str]) -> Output {
-    w.kiln()
-        .env("KILN_DEBIAN_MIRROR", &repo.url)
-        .args(args)
-        .output()
-        .unwrap()
+    crate::support::apt::kiln_at(w, &repo.url, args)
 }
 
 fn ok(w: &Work, repo: &Repo, args: &[&str]) -> String {
-    let out = kiln(w, repo, args);
-    assert_success(&out, &format!("kiln {}", args.join(" ")));
-    String::from_utf8(out.stdout).unwrap()
+    crate::support::apt::kiln_ok_at(w, &repo.url, args)
 }
 
 fn base(w: &Work, packages: &str) {
