@@ -105,7 +105,8 @@ pub(super) async fn upload(
                     .body(b)
             };
             let answer = s.attempt(&make).await;
-            if let Some(actual) = mismatch.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let actual = mismatch.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(actual) = actual {
                 abandon(s, &up).await;
                 return Err(damaged(path, digest, actual));
             }
