@@ -16,6 +16,13 @@
 #               its kiln output `out` is the default layout
 #   LAYOUT      the OCI layout to push (default $BENCH_DIR/out)
 #   KILN_BIN    use this kiln binary instead of `cargo build --release`
+#   KILN_BEFORE another kiln binary (say, of the previous commit) measured in
+#               the same run, as the row `kiln-before`
+#   RUNS        warm runs per tool; the fastest is reported (default 5)
+#
+# Columns: wall (GNU time %e), cpu (%U + %S, user + system, less sensitive
+# than wall to other load on the machine), peak RSS (%M). Each cold run
+# gets a fresh registry; the load average is printed before and after.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,10 +79,18 @@ ROWS=()
 measure() { # case tool -- command…
     local case=$1 tool=$2
     shift 3
-    /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1 \
-        || die "$tool $case failed: $(tail -5 "$WORK/out.log")"
-    read -r wall rss <"$WORK/time"
-    ROWS+=("$case $tool $wall $((rss / 1024))")
+    local runs=1 best=
+    [[ $case == warm ]] && runs=${RUNS:-5}
+    for _ in $(seq "$runs"); do
+        /usr/bin/time -f '%e %M %U %S' -o "$WORK/time" "$@" >"$WORK/out.log" 2>&1 \
+            || die "$tool $case failed: $(tail -5 "$WORK/out.log")"
+        read -r wall rss user sys <"$WORK/time"
+        cpu=$(python3 -c "print(f'{$user+$sys:.2f}')")
+        if [[ -z $best ]] || python3 -c "import sys; sys.exit(not $wall < ${best%% *})"; then
+            best="$wall $cpu $((rss / 1024))"
+        fi
+    done
+    ROWS+=("$case $tool $best")
 }
 
 SIZE=$(du -sb "$LAYOUT/blobs" | cut -f1)
@@ -84,22 +99,26 @@ SRC="oci:$LAYOUT${REF:+:$REF}"
 log "layout $LAYOUT: $((SIZE / 1048576)) MiB of blobs"
 export KILN_CACHE=$WORK/cache KILN_NO_PROGRESS=1
 
-start_registry
-measure cold kiln -- "$KILN" push "$LAYOUT" "$REG/bench:kiln"
-measure warm kiln -- "$KILN" push "$LAYOUT" "$REG/bench:kiln"
+log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+kiln_case() { # tool binary
+    rm -rf "$KILN_CACHE"
+    start_registry
+    measure cold "$1" -- "$2" push "$LAYOUT" "$REG/bench:kiln"
+    measure warm "$1" -- "$2" push "$LAYOUT" "$REG/bench:kiln"
+}
+kiln_case kiln "$KILN"
+[[ -n ${KILN_BEFORE:-} ]] && kiln_case kiln-before "$KILN_BEFORE"
 start_registry
 measure cold skopeo -- skopeo copy --dest-tls-verify=false "$SRC" "docker://$REG/bench:skopeo"
 measure warm skopeo -- skopeo copy --dest-tls-verify=false "$SRC" "docker://$REG/bench:skopeo"
+log "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-printf '\n%-6s %-8s %10s %12s\n' case tool "wall s" "peak MiB"
+printf '\n| case | tool | wall s | cpu s | peak RSS MiB | x/skopeo wall | x/skopeo cpu |\n'
+printf '|------|------|-------:|------:|-------------:|--------------:|-------------:|\n'
 for r in "${ROWS[@]}"; do
-    read -r c t w m <<<"$r"
-    printf '%-6s %-8s %10s %12s\n' "$c" "$t" "$w" "$m"
+    read -r c t w u m <<<"$r"
+    read -r sw su _ < <(printf '%s\n' "${ROWS[@]}" | awk -v c="$c" '$1==c && $2=="skopeo" {print $3, $4}')
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$c" "$t" "$w" "$u" "$m" \
+        "$(python3 -c "print(f'{$w/max($sw,0.001):.2f}')")" "$(python3 -c "print(f'{$u/max($su,0.001):.2f}')")"
 done
-printf '\nratios kiln/skopeo (wall):'
-for c in cold warm; do
-    k=$(printf '%s\n' "${ROWS[@]}" | awk -v c=$c '$1==c && $2=="kiln" {print $3}')
-    s=$(printf '%s\n' "${ROWS[@]}" | awk -v c=$c '$1==c && $2=="skopeo" {print $3}')
-    printf ' %s %s' "$c" "$(python3 -c "print(f'{$k/max($s,0.001):.2f}')")"
-done
-printf '\n(kiln push first copies the layout into its store, verifying every blob; that is inside the cold figure)\n'
+

@@ -12,8 +12,9 @@ use crate::registry::{self, PushReport, Reference, Registry};
 use crate::source::layout::open_any_with;
 use crate::store::Store;
 
-/// Pushes the OCI layout or archive at `source` to `target`, every blob
-/// verified on the way into the store; returns what was pushed.
+/// Pushes the OCI layout or archive at `source` to `target` straight from
+/// its blobs (not copied into the store), every blob verified as it is
+/// sent; returns what was pushed.
 pub fn push(
     store: &Store,
     options: registry::Options,
@@ -21,9 +22,15 @@ pub fn push(
     target: &Reference,
 ) -> Result<(Digest, PushReport)> {
     let (layout, _guard) = open_any_with(source, || store.temp_dir())?;
-    let top = layout.import(store)?;
+    let desc = layout.single_image()?;
+    let (bytes, doc) = layout.read_document(&desc.digest)?;
+    let top = crate::image::Stored {
+        digest: desc.digest,
+        size: bytes.len() as u64,
+        media_type: doc.media_type(),
+    };
     let registry = Registry::new(options, &[target])?;
-    let report = registry.push(store, &top, target, &[])?;
+    let report = registry.push_layout(layout.dir(), &top, target)?;
     Ok((top.digest, report))
 }
 

@@ -73,8 +73,76 @@ pub fn parse_reference(text: &str) -> Result<Reference> {
             Some("remove `USER:PASSWORD@` and log in with `kiln login REGISTRY --username USER --password-stdin` (or a docker credential helper)".into()),
         ));
     }
+    if let Some(r) = plain_reference(text) {
+        return Ok(r);
+    }
     text.parse::<Reference>().map_err(|e| {
         Error::unusable(format!("`{text}` is not an image reference"), e, "write `REGISTRY/REPOSITORY:TAG` or `REGISTRY/REPOSITORY@sha256:…`, e.g. `127.0.0.1:5000/app:1.0`")
+    })
+}
+
+/// The common form `HOST[:PORT]/PATH[:TAG][@sha256:HEX]` (a host with a dot
+/// or a port, or `localhost`; not Docker Hub), read without oci-client's
+/// reference regex, whose compilation (Unicode `\w{0,127}`) costs 60 ms of
+/// CPU, more than a whole push that finds everything in place (issue 12).
+/// `None` for anything else, which the regex then reads; the unit test
+/// checks that both agree.
+fn plain_reference(text: &str) -> Option<Reference> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let (rest, digest) = match text.split_once('@') {
+        Some((rest, d)) => {
+            let hex = d.strip_prefix("sha256:")?;
+            let ok = hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit());
+            (rest, Some(d.to_string()).filter(|_| ok)?.into())
+        }
+        None => (text, None),
+    };
+    let (domain, path) = rest.split_once('/')?;
+    let (path, tag) = match path.rsplit_once(':') {
+        Some((p, t)) => {
+            let mut chars = t.chars();
+            let first = chars.next()?;
+            let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+            let ok =
+                t.len() <= 128 && word(first) && chars.all(|c| word(c) || c == '.' || c == '-');
+            (p, Some(t.to_string()).filter(|_| ok)?.into())
+        }
+        None => (path, None),
+    };
+    let (host, port) = match domain.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (domain, None),
+    };
+    if !(domain.contains('.') || port.is_some() || domain == "localhost")
+        || matches!(host, "docker.io" | "index.docker.io")
+        || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()))
+        || !host.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        || path.len() > 255
+    {
+        return None;
+    }
+    for component in path.split('/') {
+        if !component.starts_with(alnum) || !component.ends_with(alnum) {
+            return None;
+        }
+        // Separators between alphanumeric runs: `.`, `_`, `__` or dashes.
+        for sep in component.split(alnum).filter(|s| !s.is_empty()) {
+            if !(matches!(sep, "." | "_" | "__") || sep.chars().all(|c| c == '-')) {
+                return None;
+            }
+        }
+    }
+    let (registry, repository) = (domain.to_string(), path.to_string());
+    Some(match (tag, digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t, d),
+        (None, Some(d)) => Reference::with_digest(registry, repository, d),
+        (Some(t), None) => Reference::with_tag(registry, repository, t),
+        (None, None) => Reference::with_tag(registry, repository, "latest".into()),
     })
 }
 
@@ -227,6 +295,67 @@ fn blob_url(s: &http::Session, r: &Reference, digest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_references_read_as_the_regex_reads_them() {
+        let hex = "0123456789abcdef".repeat(4);
+        let long_tag = format!("t{}", "x".repeat(127));
+        let too_long_tag = format!("t{}", "x".repeat(128));
+        let texts = [
+            "127.0.0.1:5000/app:1.0".to_string(),
+            "127.0.0.1:5000/app".into(),
+            "localhost/a/b_c/d__e/f-g--h/i.j:v_1.2-3".into(),
+            "localhost:80/app".into(),
+            format!("127.0.0.1:5000/kiln/app@sha256:{hex}"),
+            format!("127.0.0.1:5000/kiln/app:v1@sha256:{hex}"),
+            format!("127.0.0.1:5000/app:{long_tag}"),
+            format!("127.0.0.1:5000/app:{too_long_tag}"),
+            format!("127.0.0.1:5000/app@sha256:{}", &hex[1..]),
+            format!("127.0.0.1:5000/app@sha512:{hex}"),
+            "registry.example/app:-bad".into(),
+            "registry.example/App:1".into(),
+            "registry.example/a..b:1".into(),
+            "registry.example/a._b:1".into(),
+            "registry.example/a___b:1".into(),
+            "registry.example/a-:1".into(),
+            "registry.example/a//b:1".into(),
+            "registry.example/a/:1".into(),
+            "-bad.example/app".into(),
+            "bad-.example/app".into(),
+            "re_g.example/app".into(),
+            "registry.example:/app".into(),
+            "registry.example:x/app".into(),
+            "docker.io/app:1".into(),
+            "index.docker.io/library/app".into(),
+            "app:1".into(),
+            "app".into(),
+            "user/app".into(),
+            "registry.example/app:tä".into(),
+            "registry.example/app:".into(),
+            "registry.example/app@".into(),
+            format!("registry.example/{}", "a".repeat(256)),
+            format!("registry.example/{}", "a".repeat(255)),
+        ];
+        for text in &texts {
+            let fast = plain_reference(text);
+            let slow = text.parse::<Reference>();
+            match (&fast, &slow) {
+                (Some(f), Ok(s)) => assert_eq!(
+                    (f.registry(), f.repository(), f.tag(), f.digest()),
+                    (s.registry(), s.repository(), s.tag(), s.digest()),
+                    "{text}"
+                ),
+                (Some(f), Err(e)) => panic!("{text}: fast {f:?}, regex refuses: {e}"),
+                (None, _) => {}
+            }
+        }
+        for text in &texts[..7] {
+            assert!(
+                plain_reference(text).is_some(),
+                "{text} takes the fast path"
+            );
+        }
+    }
 
     #[test]
     fn loopback_detection() {

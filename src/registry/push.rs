@@ -1,16 +1,22 @@
-//! Pushes: blobs first (skipped when present, mounted when another
-//! repository of the registry has them, small ones in one request, large
-//! ones in chunks), then manifests by digest, then the tag.
+//! Pushes: blobs first, several at once (skipped when present, mounted when
+//! another repository of the registry has them, otherwise streamed in one
+//! request and verified as they go, with chunks to resume from after a
+//! failure), then manifests by digest, then the tag (neither sent again when
+//! the tag already names the same digest). Blobs come from the store, or
+//! straight from an OCI layout's `blobs/sha256/` (`kiln push DIR`).
+
+use std::path::{Path, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Reference;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::http::{status_error, Session};
 use super::upload::{check_digest, exists, upload};
 use super::{manifest_url, Access, PushReport, Registry};
 use crate::digest::Digest;
+use crate::error::IoContext;
 use crate::error::{Error, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use crate::oci;
@@ -27,7 +33,27 @@ impl Registry {
         target: &Reference,
         mount_from: &[Reference],
     ) -> Result<PushReport> {
-        let plan = PushPlan::of(store, top)?;
+        self.push_from(Blobs::Store(store), top, target, mount_from)
+    }
+
+    /// Pushes the manifest or index `top` of the OCI layout directory `dir`
+    /// straight from its `blobs/sha256/`, without copying it into the
+    /// store: manifests and configs are read verified, layers are verified
+    /// while they stream (a damaged one fails the push, exit 4, before the
+    /// registry has all of it, and is never committed).
+    pub fn push_layout(&self, dir: &Path, top: &Stored, target: &Reference) -> Result<PushReport> {
+        self.push_from(Blobs::Layout(dir), top, target, &[])
+    }
+
+    fn push_from(
+        &self,
+        blobs: Blobs<'_>,
+        top: &Stored,
+        target: &Reference,
+        mount_from: &[Reference],
+    ) -> Result<PushReport> {
+        let plan = PushPlan::of(&blobs, top)?;
+        let blobs = &blobs;
         self.runtime.block_on(async {
             let mounts: Vec<&Reference> = mount_from
                 .iter()
@@ -36,11 +62,28 @@ impl Registry {
                 })
                 .collect();
             let s = self.session(target, Access::Push, &mounts).await?;
-            let results: Vec<BlobOutcome> = futures_util::stream::iter(plan.blobs.iter())
-                .map(|(digest, size)| push_blob(&s, store, target, digest, *size, &mounts))
-                .buffer_unordered(self.jobs())
-                .try_collect()
-                .await?;
+            let (top_digest, top_media, _) = plan
+                .manifests
+                .last()
+                .expect("the top manifest is in the plan");
+            // Whether the registry already names our top by the tag (or
+            // holds it by digest), asked beside the blobs' HEADs.
+            let there = manifest_there(
+                &s,
+                target,
+                target
+                    .tag()
+                    .map(String::from)
+                    .unwrap_or(top_digest.to_string()),
+                top_media,
+                top_digest,
+            );
+            let uploads = futures_util::stream::iter(plan.blobs.iter())
+                .map(|(digest, size)| push_blob(&s, blobs, target, digest, *size, &mounts))
+                .buffered(self.jobs())
+                .try_collect::<Vec<BlobOutcome>>();
+            let (results, there) = futures_util::future::join(uploads, there).await;
+            let (results, there) = (results?, there?);
             let mut report = PushReport {
                 digest: top.digest.to_string(),
                 ..Default::default()
@@ -55,7 +98,13 @@ impl Registry {
                     BlobOutcome::Mounted => report.mounted += 1,
                 }
             }
-            for (digest, media_type, bytes) in &plan.manifests {
+            if there {
+                return Ok(report);
+            }
+            // Children by digest; the top by its tag when it has one (the
+            // registry then holds it by digest too).
+            let by_digest = plan.manifests.len() - usize::from(target.tag().is_some());
+            for (digest, media_type, bytes) in &plan.manifests[..by_digest] {
                 push_manifest(&s, target, &digest.to_string(), bytes, media_type, digest).await?;
             }
             if let Some(tag) = target.tag() {
@@ -72,7 +121,7 @@ impl Registry {
 
 async fn push_blob(
     s: &Session,
-    store: &Store,
+    blobs: &Blobs<'_>,
     target: &Reference,
     digest: &Digest,
     size: u64,
@@ -101,14 +150,16 @@ async fn push_blob(
         }
     }
     // Push verifies what it sends: a damaged store copy is removed (a note
-    // says so) and never uploaded.
-    if !tokio::task::block_in_place(|| store.check_blob(digest))? {
-        return Err(Error::verification(
-            format!("store blob `{digest}` was damaged; it was removed, not pushed"),
-            "build the image again, or push the layout it was written to",
-        ));
+    // says so) and never uploaded; a layout's blob is verified as it streams.
+    if let Blobs::Store(store) = blobs {
+        if !tokio::task::block_in_place(|| store.check_blob(digest))? {
+            return Err(Error::verification(
+                format!("store blob `{digest}` was damaged; it was removed, not pushed"),
+                "build the image again, or push the layout it was written to",
+            ));
+        }
     }
-    upload(s, target, digest, size, &store.blob_path(digest)).await?;
+    upload(s, target, digest, size, &blobs.path(digest)).await?;
     Ok(BlobOutcome::Uploaded)
 }
 
@@ -142,6 +193,87 @@ async fn push_manifest(
     check_digest(resp.headers(), digest, &what)
 }
 
+/// Whether `target`'s repository already names manifest `digest` by
+/// `reference` (a tag or the digest itself), as a `HEAD` says.
+async fn manifest_there(
+    s: &Session,
+    target: &Reference,
+    reference: String,
+    media_type: &str,
+    digest: &Digest,
+) -> Result<bool> {
+    let what = format!(
+        "look up manifest `{reference}` in `{}/{}`",
+        target.registry(),
+        target.repository()
+    );
+    let url = manifest_url(s, target, &reference);
+    let resp = s
+        .send(&what, || s.client.head(&url).header(ACCEPT, media_type))
+        .await?;
+    if !resp.status().is_success() {
+        return Ok(false);
+    }
+    Ok(resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok())
+        .is_some_and(|named| &named == digest))
+}
+
+/// Where a push reads blobs: the store, or an OCI layout directory (which
+/// has the same `blobs/sha256/HEX` shape).
+enum Blobs<'a> {
+    Store(&'a Store),
+    Layout(&'a Path),
+}
+
+impl Blobs<'_> {
+    fn path(&self, d: &Digest) -> PathBuf {
+        match self {
+            Blobs::Store(store) => store.blob_path(d),
+            Blobs::Layout(dir) => dir.join("blobs").join("sha256").join(d.hex()),
+        }
+    }
+
+    /// A manifest, index or config, verified against its digest.
+    fn read(&self, d: &Digest) -> Result<Vec<u8>> {
+        match self {
+            Blobs::Store(store) => store.read(d),
+            Blobs::Layout(dir) => crate::source::layout::Layout::open(dir)?.read_blob(d),
+        }
+    }
+
+    fn missing(&self, d: &Digest, of: &Digest) -> Error {
+        let path = self.path(d);
+        match self {
+            Blobs::Store(_) => Error::invalid(
+                format!("blob `{d}` of manifest `{of}` is not in the store"),
+                Some("build or pull the image again".into()),
+            ),
+            Blobs::Layout(_) => Error::invalid(
+                format!(
+                    "blob `{d}` of manifest `{of}` is missing: no `{}`",
+                    path.display()
+                ),
+                Some(crate::error::hint::DAMAGED_IMAGE.into()),
+            ),
+        }
+    }
+
+    /// The size of blob `d`, an error naming manifest `of` when it is missing.
+    fn size(&self, d: &Digest, of: &Digest) -> Result<u64> {
+        let path = self.path(d);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(self.missing(d, of)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.missing(d, of)),
+            Err(e) => Err(e).at("stat blob", &path),
+        }
+    }
+}
+
 enum BlobOutcome {
     Uploaded,
     Skipped,
@@ -155,14 +287,14 @@ struct PushPlan {
 }
 
 impl PushPlan {
-    fn of(store: &Store, top: &Stored) -> Result<PushPlan> {
+    fn of(store: &Blobs<'_>, top: &Stored) -> Result<PushPlan> {
         let mut plan = PushPlan {
             blobs: Vec::new(),
             manifests: Vec::new(),
         };
         let bytes = store.read(&top.digest)?;
         if top.media_type == INDEX_MEDIA_TYPE {
-            let index = oci::parse_index(&bytes, &format!("index `{}` in the store", top.digest))?;
+            let index = oci::parse_index(&bytes, &format!("index `{}`", top.digest))?;
             for child in index.manifests {
                 let d = child.digest;
                 let child_bytes = store.read(&d)?;
@@ -179,17 +311,16 @@ impl PushPlan {
         Ok(plan)
     }
 
-    fn add_manifest_blobs(&mut self, store: &Store, digest: &Digest, bytes: &[u8]) -> Result<()> {
-        let manifest = oci::parse_manifest(bytes, &format!("manifest `{digest}` in the store"))?;
+    fn add_manifest_blobs(
+        &mut self,
+        store: &Blobs<'_>,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let manifest = oci::parse_manifest(bytes, &format!("manifest `{digest}`"))?;
         for desc in manifest.blobs() {
             let d = desc.digest.clone();
-            if !store.contains(&d) {
-                return Err(Error::invalid(
-                    format!("blob `{d}` of manifest `{digest}` is not in the store"),
-                    Some("build or pull the image again".into()),
-                ));
-            }
-            let size = store.size(&d)?;
+            let size = store.size(&d, digest)?;
             self.blobs.push((d, size));
         }
         Ok(())

@@ -1,5 +1,9 @@
-//! Blob uploads that survive a bad network: a session (`POST`), chunks
-//! (`PATCH` with `Content-Range`), then `PUT ?digest=`. When a chunk fails,
+//! Blob uploads that survive a bad network: a session (`POST`), the whole
+//! blob streamed in one `PATCH` (verified against its digest as it goes: the
+//! last bytes are held back until the hash matches, so a damaged blob never
+//! reaches the registry whole), then `PUT ?digest=`. When that `PATCH`
+//! fails, the rest goes in chunks (`PATCH` with `Content-Range`), and the
+//! file is hashed again before the `PUT`. When a chunk fails,
 //! the session's status (`GET` on its `Location`) says how many bytes the
 //! registry holds (`Range: 0-LAST`), and the upload resumes from there; only
 //! a session the registry no longer knows (404, or refused as invalid) is
@@ -7,7 +11,10 @@
 //! gone with it, the blob's presence decides whether it went through.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use sha2::{Digest as _, Sha256};
 
 use oci_client::Reference;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
@@ -22,6 +29,9 @@ use crate::error::{Error, IoContext, Result};
 /// Bytes per `PATCH`. Larger chunks mean fewer requests to lose; smaller
 /// ones less to send again when a registry drops a session.
 pub(super) const CHUNK: u64 = 8 << 20;
+
+/// Bytes per read of a streamed blob.
+const READ: usize = 1 << 20;
 
 /// Where an upload session stands.
 struct Upload {
@@ -49,6 +59,11 @@ pub(super) async fn upload(
     // Sessions started: progress does not reset this, so a registry that
     // keeps dropping sessions cannot keep kiln busy for ever.
     let mut sessions = 0;
+    // Whether the bytes sent were checked against `digest`: by the
+    // streamed `PATCH`, or by hashing the file before the `PUT`.
+    let mut verified = false;
+    // The first `PATCH` of a session at offset 0 streams the whole blob.
+    let mut streamed = false;
     loop {
         let mut up = match upload.take() {
             Some(up) => up,
@@ -67,6 +82,55 @@ pub(super) async fn upload(
                 start(s, r, &what).await?
             }
         };
+        if up.offset == 0 && !streamed && size > 0 {
+            streamed = true;
+            let mismatch = Arc::new(Mutex::new(None));
+            let url = up.location.clone();
+            let range = format!("0-{}", size - 1);
+            let file = std::fs::File::open(path).at("open", path)?;
+            let body = verified_stream(file, digest.clone(), size, mismatch.clone());
+            // `attempt` builds the request once.
+            let body = Mutex::new(Some(body));
+            let make = || {
+                let b = body
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_else(|| reqwest::Body::from(Vec::new()));
+                s.client
+                    .patch(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, &range)
+                    .header(CONTENT_LENGTH, size)
+                    .body(b)
+            };
+            let answer = s.attempt(&make).await;
+            let actual = mismatch.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(actual) = actual {
+                abandon(s, &up).await;
+                return Err(damaged(path, digest, actual));
+            }
+            let failure = match answer {
+                Attempt::Answer(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    up.location = location(&up.location, resp.headers()).unwrap_or(up.location);
+                    up.offset = held(resp.headers()).unwrap_or(size);
+                    verified = up.offset == size;
+                    failures = 0;
+                    started = Instant::now();
+                    None
+                }
+                Attempt::Answer(resp) => Some((format!("HTTP {}", resp.status().as_u16()), None)),
+                Attempt::Transient { why, retry_after } => Some((why, retry_after)),
+            };
+            if let Some((why, retry_after)) = failure {
+                s.pause(&what, &mut failures, started, why, retry_after)
+                    .await?;
+                match status(s, &up, &what).await? {
+                    Some(now) => up = now,
+                    None => continue, // the session is gone: start another
+                }
+            }
+        }
         // Chunks, from wherever the registry stands.
         while up.offset < size {
             let end = (up.offset + CHUNK).min(size);
@@ -107,6 +171,20 @@ pub(super) async fn upload(
         if up.offset < size {
             continue; // the session is gone: start another
         }
+        if !verified {
+            // Chunks were read without hashing them: kiln does not send a
+            // blob as good (the `PUT`) without knowing it is.
+            let file = std::fs::File::open(path).at("open", path)?;
+            let (actual, _) = tokio::task::block_in_place(|| {
+                crate::digest::digest_reader(std::io::BufReader::with_capacity(READ, file))
+            })
+            .at("read", path)?;
+            if actual != *digest {
+                abandon(s, &up).await;
+                return Err(damaged(path, digest, actual));
+            }
+            verified = true;
+        }
         // Done: the registry checks the digest.
         let mut url = up.location.clone();
         url.query_pairs_mut()
@@ -140,6 +218,87 @@ pub(super) async fn upload(
             return Ok(());
         }
     }
+}
+
+/// The body of a streamed `PATCH`: the file's bytes, hashed as they are
+/// read. The last read is held back until the end of the file: when the
+/// bytes do not hash to `digest` (or are not `size` long), the stream fails
+/// instead of sending it (the request is cut short and the registry never
+/// holds the whole blob) and `mismatch` gets the digest they do hash to.
+fn verified_stream(
+    file: std::fs::File,
+    digest: Digest,
+    size: u64,
+    mismatch: Arc<Mutex<Option<Digest>>>,
+) -> reqwest::Body {
+    struct State {
+        file: tokio::fs::File,
+        hasher: Option<Sha256>,
+        pending: Option<bytes::Bytes>,
+        read: u64,
+    }
+    let state = State {
+        file: tokio::fs::File::from_std(file),
+        hasher: Some(Sha256::new()),
+        pending: None,
+        read: 0,
+    };
+    let stream = futures_util::stream::unfold(state, move |mut st| {
+        let digest = digest.clone();
+        let mismatch = mismatch.clone();
+        async move {
+            let hasher = st.hasher.as_mut()?;
+            loop {
+                let mut buf = vec![0u8; READ];
+                let mut n = 0;
+                while n < READ {
+                    match st.file.read(&mut buf[n..]).await {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) => {
+                            st.hasher = None;
+                            return Some((Err(e), st));
+                        }
+                    }
+                }
+                if n > 0 {
+                    buf.truncate(n);
+                    hasher.update(&buf);
+                    st.read += n as u64;
+                    if st.read <= size {
+                        if let Some(prev) = st.pending.replace(bytes::Bytes::from(buf)) {
+                            return Some((Ok(prev), st));
+                        }
+                        continue;
+                    }
+                }
+                // The end of the file (or more bytes than the blob has).
+                let actual = Digest::from_hasher(st.hasher.take().expect("still hashing"));
+                if actual == digest && st.read == size {
+                    return st.pending.take().map(|last| (Ok(last), st));
+                }
+                *mismatch.lock().unwrap_or_else(|e| e.into_inner()) = Some(actual);
+                let e = std::io::Error::other("the blob does not match its digest");
+                return Some((Err(e), st));
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// The error for a blob whose file at `path` hashes to `actual`.
+fn damaged(path: &Path, digest: &Digest, actual: Digest) -> Error {
+    Error::DigestMismatch {
+        what: format!("`{}` (not pushed)", path.display()),
+        expected: digest.clone(),
+        actual,
+    }
+}
+
+/// Cancels an upload session (best effort: the registry purges stale ones anyway).
+async fn abandon(s: &Session, up: &Upload) {
+    let url = up.location.clone();
+    let _ = s.attempt(&|| s.client.delete(url.clone())).await;
 }
 
 /// Starts an upload session.

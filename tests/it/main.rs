@@ -26,6 +26,7 @@ mod lock_commands;
 mod lock_satisfied;
 mod oci_documents;
 mod output;
+mod push_layout;
 mod readme;
 mod real_tools;
 mod registry;

@@ -190,12 +190,22 @@ fn pushing_the_same_image_twice_sends_no_blob_the_second_time() {
         Vec::<String>::new(),
         "second and third push"
     );
+    // The tag already names the same digest (a HEAD says so): no manifest
+    // is put again (issue 12).
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|q| q.method == "PUT" && q.target.contains("/manifests/")),
+        "the manifest was put again: {:?}",
+        proxy.requests()
+    );
     assert!(
         proxy
             .requests()
             .iter()
-            .any(|q| q.method == "PUT" && q.target.contains("/manifests/")),
-        "the manifest is still put: {:?}",
+            .any(|q| q.method == "HEAD" && q.target.ends_with("/manifests/v1")),
+        "the tag was looked up: {:?}",
         proxy.requests()
     );
 }
