@@ -234,7 +234,8 @@ pub fn build(
         },
     )?;
     let mut settings = settings.clone();
-    if let (Some(repo), None) = (&settings.cache, &settings.remote) {
+    // `--offline` downloads nothing, from the shared cache neither.
+    if let (Some(repo), None, false) = (&settings.cache, &settings.remote, settings.offline) {
         settings.remote = Some(Arc::new(cache::RemoteCache::new(repo, &settings.registry)?));
     }
     let mut built = build_plan(store, &plan, &settings, reporter)?;
