@@ -254,3 +254,46 @@ contents = [ { dest = "/hello", text = "hi\n" } ]
         "{stderr}"
     );
 }
+
+#[test]
+fn the_cache_uses_the_push_credentials_and_never_shows_them() {
+    use crate::support::registry::PASSWORD;
+    let r = registry(Flavour::Token);
+    let w = Work::new();
+    unique_recipe(&w, "rcache-auth", "", "", "");
+    let cache = r.repo("kiln/rcache-auth");
+    let run = |store: &str, out: &str, password: &str| {
+        let mut c = kiln(&w);
+        c.env("KILN_CACHE", w.path().join(store))
+            .env_remove("KILN_NO_PROGRESS");
+        let mut args = vec![
+            "build",
+            "recipe.toml",
+            "--json",
+            "--out",
+            out,
+            "--cache",
+            &cache,
+        ];
+        args.extend(creds_args(r));
+        let o = run_with_stdin(c, &args, Some(password));
+        assert_success(&o, "kiln build --cache with credentials");
+        let (stdout, stderr) = (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8(o.stderr).unwrap(),
+        );
+        assert!(!stdout.contains(password) && !stderr.contains(password));
+        (serde_json::from_str::<Value>(&stdout).unwrap(), stderr)
+    };
+    let (a, _) = run("store-a", "img-a", PASSWORD);
+    assert_eq!(a["cache"]["pushed"], 2, "{a:#}");
+    let (b, _) = run("store-b", "img-b", PASSWORD);
+    assert_eq!(sources(&b), ["remote-cache", "remote-cache"], "{b:#}");
+    assert_eq!(b["digest"], a["digest"]);
+    // A wrong password: refused, reported, built from local inputs.
+    let (c, stderr) = run("store-c", "img-c", "not-the-password-0xk1ln");
+    assert_eq!(c["cache"]["reachable"], false, "{c:#}");
+    assert_eq!(sources(&c), ["built", "built"]);
+    assert_eq!(c["digest"], a["digest"]);
+    assert!(stderr.contains("is unreachable"), "{stderr}");
+}
