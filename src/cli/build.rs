@@ -195,12 +195,19 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
 fn cache_reference(text: &str) -> Result<kiln::registry::Reference, Error> {
     let r = parse_reference(text)?;
     let bare = format!("{}/{}", r.registry(), r.repository());
-    if text != bare && text != format!("{bare}:latest") {
+    let last = text.rsplit('/').next().unwrap_or(text);
+    if r.digest().is_some() || last.contains(':') {
         return Err(Error::invalid(
             format!("`--cache {text}` names a tag or digest; the cache is a whole repository"),
             Some(format!(
                 "write `--cache {bare}` (or set KILN_CACHE_REPO={bare})"
             )),
+        ));
+    }
+    if text != bare {
+        return Err(Error::invalid(
+            format!("`--cache {text}` does not name its registry as written (it reads as `{bare}`)"),
+            Some("write `--cache REGISTRY/REPOSITORY` in lower case, e.g. `--cache 127.0.0.1:5000/ci/kiln-cache`".into()),
         ));
     }
     Ok(r)

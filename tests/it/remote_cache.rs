@@ -297,3 +297,19 @@ fn the_cache_uses_the_push_credentials_and_never_shows_them() {
     assert_eq!(c["digest"], a["digest"]);
     assert!(stderr.contains("is unreachable"), "{stderr}");
 }
+
+#[test]
+fn a_cache_with_a_tag_or_without_a_registry_is_refused_with_a_fix() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        "name = \"badcache\"\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n",
+    );
+    let (code, stderr) = w.fails(&["build", "recipe.toml", "--cache", "127.0.0.1:1/x:v1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("names a tag or digest"), "{stderr}");
+    assert!(stderr.contains("--cache 127.0.0.1:1/x`"), "{stderr}");
+    let (code, stderr) = w.fails(&["build", "recipe.toml", "--cache", "UPPER/cache"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not name its registry"), "{stderr}");
+}
