@@ -78,6 +78,10 @@ pub struct Args {
     /// Push the image to `REGISTRY/REPOSITORY[:TAG]` after building (repeatable).
     #[arg(long, value_name = "REF")]
     push: Vec<String>,
+    /// Share layers through this registry repository (`REGISTRY/REPOSITORY`): take
+    /// those it has, push those built here. An unreachable cache never fails a build.
+    #[arg(long, env = "KILN_CACHE_REPO", value_name = "REPO")]
+    cache: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -93,6 +97,17 @@ impl Reporter for Progress {
         let name = |n: Option<&str>| n.map_or(String::from("(unnamed)"), String::from);
         match event {
             Event::Recipe { path } => eprintln!("recipe  {}", path.display()),
+            Event::LayerFetched {
+                name: n,
+                digest,
+                size,
+            } => eprintln!(
+                "fetched layer {} {} ({}) from the shared cache",
+                name(n),
+                short(&digest.to_string()),
+                human(size)
+            ),
+            Event::CacheNote { message } => eprintln!("cache   {message}"),
             Event::LayerCached { name: n, digest } => {
                 eprintln!("cached  layer {} {}", name(n), short(&digest.to_string()))
             }
@@ -176,6 +191,28 @@ fn source_date_epoch() -> Result<Option<u64>, Error> {
     }
 }
 
+/// `--cache` / `KILN_CACHE_REPO`: a repository, without a tag or digest.
+fn cache_reference(text: &str) -> Result<kiln::registry::Reference, Error> {
+    let r = parse_reference(text)?;
+    let bare = format!("{}/{}", r.registry(), r.repository());
+    let last = text.rsplit('/').next().unwrap_or(text);
+    if r.digest().is_some() || last.contains(':') {
+        return Err(Error::invalid(
+            format!("`--cache {text}` names a tag or digest; the cache is a whole repository"),
+            Some(format!(
+                "write `--cache {bare}` (or set KILN_CACHE_REPO={bare})"
+            )),
+        ));
+    }
+    if text != bare {
+        return Err(Error::invalid(
+            format!("`--cache {text}` does not name its registry as written (it reads as `{bare}`)"),
+            Some("write `--cache REGISTRY/REPOSITORY` in lower case, e.g. `--cache 127.0.0.1:5000/ci/kiln-cache`".into()),
+        ));
+    }
+    Ok(r)
+}
+
 /// `--threads` / `KILN_THREADS`: 0 (one per CPU) up to [`MAX_THREADS`].
 fn threads(s: &str) -> Result<usize, String> {
     s.trim()
@@ -206,6 +243,13 @@ pub fn run(args: Args) -> Result<(), Error> {
         registry: args.registry.options()?,
         locked: args.locked,
         offline: args.offline,
+        cache: args
+            .cache
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(cache_reference)
+            .transpose()?,
+        ..Settings::default()
     };
     let store = super::open_store()?;
     let progress = Progress { json: args.json };
@@ -245,6 +289,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             "layers": outcome.manifests[0].layers,
             "manifests": outcome.manifests,
             "pushed": outcome.pushed,
+            "cache": outcome.cache,
         });
         println!(
             "{}",

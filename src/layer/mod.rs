@@ -55,6 +55,21 @@ pub fn build(
     })
 }
 
+/// The diff_id `entries` would have: the tar stream hashed, not compressed
+/// (what a layer fetched from a shared cache is checked against).
+pub fn diff_id(entries: &[Entry], mtime: u64) -> Result<Digest> {
+    let sink_err = |e: io::Error| Error::internal("hash a layer's tar stream", e);
+    let mut tar = TarWriter::new(HashingWriter::new(io::sink()));
+    for entry in entries {
+        write_entry(&mut tar, entry, mtime).map_err(|e| match e {
+            EntryError::Io(e) => sink_err(e),
+            EntryError::Kiln(e) => e,
+        })?;
+    }
+    let hashing = tar.finish().map_err(sink_err)?;
+    Ok(hashing.finish().1)
+}
+
 enum EntryError {
     Io(io::Error),
     Kiln(Error),

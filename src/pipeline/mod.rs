@@ -9,6 +9,7 @@
 mod accounts;
 mod base;
 mod below;
+mod cache;
 mod distribute;
 mod packages;
 mod run;
@@ -16,13 +17,14 @@ mod satisfied;
 mod sbom;
 mod truststore;
 
+pub use cache::{CacheReport, CACHE_MEDIA_TYPE};
 pub use distribute::{copy, pull, push};
 pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
 pub use sbom::sbom;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -50,6 +52,11 @@ pub struct Settings {
     pub locked: bool,
     /// Use only what is in the store: never download a package.
     pub offline: bool,
+    /// A registry repository shared as a layer cache (`--cache`).
+    pub cache: Option<crate::registry::Reference>,
+    /// The open remote cache, set by [`build`].
+    #[doc(hidden)]
+    pub remote: Option<Arc<cache::RemoteCache>>,
 }
 
 /// What a build reports as it goes; the CLI draws it on stderr.
@@ -65,6 +72,20 @@ pub enum Event<'a> {
     Recipe {
         /// Its path.
         path: &'a Path,
+    },
+    /// A layer came from the shared cache in a registry (downloaded and verified).
+    LayerFetched {
+        /// Its name, if any.
+        name: Option<&'a str>,
+        /// The blob.
+        digest: &'a Digest,
+        /// Compressed size.
+        size: u64,
+    },
+    /// Something about the shared cache: unreachable, an entry ignored.
+    CacheNote {
+        /// What to say.
+        message: &'a str,
     },
     /// A layer came from the cache.
     LayerCached {
@@ -140,6 +161,22 @@ pub struct LayerReport {
     pub cached: bool,
     /// Whether it is one of the base image's layers.
     pub from_base: bool,
+    /// Where it came from: `built`, `local-cache`, `remote-cache` or `base`.
+    pub source: Source,
+}
+
+/// Where a layer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Built (compressed) here.
+    Built,
+    /// The store's layer cache.
+    LocalCache,
+    /// The shared cache in a registry (`--cache`).
+    RemoteCache,
+    /// The base image.
+    Base,
 }
 
 /// One platform's manifest, as reported.
@@ -170,6 +207,8 @@ pub struct Built {
     pub top: Stored,
     /// Per-platform reports.
     pub manifests: Vec<ManifestReport>,
+    /// What the shared cache did, with `--cache`.
+    pub cache: Option<CacheReport>,
 }
 
 /// Resolves the recipe at `path` (and its bases) and builds it into `store`.
@@ -195,8 +234,14 @@ pub fn build(
             locked: settings.locked,
         },
     )?;
-    let mut built = build_plan(store, &plan, settings, reporter)?;
+    let mut settings = settings.clone();
+    // `--offline` downloads nothing, from the shared cache neither.
+    if let (Some(repo), None, false) = (&settings.cache, &settings.remote, settings.offline) {
+        settings.remote = Some(Arc::new(cache::RemoteCache::new(repo, &settings.registry)?));
+    }
+    let mut built = build_plan(store, &plan, &settings, reporter)?;
     built.times = started.map(|s| (s, now()));
+    built.cache = settings.remote.as_ref().map(|r| r.report());
     Ok(built)
 }
 
@@ -320,8 +365,10 @@ fn build_plan(
         img.apply_config(&recipe.config);
         img.set_created(&created);
         for plan in plans {
-            let (record, cached) = built_for(plan);
-            reports.push(report(&record, plan.name.clone(), cached, false));
+            let (record, source) = built_for(plan);
+            let mut r = report(&record, plan.name.clone(), source != Source::Built, false);
+            r.source = source;
+            reports.push(r);
             img.push_layer(record, plan.name.as_deref(), &created);
         }
         let stored = img.store(store, &recipe.annotations)?;
@@ -349,6 +396,7 @@ fn build_plan(
         images,
         top,
         manifests,
+        cache: None,
     })
 }
 
@@ -377,6 +425,11 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
         media_type: l.media_type.clone(),
         cached,
         from_base,
+        source: match (from_base, cached) {
+            (true, _) => Source::Base,
+            (false, true) => Source::LocalCache,
+            (false, false) => Source::Built,
+        },
     }
 }
 
@@ -390,7 +443,7 @@ fn build_layers(
     settings: &Settings,
     reporter: &dyn Reporter,
     epoch: u64,
-) -> Result<Vec<(LayerRecord, bool)>> {
+) -> Result<Vec<(LayerRecord, Source)>> {
     let jobs = match settings.jobs {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -399,13 +452,32 @@ fn build_layers(
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
-    let one = |plan: &LayerPlan| -> Result<(LayerRecord, bool)> {
+    let note = |message: &str| reporter.event(Event::CacheNote { message });
+    let one = |plan: &LayerPlan| -> Result<(LayerRecord, Source)> {
         if let Some(r) = store.cached_layer(&plan.input_digest)? {
             reporter.event(Event::LayerCached {
                 name: plan.name.as_deref(),
                 digest: &r.digest,
             });
-            return Ok((r, true));
+            if let Some(remote) = &settings.remote {
+                remote.share(store, &plan.input_digest, &r, &note);
+            }
+            return Ok((r, Source::LocalCache));
+        }
+        let mut publish = false;
+        if let Some(remote) = &settings.remote {
+            match remote.fetch(store, plan, epoch, &note) {
+                cache::Lookup::Hit(r) => {
+                    reporter.event(Event::LayerFetched {
+                        name: plan.name.as_deref(),
+                        digest: &r.digest,
+                        size: r.size,
+                    });
+                    return Ok((r, Source::RemoteCache));
+                }
+                cache::Lookup::Miss => publish = true,
+                cache::Lookup::Off => {}
+            }
         }
         let (files, bytes) = plan.file_stats();
         reporter.event(Event::LayerStarted {
@@ -426,7 +498,10 @@ fn build_layers(
             digest: &r.digest,
             size: r.size,
         });
-        Ok((r, false))
+        if let (true, Some(remote)) = (publish, &settings.remote) {
+            remote.publish(store, &plan.input_digest, &r, &note);
+        }
+        Ok((r, Source::Built))
     };
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -457,7 +532,7 @@ fn build_layers(
     if let Some(e) = first_error.into_inner().expect("threads are joined") {
         return Err(e);
     }
-    let mut results: Vec<Option<(LayerRecord, bool)>> = vec![None; plans.len()];
+    let mut results: Vec<Option<(LayerRecord, Source)>> = vec![None; plans.len()];
     for (i, r) in done.into_inner().expect("threads are joined") {
         results[i] = Some(r);
     }

@@ -89,6 +89,8 @@ pub struct Outcome {
     pub documents: Vec<PathBuf>,
     /// Each push, in order.
     pub pushed: Vec<Pushed>,
+    /// What the shared layer cache did (`--cache`).
+    pub cache: Option<super::CacheReport>,
 }
 
 /// Builds, exports, pushes, signs and attests, as `request` asks.
@@ -205,6 +207,7 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
         media_type: built.top.media_type.to_string(),
         out,
         format: request.format,
+        cache: built.cache.clone(),
         manifests: built.manifests,
         documents,
         pushed,

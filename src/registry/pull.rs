@@ -25,7 +25,15 @@ const MAX_MANIFEST: u64 = 4 << 20;
 impl Registry {
     /// Like [`Registry::pull`], but `None` when the registry has no such manifest.
     pub fn pull_if_present(&self, store: &Store, source: &Reference) -> Result<Option<Stored>> {
-        let present = self.runtime.block_on(async {
+        if !self.has_manifest(source)? {
+            return Ok(None);
+        }
+        self.pull(store, source, None).map(Some)
+    }
+
+    /// Whether the registry has a manifest at `source` (a `HEAD`).
+    pub fn has_manifest(&self, source: &Reference) -> Result<bool> {
+        self.runtime.block_on(async {
             let s = self.session(source, Access::Pull, &[]).await?;
             let what = format!("look up `{}`", source.whole());
             let url = manifest_url(&s, source, &tag_or_digest(source));
@@ -37,11 +45,7 @@ impl Registry {
                 status if status.is_success() => Ok(true),
                 _ => Err(status_error(&what, resp).await),
             }
-        })?;
-        if !present {
-            return Ok(None);
-        }
-        self.pull(store, source, None).map(Some)
+        })
     }
 
     /// The digest `source`'s tag points at now.

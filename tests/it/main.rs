@@ -31,6 +31,7 @@ mod readme;
 mod real_tools;
 mod registry;
 mod registry_faults;
+mod remote_cache;
 mod reproducibility;
 mod sbom_syft;
 mod signing;

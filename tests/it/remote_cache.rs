@@ -1,0 +1,315 @@
+//! `kiln build --cache REGISTRY/REPO`: the layer cache shared through a real
+//! registry (Debian's `docker-registry` on 127.0.0.1). Two stores and one
+//! registry: the second store builds nothing and gets the same digest; what
+//! the registry holds is read back with `skopeo` and the registry API
+//! (`curl`); a poisoned entry is ignored; a closed port never fails a build.
+
+use crate::support::registry::client::*;
+use crate::support::registry::{registry, tool, Flavour, Registry};
+use crate::support::*;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use std::process::Command;
+
+/// `kiln build recipe.toml --json --cache CACHE` with the store at `store`.
+fn build(w: &Work, store: &str, cache: &str, out: &str) -> Value {
+    let mut c = kiln(w);
+    c.env("KILN_CACHE", w.path().join(store));
+    let o = c
+        .args([
+            "build",
+            "recipe.toml",
+            "--json",
+            "--out",
+            out,
+            "--cache",
+            cache,
+        ])
+        .output()
+        .unwrap();
+    assert_success(&o, &format!("kiln build --cache {cache} (store {store})"));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn sources(doc: &Value) -> Vec<String> {
+    doc["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["source"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = tool("curl").arg("-sSf").args(args).output().unwrap();
+    assert_success(&out, &format!("curl {args:?}"));
+    out.stdout
+}
+
+/// The tags of `repo`, from the registry API.
+fn tags(r: &Registry, repo: &str) -> Vec<String> {
+    let url = format!("http://{}/v2/{repo}/tags/list", r.host);
+    let v: Value = serde_json::from_slice(&curl(&[&url])).unwrap();
+    let mut t: Vec<String> = v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    t.sort();
+    t
+}
+
+/// Uploads `bytes` as a blob of `repo` (POST, then PUT with the digest).
+fn put_blob(r: &Registry, repo: &str, bytes: &[u8]) -> String {
+    let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+    let url = format!("http://{}/v2/{repo}/blobs/uploads/", r.host);
+    let head = String::from_utf8(curl(&["-i", "-X", "POST", &url])).unwrap();
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Location: ")
+                .or_else(|| l.strip_prefix("location: "))
+        })
+        .unwrap()
+        .trim()
+        .to_string();
+    let location = if location.starts_with('/') {
+        format!("http://{}{location}", r.host)
+    } else {
+        location
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put = format!("{location}{sep}digest={digest}");
+    let w = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(w.path(), bytes).unwrap();
+    let data = format!("@{}", w.path().display());
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &data,
+        &put,
+    ]);
+    digest
+}
+
+#[test]
+fn a_second_store_takes_every_layer_from_the_registry() {
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    unique_recipe(&w, "rcache", "", "", "");
+    let cache = r.repo("kiln/rcache-roundtrip");
+
+    let a = build(&w, "store-a", &cache, "img-a");
+    assert_eq!(sources(&a), ["built", "built"]);
+    assert_eq!(a["cache"]["reachable"], true, "{a:#}");
+    assert_eq!(a["cache"]["pushed"], 2, "{a:#}");
+
+    // What the registry holds: one artifact per layer, tagged by its key,
+    // whose one layer is the built blob (read back by skopeo).
+    let entries = tags(r, "kiln/rcache-roundtrip");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let mut held = Vec::new();
+    for t in &entries {
+        assert!(t.starts_with("kiln-layer-") && t.len() == 75, "{t}");
+        let (m, _) = remote_raw(r, &format!("{cache}:{t}"));
+        assert_eq!(
+            m["artifactType"],
+            "application/vnd.kiln.layer-cache.v1+json"
+        );
+        assert_eq!(
+            m["config"]["mediaType"],
+            "application/vnd.kiln.layer-cache.v1+json"
+        );
+        held.push(m["layers"][0]["digest"].as_str().unwrap().to_string());
+    }
+    held.sort();
+    let mut built: Vec<String> = a["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    built.sort();
+    assert_eq!(held, built);
+
+    // An empty store: nothing built, nothing compressed, the same digest.
+    let b = build(&w, "store-b", &cache, "img-b");
+    assert_eq!(b["digest"], a["digest"]);
+    assert_eq!(sources(&b), ["remote-cache", "remote-cache"], "{b:#}");
+    assert_eq!(b["cache"]["hits"], 2, "{b:#}");
+    assert_eq!(b["cache"]["pushed"], 0, "{b:#}");
+    assert_same_blobs(&w.path().join("img-a"), &w.path().join("img-b"));
+
+    // The layers are now in store B's own cache.
+    let again = build(&w, "store-b", &cache, "img-b2");
+    assert_eq!(sources(&again), ["local-cache", "local-cache"]);
+    assert_eq!(again["digest"], a["digest"]);
+}
+
+#[test]
+fn an_entry_pointing_at_another_blob_is_ignored_and_the_layer_rebuilt() {
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    unique_recipe(&w, "rcache-poison", "", "", "");
+    let repo = "kiln/rcache-poison";
+    let cache = r.repo(repo);
+    let a = build(&w, "store-a", &cache, "img-a");
+    let layer = |i: usize| a["layers"][i].clone();
+    let (hello, etc) = (layer(0), layer(1));
+
+    // Point the entry of layer `hello` at layer `etc`'s blob, with a record
+    // consistent with that blob (its own digest, diff_id and size).
+    let entries = tags(r, repo);
+    let hello_tag = entries
+        .iter()
+        .find(|t| {
+            let (m, _) = remote_raw(r, &format!("{cache}:{t}"));
+            m["layers"][0]["digest"] == hello["digest"]
+        })
+        .unwrap()
+        .clone();
+    let (old, _) = remote_raw(r, &format!("{cache}:{hello_tag}"));
+    let input = old["annotations"]["dev.kiln.layer-cache.input"].clone();
+    let record = serde_json::to_vec(&json!({
+        "input": input,
+        "digest": etc["digest"],
+        "diff_id": etc["diff_id"],
+        "size": etc["size"],
+        "media_type": etc["media_type"],
+    }))
+    .unwrap();
+    let config = put_blob(r, repo, &record);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.kiln.layer-cache.v1+json",
+        "config": {"mediaType": "application/vnd.kiln.layer-cache.v1+json", "digest": config, "size": record.len()},
+        "layers": [{"mediaType": etc["media_type"], "digest": etc["digest"], "size": etc["size"]}],
+    });
+    let w2 = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(w2.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", w2.path().display()),
+        &format!("http://{}/v2/{repo}/manifests/{hello_tag}", r.host),
+    ]);
+
+    let b = build(&w, "store-b", &cache, "img-b");
+    assert_eq!(
+        b["digest"], a["digest"],
+        "the poisoned entry changed the image"
+    );
+    assert_eq!(sources(&b), ["built", "remote-cache"], "{b:#}");
+    assert_eq!(b["cache"]["rejected"], 1, "{b:#}");
+    assert_eq!(b["layers"][0]["digest"], hello["digest"]);
+    // The rebuilt layer's entry was pushed again, pointing at the right blob.
+    let (fixed, _) = remote_raw(r, &format!("{cache}:{hello_tag}"));
+    assert_eq!(fixed["layers"][0]["digest"], hello["digest"]);
+}
+
+#[test]
+fn an_unreachable_cache_does_not_fail_the_build() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        r#"
+name = "offcache"
+[[layers]]
+name = "hello"
+contents = [ { dest = "/hello", text = "hi\n" } ]
+"#,
+    );
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = format!("127.0.0.1:{port}/kiln/cache");
+    let plain = w.build("recipe.toml", "plain");
+    let mut c: Command = kiln(&w);
+    c.env("KILN_CACHE", w.path().join("other-store"))
+        .env("KILN_CACHE_REPO", &cache)
+        .env_remove("KILN_NO_PROGRESS");
+    let o = c
+        .args(["build", "recipe.toml", "--json", "--out", "img"])
+        .output()
+        .unwrap();
+    assert_success(&o, "kiln build with the cache down");
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(doc["digest"], plain.as_str());
+    assert_eq!(doc["cache"]["reachable"], false, "{doc:#}");
+    assert_eq!(sources(&doc), ["built"]);
+    assert!(
+        stderr.contains(&format!("layer cache `{}` is unreachable", &cache)),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_cache_uses_the_push_credentials_and_never_shows_them() {
+    use crate::support::registry::PASSWORD;
+    let r = registry(Flavour::Token);
+    let w = Work::new();
+    unique_recipe(&w, "rcache-auth", "", "", "");
+    let cache = r.repo("kiln/rcache-auth");
+    let run = |store: &str, out: &str, password: &str| {
+        let mut c = kiln(&w);
+        c.env("KILN_CACHE", w.path().join(store))
+            .env_remove("KILN_NO_PROGRESS");
+        let mut args = vec![
+            "build",
+            "recipe.toml",
+            "--json",
+            "--out",
+            out,
+            "--cache",
+            &cache,
+        ];
+        args.extend(creds_args(r));
+        let o = run_with_stdin(c, &args, Some(password));
+        assert_success(&o, "kiln build --cache with credentials");
+        let (stdout, stderr) = (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8(o.stderr).unwrap(),
+        );
+        assert!(!stdout.contains(password) && !stderr.contains(password));
+        (serde_json::from_str::<Value>(&stdout).unwrap(), stderr)
+    };
+    let (a, _) = run("store-a", "img-a", PASSWORD);
+    assert_eq!(a["cache"]["pushed"], 2, "{a:#}");
+    let (b, _) = run("store-b", "img-b", PASSWORD);
+    assert_eq!(sources(&b), ["remote-cache", "remote-cache"], "{b:#}");
+    assert_eq!(b["digest"], a["digest"]);
+    // A wrong password: refused, reported, built from local inputs.
+    let (c, stderr) = run("store-c", "img-c", "not-the-password-0xk1ln");
+    assert_eq!(c["cache"]["reachable"], false, "{c:#}");
+    assert_eq!(sources(&c), ["built", "built"]);
+    assert_eq!(c["digest"], a["digest"]);
+    assert!(stderr.contains("is unreachable"), "{stderr}");
+}
+
+#[test]
+fn a_cache_with_a_tag_or_without_a_registry_is_refused_with_a_fix() {
+    let w = Work::new();
+    w.write(
+        "recipe.toml",
+        "name = \"badcache\"\n[[layers]]\ncontents = [ { dest = \"/a\", text = \"a\" } ]\n",
+    );
+    let (code, stderr) = w.fails(&["build", "recipe.toml", "--cache", "127.0.0.1:1/x:v1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("names a tag or digest"), "{stderr}");
+    assert!(stderr.contains("--cache 127.0.0.1:1/x`"), "{stderr}");
+    let (code, stderr) = w.fails(&["build", "recipe.toml", "--cache", "UPPER/cache"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not name its registry"), "{stderr}");
+}
