@@ -13,12 +13,13 @@ use crate::support::{self, mode, owner, read, Work};
 
 const SUITE: &str = "kiln-accounts";
 
-const PASSWD_MASTER: &str = "root:*:0:0:root:/root:/bin/sh\n\
+/// base-passwd's master files, cut down (shared with `sysusers`).
+pub(crate) const PASSWD_MASTER: &str = "root:*:0:0:root:/root:/bin/sh\n\
 daemon:*:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
 www-data:*:33:33:www-data:/var/www:/usr/sbin/nologin\n\
 nobody:*:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
 
-const GROUP_MASTER: &str =
+pub(crate) const GROUP_MASTER: &str =
     "root:*:0:\ndaemon:*:1:\nshadow:*:42:\nwww-data:*:33:\nnogroup:*:65534:\n";
 
 fn repo() -> &'static Repo {
