@@ -8,33 +8,18 @@
 //! lock is missing says so before any base is built.
 
 use std::fs;
-use std::process::Output;
 
 use crate::support::apt::{Pkg, Repo};
 use crate::support::{assert_success, Work};
 
 const SUITE: &str = "kiln-test";
 
-fn kiln(w: &Work, repo: &Repo, args: &[&str]) -> Output {
-    crate::support::apt::kiln_at(w, &repo.url, args)
-}
-
 fn ok(w: &Work, repo: &Repo, args: &[&str]) -> String {
     crate::support::apt::kiln_ok_at(w, &repo.url, args)
 }
 
 fn fails(w: &Work, repo: &Repo, args: &[&str]) -> (i32, String) {
-    let out = kiln(w, repo, args);
-    assert!(
-        !out.status.success(),
-        "kiln {} should have failed; stdout:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    crate::support::apt::kiln_fails_at(w, &repo.url, args)
 }
 
 fn repositories() -> String {

@@ -1017,6 +1017,21 @@ pub fn kiln_at(w: &super::Work, url: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// As [`kiln_at`], which must fail: (exit code, standard error).
+pub fn kiln_fails_at(w: &super::Work, url: &str, args: &[&str]) -> (i32, String) {
+    let out = kiln_at(w, url, args);
+    assert!(
+        !out.status.success(),
+        "kiln {} should have failed; stdout:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// As [`kiln_at`], which must succeed: its standard output.
 pub fn kiln_ok_at(w: &super::Work, url: &str, args: &[&str]) -> String {
     let out = kiln_at(w, url, args);
