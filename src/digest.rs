@@ -103,6 +103,11 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// The inner writer (what is written to it directly is not hashed).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// Returns the inner writer, the digest and the byte count of what was written.
     pub fn finish(self) -> (W, Digest, u64) {
         (self.inner, Digest::from_hasher(self.hasher), self.len)

@@ -2,17 +2,21 @@
 //!
 //! Digests depend on the compressed bytes, so the backends and levels are
 //! part of kiln's format: gzip is zlib-rs (pure Rust, through flate2) at
-//! level 2, in independent 1 MiB chunks compressed on all CPUs (or
+//! level 2, in independent chunks compressed on all CPUs (or
 //! `KILN_THREADS`) and joined into one stream ([`super::pgzip`]), with a
-//! header carrying no name, mtime 0 and OS byte 255; zstd is
-//! libzstd (bundled, pinned by Cargo.lock) at level 3, single-threaded, with
-//! no checksum and no content size. Neither depends on the number of
-//! threads or the CPU's features. Changing any of this changes digests and
-//! must bump [`crate::plan::FORMAT_VERSION`].
+//! header carrying no name, mtime 0 and OS byte 255; zstd is libzstd
+//! (bundled, pinned by Cargo.lock) at level 3 in its multi-threaded mode
+//! (always at least one worker: its output is the same for any number of
+//! workers, and differs from its single-threaded mode's), with no checksum
+//! and no content size. Neither depends on the number of threads or the
+//! CPU's features (tests/it/deflate_determinism.rs). Changing any of this
+//! changes digests and must bump [`crate::plan::FORMAT_VERSION`].
 
 use std::io::{self, Write};
 
+use super::pgzip::{Cuts, Finished, ParallelGzip};
 use crate::recipe::Compression;
+use crate::store::Store;
 
 const ZSTD_LEVEL: i32 = 3;
 
@@ -27,36 +31,83 @@ pub fn media_type(c: Compression) -> &'static str {
 /// A streaming compressor writing into `W`.
 pub enum Encoder<W: Write> {
     /// gzip.
-    Gzip(super::pgzip::ParallelGzip<W>),
+    Gzip(ParallelGzip<W>),
     /// zstd.
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
+/// `threads`, with 0 meaning one per CPU.
+fn workers(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 impl<W: Write> Encoder<W> {
-    /// Starts compressing into `out`; gzip uses `threads` threads (0: one per CPU).
+    /// Starts compressing a plain stream into `out` on `threads` threads (0:
+    /// one per CPU), gzip cut at fixed places.
     pub fn new(c: Compression, out: W, threads: usize) -> io::Result<Self> {
+        Self::with(c, out, threads, Cuts::Fixed, None)
+    }
+
+    /// Starts compressing a layer's tar stream: gzip cut at entries (see
+    /// [`Encoder::entry`]), reusing and recording chunks in `cache`.
+    pub fn layer(c: Compression, out: W, threads: usize, cache: Option<Store>) -> io::Result<Self> {
+        Self::with(c, out, threads, Cuts::Entries, cache)
+    }
+
+    fn with(
+        c: Compression,
+        out: W,
+        threads: usize,
+        cuts: Cuts,
+        cache: Option<Store>,
+    ) -> io::Result<Self> {
         Ok(match c {
             Compression::Gzip => {
-                let workers = match threads {
-                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    n => n,
-                };
-                Encoder::Gzip(super::pgzip::ParallelGzip::new(out, workers))
+                Encoder::Gzip(ParallelGzip::with(out, workers(threads), cuts, cache))
             }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 enc.include_checksum(false)?;
                 enc.include_contentsize(false)?;
+                enc.multithread(workers(threads) as u32)?;
                 Encoder::Zstd(enc)
             }
         })
     }
 
+    /// Says that a tar entry at `path` with `size` bytes of content starts
+    /// here (gzip may end a chunk).
+    pub fn entry(&mut self, path: &str, size: u64) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.entry(path, size),
+            Encoder::Zstd(_) => Ok(()),
+        }
+    }
+
+    /// Says that the content of the entry announced last starts here.
+    pub fn content(&mut self) {
+        if let Encoder::Gzip(e) = self {
+            e.content();
+        }
+    }
+
     /// Flushes the compressed stream's end and returns the inner writer.
     pub fn finish(self) -> io::Result<W> {
+        self.finish_chunks().map(|f| f.out)
+    }
+
+    /// Like [`Encoder::finish`], with the gzip chunks' records.
+    pub fn finish_chunks(self) -> io::Result<Finished<W>> {
         match self {
             Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish().map(|out| Finished {
+                out,
+                chunks: Vec::new(),
+                reused: 0,
+            }),
         }
     }
 }
@@ -107,6 +158,15 @@ mod tests {
             let mut whole = Encoder::new(c, Vec::new(), 2).unwrap();
             whole.write_all(&data).unwrap();
             assert_eq!(whole.finish().unwrap(), compress(c, &data));
+            for threads in [1, 7] {
+                let mut other = Encoder::new(c, Vec::new(), threads).unwrap();
+                other.write_all(&data).unwrap();
+                assert_eq!(
+                    other.finish().unwrap(),
+                    compress(c, &data),
+                    "{c:?} on {threads} threads"
+                );
+            }
         }
     }
 }

@@ -3,7 +3,11 @@
 //!
 //! The tar stream is produced, hashed (diff_id), compressed and hashed again
 //! (blob digest) in one pass through fixed-size buffers, so memory does not
-//! grow with layer size. Every host file is re-hashed as it is copied and
+//! grow with layer size. Compression runs on other threads, chunk by chunk;
+//! a gzip layer's chunks are cut at entries and looked up in the store's
+//! chunk cache first ([`pgzip`]), so a rebuild after a small change
+//! compresses only the chunks the change touched, and writes the same bytes
+//! a cold build would. Every host file is re-hashed as it is copied and
 //! must match the digest the plan recorded; a file that changed during the
 //! build fails it rather than producing a layer whose cache key lies.
 
@@ -34,8 +38,8 @@ pub fn build(
     threads: usize,
 ) -> Result<LayerRecord> {
     let blob = store.writer()?;
-    let encoder =
-        compress::Encoder::new(compression, blob, threads).map_err(|e| io_err(store, e))?;
+    let encoder = compress::Encoder::layer(compression, blob, threads, Some(store.clone()))
+        .map_err(|e| io_err(store, e))?;
     let mut tar = TarWriter::new(HashingWriter::new(encoder));
     for entry in entries {
         write_entry(&mut tar, entry, mtime).map_err(|e| match e {
@@ -45,8 +49,10 @@ pub fn build(
     }
     let hashing = tar.finish().map_err(|e| io_err(store, e))?;
     let (encoder, diff_id, _) = hashing.finish();
-    let blob = encoder.finish().map_err(|e| io_err(store, e))?;
-    let (digest, size) = blob.commit(None)?;
+    let finished = encoder.finish_chunks().map_err(|e| io_err(store, e))?;
+    let (digest, size) = finished.out.commit(None)?;
+    // Only a cache: a record lost here means that chunk is compressed again.
+    let _ = store.remember_chunks(&digest, &finished.chunks);
     Ok(LayerRecord {
         digest,
         diff_id,
@@ -85,7 +91,27 @@ fn io_err(store: &Store, e: io::Error) -> Error {
     Error::io("write a layer into", store.tmp_dir(), e)
 }
 
-fn write_entry<W: Write>(
+/// Where a layer's tar stream goes, told where entries and their content
+/// start (so that gzip can cut its chunks there).
+trait Marks: Write {
+    fn entry(&mut self, _path: &str, _size: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn content(&mut self) {}
+}
+
+impl Marks for HashingWriter<io::Sink> {}
+
+impl<W: Write> Marks for HashingWriter<compress::Encoder<W>> {
+    fn entry(&mut self, path: &str, size: u64) -> io::Result<()> {
+        self.get_mut().entry(path, size)
+    }
+    fn content(&mut self) {
+        self.get_mut().content();
+    }
+}
+
+fn write_entry<W: Marks>(
     tar: &mut TarWriter<W>,
     entry: &Entry,
     mtime: u64,
@@ -96,6 +122,7 @@ fn write_entry<W: Write>(
         EntryKind::Symlink { target } => (Kind::Symlink, 0, target.as_str()),
         EntryKind::HardLink { target } => (Kind::HardLink, 0, target.as_str()),
     };
+    tar.data().entry(&entry.path, size)?;
     tar.header(&Header {
         path: &entry.path,
         kind,
@@ -112,6 +139,7 @@ fn write_entry<W: Write>(
         digest,
     } = &entry.kind
     {
+        tar.data().content();
         match content {
             Content::Inline(bytes) => tar.data().write_all(bytes)?,
             Content::Host(path) => copy_host_file(tar.data(), path, *size, digest)?,

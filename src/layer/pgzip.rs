@@ -1,17 +1,43 @@
-//! Deterministic parallel gzip.
+//! Deterministic parallel gzip, with chunks that a later build can reuse.
 //!
-//! The stream is cut into fixed 1 MiB chunks; each is compressed on its own
-//! (raw deflate by zlib-rs at level [`LEVEL`], no shared dictionary) and
-//! ended with a sync flush, so the compressed chunks concatenate into one
-//! valid deflate stream, closed by an empty final block: one gzip member per
-//! layer, which every consumer reads. Because the cut points are fixed and
-//! chunks do not depend on each other, the output is the same whatever the
-//! number of threads or their timing; zlib-rs's CPU-specific routines (AVX2
-//! match comparison and hash slide) compute the same results as its portable
-//! ones, so the CPU does not matter either (tests/it/deflate_determinism.rs
-//! proves both under `qemu-x86_64 -cpu qemu64`). Only the chunk size, the
-//! library and the level matter, and all are part of kiln's format (see
-//! [`crate::plan::FORMAT_VERSION`]).
+//! The stream is cut into chunks; each is compressed on its own (raw
+//! deflate by zlib-rs at level [`LEVEL`], no shared dictionary) and ended
+//! with a sync flush, so the compressed chunks concatenate into one valid
+//! deflate stream, closed by an empty final block: one gzip member per
+//! layer, which every consumer reads. A chunk's compressed bytes depend on
+//! its own bytes alone: not on the number of threads, their timing, or the
+//! CPU (zlib-rs's CPU-specific routines compute what its portable ones do;
+//! tests/it/deflate_determinism.rs proves it under `qemu-x86_64 -cpu
+//! qemu64`).
+//!
+//! Where the cuts fall:
+//! - [`Cuts::Fixed`] (VM images): every [`CHUNK`] bytes.
+//! - [`Cuts::Entries`] (layers): chosen by content, so that one changed file
+//!   changes the chunks that hold it and no others. The caller says where
+//!   each tar entry starts ([`ParallelGzip::entry`]) and where its content
+//!   starts ([`ParallelGzip::content`]). A chunk ends before an entry once
+//!   it holds [`MIN_CHUNK`] bytes and either the entry's path hashes to a
+//!   cut ([`CUT_MASK`]), the entry's content is [`CHUNK`] or more, or the
+//!   chunk already holds [`MAX_CHUNK`]; it also ends after every [`CHUNK`]
+//!   bytes of one file's content, counted from that content's start (so a
+//!   big file is cut at the same places wherever it sits), and at
+//!   [`HARD_MAX`] whatever happens.
+//!
+//! Inside a chunk, each run of [`PIECE`]-byte pieces whose bytes and
+//! byte-to-byte differences are both spread evenly over all 256 values
+//! (compressed or random data, which deflate cannot shrink) is written as
+//! stored blocks rather than searched for matches; the other runs are
+//! deflated, each by a fresh compressor.
+//!
+//! With a chunk cache (layers built into a store), each chunk is looked up
+//! by the SHA-256 of its uncompressed bytes before it is compressed: a hit
+//! reuses the compressed bytes a previous build wrote into one of the
+//! store's blobs (checked against their recorded SHA-256), so the output is
+//! byte for byte what compressing would have given. [`ParallelGzip::finish`]
+//! returns a record of every chunk for the store to remember.
+//!
+//! The chunk rules, the piece test, the library and the level are all part
+//! of kiln's format (see [`crate::plan::FORMAT_VERSION`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -19,8 +45,22 @@ use std::thread::JoinHandle;
 
 use flate2::{Compress, Compression, FlushCompress};
 
-/// Uncompressed bytes per independently compressed chunk.
+use crate::digest::Digest;
+use crate::store::{ChunkRecord, Store};
+
+/// Uncompressed bytes per fixed chunk, and per cut inside one file's content.
 pub const CHUNK: usize = 1 << 20;
+/// The fewest bytes a chunk holds before it may end at an entry.
+pub const MIN_CHUNK: usize = 512 << 10;
+/// A chunk ends at the next entry once it holds this many bytes.
+pub const MAX_CHUNK: usize = 2 << 20;
+/// A chunk ends here whatever else happens (a safety bound).
+pub const HARD_MAX: usize = 4 << 20;
+/// An entry starts a new chunk when the FNV-1a hash of its path has these
+/// bits all zero (one path in 16).
+pub const CUT_MASK: u64 = 0xf;
+/// The unit of the stored-block test.
+pub const PIECE: usize = 64 << 10;
 /// zlib-rs level 2 (zlib-ng's `deflate_fast`: greedy matching, short hash
 /// chains). Measured on `bench/build-bench.sh`'s tree in 1 MiB chunks: level 1
 /// (`deflate_quick`, static Huffman codes only) is 15 % larger than
@@ -29,46 +69,195 @@ pub const CHUNK: usize = 1 << 20;
 /// about 2.6× less CPU, level 3 1 % larger for 2.3× less (bench/RESULTS.md).
 pub const LEVEL: u32 = 2;
 
+/// Where chunks end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cuts {
+    /// Every [`CHUNK`] bytes.
+    Fixed,
+    /// At entries and inside file content (see the module docs).
+    Entries,
+}
+
+/// One compressed chunk, as a worker hands it back.
+struct Done {
+    deflated: Vec<u8>,
+    crc: u32,
+    len: usize,
+    /// The chunk's SHA-256 and that of its compressed bytes, when cached.
+    key: Option<(Digest, Digest)>,
+    reused: bool,
+}
+
 /// A gzip writer that compresses chunks on several threads.
 pub struct ParallelGzip<W: Write> {
     out: W,
     buf: Vec<u8>,
-    pending: VecDeque<JoinHandle<io::Result<Vec<u8>>>>,
+    pending: VecDeque<JoinHandle<io::Result<Done>>>,
     workers: usize,
+    cuts: Cuts,
+    cache: Option<Store>,
     crc: crc32fast::Hasher,
     len: u64,
+    /// Compressed bytes written so far, the gzip header included.
+    offset: u64,
+    /// Bytes of the current file's content still to come, and written so far.
+    content: Option<(u64, u64)>,
+    records: Vec<ChunkRecord>,
+    reused: u64,
     started: bool,
 }
 
-fn deflate(input: &[u8], flush: FlushCompress) -> io::Result<Vec<u8>> {
+/// What a finished stream leaves.
+pub struct Finished<W> {
+    /// The writer.
+    pub out: W,
+    /// Every chunk, by offset (empty without a cache).
+    pub chunks: Vec<ChunkRecord>,
+    /// How many chunks came from the cache.
+    pub reused: u64,
+}
+
+/// FNV-1a, 64-bit: a fixed, portable hash of a path.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Whether deflate cannot shrink `piece`: both its bytes and the
+/// differences between neighbours are spread evenly over all 256 values
+/// (every count within 80 of the 256 a uniform spread of 64 KiB gives, five
+/// standard deviations for random bytes).
+fn incompressible(piece: &[u8]) -> bool {
+    if piece.len() != PIECE {
+        return false;
+    }
+    let mut bytes = [0u32; 256];
+    let mut deltas = [0u32; 256];
+    let mut prev = 0u8;
+    for &b in piece {
+        bytes[usize::from(b)] += 1;
+        deltas[usize::from(b.wrapping_sub(prev))] += 1;
+        prev = b;
+    }
+    let even = |counts: &[u32; 256]| counts.iter().all(|&c| (176..=336).contains(&c));
+    even(&bytes) && even(&deltas)
+}
+
+/// Raw deflate of `input` by a fresh compressor, ended as `flush` says.
+fn deflate(input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) -> io::Result<()> {
     let mut c = Compress::new(Compression::new(LEVEL), false);
-    let mut out = Vec::with_capacity(input.len() / 2 + 4096);
+    out.reserve(input.len() / 2 + 4096);
     loop {
         let consumed = c.total_in() as usize;
         out.reserve(64 * 1024);
         let status = c
-            .compress_vec(&input[consumed..], &mut out, flush)
+            .compress_vec(&input[consumed..], out, flush)
             .map_err(io::Error::other)?;
         let all_in = c.total_in() as usize == input.len();
         // The flush is complete once the compressor stops short of filling
         // the space it was given (or says the stream ended).
         if status == flate2::Status::StreamEnd || (all_in && out.len() < out.capacity()) {
-            break;
+            return Ok(());
         }
+    }
+}
+
+/// Appends `data` as stored (uncompressed, non-final) deflate blocks; the
+/// stream is at a byte boundary, as after a sync flush.
+fn stored(data: &[u8], out: &mut Vec<u8>) {
+    for block in data.chunks(usize::from(u16::MAX)) {
+        let len = block.len() as u16;
+        out.push(0);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+}
+
+/// One chunk as a byte-aligned, non-final run of deflate blocks.
+fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() / 2 + 4096);
+    let pieces: Vec<&[u8]> = input.chunks(PIECE).collect();
+    let kinds: Vec<bool> = pieces.iter().map(|p| incompressible(p)).collect();
+    let mut i = 0;
+    while i < pieces.len() {
+        let kind = kinds[i];
+        let mut j = i;
+        while j < pieces.len() && kinds[j] == kind {
+            j += 1;
+        }
+        let run = &input[i * PIECE..(j * PIECE).min(input.len())];
+        if kind {
+            stored(run, &mut out);
+        } else {
+            deflate(run, FlushCompress::Sync, &mut out)?;
+        }
+        i = j;
     }
     Ok(out)
 }
 
+/// Compresses one chunk, or takes it from the cache.
+fn work(chunk: Vec<u8>, cache: Option<Store>) -> io::Result<Done> {
+    let crc = crc32fast::hash(&chunk);
+    let len = chunk.len();
+    let Some(store) = cache else {
+        return Ok(Done {
+            deflated: deflate_chunk(&chunk)?,
+            crc,
+            len,
+            key: None,
+            reused: false,
+        });
+    };
+    let key = Digest::of(&chunk);
+    if let Some((deflated, sha)) = store.cached_chunk(&key, len as u64, crc) {
+        return Ok(Done {
+            deflated,
+            crc,
+            len,
+            key: Some((key, sha)),
+            reused: true,
+        });
+    }
+    let deflated = deflate_chunk(&chunk)?;
+    let sha = Digest::of(&deflated);
+    Ok(Done {
+        deflated,
+        crc,
+        len,
+        key: Some((key, sha)),
+        reused: false,
+    })
+}
+
 impl<W: Write> ParallelGzip<W> {
-    /// Starts a gzip stream into `out` (no name, mtime 0, OS 255), using up to `workers` threads.
+    /// Starts a gzip stream into `out` (no name, mtime 0, OS 255), using up to
+    /// `workers` threads, cut at fixed places.
     pub fn new(out: W, workers: usize) -> Self {
+        Self::with(out, workers, Cuts::Fixed, None)
+    }
+
+    /// Starts a gzip stream cut as `cuts` says, reusing and recording chunks
+    /// in `cache` when given.
+    pub fn with(out: W, workers: usize, cuts: Cuts, cache: Option<Store>) -> Self {
         Self {
             out,
             buf: Vec::with_capacity(CHUNK),
             pending: VecDeque::new(),
             workers: workers.max(1),
+            cuts,
+            cache,
             crc: crc32fast::Hasher::new(),
             len: 0,
+            offset: 0,
+            content: None,
+            records: Vec::new(),
+            reused: 0,
             started: false,
         }
     }
@@ -77,6 +266,7 @@ impl<W: Write> ParallelGzip<W> {
         if !self.started {
             self.out
                 .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
+            self.offset = 10;
             self.started = true;
         }
         Ok(())
@@ -85,48 +275,120 @@ impl<W: Write> ParallelGzip<W> {
     fn drain(&mut self, keep: usize) -> io::Result<()> {
         while self.pending.len() > keep {
             let job = self.pending.pop_front().expect("checked non-empty");
-            let bytes = job
+            let done = job
                 .join()
                 .map_err(|_| io::Error::other("a compression thread panicked"))??;
-            self.out.write_all(&bytes)?;
+            self.out.write_all(&done.deflated)?;
+            self.crc.combine(&crc32fast::Hasher::new_with_initial_len(
+                done.crc,
+                done.len as u64,
+            ));
+            self.len += done.len as u64;
+            if let Some((key, sha)) = done.key {
+                self.records.push(ChunkRecord {
+                    key,
+                    offset: self.offset,
+                    size: done.deflated.len() as u64,
+                    len: done.len as u64,
+                    crc: done.crc,
+                    sha,
+                });
+            }
+            self.reused += u64::from(done.reused);
+            self.offset += done.deflated.len() as u64;
         }
         Ok(())
     }
 
-    fn submit(&mut self) -> io::Result<()> {
+    /// Ends the current chunk here (nothing if it is empty).
+    fn cut(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         self.header()?;
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.pending.push_back(std::thread::spawn(move || {
-            deflate(&chunk, FlushCompress::Sync)
-        }));
+        let cache = self.cache.clone();
+        self.pending
+            .push_back(std::thread::spawn(move || work(chunk, cache)));
         self.drain(self.workers)
     }
 
-    /// Writes the rest, the final block and the trailer; returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        if !self.buf.is_empty() {
-            self.submit()?;
+    /// Says that a tar entry at `path` starts here, with `size` bytes of
+    /// content; ends the chunk first if the rules say so.
+    pub fn entry(&mut self, path: &str, size: u64) -> io::Result<()> {
+        if self.cuts != Cuts::Entries {
+            return Ok(());
         }
+        self.content = None;
+        let held = self.buf.len();
+        if held >= MIN_CHUNK
+            && (held >= MAX_CHUNK || size >= CHUNK as u64 || fnv1a(path.as_bytes()) & CUT_MASK == 0)
+        {
+            self.cut()?;
+        }
+        // Remembered until the header is written and [`Self::content`] says so.
+        self.content = Some((size, u64::MAX));
+        Ok(())
+    }
+
+    /// Says that the content of the entry announced last starts here.
+    pub fn content(&mut self) {
+        if let Some((size, _)) = self.content {
+            self.content = (size > 0).then_some((size, 0));
+        }
+    }
+
+    /// Writes the rest, the final block and the trailer.
+    pub fn finish(mut self) -> io::Result<Finished<W>> {
+        self.cut()?;
         self.header()?;
         self.drain(0)?;
-        let last = deflate(&[], FlushCompress::Finish)?;
+        let mut last = Vec::new();
+        deflate(&[], FlushCompress::Finish, &mut last)?;
         self.out.write_all(&last)?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         self.out
             .write_all(&((self.len & 0xffff_ffff) as u32).to_le_bytes())?;
-        Ok(self.out)
+        Ok(Finished {
+            out: self.out,
+            chunks: self.records,
+            reused: self.reused,
+        })
     }
 }
 
 impl<W: Write> Write for ParallelGzip<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let take = data.len().min(CHUNK - self.buf.len());
+        let mut limit = match self.cuts {
+            Cuts::Fixed => CHUNK,
+            Cuts::Entries => HARD_MAX,
+        } - self.buf.len();
+        // Inside a file's content: up to the next CHUNK boundary of it.
+        let mut in_content = false;
+        if let Some((left, done)) = self.content {
+            if done != u64::MAX {
+                let to_boundary = CHUNK as u64 - done % CHUNK as u64;
+                limit = limit.min(to_boundary.min(left) as usize);
+                in_content = true;
+            }
+        }
+        let take = data.len().min(limit.max(1));
         self.buf.extend_from_slice(&data[..take]);
-        self.crc.update(&data[..take]);
-        self.len += take as u64;
-        if self.buf.len() == CHUNK {
-            self.submit()?;
+        if in_content {
+            let (left, done) = self.content.expect("checked above");
+            let (left, done) = (left - take as u64, done + take as u64);
+            self.content = (left > 0).then_some((left, done));
+            if done % CHUNK as u64 == 0 {
+                self.cut()?;
+            }
+        }
+        let full = match self.cuts {
+            Cuts::Fixed => CHUNK,
+            Cuts::Entries => HARD_MAX,
+        };
+        if self.buf.len() >= full {
+            self.cut()?;
         }
         Ok(take)
     }
@@ -147,6 +409,27 @@ mod tests {
             .collect()
     }
 
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut back)
+            .unwrap();
+        back
+    }
+
+    /// Pseudo-random bytes (xorshift), which deflate cannot shrink.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn round_trips_and_ignores_the_thread_count() {
         let data = sample();
@@ -155,26 +438,91 @@ mod tests {
             for piece in data.chunks(70_001) {
                 g.write_all(piece).unwrap();
             }
-            g.finish().unwrap()
+            g.finish().unwrap().out
         };
         let one = compress(1);
         assert_eq!(one, compress(2));
         assert_eq!(one, compress(7));
-        let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&one[..])
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
+        assert_eq!(gunzip(&one), data);
         assert!(one.len() < data.len(), "it compresses");
     }
 
     #[test]
     fn empty_input_is_a_valid_gzip() {
-        let out = ParallelGzip::new(Vec::new(), 2).finish().unwrap();
-        let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&out[..])
-            .read_to_end(&mut back)
-            .unwrap();
-        assert!(back.is_empty());
+        let out = ParallelGzip::new(Vec::new(), 2).finish().unwrap().out;
+        assert!(gunzip(&out).is_empty());
+    }
+
+    #[test]
+    fn noise_is_stored_and_text_is_deflated_in_one_stream() {
+        let mut data = noise(3 * PIECE + 100, 7);
+        data.extend(sample().into_iter().take(2 * PIECE));
+        data.extend(noise(PIECE, 9));
+        assert!(incompressible(&data[..PIECE]));
+        assert!(!incompressible(&data[3 * PIECE + 100..4 * PIECE + 100]));
+        // Bytes spread evenly but with regular steps: not stored.
+        let ramp: Vec<u8> = (0..PIECE).map(|i| i as u8).collect();
+        assert!(!incompressible(&ramp));
+        let mut g = ParallelGzip::new(Vec::new(), 3);
+        g.write_all(&data).unwrap();
+        let out = g.finish().unwrap().out;
+        assert_eq!(gunzip(&out), data);
+        // Stored noise costs 5 bytes per 64 KiB block; the text shrinks.
+        assert!(out.len() < data.len());
+    }
+
+    #[test]
+    fn entry_cuts_keep_a_change_inside_its_chunks() {
+        // 120 compressible entries of about 40 KiB, one big file in the
+        // middle; the changed build makes file 30 longer by 100 bytes.
+        let build = |grow: usize| {
+            let mut g = ParallelGzip::with(Vec::new(), 2, Cuts::Entries, None);
+            let mut all = Vec::new();
+            for i in 0..120usize {
+                let path = format!("dir/file-{i:04}");
+                let mut body: Vec<u8> = (0..)
+                    .flat_map(|j| format!("file {i} line {j}\n").into_bytes())
+                    .take(if i == 60 { 3 * CHUNK + 5 } else { 40 << 10 })
+                    .collect();
+                if i == 30 {
+                    body.extend(std::iter::repeat_n(b'+', grow));
+                }
+                g.entry(&path, body.len() as u64).unwrap();
+                let header = vec![b'h'; 512];
+                g.write_all(&header).unwrap();
+                g.content();
+                for piece in body.chunks(10_000) {
+                    g.write_all(piece).unwrap();
+                }
+                all.extend(header);
+                all.extend(body);
+            }
+            (g.finish().unwrap().out, all)
+        };
+        let (a, data) = build(0);
+        assert_eq!(gunzip(&a), data);
+        let (b, longer) = build(100);
+        assert_eq!(gunzip(&b), longer);
+        // Only the chunk holding file 30 differs: the rest, before and after,
+        // is the same bytes (the trailer aside).
+        let body = |x: &[u8]| x[..x.len() - 8].to_vec();
+        let (a, b) = (body(&a), body(&b));
+        let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let suffix = a
+            .iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        let differing = a.len() - prefix - suffix.min(a.len() - prefix);
+        assert!(
+            prefix > 0 && suffix > a.len() / 2,
+            "prefix {prefix}, suffix {suffix} of {}",
+            a.len()
+        );
+        assert!(
+            differing < MAX_CHUNK / 2,
+            "{differing} compressed bytes differ"
+        );
     }
 }

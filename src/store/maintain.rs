@@ -259,6 +259,25 @@ impl Store {
                 removed += 1;
             }
         }
+        for fan in fs::read_dir(self.chunks_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for record in fs::read_dir(fan.path()).into_iter().flatten().flatten() {
+                // `v1 <blob hex> …`: gone with its blob, or unreadable debris.
+                let gone = fs::read_to_string(record.path())
+                    .ok()
+                    .and_then(|t| {
+                        let hex = t.split(' ').nth(1)?.to_string();
+                        format!("sha256:{hex}").parse::<Digest>().ok()
+                    })
+                    .is_none_or(|d| !self.contains(&d));
+                if gone && fs::remove_file(record.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
         for (sub, prefix) in [(super::DIRS, ""), (super::DEBS, super::DEBS_PREFIX)] {
             for (path, stem) in json_files(&self.root().join(sub))? {
                 // `dirs/<hex>.v2.json`, `debs/v2-<hex>.json`: the hex alone.

@@ -9,6 +9,8 @@
 //! dirs/<hex>.v2.json     the directories a layer blob holds (by blob digest)
 //! debs/v2-<hex>.json     a .deb blob's control data and file list
 //! derived/<hex>.json     a blob a host tool made, by the digest of its inputs
+//! chunks/<xx>/<hex>      where a compressed gzip chunk lies in a layer blob,
+//!                        by the digest of its uncompressed bytes
 //! stat-cache             digests of host input files, by inode and times
 //! blob-stamps            blobs known intact, by inode and times
 //! tmp/                   blobs and work directories being written
@@ -60,6 +62,12 @@ const LAYERS: &str = "layers";
 const DIRS: &str = "dirs";
 const DEBS: &str = "debs";
 const DERIVED: &str = "derived";
+const CHUNKS: &str = "chunks";
+/// The first word of a `chunks/` record, bumped when its form changes.
+const CHUNK_RECORD: &str = "v1";
+/// The largest compressed chunk a record may name (chunks hold at most
+/// 4 MiB, and stored blocks add 5 bytes per 64 KiB).
+const MAX_CHUNK_SIZE: u64 = 5 << 20;
 const TMP: &str = "tmp";
 const LOCKS: &str = "locks";
 const GC_LOCK: &str = "gc.lock";
@@ -275,6 +283,17 @@ impl Store {
     /// Where the blob made from inputs `key` is recorded.
     fn derived_path(&self, key: &Digest) -> PathBuf {
         self.derived_dir().join(format!("{}.json", key.hex()))
+    }
+
+    /// `chunks/`: compressed gzip chunks, by uncompressed digest.
+    fn chunks_dir(&self) -> PathBuf {
+        self.root.join(CHUNKS)
+    }
+
+    /// Where the chunk whose uncompressed bytes have digest `key` is recorded.
+    fn chunk_path(&self, key: &Digest) -> PathBuf {
+        let hex = key.hex();
+        self.chunks_dir().join(&hex[..2]).join(hex)
     }
 
     /// `stat-cache`: digests of host input files (see [`stat_cache`]).
@@ -535,6 +554,53 @@ impl Store {
         Ok(digest)
     }
 
+    /// The compressed bytes (and their digest) of a gzip chunk whose
+    /// uncompressed bytes have digest `key`, `len` bytes and CRC-32 `crc`, if
+    /// a layer blob in the store holds them: read from that blob and checked
+    /// against the digest recorded when they were written. Anything missing,
+    /// unreadable or not matching is a miss.
+    pub fn cached_chunk(&self, key: &Digest, len: u64, crc: u32) -> Option<(Vec<u8>, Digest)> {
+        use std::os::unix::fs::FileExt;
+        let text = fs::read_to_string(self.chunk_path(key)).ok()?;
+        let record = ChunkRecord::parse(&text)?;
+        if record.len != len || record.crc != crc || record.size > MAX_CHUNK_SIZE {
+            return None;
+        }
+        let blob = File::open(self.blobs_dir().join(&record.blob)).ok()?;
+        let mut bytes = vec![0; record.size as usize];
+        blob.read_exact_at(&mut bytes, record.offset).ok()?;
+        (Digest::of(&bytes) == record.sha).then_some((bytes, record.sha))
+    }
+
+    /// Records where the chunks of the layer blob `blob` lie in it (each
+    /// renamed into place whole; not synced: a record lost in a crash is a
+    /// miss, and one that names bytes no longer there is one too).
+    pub fn remember_chunks(&self, blob: &Digest, chunks: &[ChunkRecord]) -> Result<()> {
+        let mut made = std::collections::HashSet::new();
+        for c in chunks {
+            let path = self.chunk_path(&c.key);
+            let dir = path.parent().expect("chunk paths have a parent");
+            if made.insert(dir.to_path_buf()) {
+                fs::create_dir_all(dir).at("create", dir)?;
+            }
+            let text = format!(
+                "{CHUNK_RECORD} {} {} {} {} {:08x} {}\n",
+                blob.hex(),
+                c.offset,
+                c.size,
+                c.len,
+                c.crc,
+                c.sha.hex()
+            );
+            // Written in `tmp/`, where a killed process's debris is reclaimed.
+            let mut tmp = self.temp_file_in(&self.tmp_dir())?;
+            tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
+            tmp.persist(&path)
+                .map_err(|e| Error::io("rename into", &path, e.error))?;
+        }
+        Ok(())
+    }
+
     /// Records a built layer under its input digest (atomically).
     pub fn remember_layer(&self, input: &Digest, record: &LayerRecord) -> Result<()> {
         let path = self.layer_index_path(input);
@@ -542,6 +608,59 @@ impl Store {
         let text = serde_json::to_vec(record).expect("layer records serialise");
         tmp.write_all(&text).at("write", tmp.path())?;
         crate::files::commit(tmp, &path)
+    }
+}
+
+/// Where one compressed gzip chunk of a layer blob lies (see
+/// [`crate::layer::pgzip`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// The digest of the chunk's uncompressed bytes.
+    pub key: Digest,
+    /// Where its compressed bytes start in the blob.
+    pub offset: u64,
+    /// How many compressed bytes it has.
+    pub size: u64,
+    /// How many uncompressed bytes it has.
+    pub len: u64,
+    /// The CRC-32 of its uncompressed bytes.
+    pub crc: u32,
+    /// The digest of its compressed bytes.
+    pub sha: Digest,
+}
+
+/// A `chunks/` record read back: the blob's hex and the rest.
+struct StoredChunk {
+    blob: String,
+    offset: u64,
+    size: u64,
+    len: u64,
+    crc: u32,
+    sha: Digest,
+}
+
+impl ChunkRecord {
+    /// Reads `v1 <blob hex> <offset> <size> <len> <crc hex> <sha hex>`.
+    fn parse(text: &str) -> Option<StoredChunk> {
+        let mut words = text.strip_suffix('\n')?.split(' ');
+        if words.next()? != CHUNK_RECORD {
+            return None;
+        }
+        let blob = words.next()?;
+        let blob = format!("sha256:{blob}")
+            .parse::<Digest>()
+            .ok()?
+            .hex()
+            .to_string();
+        let chunk = StoredChunk {
+            blob,
+            offset: words.next()?.parse().ok()?,
+            size: words.next()?.parse().ok()?,
+            len: words.next()?.parse().ok()?,
+            crc: u32::from_str_radix(words.next()?, 16).ok()?,
+            sha: format!("sha256:{}", words.next()?).parse().ok()?,
+        };
+        words.next().is_none().then_some(chunk)
     }
 }
 

@@ -161,9 +161,30 @@ fn write_tree(root: &Path) {
     }
 }
 
-/// `kiln build` of the recipe in `dir` into a fresh store and `out`, with
+/// The image digests of the two recipes below, at format version 4.
+const GOLDEN_GZIP: &str = "sha256:9af8e41121535607abf7a97bd0fbfd40eea888208c031ddfb118f51ed4ad8285";
+const GOLDEN_ZSTD: &str = "sha256:1e8ef5e38c81dc0aef5aa929e3d4c24a5d9affca4bfa3d41b05504d6fbdaa1a9";
+
+/// 24 MiB of text from a small vocabulary, in 24 files of 1 MiB.
+fn write_big(root: &Path) {
+    let mut rng = Rng(7);
+    let words: Vec<String> = (0..500)
+        .map(|i| format!("w{i}x{}", rng.below(1000)))
+        .collect();
+    std::fs::create_dir_all(root).unwrap();
+    for f in 0..24 {
+        let mut text = String::with_capacity(1 << 20);
+        while text.len() < 1 << 20 {
+            text.push_str(&words[rng.below(words.len() as u64) as usize]);
+            text.push(' ');
+        }
+        std::fs::write(root.join(format!("part-{f:02}.txt")), text).unwrap();
+    }
+}
+
+/// `kiln build` of `recipe` in `dir` into a fresh store and `out`, with
 /// `KILN_THREADS=threads`, run under `wrapper`; returns the image digest.
-fn build(dir: &Path, out: &str, threads: &str, wrapper: &[&str]) -> String {
+fn build(dir: &Path, recipe: &str, out: &str, threads: &str, wrapper: &[&str]) -> String {
     let bin = kiln_bin();
     let mut c = match wrapper.split_first() {
         None => Command::new(&bin),
@@ -180,11 +201,11 @@ fn build(dir: &Path, out: &str, threads: &str, wrapper: &[&str]) -> String {
         .env("KILN_NO_PROGRESS", "1")
         .env("KILN_THREADS", threads)
         .env_remove("SOURCE_DATE_EPOCH")
-        .args(["build", "recipe.toml", "--out", out]);
+        .args(["build", recipe, "--out", out]);
     let o = c.output().unwrap();
     assert_success(
         &o,
-        &format!("kiln build under {wrapper:?} with {threads} threads"),
+        &format!("kiln build {recipe} under {wrapper:?} with {threads} threads"),
     );
     last_digest(&String::from_utf8(o.stdout).unwrap())
 }
@@ -227,36 +248,51 @@ fn gzip_layer_bytes_do_not_depend_on_cpu_features_or_threads() {
         .unwrap();
     let dir = work.path();
     write_tree(&dir.join("tree"));
+    write_big(&dir.join("big"));
     std::fs::write(
         dir.join("recipe.toml"),
         "name = \"deflate\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
     )
     .unwrap();
+    // zstd's multi-threaded mode cuts its input into jobs of several MiB:
+    // 24 MiB more makes several, so the worker count could matter.
+    std::fs::write(
+        dir.join("zstd.toml"),
+        "name = \"zstd\"\ncompression = \"zstd\"\n\n[[layers]]\ntrees = [\n  { src = \"tree\", dest = \"/data\" },\n  { src = \"big\", dest = \"/big\" },\n]\n",
+    )
+    .unwrap();
 
-    let reference = build(dir, "t1", "1", &[]);
-    for threads in ["2", "7"] {
-        assert_eq!(
-            build(dir, &format!("t{threads}"), threads, &[]),
-            reference,
-            "{threads} threads gave another image than 1 thread"
-        );
-    }
-    for threads in ["1", "7"] {
-        assert_eq!(
-            build(
-                dir,
-                &format!("q{threads}"),
-                threads,
-                &[QEMU, "-cpu", "qemu64"]
-            ),
-            reference,
-            "under qemu64 ({threads} threads) the image differs from the native one"
-        );
+    for (recipe, golden) in [("recipe.toml", GOLDEN_GZIP), ("zstd.toml", GOLDEN_ZSTD)] {
+        let reference = build(dir, recipe, &format!("{recipe}-t1"), "1", &[]);
+        for threads in ["2", "7"] {
+            assert_eq!(
+                build(dir, recipe, &format!("{recipe}-t{threads}"), threads, &[]),
+                reference,
+                "{recipe}: {threads} threads gave another image than 1 thread"
+            );
+        }
+        for threads in ["1", "7"] {
+            assert_eq!(
+                build(
+                    dir,
+                    recipe,
+                    &format!("{recipe}-q{threads}"),
+                    threads,
+                    &[QEMU, "-cpu", "qemu64"]
+                ),
+                reference,
+                "{recipe}: under qemu64 ({threads} threads) the image differs from the native one"
+            );
+        }
+        // The bytes are part of kiln's format: a change here moves every
+        // multi-chunk layer's digest. Change the constant only together with
+        // FORMAT_VERSION (src/plan.rs) and a CHANGELOG note.
+        assert_eq!(reference, golden, "{recipe}: the format moved");
     }
 
     // The layer is one gzip member whose content is the tar its diff_id names,
     // and it spans several 1 MiB chunks (so the thread counts mattered).
-    let out = dir.join("t1");
+    let out = dir.join("recipe.toml-t1");
     let index = read_json(out.join("index.json"));
     let manifest = read_json(blob(
         &out,
