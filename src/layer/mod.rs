@@ -28,15 +28,26 @@ use crate::store::{LayerRecord, Store};
 
 use self::tar::{Header, Kind, TarWriter};
 
-/// Builds the layer blob for `entries` (already sorted) into `store`, gzip
-/// compressing on `threads` threads (0: one per CPU; the bytes do not depend on it).
+/// How many chunks a gzip layer was compressed in, and how many of them the
+/// store's chunk cache gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Chunks {
+    /// Chunks in the layer.
+    pub total: u64,
+    /// Chunks reused from an earlier build.
+    pub reused: u64,
+}
+
+/// Builds the layer blob for `entries` (already sorted) into `store`,
+/// compressing on `threads` threads (0: one per CPU; the bytes do not depend
+/// on it); says how its chunks were made (gzip only).
 pub fn build(
     store: &Store,
     entries: &[Entry],
     compression: Compression,
     mtime: u64,
     threads: usize,
-) -> Result<LayerRecord> {
+) -> Result<(LayerRecord, Option<Chunks>)> {
     let blob = store.writer()?;
     let encoder = compress::Encoder::layer(compression, blob, threads, Some(store.clone()))
         .map_err(|e| io_err(store, e))?;
@@ -53,12 +64,17 @@ pub fn build(
     let (digest, size) = finished.out.commit(None)?;
     // Only a cache: a record lost here means that chunk is compressed again.
     let _ = store.remember_chunks(&digest, &finished.chunks);
-    Ok(LayerRecord {
+    let chunks = (compression == Compression::Gzip).then_some(Chunks {
+        total: finished.chunks.len() as u64,
+        reused: finished.reused,
+    });
+    let record = LayerRecord {
         digest,
         diff_id,
         size,
         media_type: compress::media_type(compression).to_string(),
-    })
+    };
+    Ok((record, chunks))
 }
 
 /// The diff_id `entries` would have: the tar stream hashed, not compressed

@@ -163,6 +163,10 @@ pub struct LayerReport {
     pub from_base: bool,
     /// Where it came from: `built`, `local-cache`, `remote-cache` or `base`.
     pub source: Source,
+    /// For a gzip layer built here: its chunks, and how many the store's
+    /// chunk cache gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<crate::layer::Chunks>,
 }
 
 /// Where a layer came from.
@@ -365,9 +369,10 @@ fn build_plan(
         img.apply_config(&recipe.config);
         img.set_created(&created);
         for plan in plans {
-            let (record, source) = built_for(plan);
+            let (record, source, chunks) = built_for(plan);
             let mut r = report(&record, plan.name.clone(), source != Source::Built, false);
             r.source = source;
+            r.chunks = chunks;
             reports.push(r);
             img.push_layer(record, plan.name.as_deref(), &created);
         }
@@ -430,6 +435,7 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
             (false, true) => Source::LocalCache,
             (false, false) => Source::Built,
         },
+        chunks: None,
     }
 }
 
@@ -443,7 +449,7 @@ fn build_layers(
     settings: &Settings,
     reporter: &dyn Reporter,
     epoch: u64,
-) -> Result<Vec<(LayerRecord, Source)>> {
+) -> Result<Vec<(LayerRecord, Source, Option<crate::layer::Chunks>)>> {
     let jobs = match settings.jobs {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -453,7 +459,7 @@ fn build_layers(
     let done = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
     let note = |message: &str| reporter.event(Event::CacheNote { message });
-    let one = |plan: &LayerPlan| -> Result<(LayerRecord, Source)> {
+    let one = |plan: &LayerPlan| -> Result<(LayerRecord, Source, Option<crate::layer::Chunks>)> {
         if let Some(r) = store.cached_layer(&plan.input_digest)? {
             reporter.event(Event::LayerCached {
                 name: plan.name.as_deref(),
@@ -462,7 +468,7 @@ fn build_layers(
             if let Some(remote) = &settings.remote {
                 remote.share(store, &plan.input_digest, &r, &note);
             }
-            return Ok((r, Source::LocalCache));
+            return Ok((r, Source::LocalCache, None));
         }
         let mut publish = false;
         if let Some(remote) = &settings.remote {
@@ -473,7 +479,7 @@ fn build_layers(
                         digest: &r.digest,
                         size: r.size,
                     });
-                    return Ok((r, Source::RemoteCache));
+                    return Ok((r, Source::RemoteCache, None));
                 }
                 cache::Lookup::Miss => publish = true,
                 cache::Lookup::Off => {}
@@ -485,7 +491,7 @@ fn build_layers(
             files,
             bytes,
         });
-        let r = crate::layer::build(
+        let (r, chunks) = crate::layer::build(
             store,
             &plan.entries,
             recipe.compression,
@@ -501,7 +507,7 @@ fn build_layers(
         if let (true, Some(remote)) = (publish, &settings.remote) {
             remote.publish(store, &plan.input_digest, &r, &note);
         }
-        Ok((r, Source::Built))
+        Ok((r, Source::Built, chunks))
     };
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -532,7 +538,7 @@ fn build_layers(
     if let Some(e) = first_error.into_inner().expect("threads are joined") {
         return Err(e);
     }
-    let mut results: Vec<Option<(LayerRecord, Source)>> = vec![None; plans.len()];
+    let mut results: Vec<Option<_>> = vec![None; plans.len()];
     for (i, r) in done.into_inner().expect("threads are joined") {
         results[i] = Some(r);
     }

@@ -21,6 +21,7 @@ mod deflate_determinism;
 mod errors;
 mod exit_codes;
 mod fuzz;
+mod incremental;
 mod java_truststore;
 mod lock_commands;
 mod lock_satisfied;

@@ -1,0 +1,156 @@
+//! Incremental recompression: after one file of a big gzip layer changes, a
+//! rebuild compresses only the chunks that hold it and reuses the others
+//! from the store, and the image is byte for byte the one a cold build of
+//! the changed tree gives (the oracle: a second, empty store). A chunk cache
+//! whose records lie is caught and ignored.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// About 12 MiB: 300 text files of 16 to 48 KiB, a 3 MiB file, and 1 MiB of
+/// noise (stored, not deflated).
+fn write_tree(root: &Path) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..300 {
+        let len = 16 * 1024 + (next() % (32 * 1024)) as usize;
+        let text: String = (0..)
+            .map(|j| format!("file {i} line {j} value {}\n", next() % 1000))
+            .flat_map(|l| l.into_bytes())
+            .take(len)
+            .map(char::from)
+            .collect();
+        let p = root.join(format!("d{}/f{i:03}.txt", i % 7));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let big: Vec<u8> = (0..3 << 20)
+        .map(|i: u32| b"abcdefghij\n"[(i % 11) as usize] ^ ((i >> 12) as u8 & 1))
+        .collect();
+    std::fs::write(root.join("big.bin"), big).unwrap();
+    let noise: Vec<u8> = (0..1 << 17).flat_map(|_| next().to_le_bytes()).collect();
+    std::fs::write(root.join("noise.bin"), noise).unwrap();
+}
+
+/// `kiln build recipe.toml --json` with the store `store`.
+fn build(w: &Work, store: &str, out: &str) -> Value {
+    let o = w
+        .kiln()
+        .env("KILN_CACHE", w.path().join(store))
+        .args(["build", "recipe.toml", "--json", "--out", out])
+        .output()
+        .unwrap();
+    assert_success(&o, &format!("kiln build (store {store})"));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn digest(doc: &Value) -> String {
+    doc["digest"].as_str().unwrap().to_string()
+}
+
+/// (total, reused) chunks of the one built layer.
+fn chunks(doc: &Value) -> (u64, u64) {
+    let l = &doc["layers"][0];
+    assert_eq!(l["source"], "built", "{doc:#}");
+    (
+        l["chunks"]["total"].as_u64().unwrap(),
+        l["chunks"]["reused"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn one_changed_file_recompresses_its_chunks_and_gives_the_cold_digest() {
+    let w = Work::new();
+    write_tree(&w.path().join("tree"));
+    w.write(
+        "recipe.toml",
+        "name = \"inc\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
+    );
+    let cold = build(&w, "warm", "o1");
+    let (total, reused) = chunks(&cold);
+    assert!(total >= 8, "a 12 MiB layer spans many chunks: {total}");
+    assert_eq!(reused, 0, "an empty store has no chunks");
+
+    // One file in the middle grows by a line: later entries move in the tar.
+    let f = w.path().join("tree/d3/f150.txt");
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str("one more line\n");
+    std::fs::write(&f, text).unwrap();
+
+    let warm = build(&w, "warm", "o2");
+    let (total2, reused2) = chunks(&warm);
+    assert_ne!(digest(&warm), digest(&cold), "the change must show");
+    assert!(
+        total2 - reused2 <= 2 && reused2 >= total2 - 2,
+        "one file changed, yet {} of {total2} chunks were compressed",
+        total2 - reused2
+    );
+
+    // The oracle: a cold build of the changed tree in an empty store.
+    let fresh = build(&w, "fresh", "o3");
+    assert_eq!(chunks(&fresh).1, 0);
+    assert_eq!(
+        digest(&warm),
+        digest(&fresh),
+        "the incremental build differs from a cold one"
+    );
+    let blob = |out: &str, doc: &Value| {
+        let d = doc["layers"][0]["digest"].as_str().unwrap();
+        std::fs::read(
+            w.path()
+                .join(out)
+                .join("blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap()
+    };
+    assert_eq!(blob("o2", &warm), blob("o3", &fresh));
+
+    // The same size, another content: still only the chunk that holds it.
+    let g = w.path().join("tree/d5/f040.txt");
+    let mut bytes = std::fs::read(&g).unwrap();
+    bytes[100] = if bytes[100] == b'#' { b'%' } else { b'#' };
+    std::fs::write(&g, &bytes).unwrap();
+    let again = build(&w, "warm", "o4");
+    let (t, r) = chunks(&again);
+    assert_eq!(t - r, 1, "one chunk holds the edit");
+    assert_eq!(digest(&again), digest(&build(&w, "fresh2", "o5")));
+}
+
+#[test]
+fn chunk_records_that_lie_are_ignored() {
+    let w = Work::new();
+    write_tree(&w.path().join("tree"));
+    w.write(
+        "recipe.toml",
+        "name = \"lie\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
+    );
+    let first = build(&w, "s", "o1");
+    // Every record now points one byte further into its blob.
+    let mut records = 0;
+    for fan in std::fs::read_dir(w.path().join("s/chunks")).unwrap() {
+        for rec in std::fs::read_dir(fan.unwrap().path()).unwrap() {
+            let p = rec.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let mut words: Vec<String> = text.split(' ').map(str::to_string).collect();
+            words[2] = (words[2].parse::<u64>().unwrap() + 1).to_string();
+            std::fs::write(&p, words.join(" ")).unwrap();
+            records += 1;
+        }
+    }
+    assert!(records >= 8, "{records} chunk records");
+    // A change, so that the layer is built again rather than taken whole.
+    w.write("tree/new.txt", "new\n");
+    let second = build(&w, "s", "o2");
+    assert_eq!(chunks(&second).1, 0, "no lying record was used");
+    assert_eq!(digest(&second), digest(&build(&w, "fresh", "o3")));
+    assert_ne!(digest(&second), digest(&first));
+}
