@@ -2,10 +2,16 @@
 # kiln build benchmark (a benchmark, not a test: it asserts nothing about speed).
 #
 # Builds a one-layer image from a ~1 GiB, ~50,000-file tree with kiln and with
-# two baselines (umoci, tar|gzip), and prints wall time and peak RSS for:
+# the peers in the same run (umoci, `tar | pigz -6 -p2`, `tar | zstd -3 -T2`,
+# optionally `tar | gzip`), and prints wall time, CPU and peak RSS for:
 #   cold     kiln: fresh KILN_CACHE and --out
 #   noop     kiln: same cache, nothing changed
-#   changed  kiln: same cache, one file's content changed
+#   changed  kiln: same cache, one file's content changed (gzip: only the
+#            chunks holding it are compressed again)
+# kiln-zstd is the same recipe with `compression = "zstd"` (cold only), and
+# the remote-cache case (BENCH_REMOTE=1, the default) runs
+# bench/remote-cache-bench.sh on the same tree. A last table compares each
+# figure with issue 12's target.
 #
 # Usage:  bench/build-bench.sh                       # full run (~1 GiB, ~50k files)
 #         BENCH_MB=50 BENCH_FILES=2000 bench/build-bench.sh   # quick run
@@ -16,8 +22,10 @@
 #   BENCH_MB     tree size in MiB (default 1024)
 #   BENCH_FILES  number of files in the tree (default 50000)
 #   KILN_BIN     use this kiln binary instead of running `cargo build --release`
-#   BENCH_TOOLS  which tools to run (default "kiln umoci tar"; e.g. "kiln" alone
-#                to check how kiln's time and memory scale with BENCH_MB/FILES)
+#   BENCH_TOOLS  which tools to run (default "kiln kiln-zstd umoci pigz zstd";
+#                "tar" adds single-threaded `tar | gzip -6`; "kiln" alone
+#                checks how kiln's time and memory scale with BENCH_MB/FILES)
+#   BENCH_REMOTE=0  skip the remote-cache case
 #   BENCH_NO_UMOCI_REPACK=1  skip the extra `umoci repack` rows
 #
 # Peak RSS is GNU time's %M: the largest resident set of the process or of any
@@ -29,7 +37,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${BENCH_DIR:-/tmp/kiln-bench}
 MB=${BENCH_MB:-1024}
 FILES=${BENCH_FILES:-50000}
-TOOLS=" ${BENCH_TOOLS:-kiln umoci tar} "
+TOOLS=" ${BENCH_TOOLS:-kiln kiln-zstd umoci pigz zstd} "
 GEN_VERSION=1
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -45,6 +53,8 @@ need=()
 [[ -x /usr/bin/time ]] || need+=(time)
 want umoci && ! command -v umoci >/dev/null && need+=(umoci)
 command -v gzip >/dev/null || need+=(gzip)
+want pigz && ! command -v pigz >/dev/null && need+=(pigz)
+want zstd && ! command -v zstd >/dev/null && need+=(zstd)
 # shellcheck source=bench/lib.sh
 . "$REPO/bench/lib.sh"
 install_missing "${need[@]}"
@@ -180,6 +190,13 @@ name = "bench"
 [[layers]]
 trees = [{ src = "tree", dest = "/data" }]
 EOF
+cat >bench-zstd.toml <<'EOF'
+name = "bench"
+compression = "zstd"
+
+[[layers]]
+trees = [{ src = "tree", dest = "/data" }]
+EOF
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 # warm the page cache so no tool pays for the first read of the tree
@@ -237,6 +254,13 @@ measure changed kiln out -- "${kiln[@]}"
 restore
 fi
 
+if want kiln-zstd; then
+rm -rf cache-zstd out-zstd
+kz=(env KILN_CACHE="$DIR/cache-zstd" KILN_NO_PROGRESS=1 "$KILN" build bench-zstd.toml --out "$DIR/out-zstd")
+measure cold    kiln-zstd out-zstd -- "${kz[@]}"
+rm -rf cache-zstd
+fi
+
 # umoci: no layer cache, so every case inserts the whole tree into the empty
 # base image (the same one-layer image shape as kiln's), each under its own tag.
 if want umoci; then
@@ -269,6 +293,20 @@ measure noop    tar x.tar.gz -- "${tgz[@]}"
 change1 "$CHANGED"
 measure changed tar x.tar.gz -- "${tgz[@]}"
 restore
+fi
+
+# tar | pigz and tar | zstd, the parallel compressors: no cache either
+tpigz=(bash -o pipefail -c 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | pigz -6 -p2 -n >x.tar.pigz')
+tzstd=(bash -o pipefail -c 'tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - tree | zstd -3 -T2 -q >x.tar.zst')
+want pigz && measure cold pigz x.tar.pigz -- "${tpigz[@]}"
+want zstd && measure cold zstd x.tar.zst -- "${tzstd[@]}"
+rm -f x.tar.gz x.tar.pigz x.tar.zst
+
+REMOTE_TABLE=
+if want kiln && [[ ${BENCH_REMOTE:-1} != 0 ]]; then
+    log "remote cache: bench/remote-cache-bench.sh on the same tree"
+    REMOTE_TABLE=$(BENCH_DIR="$DIR" KILN_BIN="$KILN" bash "$REPO/bench/remote-cache-bench.sh" 2>"$DIR/logs/remote.log") \
+        || { tail -n 30 "$DIR/logs/remote.log" >&2; die "remote-cache-bench.sh failed"; }
 fi
 
 # --- report --------------------------------------------------------------------
@@ -314,3 +352,38 @@ for c in cold noop changed; do
         }'
     done
 done
+
+# --- against issue 12's targets ------------------------------------------------------
+fig() {  # fig CASE TOOL FIELD(wall|rss|out|cpu) -> the figure, or empty
+    local r rc rt rw rr rb rcpu
+    for r in "${RESULTS[@]}"; do
+        read -r rc rt rw rr rb rcpu <<<"$r"
+        [[ $rc == "$1" && $rt == "$2" ]] || continue
+        case $3 in wall) echo "$rw" ;; rss) echo "$rr" ;; out) echo "$rb" ;; cpu) echo "$rcpu" ;; esac
+    done
+}
+target() {  # target WHAT VALUE LIMIT UNIT
+    awk -v w="$1" -v v="$2" -v l="$3" -v u="$4" 'BEGIN {
+        if (v == "") { printf "| %s | n/a | %s%s | not measured |\n", w, l, u; exit }
+        printf "| %s | %.2f%s | %s%s | %s |\n", w, v, u, l, u, (v <= l ? "met" : "NOT met")
+    }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.3f", a / b }'; }
+echo
+echo "### Against the targets"
+echo
+echo "| target | measured | limit | |"
+echo "|---|---:|---:|---|"
+target "gzip cold, kiln / umoci wall" "$(ratio "$(fig cold kiln wall)" "$(fig cold umoci wall)")" 0.5 "×"
+target "gzip output, kiln / umoci size" "$(ratio "$(fig cold kiln out)" "$(fig cold umoci out)")" 1.05 "×"
+target "zstd cold, kiln / tar|zstd -T2 wall" "$(ratio "$(fig cold kiln-zstd wall)" "$(fig cold zstd wall)")" 1.0 "×"
+target "one file changed, kiln / umoci wall" "$(ratio "$(fig changed kiln wall)" "$(fig cold umoci wall)")" 0.15 "×"
+target "nothing changed, kiln wall" "$(fig noop kiln wall)" 0.3 " s"
+rss_max=$(for c in cold noop changed; do fig "$c" kiln rss; done | sort -n | tail -n 1)
+target "kiln peak RSS (any case)" "$(awk -v r="$rss_max" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 150 " MiB"
+if [[ -n $REMOTE_TABLE ]]; then
+    echo
+    echo "### Remote cache (bench/remote-cache-bench.sh, same tree)"
+    echo
+    echo "$REMOTE_TABLE"
+fi

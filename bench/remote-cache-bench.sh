@@ -115,3 +115,10 @@ else
     printf 'digests DIFFER: cold %s, cold+push %s, remote %s\n' "${d0:7:12}" "${d1:7:12}" "${d2:7:12}"
     exit 1
 fi
+rw= dw=
+for r in "${ROWS[@]}"; do
+    read -r c w _ <<<"$r"
+    [[ $c == remote ]] && rw=$w
+    [[ $c == download ]] && dw=$w
+done
+awk -v r="$rw" -v d="$dw" 'BEGIN { if (d > 0) printf "remote / download wall: %.2f× (target ≤ 1.1×)\n", r / d }'
