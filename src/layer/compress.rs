@@ -16,7 +16,9 @@ use std::io::{self, Write};
 
 use super::pgzip::{Cuts, Finished, ParallelGzip};
 use crate::recipe::Compression;
-use crate::store::Store;
+use std::sync::Arc;
+
+use crate::store::ChunkCache;
 
 const ZSTD_LEVEL: i32 = 3;
 
@@ -53,7 +55,12 @@ impl<W: Write> Encoder<W> {
 
     /// Starts compressing a layer's tar stream: gzip cut at entries (see
     /// [`Encoder::entry`]), reusing and recording chunks in `cache`.
-    pub fn layer(c: Compression, out: W, threads: usize, cache: Option<Store>) -> io::Result<Self> {
+    pub fn layer(
+        c: Compression,
+        out: W,
+        threads: usize,
+        cache: Option<Arc<ChunkCache>>,
+    ) -> io::Result<Self> {
         Self::with(c, out, threads, Cuts::Entries, cache)
     }
 
@@ -62,7 +69,7 @@ impl<W: Write> Encoder<W> {
         out: W,
         threads: usize,
         cuts: Cuts,
-        cache: Option<Store>,
+        cache: Option<Arc<ChunkCache>>,
     ) -> io::Result<Self> {
         Ok(match c {
             Compression::Gzip => {

@@ -49,8 +49,13 @@ pub fn build(
     threads: usize,
 ) -> Result<(LayerRecord, Option<Chunks>)> {
     let blob = store.writer()?;
-    let encoder = compress::Encoder::layer(compression, blob, threads, Some(store.clone()))
-        .map_err(|e| io_err(store, e))?;
+    let encoder = compress::Encoder::layer(
+        compression,
+        blob,
+        threads,
+        (compression == Compression::Gzip).then(|| std::sync::Arc::new(store.chunk_cache())),
+    )
+    .map_err(|e| io_err(store, e))?;
     let mut tar = TarWriter::new(HashingWriter::new(encoder));
     for entry in entries {
         write_entry(&mut tar, entry, mtime).map_err(|e| match e {

@@ -46,7 +46,9 @@ use std::thread::JoinHandle;
 use flate2::{Compress, Compression, FlushCompress};
 
 use crate::digest::Digest;
-use crate::store::{ChunkRecord, Store};
+use std::sync::Arc;
+
+use crate::store::{ChunkCache, ChunkRecord};
 
 /// Uncompressed bytes per fixed chunk, and per cut inside one file's content.
 pub const CHUNK: usize = 1 << 20;
@@ -95,7 +97,7 @@ pub struct ParallelGzip<W: Write> {
     pending: VecDeque<JoinHandle<io::Result<Done>>>,
     workers: usize,
     cuts: Cuts,
-    cache: Option<Store>,
+    cache: Option<Arc<ChunkCache>>,
     crc: crc32fast::Hasher,
     len: u64,
     /// Compressed bytes written so far, the gzip header included.
@@ -202,10 +204,10 @@ fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// Compresses one chunk, or takes it from the cache.
-fn work(chunk: Vec<u8>, cache: Option<Store>) -> io::Result<Done> {
+fn work(chunk: Vec<u8>, cache: Option<Arc<ChunkCache>>) -> io::Result<Done> {
     let crc = crc32fast::hash(&chunk);
     let len = chunk.len();
-    let Some(store) = cache else {
+    let Some(cache) = cache else {
         return Ok(Done {
             deflated: deflate_chunk(&chunk)?,
             crc,
@@ -215,7 +217,7 @@ fn work(chunk: Vec<u8>, cache: Option<Store>) -> io::Result<Done> {
         });
     };
     let key = Digest::of(&chunk);
-    if let Some((deflated, sha)) = store.cached_chunk(&key, len as u64, crc) {
+    if let Some((deflated, sha)) = cache.get(&key, len as u64, crc) {
         return Ok(Done {
             deflated,
             crc,
@@ -244,7 +246,7 @@ impl<W: Write> ParallelGzip<W> {
 
     /// Starts a gzip stream cut as `cuts` says, reusing and recording chunks
     /// in `cache` when given.
-    pub fn with(out: W, workers: usize, cuts: Cuts, cache: Option<Store>) -> Self {
+    pub fn with(out: W, workers: usize, cuts: Cuts, cache: Option<Arc<ChunkCache>>) -> Self {
         Self {
             out,
             buf: Vec::with_capacity(CHUNK),

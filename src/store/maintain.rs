@@ -259,23 +259,19 @@ impl Store {
                 removed += 1;
             }
         }
-        for fan in fs::read_dir(self.chunks_dir())
+        for entry in fs::read_dir(self.chunks_dir())
             .into_iter()
             .flatten()
             .flatten()
         {
-            for record in fs::read_dir(fan.path()).into_iter().flatten().flatten() {
-                // `v1 <blob hex> …`: gone with its blob, or unreadable debris.
-                let gone = fs::read_to_string(record.path())
-                    .ok()
-                    .and_then(|t| {
-                        let hex = t.split(' ').nth(1)?.to_string();
-                        format!("sha256:{hex}").parse::<Digest>().ok()
-                    })
-                    .is_none_or(|d| !self.contains(&d));
-                if gone && fs::remove_file(record.path()).is_ok() {
-                    removed += 1;
-                }
+            // `chunks/<hex>.v1`: gone with its blob.
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let gone = name
+                .strip_suffix(super::CHUNKS_SUFFIX)
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+                .is_some_and(|d| !self.contains(&d));
+            if gone && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
             }
         }
         for (sub, prefix) in [(super::DIRS, ""), (super::DEBS, super::DEBS_PREFIX)] {

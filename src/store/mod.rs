@@ -9,8 +9,8 @@
 //! dirs/<hex>.v2.json     the directories a layer blob holds (by blob digest)
 //! debs/v2-<hex>.json     a .deb blob's control data and file list
 //! derived/<hex>.json     a blob a host tool made, by the digest of its inputs
-//! chunks/<xx>/<hex>      where a compressed gzip chunk lies in a layer blob,
-//!                        by the digest of its uncompressed bytes
+//! chunks/<hex>.v1       where each compressed gzip chunk of layer blob <hex>
+//!                        lies in it, by the digest of its uncompressed bytes
 //! stat-cache             digests of host input files, by inode and times
 //! blob-stamps            blobs known intact, by inode and times
 //! tmp/                   blobs and work directories being written
@@ -63,8 +63,8 @@ const DIRS: &str = "dirs";
 const DEBS: &str = "debs";
 const DERIVED: &str = "derived";
 const CHUNKS: &str = "chunks";
-/// The first word of a `chunks/` record, bumped when its form changes.
-const CHUNK_RECORD: &str = "v1";
+/// The suffix of `chunks/` files, bumped when their form changes.
+const CHUNKS_SUFFIX: &str = ".v1";
 /// The largest compressed chunk a record may name (chunks hold at most
 /// 4 MiB, and stored blocks add 5 bytes per 64 KiB).
 const MAX_CHUNK_SIZE: u64 = 5 << 20;
@@ -290,10 +290,10 @@ impl Store {
         self.root.join(CHUNKS)
     }
 
-    /// Where the chunk whose uncompressed bytes have digest `key` is recorded.
-    fn chunk_path(&self, key: &Digest) -> PathBuf {
-        let hex = key.hex();
-        self.chunks_dir().join(&hex[..2]).join(hex)
+    /// Where the chunks of the layer blob `blob` are recorded.
+    fn chunks_path(&self, blob: &Digest) -> PathBuf {
+        self.chunks_dir()
+            .join(format!("{}{CHUNKS_SUFFIX}", blob.hex()))
     }
 
     /// `stat-cache`: digests of host input files (see [`stat_cache`]).
@@ -554,50 +554,63 @@ impl Store {
         Ok(digest)
     }
 
-    /// The compressed bytes (and their digest) of a gzip chunk whose
-    /// uncompressed bytes have digest `key`, `len` bytes and CRC-32 `crc`, if
-    /// a layer blob in the store holds them: read from that blob and checked
-    /// against the digest recorded when they were written. Anything missing,
-    /// unreadable or not matching is a miss.
-    pub fn cached_chunk(&self, key: &Digest, len: u64, crc: u32) -> Option<(Vec<u8>, Digest)> {
-        use std::os::unix::fs::FileExt;
-        let text = fs::read_to_string(self.chunk_path(key)).ok()?;
-        let record = ChunkRecord::parse(&text)?;
-        if record.len != len || record.crc != crc || record.size > MAX_CHUNK_SIZE {
-            return None;
+    /// Every gzip chunk the store's layer blobs are known to hold, by the
+    /// digest of its uncompressed bytes (read from `chunks/`; a file that
+    /// cannot be read is skipped, as a miss).
+    pub fn chunk_cache(&self) -> ChunkCache {
+        let mut chunks = std::collections::HashMap::new();
+        for entry in fs::read_dir(self.chunks_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(blob) = name
+                .strip_suffix(CHUNKS_SUFFIX)
+                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Some((key, chunk)) = StoredChunk::parse(&blob, line) {
+                    chunks.insert(key, chunk);
+                }
+            }
         }
-        let blob = File::open(self.blobs_dir().join(&record.blob)).ok()?;
-        let mut bytes = vec![0; record.size as usize];
-        blob.read_exact_at(&mut bytes, record.offset).ok()?;
-        (Digest::of(&bytes) == record.sha).then_some((bytes, record.sha))
+        ChunkCache {
+            blobs: self.blobs_dir(),
+            chunks,
+        }
     }
 
-    /// Records where the chunks of the layer blob `blob` lie in it (each
-    /// renamed into place whole; not synced: a record lost in a crash is a
-    /// miss, and one that names bytes no longer there is one too).
+    /// Records where the chunks of the layer blob `blob` lie in it, in one
+    /// file renamed into place whole (not synced: a record lost in a crash
+    /// is a miss, and one that names bytes no longer there is one too).
     pub fn remember_chunks(&self, blob: &Digest, chunks: &[ChunkRecord]) -> Result<()> {
-        let mut made = std::collections::HashSet::new();
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::with_capacity(chunks.len() * 160);
         for c in chunks {
-            let path = self.chunk_path(&c.key);
-            let dir = path.parent().expect("chunk paths have a parent");
-            if made.insert(dir.to_path_buf()) {
-                fs::create_dir_all(dir).at("create", dir)?;
-            }
-            let text = format!(
-                "{CHUNK_RECORD} {} {} {} {} {:08x} {}\n",
-                blob.hex(),
+            text.push_str(&format!(
+                "{} {} {} {} {:08x} {}\n",
+                c.key.hex(),
                 c.offset,
                 c.size,
                 c.len,
                 c.crc,
                 c.sha.hex()
-            );
-            // Written in `tmp/`, where a killed process's debris is reclaimed.
-            let mut tmp = self.temp_file_in(&self.tmp_dir())?;
-            tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
-            tmp.persist(&path)
-                .map_err(|e| Error::io("rename into", &path, e.error))?;
+            ));
         }
+        let path = self.chunks_path(blob);
+        fs::create_dir_all(self.chunks_dir()).at("create", &self.chunks_dir())?;
+        let mut tmp = self.temp_file_beside(&path)?;
+        tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io("rename into", &path, e.error))?;
         Ok(())
     }
 
@@ -629,9 +642,10 @@ pub struct ChunkRecord {
     pub sha: Digest,
 }
 
-/// A `chunks/` record read back: the blob's hex and the rest.
+/// Where one chunk lies, read back from `chunks/`.
+#[derive(Debug)]
 struct StoredChunk {
-    blob: String,
+    blob: Digest,
     offset: u64,
     size: u64,
     len: u64,
@@ -639,28 +653,46 @@ struct StoredChunk {
     sha: Digest,
 }
 
-impl ChunkRecord {
-    /// Reads `v1 <blob hex> <offset> <size> <len> <crc hex> <sha hex>`.
-    fn parse(text: &str) -> Option<StoredChunk> {
-        let mut words = text.strip_suffix('\n')?.split(' ');
-        if words.next()? != CHUNK_RECORD {
-            return None;
-        }
-        let blob = words.next()?;
-        let blob = format!("sha256:{blob}")
-            .parse::<Digest>()
-            .ok()?
-            .hex()
-            .to_string();
+impl StoredChunk {
+    /// Reads `<key hex> <offset> <size> <len> <crc hex> <sha hex>`.
+    fn parse(blob: &Digest, line: &str) -> Option<(Digest, StoredChunk)> {
+        let mut words = line.split(' ');
+        let key = format!("sha256:{}", words.next()?).parse().ok()?;
         let chunk = StoredChunk {
-            blob,
+            blob: blob.clone(),
             offset: words.next()?.parse().ok()?,
             size: words.next()?.parse().ok()?,
             len: words.next()?.parse().ok()?,
             crc: u32::from_str_radix(words.next()?, 16).ok()?,
             sha: format!("sha256:{}", words.next()?).parse().ok()?,
         };
-        words.next().is_none().then_some(chunk)
+        words.next().is_none().then_some((key, chunk))
+    }
+}
+
+/// The gzip chunks a store's layer blobs hold (see [`Store::chunk_cache`]).
+#[derive(Debug)]
+pub struct ChunkCache {
+    blobs: PathBuf,
+    chunks: std::collections::HashMap<Digest, StoredChunk>,
+}
+
+impl ChunkCache {
+    /// The compressed bytes (and their digest) of the chunk whose
+    /// uncompressed bytes have digest `key`, `len` bytes and CRC-32 `crc`:
+    /// read from the blob that holds them and checked against the digest
+    /// recorded when they were written. Anything missing, unreadable or not
+    /// matching is a miss.
+    pub fn get(&self, key: &Digest, len: u64, crc: u32) -> Option<(Vec<u8>, Digest)> {
+        use std::os::unix::fs::FileExt;
+        let c = self.chunks.get(key)?;
+        if c.len != len || c.crc != crc || c.size > MAX_CHUNK_SIZE {
+            return None;
+        }
+        let blob = File::open(self.blobs.join(c.blob.hex())).ok()?;
+        let mut bytes = vec![0; c.size as usize];
+        blob.read_exact_at(&mut bytes, c.offset).ok()?;
+        (Digest::of(&bytes) == c.sha).then(|| (bytes, c.sha.clone()))
     }
 }
 
