@@ -320,7 +320,7 @@ pub fn podman() -> &'static Podman {
             storage_conf,
             containers_conf,
         };
-        run(&mut p.podman().arg("info"));
+        run(p.podman().arg("info"));
         p
     })
 }
