@@ -197,3 +197,49 @@ fn build_load_names_docker_when_it_cannot_load() {
     assert!(stderr.contains("no-daemon.sock"), "{stderr}");
     assert!(stderr.contains("hint:"), "{stderr}");
 }
+
+#[test]
+fn docker_loads_the_first_platform_of_a_multi_platform_archive() {
+    // manifest.json holds one image: the recipe's first platform. (busybox
+    // is amd64 in both; only the config's architecture differs.)
+    let w = Work::new();
+    let marker = unique_marker("docker-multi");
+    let recipe = busybox_recipe(&w, "kiln-load-docker-multi", &["v1"], &marker);
+    let text = std::fs::read_to_string(w.path().join(&recipe)).unwrap();
+    w.write(
+        &recipe,
+        format!("platforms = [\"linux/amd64\", \"linux/arm64\"]\n{text}"),
+    );
+    w.ok(&[
+        "build",
+        &recipe,
+        "--format",
+        "oci-archive",
+        "--out",
+        "multi.tar",
+    ]);
+    let loaded = docker_ok(&[
+        "load",
+        "--input",
+        w.path().join("multi.tar").to_str().unwrap(),
+    ]);
+    assert!(
+        loaded.contains("Loaded image: kiln-load-docker-multi:v1"),
+        "{loaded}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&docker_ok(&[
+        "image",
+        "inspect",
+        "kiln-load-docker-multi:v1",
+    ]))
+    .unwrap();
+    assert_eq!(v[0]["Architecture"], "amd64");
+    let out = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "kiln-load-docker-multi:v1",
+    ]);
+    assert_eq!(out.trim(), marker);
+}

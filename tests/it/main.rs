@@ -25,6 +25,7 @@ mod java_truststore;
 mod load_containerd;
 mod load_docker;
 mod load_modes;
+mod load_names;
 mod load_podman;
 mod lock_commands;
 mod lock_satisfied;
