@@ -142,6 +142,13 @@ fn docker_loads_the_docker_archive_and_skopeo_reads_it() {
         .arg(format!("docker-archive:{}", archive.display())));
     let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(raw["Layers"], skopeo_config["rootfs"]["diff_ids"]);
+    // skopeo finds the image by its name (`docker-archive:PATH:NAME`).
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "inspect"])
+        .arg(format!(
+            "docker-archive:{}:app-from-kiln:dev",
+            archive.display()
+        )));
 
     let loaded = docker_ok(&["load", "--input", archive.to_str().unwrap()]);
     assert!(
