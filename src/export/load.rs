@@ -33,6 +33,14 @@ impl Runtime {
             Runtime::Podman => "podman",
         }
     }
+
+    /// The Debian package that has the command.
+    fn package(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker.io",
+            Runtime::Podman => "podman",
+        }
+    }
 }
 
 /// What `--load` asks for.
@@ -110,17 +118,7 @@ pub fn load(store: &Store, output: &Output<'_>, runtime: Runtime) -> Result<Load
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            Error::tool_missing(
-                tool,
-                if tool == "docker" {
-                    "docker.io"
-                } else {
-                    "podman"
-                },
-                e,
-            )
-        })?;
+        .map_err(|e| Error::tool_missing(tool, runtime.package(), e))?;
     let stdin = child.stdin.take().expect("stdin is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let shown = PathBuf::from(format!("`{tool} load`'s input"));
@@ -143,7 +141,7 @@ pub fn load(store: &Store, output: &Output<'_>, runtime: Runtime) -> Result<Load
         let status = child.wait();
         (sent, status, stdout, errors.join().unwrap_or_default())
     });
-    let status = status.map_err(|e| Error::tool_missing(tool, "docker.io", e))?;
+    let status = status.map_err(|e| Error::tool_missing(tool, runtime.package(), e))?;
     if !status.success() {
         let said = errors.trim();
         let said = if said.is_empty() { stdout.trim() } else { said };

@@ -116,3 +116,18 @@ fn bad_names_are_refused_with_where_and_what_to_write() {
     assert!(stderr.contains("`--tag` `app@sha256:00`"), "{stderr}");
     assert!(!w.path().join("out").exists(), "nothing is written");
 }
+
+#[test]
+fn a_pulled_archive_is_named_as_pulled() {
+    use crate::support::registry::{registry, Flavour};
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    let recipe = busybox_recipe(&w, "kiln-pulled", &["v1"], &unique_marker("pulled"));
+    let target = r.repo("kiln/pulled:7");
+    w.ok(&["build", &recipe, "--push", &target]);
+    w.ok(&["pull", &target, "--format", "oci-archive", "--out", "p.tar"]);
+    assert_eq!(
+        index_names(&w.path().join("p.tar")),
+        [(target.clone(), "7".to_string())]
+    );
+}
