@@ -31,11 +31,20 @@ pub fn file_name(dest: &Path) -> String {
 }
 
 /// A new temporary file beside `dest` (its parent must exist), to be
-/// [`commit`]ted over it.
+/// [`commit`]ted over it. It is created with mode 0666 less the umask (0644
+/// under the usual 022), as any file a program writes: what kiln writes
+/// for users (archives, digest files, lockfiles, SBOMs) is readable as
+/// theirs would be. Credentials go through [`write_private`] instead.
 pub fn temp_file_beside(dest: &Path) -> Result<NamedTempFile> {
+    temp_file_with_mode(dest, 0o666)
+}
+
+/// As [`temp_file_beside`], created with `mode` (less the umask).
+fn temp_file_with_mode(dest: &Path, mode: u32) -> Result<NamedTempFile> {
     let parent = parent_of(dest);
     tempfile::Builder::new()
         .prefix(&format!(".{}.kiln-tmp-", file_name(dest)))
+        .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(&parent)
         .at("create a temporary file in", &parent)
 }
@@ -77,7 +86,9 @@ pub fn write_private(dest: &Path, bytes: &[u8]) -> Result<()> {
 fn write_atomic_with(dest: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let parent = parent_of(dest);
     fs::create_dir_all(&parent).at("create", &parent)?;
-    let mut tmp = temp_file_beside(dest)?;
+    // A private file is created private: never readable by others, not
+    // even empty for a moment (an open descriptor outlives a chmod).
+    let mut tmp = temp_file_with_mode(dest, mode.unwrap_or(0o666))?;
     if let Some(mode) = mode {
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(mode))

@@ -18,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod files;
 pub mod image;
+pub mod image_name;
 pub mod inspect;
 pub mod json;
 pub mod layer;

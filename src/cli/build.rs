@@ -15,8 +15,10 @@ use serde_json::json;
 pub enum Format {
     /// An OCI image layout directory.
     OciLayout,
-    /// An OCI image layout in one tar file.
+    /// An OCI image layout in one tar file, which docker, podman and containerd load too.
     OciArchive,
+    /// `docker save`'s format, for older tools.
+    DockerArchive,
 }
 
 impl From<Format> for pipeline::Format {
@@ -24,8 +26,21 @@ impl From<Format> for pipeline::Format {
         match f {
             Format::OciLayout => pipeline::Format::OciLayout,
             Format::OciArchive => pipeline::Format::OciArchive,
+            Format::DockerArchive => pipeline::Format::DockerArchive,
         }
     }
+}
+
+/// Where `--load` puts the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadInto {
+    /// docker if present (and its daemon answers), else podman.
+    #[value(hide = true)]
+    Auto,
+    /// `docker load` (honours DOCKER_HOST).
+    Docker,
+    /// `podman load` (honours CONTAINER_HOST).
+    Podman,
 }
 
 #[derive(Debug, clap::Args)]
@@ -38,6 +53,20 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "oci-layout")]
     format: Format,
+    /// Name the image NAME instead of by the recipe's `tags` (repeatable):
+    /// a tag (`v1`, of the recipe's name) or a full name (`registry.example/app:1.4`, `app:dev`).
+    #[arg(long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// Also load the image into a local docker or podman (whichever is present, or the one named).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "RUNTIME",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "auto"
+    )]
+    load: Option<LoadInto>,
     /// Also write the digest to this file.
     #[arg(long, value_name = "FILE")]
     digest_file: Option<PathBuf>,
@@ -260,6 +289,12 @@ pub fn run(args: Args) -> Result<(), Error> {
         settings,
         out: args.out,
         format: args.format.into(),
+        tags: args.tags,
+        load: args.load.map(|l| match l {
+            LoadInto::Auto => kiln::export::load::Load::Auto,
+            LoadInto::Docker => kiln::export::load::Load::Into(kiln::export::load::Runtime::Docker),
+            LoadInto::Podman => kiln::export::load::Load::Into(kiln::export::load::Runtime::Podman),
+        }),
         sbom: args.sbom,
         provenance: args.provenance,
         push,
@@ -278,6 +313,15 @@ pub fn run(args: Args) -> Result<(), Error> {
     if let Some(file) = &args.digest_file {
         pipeline::write_digest_file(file, &outcome.digest)?;
     }
+    if let (Some(loaded), false) = (&outcome.loaded, args.json) {
+        if super::progress_enabled() {
+            eprintln!(
+                "loaded  {} into {}",
+                loaded.images.join(", "),
+                loaded.runtime.command()
+            );
+        }
+    }
     if args.json {
         let doc = json!({
             "name": outcome.name,
@@ -290,6 +334,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             "manifests": outcome.manifests,
             "pushed": outcome.pushed,
             "cache": outcome.cache,
+            "loaded": outcome.loaded,
         });
         println!(
             "{}",

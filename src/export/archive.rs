@@ -1,5 +1,7 @@
 //! Writes an OCI archive: the OCI image layout as one tar file, atomically,
-//! with the same deterministic tar writer as layers.
+//! with the same deterministic tar writer as layers, plus docker's
+//! `manifest.json` (see [`super::Output::docker_manifest_json`]) so that
+//! `docker load`, `podman load` and `ctr image import` all take it.
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -26,9 +28,20 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
     let _lock = super::lock_output(dest)?;
     let tmp = files::temp_file_beside(dest)?;
     let tmp_path = tmp.path().to_path_buf();
-    let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, tmp));
-    let io_err = |e: io::Error| Error::io("write", &tmp_path, e);
-    let header = |tar: &mut TarWriter<_>, path: &str, kind: Kind, size: u64| {
+    let out = BufWriter::with_capacity(1 << 20, tmp);
+    let file = write_to(store, output, out, &tmp_path)?
+        .into_inner()
+        .map_err(|e| Error::io("write", &tmp_path, e.into_error()))?;
+    files::commit(file, dest)
+}
+
+/// Writes `output` as an OCI archive to `out` (`shown` names it in errors)
+/// and returns `out`: the OCI layout's blobs, `index.json`, docker's
+/// `manifest.json` and `oci-layout`.
+pub fn write_to<W: Write>(store: &Store, output: &Output<'_>, out: W, shown: &Path) -> Result<W> {
+    let mut tar = TarWriter::new(out);
+    let io_err = |e: io::Error| Error::io("write", shown, e);
+    let header = |tar: &mut TarWriter<W>, path: &str, kind: Kind, size: u64| {
         tar.header(&Header {
             path,
             kind,
@@ -64,15 +77,15 @@ pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
         tar.pad(size).map_err(io_err)?;
     }
     let index = output.index_json();
-    for (name, bytes) in [("index.json", index.as_slice()), ("oci-layout", OCI_LAYOUT)] {
+    let docker = output.docker_manifest_json(store)?;
+    for (name, bytes) in [
+        ("index.json", index.as_slice()),
+        ("manifest.json", docker.as_slice()),
+        ("oci-layout", OCI_LAYOUT),
+    ] {
         header(&mut tar, name, Kind::File, bytes.len() as u64).map_err(io_err)?;
         tar.data().write_all(bytes).map_err(io_err)?;
         tar.pad(bytes.len() as u64).map_err(io_err)?;
     }
-    let file = tar
-        .finish()
-        .map_err(io_err)?
-        .into_inner()
-        .map_err(|e| io_err(e.into_error()))?;
-    files::commit(file, dest)
+    tar.finish().map_err(io_err)
 }

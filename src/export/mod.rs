@@ -1,5 +1,8 @@
 //! Stage 6, export: a built image in the store → an OCI image layout
-//! directory or an OCI archive (the same layout as one tar).
+//! directory, an OCI archive (the same layout as one tar, with a
+//! Docker-style `manifest.json` beside `index.json` so that `docker load`
+//! takes it too), a docker-archive (`docker save`'s format), or a local
+//! docker or podman (`load`).
 //!
 //! Outputs appear whole or not at all: everything is written beside the
 //! destination under a temporary name, synced, then renamed into place. On
@@ -16,7 +19,9 @@
 
 pub mod archive;
 pub mod cpio;
+pub mod docker_archive;
 pub mod layout;
+pub mod load;
 mod lock;
 pub mod vm;
 
@@ -27,47 +32,56 @@ use oci_spec::image::{Descriptor, ImageIndexBuilder, MediaType};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::{oci_digest, Stored, INDEX_MEDIA_TYPE};
+use crate::image_name::ImageName;
 use crate::json::canonical;
-use crate::oci::{self, Document};
+use crate::oci::{self, Document, Manifest};
 use crate::store::Store;
 
 pub use lock::{lock_output, OutputLock};
 
-/// What to put in an output: the top manifest or index, and the tags to name it by.
+/// What to put in an output: the top manifest or index, and the names to call it by.
 #[derive(Debug, Clone)]
 pub struct Output<'a> {
     /// The manifest or index the layout points at.
     pub top: &'a Stored,
-    /// Tags (`org.opencontainers.image.ref.name`); `latest` when empty.
-    pub tags: &'a [String],
+    /// Full names, first first: each gets an `index.json` entry (its tag in
+    /// `org.opencontainers.image.ref.name`, the whole name in
+    /// `io.containerd.image.name`) and a `RepoTags` entry. None: one entry
+    /// tagged `latest`, unnamed.
+    pub names: &'a [ImageName],
     /// mtime of the archive's entries (`SOURCE_DATE_EPOCH` or 0).
     pub mtime: u64,
 }
 
-/// The annotation OCI layouts use to name an image.
+/// The annotation OCI layouts use to name an image (kiln writes the tag there).
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The annotation containerd, docker and podman read an image's full name from.
+pub const IMAGE_NAME: &str = "io.containerd.image.name";
+
 impl Output<'_> {
-    /// The layout's `index.json`: one descriptor per tag, first tag first.
+    /// The layout's `index.json`: one descriptor per name, first name first.
     pub fn index_json(&self) -> Vec<u8> {
-        let latest = ["latest".to_string()];
-        let tags: &[String] = if self.tags.is_empty() {
-            &latest
-        } else {
-            self.tags
-        };
         let media = if self.top.media_type == INDEX_MEDIA_TYPE {
             MediaType::ImageIndex
         } else {
             MediaType::ImageManifest
         };
-        let manifests = tags
-            .iter()
-            .map(|t| {
+        let annotations: Vec<Vec<(&str, String)>> = if self.names.is_empty() {
+            vec![vec![(REF_NAME, "latest".to_string())]]
+        } else {
+            self.names
+                .iter()
+                .map(|n| vec![(IMAGE_NAME, n.full()), (REF_NAME, n.tag().to_string())])
+                .collect()
+        };
+        let manifests = annotations
+            .into_iter()
+            .map(|a| {
                 let mut d =
                     Descriptor::new(media.clone(), self.top.size, oci_digest(&self.top.digest));
                 d.set_annotations(Some(
-                    [(REF_NAME.to_string(), t.clone())].into_iter().collect(),
+                    a.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 ));
                 d
             })
@@ -79,6 +93,45 @@ impl Output<'_> {
             .build()
             .expect("every required index field is set");
         canonical(&index)
+    }
+
+    /// The one image manifest a single-image format (docker's
+    /// `manifest.json`, a docker-archive) holds: the top manifest, or for an
+    /// index the first platform's (the recipe's first in `platforms`).
+    pub fn single_manifest(&self, store: &Store) -> Result<(Digest, Manifest)> {
+        let mut digest = self.top.digest.clone();
+        loop {
+            let what = format!("`{digest}` in the store");
+            match oci::parse(&store.read(&digest)?, &what)? {
+                Document::Manifest(m) => return Ok((digest, *m)),
+                Document::Index(i) => match i.manifests.into_iter().next() {
+                    Some(first) => digest = first.digest,
+                    None => {
+                        return Err(crate::error::Error::invalid(
+                            format!("the index `{digest}` lists no manifest"),
+                            Some("build an image with at least one platform".into()),
+                        ))
+                    }
+                },
+            }
+        }
+    }
+
+    /// Docker's `manifest.json` for an OCI archive: the single manifest's
+    /// config and layers as paths of the layout's blobs, and every name in
+    /// `RepoTags`. The names are written in full (`docker.io/library/app:dev`):
+    /// docker shows them short as ever, and podman, which reads this file
+    /// when `index.json` names several images, then keeps them as they are
+    /// instead of putting short ones under `localhost/`.
+    pub fn docker_manifest_json(&self, store: &Store) -> Result<Vec<u8>> {
+        let (_, m) = self.single_manifest(store)?;
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let entry = serde_json::json!([{
+            "Config": blob(&m.config.digest),
+            "RepoTags": self.names.iter().map(ImageName::full).collect::<Vec<_>>(),
+            "Layers": m.layers.iter().map(|l| blob(&l.digest)).collect::<Vec<_>>(),
+        }]);
+        Ok(canonical(&entry))
     }
 
     /// Every blob the output needs, found by walking from the top (sorted).

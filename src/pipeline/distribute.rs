@@ -46,16 +46,25 @@ pub fn pull(
 ) -> Result<Digest> {
     let registry = Registry::new(options, &[source])?;
     let top = registry.pull(store, source, None)?;
-    let tags: Vec<String> = source.tag().map(String::from).into_iter().collect();
+    // Named as pulled (`REGISTRY/REPO:TAG`; `:latest` when pulled by digest).
+    let names: Vec<_> = crate::image_name::ImageName::parse(&format!(
+        "{}/{}:{}",
+        source.registry(),
+        source.repository(),
+        source.tag().unwrap_or("latest")
+    ))
+    .into_iter()
+    .collect();
     let output = Output {
         top: &top,
-        tags: &tags,
+        names: &names,
         mtime: 0,
     };
     match (export::vm::from_artifact(store, &top)?, format) {
         (Some(bundle), _) => export::vm::write(store, &bundle, out)?,
         (None, Format::OciLayout) => export::layout::write(store, &output, out)?,
         (None, Format::OciArchive) => export::archive::write(store, &output, out)?,
+        (None, Format::DockerArchive) => export::docker_archive::write(store, &output, out)?,
     }
     Ok(top.digest)
 }

@@ -11,6 +11,7 @@ use crate::attest::Documents;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::export::{self, Output};
+use crate::image_name::ImageName;
 use crate::registry::{PushReport, Reference, Registry};
 use crate::store::Store;
 
@@ -20,8 +21,10 @@ use crate::store::Store;
 pub enum Format {
     /// An OCI image layout directory (a VM bundle directory for `[vm]` recipes).
     OciLayout,
-    /// An OCI image layout in one tar file.
+    /// An OCI image layout in one tar file (with docker's `manifest.json`).
     OciArchive,
+    /// `docker save`'s format, for tools that read nothing else.
+    DockerArchive,
 }
 
 /// Signing what is pushed.
@@ -44,6 +47,10 @@ pub struct Request<'a> {
     pub out: Option<PathBuf>,
     /// What to write.
     pub format: Format,
+    /// Names to call the image by instead of the recipe's `tags` (`--tag`).
+    pub tags: Vec<String>,
+    /// Also load the image into a local docker or podman (`--load`).
+    pub load: Option<export::load::Load>,
     /// Write an SPDX SBOM beside the output (and attach it when signing).
     pub sbom: bool,
     /// Write SLSA provenance beside the output (and attach it when signing).
@@ -91,6 +98,8 @@ pub struct Outcome {
     pub pushed: Vec<Pushed>,
     /// What the shared layer cache did (`--cache`).
     pub cache: Option<super::CacheReport>,
+    /// What `--load` loaded.
+    pub loaded: Option<export::load::Loaded>,
 }
 
 /// Builds, exports, pushes, signs and attests, as `request` asks.
@@ -106,16 +115,22 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
         Some(s) => Some(crate::sign::keys::load_private(&s.key, s.password)?),
         None => None,
     };
+    // `--tag`s are checked before building, so a typo fails fast (a bare
+    // tag's recipe name is checked with the recipe).
+    names_of("kiln", &[], &request.tags)?;
     let store = request.store;
     let built = build(store, &request.recipe, &request.settings, request.reporter)?;
     let name = &built.recipe.name;
     let out = request.out.clone().unwrap_or_else(|| match request.format {
         Format::OciLayout => PathBuf::from("out").join(name),
-        Format::OciArchive => PathBuf::from("out").join(format!("{name}.tar")),
+        Format::OciArchive | Format::DockerArchive => {
+            PathBuf::from("out").join(format!("{name}.tar"))
+        }
     });
+    let names = image_names(&built.recipe, &request.tags)?;
     let output = Output {
         top: &built.top,
-        tags: &built.recipe.tags,
+        names: &names,
         mtime: request.settings.source_date_epoch.unwrap_or(0),
     };
     // What a push sends: the image, or for `[vm]` the bundle as an OCI artifact.
@@ -137,9 +152,9 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
             export::vm::write(store, &bundle, &out)?;
             export::vm::store_artifact(store, &bundle)?
         }
-        (Some(_), Format::OciArchive) => {
+        (Some(_), Format::OciArchive | Format::DockerArchive) => {
             return Err(Error::invalid(
-                "a recipe with `[vm]` builds a VM bundle directory, not an OCI archive",
+                "a recipe with `[vm]` builds a VM bundle directory, not an archive",
                 Some("leave out `--format`".into()),
             ))
         }
@@ -151,6 +166,18 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
             export::archive::write(store, &output, &out)?;
             built.top.clone()
         }
+        (None, Format::DockerArchive) => {
+            export::docker_archive::write(store, &output, &out)?;
+            built.top.clone()
+        }
+    };
+    let loaded = match request.load {
+        Some(_) if built.recipe.vm.is_some() => return Err(Error::invalid(
+            "`--load` puts an image into docker or podman; a recipe with `[vm]` builds a VM bundle",
+            Some("leave out `--load`; boot the bundle with `kiln boot`".into()),
+        )),
+        Some(load) => Some(export::load::load(store, &output, load.runtime()?)?),
+        None => None,
     };
     let manifests: Vec<_> = (built.images.iter().zip(&built.manifests))
         .map(|((_, stored), report)| crate::attest::PlatformManifest {
@@ -211,7 +238,44 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
         manifests: built.manifests,
         documents,
         pushed,
+        loaded,
     })
+}
+
+/// The names `--tag` (or else the recipe's `tags`) give the image: bare tags
+/// name it after the recipe; none means `NAME:latest` (or no name at all
+/// when the recipe's name is not a valid image name).
+fn image_names(recipe: &crate::recipe::Recipe, tags: &[String]) -> Result<Vec<ImageName>> {
+    names_of(&recipe.name, &recipe.tags, tags)
+}
+
+fn names_of(recipe_name: &str, recipe_tags: &[String], tags: &[String]) -> Result<Vec<ImageName>> {
+    let (list, from_cli): (&[String], bool) = if tags.is_empty() {
+        (recipe_tags, false)
+    } else {
+        (tags, true)
+    };
+    if list.is_empty() {
+        return Ok(ImageName::of_entry(recipe_name, "latest")
+            .into_iter()
+            .collect());
+    }
+    let mut names: Vec<ImageName> = Vec::new();
+    for t in list {
+        let name = ImageName::of_entry(recipe_name, t).map_err(|why| {
+            Error::invalid(
+                format!(
+                    "{} `{t}` is not a valid tag or image name: {why}",
+                    if from_cli { "`--tag`" } else { "the tag" }
+                ),
+                Some("write a tag (`v1`), which names the image `NAME:v1` after the recipe, or a full name such as `registry.example/app:1.4` or `app:dev`".into()),
+            )
+        })?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// Writes `digest` and a newline to `file`, atomically.

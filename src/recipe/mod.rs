@@ -37,7 +37,8 @@ pub struct Recipe {
     pub compression: Compression,
     /// Manifest annotations.
     pub annotations: BTreeMap<String, String>,
-    /// Tags; the first becomes `org.opencontainers.image.ref.name` in a layout.
+    /// Tags as written: bare tags of the image named after the recipe, or full
+    /// names (see [`crate::image_name::ImageName::of_entry`]), first first.
     pub tags: Vec<String>,
     /// The `[config]` table.
     pub config: ConfigSection,

@@ -27,7 +27,7 @@ pub(super) fn recipe(source: Source, dir: PathBuf, raw: RawRecipe) -> Result<Rec
 
     let platforms = platforms(&source, &raw.platforms)?;
 
-    let tags = tags(&source, &raw.tags)?;
+    let tags = tags(&source, &raw.tags, &name)?;
 
     let config = raw.config;
     if let Some(w) = &config.workdir {
@@ -203,21 +203,25 @@ fn platforms(source: &Source, list: &Option<Vec<Spanned<String>>>) -> Result<Vec
     Ok(platforms)
 }
 
-/// `tags`: each a valid OCI tag.
-fn tags(source: &Source, list: &[Spanned<String>]) -> Result<Vec<String>> {
+/// `tags`: each a tag of the image named after the recipe (`v1`) or a
+/// full image name (`registry.example/app:1.4`, `app:dev`), none twice.
+fn tags(source: &Source, list: &[Spanned<String>], name: &str) -> Result<Vec<String>> {
     let mut tags = Vec::new();
+    let mut seen = BTreeSet::new();
     for t in list {
         let tag = t.get_ref();
-        let valid = !tag.is_empty()
-            && tag.len() <= 128
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            && !tag.starts_with(['.', '-']);
-        if !valid {
+        let parsed = crate::image_name::ImageName::of_entry(name, tag).map_err(|why| {
+            source
+                .error(t.span(), format!("`{tag}` is not a valid tag or image name: {why}"))
+                .hint("write a tag (`v1`: up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`), which names the image `NAME:v1` after the recipe, or a full name such as `registry.example/app:1.4` or `app:dev`")
+        })?;
+        if !seen.insert(parsed.full()) {
             return Err(source
-                .error(t.span(), format!("`{tag}` is not a valid tag"))
-                .hint("a tag is up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`")
+                .error(
+                    t.span(),
+                    format!("`{tag}` names `{}`, which is listed already", parsed.full()),
+                )
+                .hint("remove the duplicate")
                 .into());
         }
         tags.push(tag.clone());

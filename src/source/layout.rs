@@ -329,6 +329,11 @@ pub fn unpack_archive(archive: &Path, dir: &Path) -> Result<()> {
         if entry.header().entry_type().is_dir() {
             continue;
         }
+        // docker's `manifest.json` beside `index.json` (kiln's archives, and
+        // other builders'): for docker; the layout is read from `index.json`.
+        if name == "manifest.json" && entry.header().entry_type().is_file() {
+            continue;
+        }
         let allowed = matches!(name, "index.json" | "oci-layout")
             || name
                 .strip_prefix("blobs/sha256/")

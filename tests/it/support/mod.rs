@@ -5,6 +5,7 @@
 pub mod apt;
 pub mod cosign;
 pub mod registry;
+pub mod runtimes;
 
 /// Asserts a snapshot (insta) of human-facing output, named after the test
 /// (or `name` when given), with what varies between runs and machines

@@ -253,6 +253,15 @@ impl Registry {
     }
 }
 
+/// Kills `child` and removes `dir` when the test process exits (other
+/// daemons the tests start: see `support::runtimes`).
+pub(crate) fn clean_up_at_exit(child: Child, dir: PathBuf) {
+    CLEANUP
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((child, dir));
+}
+
 /// Registries to kill, and their directories to remove, when the process exits.
 static CLEANUP: Mutex<Vec<(Child, PathBuf)>> = Mutex::new(Vec::new());
 
@@ -303,7 +312,7 @@ fn sweep_stale_dirs() {
 /// Spawns `cmd` so that it dies with this process: the kernel sends it
 /// `SIGKILL` when the spawning thread exits, and that thread never exits
 /// before the process does.
-fn spawn_tied_to_process(mut cmd: Command) -> Child {
+pub(crate) fn spawn_tied_to_process(mut cmd: Command) -> Child {
     use std::os::unix::process::CommandExt;
     static AT_EXIT: OnceLock<()> = OnceLock::new();
     AT_EXIT.get_or_init(|| {
@@ -325,6 +334,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> Child {
             Ok(())
         });
     }
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("registry-parent".into())
@@ -338,7 +348,7 @@ fn spawn_tied_to_process(mut cmd: Command) -> Child {
         .unwrap();
     rx.recv()
         .unwrap()
-        .unwrap_or_else(|e| panic!("cannot start docker-registry: {e}; run scripts/test.sh"))
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}; run scripts/test.sh"))
 }
 
 /// Every blob under a layout's `blobs/sha256`, as (`sha256:<hex>`, path).
