@@ -23,13 +23,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # tests/it/vm_hostile.rs); binutils (ar) crafts hostile .debs (tests/it/debian.rs);
 # lz4 reads the host's apt lists for the dpkg version oracle (tests/it/fuzz);
 # procps (kill) stops and kills builds (tests/it/store.rs);
-# default-jre-headless (keytool) reads Java trust stores back (tests/it/java_truststore.rs).
+# default-jre-headless (keytool) reads Java trust stores back (tests/it/java_truststore.rs);
+# zsh, fish, man-db and groff-base check `kiln completions` and `kiln man` (tests/it/ux.rs).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
     dpkg-dev apt-utils gnupg gpgv xz-utils zstd
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
     binutils lz4 procps default-jre-headless adduser passwd systemd qemu-user
+    zsh fish man-db groff-base
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -105,6 +107,7 @@ COMMANDS=(
     dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
     dump.erofs unsquashfs lz4 keytool adduser useradd systemd-sysusers qemu-x86_64
+    script zsh fish man groff
 )
 
 check_commands() {
