@@ -128,9 +128,11 @@ impl Screen {
         let style = ProgressStyle::with_template(template)
             .expect("the templates are valid")
             .progress_chars("=> ");
-        let bar = self.multi.add(bar.with_style(style));
-        bar.set_prefix(verb);
-        bar.set_message(name.to_string());
+        let bar = bar
+            .with_style(style)
+            .with_prefix(verb)
+            .with_message(name.to_string());
+        let bar = self.multi.add(bar);
         bar.tick();
         bar
     }
