@@ -118,11 +118,11 @@ impl Screen {
         let (bar, template) = match total {
             Some(t) => (
                 ProgressBar::new(t),
-                "{prefix:<7} {msg:24!} [{bar:24}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta}",
+                "{prefix:<5} {msg:18!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
             ),
             None => (
                 ProgressBar::no_length(),
-                "{prefix:<7} {msg:24!} {spinner} {bytes:>10} {binary_bytes_per_sec:>12}",
+                "{prefix:<5} {msg:18!} {spinner} {bytes} {binary_bytes_per_sec}",
             ),
         };
         let style = ProgressStyle::with_template(template)

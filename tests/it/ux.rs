@@ -126,7 +126,7 @@ fn a_build_on_a_terminal_draws_bars_for_its_downloads_and_layers_and_stdout_stay
     assert!(bar.contains("MiB"), "{bar:?}");
     assert!(screen.contains("fetched package bigdata (6."), "{screen:?}");
     assert!(
-        screen.contains("layer   data") && screen.contains("built   layer data"),
+        screen.contains("layer data") && screen.contains("built   layer data"),
         "no layer bar:\n{screen:?}"
     );
     let doc = assert_pure_json(&fs::read_to_string(&json).unwrap());
@@ -205,7 +205,7 @@ fn push_pull_and_copy_show_their_blob_transfers() {
         screen
             .lines()
             .flat_map(|l| l.split('\r'))
-            .any(|l| l.starts_with("push    sha256:")),
+            .any(|l| l.contains("push  sha256:") && l.contains("ETA")),
         "no push bar:\n{screen:?}"
     );
     assert!(screen.contains("sent    blob sha256:"), "{screen:?}");
