@@ -25,6 +25,7 @@ import tempfile
 # The stage order; keep it in step with ARCHITECTURE.md.
 RANKS = {
     "error": 0, "digest": 0, "json": 0, "files": 0, "beneath": 0, "oci": 0, "image_name": 0,
+    "progress": 0,
     "store": 1,
     "recipe": 2,
     "plan": 3, "image": 3,

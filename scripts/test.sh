@@ -26,6 +26,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # default-jre-headless (keytool) reads Java trust stores back (tests/it/java_truststore.rs);
 # docker.io (dockerd, docker), podman and containerd (containerd, ctr) load and
 # run kiln's archives, each daemon started by the tests under /tmp (tests/it/load_*.rs).
+# zsh, fish, man-db and groff-base check `kiln completions` and `kiln man` (tests/it/ux.rs).
 PACKAGES=(
     umoci skopeo runc tar gcc libc6-dev faketime util-linux
     docker-registry apache2-utils openssl
@@ -33,6 +34,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
     binutils lz4 procps default-jre-headless adduser passwd systemd qemu-user
     docker.io podman containerd
+    zsh fish man-db groff-base
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -109,6 +111,7 @@ COMMANDS=(
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
     dump.erofs unsquashfs lz4 keytool adduser useradd systemd-sysusers qemu-x86_64
     dockerd docker podman containerd ctr stat umount
+    script zsh fish man groff
 )
 
 check_commands() {

@@ -26,6 +26,7 @@ pub mod lock;
 pub mod oci;
 pub mod pipeline;
 pub mod plan;
+pub mod progress;
 pub mod recipe;
 pub mod registry;
 pub mod resolve;

@@ -115,54 +115,61 @@ pub struct Args {
     registry: RegistryArgs,
 }
 
-/// Draws a build's events on stderr, one line each.
+/// Draws a build's events on stderr, one line each (above the bars of
+/// downloads, layer builds and pushes, which come through the registry
+/// options' progress).
 struct Progress {
     /// With `--json`, outputs and pushes are in the JSON object instead.
     json: bool,
+    screen: std::sync::Arc<super::progress::Screen>,
 }
 
 impl Reporter for Progress {
     fn event(&self, event: Event<'_>) {
+        self.lines(event, |text: String| self.screen.line(&text))
+    }
+}
+
+impl Progress {
+    fn lines(&self, event: Event<'_>, say: impl Fn(String)) {
         let name = |n: Option<&str>| n.map_or(String::from("(unnamed)"), String::from);
         match event {
-            Event::Recipe { path } => eprintln!("recipe  {}", path.display()),
+            Event::Recipe { path } => say(format!("recipe  {}", path.display())),
             Event::LayerFetched {
                 name: n,
                 digest,
                 size,
-            } => eprintln!(
+            } => say(format!(
                 "fetched layer {} {} ({}) from the shared cache",
                 name(n),
                 short(&digest.to_string()),
                 human(size)
-            ),
-            Event::CacheNote { message } => eprintln!("cache   {message}"),
-            Event::LayerCached { name: n, digest } => {
-                eprintln!("cached  layer {} {}", name(n), short(&digest.to_string()))
-            }
+            )),
+            Event::CacheNote { message } => say(format!("cache   {message}")),
+            Event::LayerCached { name: n, digest } => say(format!(
+                "cached  layer {} {}",
+                name(n),
+                short(&digest.to_string())
+            )),
             Event::LayerStarted {
                 name: n,
                 files,
                 bytes,
-            } => {
-                eprintln!(
-                    "build   layer {} ({files} files, {})",
-                    name(n),
-                    human(bytes)
-                )
-            }
+            } => say(format!(
+                "build   layer {} ({files} files, {})",
+                name(n),
+                human(bytes)
+            )),
             Event::LayerBuilt {
                 name: n,
                 digest,
                 size,
-            } => {
-                eprintln!(
-                    "built   layer {} {} ({})",
-                    name(n),
-                    short(&digest.to_string()),
-                    human(size)
-                )
-            }
+            } => say(format!(
+                "built   layer {} {} ({})",
+                name(n),
+                short(&digest.to_string()),
+                human(size)
+            )),
             Event::Account {
                 package,
                 name,
@@ -174,15 +181,17 @@ impl Reporter for Progress {
                 } else {
                     ("group", "gid")
                 };
-                eprintln!("account {kind} {name} ({id_kind} {id}) from package {package}")
+                say(format!(
+                    "account {kind} {name} ({id_kind} {id}) from package {package}"
+                ))
             }
-            Event::Wrote { path } if !self.json => eprintln!("wrote   {}", path.display()),
-            Event::Pushed { reference, report } if !self.json => eprintln!(
+            Event::Wrote { path } if !self.json => say(format!("wrote   {}", path.display())),
+            Event::Pushed { reference, report } if !self.json => say(format!(
                 "pushed  {} ({} blobs sent, {} already there)",
                 reference.whole(),
                 report.uploaded,
                 report.skipped
-            ),
+            )),
             Event::Wrote { .. } | Event::Pushed { .. } => {}
         }
     }
@@ -281,7 +290,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         ..Settings::default()
     };
     let store = super::open_store()?;
-    let progress = Progress { json: args.json };
+    let screen = super::progress::screen();
+    let progress = Progress {
+        json: args.json,
+        screen: screen.clone(),
+    };
     let quiet = pipeline::Quiet;
     let password = super::keys::password;
     let outcome = pipeline::run(&pipeline::Request {
@@ -304,22 +317,18 @@ pub fn run(args: Args) -> Result<(), Error> {
             recursive: args.recursive,
         }),
         store: &store,
-        reporter: if super::progress_enabled() {
-            &progress
-        } else {
-            &quiet
-        },
+        reporter: if screen.on() { &progress } else { &quiet },
     })?;
     if let Some(file) = &args.digest_file {
         pipeline::write_digest_file(file, &outcome.digest)?;
     }
     if let (Some(loaded), false) = (&outcome.loaded, args.json) {
-        if super::progress_enabled() {
-            eprintln!(
+        if screen.on() {
+            screen.line(&format!(
                 "loaded  {} into {}",
                 loaded.images.join(", "),
                 loaded.runtime.command()
-            );
+            ));
         }
     }
     if args.json {

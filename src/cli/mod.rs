@@ -2,11 +2,14 @@
 
 mod boot;
 mod build;
+mod completions;
 mod copy;
 mod inspect;
 mod keys;
 mod lock;
 mod login;
+mod man;
+mod progress;
 mod pull;
 mod push;
 mod registry_args;
@@ -19,10 +22,28 @@ use kiln::error::Error;
 
 /// kiln builds reproducible, content-addressed OCI images from TOML recipes.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, after_help = exit_codes_help())]
+#[command(name = "kiln", version = version(), about, after_help = exit_codes_help())]
 pub struct Cli {
+    /// Print nothing on stderr but errors: no progress, no bars.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `0.1.0 (commit 33e6212, format 3)`: the release, the git commit it was
+/// built from (`-dirty` when the checkout had changes, `unknown` outside a
+/// checkout) and the format version that decides its digests.
+fn version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (commit {}, format {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("KILN_COMMIT"),
+            kiln::plan::FORMAT_VERSION
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +74,10 @@ enum Command {
     Login(login::Args),
     /// Verify the store's blobs, or prune what no recent build used.
     Store(store::Args),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(completions::Args),
+    /// Print kiln's man page, or write one page per command into a directory.
+    Man(man::Args),
 }
 
 /// The exit code table shown after `kiln --help`.
@@ -66,6 +91,7 @@ fn exit_codes_help() -> String {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<(), Error> {
+    progress::init(cli.quiet);
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
@@ -80,6 +106,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Sbom(args) => sbom::run(args),
         Command::Verify(args) => sign::verify(args),
         Command::Store(args) => store::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
     }
 }
 
@@ -105,15 +133,21 @@ fn open_store() -> Result<kiln::store::Store, Error> {
     )
 }
 
-/// Whether progress lines should be drawn on stderr.
-fn progress_enabled() -> bool {
-    std::env::var_os("KILN_NO_PROGRESS").is_none_or(|v| v.is_empty() || v == "0")
+/// A progress line on stderr (above any bars), unless progress is off.
+fn say(line: &str) {
+    progress::screen().line(line);
 }
 
-/// A progress line on stderr, unless progress is off.
-fn say(line: &str) {
-    if progress_enabled() {
-        eprintln!("{line}");
+/// Writes generated text (completions, a man page) to stdout; a reader that
+/// stops early (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::internal("write to standard output", e))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -53,6 +53,7 @@ impl RegistryArgs {
             credentials,
             jobs: self.registry_jobs,
             retries: 0,
+            progress: super::progress::screen().progress(),
         })
     }
 }

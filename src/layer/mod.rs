@@ -48,7 +48,28 @@ pub fn build(
     mtime: u64,
     threads: usize,
 ) -> Result<(LayerRecord, Option<Chunks>)> {
+    build_metered(
+        store,
+        entries,
+        compression,
+        mtime,
+        threads,
+        &Default::default(),
+    )
+}
+
+/// [`build`], moving `meter` by the bytes of file content written (the
+/// total is [`crate::plan::LayerPlan::file_stats`]'s).
+pub fn build_metered(
+    store: &Store,
+    entries: &[Entry],
+    compression: Compression,
+    mtime: u64,
+    threads: usize,
+    meter: &crate::progress::Meter,
+) -> Result<(LayerRecord, Option<Chunks>)> {
     let blob = store.writer()?;
+    let mut done = 0;
     let encoder = compress::Encoder::layer(
         compression,
         blob,
@@ -62,6 +83,10 @@ pub fn build(
             EntryError::Io(e) => io_err(store, e),
             EntryError::Kiln(e) => e,
         })?;
+        if let crate::plan::EntryKind::File { size, .. } = &entry.kind {
+            done += size;
+            meter.set(done);
+        }
     }
     let hashing = tar.finish().map_err(|e| io_err(store, e))?;
     let (encoder, diff_id, _) = hashing.finish();

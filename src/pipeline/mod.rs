@@ -32,6 +32,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{self, Image, Stored};
 use crate::plan::{DirMap, LayerPlan};
+use crate::progress::Kind;
 use crate::recipe::{Platform, Recipe};
 use crate::resolve::{self, Material, Plan};
 use crate::store::{LayerRecord, Store};
@@ -491,13 +492,17 @@ fn build_layers(
             files,
             bytes,
         });
-        let (r, chunks) = crate::layer::build(
+        let layer = plan.name.as_deref().unwrap_or("(unnamed)");
+        let meter = (settings.registry.progress).start(Kind::Layer, layer, Some(bytes));
+        let (r, chunks) = crate::layer::build_metered(
             store,
             &plan.entries,
             recipe.compression,
             epoch,
             settings.threads,
+            &meter,
         )?;
+        meter.finish();
         store.remember_layer(&plan.input_digest, &r)?;
         reporter.event(Event::LayerBuilt {
             name: plan.name.as_deref(),

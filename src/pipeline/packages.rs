@@ -75,7 +75,10 @@ pub(super) fn packages_for(
             urls.extend(deb::fallbacks(&archive));
             let fetchers = urls
                 .into_iter()
-                .map(deb::Fetcher::new)
+                .map(|url| {
+                    deb::Fetcher::new(url)
+                        .map(|f| f.with_progress(settings.registry.progress.clone()))
+                })
                 .collect::<Result<Vec<_>>>()?;
             sources.insert(
                 p.repository.clone(),
@@ -89,7 +92,7 @@ pub(super) fn packages_for(
             let mut tried = Vec::new();
             for fetcher in fetchers {
                 let mut w = store.writer()?;
-                match fetcher.get_into(&p.path, &mut w) {
+                match fetcher.get_package(&p.path, &p.name, &mut w) {
                     Ok(()) => {}
                     Err(e @ Error::Network { .. }) => {
                         tried.push(e);

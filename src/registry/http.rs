@@ -100,11 +100,19 @@ pub(super) struct Session {
     authorization: Mutex<Option<String>>,
     /// The registry's name, for messages.
     registry: String,
+    /// Where blob transfers report their bytes.
+    pub progress: crate::progress::Progress,
 }
 
 const CREDENTIALS_HINT: &str = "check the credentials: `kiln login REGISTRY -u USER --password-stdin`, or pass `--username USER --password-stdin`";
 
 impl Session {
+    /// The session, reporting blob transfers to `progress`.
+    pub fn with_progress(mut self, progress: crate::progress::Progress) -> Session {
+        self.progress = progress;
+        self
+    }
+
     /// Opens a session: pings `/v2/` and answers its challenge.
     pub async fn open(
         client: reqwest::Client,
@@ -122,6 +130,7 @@ impl Session {
             policy,
             authorization: Mutex::new(None),
             registry: registry.to_string(),
+            progress: Default::default(),
         };
         let what = format!("reach `{registry}`");
         let url = format!("{}/v2/", s.base);

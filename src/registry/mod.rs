@@ -39,6 +39,8 @@ pub struct Options {
     pub jobs: usize,
     /// How many times a transient failure is retried (default 7).
     pub retries: u32,
+    /// Where the byte progress of blob pulls and pushes goes.
+    pub progress: crate::progress::Progress,
 }
 
 /// What a push did.
@@ -263,6 +265,7 @@ impl Registry {
             http::Policy::new(self.options.retries),
         )
         .await
+        .map(|s| s.with_progress(self.options.progress.clone()))
     }
 
     /// Checks that the credentials for `r` are accepted.

@@ -15,6 +15,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use crate::oci::{self, Document};
+use crate::progress::{blob_name, Kind};
 use crate::recipe::Platform;
 use crate::source::layout::matches_platform;
 use crate::store::Store;
@@ -230,6 +231,7 @@ async fn pull_blob(
     let mut attempt = 0;
     let mut writer = store.writer()?;
     let mut written: u64 = 0;
+    let meter = s.progress.start(Kind::Pull, &blob_name(digest), Some(size));
     loop {
         let from = written;
         let make = || {
@@ -264,6 +266,7 @@ async fn pull_blob(
                             writer
                                 .write_all(&chunk)
                                 .map_err(|e| Error::io("write", store.blob_path(digest), e))?;
+                            meter.set(written);
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -284,6 +287,7 @@ async fn pull_blob(
                             },
                             other => other,
                         })?;
+                        meter.finish();
                         return Ok(());
                     }
                     Some(why) => {

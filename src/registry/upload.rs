@@ -25,6 +25,7 @@ use super::blob_url;
 use super::http::{status_error, Attempt, Session};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::progress::{blob_name, Kind, Meter};
 
 /// Bytes per `PATCH`. Larger chunks mean fewer requests to lose; smaller
 /// ones less to send again when a registry drops a session.
@@ -64,6 +65,7 @@ pub(super) async fn upload(
     let mut verified = false;
     // The first `PATCH` of a session at offset 0 streams the whole blob.
     let mut streamed = false;
+    let meter = Arc::new(s.progress.start(Kind::Push, &blob_name(digest), Some(size)));
     loop {
         let mut up = match upload.take() {
             Some(up) => up,
@@ -88,7 +90,7 @@ pub(super) async fn upload(
             let url = up.location.clone();
             let range = format!("0-{}", size - 1);
             let file = std::fs::File::open(path).at("open", path)?;
-            let body = verified_stream(file, digest.clone(), size, mismatch.clone());
+            let body = verified_stream(file, digest.clone(), size, mismatch.clone(), meter.clone());
             // `attempt` builds the request once.
             let body = Mutex::new(Some(body));
             let make = || {
@@ -154,6 +156,7 @@ pub(super) async fn upload(
                 Attempt::Answer(resp) if resp.status() == StatusCode::ACCEPTED => {
                     up.location = location(&up.location, resp.headers()).unwrap_or(up.location);
                     up.offset = held(resp.headers()).unwrap_or(end);
+                    meter.set(up.offset);
                     failures = 0;
                     started = Instant::now();
                     continue;
@@ -192,7 +195,7 @@ pub(super) async fn upload(
         let make = || s.client.put(url.clone()).header(CONTENT_LENGTH, 0);
         let failure = match s.attempt(&make).await {
             Attempt::Answer(resp) if resp.status() == StatusCode::CREATED => {
-                return check_digest(resp.headers(), digest, &what);
+                return check_digest(resp.headers(), digest, &what).map(|()| meter.finish());
             }
             Attempt::Answer(resp) if resp.status() == StatusCode::BAD_REQUEST => {
                 let body = resp.text().await.unwrap_or_default();
@@ -215,6 +218,7 @@ pub(super) async fn upload(
         // took the blob.
         upload = status(s, &up, &what).await?;
         if upload.is_none() && exists(s, r, digest, &what).await? {
+            meter.finish();
             return Ok(());
         }
     }
@@ -230,6 +234,7 @@ fn verified_stream(
     digest: Digest,
     size: u64,
     mismatch: Arc<Mutex<Option<Digest>>>,
+    meter: Arc<Meter>,
 ) -> reqwest::Body {
     struct State {
         file: tokio::fs::File,
@@ -246,6 +251,7 @@ fn verified_stream(
     let stream = futures_util::stream::unfold(state, move |mut st| {
         let digest = digest.clone();
         let mismatch = mismatch.clone();
+        let meter = meter.clone();
         async move {
             let hasher = st.hasher.as_mut()?;
             loop {
@@ -265,6 +271,7 @@ fn verified_stream(
                     buf.truncate(n);
                     hasher.update(&buf);
                     st.read += n as u64;
+                    meter.set(st.read);
                     if st.read <= size {
                         if let Some(prev) = st.pending.replace(bytes::Bytes::from(buf)) {
                             return Some((Ok(prev), st));

@@ -44,5 +44,6 @@ mod signing;
 mod single_platform;
 mod store;
 mod sysusers;
+mod ux;
 mod vm;
 mod vm_hostile;

@@ -47,6 +47,8 @@ help_snapshots! {
     help_store: ["store", "--help"];
     help_store_verify: ["store", "verify", "--help"];
     help_store_prune: ["store", "prune", "--help"];
+    help_completions: ["completions", "--help"];
+    help_man: ["man", "--help"];
 }
 
 /// Every subcommand `kiln --help` lists has a help snapshot above.

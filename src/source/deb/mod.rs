@@ -242,6 +242,7 @@ fn parse_sources(deb822: bool, text: &str) -> Vec<(String, Vec<String>)> {
 pub struct Fetcher {
     client: reqwest::blocking::Client,
     mirror: String,
+    progress: crate::progress::Progress,
 }
 
 impl Fetcher {
@@ -259,7 +260,17 @@ impl Fetcher {
             .build()
             .or_else(|_| builder().tls_certs_only([]).build())
             .map_err(|e| Error::internal("start an HTTP client", e))?;
-        Ok(Fetcher { client, mirror })
+        Ok(Fetcher {
+            client,
+            mirror,
+            progress: Default::default(),
+        })
+    }
+
+    /// The fetcher, reporting the bytes of [`Fetcher::get_package`] to `progress`.
+    pub fn with_progress(mut self, progress: crate::progress::Progress) -> Fetcher {
+        self.progress = progress;
+        self
     }
 
     /// The mirror's URL.
@@ -276,6 +287,21 @@ impl Fetcher {
 
     /// GETs `rel` into a writer, retrying transient failures from the start.
     pub fn get_into(&self, rel: &str, out: &mut dyn std::io::Write) -> Result<()> {
+        self.get_metered(rel, out, None)
+    }
+
+    /// GETs package `name` (the `.deb` at `rel`) into a writer, as
+    /// [`Fetcher::get_into`] does, its bytes reported as they arrive.
+    pub fn get_package(&self, rel: &str, name: &str, out: &mut dyn std::io::Write) -> Result<()> {
+        self.get_metered(rel, out, Some(name))
+    }
+
+    fn get_metered(
+        &self,
+        rel: &str,
+        out: &mut dyn std::io::Write,
+        name: Option<&str>,
+    ) -> Result<()> {
         let url = format!("{}/{}", self.mirror, rel.trim_start_matches('/'));
         let mut last: (Option<u16>, Option<crate::error::BoxError>) = (None, None);
         for attempt in 0..4u32 {
@@ -286,7 +312,15 @@ impl Fetcher {
                 Ok(resp) if resp.status().is_success() => {
                     let mut buf = Vec::new();
                     let mut resp = resp;
-                    match resp.read_to_end(&mut buf) {
+                    let read = match name {
+                        None => resp.read_to_end(&mut buf),
+                        Some(n) => {
+                            let kind = crate::progress::Kind::Package;
+                            let m = self.progress.start(kind, n, resp.content_length());
+                            read_metered(resp, &mut buf, &m).inspect(|_| m.finish())
+                        }
+                    };
+                    match read {
                         Ok(_) => {
                             out.write_all(&buf).map_err(|e| {
                                 Error::internal(format!("keep the download of `{url}`"), e)
@@ -320,6 +354,26 @@ impl Fetcher {
             hint: Some("check that the mirror is reachable (`KILN_MIRROR_<ARCHIVE>`, `KILN_DEBIAN_MIRROR` or the host's apt sources)".into()),
             source: last.1,
         })
+    }
+}
+
+/// Reads `from` to its end into `buf`, moving `meter` as bytes arrive.
+fn read_metered(
+    mut from: impl std::io::Read,
+    buf: &mut Vec<u8>,
+    meter: &crate::progress::Meter,
+) -> std::io::Result<usize> {
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut chunk) {
+            Ok(0) => return Ok(buf.len()),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                meter.set(buf.len() as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
