@@ -146,7 +146,7 @@ pub fn verify(
 ) -> Result<Vec<String>> {
     let fail = Error::verification;
     let layers = cosign::stored_layers(registry, store, image, digest, "att")?;
-    let found = crate::sign::referrers::check(registry, store, image, digest, keys)?;
+    let found = crate::sign::referrers::check(registry, store, image, digest, keys, None)?;
     if layers.is_none() && found.attestations.is_empty() && found.unsigned == 0 {
         return Err(fail(
             format!(

@@ -41,6 +41,10 @@ pub struct VerifyArgs {
     /// Also require attestations signed by the key, whose subject is this digest.
     #[arg(long)]
     attestations: bool,
+    /// Refuse a cosign signature whose payload names another repository (by
+    /// default a signature travels with an image promoted to another repository).
+    #[arg(long)]
+    exact_identity: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -92,7 +96,14 @@ pub fn verify(args: VerifyArgs) -> Result<(), Error> {
     let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
     let digest = kiln::sign::digest_of(&registry, &image)?;
-    let (matched, via) = cosign::verify(&registry, &store, &image, &digest, &keys)?;
+    let (matched, via) = cosign::verify(
+        &registry,
+        &store,
+        &image,
+        &digest,
+        &keys,
+        args.exact_identity,
+    )?;
     let via = match via {
         cosign::Via::Tag => "cosign tag",
         cosign::Via::Referrer => "referrer",

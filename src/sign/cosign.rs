@@ -270,13 +270,15 @@ pub struct NamedKey {
 
 /// Checks one simple-signing layer: `None` when it carries no signature,
 /// `Some(Ok(k))` when key `k` signed it and it names `digest`, otherwise
-/// `Some(Err(problem))`. The repository the payload names is not checked:
-/// an image promoted to another repository keeps its signatures.
+/// `Some(Err(problem))`. The repository the payload names is checked only
+/// against `identity` when given: an image promoted to another repository
+/// keeps its signatures.
 pub fn check_layer(
     store: &Store,
     layer: &Desc,
     digest: &Digest,
     keys: &[NamedKey],
+    identity: Option<&str>,
 ) -> Result<Option<std::result::Result<usize, Error>>> {
     let fail = Error::verification;
     let Some(sig) = layer.annotation(SIGNATURE_ANNOTATION) else {
@@ -299,6 +301,16 @@ pub fn check_layer(
             ),
             "the signature belongs to another image: sign this digest",
         ))
+    } else if let Some(wanted) =
+        identity.filter(|i| *i != claims.critical.identity.docker_reference)
+    {
+        Err(fail(
+            format!(
+                "identity mismatch: a signature by `{path}` names `{}`, not `{wanted}`",
+                claims.critical.identity.docker_reference
+            ),
+            "the image was signed under another repository name: sign it where it is, or verify without `--exact-identity`",
+        ))
     } else if claims.critical.kind != SIGNATURE_TYPE {
         Err(fail(
             format!("a signature by `{path}` has an unexpected payload type"),
@@ -320,19 +332,24 @@ pub enum Via {
 
 /// Checks that `digest` in `image`'s repository has a valid signature by one
 /// of `keys`, in cosign's `.sig` tag or among its referrers; returns the
-/// path of the key that matched and where the signature was.
+/// path of the key that matched and where the signature was. With
+/// `exact_identity`, a simple-signing payload must name `image`'s
+/// repository (bundles name no repository).
 pub fn verify(
     registry: &Registry,
     store: &Store,
     image: &Reference,
     digest: &Digest,
     keys: &[NamedKey],
+    exact_identity: bool,
 ) -> Result<(PathBuf, Via)> {
+    let wanted = identity(image);
+    let wanted = exact_identity.then_some(wanted.as_str());
     let fail = Error::verification;
     let mut problem = None;
     let tagged = stored_layers(registry, store, image, digest, "sig")?;
     for layer in tagged.iter().flatten() {
-        match check_layer(store, layer, digest, keys)? {
+        match check_layer(store, layer, digest, keys, wanted)? {
             Some(Ok(k)) => return Ok((keys[k].path.clone(), Via::Tag)),
             Some(Err(e)) => {
                 if problem.is_none() || !e.to_string().contains("wrong key") {
@@ -342,7 +359,7 @@ pub fn verify(
             None => {}
         }
     }
-    let found = super::referrers::check(registry, store, image, digest, keys)?;
+    let found = super::referrers::check(registry, store, image, digest, keys, wanted)?;
     if let Some(&k) = found.signatures.first() {
         return Ok((keys[k].path.clone(), Via::Referrer));
     }

@@ -61,7 +61,7 @@ impl std::str::FromStr for Scheme {
             "referrers" => Ok(Scheme::Referrers),
             "both" => Ok(Scheme::Both),
             _ => Err(Error::invalid(
-                format!("`{s}` is not a signature scheme"),
+                format!("`{s}` is not a signature scheme (`tags`, `referrers` or `both`)"),
                 Some("give `--signature-scheme tags`, `referrers` or `both`".into()),
             )),
         }
@@ -365,6 +365,7 @@ pub fn check(
     image: &Reference,
     digest: &Digest,
     keys: &[NamedKey],
+    identity: Option<&str>,
 ) -> Result<Checked> {
     let mut out = Checked::default();
     for r in list(registry, image, digest)? {
@@ -386,7 +387,7 @@ pub fn check(
                     bundle::open_envelope_value(&env, keys)
                 }
                 cosign::SIGNATURE_MEDIA_TYPE => {
-                    match cosign::check_layer(store, layer, digest, keys)? {
+                    match cosign::check_layer(store, layer, digest, keys, identity)? {
                         Some(Ok(k)) => out.signatures.push(k),
                         Some(Err(_)) => out.unsigned += 1,
                         None => {}
