@@ -351,11 +351,11 @@ pub fn verify(
     for layer in tagged.iter().flatten() {
         match check_layer(store, layer, digest, keys, wanted)? {
             Some(Ok(k)) => return Ok((keys[k].path.clone(), Via::Tag)),
-            Some(Err(e)) => {
-                if problem.is_none() || !e.to_string().contains("wrong key") {
-                    problem = Some(e);
-                }
+            // A specific problem (digest, identity) beats "wrong key".
+            Some(Err(e)) if problem.is_none() || !e.to_string().contains("wrong key") => {
+                problem = Some(e);
             }
+            Some(Err(_)) => {}
             None => {}
         }
     }
