@@ -253,3 +253,86 @@ fn signature_schemes_write_where_they_say() {
         text(&out)
     );
 }
+
+/// A registry with the referrers API: `docker-registry` behind the test
+/// proxy in its `ReferrersApi` mode (Debian has no registry with the API).
+/// kiln then writes no referrers tag index, cosign 3 finds kiln's bundles
+/// through the API, and a copy to a registry without it writes the index there.
+#[test]
+fn with_the_referrers_api_no_tag_index_is_written() {
+    use crate::support::registry::proxy::{Faults, Proxy};
+    let w = Work::new();
+    support::cosign::generate_key_pair(w.path());
+    let upstream = registry(Flavour::Plain);
+    let api = Proxy::start(&upstream.host, Faults::ReferrersApi);
+    unique_recipe(&w, "api", "", "", "");
+    let repo = "referrers-api/app";
+    let target = format!("{}/{repo}:v1", api.host);
+    let digest = last_digest(&ok(
+        &w,
+        &[
+            "build",
+            "recipe.toml",
+            "--out",
+            "img",
+            "--push",
+            &target,
+            "--sign-key",
+            "cosign.key",
+            "--sbom",
+            "--signature-scheme",
+            "referrers",
+        ],
+    ));
+    let pinned = format!("{}/{repo}@{digest}", api.host);
+    let schemes = |reference: &str| -> Vec<String> {
+        referrers(&w, reference)
+            .iter()
+            .map(|r| r["scheme"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(schemes(&pinned), ["referrers-api", "referrers-api"]);
+    // Straight at the registry (no API): no `sha256-<hex>` tag index, no cosign tag.
+    assert_eq!(
+        schemes(&format!("{}/{repo}@{digest}", upstream.host)),
+        Vec::<String>::new()
+    );
+
+    let out = ok(
+        &w,
+        &["verify", &pinned, "--key", "cosign.pub", "--attestations"],
+    );
+    assert!(
+        out.contains("(referrer)") && out.contains("https://spdx.dev/Document"),
+        "{out}"
+    );
+    let mut verify = vec!["verify", "--key", "cosign.pub"];
+    verify.extend(support::cosign::VERIFY_FLAGS);
+    verify.push(&pinned);
+    let out = cosign3(&verify, &w);
+    assert!(
+        out.status.success(),
+        "cosign 3 verify through the API: {}",
+        text(&out)
+    );
+
+    // Promoted to a registry without the API: the referrers tag index there.
+    let prod = format!("{}/referrers-api-prod/app", upstream.host);
+    ok(&w, &["copy", &pinned, &format!("{prod}:1.4")]);
+    let copied = format!("{prod}@{digest}");
+    assert_eq!(schemes(&copied), ["referrers-tag", "referrers-tag"]);
+    let out = ok(
+        &w,
+        &["verify", &copied, "--key", "cosign.pub", "--attestations"],
+    );
+    assert!(out.contains("https://spdx.dev/Document"), "{out}");
+    let mut verify = vec!["verify", "--key", "cosign.pub"];
+    verify.extend(support::cosign::VERIFY_FLAGS);
+    verify.push(&copied);
+    let out = cosign3(&verify, &w);
+    assert!(
+        out.status.success(),
+        "cosign 3 verify of the copy: {}",
+        text(&out)
+    );
+}
