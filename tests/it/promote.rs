@@ -236,3 +236,61 @@ fn promotion_to_another_registry_keeps_signatures() {
         );
     }
 }
+
+#[test]
+fn an_index_travels_with_the_signatures_of_its_platform_manifests() {
+    let w = Work::new();
+    let reg = registry(Flavour::Plain);
+    unique_recipe(
+        &w,
+        "promote-index",
+        r#"platforms = ["linux/amd64", "linux/arm64"]"#,
+        "",
+        "",
+    );
+    support::cosign::generate_key_pair(w.path());
+    let qa = reg.repo("promote-index-qa/app");
+    let prod = reg.repo("promote-index-prod/app");
+    let digest = last_digest(&ok(
+        &w,
+        &[
+            "build",
+            "recipe.toml",
+            "--out",
+            "img",
+            "--push",
+            &format!("{qa}:v1"),
+            "--sign-key",
+            "cosign.key",
+            "--recursive",
+        ],
+        None,
+    ));
+    ok(
+        &w,
+        &["copy", &format!("{qa}:v1"), &format!("{prod}:1.4")],
+        None,
+    );
+    let (index, _) = support::registry::client::remote_raw(reg, &format!("{prod}@{digest}"));
+    let mut digests = vec![digest.clone()];
+    digests.extend(
+        index["manifests"]
+            .as_array()
+            .expect("an index")
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap().to_string()),
+    );
+    assert_eq!(digests.len(), 3);
+    let key = w.path().join("cosign.pub");
+    for d in &digests {
+        let pinned = format!("{prod}@{d}");
+        ok(&w, &["verify", &pinned, "--key", "cosign.pub"], None);
+        success(&support::cosign::verify(&key, &pinned), "cosign 2.5 verify");
+        let mut c3 = support::cosign::cosign3_cmd();
+        c3.args(["verify", "--key"])
+            .arg(&key)
+            .args(support::cosign::VERIFY_FLAGS)
+            .arg(&pinned);
+        success(&support::cosign::output(c3), "cosign 3 verify");
+    }
+}
