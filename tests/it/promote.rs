@@ -99,6 +99,33 @@ fn qa_staging_prod_in_one_registry_keeps_signatures_and_attestations() {
         "two bundles in the referrers tag index, a .sig and an .att: {source:?}"
     );
 
+    // prod-eu already has the image, signed there by another key (tags only):
+    // the promotion merges its `.sig` with the one that travels.
+    ok(
+        &w,
+        &[
+            "copy",
+            &format!("{qa}@{digest}"),
+            &format!("{prod_eu}:old"),
+            "--signature-scheme",
+            "referrers",
+        ],
+        None,
+    );
+    ok(&w, &["keygen", "--out", "eu"], None);
+    ok(
+        &w,
+        &[
+            "sign",
+            &format!("{prod_eu}@{digest}"),
+            "--key",
+            "eu.key",
+            "--signature-scheme",
+            "tags",
+        ],
+        None,
+    );
+
     // QA → staging, then staging → two prod repositories in one copy.
     ok(
         &w,
@@ -117,13 +144,25 @@ fn qa_staging_prod_in_one_registry_keeps_signatures_and_attestations() {
     );
     assert_eq!(last_digest(&copied), digest);
 
+    let eu_pinned = format!("{prod_eu}@{digest}");
+    ok(&w, &["verify", &eu_pinned, "--key", "eu.pub"], None);
+    let eu = support::cosign::verify(&w.path().join("eu.pub"), &eu_pinned);
+    success(&eu, "cosign 2.5 verify with the key prod-eu signed with");
     for repo in [&staging, &prod, &prod_eu] {
         let pinned = format!("{repo}@{digest}");
-        assert_eq!(
-            attached(&w, &pinned, &[], None),
-            source,
-            "{repo} has the same attachments"
-        );
+        let here = attached(&w, &pinned, &[], None);
+        if repo == &prod_eu {
+            // The same referrers; its `.sig` is the merge, not the source's.
+            let referrers = |l: &[(String, String, String)]| -> Vec<(String, String, String)> {
+                l.iter()
+                    .filter(|r| r.1 != "cosign-tag" && r.2 != "cosign-tag")
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(referrers(&here), referrers(&source));
+        } else {
+            assert_eq!(here, source, "{repo} has the same attachments");
+        }
         let out = ok(
             &w,
             &["verify", &pinned, "--key", "cosign.pub", "--attestations"],

@@ -20,6 +20,21 @@
 //! manifests; `verify` prints the simple-signing payloads as a JSON array on
 //! stdout (after a blank line) and its report on stderr, and exits 12 when no
 //! signature matches the key.
+//!
+//! Seen with cosign 3.1.1 (Debian unstable 3.1.1-2, [`cosign3`]) against the
+//! same registry, with a key-only signing config (`cosign signing-config
+//! create --no-default-fulcio --no-default-oidc --no-default-rekor
+//! --no-default-tsa`, which writes `{"mediaType":
+//! "application/vnd.dev.sigstore.signingconfig.v0.2+json", …}` and with
+//! which cosign refuses `--tlog-upload=false`): `sign` and `attest` write no
+//! `.sig`/`.att` tag but a Sigstore bundle (`dsseEnvelope`, an in-toto
+//! statement; `sign`'s predicate type is `https://sigstore.dev/cosign/sign/v1`)
+//! as the one layer of an artifact manifest with `subject`, pushed by digest
+//! and listed in the referrers tag index `sha256-<hex>` (the registry has no
+//! referrers API), the index entry's `artifactType` being
+//! `application/vnd.oci.empty.v1+json`. Its `verify` reads such bundles (through
+//! the referrers API when the registry answers it) and needs the same
+//! [`VERIFY_FLAGS`]; it also still accepts cosign 2's `.sig` tags.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
