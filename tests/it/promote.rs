@@ -333,3 +333,53 @@ fn an_index_travels_with_the_signatures_of_its_platform_manifests() {
         success(&support::cosign::output(c3), "cosign 3 verify");
     }
 }
+
+#[test]
+fn build_pushes_to_several_destinations_each_signed_and_attested() {
+    let w = Work::new();
+    let reg = registry(Flavour::Plain);
+    unique_recipe(&w, "promote-build", "", "", "");
+    support::cosign::generate_key_pair(w.path());
+    let a = reg.repo("promote-build-a/app");
+    let b = reg.repo("promote-build-b/app");
+    let out = ok(
+        &w,
+        &[
+            "build",
+            "recipe.toml",
+            "--out",
+            "img",
+            "--push",
+            &format!("{a}:v1"),
+            "--push",
+            &format!("{b}:v1"),
+            "--sign-key",
+            "cosign.key",
+            "--provenance",
+        ],
+        None,
+    );
+    let digest = last_digest(&out);
+    let key = w.path().join("cosign.pub");
+    for repo in [&a, &b] {
+        let pinned = format!("{repo}@{digest}");
+        let kinds: Vec<String> = attached(&w, &pinned, &[], None)
+            .into_iter()
+            .map(|(_, _, s)| s)
+            .collect();
+        assert_eq!(kinds.len(), 4, "{repo}: {kinds:?}");
+        let out = ok(
+            &w,
+            &["verify", &pinned, "--key", "cosign.pub", "--attestations"],
+            None,
+        );
+        assert!(out.contains("https://slsa.dev/provenance/v1"), "{out}");
+        success(&support::cosign::verify(&key, &pinned), "cosign 2.5 verify");
+        let mut c3 = support::cosign::cosign3_cmd();
+        c3.args(["verify-attestation", "--type", "slsaprovenance1", "--key"])
+            .arg(&key)
+            .args(support::cosign::VERIFY_FLAGS)
+            .arg(&pinned);
+        success(&support::cosign::output(c3), "cosign 3 verify-attestation");
+    }
+}
