@@ -176,9 +176,30 @@ pub fn list(registry: &Registry, image: &Reference, digest: &Digest) -> Result<V
         .collect())
 }
 
-/// Everything attached to `digest`: its referrers and cosign's `.sig` / `.att` tags.
+/// Everything attached to `digest`: its referrers and cosign's `.sig` / `.att`
+/// tags. A referrer listed without annotations (cosign 3 writes index entries
+/// with none, and the config's media type as `artifactType`) is described
+/// from its manifest.
 pub fn list_all(registry: &Registry, image: &Reference, digest: &Digest) -> Result<Vec<Referrer>> {
     let mut all = list(registry, image, digest)?;
+    for r in all.iter_mut().filter(|r| r.annotations.is_empty()) {
+        let Ok(d) = r.digest.parse::<Digest>() else {
+            continue;
+        };
+        let Some((bytes, _)) = registry.manifest_bytes(&digest_ref(image, &d))? else {
+            continue;
+        };
+        let entry = entry_for(&bytes);
+        if let Some(t) = entry["artifactType"].as_str().filter(|t| !t.is_empty()) {
+            r.artifact_type = t.to_string();
+        }
+        if let Some(a) = entry["annotations"].as_object() {
+            r.annotations = a
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect();
+        }
+    }
     for (suffix, kind) in [
         ("sig", "application/vnd.dev.cosign.simplesigning.v1+json"),
         ("att", "application/vnd.dsse.envelope.v1+json"),

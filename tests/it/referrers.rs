@@ -102,6 +102,27 @@ fn what_cosign3_signs_with_its_defaults_kiln_verifies() {
         listed.iter().all(|r| r["scheme"] == "referrers-tag"),
         "{listed:?}"
     );
+    // Described from their manifests: Sigstore bundles, by predicate type.
+    let mut types: Vec<&str> = listed
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r["artifactType"],
+                "application/vnd.dev.sigstore.bundle.v0.3+json"
+            );
+            r["annotations"]["dev.sigstore.bundle.predicateType"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "https://example.com/check/v1",
+            "https://sigstore.dev/cosign/sign/v1"
+        ]
+    );
 
     let out = ok(
         &w,
