@@ -236,23 +236,35 @@ pub fn index_referrer(
     }
     let tag = index_tag(subject);
     let at = repo_ref(image, tag.clone());
-    let mut entries = match registry.manifest_bytes(&at)? {
-        Some((bytes, _)) => {
-            index_entries(&bytes, &format!("referrers tag index `{}`", at.whole()))?
+    let what = format!("referrers tag index `{}`", at.whole());
+    // Read-modify-write; another signer may write between our read and our
+    // put, so read again and put again while our entry is missing.
+    for attempt in 0..4 {
+        let mut entries = match registry.manifest_bytes(&at)? {
+            Some((bytes, _)) => index_entries(&bytes, &what)?,
+            None => Vec::new(),
+        };
+        if entries.iter().any(|e| e["digest"] == entry["digest"]) {
+            return Ok(());
         }
-        None => Vec::new(),
-    };
-    if entries.iter().any(|e| e["digest"] == entry["digest"]) {
-        return Ok(());
+        if attempt == 3 {
+            break;
+        }
+        entries.push(entry.clone());
+        let index = canonical(&json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX_MEDIA_TYPE,
+            "manifests": entries,
+        }));
+        registry.put_manifest(image, &tag, &index, INDEX_MEDIA_TYPE)?;
     }
-    entries.push(entry);
-    let index = canonical(&json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX_MEDIA_TYPE,
-        "manifests": entries,
-    }));
-    registry.put_manifest(image, &tag, &index, INDEX_MEDIA_TYPE)?;
-    Ok(())
+    Err(Error::Registry {
+        message: format!(
+            "{what} keeps changing under kiln: referrer `{}` could not be added",
+            entry["digest"].as_str().unwrap_or_default()
+        ),
+        hint: Some("another client is rewriting it at the same time: run the command again".into()),
+    })
 }
 
 /// The descriptor of a referrer manifest, for an index: with its
