@@ -3,7 +3,8 @@
 # verifier of what kiln signs. Debian bookworm ships no cosign; trixie's
 # package depends only on libc and runs on bookworm.
 #
-#   scripts/fetch-cosign.sh DEST_DIR     # prints DEST_DIR/usr/bin/cosign
+#   scripts/fetch-cosign.sh DEST_DIR            # trixie's cosign (2.x); prints DEST_DIR/usr/bin/cosign
+#   scripts/fetch-cosign.sh DEST_DIR unstable   # unstable's cosign (3.x), into its own DEST_DIR
 #
 # It reads the Debian mirror the host's apt already uses, points a private apt
 # configuration (its own sources, lists, cache and state, all under a temp
@@ -13,14 +14,18 @@
 # Idempotent: when DEST_DIR/usr/bin/cosign already runs it only prints the path.
 set -euo pipefail
 
-SUITE=trixie
+SUITE=${2:-trixie}
 PACKAGE=cosign
 SYSTEM_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 say() { printf 'fetch-cosign: %s\n' "$*" >&2; }
 die() { printf 'fetch-cosign: error: %s\n' "$*" >&2; exit 1; }
 
-[ "$#" -eq 1 ] || die "usage: $0 DEST_DIR"
+[ "$#" -eq 1 ] || [ "$#" -eq 2 ] || die "usage: $0 DEST_DIR [SUITE]   (SUITE: trixie, the default, or unstable)"
+case $SUITE in
+    trixie | unstable | sid) ;;
+    *) die "suite \`$SUITE\` is not one the tests use: give trixie or unstable" ;;
+esac
 mkdir -p "$1"
 DEST=$(cd "$1" && pwd)
 BIN=$DEST/usr/bin/cosign
@@ -194,9 +199,9 @@ download() {
 
 KEYRING=$SYSTEM_KEYRING
 say "mirror from the host's apt sources; suite $SUITE; keyring $KEYRING"
-make_root trixie "$MIRROR" "$SUITE" "$KEYRING"
+make_root target "$MIRROR" "$SUITE" "$KEYRING"
 rc=0
-apt_in trixie update >"$WORK/update.log" 2>&1 || rc=$?
+apt_in target update >"$WORK/update.log" 2>&1 || rc=$?
 if grep -qE '^(W|E):.*(NO_PUBKEY|EXPKEYSIG|is not signed|signatures were invalid)' "$WORK/update.log"; then
     # An older debian-archive-keyring may lack trixie's keys. Its newer version
     # in bookworm-updates has them, and that suite is signed by keys the
@@ -209,9 +214,9 @@ if grep -qE '^(W|E):.*(NO_PUBKEY|EXPKEYSIG|is not signed|signatures were invalid
     dpkg-deb -x "$keydeb" "$WORK/keyring/unpacked"
     KEYRING=$WORK/keyring/unpacked/usr/share/keyrings/debian-archive-keyring.gpg
     [ -r "$KEYRING" ] || die "debian-archive-keyring .deb has no debian-archive-keyring.gpg"
-    rm -rf "${WORK:?}/trixie"
-    make_root trixie "$MIRROR" "$SUITE" "$KEYRING"
-    apt_in trixie update >"$WORK/update.log" 2>&1 || {
+    rm -rf "${WORK:?}/target"
+    make_root target "$MIRROR" "$SUITE" "$KEYRING"
+    apt_in target update >"$WORK/update.log" 2>&1 || {
         cat "$WORK/update.log" >&2
         die "apt-get update for $SUITE failed even with the newer keyring"
     }
@@ -224,7 +229,7 @@ elif [ "$rc" -ne 0 ] || grep -qE '^(W|E):' "$WORK/update.log"; then
     die "apt-get update for $SUITE failed (see above)"
 fi
 
-deb=$(download trixie "$PACKAGE")
+deb=$(download target "$PACKAGE")
 say "unpacking $(basename "$deb")"
 dpkg-deb -x "$deb" "$DEST"
 runs || die "$BIN does not run (\`$BIN version\` failed)"

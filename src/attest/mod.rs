@@ -17,6 +17,7 @@ use crate::recipe::Recipe;
 use crate::registry::Registry;
 use crate::resolve::Material;
 use crate::sign::cosign::{self, NamedKey, NewLayer, SIGNATURE_ANNOTATION};
+use crate::sign::Scheme;
 use crate::store::Store;
 
 /// The in-toto statement type kiln writes (cosign's own, which every cosign reads).
@@ -40,17 +41,7 @@ pub fn statement(name: &str, digest: &Digest, predicate_type: &str, predicate: V
     }))
 }
 
-/// DSSE's pre-authentication encoding: what the signature covers.
-fn pae(payload_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "DSSEv1 {} {payload_type} {} ",
-        payload_type.len(),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
+use crate::sign::bundle::pae;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -66,7 +57,9 @@ pub fn envelope(statement: &[u8], key: &SigningKey) -> Vec<u8> {
     }))
 }
 
-/// Signs `statement` and appends it to the image's `.att` manifest.
+/// Signs `statement` and attaches it as `scheme` says: appended to the
+/// image's `.att` manifest, as a Sigstore bundle referrer, or both.
+#[allow(clippy::too_many_arguments)]
 pub fn attach(
     registry: &Registry,
     store: &Store,
@@ -75,7 +68,22 @@ pub fn attach(
     predicate_type: &str,
     statement: &[u8],
     key: &SigningKey,
-) -> Result<Digest> {
+    scheme: Scheme,
+) -> Result<()> {
+    if scheme.referrers() {
+        let bundle = crate::sign::bundle::dsse_bundle(statement, key);
+        crate::sign::referrers::attach_bundle(
+            registry,
+            store,
+            image,
+            digest,
+            bundle,
+            predicate_type,
+        )?;
+    }
+    if !scheme.tags() {
+        return Ok(());
+    }
     cosign::append_layer(
         registry,
         store,
@@ -89,7 +97,8 @@ pub fn attach(
                 ("predicateType".to_string(), predicate_type.to_string()),
             ],
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// What an attestation layer's blob holds, read with some keys.
@@ -136,18 +145,21 @@ pub fn verify(
     keys: &[NamedKey],
 ) -> Result<Vec<String>> {
     let fail = Error::verification;
-    let Some(layers) = cosign::stored_layers(registry, store, image, digest, "att")? else {
+    let layers = cosign::stored_layers(registry, store, image, digest, "att")?;
+    let found = crate::sign::referrers::check(registry, store, image, digest, keys, None)?;
+    if layers.is_none() && found.attestations.is_empty() && found.unsigned == 0 {
         return Err(fail(
             format!(
-                "no attestations found for `{}@{digest}` (no `{}` manifest)",
+                "no attestations found for `{}@{digest}` (no `{}` manifest, no attestation among its referrers)",
                 cosign::identity(image),
                 cosign::tag_for(digest, "att")
             ),
             "build with `--sbom` / `--provenance` and `--sign-key`",
         ));
-    };
-    let mut verified = Vec::new();
-    let mut unsigned = 0;
+    }
+    let layers = layers.unwrap_or_default();
+    let mut verified = found.attestations.clone();
+    let mut unsigned = found.unsigned;
     for layer in &layers {
         let st = match open_envelope(&store.read(&layer.digest)?, keys) {
             Envelope::Unreadable => continue,
@@ -186,16 +198,6 @@ pub fn verify(
     verified.sort();
     verified.dedup();
     Ok(verified)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pae_matches_the_dsse_spec() {
-        assert_eq!(pae("t", b"ab"), b"DSSEv1 1 t 2 ab".to_vec());
-    }
 }
 
 /// The attestation documents of one build.
@@ -301,6 +303,7 @@ impl Documents {
         store: &Store,
         image: &Reference,
         key: &SigningKey,
+        scheme: Scheme,
     ) -> Result<usize> {
         let name = cosign::identity(image);
         let mut n = 0;
@@ -313,6 +316,7 @@ impl Documents {
                 SPDX_PREDICATE,
                 &statement(&name, digest, SPDX_PREDICATE, doc.clone()),
                 key,
+                scheme,
             )?;
             n += 1;
         }
@@ -325,6 +329,7 @@ impl Documents {
                 SLSA_PREDICATE,
                 &statement(&name, top, SLSA_PREDICATE, p.clone()),
                 key,
+                scheme,
             )?;
             n += 1;
         }

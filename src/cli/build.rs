@@ -98,6 +98,10 @@ pub struct Args {
     /// With `--sign-key` and several platforms: also sign each platform manifest.
     #[arg(long)]
     recursive: bool,
+    /// Where signatures and attestations go: `tags` (cosign's `sha256-<hex>.sig`/`.att`),
+    /// `referrers` (OCI 1.1), or `both`.
+    #[arg(long, value_name = "SCHEME", default_value = "both", value_parser = super::sign::parse_scheme)]
+    signature_scheme: kiln::sign::Scheme,
     /// Write an SPDX 2.3 SBOM beside the output (and attach it, signed, when pushing with `--sign-key`).
     #[arg(long)]
     sbom: bool,
@@ -315,6 +319,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             key,
             password: &password,
             recursive: args.recursive,
+            scheme: args.signature_scheme,
         }),
         store: &store,
         reporter: if screen.on() { &progress } else { &quiet },

@@ -60,7 +60,7 @@ enum Command {
     Push(push::Args),
     /// Pull an image by digest into an OCI layout, verifying every blob.
     Pull(pull::Args),
-    /// Copy an image from one registry reference to another, by digest.
+    /// Copy an image, with its signatures and attestations, to one or more registry references.
     Copy(copy::Args),
     /// Make a P-256 signing key pair (`NAME.key`, `NAME.pub`); encrypted when `KILN_PASSWORD` is set.
     Keygen(keys::Args),
@@ -70,6 +70,8 @@ enum Command {
     Sign(sign::SignArgs),
     /// Verify an image's signature against public keys; exit 0 only if one is valid.
     Verify(sign::VerifyArgs),
+    /// List the signatures, attestations and other artifacts attached to an image.
+    Referrers(sign::ReferrersArgs),
     /// Check and store registry credentials where docker and podman look for them.
     Login(login::Args),
     /// Verify the store's blobs, or prune what no recent build used.
@@ -105,6 +107,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Sign(args) => sign::sign(args),
         Command::Sbom(args) => sbom::run(args),
         Command::Verify(args) => sign::verify(args),
+        Command::Referrers(args) => sign::referrers(args),
         Command::Store(args) => store::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),

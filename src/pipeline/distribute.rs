@@ -69,16 +69,38 @@ pub fn pull(
     Ok(top.digest)
 }
 
-/// Copies `source` to `target` by digest, mounting blobs across
-/// repositories of one registry where it can.
+/// Copies `source` to every one of `targets` by digest, with the
+/// signatures and attestations of the image (and, for an index, of its
+/// platform manifests) that `scheme` keeps: the source is read once, then
+/// written to each target, mounting blobs across repositories of one
+/// registry where it can. Returns the digest and, per target, its push
+/// report and how many signature and attestation manifests went with it.
 pub fn copy(
     store: &Store,
     options: registry::Options,
     source: &Reference,
-    target: &Reference,
-) -> Result<(Digest, PushReport)> {
-    let registry = Registry::new(options, &[source, target])?;
+    targets: &[Reference],
+    scheme: crate::sign::Scheme,
+) -> Result<(Digest, Vec<(PushReport, usize)>)> {
+    let mut refs: Vec<&Reference> = vec![source];
+    refs.extend(targets);
+    let registry = Registry::new(options, &refs)?;
     let top = registry.pull(store, source, None)?;
-    let report = registry.push(store, &top, target, std::slice::from_ref(source))?;
-    Ok((top.digest, report))
+    let mut digests = vec![top.digest.clone()];
+    if top.media_type == crate::oci::INDEX_MEDIA_TYPE {
+        let what = format!("index `{}` from `{}`", top.digest, source.whole());
+        let index = crate::oci::parse_index(&store.read(&top.digest)?, &what)?;
+        digests.extend(index.manifests.into_iter().map(|m| m.digest));
+    }
+    let carried = crate::sign::referrers::collect(&registry, store, source, &digests)?;
+    let mut out = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let mut mounts = vec![source.clone()];
+        mounts.extend(targets[..i].iter().cloned());
+        let report = registry.push(store, &top, target, &mounts)?;
+        let attached =
+            crate::sign::referrers::replicate(&registry, store, source, target, &carried, scheme)?;
+        out.push((report, attached));
+    }
+    Ok((top.digest, out))
 }

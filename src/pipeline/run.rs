@@ -35,6 +35,8 @@ pub struct Signing<'a> {
     pub password: &'a dyn Fn() -> Result<String>,
     /// For an index, also sign every platform manifest.
     pub recursive: bool,
+    /// Where signatures and attestations go: cosign's tags, referrers, or both.
+    pub scheme: crate::sign::Scheme,
 }
 
 /// One `kiln build`.
@@ -202,8 +204,9 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     if !request.push.is_empty() {
         let refs: Vec<&Reference> = request.push.iter().collect();
         let registry = Registry::new(request.settings.registry.clone(), &refs)?;
-        for target in &request.push {
-            let report = registry.push(store, &pushed_top, target, &[])?;
+        for (i, target) in request.push.iter().enumerate() {
+            // Later destinations on the same registry mount the blobs the earlier ones got.
+            let report = registry.push(store, &pushed_top, target, &request.push[..i])?;
             request.reporter.event(super::Event::Pushed {
                 reference: target,
                 report: &report,
@@ -217,8 +220,9 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
                     &pushed_top.digest,
                     key,
                     signing.recursive,
+                    signing.scheme,
                 )?;
-                docs.attach_all(&registry, store, target, key)?;
+                docs.attach_all(&registry, store, target, key, signing.scheme)?;
             }
             pushed.push(Pushed {
                 reference: target.whole(),

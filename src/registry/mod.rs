@@ -15,6 +15,7 @@ pub mod auth;
 mod http;
 mod pull;
 mod push;
+mod referrers;
 mod upload;
 
 use std::path::PathBuf;

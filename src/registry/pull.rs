@@ -117,7 +117,7 @@ fn tag_or_digest(r: &Reference) -> String {
 /// A manifest's bytes and digest, checked against `expected` and against the
 /// digest the registry names it by (`Docker-Content-Digest`): any
 /// difference is a digest mismatch, never retried.
-async fn fetch_manifest(
+pub(super) async fn fetch_manifest(
     s: &Session,
     r: &Reference,
     expected: Option<&Digest>,

@@ -27,6 +27,8 @@ use crate::oci::{self, Desc};
 use crate::registry::Registry;
 use crate::store::Store;
 
+use super::referrers::Scheme;
+
 /// Media type of a signature layer (its blob is the payload).
 pub const SIGNATURE_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The annotation holding the base64 signature.
@@ -93,6 +95,25 @@ pub fn append_layer(
     tag: &str,
     layer: NewLayer,
 ) -> Result<Digest> {
+    let digest = store.put_bytes(&layer.blob)?;
+    let mut descriptor = Descriptor::new(
+        MediaType::from(layer.media_type),
+        layer.blob.len() as u64,
+        oci_digest(&digest),
+    );
+    descriptor.set_annotations(Some(layer.annotations.into_iter().collect()));
+    append_existing_layer(registry, store, image, tag, descriptor)
+}
+
+/// Appends the layer `descriptor` (its blob in the store) to the manifest
+/// tagged `tag` in `image`'s repository, as [`append_layer`] does.
+pub fn append_existing_layer(
+    registry: &Registry,
+    store: &Store,
+    image: &Reference,
+    tag: &str,
+    descriptor: Descriptor,
+) -> Result<Digest> {
     let target = Reference::with_tag(
         image.registry().into(),
         image.repository().into(),
@@ -106,13 +127,6 @@ pub fn append_layer(
         }
         None => Vec::new(),
     };
-    let digest = store.put_bytes(&layer.blob)?;
-    let mut descriptor = Descriptor::new(
-        MediaType::from(layer.media_type),
-        layer.blob.len() as u64,
-        oci_digest(&digest),
-    );
-    descriptor.set_annotations(Some(layer.annotations.into_iter().collect()));
     let duplicate = layers
         .iter()
         .any(|l| l.digest() == descriptor.digest() && l.annotations() == descriptor.annotations());
@@ -161,14 +175,22 @@ fn signature_manifest(store: &Store, layers: Vec<Descriptor>) -> Result<Vec<u8>>
     Ok(canonical(&manifest))
 }
 
-/// Signs the manifest `digest` in `image`'s repository.
+/// Signs the manifest `digest` in `image`'s repository, as `scheme` says:
+/// a simple-signing layer in the `.sig` tag, a Sigstore bundle referrer, or both.
 pub fn sign(
     registry: &Registry,
     store: &Store,
     image: &Reference,
     digest: &Digest,
     key: &SigningKey,
-) -> Result<Digest> {
+    scheme: Scheme,
+) -> Result<()> {
+    if scheme.referrers() {
+        super::referrers::sign(registry, store, image, digest, key)?;
+    }
+    if !scheme.tags() {
+        return Ok(());
+    }
     let body = payload(&identity(image), digest);
     let signature = sign_bytes(key, &body);
     append_layer(
@@ -181,7 +203,8 @@ pub fn sign(
             media_type: SIGNATURE_MEDIA_TYPE,
             annotations: vec![(SIGNATURE_ANNOTATION.to_string(), signature)],
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// The layer descriptors of the `sha256-<hex>.SUFFIX` manifest of `digest`
@@ -245,84 +268,122 @@ pub struct NamedKey {
     pub key: VerifyingKey,
 }
 
+/// Checks one simple-signing layer: `None` when it carries no signature,
+/// `Some(Ok(k))` when key `k` signed it and it names `digest`, otherwise
+/// `Some(Err(problem))`. The repository the payload names is checked only
+/// against `identity` when given: an image promoted to another repository
+/// keeps its signatures.
+pub fn check_layer(
+    store: &Store,
+    layer: &Desc,
+    digest: &Digest,
+    keys: &[NamedKey],
+    identity: Option<&str>,
+) -> Result<Option<std::result::Result<usize, Error>>> {
+    let fail = Error::verification;
+    let Some(sig) = layer.annotation(SIGNATURE_ANNOTATION) else {
+        return Ok(None);
+    };
+    let body = store.read(&layer.digest)?;
+    let Some(k) = keys.iter().position(|k| verify_bytes(&k.key, &body, sig)) else {
+        return Ok(Some(Err(fail(
+            format!("wrong key: no signature of `{digest}` is valid for the given key(s)"),
+            "the image was signed with another key: check which public key you pass",
+        ))));
+    };
+    let path = keys[k].path.display();
+    let claims: Claims = serde_json::from_slice(&body).unwrap_or_default();
+    let signed_digest = &claims.critical.image.docker_manifest_digest;
+    Ok(Some(if *signed_digest != digest.to_string() {
+        Err(fail(
+            format!(
+                "digest mismatch: a signature by `{path}` is for `{signed_digest}`, not `{digest}`"
+            ),
+            "the signature belongs to another image: sign this digest",
+        ))
+    } else if let Some(wanted) =
+        identity.filter(|i| *i != claims.critical.identity.docker_reference)
+    {
+        Err(fail(
+            format!(
+                "identity mismatch: a signature by `{path}` names `{}`, not `{wanted}`",
+                claims.critical.identity.docker_reference
+            ),
+            "the image was signed under another repository name: sign it where it is, or verify without `--exact-identity`",
+        ))
+    } else if claims.critical.kind != SIGNATURE_TYPE {
+        Err(fail(
+            format!("a signature by `{path}` has an unexpected payload type"),
+            "re-sign the image",
+        ))
+    } else {
+        Ok(k)
+    }))
+}
+
+/// How a signature was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A simple-signing layer of the `.sig` tag.
+    Tag,
+    /// A referrer (a Sigstore bundle, or a simple-signing layer).
+    Referrer,
+}
+
 /// Checks that `digest` in `image`'s repository has a valid signature by one
-/// of `keys`; returns the path of the key that matched.
+/// of `keys`, in cosign's `.sig` tag or among its referrers; returns the
+/// path of the key that matched and where the signature was. With
+/// `exact_identity`, a simple-signing payload must name `image`'s
+/// repository (bundles name no repository).
 pub fn verify(
     registry: &Registry,
     store: &Store,
     image: &Reference,
     digest: &Digest,
     keys: &[NamedKey],
-) -> Result<PathBuf> {
+    exact_identity: bool,
+) -> Result<(PathBuf, Via)> {
+    let wanted = identity(image);
+    let wanted = exact_identity.then_some(wanted.as_str());
     let fail = Error::verification;
-    let Some(layers) = stored_layers(registry, store, image, digest, "sig")? else {
-        return Err(fail(
-            format!(
-                "no signature found for `{}@{digest}` (no `{}` manifest)",
-                identity(image),
-                tag_for(digest, "sig")
-            ),
-            "sign it with `kiln sign REF --key KEY`, or check the reference",
-        ));
-    };
     let mut problem = None;
-    for layer in &layers {
-        let Some(sig) = layer.annotation(SIGNATURE_ANNOTATION) else {
-            continue;
-        };
-        let body = store.read(&layer.digest)?;
-        let Some(matched) = keys.iter().find(|k| verify_bytes(&k.key, &body, sig)) else {
-            problem.get_or_insert(fail(
-                format!(
-                    "wrong key: no signature of `{}@{digest}` is valid for the given key(s)",
-                    identity(image)
-                ),
-                "the image was signed with another key: check which public key you pass",
-            ));
-            continue;
-        };
-        let claims: Claims = serde_json::from_slice(&body).unwrap_or_default();
-        let signed_digest = &claims.critical.image.docker_manifest_digest;
-        let signed_identity = &claims.critical.identity.docker_reference;
-        if *signed_digest != digest.to_string() {
-            problem = Some(fail(
-                format!(
-                    "digest mismatch: a signature by `{}` is for `{signed_digest}`, not `{digest}`",
-                    matched.path.display()
-                ),
-                "the signature belongs to another image: sign this digest",
-            ));
-        } else if *signed_identity != identity(image) {
-            problem = Some(fail(
-                format!(
-                    "identity mismatch: a signature by `{}` names `{signed_identity}`, not `{}`",
-                    matched.path.display(),
-                    identity(image)
-                ),
-                "the image was signed under another repository name: sign it where it is",
-            ));
-        } else if claims.critical.kind != SIGNATURE_TYPE {
-            problem = Some(fail(
-                format!(
-                    "a signature by `{}` has an unexpected payload type",
-                    matched.path.display()
-                ),
-                "re-sign the image",
-            ));
-        } else {
-            return Ok(matched.path.clone());
+    let tagged = stored_layers(registry, store, image, digest, "sig")?;
+    for layer in tagged.iter().flatten() {
+        match check_layer(store, layer, digest, keys, wanted)? {
+            Some(Ok(k)) => return Ok((keys[k].path.clone(), Via::Tag)),
+            // A specific problem (digest, identity) beats "wrong key".
+            Some(Err(e)) if problem.is_none() || !e.to_string().contains("wrong key") => {
+                problem = Some(e);
+            }
+            Some(Err(_)) => {}
+            None => {}
         }
     }
-    Err(problem.unwrap_or_else(|| {
-        fail(
+    let found = super::referrers::check(registry, store, image, digest, keys, wanted)?;
+    if let Some(&k) = found.signatures.first() {
+        return Ok((keys[k].path.clone(), Via::Referrer));
+    }
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    if found.unsigned > 0 {
+        return Err(fail(
             format!(
-                "no signature found for `{}@{digest}` (the `{}` manifest holds none)",
-                identity(image),
-                tag_for(digest, "sig")
+                "wrong key: no signature of `{}@{digest}` is valid for the given key(s)",
+                identity(image)
             ),
-            "sign it with `kiln sign REF --key KEY`",
-        )
-    }))
+            "the image was signed with another key: check which public key you pass",
+        ));
+    }
+    Err(fail(
+        format!(
+            "no signature found for `{}@{digest}` (no `{}` tag, {} referrer(s) and none a signature)",
+            identity(image),
+            tag_for(digest, "sig"),
+            found.seen
+        ),
+        "sign it with `kiln sign REF --key KEY`, or check the reference",
+    ))
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! Stage 8, trust: keys, cosign-compatible signatures, attestations.
 
+pub mod bundle;
 pub mod cosign;
 pub mod keys;
+pub mod referrers;
+
+pub use referrers::Scheme;
 
 use crate::digest::Digest;
 use crate::error::Error;
@@ -30,6 +34,7 @@ pub fn sign_all(
     digest: &Digest,
     key: &p256::ecdsa::SigningKey,
     recursive: bool,
+    scheme: Scheme,
 ) -> Result<Vec<Digest>, Error> {
     let mut signed = vec![digest.clone()];
     if recursive {
@@ -42,7 +47,7 @@ pub fn sign_all(
         }
     }
     for d in &signed {
-        cosign::sign(registry, store, image, d, key)?;
+        cosign::sign(registry, store, image, d, key, scheme)?;
     }
     Ok(signed)
 }

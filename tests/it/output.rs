@@ -43,6 +43,7 @@ help_snapshots! {
     help_sbom: ["sbom", "--help"];
     help_sign: ["sign", "--help"];
     help_verify: ["verify", "--help"];
+    help_referrers: ["referrers", "--help"];
     help_login: ["login", "--help"];
     help_store: ["store", "--help"];
     help_store_verify: ["store", "verify", "--help"];

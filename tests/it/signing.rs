@@ -3,7 +3,8 @@
 //! once per test process by `support::registry`), with a real `cosign` 2.5
 //! (fetched by `support::cosign`) as the independent verifier: what kiln signs
 //! cosign must accept, what cosign signs kiln must accept, and a signature
-//! moved onto another digest or another repository must be refused.
+//! moved onto another digest must be refused (onto another repository, only
+//! with `--exact-identity`).
 //!
 //! The signature manifests themselves (`sha256-<hex>.sig`) are read back and
 //! copied around with `skopeo`. Every test pushes an image of its own (a
@@ -415,7 +416,7 @@ fn unsigned_image_has_no_signature() {
 }
 
 #[test]
-fn signature_copied_to_another_repository_does_not_match_its_identity() {
+fn signature_copied_to_another_repository_matches_its_identity_only_when_asked() {
     let w = Work::new();
     recipe(&w, "identity", "");
     let (ci_key, ci_pub) = keygen(&w, "ci");
@@ -434,7 +435,14 @@ fn signature_copied_to_another_repository_does_not_match_its_identity() {
         kiln(&w),
         &["verify", &format!("{first}@{digest}"), "--key", &ci_pub],
     );
-    let (_, stderr) = fails_with(kiln(&w), &["verify", &copy, "--key", &ci_pub], 4);
+    // A promoted image keeps its signatures: kiln accepts the copy, and
+    // refuses it only when asked for the exact identity.
+    ok(kiln(&w), &["verify", &copy, "--key", &ci_pub]);
+    let (_, stderr) = fails_with(
+        kiln(&w),
+        &["verify", &copy, "--key", &ci_pub, "--exact-identity"],
+        4,
+    );
     assert!(
         stderr.contains(&format!("`{first}`")),
         "kiln should name the repository the signature is for ({first}): {stderr}"
@@ -447,7 +455,7 @@ fn signature_copied_to_another_repository_does_not_match_its_identity() {
     // cosign 2.5's keyed verify does not compare `docker-reference` with the
     // reference it was given (it checks the key and the digest claim), so it
     // accepts the copy; what it reports confirms that the payload names the
-    // first repository, which is what kiln refuses.
+    // first repository, which is what kiln refuses with `--exact-identity`.
     let payloads = cosign_accepts(&w, &ci_pub, &copy);
     assert_eq!(payloads.len(), 1, "{payloads:?}");
     assert_eq!(claims(&payloads[0]), (first.clone(), digest.clone()));

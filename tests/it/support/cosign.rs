@@ -20,6 +20,21 @@
 //! manifests; `verify` prints the simple-signing payloads as a JSON array on
 //! stdout (after a blank line) and its report on stderr, and exits 12 when no
 //! signature matches the key.
+//!
+//! Seen with cosign 3.1.1 (Debian unstable 3.1.1-2, [`cosign3`]) against the
+//! same registry, with a key-only signing config (`cosign signing-config
+//! create --no-default-fulcio --no-default-oidc --no-default-rekor
+//! --no-default-tsa`, which writes `{"mediaType":
+//! "application/vnd.dev.sigstore.signingconfig.v0.2+json", …}` and with
+//! which cosign refuses `--tlog-upload=false`): `sign` and `attest` write no
+//! `.sig`/`.att` tag but a Sigstore bundle (`dsseEnvelope`, an in-toto
+//! statement; `sign`'s predicate type is `https://sigstore.dev/cosign/sign/v1`)
+//! as the one layer of an artifact manifest with `subject`, pushed by digest
+//! and listed in the referrers tag index `sha256-<hex>` (the registry has no
+//! referrers API), the index entry's `artifactType` being
+//! `application/vnd.oci.empty.v1+json`. Its `verify` reads such bundles (through
+//! the referrers API when the registry answers it) and needs the same
+//! [`VERIFY_FLAGS`]; it also still accepts cosign 2's `.sig` tags.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -66,9 +81,59 @@ pub fn cosign() -> PathBuf {
 }
 
 fn fetch() -> PathBuf {
+    fetch_suite(CACHE_DIR, "trixie")
+}
+
+/// Where unstable's cosign (3.x) lives, kept across runs.
+pub const CACHE_DIR_3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/cosign3");
+
+/// The path of a working cosign 3 (Debian unstable's package), fetched on
+/// first use by the same script and private apt configuration.
+pub fn cosign3() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| fetch_suite(CACHE_DIR_3, "unstable"))
+        .clone()
+}
+
+/// [`cosign_cmd`] running cosign 3 instead.
+pub fn cosign3_cmd() -> Command {
+    let cmd = cosign_cmd();
+    let mut c3 = Command::new(cosign3());
+    c3.stdin(Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c3.env(k, v),
+            None => c3.env_remove(k),
+        };
+    }
+    c3
+}
+
+/// A key-only signing config for cosign 3 (`cosign signing-config create`
+/// with no services), written in `dir`: with it cosign 3 signs with a key
+/// and talks to no Fulcio, Rekor or timestamp authority.
+pub fn signing_config(dir: &Path) -> PathBuf {
+    let out = dir.join("signing-config.json");
+    let mut cmd = cosign3_cmd();
+    cmd.args([
+        "signing-config",
+        "create",
+        "--no-default-fulcio",
+        "--no-default-oidc",
+        "--no-default-rekor",
+        "--no-default-tsa",
+        "--out",
+    ])
+    .arg(&out);
+    run_ok(cmd);
+    out
+}
+
+fn fetch_suite(dir: &str, suite: &str) -> PathBuf {
     let out = Command::new("bash")
         .arg(FETCH_SCRIPT)
-        .arg(CACHE_DIR)
+        .arg(dir)
+        .arg(suite)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run bash {FETCH_SCRIPT}: {e}"));
@@ -76,7 +141,7 @@ fn fetch() -> PathBuf {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "could not fetch cosign: `bash {FETCH_SCRIPT} {CACHE_DIR}` failed ({}).\n\
+        "could not fetch cosign: `bash {FETCH_SCRIPT} {dir}` failed ({}).\n\
          It needs apt-get, dpkg-deb and network access to the host's Debian mirror.\n\
          --- stdout\n{stdout}--- stderr\n{stderr}",
         out.status

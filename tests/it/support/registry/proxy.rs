@@ -44,6 +44,10 @@ pub enum Faults {
     ResetEverySecondPatch,
     /// Answers with something other than what the registry sent.
     Lie(Lie),
+    /// No faults; adds the OCI 1.1 referrers API the registry lacks: a
+    /// manifest `PUT` with a `subject` is indexed (and answered with
+    /// `OCI-Subject`), `GET /v2/<name>/referrers/<digest>` lists them.
+    ReferrersApi,
 }
 
 /// How a seeded fault fails a request.
@@ -89,6 +93,8 @@ struct State {
     log: Mutex<Vec<Request>>,
     kinds: Mutex<std::collections::HashSet<String>>,
     patches: AtomicUsize,
+    /// Referrer descriptors by (repository, subject digest), for [`Faults::ReferrersApi`].
+    referrers: Mutex<std::collections::HashMap<(String, String), Vec<serde_json::Value>>>,
 }
 
 /// One request the proxy saw.
@@ -128,6 +134,7 @@ impl Proxy {
             log: Mutex::new(Vec::new()),
             kinds: Mutex::new(Default::default()),
             patches: AtomicUsize::new(0),
+            referrers: Mutex::new(Default::default()),
         });
         let s = state.clone();
         std::thread::spawn(move || {
@@ -190,7 +197,7 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     let target = parts.next().unwrap_or_default().to_string();
     let n = state.count.fetch_add(1, Ordering::SeqCst) + 1;
     let fault = match state.faults {
-        Faults::None | Faults::Lie(_) => None,
+        Faults::None | Faults::Lie(_) | Faults::ReferrersApi => None,
         Faults::Every(k) if n.is_multiple_of(k) => Some(if (n / k) % 2 == 1 {
             Fault::Status503
         } else {
@@ -285,6 +292,70 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
             *b ^= 0xff;
         }
     }
+    let mut subject_header = None;
+    if state.faults == Faults::ReferrersApi {
+        let path = target.split('?').next().unwrap_or_default();
+        if let (true, Some((name, digest))) = (
+            method == "GET" || method == "HEAD",
+            path.strip_prefix("/v2/")
+                .and_then(|p| p.rsplit_once("/referrers/")),
+        ) {
+            let list = state
+                .referrers
+                .lock()
+                .unwrap()
+                .get(&(name.to_string(), digest.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            let index = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": list,
+            }))
+            .unwrap();
+            client.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    index.len()
+                )
+                .as_bytes(),
+            )?;
+            if method == "GET" {
+                client.write_all(&index)?;
+            }
+            client.flush()?;
+            return client.shutdown(Shutdown::Both);
+        }
+        if let (true, Some((name, _))) = (
+            method == "PUT",
+            path.strip_prefix("/v2/")
+                .and_then(|p| p.rsplit_once("/manifests/")),
+        ) {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            if let Some(subject) = doc["subject"]["digest"].as_str() {
+                use sha2::Digest as _;
+                let digest = format!("sha256:{:x}", sha2::Sha256::digest(&body));
+                let mut entry = serde_json::json!({
+                    "mediaType": doc["mediaType"],
+                    "digest": digest,
+                    "size": body.len(),
+                    "artifactType": doc["artifactType"].as_str().or(doc["config"]["mediaType"].as_str()),
+                });
+                if doc["annotations"].is_object() {
+                    entry["annotations"] = doc["annotations"].clone();
+                }
+                let mut all = state.referrers.lock().unwrap();
+                let list = all
+                    .entry((name.to_string(), subject.to_string()))
+                    .or_default();
+                if !list.iter().any(|e| e["digest"] == entry["digest"]) {
+                    list.push(entry);
+                }
+                subject_header = Some(subject.to_string());
+            }
+        }
+    }
     let mut upstream = TcpStream::connect(&state.upstream)?;
     upstream.write_all(with_connection_close(&head).as_bytes())?;
     upstream.write_all(&body)?;
@@ -365,7 +436,12 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
         client.flush()?;
         return client.shutdown(Shutdown::Both);
     }
-    client.write_all(with_connection_close(&response_head).as_bytes())?;
+    let mut response_head = with_connection_close(&response_head);
+    if let Some(subject) = subject_header {
+        let end = response_head.len() - 2;
+        response_head.insert_str(end, &format!("OCI-Subject: {subject}\r\n"));
+    }
+    client.write_all(response_head.as_bytes())?;
     // The rest, whatever its framing, until the registry closes.
     std::io::copy(&mut up, &mut client)?;
     client.flush()?;
