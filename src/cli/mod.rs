@@ -3,6 +3,7 @@
 mod boot;
 mod build;
 mod copy;
+mod diff;
 mod inspect;
 mod keys;
 mod lock;
@@ -10,6 +11,7 @@ mod login;
 mod pull;
 mod push;
 mod registry_args;
+mod reproduce;
 mod sbom;
 mod sign;
 mod store;
@@ -31,6 +33,10 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
+    /// Show what changes if image B replaces image A; exit 0 if identical, 1 if not, 2 on error.
+    Diff(diff::Args),
+    /// Rebuild a signed image from the working tree and its provenance; exit 0 only if the digests match.
+    Reproduce(reproduce::Args),
     /// Boot a VM bundle in qemu on the serial console; exit 6 if the machine fails, 5 if qemu does.
     Boot(boot::Args),
     /// Pin every input a recipe names by tag (a base image) in `RECIPE.lock`.
@@ -69,6 +75,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Diff(args) => diff::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Push(args) => push::run(args),
