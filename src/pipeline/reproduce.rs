@@ -66,8 +66,11 @@ impl Input {
         if select.is_some() && path.exists() {
             return Ok(Input::Layout { path, select });
         }
-        let looks_like_path = text.starts_with('.') || text.starts_with('/') || !text.contains('/');
-        if looks_like_path {
+        // A registry reference names its registry: `HOST.DOMAIN/…`, `HOST:PORT/…`, `localhost/…`.
+        let host = text.split_once('/').map(|(h, _)| h);
+        let names_registry =
+            host.is_some_and(|h| h.contains('.') || h.contains(':') || h == "localhost");
+        if !names_registry || text.starts_with('.') {
             return Err(Error::invalid(
                 format!("`{text}` is neither an existing layout, archive or recipe nor a registry reference"),
                 Some("give a path that exists, `oci:PATH`, a `*.toml` recipe or `REGISTRY/REPOSITORY:TAG`".into()),
