@@ -144,6 +144,12 @@ pub struct FileChange {
     pub a: Option<Node>,
     /// B's entry (`null`: none).
     pub b: Option<Node>,
+    /// Only one side's own layers touch the path: the other side has what
+    /// the shared layers (not read) hold there, if anything. `added` then
+    /// means "added, or replaced if the shared layers hold it"; `removed`
+    /// of a path written only by A's own layers, "removed, or back to the
+    /// shared layers' entry".
+    pub over_shared: bool,
 }
 
 /// A file as a layer leaves it.
@@ -626,6 +632,7 @@ fn file_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<FileChange> {
                     what,
                     a: na,
                     b: nb,
+                    over_shared: false,
                 });
                 continue;
             }
@@ -641,6 +648,7 @@ fn file_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<FileChange> {
             what: vec![],
             a: na,
             b: nb,
+            over_shared: sa.is_none() || sb.is_none(),
         });
     }
     out
@@ -728,9 +736,14 @@ pub fn render(r: &Report) -> String {
             );
         }
         for f in &img.files {
+            let over = if f.over_shared {
+                " [over shared layers]"
+            } else {
+                ""
+            };
             match f.change.as_str() {
-                "added" => s += &format!("+ {} {}\n", f.path, node_text(f.b.as_ref())),
-                "removed" => s += &format!("- {} {}\n", f.path, node_text(f.a.as_ref())),
+                "added" => s += &format!("+ {} {}{over}\n", f.path, node_text(f.b.as_ref())),
+                "removed" => s += &format!("- {} {}{over}\n", f.path, node_text(f.a.as_ref())),
                 _ => {
                     s += &format!(
                         "~ {} ({}): {} -> {}\n",

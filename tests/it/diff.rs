@@ -415,3 +415,87 @@ fn sides_are_layouts_archives_registry_references_or_recipes() {
     );
     assert_eq!(json(&out)["b"]["digest"], da.as_str());
 }
+
+/// A file deleted by `umoci repack` (a layer of whiteouts over A's layers,
+/// all shared) counts as removed; nothing of A is read.
+#[test]
+fn a_whiteout_made_by_umoci_counts_as_removed() {
+    support::need_root("umoci repack keeps owners only as root");
+    let w = Work::new();
+    w.write(
+        "r.toml",
+        "name = \"w\"\n[[layers]]\ncontents = [ { dest = \"/app/gone\", text = \"bye\\n\" }, { dest = \"/app/kept\", text = \"k\\n\" } ]\n",
+    );
+    w.build("r.toml", "out/a");
+    support::run(
+        Command::new("cp")
+            .args(["-a", "out/a", "out/w"])
+            .current_dir(w.path()),
+    );
+    let bundle = support::umoci_unpack(Command::new("umoci"), w.path(), "out/w:latest", "bw");
+    fs::remove_file(bundle.join("rootfs/app/gone")).unwrap();
+    support::run(Command::new("umoci").current_dir(w.path()).args([
+        "repack",
+        "--image",
+        "out/w:latest",
+        "bw",
+    ]));
+    let out = diff(&w, &["--json", "out/a", "out/w:latest"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out);
+    let img = &r["images"][0];
+    assert_eq!(img["layers_removed"], serde_json::json!([]));
+    assert_eq!(img["layers_added"].as_array().unwrap().len(), 1);
+    let files: BTreeMap<&str, (&str, bool)> = img["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                (
+                    f["change"].as_str().unwrap(),
+                    f["over_shared"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(files.get("app/gone"), Some(&("removed", true)), "{files:?}");
+    assert!(!files.contains_key("app/kept"), "{files:?}");
+}
+
+/// For indexes, platforms are matched by `os/arch`: one only A has is removed.
+#[test]
+fn platforms_of_indexes_are_compared_one_by_one() {
+    let w = Work::new();
+    let layer = "[[layers]]\ncontents = [ { dest = \"/etc/motd\", text = \"hi\\n\" } ]\n";
+    w.write(
+        "two.toml",
+        format!("name = \"p\"\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n{layer}"),
+    );
+    w.write(
+        "one.toml",
+        format!("name = \"p\"\nplatforms = [\"linux/amd64\"]\n{layer}"),
+    );
+    w.build("two.toml", "out/two");
+    w.build("one.toml", "out/one");
+    let out = diff(&w, &["--json", "out/two", "out/one"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out);
+    assert_eq!(r["platforms_removed"], serde_json::json!(["linux/arm64"]));
+    assert_eq!(r["platforms_added"], serde_json::json!([]));
+    assert_eq!(r["images"][0]["platform"], "linux/amd64");
+    assert_eq!(r["images"][0]["identical"], true);
+    let text = String::from_utf8(diff(&w, &["out/two", "out/one"]).stdout).unwrap();
+    assert!(text.contains("- platform linux/arm64"), "{text}");
+}
