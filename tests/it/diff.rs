@@ -499,3 +499,28 @@ fn platforms_of_indexes_are_compared_one_by_one() {
     let text = String::from_utf8(diff(&w, &["out/two", "out/one"]).stdout).unwrap();
     assert!(text.contains("- platform linux/arm64"), "{text}");
 }
+
+/// The README documents every flag of `kiln diff` and `kiln reproduce`.
+#[test]
+fn readme_documents_diff_and_reproduce_flags() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let w = Work::new();
+    for cmd in ["diff", "reproduce"] {
+        assert!(
+            readme.contains(&format!("`kiln {cmd}")),
+            "README lacks `kiln {cmd}`"
+        );
+        let help = w.ok(&[cmd, "--help"]);
+        for flag in help
+            .split_whitespace()
+            .filter(|t| t.starts_with("--") && t.len() > 2)
+            .map(|t| t.trim_end_matches([',', '.']))
+            .filter(|t| !matches!(*t, "--help" | "--version"))
+        {
+            assert!(
+                readme.contains(&format!("`{flag}")),
+                "README lacks `{flag}` of kiln {cmd}"
+            );
+        }
+    }
+}
