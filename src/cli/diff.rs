@@ -21,16 +21,10 @@ pub struct Args {
 
 /// Exits 0 (identical), 1 (different) or 2 (error).
 pub fn run(args: Args) -> Result<(), Error> {
-    let code = match compare(&args) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            super::render_error(&e);
-            2
-        }
-    };
-    kiln::store::locks::release();
-    std::process::exit(code);
+    super::set_codes(0, 2);
+    let identical = compare(&args)?;
+    super::set_codes(if identical { 0 } else { 1 }, 2);
+    Ok(())
 }
 
 fn compare(args: &Args) -> Result<bool, Error> {

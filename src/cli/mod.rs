@@ -91,6 +91,32 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// The exit code of a command that succeeded yet found a difference
+/// (`kiln diff`, `kiln reproduce`: 1); 0 unless one sets it.
+static OUTCOME: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The exit code of every error of a command that has one (`kiln diff`: 2,
+/// as diff(1) does); 0 for the usual table.
+static ERROR_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The exit code when the command returned `Ok`.
+pub fn success_code() -> i32 {
+    OUTCOME.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The exit code for the error `e`.
+pub fn error_code(e: &Error) -> i32 {
+    match ERROR_CODE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => e.exit_code(),
+        code => code,
+    }
+}
+
+/// Sets what [`success_code`] and [`error_code`] answer.
+fn set_codes(outcome: i32, error: i32) {
+    OUTCOME.store(outcome, std::sync::atomic::Ordering::Relaxed);
+    ERROR_CODE.store(error, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Prints `error: …`, its causes and its hint on stderr.
 pub fn render_error(e: &Error) {
     let mut text = format!("error: {e}");
