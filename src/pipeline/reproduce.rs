@@ -206,8 +206,16 @@ pub fn diff(
     b: &str,
     reporter: &dyn Reporter,
 ) -> Result<Report> {
-    let a = open_input(store, settings, a, reporter)?;
-    let b = open_input(store, settings, b, reporter)?;
+    // A registry side is pulled last, so that the layers a recipe side has
+    // just built into the store are not downloaded again.
+    let remote = |t: &str| matches!(Input::parse(t), Ok(Input::Registry(_)));
+    let (a, b) = if remote(a) && !remote(b) {
+        let b = open_input(store, settings, b, reporter)?;
+        (open_input(store, settings, a, reporter)?, b)
+    } else {
+        let a = open_input(store, settings, a, reporter)?;
+        (a, open_input(store, settings, b, reporter)?)
+    };
     crate::diff::diff(&a.side(), &b.side())
 }
 
