@@ -313,7 +313,7 @@ fn image_diff(la: &Layout, da: &Digest, lb: &Layout, db: &Digest) -> Result<Imag
         apply(lb, &l.digest, &l.media_type, &mut tb)?;
     }
     out.packages = package_changes(&ta, &tb);
-    out.files = file_changes(&ta, &tb);
+    out.files = file_changes(&ta, &tb, !out.shared_layers.is_empty());
     out.identical = out.config.is_empty()
         && out.layers_removed.is_empty()
         && out.layers_added.is_empty()
@@ -610,7 +610,9 @@ fn package_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<PackageChange> {
     out
 }
 
-fn file_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<FileChange> {
+/// The paths whose state differs; `shared`: whether the images share layers
+/// (a path one side does not touch is then what they hold, else absent).
+fn file_changes(ta: &Tree<State>, tb: &Tree<State>, shared: bool) -> Vec<FileChange> {
     let keys: BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
     let mut out = Vec::new();
     for path in keys {
@@ -638,8 +640,9 @@ fn file_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<FileChange> {
             }
             (_, Some(State::Present(_))) => "added",
             (Some(State::Present(_)), _) => "removed",
-            (None, Some(State::Gone)) => "removed",
-            (Some(State::Gone), None) => "added",
+            // Without shared layers, a path hidden and a path never written are both absent.
+            (None, Some(State::Gone)) if shared => "removed",
+            (Some(State::Gone), None) if shared => "added",
             _ => continue,
         };
         out.push(FileChange {
@@ -648,7 +651,7 @@ fn file_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<FileChange> {
             what: vec![],
             a: na,
             b: nb,
-            over_shared: sa.is_none() || sb.is_none(),
+            over_shared: shared && (sa.is_none() || sb.is_none()),
         });
     }
     out
@@ -808,7 +811,7 @@ mod tests {
         b.insert("m".to_string(), node("file", "0755"));
         b.insert("y".to_string(), node("file", "0644"));
         b.insert("z".to_string(), State::Gone);
-        let got: Vec<(String, String)> = file_changes(&a, &b)
+        let got: Vec<(String, String)> = file_changes(&a, &b, true)
             .into_iter()
             .map(|f| (f.path, f.change))
             .collect();
