@@ -128,6 +128,9 @@ pub struct PackageChange {
     pub a: Option<String>,
     /// B's version.
     pub b: Option<String>,
+    /// Listed by a dpkg file that only one side's own layers write: the
+    /// other side's entry, in the shared layers (not read), is not known.
+    pub over_shared: bool,
 }
 
 /// A file that differs.
@@ -312,7 +315,7 @@ fn image_diff(la: &Layout, da: &Digest, lb: &Layout, db: &Digest) -> Result<Imag
     for l in &own_b {
         apply(lb, &l.digest, &l.media_type, &mut tb)?;
     }
-    out.packages = package_changes(&ta, &tb);
+    out.packages = package_changes(&ta, &tb, !out.shared_layers.is_empty());
     out.files = file_changes(&ta, &tb, !out.shared_layers.is_empty());
     out.identical = out.config.is_empty()
         && out.layers_removed.is_empty()
@@ -554,8 +557,12 @@ fn is_dpkg_db(path: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && !n.contains('/') && !n.ends_with(".md5sums"))
 }
 
-/// The installed packages the dpkg files of `tree` (among `paths`) list: (name, arch) → version.
-fn packages(tree: &Tree<State>, paths: &BTreeSet<&String>) -> BTreeMap<(String, String), String> {
+/// The installed packages the dpkg files of `tree` (among `paths`) list:
+/// (name, arch) → (version, the dpkg file listing it).
+fn packages<'p>(
+    tree: &Tree<State>,
+    paths: &BTreeSet<&'p String>,
+) -> BTreeMap<(String, String), (String, &'p String)> {
     let mut out = BTreeMap::new();
     for p in paths {
         let Some(State::Present(node)) = tree.get(*p) else {
@@ -570,14 +577,15 @@ fn packages(tree: &Tree<State>, paths: &BTreeSet<&String>) -> BTreeMap<(String, 
             }
             if let (Some(n), Some(v)) = (stanza.get("Package"), stanza.get("Version")) {
                 let arch = stanza.get("Architecture").cloned().unwrap_or_default();
-                out.insert((n.clone(), arch), v.clone());
+                out.insert((n.clone(), arch), (v.clone(), *p));
             }
         }
     }
     out
 }
 
-fn package_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<PackageChange> {
+/// The packages that differ; `shared` as for [`file_changes`].
+fn package_changes(ta: &Tree<State>, tb: &Tree<State>, shared: bool) -> Vec<PackageChange> {
     let paths: BTreeSet<&String> = ta
         .keys()
         .chain(tb.keys())
@@ -588,7 +596,13 @@ fn package_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<PackageChange> {
     let keys: BTreeSet<&(String, String)> = pa.keys().chain(pb.keys()).collect();
     let mut out = Vec::new();
     for k in keys {
-        let (va, vb) = (pa.get(k), pb.get(k));
+        let (ea, eb) = (pa.get(k), pb.get(k));
+        // Listed by a dpkg file only one side's own layers write.
+        let over_shared = shared
+            && [(ea, tb), (eb, ta)]
+                .iter()
+                .any(|(e, other)| e.is_some_and(|(_, path)| !other.contains_key(*path)));
+        let (va, vb) = (ea.map(|e| &e.0), eb.map(|e| &e.0));
         let change = match (va, vb) {
             (None, Some(_)) => "added",
             (Some(_), None) => "removed",
@@ -605,6 +619,7 @@ fn package_changes(ta: &Tree<State>, tb: &Tree<State>) -> Vec<PackageChange> {
             change: change.into(),
             a: va.cloned(),
             b: vb.cloned(),
+            over_shared,
         });
     }
     out
@@ -730,12 +745,17 @@ pub fn render(r: &Report) -> String {
                 _ => '~',
             };
             s += &format!(
-                "{sign} package {}:{} {} -> {} ({})\n",
+                "{sign} package {}:{} {} -> {} ({}){}\n",
                 p.name,
                 p.architecture,
                 p.a.as_deref().unwrap_or("(none)"),
                 p.b.as_deref().unwrap_or("(none)"),
-                p.change
+                p.change,
+                if p.over_shared {
+                    " [over shared layers]"
+                } else {
+                    ""
+                }
             );
         }
         for f in &img.files {
