@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Reporter, Settings};
 use crate::diff::{Report, Side};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::registry::{parse_reference, Reference, Registry};
 use crate::sign::cosign::{self, NamedKey};
 use crate::source::layout::{open_any_with, Layout};
@@ -101,6 +101,8 @@ pub struct Opened {
     pub top: Digest,
     /// As named.
     pub name: String,
+    /// An archive read in place: its layers are copied out only when needed.
+    archive: Option<Members>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -126,12 +128,18 @@ pub fn open_input(
     let name = text.to_string();
     match Input::parse(text)? {
         Input::Layout { path, select } => {
+            if path.is_file() {
+                if let Some(opened) = open_archive(store, &path, select.as_deref(), &name)? {
+                    return Ok(opened);
+                }
+            }
             let (layout, tmp) = open_any_with(&path, || store.temp_dir())?;
             let top = select_image(&layout, &path, select.as_deref())?;
             Ok(Opened {
                 layout,
                 top,
                 name,
+                archive: None,
                 _tmp: tmp,
             })
         }
@@ -142,6 +150,7 @@ pub fn open_input(
                 layout: Layout::over_store(store),
                 top: top.digest,
                 name,
+                archive: None,
                 _tmp: None,
             })
         }
@@ -164,6 +173,7 @@ pub fn open_input(
                 layout: Layout::open(&out)?,
                 top: outcome.digest,
                 name,
+                archive: None,
                 _tmp: Some(tmp),
             })
         }
@@ -216,6 +226,15 @@ pub fn diff(
         let a = open_input(store, settings, a, reporter)?;
         (a, open_input(store, settings, b, reporter)?)
     };
+    // An archive's layers are copied out now, but only those the other side lacks.
+    let (la, lb) = (layer_digests(&a)?, layer_digests(&b)?);
+    for (side, own, other) in [(&a, &la, &lb), (&b, &lb, &la)] {
+        if let Some(m) = &side.archive {
+            for d in own.difference(other) {
+                m.extract(&format!("blobs/sha256/{}", d.hex()), side.layout.dir())?;
+            }
+        }
+    }
     crate::diff::diff(&a.side(), &b.side())
 }
 
@@ -407,4 +426,126 @@ fn provenance(
         }
     }
     Err(missing())
+}
+
+/// The layer digests of every manifest of an opened side.
+fn layer_digests(side: &Opened) -> Result<std::collections::BTreeSet<Digest>> {
+    let mut out = std::collections::BTreeSet::new();
+    let list = match side.layout.read_document(&side.top)?.1 {
+        crate::oci::Document::Index(index) => {
+            index.manifests.into_iter().map(|d| d.digest).collect()
+        }
+        crate::oci::Document::Manifest(_) => vec![side.top.clone()],
+    };
+    for d in list {
+        out.extend(
+            side.layout
+                .read_manifest(&d)?
+                .layers
+                .into_iter()
+                .map(|l| l.digest),
+        );
+    }
+    Ok(out)
+}
+
+/// The members of an OCI archive: where each one's bytes are in the file.
+struct Members {
+    file: PathBuf,
+    at: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl Members {
+    /// Reads the archive's headers (seeking over the members' bytes); `None`
+    /// when it is not a plain tar of layout files (then the archive is
+    /// unpacked whole, which says what is wrong with it).
+    fn read(path: &Path) -> Option<Members> {
+        let file = std::fs::File::open(path).ok()?;
+        let mut ar = tar::Archive::new(file);
+        let mut at = std::collections::BTreeMap::new();
+        for entry in ar.entries_with_seek().ok()? {
+            let entry = entry.ok()?;
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                continue;
+            }
+            let name = entry.path().ok()?.to_string_lossy().into_owned();
+            let name = name.trim_start_matches("./").to_string();
+            let allowed = matches!(name.as_str(), "index.json" | "oci-layout")
+                || name
+                    .strip_prefix("blobs/sha256/")
+                    .is_some_and(|h| format!("sha256:{h}").parse::<Digest>().is_ok());
+            if !allowed || !kind.is_file() {
+                return None;
+            }
+            at.insert(name, (entry.raw_file_position(), entry.size()));
+        }
+        (at.contains_key("index.json") && at.contains_key("oci-layout")).then(|| Members {
+            file: path.to_path_buf(),
+            at,
+        })
+    }
+
+    /// Copies the member `name` (one of a fixed set of names: nothing
+    /// escapes `dir`) to `dir/name`, unless it is there; a member the
+    /// archive lacks is left absent, for the reader to report.
+    fn extract(&self, name: &str, dir: &Path) -> Result<()> {
+        use std::io::{Read, Seek};
+        let dest = dir.join(name);
+        let Some(&(offset, size)) = self.at.get(name) else {
+            return Ok(());
+        };
+        if dest.exists() {
+            return Ok(());
+        }
+        let mut file = std::fs::File::open(&self.file).at("open", &self.file)?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .at("read", &self.file)?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).at("create", parent)?;
+        }
+        let mut out = std::fs::File::create(&dest).at("create", &dest)?;
+        std::io::copy(&mut file.take(size), &mut out).at("read", &self.file)?;
+        Ok(())
+    }
+}
+
+/// Opens an OCI archive in place: its index, manifests and configs copied
+/// out now, its layers later and only as needed ([`diff`]). `None` when the
+/// archive is not one [`Members::read`] takes.
+fn open_archive(
+    store: &Store,
+    path: &Path,
+    select: Option<&str>,
+    name: &str,
+) -> Result<Option<Opened>> {
+    let Some(members) = Members::read(path) else {
+        return Ok(None);
+    };
+    let tmp = store.temp_dir()?;
+    let dir = tmp.path();
+    members.extract("oci-layout", dir)?;
+    members.extract("index.json", dir)?;
+    let layout = Layout::open(dir)?;
+    let top = select_image(&layout, path, select)?;
+    let blob = |d: &Digest| members.extract(&format!("blobs/sha256/{}", d.hex()), dir);
+    blob(&top)?;
+    let list = match layout.read_document(&top)?.1 {
+        crate::oci::Document::Index(index) => {
+            index.manifests.into_iter().map(|d| d.digest).collect()
+        }
+        crate::oci::Document::Manifest(_) => vec![top.clone()],
+    };
+    for d in list {
+        blob(&d)?;
+        let m = layout.read_manifest(&d)?;
+        blob(&m.config.digest)?;
+    }
+    Ok(Some(Opened {
+        layout,
+        top,
+        name: name.to_string(),
+        archive: Some(members),
+        _tmp: Some(tmp),
+    }))
 }

@@ -372,6 +372,35 @@ fn shared_layers_are_never_read() {
         String::from_utf8_lossy(&again.stderr)
     );
     assert_eq!(json(&again)["images"], r["images"]);
+
+    // Archives are read in place: the shared layer's bytes inside each
+    // (found by Python's tarfile) are zeroed, and the diff does not notice.
+    build(&w, false, "out/a.tar", &["--format", "oci-archive"]);
+    build(&w, true, "out/b.tar", &["--format", "oci-archive"]);
+    for tar in ["out/a.tar", "out/b.tar"] {
+        let path = w.path().join(tar);
+        let offset = support::run(Command::new("python3").args([
+            "-c",
+            "import sys, tarfile; print(tarfile.open(sys.argv[1]).getmember(sys.argv[2]).offset_data)",
+            path.to_str().unwrap(),
+            &format!("blobs/sha256/{hex}"),
+        ]));
+        let offset: u64 = offset.trim().parse().unwrap();
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0u8; 64], offset).unwrap();
+    }
+    let archives = diff(&w, &["--json", "out/a.tar", "out/b.tar"]);
+    assert_eq!(
+        archives.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&archives.stderr)
+    );
+    assert_eq!(json(&archives)["images"], r["images"]);
+    // The damage is real: a command that reads every layer refuses the archive.
+    let (code, err) = w.fails(&["sbom", "out/a.tar"]);
+    assert_ne!(code, 0, "{err}");
 }
 
 /// Layout, archive, registry reference and recipe name the same image alike.
