@@ -92,4 +92,25 @@ fn reproduces_a_signed_image_and_names_a_changed_input() {
     );
     assert!(text.contains("~ app/app.txt (content, size)"), "{text}");
     assert!(!text.contains("reproduced sha256"), "{text}");
+
+    // A changed recipe: named too, and its config change shown.
+    w.write("app.txt", "app contents\n");
+    w.write(
+        "recipe.toml",
+        RECIPE.replace("[config]\n", "[config]\nuser = \"1000\"\n"),
+    );
+    let out = reproduce(&w, &[&pinned, "--key", "ci.pub"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("differs: recipe:recipe.toml"), "{text}");
+    assert!(!text.contains("file:app.txt"), "{text}");
+    assert!(
+        text.contains("+ config User: (unset) -> \"1000\""),
+        "{text}"
+    );
 }
