@@ -114,3 +114,60 @@ fn reproduces_a_signed_image_and_names_a_changed_input() {
         "{text}"
     );
 }
+
+/// In a git checkout, the recipe is found below the top of the checkout from
+/// a subdirectory, and the provenance's commit is no material to match.
+#[test]
+fn reproduces_from_a_git_checkout_subdirectory() {
+    let reg = support::registry::registry(support::registry::Flavour::Plain);
+    let w = Work::new();
+    w.write("images/app/recipe.toml", RECIPE);
+    w.write("images/app/app.txt", "app contents\n");
+    w.write("docs/README", "docs\n");
+    let git = |args: &[&str]| {
+        support::run(
+            std::process::Command::new("git")
+                .current_dir(w.path())
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args),
+        )
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "app"]);
+    w.ok(&["keygen", "--out", "ci"]);
+    let target = format!("{}:git", reg.repo("kiln/reproduce-git"));
+    let out = w
+        .kiln()
+        .args([
+            "build",
+            "images/app/recipe.toml",
+            "--out",
+            "out/rep",
+            "--provenance",
+        ])
+        .args(["--push", &target, "--sign-key", "ci.key"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    support::assert_success(&out, "kiln build --push --sign-key --provenance");
+    let digest = support::last_digest(&String::from_utf8(out.stdout).unwrap());
+    let key = w.path().join("ci.pub");
+    let out = w
+        .kiln()
+        .current_dir(w.path().join("docs"))
+        .env("KILN_CACHE", w.path().join("clean"))
+        .args(["reproduce", &target, "--key", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    support::assert_success(&out, "kiln reproduce from docs/");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim_end(), format!("reproduced {digest}"), "{text}");
+}
