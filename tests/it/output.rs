@@ -47,6 +47,8 @@ help_snapshots! {
     help_store: ["store", "--help"];
     help_store_verify: ["store", "verify", "--help"];
     help_store_prune: ["store", "prune", "--help"];
+    help_diff: ["diff", "--help"];
+    help_reproduce: ["reproduce", "--help"];
 }
 
 /// Every subcommand `kiln --help` lists has a help snapshot above.
