@@ -37,7 +37,7 @@ RANKS = {
     "export": 9,
     "sign": 10,
     "attest": 11,
-    "inspect": 12, "boot": 12,
+    "inspect": 12, "boot": 12, "diff": 12,
     "pipeline": 13,
 }
 

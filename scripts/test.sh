@@ -28,7 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # run kiln's archives, each daemon started by the tests under /tmp (tests/it/load_*.rs).
 # zsh, fish, man-db and groff-base check `kiln completions` and `kiln man` (tests/it/ux.rs).
 PACKAGES=(
-    umoci skopeo runc tar gcc libc6-dev faketime util-linux
+    umoci skopeo runc tar gcc libc6-dev faketime util-linux git
     docker-registry apache2-utils openssl
     dpkg-dev apt-utils gnupg gpgv xz-utils zstd
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
@@ -105,7 +105,7 @@ install_packages() {
 # present while the command is not (a diverted or removed file, a partial
 # install), and a clear stop here beats a test failing on it later.
 COMMANDS=(
-    umoci skopeo runc tar gcc ar faketime unshare setpriv prlimit taskset md5sum sha256sum kill
+    umoci skopeo runc tar gcc ar faketime unshare setpriv prlimit taskset md5sum sha256sum kill git
     docker-registry htpasswd openssl
     dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig

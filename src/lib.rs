@@ -13,6 +13,7 @@
 pub mod attest;
 pub mod beneath;
 pub mod boot;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod export;

@@ -10,10 +10,10 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::parse();
     let code = match cli::run(args) {
-        Ok(()) => 0,
+        Ok(()) => cli::success_code(),
         Err(e) => {
             cli::render_error(&e);
-            e.exit_code()
+            cli::error_code(&e)
         }
     };
     // Threads are joined and temporary files persisted or dropped by now.

@@ -62,7 +62,7 @@ pub fn predicate(subject: &super::Subject<'_>) -> Value {
 
 /// What paths are written relative to: the top of the git repository that
 /// holds `dir`, else `dir` itself (canonical either way).
-fn root(dir: &Path) -> PathBuf {
+pub fn root(dir: &Path) -> PathBuf {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -106,7 +106,7 @@ fn relative(root: &Path, path: &Path) -> String {
 
 /// A material's uri with its host path (`file:`, `recipe:`, `lock:`, `oci:`,
 /// `base:`) made [`relative`].
-fn relative_uri(root: &Path, uri: &str) -> String {
+pub fn relative_uri(root: &Path, uri: &str) -> String {
     for scheme in ["file:", "recipe:", "lock:", "oci:", "base:"] {
         if let Some(path) = uri.strip_prefix(scheme) {
             return format!("{scheme}{}", relative(root, Path::new(path)));

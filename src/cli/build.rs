@@ -220,7 +220,7 @@ pub(super) fn human(bytes: u64) -> String {
     }
 }
 
-fn source_date_epoch() -> Result<Option<u64>, Error> {
+pub(super) fn source_date_epoch() -> Result<Option<u64>, Error> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if v.is_empty() => Ok(None),
         Ok(v) => v.trim().parse().map(Some).map_err(|_| {

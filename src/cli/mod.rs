@@ -4,6 +4,7 @@ mod boot;
 mod build;
 mod completions;
 mod copy;
+mod diff;
 mod inspect;
 mod keys;
 mod lock;
@@ -13,6 +14,7 @@ mod progress;
 mod pull;
 mod push;
 mod registry_args;
+mod reproduce;
 mod sbom;
 mod sign;
 mod store;
@@ -52,6 +54,10 @@ enum Command {
     Build(build::Args),
     /// Show the images in an OCI image layout or archive.
     Inspect(inspect::Args),
+    /// Show what changes if image B replaces image A; exit 0 if identical, 1 if not, 2 on error.
+    Diff(diff::Args),
+    /// Rebuild a signed image from the working tree and its provenance; exit 0 only if the digests match.
+    Reproduce(reproduce::Args),
     /// Boot a VM bundle in qemu on the serial console; exit 6 if the machine fails, 5 if qemu does.
     Boot(boot::Args),
     /// Pin every input a recipe names by tag (a base image) in `RECIPE.lock`.
@@ -97,6 +103,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Diff(args) => diff::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Push(args) => push::run(args),
@@ -112,6 +120,32 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Completions(args) => completions::run(args),
         Command::Man(args) => man::run(args),
     }
+}
+
+/// The exit code of a command that succeeded yet found a difference
+/// (`kiln diff`, `kiln reproduce`: 1); 0 unless one sets it.
+static OUTCOME: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The exit code of every error of a command that has one (`kiln diff`: 2,
+/// as diff(1) does); 0 for the usual table.
+static ERROR_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The exit code when the command returned `Ok`.
+pub fn success_code() -> i32 {
+    OUTCOME.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The exit code for the error `e`.
+pub fn error_code(e: &Error) -> i32 {
+    match ERROR_CODE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => e.exit_code(),
+        code => code,
+    }
+}
+
+/// Sets what [`success_code`] and [`error_code`] answer.
+fn set_codes(outcome: i32, error: i32) {
+    OUTCOME.store(outcome, std::sync::atomic::Ordering::Relaxed);
+    ERROR_CODE.store(error, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Prints `error: …`, its causes and its hint on stderr.

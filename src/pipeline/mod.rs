@@ -12,6 +12,7 @@ mod below;
 mod cache;
 mod distribute;
 mod packages;
+mod reproduce;
 mod run;
 mod satisfied;
 mod sbom;
@@ -19,6 +20,7 @@ mod truststore;
 
 pub use cache::{CacheReport, CACHE_MEDIA_TYPE};
 pub use distribute::{copy, pull, push};
+pub use reproduce::{diff, open_input, reproduce, Input, MaterialCheck, Opened, Reproduced};
 pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
 pub use sbom::sbom;
 

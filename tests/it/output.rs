@@ -50,6 +50,8 @@ help_snapshots! {
     help_store_prune: ["store", "prune", "--help"];
     help_completions: ["completions", "--help"];
     help_man: ["man", "--help"];
+    help_diff: ["diff", "--help"];
+    help_reproduce: ["reproduce", "--help"];
 }
 
 /// Every subcommand `kiln --help` lists has a help snapshot above.
