@@ -162,6 +162,7 @@ pub(super) fn reclaim(root: &Path) -> Result<Reclaimed> {
         super::DIRS,
         super::DEBS,
         super::DERIVED,
+        super::CHUNKS,
         "",
     ] {
         let dir = if sub.is_empty() {
