@@ -29,7 +29,7 @@ PACKAGES=(
     docker-registry apache2-utils openssl
     dpkg-dev apt-utils gnupg gpgv xz-utils zstd
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
-    binutils lz4 procps default-jre-headless adduser passwd systemd qemu-user
+    binutils lz4 procps default-jre-headless adduser passwd systemd qemu-user strace
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -104,7 +104,7 @@ COMMANDS=(
     docker-registry htpasswd openssl
     dpkg-scanpackages dpkg-deb apt-ftparchive gpg gpgv gpgconf xz zstd
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
-    dump.erofs unsquashfs lz4 keytool adduser useradd systemd-sysusers qemu-x86_64
+    dump.erofs unsquashfs lz4 keytool adduser useradd systemd-sysusers qemu-x86_64 strace
 )
 
 check_commands() {

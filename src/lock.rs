@@ -435,10 +435,10 @@ type LockedSets = (Vec<LockedPackage>, Vec<LockedRequest>);
 
 /// Keeps, for every name `previous` pins for `arch` (and `update` does not
 /// free), only the pinned version in `index` when the index still has it.
-fn restrict(
-    index: &[crate::source::deb::Package],
+fn restrict<'a>(
+    index: &'a [crate::source::deb::Package],
     pins: &BTreeMap<String, String>,
-) -> Vec<crate::source::deb::Package> {
+) -> Vec<&'a crate::source::deb::Package> {
     let present: std::collections::BTreeSet<(&str, &str)> = index
         .iter()
         .filter(|p| pins.contains_key(&p.name))
@@ -450,7 +450,6 @@ fn restrict(
             Some(v) if present.contains(&(p.name.as_str(), v.as_str())) => p.version == *v,
             _ => true,
         })
-        .cloned()
         .collect()
 }
 
@@ -500,7 +499,13 @@ fn lock_packages(
     for arch in arches {
         let mut index = Vec::new();
         for (repo, fetcher) in repos.iter().zip(&fetchers) {
-            index.extend(deb::load_index(fetcher, &store, repo, &arch)?);
+            let listed = deb::load_index(fetcher, &store, repo, &arch)?;
+            // The first index is taken as it is, not copied into a new vector.
+            if index.is_empty() {
+                index = listed;
+            } else {
+                index.extend(listed);
+            }
         }
         // Packages a base recipe's lock installs count as installed here.
         let base_packages = base_lock_packages(recipe, &arch)?;
@@ -534,7 +539,7 @@ fn lock_packages(
             .unwrap_or_default();
         let (arch_packages, arch_requests) = loop {
             let restricted = restrict(&index, &pins);
-            let universe = Universe::new(&restricted, &arch);
+            let universe = Universe::new(restricted, &arch);
             let mut installed: BTreeMap<String, &deb::Package> =
                 base_owned.iter().map(|p| (p.name.clone(), p)).collect();
             let mut packages = Vec::new();

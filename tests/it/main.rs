@@ -40,3 +40,4 @@ mod store;
 mod sysusers;
 mod vm;
 mod vm_hostile;
+mod warm_debian;

@@ -65,8 +65,9 @@ pub struct Package {
     pub sha256: Digest,
     /// `Size`.
     pub size: u64,
-    /// The whole stanza, for dependencies and the dpkg database.
-    pub stanza: Stanza,
+    /// The other fields resolution reads (relations, `Multi-Arch`,
+    /// `Priority`, `Essential`).
+    pub stanza: control::Fields,
     /// The repository it came from.
     pub repository: String,
 }
@@ -476,7 +477,7 @@ pub fn load_index(
                 sha256,
                 size: take(&mut stanza, "Size").parse().unwrap_or(0),
                 repository: repo.name.clone(),
-                stanza,
+                stanza: stanza.into_iter().collect(),
             });
         });
         let mut stored = std::io::BufReader::new(store.open_blob(&digest)?);
