@@ -436,16 +436,18 @@ type LockedSets = (Vec<LockedPackage>, Vec<LockedRequest>);
 /// Keeps, for every name `previous` pins for `arch` (and `update` does not
 /// free), only the pinned version in `index` when the index still has it.
 fn restrict<'a>(
-    index: &'a [crate::source::deb::Package],
+    index: &'a [Vec<crate::source::deb::Package>],
     pins: &BTreeMap<String, String>,
 ) -> Vec<&'a crate::source::deb::Package> {
     let present: std::collections::BTreeSet<(&str, &str)> = index
         .iter()
+        .flatten()
         .filter(|p| pins.contains_key(&p.name))
         .map(|p| (p.name.as_str(), p.version.as_str()))
         .collect();
     index
         .iter()
+        .flatten()
         .filter(|p| match pins.get(&p.name) {
             Some(v) if present.contains(&(p.name.as_str(), v.as_str())) => p.version == *v,
             _ => true,
@@ -499,13 +501,9 @@ fn lock_packages(
     for arch in arches {
         let mut index = Vec::new();
         for (repo, fetcher) in repos.iter().zip(&fetchers) {
-            let listed = deb::load_index(fetcher, &store, repo, &arch)?;
-            // The first index is taken as it is, not copied into a new vector.
-            if index.is_empty() {
-                index = listed;
-            } else {
-                index.extend(listed);
-            }
+            // In chunks, never joined: one vector of them all would hold
+            // two copies while it grows.
+            index.extend(deb::load_index(fetcher, &store, repo, &arch)?);
         }
         // Packages a base recipe's lock installs count as installed here.
         let base_packages = base_lock_packages(recipe, &arch)?;
@@ -520,6 +518,7 @@ fn lock_packages(
                 size: p.size,
                 stanza: index
                     .iter()
+                    .flatten()
                     .find(|i| i.name == p.name && i.version == p.version)
                     .map(|i| i.stanza.clone())
                     .unwrap_or_default(),

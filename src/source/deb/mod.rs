@@ -383,16 +383,18 @@ pub fn release_entry(release: &str, path: &str) -> Option<(Digest, u64)> {
 /// Reads the package index of `repo` for `arch`: verified `InRelease`, then
 /// `Packages.xz` (or `.gz`, or the plain `Packages`: the first that
 /// `InRelease` lists) checked against it, kept in the store by digest.
+/// The packages come in chunks of at most [`INDEX_CHUNK`]: an index of tens
+/// of thousands is never moved into a vector twice its size as it grows.
 pub fn load_index(
     fetcher: &Fetcher,
     store: &Store,
     repo: &Repository,
     arch: &str,
-) -> Result<Vec<Package>> {
+) -> Result<Vec<Vec<Package>>> {
     let what = format!("`dists/{}/InRelease`", repo.suite);
     let signed = fetcher.get(&format!("dists/{}/InRelease", repo.suite))?;
     let release = verify_inrelease(&signed, &repo.keyring, &what)?;
-    let mut packages = Vec::new();
+    let mut packages: Vec<Vec<Package>> = Vec::new();
     for component in &repo.components {
         let base = format!("{component}/binary-{arch}/Packages");
         // Every form `InRelease` lists, quickest to read first (gzip
@@ -469,7 +471,11 @@ pub fn load_index(
             let Ok(sha256) = format!("sha256:{}", take(&mut stanza, "SHA256")).parse() else {
                 return;
             };
-            packages.push(Package {
+            if packages.last().is_none_or(|c| c.len() == INDEX_CHUNK) {
+                packages.push(Vec::with_capacity(INDEX_CHUNK));
+            }
+            let chunk = packages.last_mut().expect("just pushed");
+            chunk.push(Package {
                 name: take(&mut stanza, "Package"),
                 version: take(&mut stanza, "Version"),
                 arch: take(&mut stanza, "Architecture"),
@@ -500,6 +506,9 @@ pub fn load_index(
     }
     Ok(packages)
 }
+
+/// How many packages [`load_index`] puts in one vector.
+pub const INDEX_CHUNK: usize = 4096;
 
 /// The fields of a `Packages` stanza that kiln reads: those it pins, and
 /// those resolution reads (relations, `Multi-Arch`, `Priority`, `Essential`).
