@@ -30,11 +30,14 @@ fi
 cp -r recipes base-images "$WORK/"
 cd "$WORK"
 
-# "wall_seconds peak_rss_kib" of one run.
+# "wall_seconds peak_rss_kib" of one run (wall to the millisecond).
 measure() {
-    /usr/bin/time -f '%e %M' -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" ||
+    local start end
+    start=$(date +%s%N)
+    /usr/bin/time -f '%M' -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" ||
         { cat "$WORK/err" >&2; exit 1; }
-    cat "$WORK/time"
+    end=$(date +%s%N)
+    echo "$((end - start)) $(cat "$WORK/time")" | awk '{ printf "%.3f %s\n", $1 / 1e9, $2 }'
 }
 
 best() { sort -n | head -1; }
@@ -62,9 +65,10 @@ for t in "${tools[@]}"; do
         "$opened" "$copied" "$linked" "$(tail -1 "$WORK/d-$t" | cut -c1-19)…"
 done
 for t in "${tools[@]}"; do
+    echo "$t lock runs (wall s, peak RSS KiB): $(tr '\n' ' ' <"$WORK/lock-$t")" >&2
     read -r wall rss < <(best <"$WORK/lock-$t")
     peak=$(sort -k2 -n "$WORK/lock-$t" | tail -1 | cut -d' ' -f2)
-    printf '| python lock | %s | %.2f | %d (max %d) | | | | |\n' "$t" "$wall" $((rss / 1024)) $((peak / 1024))
+    printf '| python lock | %s | %.2f | %d (max of runs %d) | | | | |\n' "$t" "$wall" $((rss / 1024)) $((peak / 1024))
 done
 for f in recipes/python.lock base-images/debian-static.lock; do
     cmp -s "$f" "$OLDPWD/$f" || echo "note: $f differs from the committed one (the mirror moved on?)" >&2

@@ -285,13 +285,30 @@ impl Fetcher {
             }
             match self.client.get(&url).send() {
                 Ok(resp) if resp.status().is_success() => {
-                    let mut buf = Vec::new();
+                    // Whole before it reaches `out` (a failed attempt is
+                    // retried from the start): a small body in memory, a
+                    // large one (an index, a package) in an unnamed
+                    // temporary file, so it is never held in memory.
                     let mut resp = resp;
-                    match resp.read_to_end(&mut buf) {
+                    let keep = |e: std::io::Error| {
+                        Error::internal(format!("keep the download of `{url}`"), e)
+                    };
+                    if resp.content_length().is_some_and(|n| n <= 1 << 20) {
+                        let mut buf = Vec::new();
+                        match resp.read_to_end(&mut buf) {
+                            Ok(_) => {
+                                out.write_all(&buf).map_err(keep)?;
+                                return Ok(());
+                            }
+                            Err(e) => last = (None, Some(e.into())),
+                        }
+                        continue;
+                    }
+                    let mut file = tempfile::tempfile().map_err(keep)?;
+                    match std::io::copy(&mut resp, &mut file) {
                         Ok(_) => {
-                            out.write_all(&buf).map_err(|e| {
-                                Error::internal(format!("keep the download of `{url}`"), e)
-                            })?;
+                            std::io::Seek::rewind(&mut file).map_err(keep)?;
+                            std::io::copy(&mut file, out).map_err(keep)?;
                             return Ok(());
                         }
                         Err(e) => last = (None, Some(e.into())),
