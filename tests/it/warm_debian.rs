@@ -87,7 +87,7 @@ fn workspace() -> Work {
 }
 
 fn build(w: &Work, out: &str) -> String {
-    let stdout = support::apt::kiln_ok_at(&w, &repo().url, &["build", "recipe.toml", "--out", out]);
+    let stdout = support::apt::kiln_ok_at(w, &repo().url, &["build", "recipe.toml", "--out", out]);
     last_digest(&stdout)
 }
 

@@ -50,7 +50,7 @@ impl<'a> Universe<'a> {
             by_name.entry(p.name.as_str()).or_default().push(p);
             let rels: Vec<Relation> = ["Conflicts", "Breaks"]
                 .iter()
-                .filter_map(|f| p.stanza.get(*f))
+                .filter_map(|f| p.stanza.get(f))
                 .flat_map(|f| relations_for(f, arch))
                 .flatten()
                 .collect();
@@ -228,7 +228,7 @@ impl<'a> Universe<'a> {
         }
         while let Some(p) = queue.pop_front() {
             let fields = ["Pre-Depends", "Depends"];
-            for field in fields.iter().filter_map(|f| p.stanza.get(*f)) {
+            for field in fields.iter().filter_map(|f| p.stanza.get(f)) {
                 for group in relations_for(field, &self.arch) {
                     if group.iter().any(|r| self.satisfied_by(r, &chosen)) {
                         continue;
