@@ -34,7 +34,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils erofs-utils squashfs-tools e2fsprogs linux-image-cloud-amd64 busybox-static cpio
     binutils lz4 procps default-jre-headless adduser passwd systemd qemu-user
     docker.io podman containerd
-    zsh fish man-db groff-base
+    zsh fish man-db groff-base strace
 )
 
 # runc lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -111,7 +111,7 @@ COMMANDS=(
     qemu-system-x86_64 qemu-img mkfs.erofs mksquashfs mke2fs debugfs busybox cpio ldconfig
     dump.erofs unsquashfs lz4 keytool adduser useradd systemd-sysusers qemu-x86_64
     dockerd docker podman containerd ctr stat umount
-    script zsh fish man groff
+    script zsh fish man groff strace
 )
 
 check_commands() {

@@ -435,22 +435,23 @@ type LockedSets = (Vec<LockedPackage>, Vec<LockedRequest>);
 
 /// Keeps, for every name `previous` pins for `arch` (and `update` does not
 /// free), only the pinned version in `index` when the index still has it.
-fn restrict(
-    index: &[crate::source::deb::Package],
+fn restrict<'a>(
+    index: &'a [Vec<crate::source::deb::Package>],
     pins: &BTreeMap<String, String>,
-) -> Vec<crate::source::deb::Package> {
+) -> Vec<&'a crate::source::deb::Package> {
     let present: std::collections::BTreeSet<(&str, &str)> = index
         .iter()
+        .flatten()
         .filter(|p| pins.contains_key(&p.name))
         .map(|p| (p.name.as_str(), p.version.as_str()))
         .collect();
     index
         .iter()
+        .flatten()
         .filter(|p| match pins.get(&p.name) {
             Some(v) if present.contains(&(p.name.as_str(), v.as_str())) => p.version == *v,
             _ => true,
         })
-        .cloned()
         .collect()
 }
 
@@ -500,6 +501,8 @@ fn lock_packages(
     for arch in arches {
         let mut index = Vec::new();
         for (repo, fetcher) in repos.iter().zip(&fetchers) {
+            // In chunks, never joined: one vector of them all would hold
+            // two copies while it grows.
             index.extend(deb::load_index(fetcher, &store, repo, &arch)?);
         }
         // Packages a base recipe's lock installs count as installed here.
@@ -515,6 +518,7 @@ fn lock_packages(
                 size: p.size,
                 stanza: index
                     .iter()
+                    .flatten()
                     .find(|i| i.name == p.name && i.version == p.version)
                     .map(|i| i.stanza.clone())
                     .unwrap_or_default(),
@@ -534,7 +538,7 @@ fn lock_packages(
             .unwrap_or_default();
         let (arch_packages, arch_requests) = loop {
             let restricted = restrict(&index, &pins);
-            let universe = Universe::new(&restricted, &arch);
+            let universe = Universe::new(restricted, &arch);
             let mut installed: BTreeMap<String, &deb::Package> =
                 base_owned.iter().map(|p| (p.name.clone(), p)).collect();
             let mut packages = Vec::new();

@@ -16,9 +16,47 @@ use crate::store::{verify_error, Store};
 pub fn write(store: &Store, output: &Output<'_>, dest: &Path) -> Result<()> {
     let _lock = super::lock_output(dest)?;
     check_replaceable(dest)?;
+    if already_written(store, output, dest)? {
+        return Ok(());
+    }
     let tmp = files::temp_dir_beside(dest)?;
     fill(store, output, tmp.path(), dest)?;
     files::commit_dir(tmp, dest)
+}
+
+/// Whether `dest` already is the layout of `output`, exactly: the same
+/// `oci-layout` and `index.json`, and in `blobs/sha256/` exactly its blobs,
+/// each intact (known so by its stamp, else re-hashed). Such a layout is
+/// left as it is: a rebuild with nothing changed writes nothing there.
+fn already_written(store: &Store, output: &Output<'_>, dest: &Path) -> Result<bool> {
+    let same = |name: &str, want: &[u8]| fs::read(dest.join(name)).is_ok_and(|b| b == want);
+    if !same("oci-layout", OCI_LAYOUT) || !same("index.json", &output.index_json()) {
+        return Ok(false);
+    }
+    let names = |dir: &Path| -> Option<std::collections::BTreeSet<String>> {
+        fs::read_dir(dir)
+            .ok()?
+            .map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    };
+    let top = ["blobs", "index.json", "oci-layout"].map(String::from);
+    if names(dest) != Some(top.into_iter().collect())
+        || names(&dest.join("blobs")) != Some(["sha256".to_string()].into_iter().collect())
+    {
+        return Ok(false);
+    }
+    let blobs = output.blobs(store)?;
+    let dir = dest.join("blobs").join("sha256");
+    if names(&dir) != Some(blobs.iter().map(|d| d.hex().to_string()).collect()) {
+        return Ok(false);
+    }
+    Ok(blobs.iter().all(|digest| {
+        let path = dir.join(digest.hex());
+        File::open(&path)
+            .ok()
+            .and_then(|f| store.hash_of(f, &path, digest).ok())
+            .is_some_and(|d| d == *digest)
+    }))
 }
 
 fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Result<()> {

@@ -318,6 +318,7 @@ fn build_plan(
                 .local
                 .clone()
                 .finish(&below, installed, recipe.compression, epoch);
+            packages::claim_unless_cached(store, &layer, &inputs.packages)?;
             layer.add_dirs_to(&mut below);
             plans.push(layer);
         }

@@ -140,9 +140,12 @@ pub(super) fn packages_for(
             return Err(e);
         }
     }
+    // The file lists are taken from the store's cache without touching the
+    // files: when the layer cache answers, no file of a package is opened.
+    // A layer that is built claims them first ([`claim_unless_cached`]).
     let mut installed = Vec::new();
     for p in pinned {
-        let contents = deb::extract::contents(store, &p.name, &p.digest)?;
+        let contents = deb::extract::contents_unclaimed(store, &p.name, &p.digest)?;
         scripts.push(Scripts {
             package: p.name.clone(),
             preinst: contents.preinst.clone(),
@@ -154,13 +157,74 @@ pub(super) fn packages_for(
             contents,
         });
     }
+    // Planning reads a few of the files (certificates, account and
+    // `sysusers.d` files, …): those are claimed now, or all put back from
+    // their `.deb`s if a prune removed one.
+    let read = installed.iter().flat_map(|i| {
+        i.contents
+            .entries
+            .iter()
+            .filter(|e| read_when_planning(&e.path))
+            .filter_map(deb::extract::DebEntry::digest)
+    });
+    if !store.claim_all(read)? {
+        claim(store, pinned)?;
+    }
     // The host's ldconfig reads the libraries only if they are its own architecture.
     let host = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     };
-    deb::install::entries(store, &installed, arch == host, exclude)
+    match deb::install::entries(store, &installed, arch == host, exclude) {
+        Ok(entries) => Ok(entries),
+        // Installing reads a few files (certificates, `.jinfo` files, …):
+        // one a prune removed is put back from its `.deb`, then it is tried
+        // again (an error that remains is the real one).
+        Err(_) => {
+            claim(store, pinned)?;
+            deb::install::entries(store, &installed, arch == host, exclude)
+        }
+    }
+}
+
+/// Whether planning a layer may read the package file at `path` (rather
+/// than only name it): the CA certificates (for the bundle and Java's trust
+/// store), account files, `sysusers.d` files, base-passwd's master files,
+/// busybox (for its applets), Java's `.jinfo` files, the dpkg database.
+fn read_when_planning(path: &str) -> bool {
+    const READ: [&str; 6] = [
+        "usr/share/ca-certificates/",
+        "usr/lib/sysusers.d/",
+        "usr/share/base-passwd/",
+        "usr/lib/jvm/.",
+        "etc/",
+        "var/lib/dpkg/",
+    ];
+    READ.iter().any(|p| path.starts_with(p)) || path == "bin/busybox" || path == "usr/bin/busybox"
+}
+
+/// Claims the files of the packages `pinned` (see [`deb::extract::claim`]).
+fn claim(store: &Store, pinned: &[Package]) -> Result<()> {
+    for p in pinned {
+        crate::source::deb::extract::claim(store, &p.name, &p.digest)?;
+    }
+    Ok(())
+}
+
+/// Before a layer of the packages `pinned` is built from `plan` (its input
+/// not in the layer cache), claims their files, so that a concurrent prune
+/// keeps them and any it removed already are put back from their `.deb`s.
+/// A layer the cache holds reads none of them.
+pub(super) fn claim_unless_cached(
+    store: &Store,
+    plan: &crate::plan::LayerPlan,
+    pinned: &[Package],
+) -> Result<()> {
+    if pinned.is_empty() || store.cached_layer(&plan.input_digest)?.is_some() {
+        return Ok(());
+    }
+    claim(store, pinned)
 }
 
 /// The error when no mirror of a package's archive had it: every attempt named.

@@ -408,6 +408,15 @@ impl Store {
     /// Claims `digest` while the caller holds the shared `gc.lock`.
     fn claim_held(&self, digest: &Digest) -> Result<bool> {
         let path = self.blob_path(digest);
+        // A blob used lately is only looked at (one `stat`, no `open`).
+        if let Ok(m) = fs::metadata(&path) {
+            let recent = m
+                .modified()
+                .is_ok_and(|t| t + TOUCH_EVERY >= std::time::SystemTime::now());
+            if recent && m.is_file() {
+                return Ok(true);
+            }
+        }
         match File::open(&path) {
             // A store shared with other users may not let us set the time:
             // the blob is there all the same, only its last use is older.

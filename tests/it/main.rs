@@ -51,3 +51,4 @@ mod sysusers;
 mod ux;
 mod vm;
 mod vm_hostile;
+mod warm_debian;

@@ -38,6 +38,41 @@ pub fn parse(text: &str) -> Vec<Stanza> {
     out
 }
 
+/// Some fields of a stanza, held compactly for the tens of thousands of
+/// packages an index lists: one allocation, `name\0value\0…` (a value never
+/// holds a NUL: the text is read as UTF-8 with replacement, and NULs are
+/// dropped). Empty, it allocates nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields(Box<str>);
+
+impl Fields {
+    /// The value of field `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let mut parts = self.0.split('\0');
+        while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+            if k == name {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(fields: I) -> Self {
+        let mut text = String::new();
+        for (k, v) in fields {
+            if !text.is_empty() {
+                text.push('\0');
+            }
+            text.extend(k.as_ref().chars().filter(|c| *c != '\0'));
+            text.push('\0');
+            text.extend(v.as_ref().chars().filter(|c| *c != '\0'));
+        }
+        Fields(text.into_boxed_str())
+    }
+}
+
 /// Stanzas written to it in pieces (a decompressor's output), handed one at
 /// a time to a callback with only the fields in `keep`, so that a large
 /// `Packages` index is never held whole, nor its unused fields.

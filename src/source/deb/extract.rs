@@ -101,18 +101,45 @@ fn bad(package: &str, why: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Reads the `.deb` blob `digest` of `package` from the store (cached per digest).
+/// Reads the `.deb` blob `digest` of `package` from the store (cached per
+/// digest), every file's blob claimed (marked used, see [`Store::claim_all`]):
+/// a cached list whose blobs a prune removed is read from the `.deb` again.
 pub fn contents(store: &Store, package: &str, digest: &Digest) -> Result<DebContents> {
-    let cache = store.deb_contents_path(digest);
-    if let Some(c) = std::fs::read(&cache)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
-        .filter(|c| c.format == CONTENTS_FORMAT)
-    {
+    if let Some(c) = cached(store, digest) {
         if store.claim_all(c.entries.iter().filter_map(DebEntry::digest))? {
             return Ok(c);
         }
     }
+    extract(store, package, digest)
+}
+
+/// Like [`contents`], but a cached list is taken as it is, its files' blobs
+/// neither opened nor claimed: for a layer the layer cache may well answer,
+/// whose files are then never read. Whoever reads them calls [`claim`] first.
+pub fn contents_unclaimed(store: &Store, package: &str, digest: &Digest) -> Result<DebContents> {
+    match cached(store, digest) {
+        Some(c) => Ok(c),
+        None => extract(store, package, digest),
+    }
+}
+
+/// Claims the blobs of every file of the `.deb` `digest`, putting back
+/// (from the `.deb`) any that a prune removed, so that they can be read.
+pub fn claim(store: &Store, package: &str, digest: &Digest) -> Result<()> {
+    contents(store, package, digest).map(drop)
+}
+
+/// The cached contents of the `.deb` `digest`, if of this format.
+fn cached(store: &Store, digest: &Digest) -> Option<DebContents> {
+    std::fs::read(store.deb_contents_path(digest))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DebContents>(&b).ok())
+        .filter(|c| c.format == CONTENTS_FORMAT)
+}
+
+/// Reads the `.deb` itself: every file into the store, the list cached.
+fn extract(store: &Store, package: &str, digest: &Digest) -> Result<DebContents> {
+    let cache = store.deb_contents_path(digest);
     let path = store.blob_path(digest);
     let mut reader = BufReader::new(store.open_blob(digest)?);
     let mut magic = [0u8; 8];

@@ -169,21 +169,7 @@ pub fn entries(
     }
     refuse_paths_through_links(&out)?;
     if packages.iter().any(|p| p.name == "ca-certificates") {
-        let mut bundle = Vec::new();
-        for digest in certs.values() {
-            let mut pem = store.read(digest)?;
-            if !pem.ends_with(b"\n") {
-                pem.push(b'\n');
-            }
-            bundle.extend_from_slice(&pem);
-        }
-        out.remove("etc/ssl/certs/ca-certificates.crt");
-        add_text(
-            &mut out,
-            "etc/ssl/certs/ca-certificates.crt",
-            bundle,
-            "ca-certificates",
-        );
+        ca_bundle(store, &certs, &mut out)?;
     }
     // Made from this layer's certificates; with `ca-certificates` in a lower
     // layer (the base's), the pipeline makes it from those.
@@ -205,6 +191,41 @@ pub fn entries(
         ld_cache(store, &mut out)?;
     }
     Ok(out)
+}
+
+/// `/etc/ssl/certs/ca-certificates.crt`: the certificates `certs` (path →
+/// content), in path order, each ending in a newline, as
+/// `update-ca-certificates` writes it. A bundle made before from the same
+/// certificates is taken from the store, so a rebuild reads none of them.
+fn ca_bundle(
+    store: &Store,
+    certs: &BTreeMap<String, Digest>,
+    out: &mut BTreeMap<String, (Entry, String)>,
+) -> Result<()> {
+    use sha2::Digest as _;
+    const PATH: &str = "etc/ssl/certs/ca-certificates.crt";
+    let mut h = sha2::Sha256::new();
+    h.update(b"ca-certificates.crt 1\0");
+    for (path, digest) in certs {
+        h.update(format!("{path}\0{digest}\0").as_bytes());
+    }
+    let key = Digest::from_hasher(h);
+    let digest = match store.derived(&key)? {
+        Some(digest) => digest,
+        None => {
+            let mut bundle = Vec::new();
+            for digest in certs.values() {
+                let mut pem = store.read(digest)?;
+                if !pem.ends_with(b"\n") {
+                    pem.push(b'\n');
+                }
+                bundle.extend_from_slice(&pem);
+            }
+            store.remember_derived(&key, &bundle)?
+        }
+    };
+    out.remove(PATH);
+    add_stored(out, PATH, store, digest, "ca-certificates")
 }
 
 /// Java's trust store `/etc/ssl/certs/java/cacerts` (PKCS#12, see
@@ -296,7 +317,7 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
     // The cache depends only on the layer's files and on the host's
     // ldconfig: one made before from the same is taken from the store, so a
     // rebuild with nothing changed writes no scratch tree.
-    let Some(version) = ldconfig_version() else {
+    let Some(version) = ldconfig_identity() else {
         // No ldconfig on this host: the image works without a cache.
         return Ok(());
     };
@@ -369,20 +390,33 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
     Ok(())
 }
 
-/// The host's `ldconfig --version` (its first line), or `None` without one.
-fn ldconfig_version() -> Option<String> {
-    let out = std::process::Command::new("ldconfig")
-        .arg("--version")
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    })
+/// The host's `ldconfig`, as the first executable of that name on `PATH`
+/// (where the build runs it from): its path, size, modification time and
+/// inode, which change when it is replaced. `None` without one. Looked up
+/// once per process, and without running it, so that a rebuild that takes
+/// the cache from the store starts no process.
+fn ldconfig_identity() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    static IDENTITY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    IDENTITY
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+            std::env::split_paths(&path).find_map(|dir| {
+                let exe = dir.join("ldconfig");
+                let m = std::fs::metadata(&exe).ok()?;
+                (m.is_file() && m.mode() & 0o111 != 0).then(|| {
+                    format!(
+                        "{} {} {}.{} {}",
+                        exe.display(),
+                        m.len(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ino()
+                    )
+                })
+            })
+        })
+        .clone()
 }
 
 /// What `/etc/ld.so.cache` is made from: the ldconfig, and every entry of
@@ -390,7 +424,7 @@ fn ldconfig_version() -> Option<String> {
 fn ld_cache_key(version: &str, out: &BTreeMap<String, (Entry, String)>) -> Digest {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
-    h.update(b"ld.so.cache 1\0");
+    h.update(b"ld.so.cache 2\0");
     h.update(version.as_bytes());
     h.update(b"\0");
     for (path, (entry, _)) in out {
@@ -428,14 +462,25 @@ fn base_passwd(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Re
         }
         if let Some((
             Entry {
-                kind: EntryKind::File { digest, .. },
+                kind: EntryKind::File { digest, size, .. },
                 ..
             },
             _,
         )) = out.get(&master)
         {
-            let bytes = store.read(digest)?;
-            add_text(out, &target, bytes, "base-passwd");
+            // The same bytes: the master file's blob, not read here.
+            let entry = Entry {
+                path: target.clone(),
+                kind: EntryKind::File {
+                    content: Content::Host(store.blob_path(digest)),
+                    size: *size,
+                    digest: digest.clone(),
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            };
+            out.insert(target, (entry, "base-passwd".into()));
         }
     }
     Ok(())

@@ -17,7 +17,6 @@ pub mod resolve;
 pub mod truststore;
 pub mod version;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,8 +64,9 @@ pub struct Package {
     pub sha256: Digest,
     /// `Size`.
     pub size: u64,
-    /// The whole stanza, for dependencies and the dpkg database.
-    pub stanza: Stanza,
+    /// The other fields resolution reads (relations, `Multi-Arch`,
+    /// `Priority`, `Essential`).
+    pub stanza: control::Fields,
     /// The repository it came from.
     pub repository: String,
 }
@@ -310,21 +310,37 @@ impl Fetcher {
             }
             match self.client.get(&url).send() {
                 Ok(resp) if resp.status().is_success() => {
-                    let mut buf = Vec::new();
+                    // Whole before it reaches `out` (a failed attempt is
+                    // retried from the start): a small body in memory, a
+                    // large one (an index, a package) in an unnamed
+                    // temporary file, so it is never held in memory.
                     let mut resp = resp;
-                    let read = match name {
-                        None => resp.read_to_end(&mut buf),
-                        Some(n) => {
-                            let kind = crate::progress::Kind::Package;
-                            let m = self.progress.start(kind, n, resp.content_length());
-                            read_metered(resp, &mut buf, &m).inspect(|_| m.finish())
-                        }
+                    let keep = |e: std::io::Error| {
+                        Error::internal(format!("keep the download of `{url}`"), e)
+                    };
+                    let meter = name.map(|n| {
+                        let kind = crate::progress::Kind::Package;
+                        self.progress.start(kind, n, resp.content_length())
+                    });
+                    let read = if resp.content_length().is_some_and(|n| n <= 1 << 20) {
+                        let mut buf = Vec::new();
+                        copy_metered(&mut resp, &mut buf, meter.as_ref()).map(|_| Held::Memory(buf))
+                    } else {
+                        let mut file = tempfile::tempfile().map_err(keep)?;
+                        copy_metered(&mut resp, &mut file, meter.as_ref()).map(|_| Held::File(file))
                     };
                     match read {
-                        Ok(_) => {
-                            out.write_all(&buf).map_err(|e| {
-                                Error::internal(format!("keep the download of `{url}`"), e)
-                            })?;
+                        Ok(held) => {
+                            if let Some(m) = &meter {
+                                m.finish();
+                            }
+                            match held {
+                                Held::Memory(buf) => out.write_all(&buf).map_err(keep)?,
+                                Held::File(mut file) => {
+                                    std::io::Seek::rewind(&mut file).map_err(keep)?;
+                                    std::io::copy(&mut file, out).map_err(keep)?;
+                                }
+                            }
                             return Ok(());
                         }
                         Err(e) => last = (None, Some(e.into())),
@@ -358,18 +374,29 @@ impl Fetcher {
 }
 
 /// Reads `from` to its end into `buf`, moving `meter` as bytes arrive.
-fn read_metered(
-    mut from: impl std::io::Read,
-    buf: &mut Vec<u8>,
-    meter: &crate::progress::Meter,
-) -> std::io::Result<usize> {
+/// Where a download is held until it is whole.
+enum Held {
+    Memory(Vec<u8>),
+    File(std::fs::File),
+}
+
+/// Copies `from` into `to`, moving `meter` (if any) by the bytes copied.
+fn copy_metered(
+    from: &mut impl std::io::Read,
+    to: &mut impl std::io::Write,
+    meter: Option<&crate::progress::Meter>,
+) -> std::io::Result<u64> {
     let mut chunk = vec![0u8; 64 << 10];
+    let mut done = 0u64;
     loop {
         match from.read(&mut chunk) {
-            Ok(0) => return Ok(buf.len()),
+            Ok(0) => return Ok(done),
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                meter.set(buf.len() as u64);
+                to.write_all(&chunk[..n])?;
+                done += n as u64;
+                if let Some(m) = meter {
+                    m.set(done);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -436,16 +463,18 @@ pub fn release_entry(release: &str, path: &str) -> Option<(Digest, u64)> {
 /// Reads the package index of `repo` for `arch`: verified `InRelease`, then
 /// `Packages.xz` (or `.gz`, or the plain `Packages`: the first that
 /// `InRelease` lists) checked against it, kept in the store by digest.
+/// The packages come in chunks of at most [`INDEX_CHUNK`]: an index of tens
+/// of thousands is never moved into a vector twice its size as it grows.
 pub fn load_index(
     fetcher: &Fetcher,
     store: &Store,
     repo: &Repository,
     arch: &str,
-) -> Result<Vec<Package>> {
+) -> Result<Vec<Vec<Package>>> {
     let what = format!("`dists/{}/InRelease`", repo.suite);
     let signed = fetcher.get(&format!("dists/{}/InRelease", repo.suite))?;
     let release = verify_inrelease(&signed, &repo.keyring, &what)?;
-    let mut packages = Vec::new();
+    let mut packages: Vec<Vec<Package>> = Vec::new();
     for component in &repo.components {
         let base = format!("{component}/binary-{arch}/Packages");
         // Every form `InRelease` lists, quickest to read first (gzip
@@ -522,7 +551,11 @@ pub fn load_index(
             let Ok(sha256) = format!("sha256:{}", take(&mut stanza, "SHA256")).parse() else {
                 return;
             };
-            packages.push(Package {
+            if packages.last().is_none_or(|c| c.len() == INDEX_CHUNK) {
+                packages.push(Vec::with_capacity(INDEX_CHUNK));
+            }
+            let chunk = packages.last_mut().expect("just pushed");
+            chunk.push(Package {
                 name: take(&mut stanza, "Package"),
                 version: take(&mut stanza, "Version"),
                 arch: take(&mut stanza, "Architecture"),
@@ -530,7 +563,7 @@ pub fn load_index(
                 sha256,
                 size: take(&mut stanza, "Size").parse().unwrap_or(0),
                 repository: repo.name.clone(),
-                stanza,
+                stanza: stanza.into_iter().collect(),
             });
         });
         let mut stored = std::io::BufReader::new(store.open_blob(&digest)?);
@@ -553,6 +586,9 @@ pub fn load_index(
     }
     Ok(packages)
 }
+
+/// How many packages [`load_index`] puts in one vector.
+pub const INDEX_CHUNK: usize = 4096;
 
 /// The fields of a `Packages` stanza that kiln reads: those it pins, and
 /// those resolution reads (relations, `Multi-Arch`, `Priority`, `Essential`).

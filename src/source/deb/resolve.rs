@@ -34,23 +34,23 @@ pub enum Unsatisfiable {
 
 /// `Multi-Arch` of a package (`no` when absent).
 fn multi_arch(p: &Package) -> &str {
-    p.stanza.get("Multi-Arch").map_or("no", String::as_str)
+    p.stanza.get("Multi-Arch").unwrap_or("no")
 }
 
 impl<'a> Universe<'a> {
     /// Indexes `packages` for architecture `arch` (and `all`).
-    pub fn new(packages: &'a [Package], arch: &str) -> Universe<'a> {
+    pub fn new(packages: impl IntoIterator<Item = &'a Package>, arch: &str) -> Universe<'a> {
         let mut by_name: BTreeMap<&str, Vec<&Package>> = BTreeMap::new();
         let mut providers: BTreeMap<String, Vec<(&Package, Option<String>)>> = BTreeMap::new();
         let mut negative: BTreeMap<&str, Vec<(&str, Vec<Relation>)>> = BTreeMap::new();
         for p in packages
-            .iter()
+            .into_iter()
             .filter(|p| p.arch == arch || p.arch == "all")
         {
             by_name.entry(p.name.as_str()).or_default().push(p);
             let rels: Vec<Relation> = ["Conflicts", "Breaks"]
                 .iter()
-                .filter_map(|f| p.stanza.get(*f))
+                .filter_map(|f| p.stanza.get(f))
                 .flat_map(|f| relations_for(f, arch))
                 .flatten()
                 .collect();
@@ -74,7 +74,7 @@ impl<'a> Universe<'a> {
             list.sort_by(|a, b| compare(&b.version, &a.version).then_with(|| a.path.cmp(&b.path)));
         }
         // Among providers, prefer what apt would: higher priority, then name.
-        let rank = |p: &Package| match p.stanza.get("Priority").map(String::as_str) {
+        let rank = |p: &Package| match p.stanza.get("Priority") {
             Some("required") => 0,
             Some("important") => 1,
             Some("standard") => 2,
@@ -228,7 +228,7 @@ impl<'a> Universe<'a> {
         }
         while let Some(p) = queue.pop_front() {
             let fields = ["Pre-Depends", "Depends"];
-            for field in fields.iter().filter_map(|f| p.stanza.get(*f)) {
+            for field in fields.iter().filter_map(|f| p.stanza.get(f)) {
                 for group in relations_for(field, &self.arch) {
                     if group.iter().any(|r| self.satisfied_by(r, &chosen)) {
                         continue;
@@ -282,10 +282,7 @@ mod tests {
     use crate::digest::Digest;
 
     fn pkg(name: &str, version: &str, fields: &[(&str, &str)]) -> Package {
-        let mut stanza = super::super::control::Stanza::new();
-        for (k, v) in fields {
-            stanza.insert((*k).to_string(), (*v).to_string());
-        }
+        let stanza = fields.iter().copied().collect();
         Package {
             name: name.into(),
             version: version.into(),
