@@ -220,21 +220,31 @@ impl RemoteCache {
             return Err("its record does not match its key or its layer".into());
         }
         // The blob is in the store, verified by digest; its tar must be the
-        // one the record names and the one the local inputs make.
-        let blob = BufReader::new(store.open_blob(&r.digest).map_err(show)?);
-        let mut tar =
-            crate::layer::read::decompress(blob, &r.media_type, &r.digest).map_err(show)?;
-        let mut hashing = crate::digest::HashingWriter::new(std::io::sink());
-        std::io::copy(&mut tar, &mut hashing)
-            .map_err(|e| format!("its layer does not decompress: {e}"))?;
-        let (_, actual, _) = hashing.finish();
+        // one the record names and the one the local inputs make. The two
+        // checks read different things (the blob, the host files), so they
+        // run side by side.
+        let (fetched, local) = std::thread::scope(|s| {
+            let fetched = s.spawn(|| -> std::result::Result<Digest, String> {
+                let blob =
+                    BufReader::with_capacity(1 << 20, store.open_blob(&r.digest).map_err(show)?);
+                let mut tar =
+                    crate::layer::read::decompress(blob, &r.media_type, &r.digest).map_err(show)?;
+                let mut hashing = crate::digest::HashingWriter::new(std::io::sink());
+                std::io::copy(&mut tar, &mut hashing)
+                    .map_err(|e| format!("its layer does not decompress: {e}"))?;
+                Ok(hashing.finish().1)
+            });
+            let local = crate::layer::diff_id(&plan.entries, epoch).map_err(show);
+            (fetched.join().expect("the check does not panic"), local)
+        });
+        let actual = fetched?;
         if actual != r.diff_id {
             return Err(format!(
                 "its layer's diff_id is {actual}, not the {} its record says",
                 r.diff_id
             ));
         }
-        let local = crate::layer::diff_id(&plan.entries, epoch).map_err(show)?;
+        let local = local?;
         if local != r.diff_id {
             return Err(format!(
                 "its layer's diff_id is {}, but the local inputs make {local}",
