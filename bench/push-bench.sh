@@ -45,7 +45,7 @@ KILN=$(kiln_binary "$REPO")
 WORK=$(mktemp -d /tmp/kiln-push-bench.XXXXXX)
 REG_PID=
 cleanup() {
-    [[ -n $REG_PID ]] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+    if [[ -n $REG_PID ]]; then kill "$REG_PID" 2>/dev/null; wait "$REG_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
