@@ -36,6 +36,16 @@ fn ok(w: &Work, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Asserts that `out` exited with `code` and its stderr names `needle`.
+fn assert_fails(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "{}",
+        text(out)
+    );
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {}\n--- stdout\n{}--- stderr\n{}",
@@ -134,12 +144,7 @@ fn what_cosign3_signs_with_its_defaults_kiln_verifies() {
     // Another key is refused, naming the key problem.
     ok(&w, &["keygen", "--out", "other"]);
     let out = run(&w, &["verify", &pinned, "--key", "other.pub"]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("wrong key"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 4, "wrong key");
 }
 
 #[test]
@@ -267,12 +272,7 @@ fn signature_schemes_write_where_they_say() {
             "notes",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tags"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 2, "tags");
 }
 
 /// A registry with the referrers API: `docker-registry` behind the test
