@@ -13,14 +13,7 @@ use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(w: &Work) -> Command {
-    let mut c = w.kiln();
-    c.env("DOCKER_CONFIG", w.path().join("docker"))
-        .env("HOME", w.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("KILN_PASSWORD", support::cosign::PASSWORD)
-        .stdin(Stdio::piped());
-    c
+    support::cosign::kiln(w, Stdio::piped())
 }
 
 /// Runs kiln with `stdin`, asserts success, returns stdout.

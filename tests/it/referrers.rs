@@ -16,14 +16,7 @@ use std::process::{Command, Output, Stdio};
 const COSIGN3_SIGN_FLAGS: &[&str] = &["--allow-http-registry", "--allow-insecure-registry", "-y"];
 
 fn kiln(w: &Work) -> Command {
-    let mut c = w.kiln();
-    c.env("DOCKER_CONFIG", w.path().join("docker"))
-        .env("HOME", w.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("KILN_PASSWORD", support::cosign::PASSWORD)
-        .stdin(Stdio::null());
-    c
+    support::cosign::kiln(w, Stdio::null())
 }
 
 fn run(w: &Work, args: &[&str]) -> Output {
