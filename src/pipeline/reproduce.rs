@@ -155,31 +155,57 @@ pub fn open_input(
             })
         }
         Input::Recipe(recipe) => {
-            let tmp = store.temp_dir()?;
-            let out = tmp.path().join("image");
-            let outcome = super::run(&super::Request {
-                recipe,
-                settings: settings.clone(),
-                out: Some(out.clone()),
-                format: super::Format::OciLayout,
-                sbom: false,
-                provenance: false,
-                tags: vec![],
-                load: None,
-                push: vec![],
-                signing: None,
-                store,
-                reporter,
-            })?;
+            let built = build_to_temp(store, settings.clone(), recipe, reporter)?;
             Ok(Opened {
-                layout: Layout::open(&out)?,
-                top: outcome.digest,
+                layout: Layout::open(&built.out)?,
+                top: built.digest,
                 name,
                 archive: None,
-                _tmp: Some(tmp),
+                _tmp: Some(built.tmp),
             })
         }
     }
+}
+
+/// A recipe built into an OCI layout in a temporary directory of the store.
+struct Built {
+    /// Removed when dropped.
+    tmp: tempfile::TempDir,
+    /// The layout, inside `tmp`.
+    out: PathBuf,
+    /// The built image's digest.
+    digest: Digest,
+}
+
+/// Builds `recipe` with `settings` into a temporary OCI layout (no SBOM,
+/// provenance, tags, load, push or signing).
+fn build_to_temp(
+    store: &Store,
+    settings: Settings,
+    recipe: PathBuf,
+    reporter: &dyn Reporter,
+) -> Result<Built> {
+    let tmp = store.temp_dir()?;
+    let out = tmp.path().join("image");
+    let outcome = super::run(&super::Request {
+        recipe,
+        settings,
+        out: Some(out.clone()),
+        format: super::Format::OciLayout,
+        sbom: false,
+        provenance: false,
+        tags: vec![],
+        load: None,
+        push: vec![],
+        signing: None,
+        store,
+        reporter,
+    })?;
+    Ok(Built {
+        tmp,
+        out,
+        digest: outcome.digest,
+    })
 }
 
 /// The image of `layout` that `select` names (by digest or tag), or its only one.
@@ -350,29 +376,14 @@ pub fn reproduce(
     }
     let mut settings = settings.clone();
     settings.source_date_epoch = build["internalParameters"]["sourceDateEpoch"].as_u64();
-    let tmp = store.temp_dir()?;
-    let out = tmp.path().join("image");
-    let outcome = super::run(&super::Request {
-        recipe: recipe.clone(),
-        settings: settings.clone(),
-        out: Some(out.clone()),
-        format: super::Format::OciLayout,
-        sbom: false,
-        provenance: false,
-        tags: vec![],
-        load: None,
-        push: vec![],
-        signing: None,
-        store,
-        reporter,
-    })?;
-    let reproduced = outcome.digest == digest;
+    let built = build_to_temp(store, settings, recipe.clone(), reporter)?;
+    let reproduced = built.digest == digest;
     let diff = if reproduced {
         None
     } else {
         registry.pull(store, image, None)?;
         let pulled = Layout::over_store(store);
-        let rebuilt = Layout::open(&out)?;
+        let rebuilt = Layout::open(&built.out)?;
         Some(crate::diff::diff(
             &Side {
                 layout: &pulled,
@@ -381,14 +392,14 @@ pub fn reproduce(
             },
             &Side {
                 layout: &rebuilt,
-                top: outcome.digest.clone(),
+                top: built.digest.clone(),
                 name: recipe.display().to_string(),
             },
         )?)
     };
     Ok(Reproduced {
         digest,
-        rebuilt: outcome.digest,
+        rebuilt: built.digest,
         reproduced,
         recipe,
         materials,

@@ -144,6 +144,16 @@ fn diff(w: &Work, args: &[&str]) -> Output {
     w.kiln().arg("diff").args(args).output().unwrap()
 }
 
+/// Asserts that `out` exited with `code`, showing its stderr if not.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -220,12 +230,7 @@ fn diff_of_two_builds_matches_umoci_and_dpkg() {
 
     // Text: exit 1 and one line per change.
     let out = diff(&w, &["out/a", "out/b"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let text = String::from_utf8(out.stdout).unwrap();
     for line in [
         "~ config Env[MODE]: \"a\" -> \"b\"",
@@ -337,12 +342,7 @@ fn diff_of_two_builds_matches_umoci_and_dpkg() {
 
     // The same image twice: exit 0, nothing read.
     let same = diff(&w, &["out/a", "oci:out/a"]);
-    assert_eq!(
-        same.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&same.stderr)
-    );
+    assert_exit(&same, 0);
     assert!(String::from_utf8_lossy(&same.stdout).contains("identical"));
     // An error: exit 2, as diff(1).
     let bad = diff(&w, &["out/a", "out/missing"]);
@@ -365,12 +365,7 @@ fn shared_layers_are_never_read() {
     fs::remove_file(w.path().join("out/b/blobs/sha256").join(hex)).unwrap();
     fs::remove_file(w.path().join("out/a/blobs/sha256").join(hex)).unwrap();
     let again = diff(&w, &["--json", "out/a", "out/b"]);
-    assert_eq!(
-        again.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    assert_exit(&again, 1);
     assert_eq!(json(&again)["images"], r["images"]);
 
     // Archives are read in place: the shared layer's bytes inside each
@@ -391,12 +386,7 @@ fn shared_layers_are_never_read() {
         f.write_all_at(&[0u8; 64], offset).unwrap();
     }
     let archives = diff(&w, &["--json", "out/a.tar", "out/b.tar"]);
-    assert_eq!(
-        archives.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&archives.stderr)
-    );
+    assert_exit(&archives, 1);
     assert_eq!(json(&archives)["images"], r["images"]);
     // The damage is real: a command that reads every layer refuses the archive.
     let (code, err) = w.fails(&["sbom", "out/a.tar"]);
@@ -429,12 +419,7 @@ fn sides_are_layouts_archives_registry_references_or_recipes() {
         .args(["diff", "a/recipe.toml", &pinned])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     // Registry vs archive, and archive vs recipe: different.
     let r = json(&diff(&w, &["--json", &pinned, "out/b.tar"]));
     assert_eq!(r["b"]["digest"], db.as_str());
@@ -445,12 +430,7 @@ fn sides_are_layouts_archives_registry_references_or_recipes() {
         .args(["diff", "--json", "out/b.tar", "a/recipe.toml"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     assert_eq!(json(&out)["b"]["digest"], da.as_str());
 }
 
@@ -479,12 +459,7 @@ fn a_whiteout_made_by_umoci_counts_as_removed() {
         "bw",
     ]));
     let out = diff(&w, &["--json", "out/a", "out/w:latest"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let r = json(&out);
     let img = &r["images"][0];
     assert_eq!(img["layers_removed"], serde_json::json!([]));
@@ -523,12 +498,7 @@ fn platforms_of_indexes_are_compared_one_by_one() {
     w.build("two.toml", "out/two");
     w.build("one.toml", "out/one");
     let out = diff(&w, &["--json", "out/two", "out/one"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let r = json(&out);
     assert_eq!(r["platforms_removed"], serde_json::json!(["linux/arm64"]));
     assert_eq!(r["platforms_added"], serde_json::json!([]));

@@ -13,14 +13,7 @@ use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 
 fn kiln(w: &Work) -> Command {
-    let mut c = w.kiln();
-    c.env("DOCKER_CONFIG", w.path().join("docker"))
-        .env("HOME", w.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("KILN_PASSWORD", support::cosign::PASSWORD)
-        .stdin(Stdio::piped());
-    c
+    support::cosign::kiln(w, Stdio::piped())
 }
 
 /// Runs kiln with `stdin`, asserts success, returns stdout.
@@ -38,6 +31,17 @@ fn success(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Builds `recipe.toml` into `img`, pushes it to each of `pushes`, signs it
+/// with `cosign.key` and adds `flag`; returns the image's digest.
+fn build_signed(w: &Work, pushes: &[&str], flag: &str) -> String {
+    let mut args = vec!["build", "recipe.toml", "--out", "img"];
+    for push in pushes {
+        args.extend(["--push", push]);
+    }
+    args.extend(["--sign-key", "cosign.key", flag]);
+    last_digest(&ok(w, &args, None))
 }
 
 /// The digests of what `kiln referrers --json` lists, sorted, with their schemes.
@@ -74,22 +78,7 @@ fn qa_staging_prod_in_one_registry_keeps_signatures_and_attestations() {
     let staging = reg.repo("promote-staging/app");
     let prod = reg.repo("promote-prod/app");
     let prod_eu = reg.repo("promote-prod-eu/app");
-    let out = ok(
-        &w,
-        &[
-            "build",
-            "recipe.toml",
-            "--out",
-            "img",
-            "--push",
-            &format!("{qa}:v1"),
-            "--sign-key",
-            "cosign.key",
-            "--sbom",
-        ],
-        None,
-    );
-    let digest = last_digest(&out);
+    let digest = build_signed(&w, &[&format!("{qa}:v1")], "--sbom");
     let source = attached(&w, &format!("{qa}@{digest}"), &[], None);
     let mut kinds: Vec<&str> = source.iter().map(|(_, _, s)| s.as_str()).collect();
     kinds.sort();
@@ -212,21 +201,7 @@ fn promotion_to_another_registry_keeps_signatures() {
     support::cosign::generate_key_pair(w.path());
     let qa = from.repo("promote-two-qa/app");
     let prod = to.repo("promote-two-prod/app");
-    let digest = last_digest(&ok(
-        &w,
-        &[
-            "build",
-            "recipe.toml",
-            "--out",
-            "img",
-            "--push",
-            &format!("{qa}:v1"),
-            "--sign-key",
-            "cosign.key",
-            "--provenance",
-        ],
-        None,
-    ));
+    let digest = build_signed(&w, &[&format!("{qa}:v1")], "--provenance");
     let creds = creds_args(to);
     let mut args = vec![
         "copy".to_string(),
@@ -290,21 +265,7 @@ fn an_index_travels_with_the_signatures_of_its_platform_manifests() {
     support::cosign::generate_key_pair(w.path());
     let qa = reg.repo("promote-index-qa/app");
     let prod = reg.repo("promote-index-prod/app");
-    let digest = last_digest(&ok(
-        &w,
-        &[
-            "build",
-            "recipe.toml",
-            "--out",
-            "img",
-            "--push",
-            &format!("{qa}:v1"),
-            "--sign-key",
-            "cosign.key",
-            "--recursive",
-        ],
-        None,
-    ));
+    let digest = build_signed(&w, &[&format!("{qa}:v1")], "--recursive");
     ok(
         &w,
         &["copy", &format!("{qa}:v1"), &format!("{prod}:1.4")],
@@ -342,24 +303,11 @@ fn build_pushes_to_several_destinations_each_signed_and_attested() {
     support::cosign::generate_key_pair(w.path());
     let a = reg.repo("promote-build-a/app");
     let b = reg.repo("promote-build-b/app");
-    let out = ok(
+    let digest = build_signed(
         &w,
-        &[
-            "build",
-            "recipe.toml",
-            "--out",
-            "img",
-            "--push",
-            &format!("{a}:v1"),
-            "--push",
-            &format!("{b}:v1"),
-            "--sign-key",
-            "cosign.key",
-            "--provenance",
-        ],
-        None,
+        &[&format!("{a}:v1"), &format!("{b}:v1")],
+        "--provenance",
     );
-    let digest = last_digest(&out);
     let key = w.path().join("cosign.pub");
     for repo in [&a, &b] {
         let pinned = format!("{repo}@{digest}");

@@ -16,14 +16,7 @@ use std::process::{Command, Output, Stdio};
 const COSIGN3_SIGN_FLAGS: &[&str] = &["--allow-http-registry", "--allow-insecure-registry", "-y"];
 
 fn kiln(w: &Work) -> Command {
-    let mut c = w.kiln();
-    c.env("DOCKER_CONFIG", w.path().join("docker"))
-        .env("HOME", w.path())
-        .env_remove("REGISTRY_AUTH_FILE")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("KILN_PASSWORD", support::cosign::PASSWORD)
-        .stdin(Stdio::null());
-    c
+    support::cosign::kiln(w, Stdio::null())
 }
 
 fn run(w: &Work, args: &[&str]) -> Output {
@@ -34,6 +27,16 @@ fn ok(w: &Work, args: &[&str]) -> String {
     let out = run(w, args);
     assert_success(&out, &format!("kiln {}", args.join(" ")));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Asserts that `out` exited with `code` and its stderr names `needle`.
+fn assert_fails(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(needle),
+        "{}",
+        text(out)
+    );
 }
 
 fn text(out: &Output) -> String {
@@ -134,12 +137,7 @@ fn what_cosign3_signs_with_its_defaults_kiln_verifies() {
     // Another key is refused, naming the key problem.
     ok(&w, &["keygen", "--out", "other"]);
     let out = run(&w, &["verify", &pinned, "--key", "other.pub"]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("wrong key"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 4, "wrong key");
 }
 
 #[test]
@@ -267,12 +265,7 @@ fn signature_schemes_write_where_they_say() {
             "notes",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tags"),
-        "{}",
-        text(&out)
-    );
+    assert_fails(&out, 2, "tags");
 }
 
 /// A registry with the referrers API: `docker-registry` behind the test

@@ -29,6 +29,16 @@ fn reproduce(w: &Work, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Asserts that `out` exited with `code`, showing its stderr if not.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn reproduces_a_signed_image_and_names_a_changed_input() {
     let reg = support::registry::registry(support::registry::Flavour::Plain);
@@ -68,22 +78,12 @@ fn reproduces_a_signed_image_and_names_a_changed_input() {
 
     // Another key: refused before anything is built.
     let out = reproduce(&w, &[&pinned, "--key", "other.pub"]);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 4);
 
     // A changed input: named with its path, the diff shows the file, exit 1.
     w.write("app.txt", "changed contents\n");
     let out = reproduce(&w, &[&pinned, "--key", "ci.pub"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("differs: file:app.txt"), "{text}");
     assert!(
@@ -100,12 +100,7 @@ fn reproduces_a_signed_image_and_names_a_changed_input() {
         RECIPE.replace("[config]\n", "[config]\nuser = \"1000\"\n"),
     );
     let out = reproduce(&w, &[&pinned, "--key", "ci.pub"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("differs: recipe:recipe.toml"), "{text}");
     assert!(!text.contains("file:app.txt"), "{text}");

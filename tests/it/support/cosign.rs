@@ -223,6 +223,19 @@ pub fn run_ok(cmd: Command) -> Output {
     out
 }
 
+/// A `kiln` command in `w` with the workspace's own auth files (none of the
+/// caller's), the test key's password and `stdin`.
+pub fn kiln(w: &super::Work, stdin: Stdio) -> Command {
+    let mut c = w.kiln();
+    c.env("DOCKER_CONFIG", w.path().join("docker"))
+        .env("HOME", w.path())
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("KILN_PASSWORD", PASSWORD)
+        .stdin(stdin);
+    c
+}
+
 /// A cosign key pair made by `cosign generate-key-pair` in `dir`: returns
 /// (`cosign.key`, encrypted with [`PASSWORD`]; `cosign.pub`, a PEM
 /// SubjectPublicKeyInfo for ECDSA P-256).
