@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use kiln::error::Error;
 use kiln::pipeline::{self, Settings};
 use kiln::registry::parse_reference;
-use kiln::sign::{cosign, keys};
 
 use super::registry_args::RegistryArgs;
 
@@ -30,16 +29,7 @@ pub struct Args {
 /// Exits 0 when reproduced, 1 when the rebuilt digest differs (errors as the table says).
 pub fn run(args: Args) -> Result<(), Error> {
     let image = parse_reference(&args.reference)?;
-    let keys = args
-        .key
-        .iter()
-        .map(|p| {
-            Ok(cosign::NamedKey {
-                path: p.clone(),
-                key: keys::load_public(p)?,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let keys = super::sign::public_keys(&args.key)?;
     let settings = Settings {
         registry: args.registry.options()?,
         ..Settings::default()

@@ -81,10 +81,9 @@ pub fn sign(args: SignArgs) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn verify(args: VerifyArgs) -> Result<(), Error> {
-    let image = parse_reference(&args.reference)?;
-    let keys = args
-        .key
+/// Loads each public key of `--key`, named by its path.
+pub fn public_keys(paths: &[PathBuf]) -> Result<Vec<cosign::NamedKey>, Error> {
+    paths
         .iter()
         .map(|p| {
             Ok(cosign::NamedKey {
@@ -92,7 +91,12 @@ pub fn verify(args: VerifyArgs) -> Result<(), Error> {
                 key: keys::load_public(p)?,
             })
         })
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect()
+}
+
+pub fn verify(args: VerifyArgs) -> Result<(), Error> {
+    let image = parse_reference(&args.reference)?;
+    let keys = public_keys(&args.key)?;
     let store = super::open_store()?;
     let registry = Registry::new(args.registry.options()?, &[&image])?;
     let digest = kiln::sign::digest_of(&registry, &image)?;

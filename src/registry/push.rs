@@ -163,15 +163,17 @@ async fn push_blob(
     Ok(BlobOutcome::Uploaded)
 }
 
-/// Puts a manifest under `tag_or_digest`; the registry must name it by our digest.
-async fn push_manifest(
+/// Puts a manifest under `tag_or_digest`; the registry must name it by our
+/// digest. Returns whether it answered with an `OCI-Subject` header (it
+/// indexed the manifest's `subject` itself).
+pub(super) async fn push_manifest(
     s: &Session,
     target: &Reference,
     tag_or_digest: &str,
     bytes: &[u8],
     media_type: &str,
     digest: &Digest,
-) -> Result<()> {
+) -> Result<bool> {
     let what = format!(
         "push manifest `{digest}` to `{}/{}:{tag_or_digest}`",
         target.registry(),
@@ -190,7 +192,8 @@ async fn push_manifest(
     if !resp.status().is_success() {
         return Err(status_error(&what, resp).await);
     }
-    check_digest(resp.headers(), digest, &what)
+    check_digest(resp.headers(), digest, &what)?;
+    Ok(resp.headers().contains_key("oci-subject"))
 }
 
 /// Whether `target`'s repository already names manifest `digest` by

@@ -5,12 +5,10 @@
 //! already there (a referrers tag index).
 
 use oci_client::Reference;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::ACCEPT;
 use reqwest::StatusCode;
 
-use super::http::status_error;
-use super::upload::check_digest;
-use super::{manifest_url, Access, Registry};
+use super::{Access, Registry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::INDEX_MEDIA_TYPE;
@@ -77,26 +75,7 @@ impl Registry {
         let digest = Digest::of(bytes);
         self.runtime.block_on(async {
             let s = self.session(r, Access::Push, &[]).await?;
-            let what = format!(
-                "push manifest `{digest}` to `{}/{}:{tag_or_digest}`",
-                r.registry(),
-                r.repository()
-            );
-            let url = manifest_url(&s, r, tag_or_digest);
-            let body = bytes::Bytes::copy_from_slice(bytes);
-            let resp = s
-                .send(&what, || {
-                    s.client
-                        .put(&url)
-                        .header(CONTENT_TYPE, media_type)
-                        .body(body.clone())
-                })
-                .await?;
-            if !resp.status().is_success() {
-                return Err(status_error(&what, resp).await);
-            }
-            check_digest(resp.headers(), &digest, &what)?;
-            Ok(resp.headers().contains_key("oci-subject"))
+            super::push::push_manifest(&s, r, tag_or_digest, bytes, media_type, &digest).await
         })
     }
 }
