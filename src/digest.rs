@@ -9,10 +9,13 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-/// A validated `sha256:<hex>` content digest.
+/// A validated `sha256:<hex>` content digest. The hex digits are held
+/// inline, so a digest is cloned without allocating (a plan holds one per
+/// file, and clones them into materials and caches).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest {
-    hex: String,
+    /// 64 lower-case hex digits (ASCII, so always a valid `str`).
+    hex: [u8; 64],
 }
 
 /// Why a string is not a digest.
@@ -28,14 +31,22 @@ impl Digest {
 
     /// Finishes a running SHA-256 into a digest.
     pub fn from_hasher(hasher: Sha256) -> Self {
-        Self {
-            hex: hex::encode(hasher.finalize()),
-        }
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(hasher.finalize(), &mut hex).expect("32 bytes fill 64 hex digits");
+        Self { hex }
+    }
+
+    /// A digest from its 64 lower-case hex digits alone.
+    pub fn from_hex(digits: &str) -> Option<Self> {
+        let hex: [u8; 64] = digits.as_bytes().try_into().ok()?;
+        hex.iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            .then_some(Self { hex })
     }
 
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> &str {
-        &self.hex
+        std::str::from_utf8(&self.hex).expect("hex digits are ASCII")
     }
 
     /// The algorithm name; kiln only produces and accepts SHA-256.
@@ -48,28 +59,21 @@ impl FromStr for Digest {
     type Err = BadDigest;
 
     fn from_str(s: &str) -> Result<Self, BadDigest> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| BadDigest(s.to_string()))?;
-        let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !valid {
-            return Err(BadDigest(s.to_string()));
-        }
-        Ok(Self {
-            hex: hex.to_string(),
-        })
+        s.strip_prefix("sha256:")
+            .and_then(Self::from_hex)
+            .ok_or_else(|| BadDigest(s.to_string()))
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        write!(f, "sha256:{}", self.hex())
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        write!(f, "sha256:{}", self.hex())
     }
 }
 

@@ -125,9 +125,9 @@ pub enum Error {
         /// The blob or file that was checked.
         what: String,
         /// The digest it should have.
-        expected: Digest,
+        expected: Box<Digest>,
         /// The digest it has.
-        actual: Digest,
+        actual: Box<Digest>,
     },
 
     /// Input kiln cannot use, with the error that says why as its cause: a

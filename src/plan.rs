@@ -160,22 +160,32 @@ impl LayerPlan {
 }
 
 fn input_digest(entries: &[Entry], compression: Compression, mtime: u64) -> Digest {
+    use std::fmt::Write as _;
     let mut h = Sha256::new();
     h.update(format!("kiln-layer\0{FORMAT_VERSION}\0{compression:?}\0{mtime}\n").as_bytes());
+    // Two buffers reused for every entry: a big layer has tens of thousands.
+    let (mut meta, mut extra) = (String::new(), String::new());
     for e in entries {
-        let (kind, extra) = match &e.kind {
-            EntryKind::Dir => ("dir", String::new()),
-            EntryKind::File { size, digest, .. } => ("file", format!("{size}\0{digest}")),
-            EntryKind::Symlink { target } => ("symlink", target.clone()),
-            EntryKind::HardLink { target } => ("hardlink", target.clone()),
+        extra.clear();
+        let kind = match &e.kind {
+            EntryKind::Dir => "dir",
+            EntryKind::File { size, digest, .. } => {
+                let _ = write!(extra, "{size}\0{digest}");
+                "file"
+            }
+            EntryKind::Symlink { target } => {
+                extra.push_str(target);
+                "symlink"
+            }
+            EntryKind::HardLink { target } => {
+                extra.push_str(target);
+                "hardlink"
+            }
         };
+        meta.clear();
+        let _ = write!(meta, "{:o}\0{}\0{}", e.mode, e.uid, e.gid);
         // Lengths first, so no two different entry lists hash the same text.
-        for field in [
-            e.path.as_str(),
-            kind,
-            &format!("{:o}\0{}\0{}", e.mode, e.uid, e.gid),
-            &extra,
-        ] {
+        for field in [e.path.as_str(), kind, &meta, &extra] {
             h.update((field.len() as u64).to_le_bytes());
             h.update(field.as_bytes());
         }

@@ -83,8 +83,8 @@ fn files(layout: &Layout, manifest: &Digest) -> Result<BTreeMap<String, FileSums
         if actual != digest {
             return Err(Error::DigestMismatch {
                 what: format!("`{}`", path.display()),
-                expected: digest,
-                actual,
+                expected: Box::new(digest),
+                actual: Box::new(actual),
             });
         }
     }

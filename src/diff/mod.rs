@@ -422,8 +422,8 @@ fn apply(layout: &Layout, digest: &Digest, media_type: &str, tree: &mut Tree<Sta
     if &actual != digest {
         return Err(Error::DigestMismatch {
             what: format!("`{}`", path.display()),
-            expected: digest.clone(),
-            actual,
+            expected: Box::new(digest.clone()),
+            actual: Box::new(actual),
         });
     }
     Ok(())

@@ -316,7 +316,6 @@ fn build_plan(
             }
             let layer = inputs
                 .local
-                .clone()
                 .finish(&below, installed, recipe.compression, epoch);
             packages::claim_unless_cached(store, &layer, &inputs.packages)?;
             layer.add_dirs_to(&mut below);

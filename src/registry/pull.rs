@@ -170,8 +170,8 @@ pub(super) async fn fetch_manifest(
         if actual != expected {
             return Err(Error::DigestMismatch {
                 what,
-                expected,
-                actual,
+                expected: Box::new(expected),
+                actual: Box::new(actual),
             });
         }
     }
@@ -183,8 +183,8 @@ pub(super) async fn fetch_manifest(
         if named != actual {
             return Err(Error::DigestMismatch {
                 what: format!("{what} (the digest the registry names it by)"),
-                expected: named,
-                actual,
+                expected: Box::new(named),
+                actual: Box::new(actual),
             });
         }
     }

@@ -297,8 +297,8 @@ fn verified_stream(
 fn damaged(path: &Path, digest: &Digest, actual: Digest) -> Error {
     Error::DigestMismatch {
         what: format!("`{}` (not pushed)", path.display()),
-        expected: digest.clone(),
-        actual,
+        expected: Box::new(digest.clone()),
+        actual: Box::new(actual),
     }
 }
 
@@ -394,8 +394,8 @@ pub(super) fn check_digest(
         Ok(actual) if &actual == digest => Ok(()),
         Ok(actual) => Err(Error::DigestMismatch {
             what: what.to_string(),
-            expected: digest.clone(),
-            actual,
+            expected: Box::new(digest.clone()),
+            actual: Box::new(actual),
         }),
         Err(_) => Err(Error::Registry {
             message: format!("cannot {what}: the registry names it `{named}`, not a digest"),

@@ -205,7 +205,10 @@ fn resolve_loaded(
             let local = local::plan_local(&recipe, section, hashes, platform)?;
             for (path, digest) in local.host_files() {
                 materials.push(Material {
-                    uri: format!("file:{}", path.display()),
+                    uri: match path.to_str() {
+                        Some(p) => ["file:", p].concat(),
+                        None => format!("file:{}", path.display()),
+                    },
                     digest: digest.clone(),
                 });
             }

@@ -143,8 +143,8 @@ impl Layout {
         if actual != *d {
             return Err(Error::DigestMismatch {
                 what: format!("`{}`", path.display()),
-                expected: d.clone(),
-                actual,
+                expected: Box::new(d.clone()),
+                actual: Box::new(actual),
             });
         }
         Ok(bytes)

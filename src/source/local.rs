@@ -7,6 +7,7 @@
 //! every missing parent directory, and sorts entries by path bytes. Errors
 //! point at the recipe line that named the input.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::ops::Range;
@@ -17,11 +18,13 @@ use std::sync::Arc;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use toml::Spanned;
 
-use crate::digest::{digest_reader, Digest};
+use crate::digest::Digest;
 use crate::error::{Diagnostic, Result};
 use crate::plan::{Content, DirMap, DirMeta, Entry, EntryKind, LayerPlan};
 use crate::recipe::{expand_src, LayerSection, Mode, Platform, Recipe, TreeItem};
 use crate::store::stat_cache::StatCache;
+
+use super::walk;
 
 /// A layer's own entries, as the recipe names them for one platform:
 /// everything but the packages and the parent directories the layers
@@ -37,8 +40,6 @@ pub struct LocalLayer {
     /// Tree roots added as implied directories: a lower layer's directory
     /// there decides their mode and owner.
     implied: Vec<String>,
-    /// Where `packages` is written, for package entries.
-    packages_span: Range<usize>,
 }
 
 /// Plans the entries `section` names for `platform`, reading and hashing
@@ -67,7 +68,6 @@ pub fn plan_local(
         entries: b.entries,
         links: b.links,
         implied: b.implied,
-        packages_span: section.packages.first().map_or(0..0, |p| p.span()),
     })
 }
 
@@ -94,45 +94,52 @@ impl LocalLayer {
     /// include keeps the mode and owner it has there, so that adding
     /// `/tmp/x` does not reset `/tmp`'s 1777.
     pub fn finish(
-        mut self,
+        &self,
         below: &DirMap,
         packages: BTreeMap<String, (Entry, String)>,
         compression: crate::recipe::Compression,
         mtime: u64,
     ) -> LayerPlan {
+        // Keyed by borrowed paths where they can be: a big tree's paths are
+        // not copied twice.
+        let mut entries: BTreeMap<Cow<'_, str>, Entry> = self
+            .entries
+            .iter()
+            .map(|(path, (entry, _))| (Cow::Borrowed(path.as_str()), entry.clone()))
+            .collect();
         for root in &self.implied {
             if let Some(m) = below.get(root) {
-                self.entries
-                    .get_mut(root)
-                    .expect("implied roots are entries")
-                    .0 = m.entry(root);
+                *entries
+                    .get_mut(root.as_str())
+                    .expect("implied roots are entries") = m.entry(root);
             }
         }
         for (path, (entry, _)) in packages {
-            self.entries
-                .entry(path)
-                .or_insert_with(|| (entry, self.packages_span.clone()));
+            entries.entry(Cow::Owned(path)).or_insert(entry);
         }
-        self.hard_links();
-        self.add_parents(below);
-        let entries = self.entries.into_values().map(|(e, _)| e).collect();
-        LayerPlan::new(self.name, entries, compression, mtime)
+        self.hard_links(&mut entries);
+        add_parents(&mut entries, below);
+        LayerPlan::new(
+            self.name.clone(),
+            entries.into_values().collect(),
+            compression,
+            mtime,
+        )
     }
 
     /// Turns later links to one host inode into tar hard links.
-    fn hard_links(&mut self) {
+    fn hard_links(&self, entries: &mut BTreeMap<Cow<'_, str>, Entry>) {
         for paths in self.links.values() {
             let mut paths = paths.clone();
             paths.sort();
             let first = &paths[0];
-            let first_digest = match &self.entries[first].0.kind {
+            let first_digest = match &entries[first.as_str()].kind {
                 EntryKind::File { digest, .. } => digest.clone(),
                 _ => continue,
             };
             for other in &paths[1..] {
-                let (entry, _) = self
-                    .entries
-                    .get_mut(other)
+                let entry = entries
+                    .get_mut(other.as_str())
                     .expect("linked paths are entries");
                 if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
                 {
@@ -143,25 +150,43 @@ impl LocalLayer {
             }
         }
     }
+}
 
-    /// Adds the missing parent directories, as `below` has them or 0755 root.
-    fn add_parents(&mut self, below: &DirMap) {
-        let mut parents = Vec::new();
-        for path in self.entries.keys() {
-            let mut p = path.as_str();
-            while let Some((parent, _)) = p.rsplit_once('/') {
-                if !self.entries.contains_key(parent) {
-                    parents.push(parent.to_string());
-                }
-                p = parent;
+/// Adds the missing parent directories, as `below` has them or 0755 root.
+/// Entries come in path order, so each path's ancestors are looked up only
+/// up to the first one the previous path shares.
+fn add_parents(entries: &mut BTreeMap<Cow<'_, str>, Entry>, below: &DirMap) {
+    let mut parents = Vec::new();
+    let mut last_parent = "";
+    for path in entries.keys() {
+        let Some((parent, _)) = path.rsplit_once('/') else {
+            last_parent = "";
+            continue;
+        };
+        // The previous path's parent and its ancestors were checked already.
+        let mut p = parent;
+        while !is_ancestor_or_same(p, last_parent) {
+            if !entries.contains_key(p) {
+                parents.push(p.to_string());
+            }
+            match p.rsplit_once('/') {
+                Some((up, _)) => p = up,
+                None => break,
             }
         }
-        for parent in parents {
-            let meta = below.get(&parent).copied().unwrap_or(DirMeta::DEFAULT);
-            let dir = meta.entry(&parent);
-            self.entries.entry(parent).or_insert((dir, 0..0));
-        }
+        last_parent = parent;
     }
+    for parent in parents {
+        let meta = below.get(&parent).copied().unwrap_or(DirMeta::DEFAULT);
+        let dir = meta.entry(&parent);
+        entries.entry(Cow::Owned(parent)).or_insert(dir);
+    }
+}
+
+/// Whether `dir` is `of` or one of its ancestors.
+fn is_ancestor_or_same(dir: &str, of: &str) -> bool {
+    of.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn mode_or(mode: Option<Mode>, default: u32) -> u32 {
@@ -299,7 +324,8 @@ impl LayerBuilder<'_> {
                 })?;
                 path = join(&path, base);
             }
-            let entry = self.host_file(&src, &meta, path, &f.src, f.mode, f.uid, f.gid)?;
+            let digest = walk::file_digest(&src, &meta, self.hashes);
+            let entry = self.host_file(&src, &meta, digest, path, &f.src, f.mode, f.uid, f.gid)?;
             self.insert(entry, item.span(), Some(&meta))?;
         }
         Ok(())
@@ -353,28 +379,18 @@ impl LayerBuilder<'_> {
         &self,
         src: &Path,
         meta: &fs::Metadata,
+        digest: std::io::Result<(Digest, u64)>,
         path: String,
         at: &Spanned<String>,
         mode: Option<Mode>,
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> Result<Entry> {
-        let (digest, size) = match self.hashes.get(meta) {
-            Some(digest) => (digest, meta.len()),
-            None => {
-                let unreadable = |e: std::io::Error| {
-                    self.error(at, format!("cannot read `{}`", src.display()))
-                        .caused_by(e)
-                        .hint("make the file readable by the user running kiln, or leave it out")
-                };
-                let file = fs::File::open(src).map_err(unreadable)?;
-                let (digest, size) = digest_reader(file).map_err(unreadable)?;
-                if size == meta.len() {
-                    self.hashes.put(meta, &digest);
-                }
-                (digest, size)
-            }
-        };
+        let (digest, size) = digest.map_err(|e| {
+            self.error(at, format!("cannot read `{}`", src.display()))
+                .caused_by(e)
+                .hint("make the file readable by the user running kiln, or leave it out")
+        })?;
         if size != meta.len() {
             return Err(self
                 .error(
@@ -430,40 +446,33 @@ impl LayerBuilder<'_> {
             self.implied.push(dest.clone());
         }
         let mut symlinks = BTreeMap::new();
-        let mut walk = walkdir::WalkDir::new(&root).min_depth(1).into_iter();
-        while let Some(item) = walk.next() {
-            let item = item.map_err(|e| {
-                let at = e
-                    .path()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| root.clone());
-                self.error(
-                    &t.src,
-                    format!("cannot read `{}` in the tree", at.display()),
-                )
-                .caused_by(e)
-                .hint("make it readable by the user running kiln, or add it to `exclude`")
-            })?;
-            let rel = item
-                .path()
-                .strip_prefix(&root)
-                .expect("walkdir stays under its root");
-            let rel = rel.to_str().ok_or_else(|| {
-                self.error(
-                    &t.src,
-                    format!("`{}` has a name that is not UTF-8", item.path().display()),
-                )
-                .hint("rename it, or add it to `exclude`")
-            })?;
-            if is_excluded(&exclude, rel) {
-                if item.file_type().is_dir() {
-                    walk.skip_current_dir();
-                }
-                continue;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let skip = |rel: &str| is_excluded(&exclude, rel);
+        let (items, failures) = walk::walk(&root, &skip, self.hashes, threads);
+        if let Some((_, failure)) = failures.into_iter().next() {
+            return Err(match failure {
+                walk::Failure::NotUtf8(at) => self
+                    .error(
+                        &t.src,
+                        format!("`{}` has a name that is not UTF-8", at.display()),
+                    )
+                    .hint("rename it, or add it to `exclude`"),
+                walk::Failure::Unreadable(at, e) => self
+                    .error(
+                        &t.src,
+                        format!("cannot read `{}` in the tree", at.display()),
+                    )
+                    .caused_by(e)
+                    .hint("make it readable by the user running kiln, or add it to `exclude`"),
             }
-            let path = join(&dest, rel);
-            if let Some(target) = self.tree_entry(t, &item, path, (uid, gid), &span)? {
-                symlinks.insert(rel.to_string(), target);
+            .into());
+        }
+        for item in items {
+            let path = join(&dest, &item.rel);
+            if let Some(target) =
+                self.tree_entry(t, item.found, &item.path, path, (uid, gid), &span)?
+            {
+                symlinks.insert(item.rel, target);
             }
         }
         check_symlink_loops(&symlinks).map_err(|chain| {
@@ -480,79 +489,77 @@ impl LayerBuilder<'_> {
         Ok(())
     }
 
-    /// One entry of a tree (not its root); a symlink's target is returned
-    /// for the loop check.
+    /// One entry of a tree (not its root), as the walk found it at `host`;
+    /// a symlink's target is returned for the loop check.
     fn tree_entry(
         &mut self,
         t: &TreeItem,
-        item: &walkdir::DirEntry,
+        found: std::io::Result<(fs::Metadata, walk::Found)>,
+        host: &Path,
         path: String,
         (uid, gid): (u32, u32),
         span: &Range<usize>,
     ) -> Result<Option<String>> {
         let mut link = None;
-        let ft = item.file_type();
-        let meta = item.metadata().map_err(|e| {
-            self.error(&t.src, format!("cannot read `{}`", item.path().display()))
+        let (meta, found) = found.map_err(|e| {
+            self.error(&t.src, format!("cannot read `{}`", host.display()))
                 .caused_by(e)
                 .hint("make it readable by the user running kiln, or add it to `exclude`")
         })?;
-        let entry = if ft.is_dir() {
-            Entry {
+        let entry = match found {
+            walk::Found::Dir => Entry {
                 path,
                 kind: EntryKind::Dir,
                 mode: 0o755,
                 uid,
                 gid,
+            },
+            walk::Found::Symlink(target) => {
+                let target = target.map_err(|e| {
+                    self.error(&t.src, format!("cannot read link `{}`", host.display()))
+                        .caused_by(e)
+                })?;
+                let target = target.to_str().ok_or_else(|| {
+                    self.error(
+                        &t.src,
+                        format!("link `{}` has a target that is not UTF-8", host.display()),
+                    )
+                    .hint("add it to `exclude`")
+                })?;
+                link = Some(target.to_string());
+                Entry {
+                    path,
+                    kind: EntryKind::Symlink {
+                        target: target.to_string(),
+                    },
+                    mode: 0o777,
+                    uid,
+                    gid,
+                }
             }
-        } else if ft.is_symlink() {
-            let target = fs::read_link(item.path()).map_err(|e| {
-                self.error(
+            walk::Found::File(digest) => {
+                let entry = self.host_file(
+                    host,
+                    &meta,
+                    digest,
+                    path,
                     &t.src,
-                    format!("cannot read link `{}`", item.path().display()),
-                )
-                .caused_by(e)
-            })?;
-            let target = target.to_str().ok_or_else(|| {
-                self.error(
-                    &t.src,
-                    format!(
-                        "link `{}` has a target that is not UTF-8",
-                        item.path().display()
-                    ),
-                )
-                .hint("add it to `exclude`")
-            })?;
-            link = Some(target.to_string());
-            Entry {
-                path,
-                kind: EntryKind::Symlink {
-                    target: target.to_string(),
-                },
-                mode: 0o777,
-                uid,
-                gid,
+                    t.mode,
+                    Some(uid),
+                    Some(gid),
+                )?;
+                self.insert(entry, span.clone(), Some(&meta))?;
+                return Ok(None);
             }
-        } else if ft.is_file() {
-            let entry = self.host_file(
-                item.path(),
-                &meta,
-                path,
-                &t.src,
-                t.mode,
-                Some(uid),
-                Some(gid),
-            )?;
-            self.insert(entry, span.clone(), Some(&meta))?;
-            return Ok(None);
-        } else {
-            return Err(self
-                .error(
-                    &t.src,
-                    format!("`{}` is a device, socket or fifo", item.path().display()),
-                )
-                .hint("images hold only files, directories and links: add it to `exclude`")
-                .into());
+            walk::Found::Other => {
+                return Err(self
+                    .error(
+                        &t.src,
+                        format!("`{}` is a device, socket or fifo", host.display()),
+                    )
+                    .hint("images hold only files, directories and links: add it to `exclude`")
+                    .into())
+            }
         };
         self.insert(entry, span.clone(), None)?;
         Ok(link)
@@ -629,6 +636,30 @@ fn resolve_within(link: &str, target: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adds_every_missing_parent_once() {
+        let file = |p: &str| Entry {
+            path: p.to_string(),
+            kind: EntryKind::Symlink { target: "t".into() },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        };
+        // `a-b` sorts between `a` and `a/…`; `q/r` is present, its parent not.
+        let paths = [
+            "a/b/c/d", "a-b/x", "a/b/e", "a/z/y/w", "q/r", "q/r/s", "top",
+        ];
+        let mut entries: BTreeMap<Cow<'_, str>, Entry> =
+            paths.iter().map(|p| (Cow::Borrowed(*p), file(p))).collect();
+        add_parents(&mut entries, &DirMap::new());
+        let dirs: Vec<&str> = entries
+            .iter()
+            .filter(|(_, e)| matches!(e.kind, EntryKind::Dir))
+            .map(|(p, _)| p.as_ref())
+            .collect();
+        assert_eq!(dirs, ["a", "a-b", "a/b", "a/b/c", "a/z", "a/z/y", "q"]);
+    }
 
     #[test]
     fn finds_loops_and_lets_chains_end() {

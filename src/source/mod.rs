@@ -7,3 +7,4 @@ pub mod deb;
 pub mod layout;
 pub mod local;
 pub mod sysusers;
+pub mod walk;

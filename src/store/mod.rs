@@ -713,8 +713,8 @@ pub fn verify_error(e: io::Error, path: &Path) -> Error {
     {
         Some(m) => Error::DigestMismatch {
             what: format!("`{}`", path.display()),
-            expected: m.expected.clone(),
-            actual: m.actual.clone(),
+            expected: Box::new(m.expected.clone()),
+            actual: Box::new(m.actual.clone()),
         },
         None => Error::io("read", path, e),
     }
@@ -788,8 +788,8 @@ impl BlobWriter {
             if *expected != digest {
                 return Err(Error::DigestMismatch {
                     what: what.to_string(),
-                    expected: expected.clone(),
-                    actual: digest,
+                    expected: Box::new(expected.clone()),
+                    actual: Box::new(digest),
                 });
             }
         }

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::digest::Digest;
@@ -47,7 +47,8 @@ type Entries = HashMap<(u64, u64), (Stamp, Digest)>;
 #[derive(Debug)]
 pub struct StatCache {
     path: PathBuf,
-    entries: Mutex<(Entries, bool)>,
+    /// Read by every thread of a tree walk at once; written when a file is hashed.
+    entries: RwLock<(Entries, bool)>,
     /// Prefix of the temporary file `save` writes (the store's, so a
     /// killed save is reclaimed).
     tmp_prefix: String,
@@ -68,7 +69,7 @@ impl StatCache {
         }
         StatCache {
             path,
-            entries: Mutex::new((map, false)),
+            entries: RwLock::new((map, false)),
             tmp_prefix: ".tmp".into(),
             with_ctime: true,
         }
@@ -98,7 +99,7 @@ impl StatCache {
 
     /// The digest of the file `meta` describes, if it is known and unchanged.
     pub fn get(&self, meta: &fs::Metadata) -> Option<Digest> {
-        let guard = self.entries.lock().expect("no panics hold this lock");
+        let guard = self.entries.read().expect("no panics hold this lock");
         match guard.0.get(&(meta.dev(), meta.ino())) {
             Some((stamp, digest)) if *stamp == Stamp::of(meta, self.with_ctime) => {
                 Some(digest.clone())
@@ -117,7 +118,7 @@ impl StatCache {
         if now - stamp.ctime_ns.max(stamp.mtime_ns) < 2_000_000_000 {
             return;
         }
-        let mut guard = self.entries.lock().expect("no panics hold this lock");
+        let mut guard = self.entries.write().expect("no panics hold this lock");
         guard
             .0
             .insert((meta.dev(), meta.ino()), (stamp, digest.clone()));
@@ -128,7 +129,7 @@ impl StatCache {
     /// (a blob it just wrote whole, or whose time alone it just moved),
     /// however recent its change.
     pub(super) fn put_known(&self, meta: &fs::Metadata, digest: &Digest) {
-        let mut guard = self.entries.lock().expect("no panics hold this lock");
+        let mut guard = self.entries.write().expect("no panics hold this lock");
         guard.0.insert(
             (meta.dev(), meta.ino()),
             (Stamp::of(meta, self.with_ctime), digest.clone()),
@@ -138,7 +139,7 @@ impl StatCache {
 
     /// Forgets the files `ids` (device, inode) names.
     pub(super) fn forget(&self, ids: &std::collections::HashSet<(u64, u64)>) {
-        let mut guard = self.entries.lock().expect("no panics hold this lock");
+        let mut guard = self.entries.write().expect("no panics hold this lock");
         let before = guard.0.len();
         guard.0.retain(|id, _| !ids.contains(id));
         guard.1 |= guard.0.len() != before;
@@ -146,7 +147,7 @@ impl StatCache {
 
     /// Writes the cache back (atomically) if anything changed.
     pub fn save(&self) -> Result<()> {
-        let guard = self.entries.lock().expect("no panics hold this lock");
+        let guard = self.entries.read().expect("no panics hold this lock");
         if !guard.1 {
             return Ok(());
         }
@@ -182,7 +183,7 @@ fn parse_line(line: &str) -> Option<((u64, u64), (Stamp, Digest))> {
         mtime_ns: f.next()?.parse().ok()?,
         ctime_ns: f.next()?.parse().ok()?,
     };
-    let digest = format!("sha256:{}", f.next()?).parse().ok()?;
+    let digest = Digest::from_hex(f.next()?)?;
     Some(((dev, ino), (stamp, digest)))
 }
 
@@ -209,11 +210,11 @@ mod tests {
         cache.put(&meta, &d);
         assert_eq!(cache.get(&meta), None);
         // An entry written as if long ago is found, and lost on any change.
-        cache.entries.lock().unwrap().0.insert(
+        cache.entries.write().unwrap().0.insert(
             (meta.dev(), meta.ino()),
             (Stamp::of(&meta, true), d.clone()),
         );
-        cache.entries.lock().unwrap().1 = true;
+        cache.entries.write().unwrap().1 = true;
         cache.save().unwrap();
         let reloaded = StatCache::load(dir.path().join("stat"));
         assert_eq!(reloaded.get(&meta), Some(d));
