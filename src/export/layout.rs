@@ -74,9 +74,26 @@ fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Resu
         if intact && fs::hard_link(&old, &dest).is_ok() {
             continue;
         }
-        let mut src = io::BufReader::with_capacity(1 << 20, store.open_blob(&digest)?);
         let mut file = File::create(&dest).at("create", &dest)?;
-        io::copy(&mut src, &mut file).map_err(|e| verify_error(e, &store.blob_path(&digest)))?;
+        let path = store.blob_path(&digest);
+        let src = File::open(&path).at("open blob", &path)?;
+        if store.stamped(&src.metadata().at("stat", &path)?, &digest) {
+            // Known intact: copied file to file (`copy_file_range`, which
+            // some filesystems turn into a shared extent), not hashed again.
+            let copied = io::copy(&mut &src, &mut file).at("copy", &path)?;
+            if copied != src.metadata().at("stat", &path)?.len() {
+                return Err(Error::invalid(
+                    format!(
+                        "store blob `{}` changed while it was copied",
+                        path.display()
+                    ),
+                    Some("run the build again".into()),
+                ));
+            }
+        } else {
+            let mut src = io::BufReader::with_capacity(1 << 20, store.open_blob(&digest)?);
+            io::copy(&mut src, &mut file).map_err(|e| verify_error(e, &path))?;
+        }
         file.sync_all().at("sync", &dest)?;
         // The copy was verified as it was read: the next build can hard-link
         // it without reading it again.

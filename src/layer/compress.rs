@@ -33,7 +33,7 @@ pub fn media_type(c: Compression) -> &'static str {
 /// A streaming compressor writing into `W`.
 pub enum Encoder<W: Write> {
     /// gzip.
-    Gzip(ParallelGzip<W>),
+    Gzip(Box<ParallelGzip<W>>),
     /// zstd.
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
@@ -72,9 +72,12 @@ impl<W: Write> Encoder<W> {
         cache: Option<Arc<ChunkCache>>,
     ) -> io::Result<Self> {
         Ok(match c {
-            Compression::Gzip => {
-                Encoder::Gzip(ParallelGzip::with(out, workers(threads), cuts, cache))
-            }
+            Compression::Gzip => Encoder::Gzip(Box::new(ParallelGzip::with(
+                out,
+                workers(threads),
+                cuts,
+                cache,
+            ))),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 enc.include_checksum(false)?;
@@ -94,10 +97,11 @@ impl<W: Write> Encoder<W> {
         }
     }
 
-    /// Says that the content of the entry announced last starts here.
-    pub fn content(&mut self) {
+    /// Says that the content of the entry announced last starts here, with
+    /// digest `digest`.
+    pub fn content(&mut self, digest: &crate::digest::Digest) {
         if let Encoder::Gzip(e) = self {
-            e.content();
+            e.content(digest);
         }
     }
 

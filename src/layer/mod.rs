@@ -143,7 +143,7 @@ trait Marks: Write {
     fn entry(&mut self, _path: &str, _size: u64) -> io::Result<()> {
         Ok(())
     }
-    fn content(&mut self) {}
+    fn content(&mut self, _digest: &Digest) {}
 }
 
 impl Marks for HashingWriter<io::Sink> {}
@@ -152,8 +152,8 @@ impl<W: Write> Marks for HashingWriter<compress::Encoder<W>> {
     fn entry(&mut self, path: &str, size: u64) -> io::Result<()> {
         self.get_mut().entry(path, size)
     }
-    fn content(&mut self) {
-        self.get_mut().content();
+    fn content(&mut self, digest: &Digest) {
+        self.get_mut().content(digest);
     }
 }
 
@@ -185,7 +185,7 @@ fn write_entry<W: Marks>(
         digest,
     } = &entry.kind
     {
-        tar.data().content();
+        tar.data().content(digest);
         match content {
             Content::Inline(bytes) => tar.data().write_all(bytes)?,
             Content::Host(path) => copy_host_file(tar.data(), path, *size, digest)?,

@@ -30,11 +30,18 @@
 //! deflated, each by a fresh compressor.
 //!
 //! With a chunk cache (layers built into a store), each chunk is looked up
-//! by the SHA-256 of its uncompressed bytes before it is compressed: a hit
-//! reuses the compressed bytes a previous build wrote into one of the
-//! store's blobs (checked against their recorded SHA-256), so the output is
-//! byte for byte what compressing would have given. [`ParallelGzip::finish`]
-//! returns a record of every chunk for the store to remember.
+//! before it is compressed, by a key that names what its uncompressed bytes
+//! are made of without hashing them all: the SHA-256 of its literal bytes
+//! (tar headers, padding) and, for each run of file content, the file's
+//! digest, the run's offset in the file and its length (see [`Describe`]).
+//! The layer writer checks every file against its digest as it copies it,
+//! and a build that fails that check records no chunks, so a key always
+//! names one sequence of bytes. A hit reuses the compressed bytes a previous
+//! build wrote into one of the store's blobs (checked against the CRC-32 of
+//! the uncompressed chunk, its length, and the CRC-32 of the compressed
+//! bytes recorded when they were written), so the output is byte for byte
+//! what compressing would have given. [`ParallelGzip::finish`] returns a
+//! record of every chunk for the store to remember.
 //!
 //! The chunk rules, the piece test, the library and the level are all part
 //! of kiln's format (see [`crate::plan::FORMAT_VERSION`]).
@@ -44,6 +51,8 @@ use std::io::{self, Write};
 use std::thread::JoinHandle;
 
 use flate2::{Compress, Compression, FlushCompress};
+
+use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use std::sync::Arc;
@@ -85,9 +94,87 @@ struct Done {
     deflated: Vec<u8>,
     crc: u32,
     len: usize,
-    /// The chunk's SHA-256 and that of its compressed bytes, when cached.
-    key: Option<(Digest, Digest)>,
+    /// The chunk's key and the CRC-32 of its compressed bytes, when cached.
+    key: Option<(Digest, u32)>,
     reused: bool,
+}
+
+/// The running description of one chunk, which its cache key hashes:
+/// literal bytes as they are, each followed by `\0L` and the run's length;
+/// each run of one file's content as `\0F`, the file's digest, the run's
+/// offset in the file and its length (lengths and offsets little-endian
+/// u64). Every run ends in a fixed-size trailer, so the description reads
+/// back unambiguously from its end.
+#[derive(Default)]
+struct Describe {
+    hasher: Sha256,
+    run: Run,
+}
+
+#[derive(Default)]
+enum Run {
+    #[default]
+    None,
+    Literal(u64),
+    File {
+        digest: Digest,
+        start: u64,
+        len: u64,
+    },
+}
+
+impl Describe {
+    fn literal(&mut self, bytes: &[u8]) {
+        if !matches!(self.run, Run::Literal(_)) {
+            self.end_run();
+            self.run = Run::Literal(0);
+        }
+        self.hasher.update(bytes);
+        if let Run::Literal(n) = &mut self.run {
+            *n += bytes.len() as u64;
+        }
+    }
+
+    fn file(&mut self, digest: &Digest, offset: u64, len: u64) {
+        if let Run::File {
+            digest: d,
+            start,
+            len: l,
+        } = &mut self.run
+        {
+            if d == digest && *start + *l == offset {
+                *l += len;
+                return;
+            }
+        }
+        self.end_run();
+        self.run = Run::File {
+            digest: digest.clone(),
+            start: offset,
+            len,
+        };
+    }
+
+    fn end_run(&mut self) {
+        match std::mem::take(&mut self.run) {
+            Run::None => {}
+            Run::Literal(n) => {
+                self.hasher.update(b"\0L");
+                self.hasher.update(n.to_le_bytes());
+            }
+            Run::File { digest, start, len } => {
+                self.hasher.update(b"\0F");
+                self.hasher.update(digest.hex().as_bytes());
+                self.hasher.update(start.to_le_bytes());
+                self.hasher.update(len.to_le_bytes());
+            }
+        }
+    }
+
+    fn finish(mut self) -> Digest {
+        self.end_run();
+        Digest::from_hasher(self.hasher)
+    }
 }
 
 /// A gzip writer that compresses chunks on several threads.
@@ -104,6 +191,10 @@ pub struct ParallelGzip<W: Write> {
     offset: u64,
     /// Bytes of the current file's content still to come, and written so far.
     content: Option<(u64, u64)>,
+    /// The digest of the current file's content, when the caller gave it.
+    content_digest: Option<Digest>,
+    /// The current chunk's description (with a cache only).
+    describe: Option<Describe>,
     records: Vec<ChunkRecord>,
     reused: u64,
     started: bool,
@@ -203,11 +294,11 @@ fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Compresses one chunk, or takes it from the cache.
-fn work(chunk: Vec<u8>, cache: Option<Arc<ChunkCache>>) -> io::Result<Done> {
+/// Compresses one chunk, or takes it from the cache under `key`.
+fn work(chunk: Vec<u8>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Result<Done> {
     let crc = crc32fast::hash(&chunk);
     let len = chunk.len();
-    let Some(cache) = cache else {
+    let Some((cache, key)) = cache else {
         return Ok(Done {
             deflated: deflate_chunk(&chunk)?,
             crc,
@@ -216,23 +307,22 @@ fn work(chunk: Vec<u8>, cache: Option<Arc<ChunkCache>>) -> io::Result<Done> {
             reused: false,
         });
     };
-    let key = Digest::of(&chunk);
-    if let Some((deflated, sha)) = cache.get(&key, len as u64, crc) {
+    if let Some((deflated, zcrc)) = cache.get(&key, len as u64, crc) {
         return Ok(Done {
             deflated,
             crc,
             len,
-            key: Some((key, sha)),
+            key: Some((key, zcrc)),
             reused: true,
         });
     }
     let deflated = deflate_chunk(&chunk)?;
-    let sha = Digest::of(&deflated);
+    let zcrc = crc32fast::hash(&deflated);
     Ok(Done {
         deflated,
         crc,
         len,
-        key: Some((key, sha)),
+        key: Some((key, zcrc)),
         reused: false,
     })
 }
@@ -247,6 +337,7 @@ impl<W: Write> ParallelGzip<W> {
     /// Starts a gzip stream cut as `cuts` says, reusing and recording chunks
     /// in `cache` when given.
     pub fn with(out: W, workers: usize, cuts: Cuts, cache: Option<Arc<ChunkCache>>) -> Self {
+        let describe = cache.as_ref().map(|_| Describe::default());
         Self {
             out,
             buf: Vec::with_capacity(CHUNK),
@@ -258,6 +349,8 @@ impl<W: Write> ParallelGzip<W> {
             len: 0,
             offset: 0,
             content: None,
+            content_digest: None,
+            describe,
             records: Vec::new(),
             reused: 0,
             started: false,
@@ -286,14 +379,14 @@ impl<W: Write> ParallelGzip<W> {
                 done.len as u64,
             ));
             self.len += done.len as u64;
-            if let Some((key, sha)) = done.key {
+            if let Some((key, zcrc)) = done.key {
                 self.records.push(ChunkRecord {
                     key,
                     offset: self.offset,
                     size: done.deflated.len() as u64,
                     len: done.len as u64,
                     crc: done.crc,
-                    sha,
+                    zcrc,
                 });
             }
             self.reused += u64::from(done.reused);
@@ -309,7 +402,8 @@ impl<W: Write> ParallelGzip<W> {
         }
         self.header()?;
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        let cache = self.cache.clone();
+        let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
+        let cache = self.cache.clone().zip(key);
         self.pending
             .push_back(std::thread::spawn(move || work(chunk, cache)));
         self.drain(self.workers)
@@ -322,6 +416,7 @@ impl<W: Write> ParallelGzip<W> {
             return Ok(());
         }
         self.content = None;
+        self.content_digest = None;
         let held = self.buf.len();
         if held >= MIN_CHUNK
             && (held >= MAX_CHUNK || size >= CHUNK as u64 || fnv1a(path.as_bytes()) & CUT_MASK == 0)
@@ -333,10 +428,12 @@ impl<W: Write> ParallelGzip<W> {
         Ok(())
     }
 
-    /// Says that the content of the entry announced last starts here.
-    pub fn content(&mut self) {
+    /// Says that the content of the entry announced last starts here, and
+    /// what its digest is (the caller checks the bytes it writes against it).
+    pub fn content(&mut self, digest: &Digest) {
         if let Some((size, _)) = self.content {
             self.content = (size > 0).then_some((size, 0));
+            self.content_digest = Some(digest.clone());
         }
     }
 
@@ -377,6 +474,14 @@ impl<W: Write> Write for ParallelGzip<W> {
         }
         let take = data.len().min(limit.max(1));
         self.buf.extend_from_slice(&data[..take]);
+        if let Some(describe) = &mut self.describe {
+            match (&self.content_digest, self.content) {
+                (Some(digest), Some((_, done))) if in_content => {
+                    describe.file(digest, done, take as u64)
+                }
+                _ => describe.literal(&data[..take]),
+            }
+        }
         if in_content {
             let (left, done) = self.content.expect("checked above");
             let (left, done) = (left - take as u64, done + take as u64);
@@ -492,7 +597,7 @@ mod tests {
                 g.entry(&path, body.len() as u64).unwrap();
                 let header = vec![b'h'; 512];
                 g.write_all(&header).unwrap();
-                g.content();
+                g.content(&Digest::of(&body));
                 for piece in body.chunks(10_000) {
                     g.write_all(piece).unwrap();
                 }

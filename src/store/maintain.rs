@@ -264,12 +264,21 @@ impl Store {
             .flatten()
             .flatten()
         {
-            // `chunks/<hex>.v1`: gone with its blob.
+            // `chunks/<hex>.v2`: gone with its blob; `<hex>.v1` (an older
+            // form, no longer read) gone now.
             let name = entry.file_name().to_string_lossy().into_owned();
-            let gone = name
-                .strip_suffix(super::CHUNKS_SUFFIX)
-                .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
-                .is_some_and(|d| !self.contains(&d));
+            let gone = match name.split_once('.') {
+                Some((hex, version)) if format!(".{version}") == super::CHUNKS_SUFFIX => {
+                    Digest::from_hex(hex).is_some_and(|d| !self.contains(&d))
+                }
+                Some((hex, version)) => {
+                    Digest::from_hex(hex).is_some()
+                        && version
+                            .strip_prefix('v')
+                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                }
+                None => false,
+            };
             if gone && fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }

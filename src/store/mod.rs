@@ -9,8 +9,8 @@
 //! dirs/<hex>.v2.json     the directories a layer blob holds (by blob digest)
 //! debs/v2-<hex>.json     a .deb blob's control data and file list
 //! derived/<hex>.json     a blob a host tool made, by the digest of its inputs
-//! chunks/<hex>.v1       where each compressed gzip chunk of layer blob <hex>
-//!                        lies in it, by the digest of its uncompressed bytes
+//! chunks/<hex>.v2       where each compressed gzip chunk of layer blob <hex>
+//!                        lies in it, by a key naming what it is made of
 //! stat-cache             digests of host input files, by inode and times
 //! blob-stamps            blobs known intact, by inode and times
 //! tmp/                   blobs and work directories being written
@@ -64,7 +64,7 @@ const DEBS: &str = "debs";
 const DERIVED: &str = "derived";
 const CHUNKS: &str = "chunks";
 /// The suffix of `chunks/` files, bumped when their form changes.
-const CHUNKS_SUFFIX: &str = ".v1";
+const CHUNKS_SUFFIX: &str = ".v2";
 /// The largest compressed chunk a record may name (chunks hold at most
 /// 4 MiB, and stored blocks add 5 bytes per 64 KiB).
 const MAX_CHUNK_SIZE: u64 = 5 << 20;
@@ -487,6 +487,13 @@ impl Store {
         Ok(actual)
     }
 
+    /// Whether the stamps say the file `meta` describes holds `digest`
+    /// (kiln wrote or checked it, and its size and mtime have not moved
+    /// since), so that it may be read without hashing it again.
+    pub fn stamped(&self, meta: &fs::Metadata, digest: &Digest) -> bool {
+        self.stamps().get(meta).as_ref() == Some(digest)
+    }
+
     /// Records that the file `meta` describes holds `digest`, which kiln
     /// has just checked while writing it (a blob copied out of the store
     /// into an output), so a later check need not read it.
@@ -605,13 +612,13 @@ impl Store {
         let mut text = String::with_capacity(chunks.len() * 160);
         for c in chunks {
             text.push_str(&format!(
-                "{} {} {} {} {:08x} {}\n",
+                "{} {} {} {} {:08x} {:08x}\n",
                 c.key.hex(),
                 c.offset,
                 c.size,
                 c.len,
                 c.crc,
-                c.sha.hex()
+                c.zcrc
             ));
         }
         let path = self.chunks_path(blob);
@@ -637,7 +644,8 @@ impl Store {
 /// [`crate::layer::pgzip`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkRecord {
-    /// The digest of the chunk's uncompressed bytes.
+    /// The chunk's key: what its uncompressed bytes are made of (see
+    /// [`crate::layer::pgzip`]).
     pub key: Digest,
     /// Where its compressed bytes start in the blob.
     pub offset: u64,
@@ -647,8 +655,8 @@ pub struct ChunkRecord {
     pub len: u64,
     /// The CRC-32 of its uncompressed bytes.
     pub crc: u32,
-    /// The digest of its compressed bytes.
-    pub sha: Digest,
+    /// The CRC-32 of its compressed bytes.
+    pub zcrc: u32,
 }
 
 /// Where one chunk lies, read back from `chunks/`.
@@ -659,21 +667,21 @@ struct StoredChunk {
     size: u64,
     len: u64,
     crc: u32,
-    sha: Digest,
+    zcrc: u32,
 }
 
 impl StoredChunk {
-    /// Reads `<key hex> <offset> <size> <len> <crc hex> <sha hex>`.
+    /// Reads `<key hex> <offset> <size> <len> <crc hex> <zcrc hex>`.
     fn parse(blob: &Digest, line: &str) -> Option<(Digest, StoredChunk)> {
         let mut words = line.split(' ');
-        let key = format!("sha256:{}", words.next()?).parse().ok()?;
+        let key = Digest::from_hex(words.next()?)?;
         let chunk = StoredChunk {
             blob: blob.clone(),
             offset: words.next()?.parse().ok()?,
             size: words.next()?.parse().ok()?,
             len: words.next()?.parse().ok()?,
             crc: u32::from_str_radix(words.next()?, 16).ok()?,
-            sha: format!("sha256:{}", words.next()?).parse().ok()?,
+            zcrc: u32::from_str_radix(words.next()?, 16).ok()?,
         };
         words.next().is_none().then_some((key, chunk))
     }
@@ -687,12 +695,12 @@ pub struct ChunkCache {
 }
 
 impl ChunkCache {
-    /// The compressed bytes (and their digest) of the chunk whose
-    /// uncompressed bytes have digest `key`, `len` bytes and CRC-32 `crc`:
-    /// read from the blob that holds them and checked against the digest
-    /// recorded when they were written. Anything missing, unreadable or not
-    /// matching is a miss.
-    pub fn get(&self, key: &Digest, len: u64, crc: u32) -> Option<(Vec<u8>, Digest)> {
+    /// The compressed bytes (and their CRC-32) of the chunk whose key is
+    /// `key`, with `len` uncompressed bytes of CRC-32 `crc`: read from the
+    /// blob that holds them and checked against the CRC-32 recorded when
+    /// they were written. Anything missing, unreadable or not matching is a
+    /// miss.
+    pub fn get(&self, key: &Digest, len: u64, crc: u32) -> Option<(Vec<u8>, u32)> {
         use std::os::unix::fs::FileExt;
         let c = self.chunks.get(key)?;
         if c.len != len || c.crc != crc || c.size > MAX_CHUNK_SIZE {
@@ -701,7 +709,7 @@ impl ChunkCache {
         let blob = File::open(self.blobs.join(c.blob.hex())).ok()?;
         let mut bytes = vec![0; c.size as usize];
         blob.read_exact_at(&mut bytes, c.offset).ok()?;
-        (Digest::of(&bytes) == c.sha).then(|| (bytes, c.sha.clone()))
+        (crc32fast::hash(&bytes) == c.zcrc).then_some((bytes, c.zcrc))
     }
 }
 

@@ -135,7 +135,7 @@ fn chunk_records_that_lie_are_ignored() {
     );
     let first = build(&w, "s", "o1");
     // Every record now points one byte further into its blob.
-    // (`chunks/<blob hex>.v1`: `<key> <offset> <size> <len> <crc> <sha>` lines.)
+    // (`chunks/<blob hex>.v2`: `<key> <offset> <size> <len> <crc> <zcrc>` lines.)
     let mut records = 0;
     for file in std::fs::read_dir(w.path().join("s/chunks")).unwrap() {
         let p = file.unwrap().path();
@@ -157,4 +157,47 @@ fn chunk_records_that_lie_are_ignored() {
     assert_eq!(chunks(&second).1, 0, "no lying record was used");
     assert_eq!(digest(&second), digest(&build(&w, "fresh", "o3")));
     assert_ne!(digest(&second), digest(&first));
+}
+
+#[test]
+fn chunk_records_of_an_older_form_are_not_read_and_prune_drops_them() {
+    let w = Work::new();
+    write_tree(&w.path().join("tree"));
+    w.write(
+        "recipe.toml",
+        "name = \"old\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
+    );
+    build(&w, "s", "o1");
+    let dir = w.path().join("s/chunks");
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let current = names();
+    assert_eq!(current.len(), 1, "one gzip layer: {current:?}");
+    // The same records under the older form's name: keyed by the digest of
+    // the uncompressed bytes, which this version does not compute.
+    let hex = current[0].strip_suffix(".v2").expect("records are `.v2`");
+    std::fs::rename(dir.join(&current[0]), dir.join(format!("{hex}.v1"))).unwrap();
+    w.write("tree/new.txt", "new\n");
+    let again = build(&w, "s", "o2");
+    assert_eq!(chunks(&again).1, 0, "no `.v1` record was read");
+    assert_eq!(digest(&again), digest(&build(&w, "fresh", "o3")));
+    // Prune keeps the records of live blobs and drops the older form's.
+    let o = w
+        .kiln()
+        .env("KILN_CACHE", w.path().join("s"))
+        .args(["store", "prune", "--older-than", "30d"])
+        .output()
+        .unwrap();
+    assert_success(&o, "kiln store prune");
+    let left = names();
+    assert!(
+        left.iter().all(|n| n.ends_with(".v2")) && left.len() == 1,
+        "after prune: {left:?}"
+    );
 }
