@@ -79,7 +79,7 @@ pub fn build_metered(
     .map_err(|e| io_err(store, e))?;
     let mut tar = TarWriter::new(HashingWriter::new(encoder));
     for entry in entries {
-        write_entry(&mut tar, entry, mtime).map_err(|e| match e {
+        write_entry(&mut tar, entry, mtime, Check::Digest).map_err(|e| match e {
             EntryError::Io(e) => io_err(store, e),
             EntryError::Kiln(e) => e,
         })?;
@@ -108,18 +108,30 @@ pub fn build_metered(
 }
 
 /// The diff_id `entries` would have: the tar stream hashed, not compressed
-/// (what a layer fetched from a shared cache is checked against).
+/// (what a layer fetched from a shared cache is checked against). Host files
+/// are not checked against their planned digests on the way: a file that
+/// changed since planning gives another diff_id, which is all the caller
+/// compares.
 pub fn diff_id(entries: &[Entry], mtime: u64) -> Result<Digest> {
     let sink_err = |e: io::Error| Error::internal("hash a layer's tar stream", e);
     let mut tar = TarWriter::new(HashingWriter::new(io::sink()));
     for entry in entries {
-        write_entry(&mut tar, entry, mtime).map_err(|e| match e {
+        write_entry(&mut tar, entry, mtime, Check::Length).map_err(|e| match e {
             EntryError::Io(e) => sink_err(e),
             EntryError::Kiln(e) => e,
         })?;
     }
     let hashing = tar.finish().map_err(sink_err)?;
     Ok(hashing.finish().1)
+}
+
+/// How a host file is checked as it is copied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Against its planned digest (and length).
+    Digest,
+    /// Against its planned length only.
+    Length,
 }
 
 enum EntryError {
@@ -161,6 +173,7 @@ fn write_entry<W: Marks>(
     tar: &mut TarWriter<W>,
     entry: &Entry,
     mtime: u64,
+    check: Check,
 ) -> Result<(), EntryError> {
     let (kind, size, link) = match &entry.kind {
         EntryKind::Dir => (Kind::Dir, 0, ""),
@@ -188,7 +201,7 @@ fn write_entry<W: Marks>(
         tar.data().content(digest);
         match content {
             Content::Inline(bytes) => tar.data().write_all(bytes)?,
-            Content::Host(path) => copy_host_file(tar.data(), path, *size, digest)?,
+            Content::Host(path) => copy_host_file(tar.data(), path, *size, digest, check)?,
         }
         tar.pad(*size)?;
     }
@@ -200,12 +213,18 @@ fn copy_host_file<W: Write>(
     path: &Path,
     size: u64,
     digest: &Digest,
+    check: Check,
 ) -> Result<(), EntryError> {
     let file = File::open(path).map_err(|e| EntryError::Kiln(Error::io("read", path, e)))?;
-    let mut reader = HashingReader::new(file.take(size));
-    io::copy(&mut reader, out)?;
-    let (actual, len) = reader.finish();
-    if len != size || actual != *digest {
+    let (len, actual) = if check == Check::Digest {
+        let mut reader = HashingReader::new(file.take(size));
+        io::copy(&mut reader, out)?;
+        let (actual, len) = reader.finish();
+        (len, Some(actual))
+    } else {
+        (io::copy(&mut file.take(size), out)?, None)
+    };
+    if len != size || actual.is_some_and(|a| a != *digest) {
         return Err(EntryError::Kiln(Error::invalid(
             format!("`{}` changed while kiln was building", path.display()),
             Some("run the build again once nothing is writing to the inputs".into()),

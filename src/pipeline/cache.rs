@@ -225,8 +225,20 @@ impl RemoteCache {
         // run side by side.
         let (fetched, local) = std::thread::scope(|s| {
             let fetched = s.spawn(|| -> std::result::Result<Digest, String> {
-                let blob =
-                    BufReader::with_capacity(1 << 20, store.open_blob(&r.digest).map_err(show)?);
+                // Just pulled, verified and stamped: not hashed a second time
+                // (unless its stamp says it moved since).
+                let path = store.blob_path(&r.digest);
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+                let stamped = file.metadata().is_ok_and(|m| store.stamped(&m, &r.digest));
+                let blob: Box<dyn std::io::Read + Send> = if stamped {
+                    Box::new(BufReader::with_capacity(1 << 20, file))
+                } else {
+                    Box::new(BufReader::with_capacity(
+                        1 << 20,
+                        store.open_blob(&r.digest).map_err(show)?,
+                    ))
+                };
                 let mut tar =
                     crate::layer::read::decompress(blob, &r.media_type, &r.digest).map_err(show)?;
                 let mut hashing = crate::digest::HashingWriter::new(std::io::sink());
