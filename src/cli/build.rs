@@ -115,6 +115,13 @@ pub struct Args {
     /// those it has, push those built here. An unreachable cache never fails a build.
     #[arg(long, env = "KILN_CACHE_REPO", value_name = "REPO")]
     cache: Option<String>,
+    /// Sign the cache entries this build pushes with this private key (as for `--sign-key`).
+    #[arg(long, env = "KILN_CACHE_SIGN_KEY", value_name = "KEY")]
+    cache_sign_key: Option<PathBuf>,
+    /// Take cache entries signed by this public key on their blob's digest alone,
+    /// without remaking the layer from local inputs (repeatable).
+    #[arg(long, env = "KILN_CACHE_KEY", value_name = "PUB")]
+    cache_key: Vec<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -291,6 +298,18 @@ pub fn run(args: Args) -> Result<(), Error> {
             .filter(|c| !c.is_empty())
             .map(cache_reference)
             .transpose()?,
+        cache_trust: kiln::pipeline::CacheTrust {
+            sign: args
+                .cache_sign_key
+                .as_deref()
+                .map(super::keys::load_signing_key)
+                .transpose()?
+                .map(std::sync::Arc::new),
+            keys: super::sign::public_keys(&args.cache_key)?
+                .into_iter()
+                .map(std::sync::Arc::new)
+                .collect(),
+        },
         ..Settings::default()
     };
     let store = super::open_store()?;

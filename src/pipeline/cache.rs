@@ -8,13 +8,21 @@
 //! it streams into the store, decompressed once, and its diff_id must match
 //! both the record and the tar the local inputs make (hashed, not
 //! compressed). An entry that fails any check is ignored and the layer
-//! rebuilt (and pushed again). The registry being down or refusing never
+//! rebuilt (and pushed again).
+//!
+//! Unless it is signed by a key the build trusts ([`Trust`]): a machine
+//! that publishes with a signing key puts an ECDSA P-256 signature of the
+//! record (the config blob's bytes) in the entry's annotations, and a build
+//! given that key's public half takes such an entry on its blob's digest
+//! alone (checked as it streams in), without decompressing it or remaking
+//! its tar from the local inputs. An entry whose signature is missing or
+//! made by another key gets the full check. The registry being down or refusing never
 //! fails a build: the first failure to reach it is reported and the cache is
 //! not asked again during this build.
 
 use std::io::BufReader;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +39,30 @@ pub const CACHE_MEDIA_TYPE: &str = "application/vnd.kiln.layer-cache.v1+json";
 /// The annotation naming an entry's input key.
 const INPUT_ANNOTATION: &str = "dev.kiln.layer-cache.input";
 
+/// The annotation holding the record's signature (base64 DER ECDSA P-256).
+const SIGNATURE_ANNOTATION: &str = "dev.kiln.layer-cache.signature";
+
+/// Whose records the cache signs and trusts.
+#[derive(Clone, Default)]
+pub struct Trust {
+    /// Signs the records this build publishes.
+    pub sign: Option<Arc<p256::ecdsa::SigningKey>>,
+    /// Records signed by one of these are taken on their blob's digest.
+    pub keys: Vec<Arc<crate::sign::cosign::NamedKey>>,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust")
+            .field("signs", &self.sign.is_some())
+            .field(
+                "keys",
+                &self.keys.iter().map(|k| &k.path).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// What `--json` says about the remote cache.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheReport {
@@ -42,6 +74,9 @@ pub struct CacheReport {
     pub error: Option<String>,
     /// Layers taken from it.
     pub hits: usize,
+    /// Of those, layers taken on a trusted signature (`--cache-key`),
+    /// without remaking their tar from the local inputs.
+    pub signed: usize,
     /// Layers it had no (usable) entry for.
     pub misses: usize,
     /// Entries ignored because they failed a check.
@@ -62,6 +97,8 @@ struct Record {
 pub struct RemoteCache {
     repo: Reference,
     registry: Registry,
+    trust: Trust,
+    signed: AtomicUsize,
     unreachable: Mutex<Option<String>>,
     hits: AtomicUsize,
     misses: AtomicUsize,
@@ -90,7 +127,11 @@ pub enum Lookup {
 impl RemoteCache {
     /// A cache in `repo` (its tag and digest are ignored), reached with
     /// `options` but failing fast: a cache is worth no long waits.
-    pub fn new(repo: &Reference, options: &crate::registry::Options) -> Result<RemoteCache> {
+    pub fn new(
+        repo: &Reference,
+        options: &crate::registry::Options,
+        trust: Trust,
+    ) -> Result<RemoteCache> {
         let mut options = options.clone();
         options.retries = 1;
         let repo = Reference::with_tag(
@@ -102,6 +143,8 @@ impl RemoteCache {
         Ok(RemoteCache {
             repo,
             registry,
+            trust,
+            signed: AtomicUsize::new(0),
             unreachable: Mutex::new(None),
             hits: AtomicUsize::new(0),
             misses: AtomicUsize::new(0),
@@ -207,9 +250,9 @@ impl RemoteCache {
                 manifest.layers.len()
             ));
         }
-        let record: Record =
-            serde_json::from_slice(&store.read(&manifest.config.digest).map_err(show)?)
-                .map_err(|e| format!("its record is not readable: {e}"))?;
+        let config = store.read(&manifest.config.digest).map_err(show)?;
+        let record: Record = serde_json::from_slice(&config)
+            .map_err(|e| format!("its record is not readable: {e}"))?;
         let layer = &manifest.layers[0];
         let r = record.layer;
         if record.input != plan.input_digest
@@ -218,6 +261,20 @@ impl RemoteCache {
             || r.media_type != layer.media_type
         {
             return Err("its record does not match its key or its layer".into());
+        }
+        // Signed by a key we trust: its blob was verified by digest as it
+        // came in, and the signed record vouches for its diff_id.
+        if let Some(sig) = manifest.annotations().get(SIGNATURE_ANNOTATION) {
+            if self
+                .trust
+                .keys
+                .iter()
+                .any(|k| crate::sign::cosign::verify_bytes(&k.key, &config, sig))
+            {
+                store.remember_layer(&plan.input_digest, &r).map_err(show)?;
+                self.signed.fetch_add(1, Ordering::Relaxed);
+                return Ok(r);
+            }
         }
         // The blob is in the store, verified by digest; its tar must be the
         // one the record names and the one the local inputs make. The two
@@ -280,6 +337,11 @@ impl RemoteCache {
             };
             let config = serde_json::to_vec(&record).expect("records serialise");
             let config_digest = store.put_bytes(&config)?;
+            let mut annotations = serde_json::json!({ INPUT_ANNOTATION: input });
+            if let Some(key) = &self.trust.sign {
+                annotations[SIGNATURE_ANNOTATION] =
+                    crate::sign::cosign::sign_bytes(key, &config).into();
+            }
             let manifest = serde_json::json!({
                 "schemaVersion": 2,
                 "mediaType": MANIFEST_MEDIA_TYPE,
@@ -294,7 +356,7 @@ impl RemoteCache {
                     "digest": layer.digest,
                     "size": layer.size,
                 }],
-                "annotations": { INPUT_ANNOTATION: input },
+                "annotations": annotations,
             });
             let bytes = serde_json::to_vec(&manifest).expect("manifests serialise");
             let digest = store.put_bytes(&bytes)?;
@@ -346,6 +408,7 @@ impl RemoteCache {
             reachable: error.is_none(),
             error,
             hits: self.hits.load(Ordering::Relaxed),
+            signed: self.signed.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             pushed: self.pushed.load(Ordering::Relaxed),

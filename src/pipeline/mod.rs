@@ -18,7 +18,7 @@ mod satisfied;
 mod sbom;
 mod truststore;
 
-pub use cache::{CacheReport, CACHE_MEDIA_TYPE};
+pub use cache::{CacheReport, Trust as CacheTrust, CACHE_MEDIA_TYPE};
 pub use distribute::{copy, pull, push};
 pub use reproduce::{diff, open_input, reproduce, Input, MaterialCheck, Opened, Reproduced};
 pub use run::{run, write_digest_file, Format, Outcome, Pushed, Request, Signing};
@@ -57,6 +57,9 @@ pub struct Settings {
     pub offline: bool,
     /// A registry repository shared as a layer cache (`--cache`).
     pub cache: Option<crate::registry::Reference>,
+    /// Who signs and whom to trust in the shared cache (`--cache-sign-key`,
+    /// `--cache-key`).
+    pub cache_trust: cache::Trust,
     /// The open remote cache, set by [`build`].
     #[doc(hidden)]
     pub remote: Option<Arc<cache::RemoteCache>>,
@@ -244,7 +247,11 @@ pub fn build(
     let mut settings = settings.clone();
     // `--offline` downloads nothing, from the shared cache neither.
     if let (Some(repo), None, false) = (&settings.cache, &settings.remote, settings.offline) {
-        settings.remote = Some(Arc::new(cache::RemoteCache::new(repo, &settings.registry)?));
+        settings.remote = Some(Arc::new(cache::RemoteCache::new(
+            repo,
+            &settings.registry,
+            settings.cache_trust.clone(),
+        )?));
     }
     let mut built = build_plan(store, &plan, &settings, reporter)?;
     built.times = started.map(|s| (s, now()));

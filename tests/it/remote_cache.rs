@@ -13,6 +13,11 @@ use std::process::Command;
 
 /// `kiln build recipe.toml --json --cache CACHE` with the store at `store`.
 fn build(w: &Work, store: &str, cache: &str, out: &str) -> Value {
+    build_with(w, store, cache, out, &[])
+}
+
+/// [`build`] with `extra` arguments.
+fn build_with(w: &Work, store: &str, cache: &str, out: &str, extra: &[&str]) -> Value {
     let mut c = kiln(w);
     c.env("KILN_CACHE", w.path().join(store));
     let o = c
@@ -25,6 +30,7 @@ fn build(w: &Work, store: &str, cache: &str, out: &str) -> Value {
             "--cache",
             cache,
         ])
+        .args(extra)
         .output()
         .unwrap();
     assert_success(&o, &format!("kiln build --cache {cache} (store {store})"));
@@ -312,4 +318,178 @@ fn a_cache_with_a_tag_or_without_a_registry_is_refused_with_a_fix() {
     let (code, stderr) = w.fails(&["build", "recipe.toml", "--cache", "UPPER/cache"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("does not name its registry"), "{stderr}");
+}
+
+/// The signature annotation of the entry whose layer is `layer`, and the
+/// entry's record (its config blob).
+fn signed_record(r: &Registry, repo: &str, layer: &Value) -> (Option<String>, Vec<u8>, String) {
+    let cache = r.repo(repo);
+    for t in tags(r, repo) {
+        let (m, _) = remote_raw(r, &format!("{cache}:{t}"));
+        if m["layers"][0]["digest"] == layer["digest"] {
+            let url = format!(
+                "http://{}/v2/{repo}/blobs/{}",
+                r.host,
+                m["config"]["digest"].as_str().unwrap()
+            );
+            let sig = m["annotations"]["dev.kiln.layer-cache.signature"]
+                .as_str()
+                .map(str::to_string);
+            return (sig, curl(&[&url]), t);
+        }
+    }
+    panic!("no entry for {layer}");
+}
+
+/// `openssl dgst -sha256 -verify PUB`: whether `sig` (base64 DER) signs `data`.
+fn openssl_verifies(w: &Work, public: &str, data: &[u8], sig: &str) -> bool {
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(sig)
+        .unwrap();
+    std::fs::write(w.path().join("sig.der"), der).unwrap();
+    std::fs::write(w.path().join("data"), data).unwrap();
+    tool("openssl")
+        .current_dir(w.path())
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            public,
+            "-signature",
+            "sig.der",
+            "data",
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn entries_signed_by_a_trusted_key_skip_the_local_check_and_others_get_it() {
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    unique_recipe(&w, "rcache-signed", "", "", "");
+    kiln_ok(&w, &["keygen", "--out", "fleet"], None);
+    kiln_ok(&w, &["keygen", "--out", "other"], None);
+    let repo = "kiln/rcache-signed";
+    let cache = r.repo(repo);
+    let a = build_with(
+        &w,
+        "store-a",
+        &cache,
+        "img-a",
+        &["--cache-sign-key", "fleet.key"],
+    );
+    assert_eq!(a["cache"]["pushed"], 2, "{a:#}");
+
+    // Each record is signed, as OpenSSL sees it: by the fleet key, not another.
+    let (hello, etc) = (a["layers"][0].clone(), a["layers"][1].clone());
+    for layer in [&hello, &etc] {
+        let (sig, record, _) = signed_record(r, repo, layer);
+        let sig = sig.expect("a signed entry");
+        assert!(openssl_verifies(&w, "fleet.pub", &record, &sig));
+        assert!(!openssl_verifies(&w, "other.pub", &record, &sig));
+    }
+
+    // Trusting the fleet key: every layer taken on its signed record.
+    let b = build_with(
+        &w,
+        "store-b",
+        &cache,
+        "img-b",
+        &["--cache-key", "fleet.pub"],
+    );
+    assert_eq!(b["digest"], a["digest"]);
+    assert_eq!(sources(&b), ["remote-cache", "remote-cache"], "{b:#}");
+    assert_eq!(b["cache"]["signed"], 2, "{b:#}");
+    assert_same_blobs(&w.path().join("img-a"), &w.path().join("img-b"));
+
+    // Trusting another key: the same entries, checked in full.
+    let c = build_with(
+        &w,
+        "store-c",
+        &cache,
+        "img-c",
+        &["--cache-key", "other.pub"],
+    );
+    assert_eq!(c["digest"], a["digest"]);
+    assert_eq!(sources(&c), ["remote-cache", "remote-cache"], "{c:#}");
+    assert_eq!(
+        (c["cache"]["hits"].clone(), c["cache"]["signed"].clone()),
+        (json!(2), json!(0))
+    );
+
+    // An entry pointing `hello` at `etc`'s blob, its record signed by a key
+    // the build does not trust (OpenSSL signs it): checked, and rejected.
+    let (_, _, hello_tag) = signed_record(r, repo, &hello);
+    let (old, _) = remote_raw(r, &format!("{cache}:{hello_tag}"));
+    let record = serde_json::to_vec(&json!({
+        "input": old["annotations"]["dev.kiln.layer-cache.input"],
+        "digest": etc["digest"],
+        "diff_id": etc["diff_id"],
+        "size": etc["size"],
+        "media_type": etc["media_type"],
+    }))
+    .unwrap();
+    std::fs::write(w.path().join("record"), &record).unwrap();
+    let signed = tool("openssl")
+        .current_dir(w.path())
+        .args([
+            "dgst",
+            "-sha256",
+            "-sign",
+            "other.key",
+            "-out",
+            "poison.der",
+            "record",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&signed, "openssl dgst -sign");
+    let sig = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(w.path().join("poison.der")).unwrap())
+    };
+    let config = put_blob(r, repo, &record);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.kiln.layer-cache.v1+json",
+        "config": {"mediaType": "application/vnd.kiln.layer-cache.v1+json", "digest": config, "size": record.len()},
+        "layers": [{"mediaType": etc["media_type"], "digest": etc["digest"], "size": etc["size"]}],
+        "annotations": {
+            "dev.kiln.layer-cache.input": old["annotations"]["dev.kiln.layer-cache.input"],
+            "dev.kiln.layer-cache.signature": sig,
+        },
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", file.path().display()),
+        &format!("http://{}/v2/{repo}/manifests/{hello_tag}", r.host),
+    ]);
+    let d = build_with(
+        &w,
+        "store-d",
+        &cache,
+        "img-d",
+        &["--cache-key", "fleet.pub"],
+    );
+    assert_eq!(
+        d["digest"], a["digest"],
+        "the poisoned entry changed the image"
+    );
+    assert_eq!(sources(&d), ["built", "remote-cache"], "{d:#}");
+    assert_eq!(
+        (d["cache"]["rejected"].clone(), d["cache"]["signed"].clone()),
+        (json!(1), json!(1))
+    );
 }
