@@ -380,7 +380,8 @@ target "zstd cold, kiln / tar|zstd -T2 wall" "$(ratio "$(fig cold kiln-zstd wall
 target "one file changed, kiln / umoci wall" "$(ratio "$(fig changed kiln wall)" "$(fig cold umoci wall)")" 0.15 "×"
 target "nothing changed, kiln wall" "$(fig noop kiln wall)" 0.3 " s"
 rss_max=$(for c in cold noop changed; do fig "$c" kiln rss; done | sort -n | tail -n 1)
-target "kiln peak RSS (any case)" "$(awk -v r="$rss_max" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 150 " MiB"
+target "kiln gzip peak RSS (any case)" "$(awk -v r="$rss_max" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 150 " MiB"
+target "kiln zstd peak RSS (cold)" "$(awk -v r="$(fig cold kiln-zstd rss)" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 150 " MiB"
 if [[ -n $REMOTE_TABLE ]]; then
     echo
     echo "### Remote cache (bench/remote-cache-bench.sh, same tree)"

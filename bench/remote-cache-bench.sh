@@ -93,7 +93,7 @@ cd "$WORK"
 # warm the page cache so no run pays for the first read of the tree
 tar cf - -C "$TREE" . >/dev/null
 measure cold -- env KILN_CACHE="$WORK/s0" "$KILN" build bench.toml --out o0 --json
-env -u KILN_PASSWORD "$KILN" keygen --out "$WORK/fleet" --quiet
+env -u KILN_PASSWORD "$KILN" keygen --out "$WORK/fleet" --quiet >/dev/null
 measure cold+push -- env KILN_CACHE="$WORK/s1" "$KILN" build bench.toml --out o1 --json --cache "$REG/bench/cache" --cache-sign-key "$WORK/fleet.key"
 measure remote -- env KILN_CACHE="$WORK/s2" "$KILN" build bench.toml --out o2 --json --cache "$REG/bench/cache"
 measure remote-signed -- env KILN_CACHE="$WORK/s3" "$KILN" build bench.toml --out o3 --json --cache "$REG/bench/cache" --cache-key "$WORK/fleet.pub"
