@@ -57,12 +57,9 @@ fn recipe_base(
     // Only the platforms this recipe needs: a platform's image does not
     // depend on the others, so each is the one a full build of the base
     // makes (only the base's index, which this recipe does not use, differs).
-    let base = build_plan(
-        store,
-        &restricted(base_plan, &recipe.platforms),
-        settings,
-        reporter,
-    )?;
+    let mut base_plan = restricted(base_plan, &recipe.platforms);
+    let own = std::mem::take(&mut base_plan.materials);
+    let base = build_plan(store, &base_plan, own, settings, reporter)?;
     // Only the base's inputs for the platforms built: its `.deb`s for
     // other architectures are not inputs of this build.
     let archs: Vec<String> = recipe

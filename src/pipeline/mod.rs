@@ -237,7 +237,7 @@ pub fn build(
     };
     // Times go into provenance only when they cannot break reproducibility.
     let started = settings.source_date_epoch.is_none().then(now);
-    let plan = resolve::resolve(
+    let mut plan = resolve::resolve(
         store,
         path,
         resolve::Options {
@@ -253,16 +253,20 @@ pub fn build(
             settings.cache_trust.clone(),
         )?));
     }
-    let mut built = build_plan(store, &plan, &settings, reporter)?;
+    // Moved, not cloned: a big tree makes one material per file.
+    let own = std::mem::take(&mut plan.materials);
+    let mut built = build_plan(store, &plan, own, &settings, reporter)?;
     built.times = started.map(|s| (s, now()));
     built.cache = settings.remote.as_ref().map(|r| r.report());
     Ok(built)
 }
 
-/// Builds a resolved recipe (its base recipes first).
+/// Builds a resolved recipe (its base recipes first); `own` is the plan's
+/// own materials, taken out of it by the caller.
 fn build_plan(
     store: &Store,
     plan: &Plan,
+    own: Vec<Material>,
     settings: &Settings,
     reporter: &dyn Reporter,
 ) -> Result<Built> {
@@ -273,7 +277,7 @@ fn build_plan(
     let epoch = settings.source_date_epoch.unwrap_or(0);
     let created = image::rfc3339(epoch);
     let (bases, mut materials) = base::fetch_base(store, plan, settings, reporter)?;
-    materials.extend(plan.materials.iter().cloned());
+    materials.extend(own);
 
     // Finish every layer for every platform: the base's directories, the
     // packages. Entries may differ per platform (`{arch}` in `src`,
@@ -354,10 +358,11 @@ fn build_plan(
     }
     materials.sort();
     materials.dedup();
-    let mut unique: Vec<LayerPlan> = Vec::new();
+    // Borrowed, not cloned: a big layer's plan holds every entry.
+    let mut unique: Vec<&LayerPlan> = Vec::new();
     for plan in per_platform.iter().flatten() {
         if !unique.iter().any(|u| u.input_digest == plan.input_digest) {
-            unique.push(plan.clone());
+            unique.push(plan);
         }
     }
     let built = build_layers(store, &unique, recipe, settings, reporter, epoch)?;
@@ -454,7 +459,7 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
 /// damaged one is removed (the store says so) and the layer rebuilt.
 fn build_layers(
     store: &Store,
-    plans: &[LayerPlan],
+    plans: &[&LayerPlan],
     recipe: &Recipe,
     settings: &Settings,
     reporter: &dyn Reporter,

@@ -11,8 +11,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -325,7 +324,8 @@ impl LayerBuilder<'_> {
                 path = join(&path, base);
             }
             let digest = walk::file_digest(&src, &meta, self.hashes);
-            let entry = self.host_file(&src, &meta, digest, path, &f.src, f.mode, f.uid, f.gid)?;
+            let meta = walk::Meta::from(&meta);
+            let entry = self.host_file(src, &meta, digest, path, &f.src, f.mode, f.uid, f.gid)?;
             self.insert(entry, item.span(), Some(&meta))?;
         }
         Ok(())
@@ -351,7 +351,7 @@ impl LayerBuilder<'_> {
         &mut self,
         entry: Entry,
         span: Range<usize>,
-        meta: Option<&fs::Metadata>,
+        meta: Option<&walk::Meta>,
     ) -> Result<()> {
         if let Some((_, earlier)) = self.entries.get(&entry.path) {
             let first = self.recipe.source.error(earlier.clone(), "");
@@ -363,9 +363,9 @@ impl LayerBuilder<'_> {
                 .into());
         }
         if let Some(meta) = meta {
-            if meta.nlink() > 1 {
+            if meta.nlink > 1 {
                 self.links
-                    .entry((meta.dev(), meta.ino(), entry.mode, entry.uid, entry.gid))
+                    .entry((meta.id.0, meta.id.1, entry.mode, entry.uid, entry.gid))
                     .or_default()
                     .push(entry.path.clone());
             }
@@ -377,8 +377,8 @@ impl LayerBuilder<'_> {
     #[allow(clippy::too_many_arguments)]
     fn host_file(
         &self,
-        src: &Path,
-        meta: &fs::Metadata,
+        src: PathBuf,
+        meta: &walk::Meta,
         digest: std::io::Result<(Digest, u64)>,
         path: String,
         at: &Spanned<String>,
@@ -391,7 +391,7 @@ impl LayerBuilder<'_> {
                 .caused_by(e)
                 .hint("make the file readable by the user running kiln, or leave it out")
         })?;
-        if size != meta.len() {
+        if size != meta.len {
             return Err(self
                 .error(
                     at,
@@ -400,11 +400,11 @@ impl LayerBuilder<'_> {
                 .hint("run the build again once nothing is writing to the inputs")
                 .into());
         }
-        let executable = meta.mode() & 0o111 != 0;
+        let executable = meta.mode & 0o111 != 0;
         Ok(Entry {
             path,
             kind: EntryKind::File {
-                content: Content::Host(src.to_path_buf()),
+                content: Content::Host(src),
                 size,
                 digest,
             },
@@ -470,7 +470,7 @@ impl LayerBuilder<'_> {
         for item in items {
             let path = join(&dest, &item.rel);
             if let Some(target) =
-                self.tree_entry(t, item.found, &item.path, path, (uid, gid), &span)?
+                self.tree_entry(t, item.found, item.path, path, (uid, gid), &span)?
             {
                 symlinks.insert(item.rel, target);
             }
@@ -494,8 +494,8 @@ impl LayerBuilder<'_> {
     fn tree_entry(
         &mut self,
         t: &TreeItem,
-        found: std::io::Result<(fs::Metadata, walk::Found)>,
-        host: &Path,
+        found: std::io::Result<(walk::Meta, walk::Found)>,
+        host: PathBuf,
         path: String,
         (uid, gid): (u32, u32),
         span: &Range<usize>,

@@ -29,6 +29,32 @@ pub enum Found {
     Other,
 }
 
+/// What planning needs of an entry's metadata (a whole `Metadata` is
+/// several times bigger, and a big tree has tens of thousands of entries).
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    /// Size in bytes.
+    pub len: u64,
+    /// Mode bits, file type included.
+    pub mode: u32,
+    /// Number of hard links.
+    pub nlink: u64,
+    /// Device and inode.
+    pub id: (u64, u64),
+}
+
+impl From<&Metadata> for Meta {
+    fn from(m: &Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Meta {
+            len: m.len(),
+            mode: m.mode(),
+            nlink: m.nlink(),
+            id: (m.dev(), m.ino()),
+        }
+    }
+}
+
 /// One entry of the tree, not its root.
 #[derive(Debug)]
 pub struct Item {
@@ -37,7 +63,7 @@ pub struct Item {
     /// Path on the host.
     pub path: PathBuf,
     /// What it is, or why it could not be examined.
-    pub found: io::Result<(Metadata, Found)>,
+    pub found: io::Result<(Meta, Found)>,
 }
 
 /// Why the walk could not go on at some path.
@@ -177,7 +203,7 @@ fn read_one(
             .and_then(|ft| Ok((ft, entry.metadata()?)))
             .map(|(ft, meta)| {
                 let found = examine(ft, &meta, &path, hashes);
-                (meta, found)
+                (Meta::from(&meta), found)
             });
         if let Ok((_, Found::Dir)) = &found {
             dirs.push((path.clone(), rel.clone()));
