@@ -160,35 +160,138 @@ impl LayerPlan {
 }
 
 fn input_digest(entries: &[Entry], compression: Compression, mtime: u64) -> Digest {
-    use std::fmt::Write as _;
     let mut h = Sha256::new();
     h.update(format!("kiln-layer\0{FORMAT_VERSION}\0{compression:?}\0{mtime}\n").as_bytes());
-    // Two buffers reused for every entry: a big layer has tens of thousands.
-    let (mut meta, mut extra) = (String::new(), String::new());
+    // Two buffers reused for every entry, numbers written by hand: a big
+    // layer has tens of thousands of entries.
+    let (mut meta, mut extra) = (Vec::new(), Vec::new());
     for e in entries {
         extra.clear();
         let kind = match &e.kind {
             EntryKind::Dir => "dir",
             EntryKind::File { size, digest, .. } => {
-                let _ = write!(extra, "{size}\0{digest}");
+                push_radix(&mut extra, *size, 10);
+                extra.extend_from_slice(b"\0sha256:");
+                extra.extend_from_slice(digest.hex().as_bytes());
                 "file"
             }
             EntryKind::Symlink { target } => {
-                extra.push_str(target);
+                extra.extend_from_slice(target.as_bytes());
                 "symlink"
             }
             EntryKind::HardLink { target } => {
-                extra.push_str(target);
+                extra.extend_from_slice(target.as_bytes());
                 "hardlink"
             }
         };
         meta.clear();
-        let _ = write!(meta, "{:o}\0{}\0{}", e.mode, e.uid, e.gid);
+        push_radix(&mut meta, u64::from(e.mode), 8);
+        meta.push(0);
+        push_radix(&mut meta, u64::from(e.uid), 10);
+        meta.push(0);
+        push_radix(&mut meta, u64::from(e.gid), 10);
         // Lengths first, so no two different entry lists hash the same text.
-        for field in [e.path.as_str(), kind, &meta, &extra] {
+        for field in [e.path.as_bytes(), kind.as_bytes(), &meta, &extra] {
             h.update((field.len() as u64).to_le_bytes());
-            h.update(field.as_bytes());
+            h.update(field);
         }
     }
     Digest::from_hasher(h)
+}
+
+/// Appends `n` in base `radix` (8 or 10), as `format!` would.
+fn push_radix(out: &mut Vec<u8>, mut n: u64, radix: u64) {
+    let mut digits = [0u8; 24];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % radix) as u8;
+        n /= radix;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key as it was first written, with `format!`: the hand-written
+    /// numbers must give the same text, or every layer cache misses.
+    fn formatted(entries: &[Entry], compression: Compression, mtime: u64) -> Digest {
+        let mut h = Sha256::new();
+        h.update(format!("kiln-layer\0{FORMAT_VERSION}\0{compression:?}\0{mtime}\n").as_bytes());
+        for e in entries {
+            let (kind, extra) = match &e.kind {
+                EntryKind::Dir => ("dir", String::new()),
+                EntryKind::File { size, digest, .. } => ("file", format!("{size}\0{digest}")),
+                EntryKind::Symlink { target } => ("symlink", target.clone()),
+                EntryKind::HardLink { target } => ("hardlink", target.clone()),
+            };
+            for field in [
+                e.path.as_str(),
+                kind,
+                &format!("{:o}\0{}\0{}", e.mode, e.uid, e.gid),
+                &extra,
+            ] {
+                h.update((field.len() as u64).to_le_bytes());
+                h.update(field.as_bytes());
+            }
+        }
+        Digest::from_hasher(h)
+    }
+
+    #[test]
+    fn the_input_key_is_the_formatted_one() {
+        let entry = |path: &str, kind: EntryKind, mode: u32, uid: u32, gid: u32| Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid,
+            gid,
+        };
+        let file = |size: u64| EntryKind::File {
+            content: Content::Inline(Arc::from(&b"x"[..])),
+            size,
+            digest: Digest::of(&size.to_le_bytes()),
+        };
+        let entries = vec![
+            entry("a", EntryKind::Dir, 0o755, 0, 0),
+            entry("a/b", file(0), 0o644, 1000, 1000),
+            entry("a/c", file(9), 0o4755, 65534, 7),
+            entry("a/d", file(u64::MAX), 0o7777, u32::MAX, 10),
+            entry(
+                "a/e",
+                EntryKind::Symlink { target: "b".into() },
+                0o777,
+                0,
+                0,
+            ),
+            entry(
+                "a/f",
+                EntryKind::HardLink {
+                    target: "a/b".into(),
+                },
+                0o644,
+                1,
+                2,
+            ),
+            entry("a/g", file(1234567890), 0, 100, 100000),
+        ];
+        for (c, mtime) in [(Compression::Gzip, 0), (Compression::Zstd, 1_700_000_000)] {
+            assert_eq!(
+                input_digest(&entries, c, mtime),
+                formatted(&entries, c, mtime)
+            );
+        }
+        for n in [0u64, 1, 7, 8, 9, 10, 63, 64, 511, 4095, 99999, u64::MAX] {
+            for (radix, text) in [(8, format!("{n:o}")), (10, n.to_string())] {
+                let mut out = Vec::new();
+                push_radix(&mut out, n, radix);
+                assert_eq!(out, text.as_bytes());
+            }
+        }
+    }
 }

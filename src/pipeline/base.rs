@@ -59,7 +59,7 @@ fn recipe_base(
     // makes (only the base's index, which this recipe does not use, differs).
     let mut base_plan = restricted(base_plan, &recipe.platforms);
     let own = std::mem::take(&mut base_plan.materials);
-    let base = build_plan(store, &base_plan, own, settings, reporter)?;
+    let base = build_plan(store, &mut base_plan, own, settings, reporter)?;
     // Only the base's inputs for the platforms built: its `.deb`s for
     // other architectures are not inputs of this build.
     let archs: Vec<String> = recipe

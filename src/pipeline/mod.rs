@@ -255,7 +255,7 @@ pub fn build(
     }
     // Moved, not cloned: a big tree makes one material per file.
     let own = std::mem::take(&mut plan.materials);
-    let mut built = build_plan(store, &plan, own, &settings, reporter)?;
+    let mut built = build_plan(store, &mut plan, own, &settings, reporter)?;
     built.times = started.map(|s| (s, now()));
     built.cache = settings.remote.as_ref().map(|r| r.report());
     Ok(built)
@@ -265,26 +265,37 @@ pub fn build(
 /// own materials, taken out of it by the caller.
 fn build_plan(
     store: &Store,
-    plan: &Plan,
+    plan: &mut Plan,
     own: Vec<Material>,
     settings: &Settings,
     reporter: &dyn Reporter,
 ) -> Result<Built> {
-    let recipe = &plan.recipe;
     reporter.event(Event::Recipe {
-        path: &recipe.source.path,
+        path: &plan.recipe.source.path,
     });
     let epoch = settings.source_date_epoch.unwrap_or(0);
     let created = image::rfc3339(epoch);
     let (bases, mut materials) = base::fetch_base(store, plan, settings, reporter)?;
     materials.extend(own);
+    // Each layer's local entries are moved into its plan, not copied.
+    let Plan {
+        recipe,
+        layers: local_layers,
+        ..
+    } = plan;
+    let recipe = &*recipe;
 
     // Finish every layer for every platform: the base's directories, the
     // packages. Entries may differ per platform (`{arch}` in `src`,
     // `platforms` filters); where they do not, the plans have the same input
     // digest and the layer is built once.
     let mut per_platform: Vec<Vec<LayerPlan>> = Vec::new();
-    for ((platform, (base, _)), layers) in recipe.platforms.iter().zip(&bases).zip(&plan.layers) {
+    for ((platform, (base, _)), layers) in recipe
+        .platforms
+        .iter()
+        .zip(&bases)
+        .zip(local_layers.iter_mut())
+    {
         // Directories below each layer, so implied parents keep their modes.
         let mut below = DirMap::new();
         // Every base layer is checked here, wherever it came from.
@@ -300,7 +311,7 @@ fn build_plan(
         let mut base_installs = None;
         // The packages' scripts and `sysusers.d` files, for `from-packages`.
         let mut scripts = Vec::new();
-        for (inputs, section) in layers.iter().zip(&recipe.layers) {
+        for (inputs, section) in layers.iter_mut().zip(&recipe.layers) {
             let exclude = crate::source::deb::install::Exclude::new(
                 section.exclude.iter().map(|g| g.get_ref().as_str()),
             );
@@ -325,9 +336,12 @@ fn build_plan(
                 let all = from_base.union(&installs).cloned().collect();
                 satisfied::check(recipe, &inputs.satisfied, &all)?;
             }
-            let layer = inputs
-                .local
-                .finish(&below, installed, recipe.compression, epoch);
+            let layer = std::mem::take(&mut inputs.local).finish(
+                &below,
+                installed,
+                recipe.compression,
+                epoch,
+            );
             packages::claim_unless_cached(store, &layer, &inputs.packages)?;
             layer.add_dirs_to(&mut below);
             plans.push(layer);

@@ -7,7 +7,6 @@
 //! every missing parent directory, and sorts entries by path bytes. Errors
 //! point at the recipe line that named the input.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::ops::Range;
@@ -25,17 +24,23 @@ use crate::store::stat_cache::StatCache;
 
 use super::walk;
 
+/// Entries by path, with the span of the recipe item that made each.
+type Entries = BTreeMap<String, (Entry, Range<usize>)>;
+
+/// Host files that may share a tar hard link: (device, inode, mode, uid, gid).
+type LinkKey = (u64, u64, u32, u32, u32);
+
 /// A layer's own entries, as the recipe names them for one platform:
 /// everything but the packages and the parent directories the layers
 /// below decide. Every host file is named by its content's digest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LocalLayer {
     /// The recipe's name for the layer.
     name: Option<String>,
     /// Entries by path, with the span of the recipe item that made each.
-    entries: BTreeMap<String, (Entry, Range<usize>)>,
+    entries: Entries,
     /// Host files with several links (see [`LayerBuilder`]).
-    links: HashMap<(u64, u64, u32, u32, u32), Vec<String>>,
+    links: HashMap<LinkKey, Vec<String>>,
     /// Tree roots added as implied directories: a lower layer's directory
     /// there decides their mode and owner.
     implied: Vec<String>,
@@ -93,59 +98,52 @@ impl LocalLayer {
     /// include keeps the mode and owner it has there, so that adding
     /// `/tmp/x` does not reset `/tmp`'s 1777.
     pub fn finish(
-        &self,
+        self,
         below: &DirMap,
         packages: BTreeMap<String, (Entry, String)>,
         compression: crate::recipe::Compression,
         mtime: u64,
     ) -> LayerPlan {
-        // Keyed by borrowed paths where they can be: a big tree's paths are
-        // not copied twice.
-        let mut entries: BTreeMap<Cow<'_, str>, Entry> = self
-            .entries
-            .iter()
-            .map(|(path, (entry, _))| (Cow::Borrowed(path.as_str()), entry.clone()))
-            .collect();
+        // Changed in place, not copied (a big tree has tens of thousands of
+        // entries).
+        let mut entries = self.entries;
         for root in &self.implied {
             if let Some(m) = below.get(root) {
-                *entries
-                    .get_mut(root.as_str())
-                    .expect("implied roots are entries") = m.entry(root);
+                entries.get_mut(root).expect("implied roots are entries").0 = m.entry(root);
             }
         }
         for (path, (entry, _)) in packages {
-            entries.entry(Cow::Owned(path)).or_insert(entry);
+            entries.entry(path).or_insert((entry, 0..0));
         }
-        self.hard_links(&mut entries);
+        hard_links(&self.links, &mut entries);
         add_parents(&mut entries, below);
         LayerPlan::new(
-            self.name.clone(),
-            entries.into_values().collect(),
+            self.name,
+            entries.into_values().map(|(e, _)| e).collect(),
             compression,
             mtime,
         )
     }
+}
 
-    /// Turns later links to one host inode into tar hard links.
-    fn hard_links(&self, entries: &mut BTreeMap<Cow<'_, str>, Entry>) {
-        for paths in self.links.values() {
-            let mut paths = paths.clone();
-            paths.sort();
-            let first = &paths[0];
-            let first_digest = match &entries[first.as_str()].kind {
-                EntryKind::File { digest, .. } => digest.clone(),
-                _ => continue,
-            };
-            for other in &paths[1..] {
-                let entry = entries
-                    .get_mut(other.as_str())
-                    .expect("linked paths are entries");
-                if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest)
-                {
-                    entry.kind = EntryKind::HardLink {
-                        target: first.clone(),
-                    };
-                }
+/// Turns later links to one host inode into tar hard links.
+fn hard_links(links: &HashMap<LinkKey, Vec<String>>, entries: &mut Entries) {
+    for paths in links.values() {
+        let mut paths = paths.clone();
+        paths.sort();
+        let first = &paths[0];
+        let first_digest = match &entries[first.as_str()].0.kind {
+            EntryKind::File { digest, .. } => digest.clone(),
+            _ => continue,
+        };
+        for other in &paths[1..] {
+            let (entry, _) = entries
+                .get_mut(other.as_str())
+                .expect("linked paths are entries");
+            if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest) {
+                entry.kind = EntryKind::HardLink {
+                    target: first.clone(),
+                };
             }
         }
     }
@@ -154,7 +152,7 @@ impl LocalLayer {
 /// Adds the missing parent directories, as `below` has them or 0755 root.
 /// Entries come in path order, so each path's ancestors are looked up only
 /// up to the first one the previous path shares.
-fn add_parents(entries: &mut BTreeMap<Cow<'_, str>, Entry>, below: &DirMap) {
+fn add_parents(entries: &mut Entries, below: &DirMap) {
     let mut parents = Vec::new();
     let mut last_parent = "";
     for path in entries.keys() {
@@ -178,7 +176,7 @@ fn add_parents(entries: &mut BTreeMap<Cow<'_, str>, Entry>, below: &DirMap) {
     for parent in parents {
         let meta = below.get(&parent).copied().unwrap_or(DirMeta::DEFAULT);
         let dir = meta.entry(&parent);
-        entries.entry(Cow::Owned(parent)).or_insert(dir);
+        entries.entry(parent).or_insert((dir, 0..0));
     }
 }
 
@@ -205,11 +203,11 @@ struct LayerBuilder<'a> {
     platform: &'a Platform,
     hashes: &'a StatCache,
     /// Explicit entries by path, with the span of the recipe item that made each.
-    entries: BTreeMap<String, (Entry, Range<usize>)>,
+    entries: Entries,
     /// Host files with several links, by (dev, ino, mode, uid, gid) → paths
     /// in this layer: paths share a tar hard link only if their metadata in
     /// the image is the same too.
-    links: HashMap<(u64, u64, u32, u32, u32), Vec<String>>,
+    links: HashMap<LinkKey, Vec<String>>,
     /// Tree roots added as implied directories.
     implied: Vec<String>,
 }
@@ -353,15 +351,28 @@ impl LayerBuilder<'_> {
         span: Range<usize>,
         meta: Option<&walk::Meta>,
     ) -> Result<()> {
-        if let Some((_, earlier)) = self.entries.get(&entry.path) {
+        self.check_new(&entry.path, &span)?;
+        self.note_links(&entry, meta);
+        self.entries.insert(entry.path.clone(), (entry, span));
+        Ok(())
+    }
+
+    /// Refuses a path the layer already has.
+    fn check_new(&self, path: &str, span: &Range<usize>) -> Result<()> {
+        if let Some((_, earlier)) = self.entries.get(path) {
             let first = self.recipe.source.error(earlier.clone(), "");
             return Err(self
                 .recipe
                 .source
-                .error(span, format!("`/{}` is already in this layer (from line {})", entry.path, first.line))
+                .error(span.clone(), format!("`/{path}` is already in this layer (from line {})", first.line))
                 .hint("each path may appear once per layer: remove one, or move it to another `[[layers]]` table, where the later layer wins")
                 .into());
         }
+        Ok(())
+    }
+
+    /// Remembers a host file with several links, for [`hard_links`].
+    fn note_links(&mut self, entry: &Entry, meta: Option<&walk::Meta>) {
         if let Some(meta) = meta {
             if meta.nlink > 1 {
                 self.links
@@ -370,8 +381,6 @@ impl LayerBuilder<'_> {
                     .push(entry.path.clone());
             }
         }
-        self.entries.insert(entry.path.clone(), (entry, span));
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -467,14 +476,22 @@ impl LayerBuilder<'_> {
             }
             .into());
         }
+        // Collected in path order and added in one go: much cheaper than
+        // one insertion each into the layer's map.
+        let mut found = Vec::with_capacity(items.len());
         for item in items {
             let path = join(&dest, &item.rel);
-            if let Some(target) =
-                self.tree_entry(t, item.found, item.path, path, (uid, gid), &span)?
-            {
+            let (entry, meta, link) =
+                self.tree_entry(t, item.found, item.path, path, (uid, gid))?;
+            self.check_new(&entry.path, &span)?;
+            self.note_links(&entry, meta.as_ref());
+            if let Some(target) = link {
                 symlinks.insert(item.rel, target);
             }
+            found.push((entry.path.clone(), (entry, span.clone())));
         }
+        let mut found: Entries = found.into_iter().collect();
+        self.entries.append(&mut found);
         check_symlink_loops(&symlinks).map_err(|chain| {
             self.error(
                 &t.src,
@@ -498,8 +515,7 @@ impl LayerBuilder<'_> {
         host: PathBuf,
         path: String,
         (uid, gid): (u32, u32),
-        span: &Range<usize>,
-    ) -> Result<Option<String>> {
+    ) -> Result<(Entry, Option<walk::Meta>, Option<String>)> {
         let mut link = None;
         let (meta, found) = found.map_err(|e| {
             self.error(&t.src, format!("cannot read `{}`", host.display()))
@@ -548,8 +564,7 @@ impl LayerBuilder<'_> {
                     Some(uid),
                     Some(gid),
                 )?;
-                self.insert(entry, span.clone(), Some(&meta))?;
-                return Ok(None);
+                return Ok((entry, Some(meta), None));
             }
             walk::Found::Other => {
                 return Err(self
@@ -561,8 +576,7 @@ impl LayerBuilder<'_> {
                     .into())
             }
         };
-        self.insert(entry, span.clone(), None)?;
-        Ok(link)
+        Ok((entry, None, link))
     }
 }
 
@@ -650,13 +664,15 @@ mod tests {
         let paths = [
             "a/b/c/d", "a-b/x", "a/b/e", "a/z/y/w", "q/r", "q/r/s", "top",
         ];
-        let mut entries: BTreeMap<Cow<'_, str>, Entry> =
-            paths.iter().map(|p| (Cow::Borrowed(*p), file(p))).collect();
+        let mut entries: Entries = paths
+            .iter()
+            .map(|p| (p.to_string(), (file(p), 0..0)))
+            .collect();
         add_parents(&mut entries, &DirMap::new());
         let dirs: Vec<&str> = entries
             .iter()
-            .filter(|(_, e)| matches!(e.kind, EntryKind::Dir))
-            .map(|(p, _)| p.as_ref())
+            .filter(|(_, (e, _))| matches!(e.kind, EntryKind::Dir))
+            .map(|(p, _)| p.as_str())
             .collect();
         assert_eq!(dirs, ["a", "a-b", "a/b", "a/b/c", "a/z", "a/z/y", "q"]);
     }

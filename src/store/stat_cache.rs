@@ -176,20 +176,64 @@ impl StatCache {
 
 fn parse_line(line: &str) -> Option<((u64, u64), (Stamp, Digest))> {
     let mut f = line.split(' ');
-    let dev = f.next()?.parse().ok()?;
-    let ino = f.next()?.parse().ok()?;
+    let dev = unsigned(f.next()?)?;
+    let ino = unsigned(f.next()?)?;
     let stamp = Stamp {
-        size: f.next()?.parse().ok()?,
-        mtime_ns: f.next()?.parse().ok()?,
-        ctime_ns: f.next()?.parse().ok()?,
+        size: unsigned(f.next()?)?,
+        mtime_ns: signed(f.next()?)?,
+        ctime_ns: signed(f.next()?)?,
     };
     let digest = Digest::from_hex(f.next()?)?;
-    Some(((dev, ino), (stamp, digest)))
+    f.next().is_none().then_some(((dev, ino), (stamp, digest)))
+}
+
+/// A decimal `u64` (digits only): a big store's cache has 300,000 numbers,
+/// and this is several times quicker than `str::parse`.
+fn unsigned(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 {
+        return None;
+    }
+    text.bytes().try_fold(0u64, |n, b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+/// A decimal `i128` of nanoseconds, `-` allowed (times before 1970).
+fn signed(text: &str) -> Option<i128> {
+    match text.strip_prefix('-') {
+        Some(digits) => unsigned(digits).map(|n| -i128::from(n)),
+        None => unsigned(text).map(i128::from),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_back_the_lines_it_writes_and_nothing_else() {
+        let hex = Digest::of(b"x").hex().to_string();
+        let line = format!("2049 18446744073709551615 0 -1500000000 1700000000123456789 {hex}");
+        let ((dev, ino), (stamp, digest)) = parse_line(&line).unwrap();
+        assert_eq!((dev, ino, stamp.size), (2049, u64::MAX, 0));
+        assert_eq!(
+            (stamp.mtime_ns, stamp.ctime_ns),
+            (-1_500_000_000, 1_700_000_000_123_456_789)
+        );
+        assert_eq!(digest.hex(), hex);
+        for bad in [
+            format!("2049 1 0 0 0 {hex} extra"),
+            format!("2049 +1 0 0 0 {hex}"),
+            format!("2049 18446744073709551616 0 0 0 {hex}"),
+            format!("2049 1 0 0 -0x1 {hex}"),
+            format!("2049  1 0 0 0 {hex}"),
+            "2049 1 0 0 0 nothex".to_string(),
+        ] {
+            assert!(parse_line(&bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn trusts_only_unchanged_old_files() {
