@@ -102,6 +102,40 @@ fn put_blob(r: &Registry, repo: &str, bytes: &[u8]) -> String {
     digest
 }
 
+/// Writes a cache entry by hand under `tag`: `record` as its config, the
+/// blob of the built layer `layer` (as `--json` reports it) as its layer.
+fn put_entry(
+    r: &Registry,
+    repo: &str,
+    tag: &str,
+    record: &[u8],
+    layer: &Value,
+    annotations: Option<Value>,
+) {
+    let config = put_blob(r, repo, record);
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.kiln.layer-cache.v1+json",
+        "config": {"mediaType": "application/vnd.kiln.layer-cache.v1+json", "digest": config, "size": record.len()},
+        "layers": [{"mediaType": layer["media_type"], "digest": layer["digest"], "size": layer["size"]}],
+    });
+    if let Some(a) = annotations {
+        manifest["annotations"] = a;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", file.path().display()),
+        &format!("http://{}/v2/{repo}/manifests/{tag}", r.host),
+    ]);
+}
+
 #[test]
 fn a_second_store_takes_every_layer_from_the_registry() {
     let r = registry(Flavour::Plain);
@@ -188,25 +222,7 @@ fn an_entry_pointing_at_another_blob_is_ignored_and_the_layer_rebuilt() {
         "media_type": etc["media_type"],
     }))
     .unwrap();
-    let config = put_blob(r, repo, &record);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.kiln.layer-cache.v1+json",
-        "config": {"mediaType": "application/vnd.kiln.layer-cache.v1+json", "digest": config, "size": record.len()},
-        "layers": [{"mediaType": etc["media_type"], "digest": etc["digest"], "size": etc["size"]}],
-    });
-    let w2 = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(w2.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", w2.path().display()),
-        &format!("http://{}/v2/{repo}/manifests/{hello_tag}", r.host),
-    ]);
+    put_entry(r, repo, &hello_tag, &record, &etc, None);
 
     let b = build(&w, "store-b", &cache, "img-b");
     assert_eq!(
@@ -453,29 +469,11 @@ fn entries_signed_by_a_trusted_key_skip_the_local_check_and_others_get_it() {
         base64::engine::general_purpose::STANDARD
             .encode(std::fs::read(w.path().join("poison.der")).unwrap())
     };
-    let config = put_blob(r, repo, &record);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "artifactType": "application/vnd.kiln.layer-cache.v1+json",
-        "config": {"mediaType": "application/vnd.kiln.layer-cache.v1+json", "digest": config, "size": record.len()},
-        "layers": [{"mediaType": etc["media_type"], "digest": etc["digest"], "size": etc["size"]}],
-        "annotations": {
-            "dev.kiln.layer-cache.input": old["annotations"]["dev.kiln.layer-cache.input"],
-            "dev.kiln.layer-cache.signature": sig,
-        },
+    let annotations = json!({
+        "dev.kiln.layer-cache.input": old["annotations"]["dev.kiln.layer-cache.input"],
+        "dev.kiln.layer-cache.signature": sig,
     });
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", file.path().display()),
-        &format!("http://{}/v2/{repo}/manifests/{hello_tag}", r.host),
-    ]);
+    put_entry(r, repo, &hello_tag, &record, &etc, Some(annotations));
     let d = build_with(
         &w,
         "store-d",
