@@ -177,12 +177,48 @@ impl Describe {
     }
 }
 
+/// A counting semaphore: how many chunks may be compressed at once.
+struct Permits {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One taken permit, given back when dropped.
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(n: usize) -> Self {
+        Permits {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> Permit<'_> {
+        let mut free = self.free.lock().expect("no panics hold this lock");
+        while *free == 0 {
+            free = self.freed.wait(free).expect("no panics hold this lock");
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("no panics hold this lock") += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// A gzip writer that compresses chunks on several threads.
 pub struct ParallelGzip<W: Write> {
     out: W,
     buf: Vec<u8>,
     pending: VecDeque<JoinHandle<io::Result<Done>>>,
     workers: usize,
+    /// `workers` permits: chunks beyond them wait for one.
+    permits: Arc<Permits>,
     cuts: Cuts,
     cache: Option<Arc<ChunkCache>>,
     crc: crc32fast::Hasher,
@@ -343,6 +379,7 @@ impl<W: Write> ParallelGzip<W> {
             buf: Vec::with_capacity(CHUNK),
             pending: VecDeque::new(),
             workers: workers.max(1),
+            permits: Arc::new(Permits::new(workers.max(1))),
             cuts,
             cache,
             crc: crc32fast::Hasher::new(),
@@ -404,9 +441,15 @@ impl<W: Write> ParallelGzip<W> {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
         let cache = self.cache.clone().zip(key);
-        self.pending
-            .push_back(std::thread::spawn(move || work(chunk, cache)));
-        self.drain(self.workers)
+        let permits = Arc::clone(&self.permits);
+        self.pending.push_back(std::thread::spawn(move || {
+            let _permit = permits.take();
+            work(chunk, cache)
+        }));
+        // Twice as many chunks in flight as compress at once: a worker that
+        // finishes while the oldest chunk is still being compressed starts
+        // on another rather than waiting for it to be written.
+        self.drain(2 * self.workers)
     }
 
     /// Says that a tar entry at `path` starts here, with `size` bytes of
