@@ -93,8 +93,16 @@ impl<'de> serde::Deserialize<'de> for Digest {
 /// A writer that hashes and counts what passes through it.
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: Hasher,
     len: u64,
+}
+
+/// Where a [`HashingWriter`] hashes.
+enum Hasher {
+    /// On the writing thread.
+    Here(Sha256),
+    /// On a thread of its own.
+    Beside(Beside),
 }
 
 impl<W: Write> HashingWriter<W> {
@@ -102,7 +110,18 @@ impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher: Hasher::Here(Sha256::new()),
+            len: 0,
+        }
+    }
+
+    /// Wraps `inner`, hashing on another thread once more than a batch (256
+    /// KiB) has been written: the writer then only copies what passes, and
+    /// a long stream's SHA-256 runs beside the work that produces it.
+    pub fn beside(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Hasher::Beside(Beside::default()),
             len: 0,
         }
     }
@@ -114,20 +133,102 @@ impl<W: Write> HashingWriter<W> {
 
     /// Returns the inner writer, the digest and the byte count of what was written.
     pub fn finish(self) -> (W, Digest, u64) {
-        (self.inner, Digest::from_hasher(self.hasher), self.len)
+        let hasher = match self.hasher {
+            Hasher::Here(h) => h,
+            Hasher::Beside(b) => b.finish(),
+        };
+        (self.inner, Digest::from_hasher(hasher), self.len)
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        match &mut self.hasher {
+            Hasher::Here(h) => h.update(&buf[..n]),
+            Hasher::Beside(b) => b.update(&buf[..n]),
+        }
         self.len += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Bytes gathered into batches and hashed in order on a thread started
+/// with the first full batch (a short stream is hashed where it ends).
+#[derive(Default)]
+struct Beside {
+    batch: Vec<u8>,
+    thread: Option<HashThread>,
+}
+
+struct HashThread {
+    full: std::sync::mpsc::SyncSender<Vec<u8>>,
+    /// Hashed batches come back to be filled again.
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    handle: std::thread::JoinHandle<Sha256>,
+}
+
+/// How much [`Beside`] gathers before handing over.
+const BATCH: usize = 1 << 18;
+
+impl Beside {
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = (BATCH - self.batch.len()).min(bytes.len());
+            if self.batch.capacity() < BATCH {
+                self.batch.reserve_exact(BATCH - self.batch.len());
+            }
+            self.batch.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.batch.len() == BATCH {
+                self.hand_over();
+            }
+        }
+    }
+
+    fn hand_over(&mut self) {
+        let thread = self.thread.get_or_insert_with(|| {
+            let (full, batches) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+            let (done, empty) = std::sync::mpsc::channel();
+            let handle = std::thread::spawn(move || {
+                let mut hasher = Sha256::new();
+                for mut batch in batches {
+                    hasher.update(&batch);
+                    batch.clear();
+                    // Gone only once the writer is finished.
+                    let _ = done.send(batch);
+                }
+                hasher
+            });
+            HashThread {
+                full,
+                empty,
+                handle,
+            }
+        });
+        let next = thread.empty.try_recv().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.batch, next);
+        thread
+            .full
+            .send(batch)
+            .expect("the hashing thread runs until its sender is dropped");
+    }
+
+    fn finish(self) -> Sha256 {
+        let Some(thread) = self.thread else {
+            return Sha256::new_with_prefix(&self.batch);
+        };
+        let HashThread { full, handle, .. } = thread;
+        if !self.batch.is_empty() {
+            full.send(self.batch)
+                .expect("the hashing thread runs until its sender is dropped");
+        }
+        drop(full);
+        handle.join().expect("hashing does not panic")
     }
 }
 
@@ -178,6 +279,25 @@ pub fn digest_reader(reader: impl Read) -> io::Result<(Digest, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashing_beside_gives_the_digest_hashing_here_gives() {
+        let data: Vec<u8> = (0..3 * BATCH + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        for len in [0, 1, BATCH - 1, BATCH, BATCH + 1, 2 * BATCH, data.len()] {
+            for piece in [1000, 4096, BATCH, 3 * BATCH] {
+                let mut w = HashingWriter::beside(Vec::new());
+                for part in data[..len].chunks(piece) {
+                    w.write_all(part).unwrap();
+                }
+                let (out, digest, n) = w.finish();
+                assert_eq!(out, &data[..len]);
+                assert_eq!(n, len as u64);
+                assert_eq!(digest, Digest::of(&data[..len]), "{len} bytes in {piece}");
+            }
+        }
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -21,10 +21,53 @@ pub const FORMAT_VERSION: u32 = 4;
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Content {
-    /// A file on the host, read when the layer is written.
-    Host(PathBuf),
+    /// A file on the host, read when the layer is written, and how
+    /// planning found it when it took its digest (see [`Seen`]).
+    Host(PathBuf, Option<Seen>),
     /// Bytes from the recipe itself.
     Inline(Arc<[u8]>),
+}
+
+/// A host file's inode and change time as planning saw them when it took
+/// the file's digest (hashing it, or on the stat cache's word). A file that
+/// still looks so when the layer writer has copied it is taken to hold that
+/// digest without being hashed again: every write moves the change time,
+/// which no user can set, and a file put in its place has another inode.
+/// Planning records none for a file changed in the last two seconds, whose
+/// next write could land within the same timestamp tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    ino: u64,
+    ctime_ns: std::num::NonZeroI64,
+}
+
+impl Seen {
+    /// How `meta` looks, unless it changed too recently to be told apart
+    /// from a write to come.
+    pub fn of(meta: &std::fs::Metadata) -> Option<Seen> {
+        let seen = Seen::now(meta)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        (now.saturating_sub(seen.ctime_ns.get()) >= 2_000_000_000).then_some(seen)
+    }
+
+    /// Whether the file `meta` describes looks as it did.
+    pub fn still(&self, meta: &std::fs::Metadata) -> bool {
+        Seen::now(meta) == Some(*self)
+    }
+
+    fn now(meta: &std::fs::Metadata) -> Option<Seen> {
+        use std::os::unix::fs::MetadataExt;
+        let ctime_ns = meta
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.ctime_nsec());
+        Some(Seen {
+            ino: meta.ino(),
+            ctime_ns: std::num::NonZeroI64::new(ctime_ns)?,
+        })
+    }
 }
 
 /// What an entry is.

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::{Error, Result};
-use crate::plan::{Content, Entry, EntryKind};
+use crate::plan::{Content, Entry, EntryKind, Seen};
 use crate::recipe::Compression;
 use crate::store::{LayerRecord, Store};
 
@@ -77,9 +77,9 @@ pub fn build_metered(
         (compression == Compression::Gzip).then(|| std::sync::Arc::new(store.chunk_cache())),
     )
     .map_err(|e| io_err(store, e))?;
-    let mut tar = TarWriter::new(HashingWriter::new(encoder));
+    let mut tar = TarWriter::new(HashingWriter::beside(encoder));
     for entry in entries {
-        write_entry(&mut tar, entry, mtime, Check::Digest).map_err(|e| match e {
+        write_entry(&mut tar, entry, mtime, Check::Digest(store)).map_err(|e| match e {
             EntryError::Io(e) => io_err(store, e),
             EntryError::Kiln(e) => e,
         })?;
@@ -114,7 +114,7 @@ pub fn build_metered(
 /// compares.
 pub fn diff_id(entries: &[Entry], mtime: u64) -> Result<Digest> {
     let sink_err = |e: io::Error| Error::internal("hash a layer's tar stream", e);
-    let mut tar = TarWriter::new(HashingWriter::new(io::sink()));
+    let mut tar = TarWriter::new(HashingWriter::beside(io::sink()));
     for entry in entries {
         write_entry(&mut tar, entry, mtime, Check::Length).map_err(|e| match e {
             EntryError::Io(e) => sink_err(e),
@@ -126,10 +126,16 @@ pub fn diff_id(entries: &[Entry], mtime: u64) -> Result<Digest> {
 }
 
 /// How a host file is checked as it is copied.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Check {
-    /// Against its planned digest (and length).
-    Digest,
+#[derive(Clone, Copy)]
+enum Check<'a> {
+    /// Against its planned digest (and length). A file that looks as
+    /// planning saw it ([`Seen`]) before and after the copy is not hashed
+    /// again: planning hashed it, or took the stat cache's word, which is
+    /// all a rebuild with nothing changed stands on (it reads no file); a
+    /// write during the copy moves the file's change time, which the second
+    /// look sees. The same goes for a blob of the store (a package's file)
+    /// the store knows intact.
+    Digest(&'a Store),
     /// Against its planned length only.
     Length,
 }
@@ -173,7 +179,7 @@ fn write_entry<W: Marks>(
     tar: &mut TarWriter<W>,
     entry: &Entry,
     mtime: u64,
-    check: Check,
+    check: Check<'_>,
 ) -> Result<(), EntryError> {
     let (kind, size, link) = match &entry.kind {
         EntryKind::Dir => (Kind::Dir, 0, ""),
@@ -201,7 +207,9 @@ fn write_entry<W: Marks>(
         tar.data().content(digest);
         match content {
             Content::Inline(bytes) => tar.data().write_all(bytes)?,
-            Content::Host(path) => copy_host_file(tar.data(), path, *size, digest, check)?,
+            Content::Host(path, seen) => {
+                copy_host_file(tar.data(), path, *size, digest, *seen, check)?
+            }
         }
         tar.pad(*size)?;
     }
@@ -213,22 +221,82 @@ fn copy_host_file<W: Write>(
     path: &Path,
     size: u64,
     digest: &Digest,
-    check: Check,
+    seen: Option<Seen>,
+    check: Check<'_>,
 ) -> Result<(), EntryError> {
     let file = File::open(path).map_err(|e| EntryError::Kiln(Error::io("read", path, e)))?;
-    let (len, actual) = if check == Check::Digest {
-        let mut reader = HashingReader::new(file.take(size));
-        io::copy(&mut reader, out)?;
-        let (actual, len) = reader.finish();
-        (len, Some(actual))
-    } else {
-        (io::copy(&mut file.take(size), out)?, None)
+    let vouched = |file: &File| match check {
+        Check::Digest(store) => file
+            .metadata()
+            .is_ok_and(|meta| seen.is_some_and(|s| s.still(&meta)) || store.stamped(&meta, digest)),
+        Check::Length => false,
     };
-    if len != size || actual.is_some_and(|a| a != *digest) {
+    let (len, intact) = match check {
+        Check::Digest(..) if vouched(&file) => {
+            let len = io::copy(&mut (&file).take(size), out)?;
+            (len, vouched(&file))
+        }
+        Check::Digest(..) => {
+            let mut reader = HashingReader::new(file.take(size));
+            io::copy(&mut reader, out)?;
+            let (actual, len) = reader.finish();
+            (len, actual == *digest)
+        }
+        Check::Length => (io::copy(&mut file.take(size), out)?, true),
+    };
+    if len != size || !intact {
         return Err(EntryError::Kiln(Error::invalid(
             format!("`{}` changed while kiln was building", path.display()),
             Some("run the build again once nothing is writing to the inputs".into()),
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_changed_since_planning_is_hashed_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let input = dir.path().join("input");
+        std::fs::write(&input, b"planned content").unwrap();
+        let planned = Digest::of(b"planned content");
+        // Planning saw the file (`Seen::of` leaves out files changed in the
+        // last two seconds: wait until this one is not).
+        let meta = std::fs::metadata(&input).unwrap();
+        let seen = Seen::of(&meta).or_else(|| {
+            std::thread::sleep(std::time::Duration::from_millis(2100));
+            Seen::of(&meta)
+        });
+        assert!(seen.is_some(), "a file unchanged for two seconds is seen");
+        let entry = |seen| Entry {
+            path: "f".into(),
+            kind: EntryKind::File {
+                content: Content::Host(input.clone(), seen),
+                size: 15,
+                digest: planned.clone(),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        let entries = [entry(seen)];
+        let (record, _) = build(&store, &entries, Compression::Gzip, 0, 1).unwrap();
+        assert_eq!(diff_id(&entries, 0).unwrap(), record.diff_id);
+
+        // Same length, new bytes: the change time moved, so the copy is
+        // hashed and refused, whether planning saw the file or not.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::write(&input, b"written meanwhi").unwrap();
+        for entries in [[entry(seen)], [entry(None)]] {
+            let err = build(&store, &entries, Compression::Gzip, 0, 1).unwrap_err();
+            assert!(
+                err.to_string().contains("changed while kiln was building"),
+                "{err}"
+            );
+        }
+    }
 }

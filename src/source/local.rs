@@ -80,7 +80,7 @@ impl LocalLayer {
     pub fn host_files(&self) -> impl Iterator<Item = (&Path, &Digest)> {
         self.entries.values().filter_map(|(e, _)| match &e.kind {
             EntryKind::File {
-                content: Content::Host(path),
+                content: Content::Host(path, _),
                 digest,
                 ..
             } => Some((path.as_path(), digest)),
@@ -413,7 +413,7 @@ impl LayerBuilder<'_> {
         Ok(Entry {
             path,
             kind: EntryKind::File {
-                content: Content::Host(src),
+                content: Content::Host(src, meta.seen),
                 size,
                 digest,
             },

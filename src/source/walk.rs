@@ -41,6 +41,8 @@ pub struct Meta {
     pub nlink: u64,
     /// Device and inode.
     pub id: (u64, u64),
+    /// As the layer writer will look for it (regular files).
+    pub seen: Option<crate::plan::Seen>,
 }
 
 impl From<&Metadata> for Meta {
@@ -51,6 +53,11 @@ impl From<&Metadata> for Meta {
             mode: m.mode(),
             nlink: m.nlink(),
             id: (m.dev(), m.ino()),
+            seen: if m.is_file() {
+                crate::plan::Seen::of(m)
+            } else {
+                None
+            },
         }
     }
 }

@@ -316,7 +316,7 @@ impl Store {
         let file = self.temp_file_in(&self.tmp_dir())?;
         Ok(BlobWriter {
             store: self.clone(),
-            inner: HashingWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            inner: HashingWriter::beside(BufWriter::with_capacity(1 << 20, file)),
         })
     }
 

@@ -5,8 +5,12 @@
 //! match (ctime moves on every write and cannot be set by users). Files
 //! changed in the last two seconds are not recorded, so a write that lands
 //! within one timestamp tick of our read is never mistaken for no change.
-//! The layer writer re-hashes whatever it copies anyway, so a stale entry
-//! can fail a build but never produce a wrong layer.
+//! A rebuild with nothing changed stands on this cache's word alone (it
+//! reads no file), and so does the layer writer: a file that looks just
+//! before and just after it is copied as it did when planning took its
+//! digest (`plan::Seen`) is not hashed again (a write in between moves its
+//! change time); any other file is hashed as it is copied and the build
+//! fails if it is not what was planned.
 
 use std::collections::HashMap;
 use std::fs;

@@ -102,7 +102,7 @@ pub fn entries(
                         certs.insert(e.path.clone(), digest.clone());
                     }
                     EntryKind::File {
-                        content: Content::Host(store.blob_path(digest)),
+                        content: Content::Host(store.blob_path(digest), None),
                         size: *size,
                         digest: digest.clone(),
                     }
@@ -349,7 +349,7 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
             EntryKind::File { content, .. } => {
                 let mut f = tree.create_file(path).at("create", &shown)?;
                 match content {
-                    Content::Host(src) => {
+                    Content::Host(src, _) => {
                         let mut from = std::fs::File::open(src).at("open", src)?;
                         std::io::copy(&mut from, &mut f).at("copy", src)?;
                     }
@@ -472,7 +472,7 @@ fn base_passwd(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Re
             let entry = Entry {
                 path: target.clone(),
                 kind: EntryKind::File {
-                    content: Content::Host(store.blob_path(digest)),
+                    content: Content::Host(store.blob_path(digest), None),
                     size: *size,
                     digest: digest.clone(),
                 },
@@ -787,7 +787,7 @@ fn add_stored(
         path: path.to_string(),
         kind: EntryKind::File {
             size: store.size(&digest)?,
-            content: Content::Host(store.blob_path(&digest)),
+            content: Content::Host(store.blob_path(&digest), None),
             digest,
         },
         mode: 0o644,
