@@ -126,6 +126,25 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// Has a hashing thread ([`HashingWriter::beside`]) also write what it
+    /// hashes to `copy`, from here on; [`HashingWriter::finish_copy`] hands
+    /// it back. A writer that hashes on its own thread ignores this.
+    pub fn copy_to(&mut self, copy: Box<dyn Copy>) {
+        if let Hasher::Beside(b) = &mut self.hasher {
+            b.copy = Some(Ok(copy));
+        }
+    }
+
+    /// As [`HashingWriter::finish`], with the copy asked for by
+    /// [`HashingWriter::copy_to`], or why it failed.
+    pub fn finish_copy(self) -> (W, Digest, u64, CopyState) {
+        let (hasher, copy) = match self.hasher {
+            Hasher::Here(h) => (h, None),
+            Hasher::Beside(b) => b.finish(),
+        };
+        (self.inner, Digest::from_hasher(hasher), self.len, copy)
+    }
+
     /// The inner writer (what is written to it directly is not hashed).
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
@@ -133,11 +152,8 @@ impl<W: Write> HashingWriter<W> {
 
     /// Returns the inner writer, the digest and the byte count of what was written.
     pub fn finish(self) -> (W, Digest, u64) {
-        let hasher = match self.hasher {
-            Hasher::Here(h) => h,
-            Hasher::Beside(b) => b.finish(),
-        };
-        (self.inner, Digest::from_hasher(hasher), self.len)
+        let (inner, digest, len, _) = self.finish_copy();
+        (inner, digest, len)
     }
 }
 
@@ -157,19 +173,39 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Where a hashing thread writes a copy of what it hashes.
+pub trait Copy: Write + Send {
+    /// Makes what was written durable.
+    fn close(self: Box<Self>) -> io::Result<()>;
+}
+
+/// A copy being written (or written), or why it could not be.
+pub type CopyState = Option<io::Result<Box<dyn Copy>>>;
+
 /// Bytes gathered into batches and hashed in order on a thread started
 /// with the first full batch (a short stream is hashed where it ends).
 #[derive(Default)]
 struct Beside {
     batch: Vec<u8>,
     thread: Option<HashThread>,
+    /// Moved to the thread when it starts.
+    copy: CopyState,
 }
 
 struct HashThread {
     full: std::sync::mpsc::SyncSender<Vec<u8>>,
     /// Hashed batches come back to be filled again.
     empty: std::sync::mpsc::Receiver<Vec<u8>>,
-    handle: std::thread::JoinHandle<Sha256>,
+    handle: std::thread::JoinHandle<(Sha256, CopyState)>,
+}
+
+/// Writes `bytes` to the copy, keeping the first error.
+fn copy_out(copy: &mut CopyState, bytes: &[u8]) {
+    if let Some(Ok(w)) = copy {
+        if let Err(e) = w.write_all(bytes) {
+            *copy = Some(Err(e));
+        }
+    }
 }
 
 /// How much [`Beside`] gathers before handing over.
@@ -191,18 +227,21 @@ impl Beside {
     }
 
     fn hand_over(&mut self) {
+        let copy = &mut self.copy;
         let thread = self.thread.get_or_insert_with(|| {
             let (full, batches) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
             let (done, empty) = std::sync::mpsc::channel();
+            let mut copy = copy.take();
             let handle = std::thread::spawn(move || {
                 let mut hasher = Sha256::new();
                 for mut batch in batches {
                     hasher.update(&batch);
+                    copy_out(&mut copy, &batch);
                     batch.clear();
                     // Gone only once the writer is finished.
                     let _ = done.send(batch);
                 }
-                hasher
+                (hasher, copy)
             });
             HashThread {
                 full,
@@ -218,9 +257,10 @@ impl Beside {
             .expect("the hashing thread runs until its sender is dropped");
     }
 
-    fn finish(self) -> Sha256 {
+    fn finish(mut self) -> (Sha256, CopyState) {
         let Some(thread) = self.thread else {
-            return Sha256::new_with_prefix(&self.batch);
+            copy_out(&mut self.copy, &self.batch);
+            return (Sha256::new_with_prefix(&self.batch), self.copy);
         };
         let HashThread { full, handle, .. } = thread;
         if !self.batch.is_empty() {

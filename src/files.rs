@@ -148,6 +148,68 @@ pub fn commit_dir(tmp: TempDir, dest: &Path) -> Result<()> {
     sync_dir(&parent_of(dest))
 }
 
+/// A file being written whole and synced at the end, whose pages are handed
+/// to the disk every 8 MiB as they are written (`posix_fadvise(DONTNEED)`
+/// on the range just written starts its writeback without waiting for it),
+/// so that the final sync finds little left to do and the disk works while
+/// the writer goes on producing.
+pub struct Writeback<F> {
+    file: F,
+    written: u64,
+    handed: u64,
+}
+
+/// How much [`Writeback`] lets gather before handing it to the disk.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+impl<F: std::os::fd::AsFd> Writeback<F> {
+    /// Wraps `file`, written from its start.
+    pub fn new(file: F) -> Self {
+        Writeback {
+            file,
+            written: 0,
+            handed: 0,
+        }
+    }
+
+    /// The file.
+    pub fn get_ref(&self) -> &F {
+        &self.file
+    }
+
+    /// The file, to write to directly.
+    pub fn get_mut(&mut self) -> &mut F {
+        &mut self.file
+    }
+
+    /// Returns the file.
+    pub fn into_inner(self) -> F {
+        self.file
+    }
+}
+
+impl<F: Write + std::os::fd::AsFd> Write for Writeback<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.handed >= WRITEBACK_EVERY {
+            // Only advice: the final sync is what makes the bytes durable.
+            let _ = rustix::fs::fadvise(
+                &self.file,
+                self.handed,
+                std::num::NonZeroU64::new(self.written - self.handed),
+                rustix::fs::Advice::DontNeed,
+            );
+            self.handed = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Fsyncs a directory so that a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -74,6 +74,15 @@ fn fill(store: &Store, output: &Output<'_>, dir: &Path, previous: &Path) -> Resu
         if intact && fs::hard_link(&old, &dest).is_ok() {
             continue;
         }
+        // A layer blob written twice as it was built: its second copy,
+        // synced, is renamed here (where the store is on this filesystem)
+        // instead of copied now.
+        if let Some(spare) = store.take_spare(&digest) {
+            if spare.persist(&dest).is_ok() {
+                store.vouch(&fs::metadata(&dest).at("stat", &dest)?, &digest);
+                continue;
+            }
+        }
         let mut file = File::create(&dest).at("create", &dest)?;
         let path = store.blob_path(&digest);
         let src = File::open(&path).at("open blob", &path)?;

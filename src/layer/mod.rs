@@ -68,7 +68,7 @@ pub fn build_metered(
     threads: usize,
     meter: &crate::progress::Meter,
 ) -> Result<(LayerRecord, Option<Chunks>)> {
-    let blob = store.writer()?;
+    let blob = store.layer_writer()?;
     let mut done = 0;
     let encoder = compress::Encoder::layer(
         compression,

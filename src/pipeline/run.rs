@@ -121,6 +121,9 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     // tag's recipe name is checked with the recipe).
     names_of("kiln", &[], &request.tags)?;
     let store = request.store;
+    if request.format == Format::OciLayout && same_filesystem(store, request.out.as_deref()) {
+        store.keep_spares();
+    }
     let built = build(store, &request.recipe, &request.settings, request.reporter)?;
     let name = &built.recipe.name;
     let out = request.out.clone().unwrap_or_else(|| match request.format {
@@ -285,4 +288,25 @@ fn names_of(recipe_name: &str, recipe_tags: &[String], tags: &[String]) -> Resul
 /// Writes `digest` and a newline to `file`, atomically.
 pub fn write_digest_file(file: &Path, digest: &Digest) -> Result<()> {
     crate::files::write_atomic(file, format!("{digest}\n").as_bytes())
+}
+
+/// Whether the output (`out`, or `out/` under the current directory by
+/// default) will be on the store's filesystem, judged by the nearest
+/// directory that exists: then a layout can take layer blobs by renaming
+/// their second copies.
+fn same_filesystem(store: &Store, out: Option<&std::path::Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let start = out.unwrap_or(std::path::Path::new("out"));
+    let device = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| m.dev());
+    let out_dev = start
+        .ancestors()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find_map(device);
+    out_dev.is_some() && out_dev == device(store.root())
 }

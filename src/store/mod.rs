@@ -90,6 +90,37 @@ pub struct Store {
     /// by this store whole, or re-hashed. Loaded on first use and saved when
     /// the last handle is dropped.
     stamps: Arc<std::sync::OnceLock<Stamps>>,
+    /// Second copies of layer blobs, for an output to take (see
+    /// [`Store::keep_spares`]).
+    spares: Arc<Spares>,
+}
+
+/// Second copies of blobs written beside them, by digest: files in `tmp/`,
+/// removed with the last handle of the store (or, after a kill, reclaimed
+/// as any temporary file).
+#[derive(Debug, Default)]
+struct Spares {
+    on: std::sync::atomic::AtomicBool,
+    files: std::sync::Mutex<std::collections::HashMap<Digest, tempfile::TempPath>>,
+}
+
+/// A copy of a blob written on the hashing thread, synced when done.
+struct SpareCopy(crate::files::Writeback<File>);
+
+impl Write for SpareCopy {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl crate::digest::Copy for SpareCopy {
+    fn close(self: Box<Self>) -> io::Result<()> {
+        self.0.into_inner().sync_all()
+    }
 }
 
 /// How long a blob's "last used" time may lag behind its real last use: a
@@ -165,6 +196,7 @@ impl Store {
             token,
             notes: Notes::default(),
             stamps: Arc::default(),
+            spares: Arc::default(),
         })
     }
 
@@ -311,12 +343,55 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
+    /// From now on, layer blobs ([`Store::layer_writer`]) are written twice
+    /// as they are made: into the store, and into a second file that an
+    /// OCI layout output on the same filesystem takes by renaming it
+    /// ([`Store::take_spare`]) instead of copying the blob at the end.
+    pub fn keep_spares(&self) {
+        self.spares
+            .on
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The second copy of `digest` written with it, synced, with mode 0666
+    /// less the umask, if there is one: the caller's to rename.
+    pub fn take_spare(&self, digest: &Digest) -> Option<tempfile::TempPath> {
+        self.spares
+            .files
+            .lock()
+            .expect("no panics hold this lock")
+            .remove(digest)
+    }
+
+    /// Starts writing a layer blob: as [`Store::writer`], with a second
+    /// copy when [`Store::keep_spares`] asked for one.
+    pub fn layer_writer(&self) -> Result<BlobWriter> {
+        let mut w = self.writer()?;
+        if self.spares.on.load(std::sync::atomic::Ordering::Relaxed) {
+            let dir = self.tmp_dir();
+            let (file, path) = tempfile::Builder::new()
+                .prefix(&self.temp_prefix())
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .tempfile_in(&dir)
+                .at("create a temporary file in", &dir)?
+                .into_parts();
+            w.inner
+                .copy_to(Box::new(SpareCopy(crate::files::Writeback::new(file))));
+            w.spare = Some(path);
+        }
+        Ok(w)
+    }
+
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
         let file = self.temp_file_in(&self.tmp_dir())?;
         Ok(BlobWriter {
             store: self.clone(),
-            inner: HashingWriter::beside(BufWriter::with_capacity(1 << 20, file)),
+            inner: HashingWriter::beside(BufWriter::with_capacity(
+                1 << 20,
+                crate::files::Writeback::new(file),
+            )),
+            spare: None,
         })
     }
 
@@ -766,7 +841,9 @@ impl<R: Read> Read for VerifiedReader<R> {
 /// A blob being written: hashed as it goes, renamed into place on [`commit`](BlobWriter::commit).
 pub struct BlobWriter {
     store: Store,
-    inner: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    inner: HashingWriter<BufWriter<crate::files::Writeback<tempfile::NamedTempFile>>>,
+    /// Where the second copy goes ([`Store::layer_writer`]).
+    spare: Option<tempfile::TempPath>,
 }
 
 impl Write for BlobWriter {
@@ -787,11 +864,12 @@ impl BlobWriter {
     }
 
     fn commit_named(self, expected: Option<&Digest>, what: &str) -> Result<(Digest, u64)> {
-        let (buf, digest, len) = self.inner.finish();
+        let (buf, digest, len, copy) = self.inner.finish_copy();
         let tmp_dir = self.store.tmp_dir();
         let file = buf
             .into_inner()
-            .map_err(|e| Error::io("write", &tmp_dir, e.into_error()))?;
+            .map_err(|e| Error::io("write", &tmp_dir, e.into_error()))?
+            .into_inner();
         if let Some(expected) = expected {
             if *expected != digest {
                 return Err(Error::DigestMismatch {
@@ -809,6 +887,18 @@ impl BlobWriter {
         // Hashed as it was written, and only ever replaced whole: known
         // intact from now on, so no later check reads it again.
         self.store.vouch(&written, &digest);
+        // Only a help: a copy that failed is dropped (and removed), and the
+        // output copies the blob instead.
+        if let (Some(path), Some(Ok(copy))) = (self.spare, copy) {
+            if copy.close().is_ok() {
+                self.store
+                    .spares
+                    .files
+                    .lock()
+                    .expect("no panics hold this lock")
+                    .insert(digest.clone(), path);
+            }
+        }
         Ok((digest, len))
     }
 }

@@ -201,3 +201,78 @@ fn chunk_records_of_an_older_form_are_not_read_and_prune_drops_them() {
         "after prune: {left:?}"
     );
 }
+
+#[test]
+fn a_layout_takes_the_built_layer_as_its_own_file_and_the_store_keeps_no_spares() {
+    use std::os::unix::fs::MetadataExt;
+    let w = Work::new();
+    write_tree(&w.path().join("tree"));
+    w.write(
+        "recipe.toml",
+        "name = \"spare\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
+    );
+    let doc = build(&w, "s", "o1");
+    let layer = doc["layers"][0]["digest"].as_str().unwrap();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let in_layout = w.path().join("o1/blobs/sha256").join(hex);
+    let in_store = w.path().join("s/blobs/sha256").join(hex);
+    let (a, b) = (
+        std::fs::metadata(&in_layout).unwrap(),
+        std::fs::metadata(&in_store).unwrap(),
+    );
+    assert_ne!(a.ino(), b.ino(), "the layout's blob is a file of its own");
+    assert_eq!(
+        std::fs::read(&in_layout).unwrap(),
+        std::fs::read(&in_store).unwrap()
+    );
+    // Written as every other file of the layout: 0666 less the umask.
+    let other = std::fs::metadata(w.path().join("o1/index.json")).unwrap();
+    assert_eq!(a.mode() & 0o7777, other.mode() & 0o7777);
+    let leftovers = |store: &str| -> Vec<String> {
+        std::fs::read_dir(w.path().join(store).join("tmp"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        leftovers("s"),
+        Vec::<String>::new(),
+        "no second copy is left behind"
+    );
+
+    // An archive takes no second copy, and neither does a layout on
+    // another filesystem (when there is one to try): both copy the blob.
+    let o = w
+        .kiln()
+        .env("KILN_CACHE", w.path().join("s2"))
+        .args([
+            "build",
+            "recipe.toml",
+            "--json",
+            "--format",
+            "oci-archive",
+            "--out",
+            "a.tar",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&o, "kiln build --format oci-archive");
+    assert_eq!(leftovers("s2"), Vec::<String>::new());
+    let shm = Path::new("/dev/shm");
+    let other_fs =
+        std::fs::metadata(shm).is_ok_and(|m| m.dev() != std::fs::metadata(w.path()).unwrap().dev());
+    if other_fs {
+        let out = tempfile::tempdir_in(shm).unwrap();
+        let dest = out.path().join("img");
+        let doc2 = build(&w, "s3", dest.to_str().unwrap());
+        assert_eq!(digest(&doc2), digest(&doc));
+        assert_eq!(
+            std::fs::read(dest.join("blobs/sha256").join(hex)).unwrap(),
+            std::fs::read(&in_store).unwrap()
+        );
+        assert_eq!(leftovers("s3"), Vec::<String>::new());
+    }
+}

@@ -68,6 +68,25 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill {sig} failed");
+    if sig == "-STOP" {
+        // A stop lands on each thread in turn: a thread inside a write may
+        // finish it after `kill` returns. Wait until every one is stopped.
+        let tasks = format!("/proc/{}/task", child.id());
+        let stopped = || {
+            fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+                fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                    // `PID (COMM) STATE ...`: the state follows the last `)`.
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                })
+            })
+        };
+        let start = std::time::Instant::now();
+        while !stopped() {
+            assert!(start.elapsed().as_secs() < 10, "the build did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 /// Temporary entries kiln left: in the store (anything in `tmp/`, and
