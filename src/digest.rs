@@ -128,7 +128,8 @@ impl<W: Write> HashingWriter<W> {
 
     /// Has a hashing thread ([`HashingWriter::beside`]) also write what it
     /// hashes to `copy`, from here on; [`HashingWriter::finish_copy`] hands
-    /// it back. A writer that hashes on its own thread ignores this.
+    /// it back. A writer made by [`HashingWriter::new`], which hashes where
+    /// it writes, ignores this.
     pub fn copy_to(&mut self, copy: Box<dyn Copy>) {
         if let Hasher::Beside(b) = &mut self.hasher {
             b.copy = Some(Ok(copy));

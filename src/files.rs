@@ -172,16 +172,6 @@ impl<F: std::os::fd::AsFd> Writeback<F> {
         }
     }
 
-    /// The file.
-    pub fn get_ref(&self) -> &F {
-        &self.file
-    }
-
-    /// The file, to write to directly.
-    pub fn get_mut(&mut self) -> &mut F {
-        &mut self.file
-    }
-
     /// Returns the file.
     pub fn into_inner(self) -> F {
         self.file

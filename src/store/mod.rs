@@ -104,22 +104,10 @@ struct Spares {
     files: std::sync::Mutex<std::collections::HashMap<Digest, tempfile::TempPath>>,
 }
 
-/// A copy of a blob written on the hashing thread, synced when done.
-struct SpareCopy(crate::files::Writeback<File>);
-
-impl Write for SpareCopy {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl crate::digest::Copy for SpareCopy {
+/// A second copy of a blob, written on the hashing thread, synced when done.
+impl crate::digest::Copy for crate::files::Writeback<File> {
     fn close(self: Box<Self>) -> io::Result<()> {
-        self.0.into_inner().sync_all()
+        self.into_inner().sync_all()
     }
 }
 
@@ -216,15 +204,17 @@ impl Store {
     /// A temporary file beside `dest` (a path the store named), to be renamed
     /// onto it; it is reclaimed if this process dies before that.
     pub(crate) fn temp_file_beside(&self, dest: &Path) -> Result<tempfile::NamedTempFile> {
-        self.temp_file_in(&crate::files::parent_of(dest))
+        self.temp_file_in(&crate::files::parent_of(dest), 0o600)
     }
 
-    /// A temporary file in `dir` (inside the store), named so that it is
-    /// reclaimed if this process dies before persisting it.
-    fn temp_file_in(&self, dir: &Path) -> Result<tempfile::NamedTempFile> {
+    /// A temporary file in `dir` (inside the store) with `mode` (less the
+    /// umask), named so that it is reclaimed if this process dies before
+    /// persisting it.
+    fn temp_file_in(&self, dir: &Path, mode: u32) -> Result<tempfile::NamedTempFile> {
         fs::create_dir_all(dir).at("create", dir)?;
         tempfile::Builder::new()
             .prefix(&self.temp_prefix())
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
             .tempfile_in(dir)
             .at("create a temporary file in", dir)
     }
@@ -368,15 +358,10 @@ impl Store {
     pub fn layer_writer(&self) -> Result<BlobWriter> {
         let mut w = self.writer()?;
         if self.spares.on.load(std::sync::atomic::Ordering::Relaxed) {
-            let dir = self.tmp_dir();
-            let (file, path) = tempfile::Builder::new()
-                .prefix(&self.temp_prefix())
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .tempfile_in(&dir)
-                .at("create a temporary file in", &dir)?
-                .into_parts();
+            // Created as the layout's own files are: 0666 less the umask.
+            let (file, path) = self.temp_file_in(&self.tmp_dir(), 0o666)?.into_parts();
             w.inner
-                .copy_to(Box::new(SpareCopy(crate::files::Writeback::new(file))));
+                .copy_to(Box::new(crate::files::Writeback::new(file)));
             w.spare = Some(path);
         }
         Ok(w)
@@ -384,7 +369,7 @@ impl Store {
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
-        let file = self.temp_file_in(&self.tmp_dir())?;
+        let file = self.temp_file_in(&self.tmp_dir(), 0o600)?;
         Ok(BlobWriter {
             store: self.clone(),
             inner: HashingWriter::beside(BufWriter::with_capacity(

@@ -242,6 +242,18 @@ fn a_layout_takes_the_built_layer_as_its_own_file_and_the_store_keeps_no_spares(
         Vec::<String>::new(),
         "no second copy is left behind"
     );
+    // skopeo reads the layout and checks every blob against its digest.
+    let copied = w.path().join("copied");
+    run(std::process::Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        &format!("oci:{}:latest", w.path().join("o1").display()),
+        &format!("dir:{}", copied.display()),
+    ]));
+    assert_eq!(
+        std::fs::read(copied.join(hex)).unwrap(),
+        std::fs::read(&in_store).unwrap()
+    );
 
     // An archive takes no second copy, and neither does a layout on
     // another filesystem (when there is one to try): both copy the blob.
