@@ -107,7 +107,7 @@ struct Spares {
 /// A second copy of a blob, written on the hashing thread, synced when done.
 impl crate::digest::Copy for crate::files::Writeback<File> {
     fn close(self: Box<Self>) -> io::Result<()> {
-        self.into_inner().sync_all()
+        self.finish()?.sync_all()
     }
 }
 
@@ -353,8 +353,9 @@ impl Store {
             .remove(digest)
     }
 
-    /// Starts writing a layer blob: as [`Store::writer`], with a second
-    /// copy when [`Store::keep_spares`] asked for one.
+    /// Starts writing a blob an output may take (a layer built, or a blob
+    /// pulled): as [`Store::writer`], with a second copy when
+    /// [`Store::keep_spares`] asked for one.
     pub fn layer_writer(&self) -> Result<BlobWriter> {
         let mut w = self.writer()?;
         if self.spares.on.load(std::sync::atomic::Ordering::Relaxed) {
@@ -854,7 +855,8 @@ impl BlobWriter {
         let file = buf
             .into_inner()
             .map_err(|e| Error::io("write", &tmp_dir, e.into_error()))?
-            .into_inner();
+            .finish()
+            .map_err(|e| Error::io("write", &tmp_dir, e))?;
         if let Some(expected) = expected {
             if *expected != digest {
                 return Err(Error::DigestMismatch {
