@@ -149,15 +149,21 @@ pub fn commit_dir(tmp: TempDir, dest: &Path) -> Result<()> {
 }
 
 /// A file being written whole, from its start, and synced at the end,
-/// whose bytes go to the disk as they are written rather than through the
-/// page cache: gathered into aligned 4 MiB blocks and written with
-/// `O_DIRECT`, so a layer of hundreds of MiB costs neither a copy into
-/// fresh page-cache pages nor an eviction of what the cache holds, and the
-/// final sync finds nothing left to write. The unaligned tail goes through
-/// the page cache at [`Writeback::finish`]. Where the filesystem refuses
-/// `O_DIRECT` (tmpfs, some network filesystems, an odd block size), it
-/// writes through the page cache and hands each 4 MiB to the disk with
-/// `posix_fadvise(DONTNEED)`, which starts its writeback without waiting.
+/// whose bytes are handed to the disk as they are written, so that the
+/// final sync finds little left to do and the disk works while the writer
+/// goes on producing. Two ways:
+/// - [`Writeback::new`]: through the page cache, with
+///   `posix_fadvise(DONTNEED)` on every 8 MiB just written, which starts
+///   its writeback without waiting. For files read back soon (a blob an
+///   archive or a VM image is made from next).
+/// - [`Writeback::direct`]: gathered into aligned 4 MiB blocks written with
+///   `O_DIRECT`, so that hundreds of MiB cost neither a copy into fresh
+///   page-cache pages nor an eviction of what the cache holds; the
+///   unaligned tail goes through the page cache at [`Writeback::finish`].
+///   For files not read again soon (a layer blob whose second copy an OCI
+///   layout takes). Where the filesystem refuses `O_DIRECT` (tmpfs, some
+///   network filesystems, a block size over 4 KiB: `EINVAL` at `fcntl` or
+///   at a write), it falls back to the first way.
 pub struct Writeback<F> {
     file: F,
     /// `O_DIRECT` is set on the file and every write so far was whole blocks.
@@ -170,19 +176,32 @@ pub struct Writeback<F> {
     handed: u64,
 }
 
-/// How much [`Writeback`] gathers before handing it to the disk.
+/// How much [`Writeback::direct`] gathers before writing it.
 const WRITEBACK_EVERY: usize = 4 << 20;
+/// How much [`Writeback::new`] lets the page cache gather before handing it
+/// to the disk.
+const ADVISE_EVERY: u64 = 8 << 20;
 /// The alignment `O_DIRECT` asks of addresses, offsets and lengths here
 /// (any logical block size up to 4 KiB; a larger one makes the filesystem
 /// refuse, and [`Writeback`] falls back).
 const DIRECT_ALIGN: usize = 4096;
 
 impl<F: std::os::fd::AsFd + Write> Writeback<F> {
-    /// Wraps `file`, written from its start.
+    /// Wraps `file`, written from its start, through the page cache.
     pub fn new(file: F) -> Self {
+        Self::with(file, false)
+    }
+
+    /// Wraps `file`, written from its start, with `O_DIRECT` where the
+    /// filesystem takes it.
+    pub fn direct(file: F) -> Self {
         let direct = rustix::fs::fcntl_getfl(&file)
             .and_then(|flags| rustix::fs::fcntl_setfl(&file, flags | rustix::fs::OFlags::DIRECT))
             .is_ok();
+        Self::with(file, direct)
+    }
+
+    fn with(file: F, direct: bool) -> Self {
         Writeback {
             file,
             direct,
@@ -252,7 +271,7 @@ impl<F: std::os::fd::AsFd + Write> Writeback<F> {
 
     /// Hands what went through the page cache to the disk.
     fn advise(&mut self) {
-        if !self.direct && self.written - self.handed >= WRITEBACK_EVERY as u64 {
+        if !self.direct && self.written - self.handed >= ADVISE_EVERY {
             // Only advice: the final sync is what makes the bytes durable.
             let _ = rustix::fs::fadvise(
                 &self.file,
@@ -318,7 +337,12 @@ mod tests {
     /// bytes, flushing once `flush_at` bytes are in; returns what the file
     /// holds.
     fn through(dir: &Path, data: &[u8], piece: usize, flush_at: Option<usize>) -> Vec<u8> {
-        let mut w = Writeback::new(tempfile::tempfile_in(dir).unwrap());
+        let file = tempfile::tempfile_in(dir).unwrap();
+        let mut w = if data.len() % 2 == 0 {
+            Writeback::direct(file)
+        } else {
+            Writeback::new(file)
+        };
         let mut done = 0;
         for chunk in data.chunks(piece) {
             w.write_all(chunk).unwrap();
@@ -351,7 +375,19 @@ mod tests {
     fn every_byte_arrives_in_order_whatever_the_sizes_pieces_and_filesystem() {
         const B: usize = WRITEBACK_EVERY;
         for dir in dirs() {
-            for size in [0, 1, 4095, 4096, 4097, B - 1, B, B + 1, 2 * B + 12_345] {
+            // Even sizes go direct, odd ones through the page cache.
+            for size in [
+                0,
+                1,
+                4095,
+                4096,
+                4097,
+                B - 1,
+                B,
+                B + 1,
+                2 * B + 12_345,
+                2 * B + 12_346,
+            ] {
                 let data = pattern(size);
                 for piece in [1 << 20, 4096, 65_539] {
                     assert!(
@@ -395,10 +431,13 @@ mod tests {
                 .is_ok()
                 && rustix::io::write(&probe, &block[at..at + DIRECT_ALIGN])
                     .is_ok_and(|n| n == DIRECT_ALIGN);
-            let mut w = Writeback::new(tempfile::tempfile_in(&dir).unwrap());
+            let mut w = Writeback::direct(tempfile::tempfile_in(&dir).unwrap());
             w.write_all(&pattern(2 * WRITEBACK_EVERY + 10)).unwrap();
             assert_eq!(w.direct, takes, "in {}", dir.display());
             w.finish().unwrap();
+            let mut w = Writeback::new(tempfile::tempfile_in(&dir).unwrap());
+            w.write_all(&pattern(2 * WRITEBACK_EVERY + 10)).unwrap();
+            assert!(!w.direct, "asked for the page cache in {}", dir.display());
         }
     }
 }

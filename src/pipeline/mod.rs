@@ -244,6 +244,12 @@ pub fn build(
             locked: settings.locked,
         },
     )?;
+    // A VM bundle is made from the layers read back out of the store: no
+    // output takes them whole, so they are written once, through the page
+    // cache, to be read from it.
+    if plan.recipe.vm.is_some() {
+        store.keep_spares(false);
+    }
     let mut settings = settings.clone();
     // `--offline` downloads nothing, from the shared cache neither.
     if let (Some(repo), None, false) = (&settings.cache, &settings.remote, settings.offline) {

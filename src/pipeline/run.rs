@@ -122,7 +122,7 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     names_of("kiln", &[], &request.tags)?;
     let store = request.store;
     if request.format == Format::OciLayout && same_filesystem(store, request.out.as_deref()) {
-        store.keep_spares();
+        store.keep_spares(true);
     }
     let built = build(store, &request.recipe, &request.settings, request.reporter)?;
     let name = &built.recipe.name;

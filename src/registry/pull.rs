@@ -229,7 +229,7 @@ async fn pull_blob(
     // The bounds apply to a stall: both start again when bytes arrive.
     let mut started = Instant::now();
     let mut attempt = 0;
-    let mut writer = store.writer()?;
+    let mut writer = store.layer_writer()?;
     let mut written: u64 = 0;
     let meter = s.progress.start(Kind::Pull, &blob_name(digest), Some(size));
     loop {
@@ -248,7 +248,7 @@ async fn pull_blob(
                     || (from > 0 && resp.status() == StatusCode::PARTIAL_CONTENT) =>
             {
                 if resp.status() == StatusCode::OK && written > 0 {
-                    writer = store.writer()?;
+                    writer = store.layer_writer()?;
                     written = 0;
                 }
                 let mut resp = resp;

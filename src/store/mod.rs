@@ -337,10 +337,12 @@ impl Store {
     /// as they are made: into the store, and into a second file that an
     /// OCI layout output on the same filesystem takes by renaming it
     /// ([`Store::take_spare`]) instead of copying the blob at the end.
-    pub fn keep_spares(&self) {
+    /// `false` turns that off again (for a build whose blobs are read back
+    /// into something else, such as a VM image).
+    pub fn keep_spares(&self, on: bool) {
         self.spares
             .on
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The second copy of `digest` written with it, synced, with mode 0666
@@ -355,28 +357,36 @@ impl Store {
 
     /// Starts writing a blob an output may take (a layer built, or a blob
     /// pulled): as [`Store::writer`], with a second copy when
-    /// [`Store::keep_spares`] asked for one.
+    /// [`Store::keep_spares`] asked for one. Both copies then go to the disk
+    /// direct ([`crate::files::Writeback::direct`]): the output takes the
+    /// second by rename, and the store's is read again only by a later
+    /// build.
     pub fn layer_writer(&self) -> Result<BlobWriter> {
-        let mut w = self.writer()?;
-        if self.spares.on.load(std::sync::atomic::Ordering::Relaxed) {
-            // Created as the layout's own files are: 0666 less the umask.
-            let (file, path) = self.temp_file_in(&self.tmp_dir(), 0o666)?.into_parts();
-            w.inner
-                .copy_to(Box::new(crate::files::Writeback::new(file)));
-            w.spare = Some(path);
+        if !self.spares.on.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.writer();
         }
+        let mut w = self.writer_with(crate::files::Writeback::direct)?;
+        // Created as the layout's own files are: 0666 less the umask.
+        let (file, path) = self.temp_file_in(&self.tmp_dir(), 0o666)?.into_parts();
+        w.inner
+            .copy_to(Box::new(crate::files::Writeback::direct(file)));
+        w.spare = Some(path);
         Ok(w)
     }
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
+        self.writer_with(crate::files::Writeback::new)
+    }
+
+    fn writer_with(
+        &self,
+        writeback: fn(tempfile::NamedTempFile) -> crate::files::Writeback<tempfile::NamedTempFile>,
+    ) -> Result<BlobWriter> {
         let file = self.temp_file_in(&self.tmp_dir(), 0o600)?;
         Ok(BlobWriter {
             store: self.clone(),
-            inner: HashingWriter::beside(BufWriter::with_capacity(
-                1 << 20,
-                crate::files::Writeback::new(file),
-            )),
+            inner: HashingWriter::beside(BufWriter::with_capacity(1 << 20, writeback(file))),
             spare: None,
         })
     }

@@ -183,6 +183,29 @@ fn a_second_store_takes_every_layer_from_the_registry() {
     assert_eq!(b["cache"]["hits"], 2, "{b:#}");
     assert_eq!(b["cache"]["pushed"], 0, "{b:#}");
     assert_same_blobs(&w.path().join("img-a"), &w.path().join("img-b"));
+    // Pulled blobs are written twice as they come (store and layout): the
+    // layout's are files of their own, and no second copy is left over.
+    {
+        use std::os::unix::fs::MetadataExt;
+        for l in b["layers"].as_array().unwrap() {
+            let hex = l["digest"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("sha256:")
+                .unwrap();
+            let out = std::fs::metadata(w.path().join("img-b/blobs/sha256").join(hex)).unwrap();
+            let kept = std::fs::metadata(w.path().join("store-b/blobs/sha256").join(hex)).unwrap();
+            assert_ne!(
+                out.ino(),
+                kept.ino(),
+                "the layout's blob is a file of its own"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(w.path().join("store-b/tmp"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in the store's tmp: {left:?}");
+    }
 
     // The layers are now in store B's own cache.
     let again = build(&w, "store-b", &cache, "img-b2");
