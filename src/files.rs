@@ -338,7 +338,7 @@ mod tests {
     /// holds.
     fn through(dir: &Path, data: &[u8], piece: usize, flush_at: Option<usize>) -> Vec<u8> {
         let file = tempfile::tempfile_in(dir).unwrap();
-        let mut w = if data.len() % 2 == 0 {
+        let mut w = if data.len().is_multiple_of(2) {
             Writeback::direct(file)
         } else {
             Writeback::new(file)
