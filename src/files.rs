@@ -156,28 +156,66 @@ pub fn commit_dir(tmp: TempDir, dest: &Path) -> Result<()> {
 ///   `posix_fadvise(DONTNEED)` on every 8 MiB just written, which starts
 ///   its writeback without waiting. For files read back soon (a blob an
 ///   archive or a VM image is made from next).
-/// - [`Writeback::direct`]: gathered into aligned 4 MiB blocks written with
-///   `O_DIRECT`, so that hundreds of MiB cost neither a copy into fresh
-///   page-cache pages nor an eviction of what the cache holds; the
-///   unaligned tail goes through the page cache at [`Writeback::finish`].
-///   For files not read again soon (a layer blob whose second copy an OCI
-///   layout takes). Where the filesystem refuses `O_DIRECT` (tmpfs, some
-///   network filesystems, a block size over 4 KiB: `EINVAL` at `fcntl` or
-///   at a write), it falls back to the first way.
+/// - [`Writeback::direct`]: gathered into aligned 2 MiB blocks that a
+///   thread of its own writes with `O_DIRECT` while the next block fills,
+///   so that hundreds of MiB cost neither a copy into fresh page-cache
+///   pages nor an eviction of what the cache holds, and the writer never
+///   waits for the disk unless it is the slower of the two. The unaligned
+///   tail goes through the page cache at [`Writeback::finish`]. For files
+///   not read again soon (a layer blob whose second copy an OCI layout
+///   takes). Where the filesystem refuses `O_DIRECT` (tmpfs, some network
+///   filesystems, a block size over 4 KiB: `EINVAL` at `fcntl` or at a
+///   write), it falls back to the first way. A failed write is reported by
+///   the next write after it, or by [`Writeback::finish`].
 pub struct Writeback<F> {
-    file: F,
-    /// `O_DIRECT` is set on the file and every write so far was whole blocks.
-    direct: bool,
-    /// The block being gathered: `buf[at..at + filled]`, `at` aligned.
-    buf: Vec<u8>,
-    at: usize,
-    filled: usize,
+    mode: Mode<F>,
+    /// Bytes written through the page cache, and of those handed to the disk.
     written: u64,
     handed: u64,
 }
 
-/// How much [`Writeback::direct`] gathers before writing it.
-const WRITEBACK_EVERY: usize = 4 << 20;
+enum Mode<F> {
+    /// Through the page cache, on the caller's thread.
+    Cache(F),
+    /// `O_DIRECT`: the block being filled, and the thread writing the full ones.
+    Direct {
+        block: Block,
+        thread: DirectThread<F>,
+    },
+    /// Only while moving from one to the other.
+    Moving,
+}
+
+struct DirectThread<F> {
+    full: std::sync::mpsc::SyncSender<Block>,
+    empty: std::sync::mpsc::Receiver<Block>,
+    /// Blocks made so far (at most two: one filling, one being written).
+    made: usize,
+    /// The file back, and whether every block went direct.
+    handle: std::thread::JoinHandle<std::io::Result<(F, bool)>>,
+}
+
+/// An aligned block: `buf[at..at + filled]`.
+struct Block {
+    buf: Vec<u8>,
+    at: usize,
+    filled: usize,
+}
+
+impl Block {
+    fn new() -> Self {
+        let buf = vec![0; DIRECT_BLOCK + DIRECT_ALIGN];
+        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        Block { buf, at, filled: 0 }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.filled]
+    }
+}
+
+/// How big a block [`Writeback::direct`] writes at once.
+const DIRECT_BLOCK: usize = 2 << 20;
 /// How much [`Writeback::new`] lets the page cache gather before handing it
 /// to the disk.
 const ADVISE_EVERY: u64 = 8 << 20;
@@ -186,10 +224,51 @@ const ADVISE_EVERY: u64 = 8 << 20;
 /// refuse, and [`Writeback`] falls back).
 const DIRECT_ALIGN: usize = 4096;
 
-impl<F: std::os::fd::AsFd + Write> Writeback<F> {
+/// Turns `O_DIRECT` off: later writes go through the page cache.
+fn buffered<F: std::os::fd::AsFd>(file: &F, direct: &mut bool) -> std::io::Result<()> {
+    if std::mem::take(direct) {
+        let flags = rustix::fs::fcntl_getfl(file)?;
+        rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?;
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes`, falling back to the page cache if the filesystem
+/// refuses them direct.
+fn put<F: std::os::fd::AsFd + Write>(
+    file: &mut F,
+    direct: &mut bool,
+    mut bytes: &[u8],
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            // A short direct write leaves an unaligned offset behind.
+            Ok(n) if n < bytes.len() && *direct => {
+                buffered(file, direct)?;
+                bytes = &bytes[n..];
+            }
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if *direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+            {
+                buffered(file, direct)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
     /// Wraps `file`, written from its start, through the page cache.
     pub fn new(file: F) -> Self {
-        Self::with(file, false)
+        Writeback {
+            mode: Mode::Cache(file),
+            written: 0,
+            handed: 0,
+        }
     }
 
     /// Wraps `file`, written from its start, with `O_DIRECT` where the
@@ -198,110 +277,130 @@ impl<F: std::os::fd::AsFd + Write> Writeback<F> {
         let direct = rustix::fs::fcntl_getfl(&file)
             .and_then(|flags| rustix::fs::fcntl_setfl(&file, flags | rustix::fs::OFlags::DIRECT))
             .is_ok();
-        Self::with(file, direct)
-    }
-
-    fn with(file: F, direct: bool) -> Self {
+        if !direct {
+            return Self::new(file);
+        }
+        let (full, blocks) = std::sync::mpsc::sync_channel::<Block>(1);
+        let (done, empty) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let mut file = file;
+            let mut direct = true;
+            for mut block in blocks {
+                // On a failure the channel closes: the next send fails,
+                // and the writer learns why from the join.
+                put(&mut file, &mut direct, block.bytes())?;
+                block.filled = 0;
+                // Gone only once the writer is finished.
+                let _ = done.send(block);
+            }
+            Ok((file, direct))
+        });
         Writeback {
-            file,
-            direct,
-            buf: Vec::new(),
-            at: 0,
-            filled: 0,
+            mode: Mode::Direct {
+                block: Block::new(),
+                thread: DirectThread {
+                    full,
+                    empty,
+                    made: 1,
+                    handle,
+                },
+            },
             written: 0,
             handed: 0,
         }
     }
 
     /// Writes what is gathered and returns the file, with `O_DIRECT` off.
-    pub fn finish(mut self) -> std::io::Result<F> {
-        self.flush()?;
-        Ok(self.file)
+    pub fn finish(self) -> std::io::Result<F> {
+        self.close().map(|(file, _)| file)
     }
 
-    /// Turns `O_DIRECT` off: later writes go through the page cache.
-    fn buffered(file: &F, direct: &mut bool) -> std::io::Result<()> {
-        if std::mem::take(direct) {
-            let flags = rustix::fs::fcntl_getfl(file)?;
-            rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?;
+    /// As [`Writeback::finish`], also saying whether every whole block went
+    /// direct.
+    fn close(mut self) -> std::io::Result<(F, bool)> {
+        let direct = self.stop_direct()?;
+        match self.mode {
+            Mode::Cache(file) => Ok((file, direct)),
+            _ => Err(std::io::Error::other("an earlier write failed")),
         }
-        Ok(())
     }
 
-    /// Writes all of `bytes`, falling back to the page cache if the
-    /// filesystem refuses them direct.
-    fn put(file: &mut F, direct: &mut bool, mut bytes: &[u8]) -> std::io::Result<()> {
-        while !bytes.is_empty() {
-            match file.write(bytes) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                // A short direct write leaves an unaligned offset behind.
-                Ok(n) if n < bytes.len() && *direct => {
-                    Self::buffered(file, direct)?;
-                    bytes = &bytes[n..];
-                }
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if *direct
-                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-                {
-                    Self::buffered(file, direct)?;
-                }
-                Err(e) => return Err(e),
-            }
+    /// Ends direct writing: the thread's file back, the block being filled
+    /// written on this thread (its whole blocks direct, the rest through
+    /// the page cache). Returns whether every whole block went direct.
+    fn stop_direct(&mut self) -> std::io::Result<bool> {
+        if !matches!(self.mode, Mode::Direct { .. }) {
+            return Ok(false);
         }
-        Ok(())
-    }
-
-    /// Writes the gathered block: its whole blocks direct, the rest (only
-    /// at the end) through the page cache.
-    fn drain(&mut self) -> std::io::Result<()> {
-        let whole = self.filled - self.filled % DIRECT_ALIGN;
-        let block = &self.buf[self.at..self.at + self.filled];
-        Self::put(&mut self.file, &mut self.direct, &block[..whole])?;
-        if whole < self.filled {
-            Self::buffered(&self.file, &mut self.direct)?;
-            Self::put(&mut self.file, &mut self.direct, &block[whole..])?;
-        }
-        self.written += self.filled as u64;
-        self.filled = 0;
-        self.advise();
-        Ok(())
+        let Mode::Direct { block, thread } = std::mem::replace(&mut self.mode, Mode::Moving) else {
+            unreachable!("just matched");
+        };
+        let DirectThread { full, handle, .. } = thread;
+        drop(full);
+        let (mut file, mut direct) = handle
+            .join()
+            .map_err(|_| std::io::Error::other("the writing thread panicked"))??;
+        let bytes = block.bytes();
+        let whole = bytes.len() - bytes.len() % DIRECT_ALIGN;
+        put(&mut file, &mut direct, &bytes[..whole])?;
+        let all = direct;
+        buffered(&file, &mut direct)?;
+        put(&mut file, &mut direct, &bytes[whole..])?;
+        self.mode = Mode::Cache(file);
+        Ok(all)
     }
 
     /// Hands what went through the page cache to the disk.
     fn advise(&mut self) {
-        if !self.direct && self.written - self.handed >= ADVISE_EVERY {
-            // Only advice: the final sync is what makes the bytes durable.
-            let _ = rustix::fs::fadvise(
-                &self.file,
-                self.handed,
-                std::num::NonZeroU64::new(self.written - self.handed),
-                rustix::fs::Advice::DontNeed,
-            );
-            self.handed = self.written;
+        if let Mode::Cache(file) = &self.mode {
+            if self.written - self.handed >= ADVISE_EVERY {
+                // Only advice: the final sync is what makes the bytes durable.
+                let _ = rustix::fs::fadvise(
+                    file,
+                    self.handed,
+                    std::num::NonZeroU64::new(self.written - self.handed),
+                    rustix::fs::Advice::DontNeed,
+                );
+                self.handed = self.written;
+            }
         }
     }
 }
 
-impl<F: Write + std::os::fd::AsFd> Write for Writeback<F> {
+impl<F: Write + std::os::fd::AsFd + Send + 'static> Write for Writeback<F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if !self.direct && self.filled == 0 {
-            let n = self.file.write(buf)?;
-            self.written += n as u64;
-            self.advise();
-            return Ok(n);
-        }
-        if self.buf.is_empty() {
-            self.buf = vec![0; WRITEBACK_EVERY + DIRECT_ALIGN];
-            self.at = self.buf.as_ptr().align_offset(DIRECT_ALIGN);
-        }
-        let n = buf.len().min(WRITEBACK_EVERY - self.filled);
-        let at = self.at + self.filled;
-        self.buf[at..at + n].copy_from_slice(&buf[..n]);
-        self.filled += n;
-        if self.filled == WRITEBACK_EVERY {
-            self.drain()?;
+        let (block, thread) = match &mut self.mode {
+            Mode::Cache(file) => {
+                let n = file.write(buf)?;
+                self.written += n as u64;
+                self.advise();
+                return Ok(n);
+            }
+            Mode::Direct { block, thread } => (block, thread),
+            Mode::Moving => return Err(std::io::Error::other("an earlier write failed")),
+        };
+        let n = buf.len().min(DIRECT_BLOCK - block.filled);
+        let at = block.at + block.filled;
+        block.buf[at..at + n].copy_from_slice(&buf[..n]);
+        block.filled += n;
+        if block.filled == DIRECT_BLOCK {
+            let next = if thread.made < 2 {
+                thread.made += 1;
+                Ok(Block::new())
+            } else {
+                thread.empty.recv()
+            };
+            let sent = next.ok().and_then(|next| {
+                let full = std::mem::replace(block, next);
+                thread.full.send(full).ok()
+            });
+            if sent.is_none() {
+                // The thread stopped: its join says why.
+                return match self.stop_direct() {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(std::io::Error::other("the writing thread stopped")),
+                };
+            }
         }
         Ok(n)
     }
@@ -309,11 +408,11 @@ impl<F: Write + std::os::fd::AsFd> Write for Writeback<F> {
     /// Writes everything gathered; the file is written through the page
     /// cache from then on (its end need not be aligned any more).
     fn flush(&mut self) -> std::io::Result<()> {
-        if self.filled > 0 {
-            self.drain()?;
+        self.stop_direct()?;
+        match &mut self.mode {
+            Mode::Cache(file) => file.flush(),
+            _ => Err(std::io::Error::other("an earlier write failed")),
         }
-        Self::buffered(&self.file, &mut self.direct)?;
-        self.file.flush()
     }
 }
 
@@ -373,7 +472,7 @@ mod tests {
 
     #[test]
     fn every_byte_arrives_in_order_whatever_the_sizes_pieces_and_filesystem() {
-        const B: usize = WRITEBACK_EVERY;
+        const B: usize = DIRECT_BLOCK;
         for dir in dirs() {
             // Even sizes go direct, odd ones through the page cache.
             for size in [
@@ -432,12 +531,13 @@ mod tests {
                 && rustix::io::write(&probe, &block[at..at + DIRECT_ALIGN])
                     .is_ok_and(|n| n == DIRECT_ALIGN);
             let mut w = Writeback::direct(tempfile::tempfile_in(&dir).unwrap());
-            w.write_all(&pattern(2 * WRITEBACK_EVERY + 10)).unwrap();
-            assert_eq!(w.direct, takes, "in {}", dir.display());
-            w.finish().unwrap();
+            w.write_all(&pattern(5 * DIRECT_BLOCK + 10)).unwrap();
+            let (_, direct) = w.close().unwrap();
+            assert_eq!(direct, takes, "in {}", dir.display());
             let mut w = Writeback::new(tempfile::tempfile_in(&dir).unwrap());
-            w.write_all(&pattern(2 * WRITEBACK_EVERY + 10)).unwrap();
-            assert!(!w.direct, "asked for the page cache in {}", dir.display());
+            w.write_all(&pattern(2 * DIRECT_BLOCK + 10)).unwrap();
+            let (_, direct) = w.close().unwrap();
+            assert!(!direct, "asked for the page cache in {}", dir.display());
         }
     }
 }
