@@ -239,6 +239,9 @@ impl Error {
             | Error::Network { hint, .. }
             | Error::Tool { hint, .. }
             | Error::Boot { hint, .. } => hint.as_deref(),
+            Error::Io { source, .. } if full(source) => Some(
+                "free space on that filesystem (`kiln store prune` removes what no recent build used), or point `KILN_CACHE` or `--out` at another, then run the command again",
+            ),
             Error::Io { .. } | Error::DigestMismatch { .. } | Error::Internal { .. } => None,
         }
     }
@@ -512,6 +515,13 @@ pub fn render_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Whether `e` says the filesystem (or the user's quota on it) is full.
+fn full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
 }
 
 #[cfg(test)]

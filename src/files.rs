@@ -519,6 +519,24 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_fails_on_the_writing_thread_is_reported() {
+        // A file opened read-only: every write fails (EBADF). Whole blocks
+        // only, so every write happens on the writing thread.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        for make in [Writeback::direct, Writeback::new] {
+            let mut w = make(File::open(&path).unwrap());
+            let wrote = w.write_all(&pattern(3 * DIRECT_BLOCK));
+            let finished = w.finish();
+            assert!(
+                wrote.is_err() || finished.is_err(),
+                "a failed write must not go unnoticed"
+            );
+        }
+    }
+
+    #[test]
     fn whole_blocks_go_direct_where_the_filesystem_takes_direct_writes() {
         for dir in dirs() {
             // The oracle: an aligned O_DIRECT write of our own.

@@ -665,3 +665,76 @@ fn a_damaged_blob_of_the_previous_output_is_not_linked_into_the_next() {
     let dst = format!("oci:{}", w.path().join("copy").display());
     skopeo(&["copy", &src, &dst]);
 }
+
+/// A disk that fills up in the middle of a layer: the build fails, naming
+/// the reason and the path, with a non-zero exit; no output appears; the
+/// store keeps no temporary file and only blobs whose bytes match their
+/// names; and once there is room, the next build gives the digest a build
+/// elsewhere gives. Store and output share a 16 MiB tmpfs (which takes
+/// `O_DIRECT`, so the layer's direct writes and their thread are what
+/// fail), mounted in a mount namespace of the test's own.
+#[test]
+fn a_full_disk_fails_the_build_cleanly_and_the_next_build_with_room_succeeds() {
+    support::need_root("mounting a small tmpfs needs root");
+    let w = Work::new();
+    big_recipe(&w, "full", 24, 11);
+    let expected = w.build("full.toml", "elsewhere");
+    let disk = w.path().join("disk");
+    fs::create_dir(&disk).unwrap();
+    let script = r#"
+mount -t tmpfs -o size=16m kiln-full "$DISK" || exit 90
+KILN_CACHE="$DISK/store" "$KILN" build full.toml --out "$DISK/out" >first.out 2>first.err
+echo $? >first.code
+(cd "$DISK" && find . -mindepth 1 -printf '%P\n' | sort) >after-first
+for f in "$DISK"/store/blobs/sha256/*; do
+    echo "$(basename "$f") $(sha256sum <"$f" | cut -d' ' -f1)"
+done >blobs
+mount -o remount,size=128m "$DISK" || exit 91
+KILN_CACHE="$DISK/store" "$KILN" build full.toml --out "$DISK/out" >second.out 2>second.err
+echo $? >second.code
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .current_dir(w.path())
+        .env("DISK", &disk)
+        .env("KILN", support::kiln_bin())
+        .env("KILN_NO_PROGRESS", "1")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert_success(&out, "the script in its own mount namespace");
+    let read = |f: &str| fs::read_to_string(w.path().join(f)).unwrap();
+
+    let err = read("first.err");
+    assert_ne!(
+        read("first.code").trim(),
+        "0",
+        "a full disk fails the build"
+    );
+    assert!(
+        err.contains("No space left on device") && err.contains(&*disk.to_string_lossy()),
+        "the error says why and where: {err}"
+    );
+    assert!(
+        err.contains("hint: free space on that filesystem"),
+        "the error says what to do: {err}"
+    );
+    let after: Vec<String> = read("after-first").lines().map(String::from).collect();
+    assert!(
+        !after.iter().any(|p| p == "out" || p.starts_with("out/")),
+        "no output appears: {after:?}"
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|p| p.starts_with("store/tmp/") || p.contains("kiln-tmp-")),
+        "no temporary file is left: {after:?}"
+    );
+    for line in read("blobs").lines() {
+        let (name, actual) = line.split_once(' ').unwrap();
+        assert_eq!(name, actual, "every stored blob is intact");
+    }
+
+    assert_eq!(read("second.code").trim(), "0", "{}", read("second.err"));
+    assert_eq!(last_digest(&read("second.out")), expected);
+}
