@@ -319,7 +319,7 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
     /// direct.
     fn close(mut self) -> std::io::Result<(F, bool)> {
         let direct = self.stop_direct()?;
-        match self.mode {
+        match std::mem::replace(&mut self.mode, Mode::Moving) {
             Mode::Cache(file) => Ok((file, direct)),
             _ => Err(std::io::Error::other("an earlier write failed")),
         }
@@ -363,6 +363,19 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
                 );
                 self.handed = self.written;
             }
+        }
+    }
+}
+
+/// Dropped unfinished (a build that failed): the writing thread is let go
+/// only once it has stopped, so the file (a temporary file that removes
+/// itself) is gone when this returns, even if the process ends right after.
+impl<F> Drop for Writeback<F> {
+    fn drop(&mut self) {
+        if let Mode::Direct { thread, .. } = std::mem::replace(&mut self.mode, Mode::Moving) {
+            let DirectThread { full, handle, .. } = thread;
+            drop(full);
+            let _ = handle.join();
         }
     }
 }
@@ -533,6 +546,19 @@ mod tests {
                 wrote.is_err() || finished.is_err(),
                 "a failed write must not go unnoticed"
             );
+        }
+    }
+
+    #[test]
+    fn a_writer_dropped_unfinished_has_closed_its_file_when_the_drop_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let file = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+            let path = file.path().to_path_buf();
+            let mut w = Writeback::direct(file);
+            w.write_all(&pattern(3 * DIRECT_BLOCK)).unwrap();
+            drop(w);
+            assert!(!path.exists(), "the temporary file is gone with its writer");
         }
     }
 
