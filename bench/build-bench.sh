@@ -25,6 +25,9 @@
 #   BENCH_TOOLS  which tools to run (default "kiln kiln-zstd umoci pigz zstd";
 #                "tar" adds single-threaded `tar | gzip -6`; "kiln" alone
 #                checks how kiln's time and memory scale with BENCH_MB/FILES)
+#   BENCH_PAIRS  how many interleaved pairs (kiln, peer, kiln, peer, ...) the
+#                target ratios are measured in again after the one-run table
+#                (default 3; 0 skips them and the targets use the one run)
 #   BENCH_REMOTE=0  skip the remote-cache case
 #   BENCH_NO_UMOCI_REPACK=1  skip the extra `umoci repack` rows
 #
@@ -302,6 +305,66 @@ want pigz && measure cold pigz x.tar.pigz -- "${tpigz[@]}"
 want zstd && measure cold zstd x.tar.zst -- "${tzstd[@]}"
 rm -f x.tar.gz x.tar.pigz x.tar.zst
 
+# --- paired runs for the target ratios ------------------------------------------
+# One run per case is noisy on a shared 2-CPU machine (one peer took 2.1 s in
+# one run and 2.8 s in the next here). Each ratio a target names is measured
+# again in BENCH_PAIRS interleaved pairs, kiln then the peer, and the target
+# table takes the median of the per-pair ratios.
+PAIRS=${BENCH_PAIRS:-3}
+PAIRED=()   # "name pairs median_ratio median_kiln_s median_peer_s"
+timed() {  # timed CMD...: runs CMD, prints its wall seconds
+    if ! /usr/bin/time -f '%e' -o "$DIR/logs/paired.time" "$@" >"$DIR/logs/paired.log" 2>&1; then
+        tail -n 20 "$DIR/logs/paired.log" >&2
+        return 1
+    fi
+    tail -n 1 "$DIR/logs/paired.time"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+paired() {  # paired NAME KILN_FN PEER_FN: each function prepares untimed, then runs `timed`
+    local name=$1 i a b as=() bs=() rs=()
+    for ((i = 1; i <= PAIRS; i++)); do
+        a=$("$2" "$i") || die "paired $name: kiln failed; log: $DIR/logs/paired.log"
+        b=$("$3" "$i") || die "paired $name: the peer failed; log: $DIR/logs/paired.log"
+        as+=("$a") bs+=("$b") rs+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.4f", a / b }')")
+    done
+    PAIRED+=("$name $PAIRS $(median "${rs[@]}") $(median "${as[@]}") $(median "${bs[@]}")")
+    log "$(printf 'paired %-14s kiln %s s, peer %s s, ratios %s' "$name" "${as[*]}" "${bs[*]}" "${rs[*]}")"
+}
+pkiln() {  # pkiln RECIPE: kiln into the paired store and output
+    timed env KILN_CACHE="$DIR/pcache" KILN_NO_PROGRESS=1 "$KILN" build "$1" --out "$DIR/pout"
+}
+p_kiln_cold() { rm -rf pcache pout; sync; pkiln bench.toml; }
+p_kiln_zstd() { rm -rf pcache pout; sync; pkiln bench-zstd.toml; }
+# One more line in the changed file each time: every run is a build after
+# one file changed, on the store the run before it left.
+p_kiln_changed() { printf 'changed by build-bench.sh, pair %s\n' "$1" >>"$CHANGED"; sync; pkiln bench.toml; }
+p_umoci() {
+    rm -rf poci
+    umoci init --layout poci >/dev/null && umoci new --image poci:base >/dev/null
+    sync
+    timed umoci insert --image poci:base --tag t tree /data
+}
+p_zstd() { rm -f x.tar.zst; sync; timed "${tzstd[@]}"; }
+if [[ $PAIRS -gt 0 ]] && want kiln && want umoci; then
+    paired gzip-cold p_kiln_cold p_umoci
+    restore
+    rm -rf pcache pout
+    pkiln bench.toml >/dev/null || die "the paired store's first build failed"
+    paired changed p_kiln_changed p_umoci
+    restore
+fi
+if [[ $PAIRS -gt 0 ]] && want kiln-zstd && want zstd; then
+    paired zstd-cold p_kiln_zstd p_zstd
+fi
+rm -rf pcache pout poci x.tar.zst
+pfig() {  # pfig NAME -> the median ratio of its pairs, or empty
+    local r n k
+    for r in "${PAIRED[@]}"; do
+        read -r n k <<<"$r"
+        [[ $n == "$1" ]] && awk '{ print $2 }' <<<"$k"
+    done
+}
+
 REMOTE_TABLE=
 if want kiln && [[ ${BENCH_REMOTE:-1} != 0 ]]; then
     log "remote cache: bench/remote-cache-bench.sh on the same tree"
@@ -369,19 +432,38 @@ target() {  # target WHAT VALUE LIMIT UNIT
     }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.3f", a / b }'; }
+if [[ ${#PAIRED[@]} -gt 0 ]]; then
+    echo
+    echo "### Paired runs (kiln, peer, kiln, peer, ...; medians)"
+    echo
+    echo "| ratio | pairs | kiln wall s | peer wall s | median of kiln / peer |"
+    echo "|---|---:|---:|---:|---:|"
+    for r in "${PAIRED[@]}"; do
+        read -r n k rr ka pb <<<"$r"
+        case $n in
+        gzip-cold) peer="umoci insert" ;; changed) peer="umoci insert (changed tree)" ;; zstd-cold) peer="tar \\| zstd -3 -T2" ;; *) peer=$n ;;
+        esac
+        printf '| %s vs %s | %s | %.2f | %.2f | %.2f× |\n' "$n" "$peer" "$k" "$ka" "$pb" "$rr"
+    done
+fi
 echo
 echo "### Against the targets"
 echo
+echo "Ratios are the paired medians above where those ran, else the one-run table's."
+echo
 echo "| target | measured | limit | |"
 echo "|---|---:|---:|---|"
-target "gzip cold, kiln / umoci wall" "$(ratio "$(fig cold kiln wall)" "$(fig cold umoci wall)")" 0.5 "×"
+# A ratio: the median of its pairs when they ran, else the one run's.
+either() { if [[ -n $1 ]]; then echo "$1"; else echo "$2"; fi; }
+target "gzip cold, kiln / umoci wall" "$(either "$(pfig gzip-cold)" "$(ratio "$(fig cold kiln wall)" "$(fig cold umoci wall)")")" 0.5 "×"
 target "gzip output, kiln / umoci size" "$(ratio "$(fig cold kiln out)" "$(fig cold umoci out)")" 1.05 "×"
-target "zstd cold, kiln / tar|zstd -T2 wall" "$(ratio "$(fig cold kiln-zstd wall)" "$(fig cold zstd wall)")" 1.0 "×"
-target "one file changed, kiln / umoci wall" "$(ratio "$(fig changed kiln wall)" "$(fig cold umoci wall)")" 0.15 "×"
+target "zstd cold, kiln / tar \\\\| zstd -T2 wall" "$(either "$(pfig zstd-cold)" "$(ratio "$(fig cold kiln-zstd wall)" "$(fig cold zstd wall)")")" 1.0 "×"
+target "one file changed, kiln / umoci wall" "$(either "$(pfig changed)" "$(ratio "$(fig changed kiln wall)" "$(fig cold umoci wall)")")" 0.15 "×"
 target "nothing changed, kiln wall" "$(fig noop kiln wall)" 0.3 " s"
 rss_max=$(for c in cold noop changed; do fig "$c" kiln rss; done | sort -n | tail -n 1)
-target "kiln gzip peak RSS (any case)" "$(awk -v r="$rss_max" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 150 " MiB"
-target "kiln zstd peak RSS (cold)" "$(awk -v r="$(fig cold kiln-zstd rss)" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 150 " MiB"
+# The issue's limit is 150 MB: 143.05 MiB.
+target "kiln gzip peak RSS (any case)" "$(awk -v r="$rss_max" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 143.05 " MiB"
+target "kiln zstd peak RSS (cold)" "$(awk -v r="$(fig cold kiln-zstd rss)" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 143.05 " MiB"
 if [[ -n $REMOTE_TABLE ]]; then
     echo
     echo "### Remote cache (bench/remote-cache-bench.sh, same tree)"
