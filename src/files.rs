@@ -195,6 +195,17 @@ struct DirectThread<F> {
     handle: std::thread::JoinHandle<std::io::Result<(F, bool)>>,
 }
 
+impl<F> DirectThread<F> {
+    /// Closes the channel and waits for the thread: the file back once
+    /// every block sent is written, or the first write's failure.
+    fn stop(self) -> std::io::Result<(F, bool)> {
+        drop(self.full);
+        self.handle
+            .join()
+            .map_err(|_| std::io::Error::other("the writing thread panicked"))?
+    }
+}
+
 /// An aligned block: `buf[at..at + filled]`.
 struct Block {
     buf: Vec<u8>,
@@ -329,17 +340,14 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
     /// written on this thread (its whole blocks direct, the rest through
     /// the page cache). Returns whether every whole block went direct.
     fn stop_direct(&mut self) -> std::io::Result<bool> {
-        if !matches!(self.mode, Mode::Direct { .. }) {
-            return Ok(false);
-        }
-        let Mode::Direct { block, thread } = std::mem::replace(&mut self.mode, Mode::Moving) else {
-            unreachable!("just matched");
+        let (block, thread) = match std::mem::replace(&mut self.mode, Mode::Moving) {
+            Mode::Direct { block, thread } => (block, thread),
+            other => {
+                self.mode = other;
+                return Ok(false);
+            }
         };
-        let DirectThread { full, handle, .. } = thread;
-        drop(full);
-        let (mut file, mut direct) = handle
-            .join()
-            .map_err(|_| std::io::Error::other("the writing thread panicked"))??;
+        let (mut file, mut direct) = thread.stop()?;
         let bytes = block.bytes();
         let whole = bytes.len() - bytes.len() % DIRECT_ALIGN;
         put(&mut file, &mut direct, &bytes[..whole])?;
@@ -373,9 +381,7 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
 impl<F> Drop for Writeback<F> {
     fn drop(&mut self) {
         if let Mode::Direct { thread, .. } = std::mem::replace(&mut self.mode, Mode::Moving) {
-            let DirectThread { full, handle, .. } = thread;
-            drop(full);
-            let _ = handle.join();
+            let _ = thread.stop();
         }
     }
 }
