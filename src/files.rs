@@ -569,6 +569,37 @@ mod tests {
     }
 
     #[test]
+    fn a_direct_write_the_filesystem_refuses_goes_through_the_page_cache() {
+        // A filesystem with blocks over 4 KiB refuses our blocks with
+        // EINVAL; ext4 refuses a misaligned address the same way, which
+        // the test asks of the kernel first (a filesystem that takes it
+        // has nothing to fall back from).
+        let data = pattern(2 * DIRECT_ALIGN + 1);
+        let misaligned = &data[1..];
+        let file = tempfile::tempfile().unwrap();
+        let set = |file: &File| {
+            rustix::fs::fcntl_getfl(file)
+                .and_then(|f| rustix::fs::fcntl_setfl(file, f | rustix::fs::OFlags::DIRECT))
+        };
+        if set(&file).is_err()
+            || rustix::io::write(&file, misaligned) != Err(rustix::io::Errno::INVAL)
+        {
+            return;
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        set(&file).unwrap();
+        let mut direct = true;
+        put(&mut file, &mut direct, misaligned).unwrap();
+        assert!(!direct, "it fell back");
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::DIRECT));
+        let mut back = Vec::new();
+        file.rewind().unwrap();
+        file.read_to_end(&mut back).unwrap();
+        assert!(back == misaligned, "every byte arrived");
+    }
+
+    #[test]
     fn whole_blocks_go_direct_where_the_filesystem_takes_direct_writes() {
         for dir in dirs() {
             // The oracle: an aligned O_DIRECT write of our own.
