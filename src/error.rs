@@ -519,9 +519,10 @@ pub fn render_chain(e: &dyn std::error::Error) -> String {
 
 /// Whether `e` says the filesystem (or the user's quota on it) is full.
 fn full(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull
-        || e.kind() == io::ErrorKind::QuotaExceeded
-        || e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 #[cfg(test)]

@@ -169,14 +169,12 @@ pub fn commit_dir(tmp: TempDir, dest: &Path) -> Result<()> {
 ///   the next write after it, or by [`Writeback::finish`].
 pub struct Writeback<F> {
     mode: Mode<F>,
-    /// Bytes written through the page cache, and of those handed to the disk.
-    written: u64,
-    handed: u64,
 }
 
 enum Mode<F> {
-    /// Through the page cache, on the caller's thread.
-    Cache(F),
+    /// Through the page cache, on the caller's thread: the file's offset,
+    /// and how far of it was handed to the disk.
+    Cache { file: F, written: u64, handed: u64 },
     /// `O_DIRECT`: the block being filled, and the thread writing the full ones.
     Direct {
         block: Block,
@@ -276,9 +274,11 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
     /// Wraps `file`, written from its start, through the page cache.
     pub fn new(file: F) -> Self {
         Writeback {
-            mode: Mode::Cache(file),
-            written: 0,
-            handed: 0,
+            mode: Mode::Cache {
+                file,
+                written: 0,
+                handed: 0,
+            },
         }
     }
 
@@ -316,8 +316,6 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
                     handle,
                 },
             },
-            written: 0,
-            handed: 0,
         }
     }
 
@@ -331,7 +329,7 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
     fn close(mut self) -> std::io::Result<(F, bool)> {
         let direct = self.stop_direct()?;
         match std::mem::replace(&mut self.mode, Mode::Moving) {
-            Mode::Cache(file) => Ok((file, direct)),
+            Mode::Cache { file, .. } => Ok((file, direct)),
             _ => Err(std::io::Error::other("an earlier write failed")),
         }
     }
@@ -354,24 +352,14 @@ impl<F: std::os::fd::AsFd + Write + Send + 'static> Writeback<F> {
         let all = direct;
         buffered(&file, &mut direct)?;
         put(&mut file, &mut direct, &bytes[whole..])?;
-        self.mode = Mode::Cache(file);
+        // What the page cache gathers from here on starts at the end.
+        let end = rustix::fs::seek(&file, rustix::fs::SeekFrom::Current(0))?;
+        self.mode = Mode::Cache {
+            file,
+            written: end,
+            handed: end,
+        };
         Ok(all)
-    }
-
-    /// Hands what went through the page cache to the disk.
-    fn advise(&mut self) {
-        if let Mode::Cache(file) = &self.mode {
-            if self.written - self.handed >= ADVISE_EVERY {
-                // Only advice: the final sync is what makes the bytes durable.
-                let _ = rustix::fs::fadvise(
-                    file,
-                    self.handed,
-                    std::num::NonZeroU64::new(self.written - self.handed),
-                    rustix::fs::Advice::DontNeed,
-                );
-                self.handed = self.written;
-            }
-        }
     }
 }
 
@@ -389,10 +377,23 @@ impl<F> Drop for Writeback<F> {
 impl<F: Write + std::os::fd::AsFd + Send + 'static> Write for Writeback<F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let (block, thread) = match &mut self.mode {
-            Mode::Cache(file) => {
+            Mode::Cache {
+                file,
+                written,
+                handed,
+            } => {
                 let n = file.write(buf)?;
-                self.written += n as u64;
-                self.advise();
+                *written += n as u64;
+                if *written - *handed >= ADVISE_EVERY {
+                    // Only advice: the final sync makes the bytes durable.
+                    let _ = rustix::fs::fadvise(
+                        &*file,
+                        *handed,
+                        std::num::NonZeroU64::new(*written - *handed),
+                        rustix::fs::Advice::DontNeed,
+                    );
+                    *handed = *written;
+                }
                 return Ok(n);
             }
             Mode::Direct { block, thread } => (block, thread),
@@ -429,7 +430,7 @@ impl<F: Write + std::os::fd::AsFd + Send + 'static> Write for Writeback<F> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.stop_direct()?;
         match &mut self.mode {
-            Mode::Cache(file) => file.flush(),
+            Mode::Cache { file, .. } => file.flush(),
             _ => Err(std::io::Error::other("an earlier write failed")),
         }
     }

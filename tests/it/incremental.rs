@@ -228,15 +228,7 @@ fn a_layout_takes_the_built_layer_as_its_own_file_and_the_store_keeps_no_spares(
     // Written as every other file of the layout: 0666 less the umask.
     let other = std::fs::metadata(w.path().join("o1/index.json")).unwrap();
     assert_eq!(a.mode() & 0o7777, other.mode() & 0o7777);
-    let leftovers = |store: &str| -> Vec<String> {
-        std::fs::read_dir(w.path().join(store).join("tmp"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let leftovers = |store: &str| store_tmp(&w.path().join(store));
     assert_eq!(
         leftovers("s"),
         Vec::<String>::new(),

@@ -201,9 +201,7 @@ fn a_second_store_takes_every_layer_from_the_registry() {
                 "the layout's blob is a file of its own"
             );
         }
-        let left: Vec<_> = std::fs::read_dir(w.path().join("store-b/tmp"))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+        let left = crate::support::store_tmp(&w.path().join("store-b"));
         assert!(left.is_empty(), "left in the store's tmp: {left:?}");
     }
 

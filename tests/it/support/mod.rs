@@ -143,6 +143,17 @@ impl Work {
     }
 }
 
+/// The names in the `tmp/` of the store at `store` (none when it has no `tmp/`).
+pub fn store_tmp(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The digest on the last line of `kiln build`'s stdout, checked for form.
 pub fn last_digest(stdout: &str) -> String {
     let line = stdout.lines().last().unwrap_or_default().to_string();
