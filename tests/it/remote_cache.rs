@@ -203,6 +203,25 @@ fn a_second_store_takes_every_layer_from_the_registry() {
         }
         let left = crate::support::store_tmp(&w.path().join("store-b"));
         assert!(left.is_empty(), "left in the store's tmp: {left:?}");
+        // skopeo reads the layout made of those copies, checking every blob
+        // against its digest.
+        let copied = w.path().join("img-b-copied");
+        skopeo(&[
+            "copy",
+            &format!("oci:{}", w.path().join("img-b").display()),
+            &format!("dir:{}", copied.display()),
+        ]);
+        for l in b["layers"].as_array().unwrap() {
+            let hex = l["digest"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("sha256:")
+                .unwrap();
+            assert_eq!(
+                std::fs::read(copied.join(hex)).unwrap(),
+                std::fs::read(w.path().join("img-a/blobs/sha256").join(hex)).unwrap()
+            );
+        }
     }
 
     // The layers are now in store B's own cache.
