@@ -184,9 +184,16 @@ fn a_second_store_takes_every_layer_from_the_registry() {
     assert_eq!(b["cache"]["pushed"], 0, "{b:#}");
     assert_same_blobs(&w.path().join("img-a"), &w.path().join("img-b"));
     // Pulled blobs are written twice as they come (store and layout): the
-    // layout's are files of their own, and no second copy is left over.
+    // layout's are files of their own, which skopeo reads (checking every
+    // blob against its digest), and no second copy is left over.
     {
         use std::os::unix::fs::MetadataExt;
+        let copied = w.path().join("img-b-copied");
+        skopeo(&[
+            "copy",
+            &format!("oci:{}", w.path().join("img-b").display()),
+            &format!("dir:{}", copied.display()),
+        ]);
         for l in b["layers"].as_array().unwrap() {
             let hex = l["digest"]
                 .as_str()
@@ -200,28 +207,13 @@ fn a_second_store_takes_every_layer_from_the_registry() {
                 kept.ino(),
                 "the layout's blob is a file of its own"
             );
-        }
-        let left = crate::support::store_tmp(&w.path().join("store-b"));
-        assert!(left.is_empty(), "left in the store's tmp: {left:?}");
-        // skopeo reads the layout made of those copies, checking every blob
-        // against its digest.
-        let copied = w.path().join("img-b-copied");
-        skopeo(&[
-            "copy",
-            &format!("oci:{}", w.path().join("img-b").display()),
-            &format!("dir:{}", copied.display()),
-        ]);
-        for l in b["layers"].as_array().unwrap() {
-            let hex = l["digest"]
-                .as_str()
-                .unwrap()
-                .strip_prefix("sha256:")
-                .unwrap();
             assert_eq!(
                 std::fs::read(copied.join(hex)).unwrap(),
                 std::fs::read(w.path().join("img-a/blobs/sha256").join(hex)).unwrap()
             );
         }
+        let left = crate::support::store_tmp(&w.path().join("store-b"));
+        assert!(left.is_empty(), "left in the store's tmp: {left:?}");
     }
 
     // The layers are now in store B's own cache.
