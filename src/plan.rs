@@ -16,7 +16,7 @@ use crate::recipe::Compression;
 
 /// Bumped whenever kiln's layer bytes change for the same inputs (tar
 /// layout, compression library or level), so old cache entries are not reused.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]

@@ -1,10 +1,11 @@
 //! Layer compression with fixed parameters.
 //!
 //! Digests depend on the compressed bytes, so the backends and levels are
-//! part of kiln's format: gzip is zlib-rs (pure Rust, through flate2) at
-//! level 2, in independent chunks compressed on all CPUs (or
-//! `KILN_THREADS`) and joined into one stream ([`super::pgzip`]), with a
-//! header carrying no name, mtime 0 and OS byte 255; zstd is libzstd
+//! part of kiln's format: gzip is libdeflate (bundled, pinned exactly) at
+//! level 1, in independent chunks compressed on all CPUs (or
+//! `KILN_THREADS`) and joined into one stream ([`super::pgzip`],
+//! [`super::deflate`]), with a header carrying no name, mtime 0 and OS byte
+//! 255; zstd is libzstd
 //! (bundled, pinned by Cargo.lock) at level 3 in its multi-threaded mode
 //! (always at least one worker: its output is the same for any number of
 //! workers, and differs from its single-threaded mode's), with no checksum

@@ -12,6 +12,7 @@
 //! build fails it rather than producing a layer whose cache key lies.
 
 pub mod compress;
+pub mod deflate;
 pub mod pgzip;
 pub mod read;
 pub mod tar;

@@ -1,14 +1,15 @@
 //! Deterministic parallel gzip, with chunks that a later build can reuse.
 //!
 //! The stream is cut into chunks; each is compressed on its own (raw
-//! deflate by zlib-rs at level [`LEVEL`], no shared dictionary) and ended
-//! with a sync flush, so the compressed chunks concatenate into one valid
-//! deflate stream, closed by an empty final block: one gzip member per
-//! layer, which every consumer reads. A chunk's compressed bytes depend on
-//! its own bytes alone: not on the number of threads, their timing, or the
-//! CPU (zlib-rs's CPU-specific routines compute what its portable ones do;
-//! tests/it/deflate_determinism.rs proves it under `qemu-x86_64 -cpu
-//! qemu64`).
+//! deflate by libdeflate at level [`LEVEL`], [`super::deflate::SPAN`] bytes
+//! at a time, no shared dictionary), each output ended as a zlib sync flush
+//! ends a run ([`super::deflate`]), so the compressed chunks concatenate
+//! into one valid deflate stream, closed by an empty final block: one gzip
+//! member per layer, which every consumer reads. A chunk's compressed bytes
+//! depend on its own bytes alone: not on the number of threads, their
+//! timing, or the CPU (libdeflate's CPU-specific code only clears and
+//! shifts its match finder's tables; tests/it/deflate_determinism.rs proves
+//! it under `qemu-x86_64 -cpu qemu64`).
 //!
 //! Where the cuts fall:
 //! - [`Cuts::Fixed`] (VM images): every [`CHUNK`] bytes.
@@ -50,8 +51,6 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::thread::JoinHandle;
 
-use flate2::{Compress, Compression, FlushCompress};
-
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
@@ -72,13 +71,11 @@ pub const HARD_MAX: usize = 4 << 20;
 pub const CUT_MASK: u64 = 0xf;
 /// The unit of the stored-block test.
 pub const PIECE: usize = 64 << 10;
-/// zlib-rs level 2 (zlib-ng's `deflate_fast`: greedy matching, short hash
-/// chains). Measured on `bench/build-bench.sh`'s tree in 1 MiB chunks: level 1
-/// (`deflate_quick`, static Huffman codes only) is 15 % larger than
-/// miniz_oxide at 6, about 1.14× umoci's output, over the 1.05× kiln allows
-/// itself; level 2 is 2.6 % larger than miniz_oxide at 6 (1.013× umoci) for
-/// about 2.6× less CPU, level 3 1 % larger for 2.3× less (bench/RESULTS.md).
-pub const LEVEL: u32 = 2;
+/// libdeflate level 1 (`deflate_compress_fastest`: greedy, one hash table,
+/// blocks of 64 KiB), since FORMAT_VERSION 5 (zlib-rs level 2 before). On
+/// `bench/build-bench.sh`'s tree a cold build took 0.77x the CPU of zlib-rs
+/// level 2 for a layer 0.8 % larger, about 1.02x umoci's (bench/RESULTS.md).
+pub const LEVEL: i32 = 1;
 
 /// Where chunks end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,10 +102,28 @@ struct Done {
 /// offset in the file and its length (lengths and offsets little-endian
 /// u64). Every run ends in a fixed-size trailer, so the description reads
 /// back unambiguously from its end.
-#[derive(Default)]
 struct Describe {
     hasher: Sha256,
     run: Run,
+}
+
+impl Default for Describe {
+    /// A description that starts with the format version and the level, so
+    /// that a chunk compressed by another format is never a hit.
+    fn default() -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(
+            format!(
+                "kiln-chunk\0{}\0libdeflate-{LEVEL}\n",
+                crate::plan::FORMAT_VERSION
+            )
+            .as_bytes(),
+        );
+        Describe {
+            hasher,
+            run: Run::None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -276,25 +291,6 @@ fn incompressible(piece: &[u8]) -> bool {
     even(&bytes) && even(&deltas)
 }
 
-/// Raw deflate of `input` by a fresh compressor, ended as `flush` says.
-fn deflate(input: &[u8], flush: FlushCompress, out: &mut Vec<u8>) -> io::Result<()> {
-    let mut c = Compress::new(Compression::new(LEVEL), false);
-    out.reserve(input.len() / 2 + 4096);
-    loop {
-        let consumed = c.total_in() as usize;
-        out.reserve(64 * 1024);
-        let status = c
-            .compress_vec(&input[consumed..], out, flush)
-            .map_err(io::Error::other)?;
-        let all_in = c.total_in() as usize == input.len();
-        // The flush is complete once the compressor stops short of filling
-        // the space it was given (or says the stream ended).
-        if status == flate2::Status::StreamEnd || (all_in && out.len() < out.capacity()) {
-            return Ok(());
-        }
-    }
-}
-
 /// Appends `data` as stored (uncompressed, non-final) deflate blocks; the
 /// stream is at a byte boundary, as after a sync flush.
 fn stored(data: &[u8], out: &mut Vec<u8>) {
@@ -310,6 +306,7 @@ fn stored(data: &[u8], out: &mut Vec<u8>) {
 /// One chunk as a byte-aligned, non-final run of deflate blocks.
 fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len() / 2 + 4096);
+    let mut deflater = super::deflate::Deflater::new(LEVEL)?;
     let pieces: Vec<&[u8]> = input.chunks(PIECE).collect();
     let kinds: Vec<bool> = pieces.iter().map(|p| incompressible(p)).collect();
     let mut i = 0;
@@ -323,7 +320,7 @@ fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
         if kind {
             stored(run, &mut out);
         } else {
-            deflate(run, FlushCompress::Sync, &mut out)?;
+            deflater.run(run, &mut out)?;
         }
         i = j;
     }
@@ -485,9 +482,7 @@ impl<W: Write> ParallelGzip<W> {
         self.cut()?;
         self.header()?;
         self.drain(0)?;
-        let mut last = Vec::new();
-        deflate(&[], FlushCompress::Finish, &mut last)?;
-        self.out.write_all(&last)?;
+        self.out.write_all(&super::deflate::LAST_BLOCK)?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         self.out

@@ -264,8 +264,8 @@ impl Store {
             .flatten()
             .flatten()
         {
-            // `chunks/<hex>.v2`: gone with its blob; `<hex>.v1` (an older
-            // form, no longer read) gone now.
+            // `chunks/<hex>.v3`: gone with its blob; `<hex>.v1`, `.v2`
+            // (older forms, no longer read) gone now.
             let name = entry.file_name().to_string_lossy().into_owned();
             let gone = match name.split_once('.') {
                 Some((hex, version)) if format!(".{version}") == super::CHUNKS_SUFFIX => {

@@ -9,7 +9,7 @@
 //! dirs/<hex>.v2.json     the directories a layer blob holds (by blob digest)
 //! debs/v2-<hex>.json     a .deb blob's control data and file list
 //! derived/<hex>.json     a blob a host tool made, by the digest of its inputs
-//! chunks/<hex>.v2       where each compressed gzip chunk of layer blob <hex>
+//! chunks/<hex>.v3       where each compressed gzip chunk of layer blob <hex>
 //!                        lies in it, by a key naming what it is made of
 //! stat-cache             digests of host input files, by inode and times
 //! blob-stamps            blobs known intact, by inode and times
@@ -63,8 +63,9 @@ const DIRS: &str = "dirs";
 const DEBS: &str = "debs";
 const DERIVED: &str = "derived";
 const CHUNKS: &str = "chunks";
-/// The suffix of `chunks/` files, bumped when their form changes.
-const CHUNKS_SUFFIX: &str = ".v2";
+/// The suffix of `chunks/` files, bumped when their form changes or the
+/// chunks they name are compressed another way (v3: libdeflate, format 5).
+const CHUNKS_SUFFIX: &str = ".v3";
 /// The largest compressed chunk a record may name (chunks hold at most
 /// 4 MiB, and stored blocks add 5 bytes per 64 KiB).
 const MAX_CHUNK_SIZE: u64 = 5 << 20;
