@@ -621,6 +621,56 @@ mod tests {
         );
     }
 
+    /// Random mixes of noise, text, runs and small alphabets, cut into
+    /// runs of random lengths, at levels 1 (one block per span, found from
+    /// its header) and 2 (several blocks, read in full): the joined stream
+    /// inflates to the input, and wherever the header alone finds an end,
+    /// reading every symbol finds the same one.
+    #[test]
+    fn random_runs_join_and_both_readings_agree() {
+        let mut rng = fastrand::Rng::with_seed(0x6b696c6e);
+        for case in 0..60 {
+            let mut input = Vec::new();
+            while input.len() < rng.usize(1..300_000) {
+                let n = rng.usize(1..40_000);
+                match rng.u8(0..5) {
+                    0 => input.extend(noise(n, rng.u64(..))),
+                    1 => input.extend(text(n, rng.usize(..1000))),
+                    2 => input.extend(std::iter::repeat_n(rng.u8(..), n)),
+                    3 => {
+                        let k = rng.u8(2..6);
+                        input.extend((0..n).map(|_| rng.u8(..k)));
+                    }
+                    _ => {
+                        let motif: Vec<u8> = (0..rng.usize(1..50)).map(|_| rng.u8(..)).collect();
+                        input.extend(motif.iter().cycle().take(n));
+                    }
+                }
+            }
+            let level = if case % 3 == 2 { 2 } else { 1 };
+            let mut d = Deflater::new(level).unwrap();
+            let mut stream = Vec::new();
+            let mut at = 0;
+            while at < input.len() {
+                let end = (at + rng.usize(1..200_000)).min(input.len());
+                d.run(&input[at..end], &mut stream).unwrap();
+                at = end;
+            }
+            stream.extend_from_slice(&LAST_BLOCK);
+            assert_eq!(inflate(&stream), input, "case {case}");
+
+            let mut c = Compressor::new(CompressionLvl::new(level).unwrap());
+            for span in input.chunks(SPAN) {
+                let mut out = vec![0; c.deflate_compress_bound(span.len())];
+                let n = c.deflate_compress(span, &mut out).unwrap();
+                let full = last_block(&out[..n]).unwrap();
+                if let Some(end) = single_block_end(&out[..n]) {
+                    assert_eq!((0, end), full, "case {case}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn streams_that_do_not_read_back_are_refused() {
         let mut c = Compressor::new(CompressionLvl::new(2).unwrap());
