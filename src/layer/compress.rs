@@ -119,6 +119,7 @@ impl<W: Write> Encoder<W> {
                 out,
                 chunks: Vec::new(),
                 reused: 0,
+                input_digest: None,
             }),
         }
     }

@@ -249,7 +249,22 @@ pub struct ParallelGzip<W: Write> {
     records: Vec<ChunkRecord>,
     reused: u64,
     started: bool,
+    /// The thread hashing the uncompressed stream, chunk by chunk, when asked
+    /// for ([`ParallelGzip::hash_input`]).
+    diff: Option<DiffThread>,
 }
+
+/// Hashes whole chunks in order (a layer's diff_id), sharing them with the
+/// threads compressing them, so the stream is neither copied nor handed over
+/// in pieces of its own for it.
+struct DiffThread {
+    chunks: std::sync::mpsc::SyncSender<Arc<Vec<u8>>>,
+    handle: JoinHandle<Sha256>,
+}
+
+/// Chunks waiting to be hashed, at most (each at most [`HARD_MAX`] bytes,
+/// shared with the compressing threads, most of them already held there).
+const DIFF_QUEUE: usize = 4;
 
 /// What a finished stream leaves.
 pub struct Finished<W> {
@@ -259,6 +274,9 @@ pub struct Finished<W> {
     pub chunks: Vec<ChunkRecord>,
     /// How many chunks came from the cache.
     pub reused: u64,
+    /// The SHA-256 of the uncompressed stream, when asked for
+    /// ([`ParallelGzip::hash_input`]).
+    pub input_digest: Option<Digest>,
 }
 
 /// FNV-1a, 64-bit: a fixed, portable hash of a path.
@@ -328,7 +346,7 @@ fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// Compresses one chunk, or takes it from the cache under `key`.
-fn work(chunk: Vec<u8>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Result<Done> {
+fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Result<Done> {
     let crc = crc32fast::hash(&chunk);
     let len = chunk.len();
     let Some((cache, key)) = cache else {
@@ -388,7 +406,22 @@ impl<W: Write> ParallelGzip<W> {
             records: Vec::new(),
             reused: 0,
             started: false,
+            diff: None,
         }
+    }
+
+    /// Also hashes the uncompressed stream (SHA-256, on a thread of its own),
+    /// for [`Finished::input_digest`]. Call before writing anything.
+    pub fn hash_input(&mut self) {
+        let (chunks, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(DIFF_QUEUE);
+        let handle = std::thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            for chunk in rx {
+                hasher.update(&chunk[..]);
+            }
+            hasher
+        });
+        self.diff = Some(DiffThread { chunks, handle });
     }
 
     fn header(&mut self) -> io::Result<()> {
@@ -435,7 +468,12 @@ impl<W: Write> ParallelGzip<W> {
             return Ok(());
         }
         self.header()?;
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let chunk = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        if let Some(diff) = &self.diff {
+            diff.chunks
+                .send(Arc::clone(&chunk))
+                .map_err(|_| io::Error::other("the input hashing thread stopped"))?;
+        }
         let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
         let cache = self.cache.clone().zip(key);
         let permits = Arc::clone(&self.permits);
@@ -487,16 +525,29 @@ impl<W: Write> ParallelGzip<W> {
         self.out.write_all(&crc.to_le_bytes())?;
         self.out
             .write_all(&((self.len & 0xffff_ffff) as u32).to_le_bytes())?;
+        let input_digest = match self.diff {
+            Some(DiffThread { chunks, handle }) => {
+                drop(chunks);
+                let hasher = handle
+                    .join()
+                    .map_err(|_| io::Error::other("the input hashing thread panicked"))?;
+                Some(Digest::from_hasher(hasher))
+            }
+            None => None,
+        };
         Ok(Finished {
             out: self.out,
             chunks: self.records,
             reused: self.reused,
+            input_digest,
         })
     }
 }
 
-impl<W: Write> Write for ParallelGzip<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+impl<W: Write> ParallelGzip<W> {
+    /// How many bytes the current chunk takes before the rules may end it,
+    /// and whether they are a file's content.
+    fn room(&self) -> (usize, bool) {
         let mut limit = match self.cuts {
             Cuts::Fixed => CHUNK,
             Cuts::Entries => HARD_MAX,
@@ -510,22 +561,26 @@ impl<W: Write> Write for ParallelGzip<W> {
                 in_content = true;
             }
         }
-        let take = data.len().min(limit.max(1));
-        self.buf.extend_from_slice(&data[..take]);
+        (limit.max(1), in_content)
+    }
+
+    /// Accounts for the `n` bytes just added at `self.buf[start..]`, then
+    /// ends the chunk if the rules say so.
+    fn took(&mut self, start: usize, n: usize, in_content: bool) -> io::Result<()> {
         if let Some(describe) = &mut self.describe {
             match (&self.content_digest, self.content) {
                 (Some(digest), Some((_, done))) if in_content => {
-                    describe.file(digest, done, take as u64)
+                    describe.file(digest, done, n as u64)
                 }
-                _ => describe.literal(&data[..take]),
+                _ => describe.literal(&self.buf[start..start + n]),
             }
         }
         if in_content {
-            let (left, done) = self.content.expect("checked above");
-            let (left, done) = (left - take as u64, done + take as u64);
+            let (left, done) = self.content.expect("in content");
+            let (left, done) = (left - n as u64, done + n as u64);
             self.content = (left > 0).then_some((left, done));
             if done % CHUNK as u64 == 0 {
-                self.cut()?;
+                return self.cut();
             }
         }
         let full = match self.cuts {
@@ -535,6 +590,46 @@ impl<W: Write> Write for ParallelGzip<W> {
         if self.buf.len() >= full {
             self.cut()?;
         }
+        Ok(())
+    }
+
+    /// Copies up to `size` bytes of `from` into the stream, read straight
+    /// into the chunk being filled; says how many there were.
+    pub fn read_from(&mut self, mut from: impl io::Read, size: u64) -> io::Result<u64> {
+        let mut left = size;
+        while left > 0 {
+            let (room, in_content) = self.room();
+            let want = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let start = self.buf.len();
+            self.buf.resize(start + want, 0);
+            let n = loop {
+                match from.read(&mut self.buf[start..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.buf.truncate(start);
+                        return Err(e);
+                    }
+                }
+            };
+            self.buf.truncate(start + n);
+            if n == 0 {
+                break;
+            }
+            self.took(start, n, in_content)?;
+            left -= n as u64;
+        }
+        Ok(size - left)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let (room, in_content) = self.room();
+        let take = data.len().min(room);
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&data[..take]);
+        self.took(start, take, in_content)?;
         Ok(take)
     }
 
@@ -590,6 +685,33 @@ mod tests {
         assert_eq!(one, compress(7));
         assert_eq!(gunzip(&one), data);
         assert!(one.len() < data.len(), "it compresses");
+    }
+
+    /// Reading a file's content straight into the chunks gives the bytes
+    /// writing it does, and the stream's own hash is the SHA-256 of all it
+    /// was given.
+    #[test]
+    fn read_from_matches_write_and_the_input_is_hashed() {
+        let body = sample();
+        let stream = |read: bool| {
+            let mut g = ParallelGzip::with(Vec::new(), 2, Cuts::Entries, None);
+            g.hash_input();
+            g.entry("a", body.len() as u64).unwrap();
+            g.write_all(&[b'h'; 512]).unwrap();
+            g.content(&Digest::of(&body));
+            if read {
+                assert_eq!(g.read_from(&body[..], 1 << 40).unwrap(), body.len() as u64);
+            } else {
+                g.write_all(&body).unwrap();
+            }
+            g.finish().unwrap()
+        };
+        let (read, written) = (stream(true), stream(false));
+        assert_eq!(read.out, written.out);
+        let all = [vec![b'h'; 512], body.clone()].concat();
+        assert_eq!(gunzip(&read.out), all);
+        assert_eq!(read.input_digest, Some(Digest::of(&all)));
+        assert_eq!(written.input_digest, Some(Digest::of(&all)));
     }
 
     #[test]
