@@ -300,14 +300,25 @@ fn incompressible(piece: &[u8]) -> bool {
     let mut bytes = [0u32; 256];
     let mut deltas = [0u32; 256];
     let mut prev = 0u8;
-    for &b in piece {
-        bytes[usize::from(b)] += 1;
-        deltas[usize::from(b.wrapping_sub(prev))] += 1;
-        prev = b;
+    for part in piece.chunks(4096) {
+        for &b in part {
+            bytes[usize::from(b)] += 1;
+            deltas[usize::from(b.wrapping_sub(prev))] += 1;
+            prev = b;
+        }
+        // Counts only grow, so one already over the top decides: most
+        // compressible pieces are told apart after their first 4 KiB.
+        if bytes.iter().chain(&deltas).any(|&c| c > *EVEN.end()) {
+            return false;
+        }
     }
-    let even = |counts: &[u32; 256]| counts.iter().all(|&c| (176..=336).contains(&c));
+    let even = |counts: &[u32; 256]| counts.iter().all(|c| EVEN.contains(c));
     even(&bytes) && even(&deltas)
 }
+
+/// How often each byte value (and each difference) appears in a 64 KiB
+/// piece deflate cannot shrink: within 80 of the 256 an even spread gives.
+const EVEN: std::ops::RangeInclusive<u32> = 176..=336;
 
 /// Appends `data` as stored (uncompressed, non-final) deflate blocks; the
 /// stream is at a byte boundary, as after a sync flush.
@@ -712,6 +723,43 @@ mod tests {
         assert_eq!(gunzip(&read.out), all);
         assert_eq!(read.input_digest, Some(Digest::of(&all)));
         assert_eq!(written.input_digest, Some(Digest::of(&all)));
+    }
+
+    /// The early exit decides as counting the whole piece does.
+    #[test]
+    fn the_stored_test_decides_as_counting_everything_does() {
+        let plain = |piece: &[u8]| {
+            let mut bytes = [0u32; 256];
+            let mut deltas = [0u32; 256];
+            let mut prev = 0u8;
+            for &b in piece {
+                bytes[usize::from(b)] += 1;
+                deltas[usize::from(b.wrapping_sub(prev))] += 1;
+                prev = b;
+            }
+            let even = |c: &[u32; 256]| c.iter().all(|c| (176..=336).contains(c));
+            piece.len() == PIECE && even(&bytes) && even(&deltas)
+        };
+        let mut rng = fastrand::Rng::with_seed(12);
+        let (mut yes, mut no) = (0, 0);
+        for case in 0..200 {
+            let mut piece = noise(PIECE, case + 1);
+            // Bend some: a run of one value, placed anywhere, of any length
+            // around where the test tips over.
+            if case % 2 == 1 {
+                let len = rng.usize(0..400);
+                let at = rng.usize(0..PIECE - len);
+                piece[at..at + len].fill(rng.u8(..));
+            }
+            let got = incompressible(&piece);
+            assert_eq!(got, plain(&piece), "case {case}");
+            if got {
+                yes += 1
+            } else {
+                no += 1
+            }
+        }
+        assert!(yes > 20 && no > 20, "both answers were tried: {yes} / {no}");
     }
 
     #[test]
