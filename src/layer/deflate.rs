@@ -509,16 +509,26 @@ mod tests {
         back
     }
 
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+    use crate::layer::tests::noise;
+
+    /// libdeflate's complete stream for `input` at `level`.
+    fn whole(level: i32, input: &[u8]) -> Vec<u8> {
+        let mut c = Compressor::new(CompressionLvl::new(level).unwrap());
+        let mut out = vec![0; c.deflate_compress_bound(input.len())];
+        let n = c.deflate_compress(input, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    /// Reads `stream`'s end both ways: whether its header alone told it
+    /// (then the same end reading every block gives).
+    fn ends_agree(stream: &[u8], what: &str) -> bool {
+        let full = last_block(stream).unwrap();
+        let fast = single_block_end(stream);
+        if let Some(end) = fast {
+            assert_eq!((0, end), full, "{what}");
+        }
+        fast.is_some()
     }
 
     fn text(n: usize, seed: usize) -> Vec<u8> {
@@ -572,10 +582,7 @@ mod tests {
         let mut seen = [false; 8];
         for n in 1..400 {
             let run = text(n * 37, n);
-            let mut c = Compressor::new(CompressionLvl::new(2).unwrap());
-            let mut out = vec![0; c.deflate_compress_bound(run.len())];
-            let len = c.deflate_compress(&run, &mut out).unwrap();
-            let (_, end) = last_block(&out[..len]).unwrap();
+            let (_, end) = last_block(&whole(2, &run)).unwrap();
             seen[end % 8] = true;
             let mut stream = Vec::new();
             compress(&run, 2, &mut stream).unwrap();
@@ -590,7 +597,6 @@ mod tests {
     /// single-block span of a varied sample; and it is the common case.
     #[test]
     fn the_end_found_from_the_header_is_the_end_every_symbol_gives() {
-        let mut c = Compressor::new(CompressionLvl::new(1).unwrap());
         let sample = [
             text(400_000, 3),
             noise(30_000, 5),
@@ -603,11 +609,7 @@ mod tests {
         let (mut fast, mut spans) = (0, 0);
         for size in [100, 1000, 4099, 20_000, SPAN] {
             for span in sample.chunks(size) {
-                let mut out = vec![0; c.deflate_compress_bound(span.len())];
-                let n = c.deflate_compress(span, &mut out).unwrap();
-                let full = last_block(&out[..n]).unwrap();
-                if let Some(end) = single_block_end(&out[..n]) {
-                    assert_eq!((0, end), full, "span of {size}");
+                if ends_agree(&whole(1, span), &format!("span of {size}")) {
                     fast += usize::from(size >= 20_000);
                 }
                 spans += usize::from(size >= 20_000);
@@ -659,25 +661,16 @@ mod tests {
             stream.extend_from_slice(&LAST_BLOCK);
             assert_eq!(inflate(&stream), input, "case {case}");
 
-            let mut c = Compressor::new(CompressionLvl::new(level).unwrap());
             for span in input.chunks(SPAN) {
-                let mut out = vec![0; c.deflate_compress_bound(span.len())];
-                let n = c.deflate_compress(span, &mut out).unwrap();
-                let full = last_block(&out[..n]).unwrap();
-                if let Some(end) = single_block_end(&out[..n]) {
-                    assert_eq!((0, end), full, "case {case}");
-                }
+                ends_agree(&whole(level, span), &format!("case {case}"));
             }
         }
     }
 
     #[test]
     fn streams_that_do_not_read_back_are_refused() {
-        let mut c = Compressor::new(CompressionLvl::new(2).unwrap());
-        let run = text(50_000, 1);
-        let mut out = vec![0; c.deflate_compress_bound(run.len())];
-        let len = c.deflate_compress(&run, &mut out).unwrap();
-        let good = out[..len].to_vec();
+        let good = whole(2, &text(50_000, 1));
+        let len = good.len();
         assert!(last_block(&good).is_ok());
         // Cut short, or followed by more bytes.
         assert!(last_block(&good[..len - 3]).is_err());

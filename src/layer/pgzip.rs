@@ -668,18 +668,7 @@ mod tests {
         back
     }
 
-    /// Pseudo-random bytes (xorshift), which deflate cannot shrink.
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::layer::tests::noise;
 
     #[test]
     fn round_trips_and_ignores_the_thread_count() {
