@@ -221,7 +221,7 @@ impl<W: Write> Write for Sink<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sink::Gzip(g) => g.write(buf),
-            Sink::Zstd(z) => z.write(buf),
+            Sink::Zstd(z) => z.write(&buf[..buf.len().min(ZSTD_FEED)]),
         }
     }
 
@@ -248,7 +248,7 @@ impl<W: Write> Marks for Sink<W> {
     fn read_from(&mut self, from: &File, size: u64, scratch: &mut [u8]) -> io::Result<u64> {
         match self {
             Sink::Gzip(g) => g.read_from(from, size),
-            Sink::Zstd(_) => copy_through(from, size, self, &mut scratch[..ZSTD_FEED]),
+            Sink::Zstd(_) => copy_through(from, size, self, scratch),
         }
     }
 }
@@ -299,7 +299,7 @@ fn write_entry<W: Marks>(
 /// files in one) rather than std's 8 KiB copy buffer.
 const SCRATCH: usize = 256 << 10;
 
-/// How much of a file zstd is given at a time. Its multi-threaded encoder
+/// The most zstd is given at a time. Its multi-threaded encoder
 /// holds more of its input the more it is given at once: fed 64 KiB at a
 /// time, a cold build of the benchmark's 1 GiB tree peaked at 181 MiB, fed
 /// 8 KiB (std's copy buffer, as before) at 135 MiB.
