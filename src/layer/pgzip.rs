@@ -424,6 +424,10 @@ impl<W: Write> ParallelGzip<W> {
     /// Also hashes the uncompressed stream (SHA-256, on a thread of its own),
     /// for [`Finished::input_digest`]. Call before writing anything.
     pub fn hash_input(&mut self) {
+        debug_assert!(
+            !self.started && self.buf.is_empty(),
+            "hash_input after writing"
+        );
         let (chunks, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(DIFF_QUEUE);
         let handle = std::thread::spawn(move || {
             let mut hasher = Sha256::new();
