@@ -4,12 +4,16 @@
 //! in the same deflate stream.
 //!
 //! libdeflate only compresses whole buffers into complete streams, whose
-//! last block is marked final. [`compress`] finds that block by reading
-//! the block structure back ([`last_block`]: every header, code table and
-//! symbol, without producing any output), clears its final bit, and writes
-//! the empty stored block where it ends. A stream that does not read back
-//! exactly (a bad header, a code that is not a prefix code, a symbol out of
-//! range, bytes after the final block) is an error, never a guess.
+//! last block is marked final. [`Deflater::run`] gives it [`SPAN`] bytes at
+//! a time, which its fastest level writes as one block, and finds where
+//! that block ends from its header alone (`single_block_end`); any other
+//! stream it reads back whole ([`last_block`]: every header, code table and
+//! symbol, without producing any output). It then clears the final block's
+//! final bit and writes the empty stored block where it ends. A stream that
+//! does not read back
+//! exactly (a bad header, a code table with more codes than its lengths
+//! allow, a symbol out of range, bytes after the final block) is an error,
+//! never a guess.
 //!
 //! The level is part of kiln's format ([`crate::plan::FORMAT_VERSION`]):
 //! libdeflate's output depends on its version (pinned by Cargo.lock) and
@@ -100,7 +104,9 @@ fn reopen(buf: &mut Vec<u8>, start: usize) -> io::Result<()> {
 /// bits before it are the end-of-block code, and the bits after it are
 /// libdeflate's zero padding. The true end always fits that description;
 /// `None` unless exactly one place in the last byte does (the caller then
-/// reads every block, [`last_block`]).
+/// reads every block, [`last_block`]). It checks nothing else of the block,
+/// so it is only for libdeflate's own output (the version Cargo.lock pins),
+/// which zero-pads its last byte and writes nothing after the final block.
 fn single_block_end(data: &[u8]) -> Option<usize> {
     if data.first()? & 0b111 != 0b101 {
         return None;
@@ -376,7 +382,7 @@ impl<T: Copy> Table<T> {
         for &c in &count[1..] {
             left = 2 * left - i32::from(c);
             if left < 0 {
-                return Err(bad("a code table that is not a prefix code"));
+                return Err(bad("a code table with more codes than its lengths allow"));
             }
         }
         let max = (1..16).rev().find(|&l| count[l] > 0).unwrap_or(0);
