@@ -31,8 +31,8 @@ pub const LAST_BLOCK: [u8; 2] = [0x03, 0x00];
 /// The most bytes one libdeflate call is given. At level 1 libdeflate
 /// (`deflate_compress_fastest`) writes a buffer of under 70,535 bytes as a
 /// single block unless it finds over 8,192 matches in it, so the final block
-/// of its output is nearly always its first, and [`reopen`] finds where it
-/// ends from its header alone ([`single_block_end`]).
+/// of its output is nearly always its first, and `reopen` finds where it
+/// ends from its header alone (`single_block_end`).
 pub const SPAN: usize = 64 << 10;
 
 /// A libdeflate compressor at a fixed level, kept for many runs.
