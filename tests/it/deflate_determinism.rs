@@ -1,11 +1,12 @@
 //! A gzip layer's bytes depend on neither the CPU's features nor the number
 //! of compression threads.
 //!
-//! zlib-rs, kiln's deflate, picks some routines at run time by CPU feature
-//! (on x86-64: AVX2+BMI2 for the match-length comparison and the hash-table
-//! slide, PCLMULQDQ for CRC-32, which kiln does not use for gzip; sha2 picks
-//! SHA-NI for the digests). Those are meant to compute the same results as
-//! the portable code; this proves it on the real binary: the same recipe is
+//! libdeflate, kiln's deflate, is built for baseline x86-64 and picks no
+//! routine by CPU feature when compressing (its SIMD code, chosen at build
+//! time, only clears and shifts the match finder's tables); crc32fast picks
+//! PCLMULQDQ for the gzip trailer's CRC-32 and sha2 SHA-NI for the digests.
+//! Those are meant to compute the same results as the portable code; this
+//! proves it on the real binary: the same recipe is
 //! built natively (AVX2 on the machines kiln is developed on) and under
 //! user-mode `qemu-x86_64 -cpu qemu64`, a baseline x86-64 without SSE4,
 //! AVX, BMI, PCLMULQDQ or SHA-NI, and with 1, 2 and 7 threads
