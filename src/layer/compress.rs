@@ -15,7 +15,7 @@
 
 use std::io::{self, Write};
 
-use super::pgzip::{Cuts, Finished, ParallelGzip};
+use super::pgzip::{Cuts, ParallelGzip};
 use crate::recipe::Compression;
 use std::sync::Arc;
 
@@ -54,8 +54,9 @@ impl<W: Write> Encoder<W> {
         Self::with(c, out, threads, Cuts::Fixed, None)
     }
 
-    /// Starts compressing a layer's tar stream: gzip cut at entries (see
-    /// [`Encoder::entry`]), reusing and recording chunks in `cache`.
+    /// Starts compressing a layer's tar stream: gzip cut at entries (the
+    /// caller says where they start, [`ParallelGzip::entry`]), reusing and
+    /// recording chunks in `cache`.
     pub fn layer(
         c: Compression,
         out: W,
@@ -89,38 +90,11 @@ impl<W: Write> Encoder<W> {
         })
     }
 
-    /// Says that a tar entry at `path` with `size` bytes of content starts
-    /// here (gzip may end a chunk).
-    pub fn entry(&mut self, path: &str, size: u64) -> io::Result<()> {
-        match self {
-            Encoder::Gzip(e) => e.entry(path, size),
-            Encoder::Zstd(_) => Ok(()),
-        }
-    }
-
-    /// Says that the content of the entry announced last starts here, with
-    /// digest `digest`.
-    pub fn content(&mut self, digest: &crate::digest::Digest) {
-        if let Encoder::Gzip(e) = self {
-            e.content(digest);
-        }
-    }
-
     /// Flushes the compressed stream's end and returns the inner writer.
     pub fn finish(self) -> io::Result<W> {
-        self.finish_chunks().map(|f| f.out)
-    }
-
-    /// Like [`Encoder::finish`], with the gzip chunks' records.
-    pub fn finish_chunks(self) -> io::Result<Finished<W>> {
         match self {
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish().map(|out| Finished {
-                out,
-                chunks: Vec::new(),
-                reused: 0,
-                input_digest: None,
-            }),
+            Encoder::Gzip(e) => e.finish().map(|f| f.out),
+            Encoder::Zstd(e) => e.finish(),
         }
     }
 }

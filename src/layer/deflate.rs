@@ -7,7 +7,7 @@
 //! last block is marked final. [`Deflater::run`] gives it [`SPAN`] bytes at
 //! a time, which its fastest level writes as one block, and finds where
 //! that block ends from its header alone (`single_block_end`); any other
-//! stream it reads back whole ([`last_block`]: every header, code table and
+//! stream it reads back whole (`last_block`: every header, code table and
 //! symbol, without producing any output). It then clears the final block's
 //! final bit and writes the empty stored block where it ends. A stream that
 //! does not read back
@@ -69,12 +69,6 @@ impl Deflater {
     }
 }
 
-/// Appends the raw deflate of `input` at `level` to `out`, as non-final
-/// blocks ending on a byte boundary.
-pub fn compress(input: &[u8], level: i32, out: &mut Vec<u8>) -> io::Result<()> {
-    Deflater::new(level)?.run(input, out)
-}
-
 /// Turns the complete deflate stream in `buf[start..]` into non-final blocks
 /// ending on a byte boundary.
 fn reopen(buf: &mut Vec<u8>, start: usize) -> io::Result<()> {
@@ -104,7 +98,7 @@ fn reopen(buf: &mut Vec<u8>, start: usize) -> io::Result<()> {
 /// bits before it are the end-of-block code, and the bits after it are
 /// libdeflate's zero padding. The true end always fits that description;
 /// `None` unless exactly one place in the last byte does (the caller then
-/// reads every block, [`last_block`]). It checks nothing else of the block,
+/// reads every block, `last_block`). It checks nothing else of the block,
 /// so it is only for libdeflate's own output (the version Cargo.lock pins),
 /// which zero-pads its last byte and writes nothing after the final block.
 fn single_block_end(data: &[u8]) -> Option<usize> {
@@ -169,7 +163,7 @@ fn bad(why: &str) -> io::Error {
 /// Reads back the complete deflate stream `data`: the bit offset of its final
 /// block's header, and of the bit after that block's end-of-block code,
 /// which must be in its last byte.
-pub fn last_block(data: &[u8]) -> io::Result<(usize, usize)> {
+fn last_block(data: &[u8]) -> io::Result<(usize, usize)> {
     let mut bits = Bits::new(data);
     let mut litlen = Table::default();
     let mut dist = Table::default();
@@ -263,52 +257,28 @@ fn cl_entry(sym: usize, len: u8) -> u16 {
 /// in no predictable order, take the same path. The tables' one-byte
 /// entries keep both in the first-level cache.
 fn symbols(bits: &mut Bits<'_>, litlen: &Table<u8>, dist: &Table<u8>) -> io::Result<()> {
-    let (lit, lit_mask) = (&litlen.entries[..], litlen.mask);
-    let (dst, dst_mask) = (&dist.entries[..], dist.mask);
-    let data = bits.data;
-    // The reader's state in locals (registers), written back at the end.
-    let (mut buf, mut have, mut next) = (bits.buf, bits.have, bits.next);
     let mut bad_distance = 0;
-    let result = loop {
-        // 48 bits hold a length code, its extra bits, a distance code and
+    loop {
+        // 56 bits hold a length code, its extra bits, a distance code and
         // its extra bits (at most 15 + 5 + 15 + 13).
-        if have < 48 {
-            if let Some(word) = data.get(next..next + 8) {
-                let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-                buf |= word << have;
-                next += ((63 - have) / 8) as usize;
-                have |= 56;
-            } else {
-                (bits.buf, bits.have, bits.next) = (buf, have, next);
-                if let Err(e) = bits.refill() {
-                    break Err(e);
-                }
-                (buf, have, next) = (bits.buf, bits.have, bits.next);
-            }
-        }
-        let e = lit[(buf & lit_mask) as usize];
-        let n = u32::from(e & 0x1f);
-        buf >>= n;
-        have -= n;
+        bits.refill()?;
+        let e = litlen.get(bits.buf);
+        bits.skip(e & 0x1f);
         if e & KIND >= END {
-            break if e & KIND == INVALID {
-                Err(bad("a literal/length code that is not in the table"))
-            } else if bad_distance != 0 {
-                Err(bad("a distance code that is not in the table"))
-            } else {
-                Ok(())
-            };
+            if e & KIND == INVALID {
+                return Err(bad("a literal/length code that is not in the table"));
+            }
+            if bad_distance != 0 {
+                return Err(bad("a distance code that is not in the table"));
+            }
+            return Ok(());
         }
-        let d = dst[(buf & dst_mask) as usize];
+        let d = dist.get(bits.buf);
         // 1 after a length, 0 after a literal.
         let length = (e >> 5) & 1;
         bad_distance |= length & (d >> 6) & 1;
-        let n = u32::from((d & 0x1f) * length);
-        buf >>= n;
-        have -= n;
-    };
-    (bits.buf, bits.have, bits.next) = (buf, have, next);
-    result
+        bits.skip((d & 0x1f) * length);
+    }
 }
 
 /// Reads a dynamic block's code lengths into `lens`: how many are the
@@ -467,6 +437,12 @@ impl<'a> Bits<'a> {
         Ok(())
     }
 
+    /// Skips `n` bits (a table entry's length); the buffer holds them.
+    fn skip(&mut self, n: u8) {
+        self.buf >>= n;
+        self.have -= u32::from(n);
+    }
+
     /// The next `n` (at most 32) bits; the buffer must hold them.
     fn take(&mut self, n: u32) -> u64 {
         debug_assert!(n <= self.have);
@@ -517,6 +493,12 @@ mod tests {
 
     use crate::layer::tests::noise;
 
+    /// Appends the raw deflate of `input` at `level` to `out`, as
+    /// non-final blocks ending on a byte boundary.
+    fn compress(input: &[u8], level: i32, out: &mut Vec<u8>) -> io::Result<()> {
+        Deflater::new(level)?.run(input, out)
+    }
+
     /// libdeflate's complete stream for `input` at `level`.
     fn whole(level: i32, input: &[u8]) -> Vec<u8> {
         let mut c = Compressor::new(CompressionLvl::new(level).unwrap());
@@ -544,7 +526,7 @@ mod tests {
             .collect()
     }
 
-    /// Runs ended by [`compress`] and joined, then closed by the final
+    /// Runs ended by `compress` and joined, then closed by the final
     /// block, inflate to the runs joined, at every level and for every kind
     /// of block libdeflate writes (fixed, dynamic, stored).
     #[test]
