@@ -655,6 +655,36 @@ mod tests {
         }
     }
 
+    /// 4-byte words drawn from 16 (`seed` picks them and their order): at
+    /// libdeflate's fastest level nearly every word is a match, over 8,192
+    /// in a 64 KiB span, which then comes out as several blocks.
+    fn words(n: usize, seed: u64) -> Vec<u8> {
+        let vocabulary = noise(64, seed);
+        let picks = noise(n / 4 + 1, seed + 1);
+        picks
+            .iter()
+            .flat_map(|&p| &vocabulary[usize::from(p % 16) * 4..][..4])
+            .copied()
+            .take(n)
+            .collect()
+    }
+
+    /// Spans of many short matches are several blocks: their end is read
+    /// back in full, and they join like any other.
+    #[test]
+    fn spans_of_several_blocks_are_read_back_and_join() {
+        let input = words(5 * SPAN, 3);
+        for span in input.chunks(SPAN) {
+            let stream = whole(1, span);
+            assert_eq!(stream[0] & 1, 0, "the first block is not the final one");
+            assert!(!ends_agree(&stream, "several blocks"));
+        }
+        let mut stream = Vec::new();
+        compress(&input, 1, &mut stream).unwrap();
+        stream.extend_from_slice(&LAST_BLOCK);
+        assert_eq!(inflate(&stream), input);
+    }
+
     #[test]
     fn streams_that_do_not_read_back_are_refused() {
         let good = whole(2, &text(50_000, 1));

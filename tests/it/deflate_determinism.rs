@@ -376,3 +376,63 @@ fn a_bad_thread_count_is_refused_naming_the_variable() {
         );
     }
 }
+
+/// A layer of many short matches: 4-byte words drawn from 16, which
+/// libdeflate's fastest level writes as several blocks per 64 KiB span, so
+/// kiln finds each span's end by reading every block back (the unit test
+/// `layer::deflate::tests::spans_of_several_blocks_are_read_back_and_join`
+/// shows such data takes that path). Two outside decoders, GNU gzip and
+/// CPython's zlib, read the layer to the tar its diff_id names.
+#[test]
+fn a_layer_of_many_short_matches_reads_back_in_outside_decoders() {
+    let w = crate::support::Work::new();
+    let mut rng = Rng(4);
+    let vocabulary: Vec<[u8; 4]> = (0..16).map(|_| (rng.next() as u32).to_le_bytes()).collect();
+    let words: Vec<u8> = (0..(3 << 20) / 4)
+        .flat_map(|_| vocabulary[rng.below(16) as usize])
+        .collect();
+    w.write("tree/words", words);
+    w.write(
+        "recipe.toml",
+        "name = \"words\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
+    );
+    w.build("recipe.toml", "out");
+    let out = w.path().join("out");
+    let index = read_json(out.join("index.json"));
+    let manifest = read_json(blob(
+        &out,
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    ));
+    let config = read_json(blob(&out, manifest["config"]["digest"].as_str().unwrap()));
+    let diff_id = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer = blob(&out, manifest["layers"][0]["digest"].as_str().unwrap());
+    let gzip = Command::new("gzip")
+        .arg("-dc")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    assert_success(&gzip, "gzip -dc of the layer");
+    assert!(gzip.stdout.len() > 3 << 20, "the tar holds the words");
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&gzip.stdout)),
+        diff_id,
+        "GNU gzip"
+    );
+    let python = Command::new("python3")
+        .args([
+            "-c",
+            "import gzip, hashlib, sys; print('sha256:' + hashlib.sha256(gzip.open(sys.argv[1]).read()).hexdigest())",
+        ])
+        .arg(&layer)
+        .output()
+        .unwrap();
+    assert_success(&python, "python3's gzip module on the layer");
+    assert_eq!(
+        String::from_utf8_lossy(&python.stdout).trim(),
+        diff_id,
+        "CPython's zlib"
+    );
+}
