@@ -3,9 +3,14 @@
 //!
 //! Directories are read on several threads, and each entry is examined
 //! through its directory's descriptor (`statx` relative to it), not by
-//! looking its whole path up again. What the walk finds is handed back
-//! sorted by path, with any error in its place, so the caller meets entries
-//! (and the first error) in the same order whatever the threads did.
+//! looking its whole path up again. A regular file the stat cache does not
+//! know is not hashed by the thread that found it but queued, so that every
+//! thread hashes, whatever the shape of the tree (one directory of many
+//! files, or a few big files beside the directories): directories are read
+//! first, then the biggest file waiting is hashed first. What the walk finds
+//! is handed back sorted by path, with any error in its place, so the caller
+//! meets entries (and the first error) in the same order whatever the
+//! threads did.
 
 use std::fs::{self, FileType, Metadata};
 use std::io;
@@ -94,7 +99,8 @@ pub fn walk(
 ) -> (Vec<Item>, Vec<(String, Failure)>) {
     let shared = Shared {
         state: Mutex::new(State {
-            queue: vec![(root.to_path_buf(), String::new())],
+            dirs: vec![(root.to_path_buf(), String::new())],
+            files: std::collections::BinaryHeap::new(),
             busy: 0,
             items: Vec::new(),
             failures: Vec::new(),
@@ -123,8 +129,10 @@ pub fn walk(
 
 struct State {
     /// Directories still to read: host path and relative path.
-    queue: Vec<(PathBuf, String)>,
-    /// Threads reading a directory now.
+    dirs: Vec<(PathBuf, String)>,
+    /// Regular files still to hash, the biggest on top.
+    files: std::collections::BinaryHeap<Pending>,
+    /// Threads reading a directory or hashing a file now.
     busy: usize,
     items: Vec<Item>,
     failures: Vec<(String, Failure)>,
@@ -135,48 +143,116 @@ struct Shared {
     wake: Condvar,
 }
 
-impl Shared {
-    fn work(&self, skip: &(dyn Fn(&str) -> bool + Sync), hashes: &StatCache) {
-        let mut state = self.state.lock().expect("no panics hold this lock");
-        loop {
-            let Some((dir, rel)) = state.queue.pop() else {
-                if state.busy == 0 {
-                    self.wake.notify_all();
-                    return;
-                }
-                state = self.wake.wait(state).expect("no panics hold this lock");
-                continue;
-            };
-            state.busy += 1;
-            drop(state);
-            let (items, dirs, failures) = read_one(&dir, &rel, skip, hashes);
-            state = self.state.lock().expect("no panics hold this lock");
-            state.busy -= 1;
-            state.items.extend(items);
-            state.failures.extend(failures);
-            if !dirs.is_empty() {
-                state.queue.extend(dirs);
-                self.wake.notify_all();
-            }
+/// A regular file the stat cache did not know, waiting to be hashed.
+struct Pending {
+    rel: String,
+    path: PathBuf,
+    meta: Metadata,
+}
+
+impl Pending {
+    /// Reads and hashes the file (recording its digest in `hashes`).
+    fn hash(self, hashes: &StatCache) -> Item {
+        let found = Found::File(hash_file(&self.path, &self.meta, hashes));
+        Item {
+            rel: self.rel,
+            path: self.path,
+            found: Ok((Meta::from(&self.meta), found)),
         }
     }
 }
 
-type DirResult = (Vec<Item>, Vec<(PathBuf, String)>, Vec<(String, Failure)>);
+// Ordered by size alone, for the heap: hashing the biggest files first
+// leaves small ones to even out the threads' ends.
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.meta.len() == other.meta.len()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.meta.len().cmp(&other.meta.len())
+    }
+}
 
-/// Reads one directory: its entries, the directories under it to read next.
+/// What a thread of the walk does next.
+enum Job {
+    Dir(PathBuf, String),
+    File(Pending),
+}
+
+impl Shared {
+    fn work(&self, skip: &(dyn Fn(&str) -> bool + Sync), hashes: &StatCache) {
+        let mut state = self.state.lock().expect("no panics hold this lock");
+        loop {
+            // Directories first: they make work for every thread.
+            let job = match state.dirs.pop() {
+                Some((dir, rel)) => Job::Dir(dir, rel),
+                None => match state.files.pop() {
+                    Some(file) => Job::File(file),
+                    None if state.busy == 0 => {
+                        self.wake.notify_all();
+                        return;
+                    }
+                    None => {
+                        state = self.wake.wait(state).expect("no panics hold this lock");
+                        continue;
+                    }
+                },
+            };
+            state.busy += 1;
+            drop(state);
+            match job {
+                Job::Dir(dir, rel) => {
+                    let (items, dirs, files, failures) = read_one(&dir, &rel, skip, hashes);
+                    state = self.state.lock().expect("no panics hold this lock");
+                    state.items.extend(items);
+                    state.failures.extend(failures);
+                    if !dirs.is_empty() || !files.is_empty() {
+                        state.dirs.extend(dirs);
+                        state.files.extend(files);
+                        self.wake.notify_all();
+                    }
+                }
+                Job::File(file) => {
+                    let item = file.hash(hashes);
+                    state = self.state.lock().expect("no panics hold this lock");
+                    state.items.push(item);
+                }
+            }
+            state.busy -= 1;
+        }
+    }
+}
+
+type DirResult = (
+    Vec<Item>,
+    Vec<(PathBuf, String)>,
+    Vec<Pending>,
+    Vec<(String, Failure)>,
+);
+
+/// Reads one directory: its entries, the directories under it to read next,
+/// the files in it to hash.
 fn read_one(
     dir: &Path,
     rel: &str,
     skip: &(dyn Fn(&str) -> bool + Sync),
     hashes: &StatCache,
 ) -> DirResult {
-    let (mut items, mut dirs, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut items, mut dirs, mut files, mut failures) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             failures.push((rel.to_string(), Failure::Unreadable(dir.to_path_buf(), e)));
-            return (items, dirs, failures);
+            return (items, dirs, files, failures);
         }
     };
     for entry in entries {
@@ -205,28 +281,31 @@ fn read_one(
         if skip(&rel) {
             continue;
         }
-        let found = entry
-            .file_type()
-            .and_then(|ft| Ok((ft, entry.metadata()?)))
-            .map(|(ft, meta)| {
-                let found = examine(ft, &meta, &path, hashes);
-                (Meta::from(&meta), found)
-            });
+        let found = match entry.file_type().and_then(|ft| Ok((ft, entry.metadata()?))) {
+            Ok((ft, meta)) if ft.is_file() => match hashes.get(&meta) {
+                Some(digest) => Ok((Meta::from(&meta), Found::File(Ok((digest, meta.len()))))),
+                None => {
+                    files.push(Pending { rel, path, meta });
+                    continue;
+                }
+            },
+            Ok((ft, meta)) => Ok((Meta::from(&meta), examine(ft, &path))),
+            Err(e) => Err(e),
+        };
         if let Ok((_, Found::Dir)) = &found {
             dirs.push((path.clone(), rel.clone()));
         }
         items.push(Item { rel, path, found });
     }
-    (items, dirs, failures)
+    (items, dirs, files, failures)
 }
 
-fn examine(ft: FileType, meta: &Metadata, path: &Path, hashes: &StatCache) -> Found {
+/// What an entry other than a regular file is.
+fn examine(ft: FileType, path: &Path) -> Found {
     if ft.is_dir() {
         Found::Dir
     } else if ft.is_symlink() {
         Found::Symlink(fs::read_link(path))
-    } else if ft.is_file() {
-        Found::File(file_digest(path, meta, hashes))
     } else {
         Found::Other
     }
@@ -239,9 +318,137 @@ pub fn file_digest(path: &Path, meta: &Metadata, hashes: &StatCache) -> io::Resu
     if let Some(digest) = hashes.get(meta) {
         return Ok((digest, meta.len()));
     }
+    hash_file(path, meta, hashes)
+}
+
+/// Reads and hashes the file at `path`, which `meta` describes, and records
+/// its digest in `hashes` when the size read is the one `meta` gives.
+fn hash_file(path: &Path, meta: &Metadata, hashes: &StatCache) -> io::Result<(Digest, u64)> {
     let (digest, size) = digest_reader(fs::File::open(path)?)?;
     if size == meta.len() {
         hashes.put(meta, &digest);
     }
     Ok((digest, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a walk found, comparable: relative path, kind, digest and size.
+    fn summary(items: &[Item]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|item| {
+                let what = match &item.found {
+                    Ok((_, Found::Dir)) => "dir".to_string(),
+                    Ok((meta, Found::File(Ok((digest, size))))) => {
+                        assert_eq!(*size, meta.len, "{}", item.rel);
+                        format!("file {size} {digest}")
+                    }
+                    Ok((_, Found::Symlink(Ok(target)))) => format!("link {}", target.display()),
+                    other => format!("{other:?}"),
+                };
+                (item.rel.clone(), what)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_thread_count_finds_the_same_sorted_entries_and_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        let store = crate::store::Store::open(dir.path().join("store")).unwrap();
+        // A flat directory of many files (hashed by every thread), a file
+        // big enough to be hashed last by nobody, nested directories, and a
+        // symlink.
+        let mut expected = Vec::new();
+        fs::create_dir_all(root.join("flat")).unwrap();
+        for i in 0..300u32 {
+            let content = crate::layer::tests::noise(1 + (i as usize * 37) % 5000, u64::from(i));
+            let rel = format!("flat/f{i:03}");
+            fs::write(root.join(&rel), &content).unwrap();
+            expected.push((rel, content));
+        }
+        let big = crate::layer::tests::noise(3 << 20, 7);
+        fs::write(root.join("big"), &big).unwrap();
+        expected.push(("big".into(), big));
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::write(root.join("a/b/c/deep"), b"deep").unwrap();
+        expected.push(("a/b/c/deep".into(), b"deep".to_vec()));
+        fs::write(root.join("a/empty"), b"").unwrap();
+        expected.push(("a/empty".into(), Vec::new()));
+        std::os::unix::fs::symlink("b/c/deep", root.join("a/link")).unwrap();
+
+        let skip = |_: &str| false;
+        let mut first = None;
+        for threads in [1, 2, 7] {
+            let hashes = StatCache::of_store(&store);
+            let (items, failures) = walk(&root, &skip, &hashes, threads);
+            assert!(failures.is_empty(), "{threads} threads: {failures:?}");
+            let found = summary(&items);
+            let rels: Vec<&str> = found.iter().map(|(rel, _)| rel.as_str()).collect();
+            let mut sorted = rels.clone();
+            sorted.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            assert_eq!(rels, sorted, "{threads} threads: not sorted");
+            for (rel, content) in &expected {
+                let (_, what) = found
+                    .iter()
+                    .find(|(r, _)| r == rel)
+                    .unwrap_or_else(|| panic!("{threads} threads: {rel} not found"));
+                let want = format!("file {} {}", content.len(), Digest::of(content));
+                assert_eq!(what, &want, "{threads} threads: {rel}");
+            }
+            assert!(found.contains(&("a/link".into(), "link b/c/deep".into())));
+            assert_eq!(
+                found.len(),
+                expected.len() + 5,
+                "flat, a, a/b, a/b/c, a/link"
+            );
+            match &first {
+                None => first = Some(found),
+                Some(first) => assert_eq!(first, &found, "{threads} threads"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_gone_before_it_is_hashed_keeps_its_place_and_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        let store = crate::store::Store::open(dir.path().join("store")).unwrap();
+        fs::create_dir_all(root.join("d")).unwrap();
+        for name in ["a", "d/p", "d/q", "z"] {
+            fs::write(root.join(name), name).unwrap();
+        }
+        // The walk asks `skip` about each entry as it lists it, and hashes
+        // files only once their directory is listed: the second entry of
+        // `d` asked about removes the first, listed but not yet hashed.
+        let asked = Mutex::new(Vec::new());
+        let skip = |rel: &str| {
+            let mut asked = asked.lock().unwrap();
+            if rel.starts_with("d/") {
+                if let Some(first) = asked.first() {
+                    fs::remove_file(root.join(first as &String)).unwrap();
+                }
+                asked.push(rel.to_string());
+            }
+            false
+        };
+        let hashes = StatCache::of_store(&store);
+        let (items, failures) = walk(&root, &skip, &hashes, 2);
+        assert!(failures.is_empty(), "{failures:?}");
+        let gone = asked.lock().unwrap()[0].clone();
+        let rels: Vec<&str> = items.iter().map(|i| i.rel.as_str()).collect();
+        assert_eq!(rels, ["a", "d", "d/p", "d/q", "z"]);
+        for item in &items {
+            match (&item.found, item.rel == gone) {
+                (Ok((_, Found::File(Err(e)))), true) => {
+                    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}")
+                }
+                (Ok((_, Found::File(Ok(_)) | Found::Dir)), false) => {}
+                (other, _) => panic!("{}: {other:?}", item.rel),
+            }
+        }
+    }
 }
