@@ -362,15 +362,17 @@ mod tests {
         // A flat directory of many files (hashed by every thread), a file
         // big enough to be hashed last by nobody, nested directories, and a
         // symlink.
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut bytes = |n: usize| -> Vec<u8> { (0..n).map(|_| rng.u8(..)).collect() };
         let mut expected = Vec::new();
         fs::create_dir_all(root.join("flat")).unwrap();
         for i in 0..300u32 {
-            let content = crate::layer::tests::noise(1 + (i as usize * 37) % 5000, u64::from(i));
+            let content = bytes(1 + (i as usize * 37) % 5000);
             let rel = format!("flat/f{i:03}");
             fs::write(root.join(&rel), &content).unwrap();
             expected.push((rel, content));
         }
-        let big = crate::layer::tests::noise(3 << 20, 7);
+        let big = bytes(3 << 20);
         fs::write(root.join("big"), &big).unwrap();
         expected.push(("big".into(), big));
         fs::create_dir_all(root.join("a/b/c")).unwrap();
