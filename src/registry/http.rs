@@ -355,7 +355,30 @@ const BROKEN_AUTH_HINT: &str =
 /// The error for an answer that is not what `what` needed.
 pub(super) async fn status_error(what: &str, resp: Response) -> Error {
     let status = resp.status().as_u16();
-    let detail = error_detail(&resp.bytes().await.unwrap_or_default());
+    status_error_of(what, status, &resp.bytes().await.unwrap_or_default())
+}
+
+/// The errors (`errors[]`: code, and detail when it is a string) of an
+/// answer's body.
+pub(super) fn error_codes(body: &[u8]) -> Vec<(String, String)> {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    doc["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| {
+                    let code = e["code"].as_str()?.to_string();
+                    Some((code, e["detail"].as_str().unwrap_or("a blob").to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// [`status_error`] for an answer whose body was already read.
+pub(super) fn status_error_of(what: &str, status: u16, body: &[u8]) -> Error {
+    let detail = error_detail(body);
     if status == 401 {
         return Error::Registry {
             message: format!("cannot {what}: the registry refused the credentials (HTTP 401)"),

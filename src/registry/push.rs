@@ -12,7 +12,7 @@ use oci_client::Reference;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::http::{status_error, Session};
+use super::http::{error_codes, status_error_of, Session};
 use super::upload::{check_digest, exists, upload};
 use super::{manifest_url, Access, PushReport, Registry};
 use crate::digest::Digest;
@@ -101,22 +101,56 @@ impl Registry {
             if there {
                 return Ok(report);
             }
-            // Children by digest; the top by its tag when it has one (the
-            // registry then holds it by digest too).
-            let by_digest = plan.manifests.len() - usize::from(target.tag().is_some());
-            for (digest, media_type, bytes) in &plan.manifests[..by_digest] {
-                push_manifest(&s, target, &digest.to_string(), bytes, media_type, digest).await?;
+            // Another client putting the same blobs into the repository at
+            // the same moment can make the registry miss one of ours for a
+            // moment (Debian's docker-registry rewrites a blob's link in
+            // the repository in place): its blobs are looked up again (and
+            // sent again where missing) and the manifests put again.
+            let mut retries = 0;
+            loop {
+                match put_manifests(&s, target, &plan).await? {
+                    Put::Done(_) => return Ok(report),
+                    Put::BlobsUnknown(e) if retries == BLOB_RACE_RETRIES => return Err(e),
+                    Put::BlobsUnknown(_) => {
+                        retries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(25 << retries)).await;
+                        futures_util::stream::iter(plan.blobs.iter())
+                            .map(|(digest, size)| {
+                                push_blob(&s, blobs, target, digest, *size, &mounts)
+                            })
+                            .buffered(self.jobs())
+                            .try_collect::<Vec<BlobOutcome>>()
+                            .await?;
+                    }
+                }
             }
-            if let Some(tag) = target.tag() {
-                let (digest, media_type, bytes) = plan
-                    .manifests
-                    .last()
-                    .expect("the top manifest is in the plan");
-                push_manifest(&s, target, tag, bytes, media_type, digest).await?;
-            }
-            Ok(report)
         })
     }
+}
+
+/// How many times a manifest is put again after the registry said a blob
+/// it names is unknown (waiting 50, 100, 200 and 400 ms before each).
+const BLOB_RACE_RETRIES: u32 = 4;
+
+/// Puts the plan's manifests: children by digest, the top by its tag when
+/// it has one (the registry then holds it by digest too).
+async fn put_manifests(s: &Session, target: &Reference, plan: &PushPlan) -> Result<Put> {
+    let by_digest = plan.manifests.len() - usize::from(target.tag().is_some());
+    for (digest, media_type, bytes) in &plan.manifests[..by_digest] {
+        if let Put::BlobsUnknown(e) =
+            put_manifest(s, target, &digest.to_string(), bytes, media_type, digest).await?
+        {
+            return Ok(Put::BlobsUnknown(e));
+        }
+    }
+    if let Some(tag) = target.tag() {
+        let (digest, media_type, bytes) = plan
+            .manifests
+            .last()
+            .expect("the top manifest is in the plan");
+        return put_manifest(s, target, tag, bytes, media_type, digest).await;
+    }
+    Ok(Put::Done(false))
 }
 
 async fn push_blob(
@@ -174,6 +208,30 @@ pub(super) async fn push_manifest(
     media_type: &str,
     digest: &Digest,
 ) -> Result<bool> {
+    match put_manifest(s, target, tag_or_digest, bytes, media_type, digest).await? {
+        Put::Done(subject) => Ok(subject),
+        Put::BlobsUnknown(e) => Err(e),
+    }
+}
+
+/// What a registry made of a manifest put.
+enum Put {
+    /// It holds the manifest; whether it answered with an `OCI-Subject`
+    /// header.
+    Done(bool),
+    /// It refused it for naming a blob it does not know.
+    BlobsUnknown(Error),
+}
+
+/// [`push_manifest`], telling a refusal for an unknown blob apart.
+async fn put_manifest(
+    s: &Session,
+    target: &Reference,
+    tag_or_digest: &str,
+    bytes: &[u8],
+    media_type: &str,
+    digest: &Digest,
+) -> Result<Put> {
     let what = format!(
         "push manifest `{digest}` to `{}/{}:{tag_or_digest}`",
         target.registry(),
@@ -190,10 +248,28 @@ pub(super) async fn push_manifest(
         })
         .await?;
     if !resp.status().is_success() {
-        return Err(status_error(&what, resp).await);
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        let unknown: Vec<String> = error_codes(&body)
+            .into_iter()
+            .filter(|(code, _)| code == "MANIFEST_BLOB_UNKNOWN" || code == "BLOB_UNKNOWN")
+            .map(|(_, detail)| detail)
+            .collect();
+        if status == StatusCode::BAD_REQUEST && !unknown.is_empty() {
+            return Ok(Put::BlobsUnknown(Error::Registry {
+                message: format!(
+                    "cannot {what}: the registry answered HTTP 400: MANIFEST_BLOB_UNKNOWN, it does not know {}, which kiln had sent or found there",
+                    unknown.join(", "),
+                ),
+                hint: Some(
+                    "another client may be writing the same blobs into this repository: push again; if it keeps failing, check the registry's storage and logs".into(),
+                ),
+            }));
+        }
+        return Err(status_error_of(&what, status.as_u16(), &body));
     }
     check_digest(resp.headers(), digest, &what)?;
-    Ok(resp.headers().contains_key("oci-subject"))
+    Ok(Put::Done(resp.headers().contains_key("oci-subject")))
 }
 
 /// Whether `target`'s repository already names manifest `digest` by

@@ -421,3 +421,64 @@ test_cases! { push_to_a_liar_fails_with_exit_4 {
     an_upload_the_registry_says_does_not_match: (Lie::CorruptUpload, "lie-upload"),
     a_manifest_the_registry_names_by_another_digest: (Lie::WrongPushedDigest, "lie-pushed-digest"),
 } }
+
+/// Many machines pushing images that share blobs into one repository at
+/// once: docker-registry can refuse a manifest for a blob another client is
+/// writing at that moment (seen with four builds publishing to one layer
+/// cache, `remote_cache::machines_publishing_at_once_leave_one_good_entry_per_layer`).
+/// The push looks its blobs up again and puts the manifest again.
+#[test]
+fn a_manifest_refused_for_an_unknown_blob_is_put_again() {
+    let r = registry(Flavour::Plain);
+    let proxy = Proxy::start(&r.host, Faults::BlobsUnknown { times: 2 });
+    let w = Work::new();
+    let digest = build_small_image(&w, "blobs-unknown-twice");
+    let reference = format!("{}/kiln/blobs-unknown-twice:v1", proxy.host);
+    let out = w.ok(&["push", "img", &reference]);
+    assert!(out.contains(&digest), "{out}");
+    let requests = proxy.requests();
+    let puts: Vec<_> = requests
+        .iter()
+        .filter(|q| q.method == "PUT" && q.target.contains("/manifests/"))
+        .collect();
+    assert_eq!(
+        puts.len(),
+        3,
+        "refused twice, then taken:\n  {}",
+        describe(&proxy)
+    );
+    // Between the refusals and the next put, the blobs were looked up again.
+    let first = requests.iter().position(|q| q.failed).unwrap();
+    let heads_after = requests[first..]
+        .iter()
+        .filter(|q| q.method == "HEAD" && q.target.contains("/blobs/"))
+        .count();
+    assert!(heads_after >= 3, "{}", describe(&proxy));
+    // What the registry holds is the image, as skopeo reads it.
+    let (_, held) = remote_raw(r, &format!("{}/kiln/blobs-unknown-twice:v1", r.host));
+    assert_eq!(held, digest);
+}
+
+/// A registry that never stops refusing the manifest fails the push, with
+/// its reason, after a bounded number of tries.
+#[test]
+fn a_manifest_refused_every_time_fails_the_push_with_the_registrys_reason() {
+    let r = registry(Flavour::Plain);
+    let proxy = Proxy::start(&r.host, Faults::BlobsUnknown { times: usize::MAX });
+    let w = Work::new();
+    build_small_image(&w, "blobs-unknown-always");
+    let reference = format!("{}/kiln/blobs-unknown-always:v1", proxy.host);
+    let started = Instant::now();
+    let out = run_with_stdin(kiln_fast(&w), &["push", "img", &reference], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("MANIFEST_BLOB_UNKNOWN"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no digest printed");
+    let puts = proxy
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PUT" && q.target.contains("/manifests/"))
+        .count();
+    assert_eq!(puts, 5, "one put and four more:\n  {}", describe(&proxy));
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -523,3 +523,91 @@ fn entries_signed_by_a_trusted_key_skip_the_local_check_and_others_get_it() {
         (json!(1), json!(1))
     );
 }
+
+/// A fleet whose machines build the same recipe at the same moment, each on
+/// an empty store, all publishing to one cache: every build succeeds with
+/// the same digest, the cache holds one entry per layer, each naming a blob
+/// the registry serves, and a machine that comes after takes every layer
+/// from it on the fleet key's signature.
+#[test]
+fn machines_publishing_at_once_leave_one_good_entry_per_layer() {
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    // A third layer of 8 MiB of noise, so that the uploads overlap.
+    let mut rng = fastrand::Rng::with_seed(41);
+    let noise: Vec<u8> = (0..8 << 20).map(|_| rng.u8(..)).collect();
+    w.write("noise.bin", &noise);
+    unique_recipe(
+        &w,
+        "rcache-fleet",
+        "",
+        "",
+        "[[layers]]\nname = \"noise\"\nfiles = [ { src = \"noise.bin\", dest = \"/noise.bin\" } ]\n",
+    );
+    kiln_ok(&w, &["keygen", "--out", "fleet"], None);
+    let repo = "kiln/rcache-fleet";
+    let cache = r.repo(repo);
+
+    let machines = 4;
+    let docs: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..machines)
+            .map(|i| {
+                let (w, cache) = (&w, &cache);
+                s.spawn(move || {
+                    build_with(
+                        w,
+                        &format!("store-{i}"),
+                        cache,
+                        &format!("img-{i}"),
+                        &["--cache-sign-key", "fleet.key"],
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let digest = docs[0]["digest"].clone();
+    for (i, doc) in docs.iter().enumerate() {
+        assert_eq!(doc["digest"], digest, "machine {i}: {doc:#}");
+        assert_eq!(doc["cache"]["reachable"], true, "machine {i}: {doc:#}");
+        for source in sources(doc) {
+            assert!(
+                source == "built" || source == "remote-cache",
+                "machine {i}: {source}"
+            );
+        }
+    }
+    let built: std::collections::BTreeSet<String> = docs[0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(built.len(), 3);
+
+    // One entry per layer, whatever order the writes landed in, each naming
+    // one of the built blobs, which the registry serves whole.
+    let entries = tags(r, repo);
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let mut held = std::collections::BTreeSet::new();
+    for t in &entries {
+        let (m, _) = remote_raw(r, &format!("{cache}:{t}"));
+        let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+        let blob = curl(&["-L", &format!("http://{}/v2/{repo}/blobs/{layer}", r.host)]);
+        assert_eq!(format!("sha256:{:x}", Sha256::digest(&blob)), layer);
+        held.insert(layer);
+    }
+    assert_eq!(held, built);
+
+    // A machine that comes after builds nothing.
+    let after = build_with(
+        &w,
+        "store-after",
+        &cache,
+        "img-after",
+        &["--cache-key", "fleet.pub"],
+    );
+    assert_eq!(after["digest"], digest);
+    assert_eq!(sources(&after), ["remote-cache"; 3], "{after:#}");
+    assert_eq!(after["cache"]["signed"], 3, "{after:#}");
+}

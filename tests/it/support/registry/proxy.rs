@@ -44,6 +44,11 @@ pub enum Faults {
     ResetEverySecondPatch,
     /// Answers with something other than what the registry sent.
     Lie(Lie),
+    /// The first `times` manifest `PUT`s are refused as Debian's
+    /// docker-registry refuses one naming a blob another client is writing
+    /// into the repository at that moment: 400, `DIGEST_INVALID` and
+    /// `MANIFEST_BLOB_UNKNOWN`. They do not reach the registry.
+    BlobsUnknown { times: usize },
     /// No faults; adds the OCI 1.1 referrers API the registry lacks: a
     /// manifest `PUT` with a `subject` is indexed (and answered with
     /// `OCI-Subject`), `GET /v2/<name>/referrers/<digest>` lists them.
@@ -93,6 +98,8 @@ struct State {
     log: Mutex<Vec<Request>>,
     kinds: Mutex<std::collections::HashSet<String>>,
     patches: AtomicUsize,
+    /// Manifest `PUT`s seen, for [`Faults::BlobsUnknown`].
+    manifest_puts: AtomicUsize,
     /// Referrer descriptors by (repository, subject digest), for [`Faults::ReferrersApi`].
     referrers: Mutex<std::collections::HashMap<(String, String), Vec<serde_json::Value>>>,
 }
@@ -134,6 +141,7 @@ impl Proxy {
             log: Mutex::new(Vec::new()),
             kinds: Mutex::new(Default::default()),
             patches: AtomicUsize::new(0),
+            manifest_puts: AtomicUsize::new(0),
             referrers: Mutex::new(Default::default()),
         });
         let s = state.clone();
@@ -186,6 +194,10 @@ fn mix(mut z: u64) -> u64 {
 
 const TOO_MANY_BODY: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit.","detail":null}]}"#;
 
+/// What docker-registry answers to a manifest `PUT` naming a blob it cannot
+/// see in the repository (two of them here).
+const BLOBS_UNKNOWN_BODY: &str = r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:7726bc85d1fe8248d6b5c64ee0f4a4231c4488d4fb58079b715a9d68aed8cf89"},{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"},{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:47c5dade30adba03a063fd790d1b0313fab1e85780f9954d1489ddf55931f40e"}]}"#;
+
 fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let Some((head, body)) = read_message(&mut reader)? else {
@@ -197,7 +209,7 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
     let target = parts.next().unwrap_or_default().to_string();
     let n = state.count.fetch_add(1, Ordering::SeqCst) + 1;
     let fault = match state.faults {
-        Faults::None | Faults::Lie(_) | Faults::ReferrersApi => None,
+        Faults::None | Faults::Lie(_) | Faults::ReferrersApi | Faults::BlobsUnknown { .. } => None,
         Faults::Every(k) if n.is_multiple_of(k) => Some(if (n / k) % 2 == 1 {
             Fault::Status503
         } else {
@@ -238,10 +250,18 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
             })
         }
     };
+    let refuse_manifest = match state.faults {
+        Faults::BlobsUnknown { times } => {
+            method == "PUT"
+                && target.contains("/manifests/")
+                && state.manifest_puts.fetch_add(1, Ordering::SeqCst) < times
+        }
+        _ => false,
+    };
     state.log.lock().unwrap().push(Request {
         method: method.clone(),
         target: target.clone(),
-        failed: fault.is_some(),
+        failed: fault.is_some() || refuse_manifest,
         fault,
         body_len: body.len(),
         at: std::time::Instant::now(),
@@ -252,8 +272,18 @@ fn handle(client: TcpStream, state: &State) -> std::io::Result<()> {
         Faults::TooManyOncePerKind { retry_after } => Some(retry_after),
         _ => None,
     };
-    if fault.is_some() {
+    if fault.is_some() || refuse_manifest {
         state.failed.fetch_add(1, Ordering::SeqCst);
+    }
+    if refuse_manifest {
+        client.write_all(
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BLOBS_UNKNOWN_BODY}",
+                BLOBS_UNKNOWN_BODY.len()
+            )
+            .as_bytes(),
+        )?;
+        return client.shutdown(Shutdown::Both);
     }
     match fault {
         Some(Fault::Status500) | Some(Fault::Status503) => {
