@@ -7,18 +7,27 @@
 //! know is not hashed by the thread that found it but queued, so that every
 //! thread hashes, whatever the shape of the tree (one directory of many
 //! files, or a few big files beside the directories): directories are read
-//! first, then the biggest file waiting is hashed first. What the walk finds
-//! is handed back sorted by path, with any error in its place, so the caller
-//! meets entries (and the first error) in the same order whatever the
-//! threads did.
+//! first, then the biggest file waiting is hashed first, opened by its
+//! whole path. A file with several hard links is read once: its other
+//! links take the digest the first one got. What the walk finds is handed
+//! back sorted by path, with any error in its place, so the caller meets
+//! entries (and the first error) in the same order whatever the threads
+//! did.
+//!
+//! A file is hashed some time after it was listed (the whole tree is
+//! listed first), so a file written to meanwhile is more likely to be
+//! refused as changed while kiln was reading it (its size no longer the
+//! listed one) or gone.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fs::{self, FileType, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
 use crate::digest::{digest_reader, Digest};
-use crate::store::stat_cache::StatCache;
+use crate::store::stat_cache::{FileStamp, StatCache};
 
 /// What one entry of the tree is.
 #[derive(Debug)]
@@ -101,6 +110,7 @@ pub fn walk(
         state: Mutex::new(State {
             dirs: vec![(root.to_path_buf(), String::new())],
             files: std::collections::BinaryHeap::new(),
+            links: HashMap::new(),
             busy: 0,
             items: Vec::new(),
             failures: Vec::new(),
@@ -131,11 +141,76 @@ struct State {
     /// Directories still to read: host path and relative path.
     dirs: Vec<(PathBuf, String)>,
     /// Regular files still to hash, the biggest on top.
-    files: std::collections::BinaryHeap<Pending>,
+    files: std::collections::BinaryHeap<Biggest>,
+    /// Files with other hard links, by device and inode: the links waiting
+    /// for the one being hashed, or what hashing it gave. Each inode is
+    /// read once, whichever threads list its links.
+    links: HashMap<(u64, u64), Links>,
     /// Threads reading a directory or hashing a file now.
     busy: usize,
     items: Vec<Item>,
     failures: Vec<(String, Failure)>,
+}
+
+/// The other links of a file with several.
+enum Links {
+    /// One link is queued or being hashed; these wait for it.
+    Waiting(Vec<Pending>),
+    /// What hashing it gave (the error as its kind and text: an
+    /// `io::Error` does not copy).
+    Hashed(std::result::Result<(Digest, u64), (io::ErrorKind, String)>),
+}
+
+impl State {
+    /// Takes in the files a directory listed: queued to be hashed, or,
+    /// for another link of a file already queued, set beside it.
+    fn add_files(&mut self, files: Vec<Pending>) {
+        for file in files {
+            if file.meta.nlink < 2 {
+                self.files.push(Biggest(file));
+                continue;
+            }
+            match self.links.entry(file.meta.id) {
+                Entry::Vacant(v) => {
+                    v.insert(Links::Waiting(Vec::new()));
+                    self.files.push(Biggest(file));
+                }
+                Entry::Occupied(mut o) => match o.get_mut() {
+                    Links::Waiting(others) => others.push(file),
+                    Links::Hashed(done) => {
+                        let found = Found::File(copy(done));
+                        self.items.push(file.item(found));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Takes in a file just hashed, and the other links that waited for it.
+    fn add_hashed(&mut self, file: Pending, hashed: io::Result<(Digest, u64)>) {
+        if file.meta.nlink > 1 {
+            let done = hashed
+                .as_ref()
+                .map(|d| d.clone())
+                .map_err(|e| (e.kind(), e.to_string()));
+            let waiting = self.links.insert(file.meta.id, Links::Hashed(done.clone()));
+            if let Some(Links::Waiting(others)) = waiting {
+                for other in others {
+                    let found = Found::File(copy(&done));
+                    self.items.push(other.item(found));
+                }
+            }
+        }
+        self.items.push(file.item(Found::File(hashed)));
+    }
+}
+
+/// A hash result for another link of the same file.
+fn copy(
+    done: &std::result::Result<(Digest, u64), (io::ErrorKind, String)>,
+) -> io::Result<(Digest, u64)> {
+    done.clone()
+        .map_err(|(kind, text)| io::Error::new(kind, text))
 }
 
 struct Shared {
@@ -143,41 +218,54 @@ struct Shared {
     wake: Condvar,
 }
 
-/// A regular file the stat cache did not know, waiting to be hashed.
+/// A regular file the stat cache did not know, waiting to be hashed: what
+/// planning keeps of its metadata, and what the stat cache records it by.
 struct Pending {
     rel: String,
     path: PathBuf,
-    meta: Metadata,
+    meta: Meta,
+    stamp: FileStamp,
 }
 
 impl Pending {
-    /// Reads and hashes the file (recording its digest in `hashes`).
-    fn hash(self, hashes: &StatCache) -> Item {
-        let found = Found::File(hash_file(&self.path, &self.meta, hashes));
+    /// Reads and hashes the file. The stat cache records the digest when
+    /// the size read is the one listed and the file has not changed for
+    /// two seconds ([`StatCache::put_stamp`]).
+    fn hash(&self, hashes: &StatCache) -> io::Result<(Digest, u64)> {
+        let (digest, size) = digest_reader(fs::File::open(&self.path)?)?;
+        if size == self.meta.len {
+            hashes.put_stamp(&self.stamp, &digest);
+        }
+        Ok((digest, size))
+    }
+
+    fn item(self, found: Found) -> Item {
         Item {
             rel: self.rel,
             path: self.path,
-            found: Ok((Meta::from(&self.meta), found)),
+            found: Ok((self.meta, found)),
         }
     }
 }
 
-// Ordered by size alone, for the heap: hashing the biggest files first
-// leaves small ones to even out the threads' ends.
-impl PartialEq for Pending {
+/// A [`Pending`] file ordered by its size alone, for the heap: hashing the
+/// biggest files first leaves small ones to even out the threads' ends.
+struct Biggest(Pending);
+
+impl PartialEq for Biggest {
     fn eq(&self, other: &Self) -> bool {
-        self.meta.len() == other.meta.len()
+        self.0.meta.len == other.0.meta.len
     }
 }
-impl Eq for Pending {}
-impl PartialOrd for Pending {
+impl Eq for Biggest {}
+impl PartialOrd for Biggest {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Pending {
+impl Ord for Biggest {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.meta.len().cmp(&other.meta.len())
+        self.0.meta.len.cmp(&other.0.meta.len)
     }
 }
 
@@ -195,7 +283,7 @@ impl Shared {
             let job = match state.dirs.pop() {
                 Some((dir, rel)) => Job::Dir(dir, rel),
                 None => match state.files.pop() {
-                    Some(file) => Job::File(file),
+                    Some(Biggest(file)) => Job::File(file),
                     None if state.busy == 0 => {
                         self.wake.notify_all();
                         return;
@@ -216,14 +304,14 @@ impl Shared {
                     state.failures.extend(failures);
                     if !dirs.is_empty() || !files.is_empty() {
                         state.dirs.extend(dirs);
-                        state.files.extend(files);
+                        state.add_files(files);
                         self.wake.notify_all();
                     }
                 }
                 Job::File(file) => {
-                    let item = file.hash(hashes);
+                    let hashed = file.hash(hashes);
                     state = self.state.lock().expect("no panics hold this lock");
-                    state.items.push(item);
+                    state.add_hashed(file, hashed);
                 }
             }
             state.busy -= 1;
@@ -285,7 +373,13 @@ fn read_one(
             Ok((ft, meta)) if ft.is_file() => match hashes.get(&meta) {
                 Some(digest) => Ok((Meta::from(&meta), Found::File(Ok((digest, meta.len()))))),
                 None => {
-                    files.push(Pending { rel, path, meta });
+                    let (stamp, meta) = (FileStamp::of(&meta), Meta::from(&meta));
+                    files.push(Pending {
+                        rel,
+                        path,
+                        meta,
+                        stamp,
+                    });
                     continue;
                 }
             },
@@ -318,12 +412,6 @@ pub fn file_digest(path: &Path, meta: &Metadata, hashes: &StatCache) -> io::Resu
     if let Some(digest) = hashes.get(meta) {
         return Ok((digest, meta.len()));
     }
-    hash_file(path, meta, hashes)
-}
-
-/// Reads and hashes the file at `path`, which `meta` describes, and records
-/// its digest in `hashes` when the size read is the one `meta` gives.
-fn hash_file(path: &Path, meta: &Metadata, hashes: &StatCache) -> io::Result<(Digest, u64)> {
     let (digest, size) = digest_reader(fs::File::open(path)?)?;
     if size == meta.len() {
         hashes.put(meta, &digest);
@@ -360,8 +448,8 @@ mod tests {
         let root = dir.path().join("tree");
         let store = crate::store::Store::open(dir.path().join("store")).unwrap();
         // A flat directory of many files (hashed by every thread), a file
-        // big enough to be hashed last by nobody, nested directories, and a
-        // symlink.
+        // of 3 MiB (hashed first, while the others share the small ones),
+        // nested directories, and a symlink.
         let mut rng = fastrand::Rng::with_seed(5);
         let mut bytes = |n: usize| -> Vec<u8> { (0..n).map(|_| rng.u8(..)).collect() };
         let mut expected = Vec::new();
@@ -425,7 +513,8 @@ mod tests {
         }
         // The walk asks `skip` about each entry as it lists it, and hashes
         // files only once their directory is listed: the second entry of
-        // `d` asked about removes the first, listed but not yet hashed.
+        // `d` asked about removes the first, listed but not yet hashed
+        // (`d` holds two entries, so nothing else is removed).
         let asked = Mutex::new(Vec::new());
         let skip = |rel: &str| {
             let mut asked = asked.lock().unwrap();
@@ -450,6 +539,59 @@ mod tests {
                 }
                 (Ok((_, Found::File(Ok(_)) | Found::Dir)), false) => {}
                 (other, _) => panic!("{}: {other:?}", item.rel),
+            }
+        }
+    }
+
+    /// Bytes this thread has read (`rchar` of `/proc/thread-self/io`).
+    fn read_here() -> u64 {
+        let io = fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_file_with_many_hard_links_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        let store = crate::store::Store::open(dir.path().join("store")).unwrap();
+        fs::create_dir_all(root.join("x")).unwrap();
+        fs::create_dir_all(root.join("y/z")).unwrap();
+        let mut rng = fastrand::Rng::with_seed(9);
+        let content: Vec<u8> = (0..4 << 20).map(|_| rng.u8(..)).collect();
+        fs::write(root.join("x/first"), &content).unwrap();
+        let links = ["x/second", "x/third", "y/fourth", "y/z/fifth", "sixth"];
+        for link in links {
+            fs::hard_link(root.join("x/first"), root.join(link)).unwrap();
+        }
+        let want = format!("file {} {}", content.len(), Digest::of(&content));
+        let skip = |_: &str| false;
+        for threads in [1, 2, 7] {
+            // A new stat cache each time, and the links just made: the
+            // cache cannot answer for any of them.
+            let hashes = StatCache::of_store(&store);
+            let before = read_here();
+            let (items, failures) = walk(&root, &skip, &hashes, threads);
+            let read = read_here() - before;
+            assert!(failures.is_empty(), "{failures:?}");
+            let found = summary(&items);
+            for link in links.iter().chain(&["x/first"]) {
+                assert!(
+                    found.contains(&(link.to_string(), want.clone())),
+                    "{threads} threads: {link}: {found:?}"
+                );
+            }
+            if threads == 1 {
+                // All the work on this thread: the file read once, not six
+                // times.
+                assert!(
+                    read < 2 * content.len() as u64,
+                    "read {read} bytes for a {} byte file",
+                    content.len()
+                );
             }
         }
     }

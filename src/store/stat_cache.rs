@@ -32,14 +32,37 @@ struct Stamp {
 
 impl Stamp {
     fn of(meta: &fs::Metadata, with_ctime: bool) -> Stamp {
-        Stamp {
+        FileStamp::of(meta).stamp(with_ctime)
+    }
+}
+
+/// What the cache needs of a file's metadata to record it
+/// ([`StatCache::put_stamp`]), a quarter of the size of a whole
+/// `Metadata`, for callers that hold many files' before hashing them.
+#[derive(Debug, Clone, Copy)]
+pub struct FileStamp {
+    id: (u64, u64),
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// How `meta` stamps its file.
+    pub fn of(meta: &fs::Metadata) -> FileStamp {
+        FileStamp {
+            id: (meta.dev(), meta.ino()),
             size: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: if with_ctime {
-                i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
-            } else {
-                0
-            },
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+
+    fn stamp(&self, with_ctime: bool) -> Stamp {
+        Stamp {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: if with_ctime { self.ctime_ns } else { 0 },
         }
     }
 }
@@ -114,7 +137,12 @@ impl StatCache {
 
     /// Records the digest of a file just hashed, unless it changed too recently to trust.
     pub fn put(&self, meta: &fs::Metadata, digest: &Digest) {
-        let stamp = Stamp::of(meta, self.with_ctime);
+        self.put_stamp(&FileStamp::of(meta), digest)
+    }
+
+    /// [`StatCache::put`], for a file known by its [`FileStamp`].
+    pub fn put_stamp(&self, file: &FileStamp, digest: &Digest) {
+        let stamp = file.stamp(self.with_ctime);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
@@ -123,9 +151,7 @@ impl StatCache {
             return;
         }
         let mut guard = self.entries.write().expect("no panics hold this lock");
-        guard
-            .0
-            .insert((meta.dev(), meta.ino()), (stamp, digest.clone()));
+        guard.0.insert(file.id, (stamp, digest.clone()));
         guard.1 = true;
     }
 
