@@ -37,8 +37,8 @@ impl Stamp {
 }
 
 /// What the cache needs of a file's metadata to record it
-/// ([`StatCache::put_stamp`]), a quarter of the size of a whole
-/// `Metadata`, for callers that hold many files' before hashing them.
+/// ([`StatCache::put_stamp`]): a third of the size of a whole `Metadata`,
+/// for callers that hold many files' stamps until they have hashed them.
 #[derive(Debug, Clone, Copy)]
 pub struct FileStamp {
     id: (u64, u64),
