@@ -78,11 +78,14 @@ impl Registry {
                 top_media,
                 top_digest,
             );
-            let uploads = futures_util::stream::iter(plan.blobs.iter())
-                .map(|(digest, size)| push_blob(&s, blobs, target, digest, *size, &mounts))
-                .buffered(self.jobs())
-                .try_collect::<Vec<BlobOutcome>>();
-            let (results, there) = futures_util::future::join(uploads, there).await;
+            // Every blob the registry lacks, sent (several at once).
+            let push_blobs = || {
+                futures_util::stream::iter(plan.blobs.iter())
+                    .map(|(digest, size)| push_blob(&s, blobs, target, digest, *size, &mounts))
+                    .buffered(self.jobs())
+                    .try_collect::<Vec<BlobOutcome>>()
+            };
+            let (results, there) = futures_util::future::join(push_blobs(), there).await;
             let (results, there) = (results?, there?);
             let mut report = PushReport {
                 digest: top.digest.to_string(),
@@ -114,13 +117,7 @@ impl Registry {
                     Put::BlobsUnknown(_) => {
                         retries += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(25 << retries)).await;
-                        futures_util::stream::iter(plan.blobs.iter())
-                            .map(|(digest, size)| {
-                                push_blob(&s, blobs, target, digest, *size, &mounts)
-                            })
-                            .buffered(self.jobs())
-                            .try_collect::<Vec<BlobOutcome>>()
-                            .await?;
+                        push_blobs().await?;
                     }
                 }
             }
@@ -197,25 +194,8 @@ async fn push_blob(
     Ok(BlobOutcome::Uploaded)
 }
 
-/// Puts a manifest under `tag_or_digest`; the registry must name it by our
-/// digest. Returns whether it answered with an `OCI-Subject` header (it
-/// indexed the manifest's `subject` itself).
-pub(super) async fn push_manifest(
-    s: &Session,
-    target: &Reference,
-    tag_or_digest: &str,
-    bytes: &[u8],
-    media_type: &str,
-    digest: &Digest,
-) -> Result<bool> {
-    match put_manifest(s, target, tag_or_digest, bytes, media_type, digest).await? {
-        Put::Done(subject) => Ok(subject),
-        Put::BlobsUnknown(e) => Err(e),
-    }
-}
-
-/// What a registry made of a manifest put.
-enum Put {
+/// What a registry made of a manifest put ([`put_manifest`]).
+pub(super) enum Put {
     /// It holds the manifest; whether it answered with an `OCI-Subject`
     /// header.
     Done(bool),
@@ -223,8 +203,21 @@ enum Put {
     BlobsUnknown(Error),
 }
 
-/// [`push_manifest`], telling a refusal for an unknown blob apart.
-async fn put_manifest(
+impl Put {
+    /// Whether the registry indexed the manifest's `subject` itself, or why
+    /// it refused the manifest.
+    pub(super) fn done(self) -> Result<bool> {
+        match self {
+            Put::Done(subject) => Ok(subject),
+            Put::BlobsUnknown(e) => Err(e),
+        }
+    }
+}
+
+/// Puts a manifest under `tag_or_digest`; the registry must name it by our
+/// digest. A refusal for a blob it does not know is told apart from other
+/// failures ([`Put::BlobsUnknown`]).
+pub(super) async fn put_manifest(
     s: &Session,
     target: &Reference,
     tag_or_digest: &str,

@@ -75,7 +75,9 @@ impl Registry {
         let digest = Digest::of(bytes);
         self.runtime.block_on(async {
             let s = self.session(r, Access::Push, &[]).await?;
-            super::push::push_manifest(&s, r, tag_or_digest, bytes, media_type, &digest).await
+            super::push::put_manifest(&s, r, tag_or_digest, bytes, media_type, &digest)
+                .await?
+                .done()
         })
     }
 }

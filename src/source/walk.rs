@@ -232,11 +232,7 @@ impl Pending {
     /// the size read is the one listed and the file has not changed for
     /// two seconds ([`StatCache::put_stamp`]).
     fn hash(&self, hashes: &StatCache) -> io::Result<(Digest, u64)> {
-        let (digest, size) = digest_reader(fs::File::open(&self.path)?)?;
-        if size == self.meta.len {
-            hashes.put_stamp(&self.stamp, &digest);
-        }
-        Ok((digest, size))
+        hash_file(&self.path, &self.stamp, self.meta.len, hashes)
     }
 
     fn item(self, found: Found) -> Item {
@@ -412,9 +408,21 @@ pub fn file_digest(path: &Path, meta: &Metadata, hashes: &StatCache) -> io::Resu
     if let Some(digest) = hashes.get(meta) {
         return Ok((digest, meta.len()));
     }
+    hash_file(path, &FileStamp::of(meta), meta.len(), hashes)
+}
+
+/// Reads and hashes the file at `path`; records its digest in `hashes`
+/// under `stamp` when the size read is the `len` listed (and the file has
+/// not changed for two seconds, [`StatCache::put_stamp`]).
+fn hash_file(
+    path: &Path,
+    stamp: &FileStamp,
+    len: u64,
+    hashes: &StatCache,
+) -> io::Result<(Digest, u64)> {
     let (digest, size) = digest_reader(fs::File::open(path)?)?;
-    if size == meta.len() {
-        hashes.put(meta, &digest);
+    if size == len {
+        hashes.put_stamp(stamp, &digest);
     }
     Ok((digest, size))
 }
