@@ -498,6 +498,20 @@ mod tests {
                 assert_eq!(what, &want, "{threads} threads: {rel}");
             }
             assert!(found.contains(&("a/link".into(), "link b/c/deep".into())));
+            // An outside oracle for the digests: coreutils' sha256sum.
+            let sums = std::process::Command::new("sha256sum")
+                .args(["big", "flat/f000", "flat/f299", "a/b/c/deep", "a/empty"])
+                .current_dir(&root)
+                .output()
+                .unwrap();
+            assert!(sums.status.success());
+            let sums = String::from_utf8(sums.stdout).unwrap();
+            assert_eq!(sums.lines().count(), 5, "{sums}");
+            for line in sums.lines() {
+                let (hex, rel) = line.split_once("  ").unwrap();
+                let (_, what) = found.iter().find(|(r, _)| r == rel).unwrap();
+                assert!(what.ends_with(&format!(" sha256:{hex}")), "{rel}: {what}");
+            }
             assert_eq!(
                 found.len(),
                 expected.len() + 5,
@@ -591,6 +605,17 @@ mod tests {
                     found.contains(&(link.to_string(), want.clone())),
                     "{threads} threads: {link}: {found:?}"
                 );
+            }
+            let sums = std::process::Command::new("sha256sum")
+                .args(links)
+                .current_dir(&root)
+                .output()
+                .unwrap();
+            let sums = String::from_utf8(sums.stdout).unwrap();
+            assert_eq!(sums.lines().count(), links.len(), "{sums}");
+            for line in sums.lines() {
+                let (hex, rel) = line.split_once("  ").unwrap();
+                assert!(want.ends_with(hex), "sha256sum says {rel} is {hex}");
             }
             if threads == 1 {
                 // All the work on this thread: the file read once, not six
