@@ -88,6 +88,8 @@ pub enum Cuts {
 
 /// One compressed chunk, as a worker hands it back.
 struct Done {
+    /// The chunk's bytes, handed back to be filled again.
+    chunk: Arc<Vec<u8>>,
     deflated: Vec<u8>,
     crc: u32,
     len: usize,
@@ -192,37 +194,41 @@ impl Describe {
     }
 }
 
-/// A counting semaphore: how many chunks may be compressed at once.
-struct Permits {
-    free: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
+/// One chunk for a worker: its bytes, its cache key, and where the result goes.
+struct Job {
+    chunk: Arc<Vec<u8>>,
+    cache: Option<(Arc<ChunkCache>, Digest)>,
+    done: std::sync::mpsc::SyncSender<io::Result<Done>>,
 }
 
-/// One taken permit, given back when dropped.
-struct Permit<'a>(&'a Permits);
-
-impl Permits {
-    fn new(n: usize) -> Self {
-        Permits {
-            free: std::sync::Mutex::new(n),
-            freed: std::sync::Condvar::new(),
-        }
-    }
-
-    fn take(&self) -> Permit<'_> {
-        let mut free = self.free.lock().expect("no panics hold this lock");
-        while *free == 0 {
-            free = self.freed.wait(free).expect("no panics hold this lock");
-        }
-        *free -= 1;
-        Permit(self)
-    }
+/// The threads that compress (or find in the cache) chunks, started with
+/// the first chunk and kept for the whole stream rather than one per chunk.
+struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().expect("no panics hold this lock") += 1;
-        self.0.freed.notify_one();
+impl Pool {
+    fn new(workers: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for _ in 0..workers {
+            let queue = Arc::clone(&queue);
+            // Detached: each ends once the sender is gone and the queue is
+            // empty. One that panics drops its job's sender, which the
+            // writer reports; the others carry on with the queue.
+            std::thread::spawn(move || loop {
+                let job = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(poisoned) => poisoned.into_inner().recv(),
+                };
+                let Ok(Job { chunk, cache, done }) = job else {
+                    return;
+                };
+                // The writer may have stopped waiting (an error elsewhere).
+                let _ = done.send(work(chunk, cache));
+            });
+        }
+        Pool { jobs }
     }
 }
 
@@ -230,10 +236,15 @@ impl Drop for Permit<'_> {
 pub struct ParallelGzip<W: Write> {
     out: W,
     buf: Vec<u8>,
-    pending: VecDeque<JoinHandle<io::Result<Done>>>,
+    /// Chunks handed to the pool, oldest first: each answers once.
+    pending: VecDeque<std::sync::mpsc::Receiver<io::Result<Done>>>,
     workers: usize,
-    /// `workers` permits: chunks beyond them wait for one.
-    permits: Arc<Permits>,
+    /// Started with the first chunk (a short stream needs no threads).
+    pool: Option<Pool>,
+    /// Chunks the pool is done with, oldest first; a buffer is filled again
+    /// once no other thread (the input hash) holds it, so that a stream
+    /// allocates a few buffers, not one per chunk.
+    spent: VecDeque<Arc<Vec<u8>>>,
     cuts: Cuts,
     cache: Option<Arc<ChunkCache>>,
     crc: crc32fast::Hasher,
@@ -261,6 +272,9 @@ struct DiffThread {
     chunks: std::sync::mpsc::SyncSender<Arc<Vec<u8>>>,
     handle: JoinHandle<Sha256>,
 }
+
+/// Spent chunk buffers kept for reuse, at most (each up to [`HARD_MAX`]).
+const SPENT: usize = 4;
 
 /// Chunks waiting to be hashed, at most (each at most [`HARD_MAX`] bytes,
 /// shared with the compressing threads, most of them already held there).
@@ -363,6 +377,7 @@ fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Re
     let Some((cache, key)) = cache else {
         return Ok(Done {
             deflated: deflate_chunk(&chunk)?,
+            chunk,
             crc,
             len,
             key: None,
@@ -371,6 +386,7 @@ fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Re
     };
     if let Some((deflated, zcrc)) = cache.get(&key, len as u64, crc) {
         return Ok(Done {
+            chunk,
             deflated,
             crc,
             len,
@@ -381,6 +397,7 @@ fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Re
     let deflated = deflate_chunk(&chunk)?;
     let zcrc = crc32fast::hash(&deflated);
     Ok(Done {
+        chunk,
         deflated,
         crc,
         len,
@@ -405,7 +422,8 @@ impl<W: Write> ParallelGzip<W> {
             buf: Vec::with_capacity(CHUNK),
             pending: VecDeque::new(),
             workers: workers.max(1),
-            permits: Arc::new(Permits::new(workers.max(1))),
+            pool: None,
+            spent: VecDeque::new(),
             cuts,
             cache,
             crc: crc32fast::Hasher::new(),
@@ -453,9 +471,13 @@ impl<W: Write> ParallelGzip<W> {
         while self.pending.len() > keep {
             let job = self.pending.pop_front().expect("checked non-empty");
             let done = job
-                .join()
+                .recv()
                 .map_err(|_| io::Error::other("a compression thread panicked"))??;
             self.out.write_all(&done.deflated)?;
+            self.spent.push_back(done.chunk);
+            if self.spent.len() > SPENT {
+                self.spent.pop_front();
+            }
             self.crc.combine(&crc32fast::Hasher::new_with_initial_len(
                 done.crc,
                 done.len as u64,
@@ -483,7 +505,8 @@ impl<W: Write> ParallelGzip<W> {
             return Ok(());
         }
         self.header()?;
-        let chunk = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let next = self.empty_buffer();
+        let chunk = Arc::new(std::mem::replace(&mut self.buf, next));
         if let Some(diff) = &self.diff {
             diff.chunks
                 .send(Arc::clone(&chunk))
@@ -491,11 +514,13 @@ impl<W: Write> ParallelGzip<W> {
         }
         let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
         let cache = self.cache.clone().zip(key);
-        let permits = Arc::clone(&self.permits);
-        self.pending.push_back(std::thread::spawn(move || {
-            let _permit = permits.take();
-            work(chunk, cache)
-        }));
+        let workers = self.workers;
+        let pool = self.pool.get_or_insert_with(|| Pool::new(workers));
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        pool.jobs
+            .send(Job { chunk, cache, done })
+            .map_err(|_| io::Error::other("every compression thread stopped"))?;
+        self.pending.push_back(answer);
         // Twice as many chunks in flight as compress at once: a worker that
         // finishes while the oldest chunk is still being compressed starts
         // on another rather than waiting for it to be written.
@@ -560,6 +585,22 @@ impl<W: Write> ParallelGzip<W> {
 }
 
 impl<W: Write> ParallelGzip<W> {
+    /// An empty buffer for the next chunk: the oldest spent one when no
+    /// other thread still holds it, else a new one.
+    fn empty_buffer(&mut self) -> Vec<u8> {
+        if self
+            .spent
+            .front()
+            .is_some_and(|b| Arc::strong_count(b) == 1)
+        {
+            if let Some(Ok(mut buf)) = self.spent.pop_front().map(Arc::try_unwrap) {
+                buf.clear();
+                return buf;
+            }
+        }
+        Vec::with_capacity(CHUNK)
+    }
+
     /// How many bytes the current chunk takes before the rules may end it,
     /// and whether they are a file's content.
     fn room(&self) -> (usize, bool) {

@@ -167,9 +167,14 @@ fn octal(field: &mut [u8], value: u64) {
     // Values that do not fit were moved to PAX records; the field then holds 0.
     let digits = field.len() - 1;
     let max = (1u64 << (3 * digits as u32)) - 1;
-    let v = if value > max { 0 } else { value };
-    let text = format!("{v:0digits$o}");
-    field[..digits].copy_from_slice(text.as_bytes());
+    let mut v = if value > max { 0 } else { value };
+    // Written digit by digit from the right, zero-padded: what
+    // `format!("{v:0digits$o}")` gives, without allocating (one call per
+    // field of every header).
+    for d in field[..digits].iter_mut().rev() {
+        *d = b'0' + (v & 7) as u8;
+        v >>= 3;
+    }
     field[digits] = 0;
 }
 
@@ -201,9 +206,8 @@ fn raw_header(
     octal(&mut b[337..345], 0);
     b[148..156].fill(b' ');
     let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
-    let text = format!("{sum:06o}");
-    b[148..154].copy_from_slice(text.as_bytes());
-    b[154] = 0;
+    // At most 512 * 255, which six octal digits hold.
+    octal(&mut b[148..155], u64::from(sum));
     b[155] = b' ';
     b
 }
@@ -234,6 +238,58 @@ mod tests {
             mtime: 0,
             link: "",
         }
+    }
+
+    #[test]
+    fn octal_fields_are_what_formatting_gives() {
+        for width in [7usize, 8, 12] {
+            let digits = width - 1;
+            let max = (1u64 << (3 * digits)) - 1;
+            for v in [
+                0,
+                1,
+                7,
+                8,
+                0o644,
+                0o7777,
+                65_534,
+                1 << 20,
+                max - 1,
+                max,
+                max + 1,
+                u64::MAX,
+            ] {
+                let mut field = vec![0xffu8; width];
+                octal(&mut field, v);
+                let want = if v > max { 0 } else { v };
+                let mut expected = format!("{want:0digits$o}").into_bytes();
+                expected.push(0);
+                assert_eq!(field, expected, "{v} in {width} bytes");
+            }
+        }
+        // GNU tar reads back what the checksum field holds.
+        let data = b"checked";
+        let mut h = h("a/file", Kind::File);
+        h.size = data.len() as u64;
+        h.uid = 0o7654321;
+        let tar = archive(&[(h, data)]);
+        let listed = std::process::Command::new("tar")
+            .args(["-tvf", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                std::io::Write::write_all(c.stdin.as_mut().unwrap(), &tar)?;
+                drop(c.stdin.take());
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+        let line = String::from_utf8(listed.stdout).unwrap();
+        assert!(
+            line.contains("2054353/0") && line.contains(" 7 ") && line.contains("a/file"),
+            "{line}"
+        );
     }
 
     #[test]
