@@ -36,6 +36,14 @@ impl Digest {
         Self { hex }
     }
 
+    /// Finishes a running [`ResumableSha256`] into a digest.
+    pub fn from_resumable(hasher: ResumableSha256) -> Self {
+        use sha2_state::Digest as _;
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(hasher.finalize(), &mut hex).expect("32 bytes fill 64 hex digits");
+        Self { hex }
+    }
+
     /// A digest from its 64 lower-case hex digits alone.
     pub fn from_hex(digits: &str) -> Option<Self> {
         let hex: [u8; 64] = digits.as_bytes().try_into().ok()?;
@@ -126,6 +134,20 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// As [`HashingWriter::beside`], taking up the hashing at `from`: the
+    /// first `from.at` bytes written are passed on (and copied) but not
+    /// hashed; the caller vouches that `from.hasher` is their state.
+    pub fn resumed_beside(inner: W, from: Resume) -> Self {
+        let mut beside = Beside::default();
+        beside.tracked.hasher = from.hasher;
+        beside.tracked.skip = from.at;
+        Self {
+            inner,
+            hasher: Hasher::Beside(beside),
+            len: 0,
+        }
+    }
+
     /// Has a hashing thread ([`HashingWriter::beside`]) also write what it
     /// hashes to `copy`, from here on; [`HashingWriter::finish_copy`] hands
     /// it back. A writer made by [`HashingWriter::new`], which hashes where
@@ -139,11 +161,28 @@ impl<W: Write> HashingWriter<W> {
     /// As [`HashingWriter::finish`], with the copy asked for by
     /// [`HashingWriter::copy_to`], or why it failed.
     pub fn finish_copy(self) -> (W, Digest, u64, CopyState) {
-        let (hasher, copy) = match self.hasher {
-            Hasher::Here(h) => (h, None),
-            Hasher::Beside(b) => b.finish(),
-        };
-        (self.inner, Digest::from_hasher(hasher), self.len, copy)
+        let (inner, digest, len, copy, _) = self.finish_all();
+        (inner, digest, len, copy)
+    }
+
+    /// As [`HashingWriter::finish_copy`], with the states a hasher beside
+    /// saved every [`CHECKPOINT`] bytes (none for one made by
+    /// [`HashingWriter::new`]).
+    pub fn finish_all(self) -> (W, Digest, u64, CopyState, Vec<Checkpoint>) {
+        match self.hasher {
+            Hasher::Here(h) => (
+                self.inner,
+                Digest::from_hasher(h),
+                self.len,
+                None,
+                Vec::new(),
+            ),
+            Hasher::Beside(b) => {
+                let (tracked, copy) = b.finish();
+                let digest = Digest::from_resumable(tracked.hasher);
+                (self.inner, digest, self.len, copy, tracked.checkpoints)
+            }
+        }
     }
 
     /// The inner writer (what is written to it directly is not hashed).
@@ -191,13 +230,87 @@ struct Beside {
     thread: Option<HashThread>,
     /// Moved to the thread when it starts.
     copy: CopyState,
+    /// Moved to the thread when it starts.
+    tracked: Tracked,
 }
 
 struct HashThread {
     full: std::sync::mpsc::SyncSender<Vec<u8>>,
     /// Hashed batches come back to be filled again.
     empty: std::sync::mpsc::Receiver<Vec<u8>>,
-    handle: std::thread::JoinHandle<(Sha256, CopyState)>,
+    handle: std::thread::JoinHandle<(Tracked, CopyState)>,
+}
+
+/// A SHA-256 whose state can be written down and taken up again (the
+/// `sha2` crate's 0.11 line, for its `SerializableState`): a layer's
+/// diff_id and blob hashers save theirs as they go, so that a rebuild
+/// whose tar stream starts as the last one did hashes only what follows.
+pub type ResumableSha256 = sha2_state::Sha256;
+
+/// A saved [`ResumableSha256`] state, as hex.
+pub fn save_state(hasher: &ResumableSha256) -> String {
+    use sha2_state::digest::common::hazmat::SerializableState;
+    hex::encode(hasher.serialize())
+}
+
+/// A state [`save_state`] wrote, or `None` if `text` is not one.
+pub fn load_state(text: &str) -> Option<ResumableSha256> {
+    use sha2_state::digest::common::hazmat::{SerializableState, SerializedState};
+    let bytes = hex::decode(text).ok()?;
+    let state = SerializedState::<ResumableSha256>::try_from(&bytes[..]).ok()?;
+    ResumableSha256::deserialize(&state).ok()
+}
+
+/// Where a hashed stream takes up again: the first `at` bytes written are
+/// not hashed, and `hasher` holds their state.
+pub struct Resume {
+    /// The state after the first `at` bytes.
+    pub hasher: ResumableSha256,
+    /// How many bytes that state covers.
+    pub at: u64,
+}
+
+/// `(offset, saved state)`: a hasher's state after the first `offset`
+/// bytes of its stream ([`save_state`]).
+pub type Checkpoint = (u64, String);
+
+/// How often (in bytes of the stream) a hasher beside saves its state.
+pub const CHECKPOINT: u64 = 1 << 20;
+
+/// A hasher that skips what a resumed state already covers and saves its
+/// state every [`CHECKPOINT`] bytes.
+#[derive(Default)]
+struct Tracked {
+    hasher: ResumableSha256,
+    /// Bytes seen so far, hashed or skipped.
+    pos: u64,
+    /// Bytes at the start not to hash (the resumed state's).
+    skip: u64,
+    /// Every multiple of [`CHECKPOINT`] hashed here.
+    checkpoints: Vec<Checkpoint>,
+}
+
+impl Tracked {
+    fn update(&mut self, mut bytes: &[u8]) {
+        use sha2_state::Digest as _;
+        if self.pos < self.skip {
+            let n = bytes.len().min((self.skip - self.pos) as usize);
+            self.pos += n as u64;
+            bytes = &bytes[n..];
+        }
+        while !bytes.is_empty() {
+            let to_mark = CHECKPOINT - self.pos % CHECKPOINT;
+            let n = bytes
+                .len()
+                .min(usize::try_from(to_mark).unwrap_or(usize::MAX));
+            self.hasher.update(&bytes[..n]);
+            self.pos += n as u64;
+            bytes = &bytes[n..];
+            if self.pos.is_multiple_of(CHECKPOINT) {
+                self.checkpoints.push((self.pos, save_state(&self.hasher)));
+            }
+        }
+    }
 }
 
 /// Writes `bytes` to the copy, keeping the first error.
@@ -229,20 +342,21 @@ impl Beside {
 
     fn hand_over(&mut self) {
         let copy = &mut self.copy;
+        let tracked = &mut self.tracked;
         let thread = self.thread.get_or_insert_with(|| {
             let (full, batches) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
             let (done, empty) = std::sync::mpsc::channel();
             let mut copy = copy.take();
+            let mut tracked = std::mem::take(tracked);
             let handle = std::thread::spawn(move || {
-                let mut hasher = Sha256::new();
                 for mut batch in batches {
-                    hasher.update(&batch);
+                    tracked.update(&batch);
                     copy_out(&mut copy, &batch);
                     batch.clear();
                     // Gone only once the writer is finished.
                     let _ = done.send(batch);
                 }
-                (hasher, copy)
+                (tracked, copy)
             });
             HashThread {
                 full,
@@ -258,10 +372,11 @@ impl Beside {
             .expect("the hashing thread runs until its sender is dropped");
     }
 
-    fn finish(mut self) -> (Sha256, CopyState) {
+    fn finish(mut self) -> (Tracked, CopyState) {
         let Some(thread) = self.thread else {
             copy_out(&mut self.copy, &self.batch);
-            return (Sha256::new_with_prefix(&self.batch), self.copy);
+            self.tracked.update(&self.batch);
+            return (self.tracked, self.copy);
         };
         let HashThread { full, handle, .. } = thread;
         if !self.batch.is_empty() {

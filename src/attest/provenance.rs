@@ -105,7 +105,7 @@ fn relative(root: &Path, path: &Path) -> String {
 }
 
 /// A material's uri with its host path (`file:`, `recipe:`, `lock:`, `oci:`,
-/// `base:`) made [`relative`].
+/// `base:`) made relative to `root`.
 pub fn relative_uri(root: &Path, uri: &str) -> String {
     for scheme in ["file:", "recipe:", "lock:", "oci:", "base:"] {
         if let Some(path) = uri.strip_prefix(scheme) {

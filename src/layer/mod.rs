@@ -7,7 +7,9 @@
 //! a gzip layer's chunks are cut at entries and looked up in the store's
 //! chunk cache first ([`pgzip`]), so a rebuild after a small change
 //! compresses only the chunks the change touched, and writes the same bytes
-//! a cold build would. Every host file is re-hashed as it is copied and
+//! a cold build would; the chunks before the first one it touched are
+//! copied whole from the last build's blob, both hashings taken up from the
+//! states it saved there, without opening their files (`resume.rs`). Every host file is re-hashed as it is copied and
 //! must match the digest the plan recorded; a file that changed during the
 //! build fails it rather than producing a layer whose cache key lies.
 
@@ -15,6 +17,7 @@ pub mod compress;
 pub mod deflate;
 pub mod pgzip;
 pub mod read;
+mod resume;
 pub mod tar;
 
 use std::fs::File;
@@ -37,6 +40,10 @@ pub struct Chunks {
     pub total: u64,
     /// Chunks reused from an earlier build.
     pub reused: u64,
+    /// Of those, the chunks before the first one that changed, taken whole
+    /// from an earlier build's blob without reading their files
+    /// (`resume.rs`).
+    pub resumed: u64,
 }
 
 /// Builds the layer blob for `entries` (already sorted) into `store`,
@@ -69,25 +76,39 @@ pub fn build_metered(
     threads: usize,
     meter: &crate::progress::Meter,
 ) -> Result<(LayerRecord, Option<Chunks>)> {
-    let blob = store.layer_writer()?;
-    let mut done = 0;
-    let encoder = compress::Encoder::layer(
-        compression,
-        blob,
-        threads,
-        (compression == Compression::Gzip).then(|| std::sync::Arc::new(store.chunk_cache())),
-    )
-    .map_err(|e| io_err(store, e))?;
+    let cache =
+        (compression == Compression::Gzip).then(|| std::sync::Arc::new(store.chunk_cache()));
+    let prefix = match &cache {
+        Some(cache) => resume::prefix(store, cache, entries, mtime),
+        None => None,
+    };
+    let (blob, resumed, first, blob_states) = match prefix {
+        Some(p) => (p.writer, Some(p.resumed), p.entry, p.blob_states),
+        None => (store.layer_writer()?, None, 0, Vec::new()),
+    };
+    let mut done = entries[..first]
+        .iter()
+        .map(|e| match &e.kind {
+            crate::plan::EntryKind::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum();
+    meter.set(done);
+    let encoder = compress::Encoder::layer(compression, blob, threads, cache)
+        .map_err(|e| io_err(store, e))?;
     let sink = match encoder {
         compress::Encoder::Gzip(mut gzip) => {
-            gzip.hash_input();
+            match resumed {
+                Some(resumed) => gzip.resume(resumed, first),
+                None => gzip.hash_input(),
+            }
             Sink::Gzip(gzip)
         }
-        compress::Encoder::Zstd(zstd) => Sink::Zstd(HashingWriter::beside(zstd)),
+        compress::Encoder::Zstd(zstd) => Sink::Zstd(Box::new(HashingWriter::beside(zstd))),
     };
     let mut tar = TarWriter::new(sink);
     let mut scratch = vec![0; SCRATCH];
-    for entry in entries {
+    for entry in &entries[first..] {
         write_entry(&mut tar, entry, mtime, Check::Digest(store), &mut scratch).map_err(
             |e| match e {
                 EntryError::Io(e) => io_err(store, e),
@@ -101,12 +122,20 @@ pub fn build_metered(
     }
     let sink = tar.finish().map_err(|e| io_err(store, e))?;
     let (finished, diff_id) = sink.finish().map_err(|e| io_err(store, e))?;
-    let (digest, size) = finished.out.commit(None)?;
-    // Only a cache: a record lost here means that chunk is compressed again.
-    let _ = store.remember_chunks(&digest, &finished.chunks);
+    let (digest, size, mut saved) = finished.out.commit_saving()?;
+    // Only a cache: a record lost here means that chunk is compressed again
+    // (and a record of states lost, that the next build reads it all).
+    let mut blob_states = blob_states;
+    blob_states.append(&mut saved);
+    let states = crate::store::ResumeRecord {
+        chunk_states: finished.states,
+        blob_states,
+    };
+    let _ = store.remember_chunks_and_states(&digest, &finished.chunks, Some(&states));
     let chunks = (compression == Compression::Gzip).then_some(Chunks {
         total: finished.chunks.len() as u64,
         reused: finished.reused,
+        resumed: finished.resumed,
     });
     let record = LayerRecord {
         digest,
@@ -149,6 +178,8 @@ enum Check<'a> {
     Digest(&'a Store),
     /// Against its planned length only.
     Length,
+    /// Not read at all: a dry run ([`pgzip::ParallelGzip::dry`]).
+    Dry,
 }
 
 enum EntryError {
@@ -177,6 +208,22 @@ trait Marks: Write + Sized {
     fn read_from(&mut self, from: &File, size: u64, scratch: &mut [u8]) -> io::Result<u64> {
         copy_through(from, size, self, scratch)
     }
+    /// Passes over `size` bytes of a file's content (a dry run only).
+    fn skip(&mut self, _size: u64) -> io::Result<()> {
+        Err(io::Error::other("only a dry run passes over content"))
+    }
+}
+
+impl Marks for pgzip::ParallelGzip<io::Sink> {
+    fn entry(&mut self, path: &str, size: u64) -> io::Result<()> {
+        pgzip::ParallelGzip::entry(self, path, size)
+    }
+    fn content(&mut self, digest: &Digest) {
+        pgzip::ParallelGzip::content(self, digest)
+    }
+    fn skip(&mut self, size: u64) -> io::Result<()> {
+        pgzip::ParallelGzip::skip(self, size)
+    }
 }
 
 impl Marks for HashingWriter<io::Sink> {}
@@ -187,7 +234,7 @@ impl Marks for HashingWriter<io::Sink> {}
 /// hashed beside it.
 enum Sink<W: Write> {
     Gzip(Box<pgzip::ParallelGzip<W>>),
-    Zstd(HashingWriter<zstd::stream::write::Encoder<'static, W>>),
+    Zstd(Box<HashingWriter<zstd::stream::write::Encoder<'static, W>>>),
 }
 
 impl<W: Write> Sink<W> {
@@ -209,7 +256,9 @@ impl<W: Write> Sink<W> {
                     out,
                     chunks: Vec::new(),
                     reused: 0,
+                    resumed: 0,
                     input_digest: None,
+                    states: Vec::new(),
                 };
                 Ok((finished, diff_id))
             }
@@ -286,6 +335,7 @@ fn write_entry<W: Marks>(
         tar.data().content(digest);
         match content {
             Content::Inline(bytes) => tar.data().write_all(bytes)?,
+            Content::Host(..) if matches!(check, Check::Dry) => tar.data().skip(*size)?,
             Content::Host(path, seen) => {
                 copy_host_file(tar.data(), path, *size, digest, *seen, check, scratch)?
             }
@@ -319,7 +369,7 @@ fn copy_host_file<W: Marks>(
         Check::Digest(store) => file
             .metadata()
             .is_ok_and(|meta| seen.is_some_and(|s| s.still(&meta)) || store.stamped(&meta, digest)),
-        Check::Length => false,
+        Check::Length | Check::Dry => false,
     };
     let (len, intact) = match check {
         Check::Digest(..) if vouched(&file) => {
@@ -332,7 +382,7 @@ fn copy_host_file<W: Marks>(
             let (actual, len) = reader.finish();
             (len, actual == *digest)
         }
-        Check::Length => (copy_through(&file, size, out, scratch)?, true),
+        Check::Length | Check::Dry => (copy_through(&file, size, out, scratch)?, true),
     };
     if len != size || !intact {
         return Err(EntryError::Kiln(Error::invalid(

@@ -34,7 +34,7 @@
 //! before it is compressed, by a key that names what its uncompressed bytes
 //! are made of without hashing them all: the SHA-256 of its literal bytes
 //! (tar headers, padding) and, for each run of file content, the file's
-//! digest, the run's offset in the file and its length (see [`Describe`]).
+//! digest, the run's offset in the file and its length (see `Describe`).
 //! The layer writer checks every file against its digest as it copies it,
 //! and a build that fails that check records no chunks, so a key always
 //! names one sequence of bytes. A hit reuses the compressed bytes a previous
@@ -43,6 +43,12 @@
 //! bytes recorded when they were written), so the output is byte for byte
 //! what compressing would have given. [`ParallelGzip::finish`] returns a
 //! record of every chunk for the store to remember.
+//!
+//! A dry run ([`ParallelGzip::dry`]) goes through the same rules without
+//! reading a file or compressing: it gives each chunk's key and whether it
+//! starts at an entry, from which `resume.rs` finds the prefix an
+//! earlier build's blob shares, and [`ParallelGzip::resume`] takes the
+//! stream up after it.
 //!
 //! The chunk rules, the piece test, the library and the level are all part
 //! of kiln's format (see [`crate::plan::FORMAT_VERSION`]).
@@ -53,10 +59,15 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::digest::ResumableSha256;
+
 use crate::digest::Digest;
 use std::sync::Arc;
 
 use crate::store::{ChunkCache, ChunkRecord};
+
+/// The gzip header every stream starts with: no name, mtime 0, OS 255.
+pub const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
 /// Uncompressed bytes per fixed chunk, and per cut inside one file's content.
 pub const CHUNK: usize = 1 << 20;
@@ -259,10 +270,42 @@ pub struct ParallelGzip<W: Write> {
     describe: Option<Describe>,
     records: Vec<ChunkRecord>,
     reused: u64,
+    resumed: u64,
     started: bool,
     /// The thread hashing the uncompressed stream, chunk by chunk, when asked
     /// for ([`ParallelGzip::hash_input`]).
     diff: Option<DiffThread>,
+    /// Only working out where chunks end and their keys ([`ParallelGzip::dry`]).
+    dry: Option<Vec<DryChunk>>,
+    /// Bytes of the current chunk passed over, not held ([`Self::skip`]).
+    skipped: usize,
+    /// Entries announced so far ([`Self::entry`]).
+    entries: usize,
+    /// The entry the current chunk starts with, when it starts at one.
+    start_entry: Option<usize>,
+}
+
+/// One chunk as a dry run ([`ParallelGzip::dry`]) sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryChunk {
+    /// Its cache key.
+    pub key: Digest,
+    /// Its uncompressed length.
+    pub len: u64,
+    /// The index of the entry it starts with, when it starts at one (rather
+    /// than inside a file's content).
+    pub start_entry: Option<usize>,
+}
+
+/// Where a stream takes up after a prefix of chunks an earlier stream
+/// wrote ([`ParallelGzip::resume`]).
+pub struct Resumed {
+    /// The prefix's chunks, as recorded.
+    pub chunks: Vec<ChunkRecord>,
+    /// The input hasher's state after each of them.
+    pub states: Vec<String>,
+    /// The input hasher's state after the last one.
+    pub hasher: crate::digest::ResumableSha256,
 }
 
 /// Hashes whole chunks in order (a layer's diff_id), sharing them with the
@@ -270,7 +313,7 @@ pub struct ParallelGzip<W: Write> {
 /// in pieces of its own for it.
 struct DiffThread {
     chunks: std::sync::mpsc::SyncSender<Arc<Vec<u8>>>,
-    handle: JoinHandle<Sha256>,
+    handle: JoinHandle<(ResumableSha256, Vec<String>)>,
 }
 
 /// Spent chunk buffers kept for reuse, at most (each up to [`HARD_MAX`]).
@@ -286,11 +329,17 @@ pub struct Finished<W> {
     pub out: W,
     /// Every chunk, by offset (empty without a cache).
     pub chunks: Vec<ChunkRecord>,
-    /// How many chunks came from the cache.
+    /// How many chunks came from the cache, a resumed prefix's included.
     pub reused: u64,
+    /// How many chunks a resumed stream took as its prefix
+    /// ([`ParallelGzip::resume`]).
+    pub resumed: u64,
     /// The SHA-256 of the uncompressed stream, when asked for
     /// ([`ParallelGzip::hash_input`]).
     pub input_digest: Option<Digest>,
+    /// That hasher's state after each chunk, in order (with a cache and the
+    /// input hashed; a resumed stream's prefix included).
+    pub states: Vec<String>,
 }
 
 /// FNV-1a, 64-bit: a fixed, portable hash of a path.
@@ -434,8 +483,13 @@ impl<W: Write> ParallelGzip<W> {
             describe,
             records: Vec::new(),
             reused: 0,
+            resumed: 0,
             started: false,
             diff: None,
+            dry: None,
+            skipped: 0,
+            entries: 0,
+            start_entry: None,
         }
     }
 
@@ -446,21 +500,73 @@ impl<W: Write> ParallelGzip<W> {
             !self.started && self.buf.is_empty(),
             "hash_input after writing"
         );
+        self.hash_input_from(ResumableSha256::default(), Vec::new());
+    }
+
+    /// [`Self::hash_input`] from `hasher`, the state after the chunks whose
+    /// states are `states`.
+    fn hash_input_from(&mut self, mut hasher: ResumableSha256, mut states: Vec<String>) {
+        use sha2_state::Digest as _;
+        let save = self.cache.is_some();
         let (chunks, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(DIFF_QUEUE);
         let handle = std::thread::spawn(move || {
-            let mut hasher = Sha256::new();
             for chunk in rx {
                 hasher.update(&chunk[..]);
+                if save {
+                    states.push(crate::digest::save_state(&hasher));
+                }
             }
-            hasher
+            (hasher, states)
         });
         self.diff = Some(DiffThread { chunks, handle });
     }
 
+    /// Takes up the stream after `from`'s chunks, which an earlier stream
+    /// wrote (with this one's cuts and cache) and which the caller has
+    /// already written to the output, gzip header included. Call before
+    /// writing anything, instead of [`Self::hash_input`]; the next entry
+    /// announced must be the one the prefix's last chunk is followed by.
+    pub fn resume(&mut self, from: Resumed, entries: usize) {
+        debug_assert!(!self.started && self.buf.is_empty(), "resume after writing");
+        self.started = true;
+        self.offset = from.chunks.last().map_or(10, |c| c.offset + c.size);
+        for c in &from.chunks {
+            self.crc
+                .combine(&crc32fast::Hasher::new_with_initial_len(c.crc, c.len));
+            self.len += c.len;
+        }
+        self.reused = from.chunks.len() as u64;
+        self.resumed = self.reused;
+        self.records = from.chunks;
+        self.entries = entries;
+        self.hash_input_from(from.hasher, from.states);
+    }
+
+    /// A writer that compresses nothing and reads no file: it works out
+    /// where the chunks of what is written would end and their keys
+    /// ([`Self::finish_dry`]). Host files' contents are passed over
+    /// ([`Self::skip`]) rather than read.
+    pub fn dry(out: W) -> Self {
+        let mut dry = Self::with(out, 1, Cuts::Entries, None);
+        dry.describe = Some(Describe::default());
+        dry.dry = Some(Vec::new());
+        dry
+    }
+
+    /// The chunks a dry run cut, in order.
+    pub fn finish_dry(mut self) -> io::Result<Vec<DryChunk>> {
+        self.cut()?;
+        Ok(self.dry.take().unwrap_or_default())
+    }
+
+    /// Bytes of the current chunk, held or passed over.
+    fn held(&self) -> usize {
+        self.buf.len() + self.skipped
+    }
+
     fn header(&mut self) -> io::Result<()> {
         if !self.started {
-            self.out
-                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
+            self.out.write_all(&HEADER)?;
             self.offset = 10;
             self.started = true;
         }
@@ -501,9 +607,22 @@ impl<W: Write> ParallelGzip<W> {
 
     /// Ends the current chunk here (nothing if it is empty).
     fn cut(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.held() == 0 {
             return Ok(());
         }
+        let len = self.held() as u64;
+        if let Some(dry) = &mut self.dry {
+            let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
+            dry.push(DryChunk {
+                key: key.expect("a dry run describes its chunks"),
+                len,
+                start_entry: self.start_entry.take(),
+            });
+            self.buf.clear();
+            self.skipped = 0;
+            return Ok(());
+        }
+        self.start_entry = None;
         self.header()?;
         let next = self.empty_buffer();
         let chunk = Arc::new(std::mem::replace(&mut self.buf, next));
@@ -535,12 +654,16 @@ impl<W: Write> ParallelGzip<W> {
         }
         self.content = None;
         self.content_digest = None;
-        let held = self.buf.len();
+        let held = self.held();
         if held >= MIN_CHUNK
             && (held >= MAX_CHUNK || size >= CHUNK as u64 || fnv1a(path.as_bytes()) & CUT_MASK == 0)
         {
             self.cut()?;
         }
+        if self.held() == 0 {
+            self.start_entry = Some(self.entries);
+        }
+        self.entries += 1;
         // Remembered until the header is written and [`Self::content`] says so.
         self.content = Some((size, u64::MAX));
         Ok(())
@@ -565,21 +688,23 @@ impl<W: Write> ParallelGzip<W> {
         self.out.write_all(&crc.to_le_bytes())?;
         self.out
             .write_all(&((self.len & 0xffff_ffff) as u32).to_le_bytes())?;
-        let input_digest = match self.diff {
+        let (input_digest, states) = match self.diff.take() {
             Some(DiffThread { chunks, handle }) => {
                 drop(chunks);
-                let hasher = handle
+                let (hasher, states) = handle
                     .join()
                     .map_err(|_| io::Error::other("the input hashing thread panicked"))?;
-                Some(Digest::from_hasher(hasher))
+                (Some(Digest::from_resumable(hasher)), states)
             }
-            None => None,
+            None => (None, Vec::new()),
         };
         Ok(Finished {
             out: self.out,
             chunks: self.records,
             reused: self.reused,
+            resumed: self.resumed,
             input_digest,
+            states,
         })
     }
 }
@@ -607,7 +732,7 @@ impl<W: Write> ParallelGzip<W> {
         let mut limit = match self.cuts {
             Cuts::Fixed => CHUNK,
             Cuts::Entries => HARD_MAX,
-        } - self.buf.len();
+        } - self.held();
         // Inside a file's content: up to the next CHUNK boundary of it.
         let mut in_content = false;
         if let Some((left, done)) = self.content {
@@ -643,7 +768,7 @@ impl<W: Write> ParallelGzip<W> {
             Cuts::Fixed => CHUNK,
             Cuts::Entries => HARD_MAX,
         };
-        if self.buf.len() >= full {
+        if self.held() >= full {
             self.cut()?;
         }
         Ok(())
@@ -676,6 +801,28 @@ impl<W: Write> ParallelGzip<W> {
             left -= n as u64;
         }
         Ok(size - left)
+    }
+}
+
+impl<W: Write> ParallelGzip<W> {
+    /// In a dry run, passes over `size` bytes of the current file's content
+    /// as [`Self::read_from`] would take them, cutting where it would.
+    pub fn skip(&mut self, size: u64) -> io::Result<()> {
+        debug_assert!(self.dry.is_some(), "skip outside a dry run");
+        let mut left = size;
+        while left > 0 {
+            let (room, in_content) = self.room();
+            let n = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let start = self.buf.len();
+            if in_content {
+                self.skipped += n;
+            } else {
+                self.buf.resize(start + n, 0);
+            }
+            self.took(start, n, in_content)?;
+            left -= n as u64;
+        }
+        Ok(())
     }
 }
 

@@ -264,11 +264,14 @@ impl Store {
             .flatten()
             .flatten()
         {
-            // `chunks/<hex>.v3`: gone with its blob; `<hex>.v1`, `.v2`
+            // `chunks/<hex>.v3` and `<hex>.r1`: gone with their blob; `<hex>.v1`, `.v2`
             // (older forms, no longer read) gone now.
             let name = entry.file_name().to_string_lossy().into_owned();
             let gone = match name.split_once('.') {
-                Some((hex, version)) if format!(".{version}") == super::CHUNKS_SUFFIX => {
+                Some((hex, version))
+                    if format!(".{version}") == super::CHUNKS_SUFFIX
+                        || format!(".{version}") == super::RESUME_SUFFIX =>
+                {
                     Digest::from_hex(hex).is_some_and(|d| !self.contains(&d))
                 }
                 Some((hex, version)) => {

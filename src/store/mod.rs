@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{Digest, HashingReader, HashingWriter};
+use crate::digest::{Checkpoint, Digest, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::files::sync_dir;
 
@@ -66,6 +66,11 @@ const CHUNKS: &str = "chunks";
 /// The suffix of `chunks/` files, bumped when their form changes or the
 /// chunks they name are compressed another way (v3: libdeflate, format 5).
 const CHUNKS_SUFFIX: &str = ".v3";
+/// The suffix of `chunks/` files that say where a layer blob's hashing may
+/// take up again ([`Store::resume_record`]).
+const RESUME_SUFFIX: &str = ".r1";
+/// The first line of a resume record.
+const RESUME_MAGIC: &str = "kiln-resume 1";
 /// The largest compressed chunk a record may name (chunks hold at most
 /// 4 MiB, and stored blocks add 5 bytes per 64 KiB).
 const MAX_CHUNK_SIZE: u64 = 5 << 20;
@@ -319,6 +324,12 @@ impl Store {
             .join(format!("{}{CHUNKS_SUFFIX}", blob.hex()))
     }
 
+    /// Where the hashing states of the layer blob `blob` are recorded.
+    fn resume_path(&self, blob: &Digest) -> PathBuf {
+        self.chunks_dir()
+            .join(format!("{}{RESUME_SUFFIX}", blob.hex()))
+    }
+
     /// `stat-cache`: digests of host input files (see [`stat_cache`]).
     fn stat_cache_path(&self) -> PathBuf {
         self.root.join(STAT_CACHE)
@@ -363,10 +374,16 @@ impl Store {
     /// second by rename, and the store's is read again only by a later
     /// build.
     pub fn layer_writer(&self) -> Result<BlobWriter> {
+        self.layer_writer_from(None)
+    }
+
+    /// [`Store::layer_writer`], hashing from `resume` on: its first bytes
+    /// are the caller's to vouch for (see [`HashingWriter::resumed_beside`]).
+    pub fn layer_writer_from(&self, resume: Option<crate::digest::Resume>) -> Result<BlobWriter> {
         if !self.spares.on.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.writer();
+            return self.writer_from(crate::files::Writeback::new, resume);
         }
-        let mut w = self.writer_with(crate::files::Writeback::direct)?;
+        let mut w = self.writer_from(crate::files::Writeback::direct, resume)?;
         // Created as the layout's own files are: 0666 less the umask.
         let (file, path) = self.temp_file_in(&self.tmp_dir(), 0o666)?.into_parts();
         w.inner
@@ -377,17 +394,22 @@ impl Store {
 
     /// Starts writing a new blob.
     pub fn writer(&self) -> Result<BlobWriter> {
-        self.writer_with(crate::files::Writeback::new)
+        self.writer_from(crate::files::Writeback::new, None)
     }
 
-    fn writer_with(
+    fn writer_from(
         &self,
         writeback: fn(tempfile::NamedTempFile) -> crate::files::Writeback<tempfile::NamedTempFile>,
+        resume: Option<crate::digest::Resume>,
     ) -> Result<BlobWriter> {
         let file = self.temp_file_in(&self.tmp_dir(), 0o600)?;
+        let out = BufWriter::with_capacity(1 << 20, writeback(file));
         Ok(BlobWriter {
             store: self.clone(),
-            inner: HashingWriter::beside(BufWriter::with_capacity(1 << 20, writeback(file))),
+            inner: match resume {
+                Some(from) => HashingWriter::resumed_beside(out, from),
+                None => HashingWriter::beside(out),
+            },
             spare: None,
         })
     }
@@ -647,30 +669,56 @@ impl Store {
     /// cannot be read is skipped, as a miss).
     pub fn chunk_cache(&self) -> ChunkCache {
         let mut chunks = std::collections::HashMap::new();
-        for entry in fs::read_dir(self.chunks_dir())
+        let mut layers = Vec::new();
+        let names: Vec<String> = fs::read_dir(self.chunks_dir())
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        let resumable: std::collections::HashSet<&str> = names
+            .iter()
+            .filter_map(|name| name.strip_suffix(RESUME_SUFFIX))
+            .collect();
+        for name in &names {
             let Some(blob) = name
                 .strip_suffix(CHUNKS_SUFFIX)
                 .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
             else {
                 continue;
             };
-            let Ok(text) = fs::read_to_string(entry.path()) else {
+            let Ok(text) = fs::read_to_string(self.chunks_dir().join(name)) else {
                 continue;
             };
+            let mut order = Vec::new();
             for line in text.lines() {
                 if let Some((key, chunk)) = StoredChunk::parse(&blob, line) {
+                    order.push(ChunkRecord {
+                        key: key.clone(),
+                        offset: chunk.offset,
+                        size: chunk.size,
+                        len: chunk.len,
+                        crc: chunk.crc,
+                        zcrc: chunk.zcrc,
+                    });
                     chunks.insert(key, chunk);
+                } else {
+                    // A record with a line it cannot read gives no prefix.
+                    order.clear();
+                    break;
                 }
             }
+            // Only a layer whose hashing states are recorded can be taken up.
+            if !order.is_empty() && resumable.contains(blob.hex()) {
+                layers.push((blob, order));
+            }
         }
+        // The same order whatever order the directory lists them in.
+        layers.sort_by(|a, b| a.0.cmp(&b.0));
         ChunkCache {
             blobs: self.blobs_dir(),
             chunks,
+            layers,
         }
     }
 
@@ -678,8 +726,30 @@ impl Store {
     /// file renamed into place whole (not synced: a record lost in a crash
     /// is a miss, and one that names bytes no longer there is one too).
     pub fn remember_chunks(&self, blob: &Digest, chunks: &[ChunkRecord]) -> Result<()> {
+        self.remember_chunks_and_states(blob, chunks, None)
+    }
+
+    /// [`Store::remember_chunks`], and where the layer's hashing may take
+    /// up again ([`Store::resume_record`]), when its hashers' states are
+    /// given. The record of states is written first: one without its
+    /// chunks is never read.
+    pub fn remember_chunks_and_states(
+        &self,
+        blob: &Digest,
+        chunks: &[ChunkRecord],
+        states: Option<&ResumeRecord>,
+    ) -> Result<()> {
         if chunks.is_empty() {
             return Ok(());
+        }
+        if let Some(states) = states.filter(|r| r.chunk_states.len() == chunks.len()) {
+            let path = self.resume_path(blob);
+            fs::create_dir_all(self.chunks_dir()).at("create", &self.chunks_dir())?;
+            let mut tmp = self.temp_file_beside(&path)?;
+            tmp.write_all(states.to_text(chunks).as_bytes())
+                .at("write", tmp.path())?;
+            tmp.persist(&path)
+                .map_err(|e| Error::io("rename into", &path, e.error))?;
         }
         let mut text = String::with_capacity(chunks.len() * 160);
         for c in chunks {
@@ -700,6 +770,14 @@ impl Store {
         tmp.persist(&path)
             .map_err(|e| Error::io("rename into", &path, e.error))?;
         Ok(())
+    }
+
+    /// The hashing states recorded for the layer blob `blob`, whose chunks
+    /// are `chunks` (as [`ChunkCache::layer`] gives them); `None` if there
+    /// are none, or the record does not read back whole and matching.
+    pub fn resume_record(&self, blob: &Digest, chunks: &[ChunkRecord]) -> Option<ResumeRecord> {
+        let text = fs::read_to_string(self.resume_path(blob)).ok()?;
+        ResumeRecord::parse(&text, chunks)
     }
 
     /// Records a built layer under its input digest (atomically).
@@ -729,6 +807,73 @@ pub struct ChunkRecord {
     pub crc: u32,
     /// The CRC-32 of its compressed bytes.
     pub zcrc: u32,
+}
+
+/// Where a layer blob's two SHA-256 hashings may take up again: the tar
+/// stream's (its diff_id) after each chunk, and the blob's own every
+/// [`crate::digest::CHECKPOINT`] bytes. Kept in `chunks/<hex>.r1`, with
+/// each chunk's key (so that it matches only its own chunk record) and the
+/// SHA-256 of the record's text, so that a damaged record is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeRecord {
+    /// The tar stream's hasher state after each chunk.
+    pub chunk_states: Vec<String>,
+    /// `(offset, state)`: the blob's hasher state after its first `offset` bytes.
+    pub blob_states: Vec<Checkpoint>,
+}
+
+impl ResumeRecord {
+    fn to_text(&self, chunks: &[ChunkRecord]) -> String {
+        let mut text = format!("{RESUME_MAGIC}\n");
+        for (c, state) in chunks.iter().zip(&self.chunk_states) {
+            text.push_str(&format!("C {} {state}\n", c.key.hex()));
+        }
+        for (offset, state) in &self.blob_states {
+            text.push_str(&format!("B {offset} {state}\n"));
+        }
+        let sum = Digest::of(text.as_bytes());
+        text.push_str(&format!("S {}\n", sum.hex()));
+        text
+    }
+
+    fn parse(text: &str, chunks: &[ChunkRecord]) -> Option<ResumeRecord> {
+        let body_end = text.trim_end_matches('\n').rfind('\n')? + 1;
+        let (body, sum) = text.split_at(body_end);
+        let sum = Digest::from_hex(sum.strip_prefix("S ")?.strip_suffix('\n')?)?;
+        if Digest::of(body.as_bytes()) != sum {
+            return None;
+        }
+        let mut lines = body.lines();
+        if lines.next()? != RESUME_MAGIC {
+            return None;
+        }
+        let mut record = ResumeRecord {
+            chunk_states: Vec::new(),
+            blob_states: Vec::new(),
+        };
+        for line in lines {
+            let mut words = line.split(' ');
+            match (words.next()?, words.next()?, words.next()?) {
+                ("C", key, state) if record.blob_states.is_empty() => {
+                    let chunk = chunks.get(record.chunk_states.len())?;
+                    if chunk.key.hex() != key {
+                        return None;
+                    }
+                    record.chunk_states.push(state.to_string());
+                }
+                ("B", offset, state) => {
+                    record
+                        .blob_states
+                        .push((offset.parse().ok()?, state.to_string()));
+                }
+                _ => return None,
+            }
+            if words.next().is_some() {
+                return None;
+            }
+        }
+        (record.chunk_states.len() == chunks.len()).then_some(record)
+    }
 }
 
 /// Where one chunk lies, read back from `chunks/`.
@@ -764,9 +909,53 @@ impl StoredChunk {
 pub struct ChunkCache {
     blobs: PathBuf,
     chunks: std::collections::HashMap<Digest, StoredChunk>,
+    /// Each recorded layer blob's chunks, in order.
+    layers: Vec<(Digest, Vec<ChunkRecord>)>,
 }
 
 impl ChunkCache {
+    /// The recorded layer blobs whose first chunks have keys (and lengths)
+    /// in common with `chunks`, in order: each with its chunks and how many
+    /// it shares, the most first.
+    pub fn prefixes<'a>(
+        &self,
+        chunks: impl Iterator<Item = (&'a Digest, u64)> + Clone,
+    ) -> Vec<(&Digest, &[ChunkRecord], usize)> {
+        let mut found: Vec<_> = self
+            .layers
+            .iter()
+            .map(|(blob, records)| {
+                let n = records
+                    .iter()
+                    .zip(chunks.clone())
+                    .take_while(|(r, (key, len))| r.key == **key && r.len == *len)
+                    .count();
+                (blob, &records[..], n)
+            })
+            .filter(|(_, _, n)| *n > 0)
+            .collect();
+        found.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+        found
+    }
+
+    /// Where the store keeps the blob `digest`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// Whether any layer blob's chunks are recorded.
+    pub fn has_layers(&self) -> bool {
+        !self.layers.is_empty()
+    }
+
+    /// The recorded chunks of the layer blob `blob`, in order.
+    pub fn layer(&self, blob: &Digest) -> Option<&[ChunkRecord]> {
+        self.layers
+            .iter()
+            .find(|(b, _)| b == blob)
+            .map(|(_, records)| &records[..])
+    }
+
     /// The compressed bytes (and their CRC-32) of the chunk whose key is
     /// `key`, with `len` uncompressed bytes of CRC-32 `crc`: read from the
     /// blob that holds them and checked against the CRC-32 recorded when
@@ -860,8 +1049,24 @@ impl BlobWriter {
         self.commit_named(expected, "blob")
     }
 
+    /// [`BlobWriter::commit`], also giving the states its hasher saved every
+    /// [`crate::digest::CHECKPOINT`] bytes (from where a resumed writer
+    /// took up).
+    pub fn commit_saving(self) -> Result<(Digest, u64, Vec<Checkpoint>)> {
+        self.commit_all(None, "blob")
+    }
+
     fn commit_named(self, expected: Option<&Digest>, what: &str) -> Result<(Digest, u64)> {
-        let (buf, digest, len, copy) = self.inner.finish_copy();
+        self.commit_all(expected, what)
+            .map(|(digest, len, _)| (digest, len))
+    }
+
+    fn commit_all(
+        self,
+        expected: Option<&Digest>,
+        what: &str,
+    ) -> Result<(Digest, u64, Vec<Checkpoint>)> {
+        let (buf, digest, len, copy, checkpoints) = self.inner.finish_all();
         let tmp_dir = self.store.tmp_dir();
         let file = buf
             .into_inner()
@@ -897,6 +1102,6 @@ impl BlobWriter {
                     .insert(digest.clone(), path);
             }
         }
-        Ok((digest, len))
+        Ok((digest, len, checkpoints))
     }
 }
