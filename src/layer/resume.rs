@@ -97,7 +97,7 @@ pub(super) fn prefix(
     cache
         .prefixes(dry.iter().map(|c| (&c.key, c.len)))
         .into_iter()
-        .filter_map(|(blob, records, matched)| {
+        .filter_map(|(blob, matched)| {
             // The first chunk to write again: one that starts at an entry,
             // after at least one chunk in common (never past the last
             // chunk: a layer with every chunk in common is found by its
@@ -106,10 +106,21 @@ pub(super) fn prefix(
                 .rev()
                 .find(|&i| dry[i].start_entry.is_some())?;
             let kept: u64 = dry[..first].iter().map(|c| c.len).sum();
-            (kept >= MIN_PREFIX).then_some((blob, records, first))
+            if kept < MIN_PREFIX {
+                return None;
+            }
+            // Read again, and checked key by key (prefixes compares short
+            // fingerprints).
+            let records = cache.layer(blob)?;
+            let same = records.len() >= first
+                && records[..first]
+                    .iter()
+                    .zip(&dry[..first])
+                    .all(|(r, d)| r.key == d.key && r.len == d.len);
+            same.then_some((blob, records, first))
         })
         .filter(|(blob, records, first)| cached(&cache.blob_path(blob), &records[..*first]))
-        .find_map(|(blob, records, first)| take_up(store, cache, &dry, blob, records, first))
+        .find_map(|(blob, records, first)| take_up(store, cache, &dry, blob, &records, first))
 }
 
 /// The first `first` chunks of the recorded layer `blob` (whose chunks are

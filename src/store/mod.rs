@@ -693,14 +693,7 @@ impl Store {
             let mut order = Vec::new();
             for line in text.lines() {
                 if let Some((key, chunk)) = StoredChunk::parse(&blob, line) {
-                    order.push(ChunkRecord {
-                        key: key.clone(),
-                        offset: chunk.offset,
-                        size: chunk.size,
-                        len: chunk.len,
-                        crc: chunk.crc,
-                        zcrc: chunk.zcrc,
-                    });
+                    order.push((fingerprint(&key), chunk.len));
                     chunks.insert(key, chunk);
                 } else {
                     // A record with a line it cannot read gives no prefix.
@@ -717,6 +710,7 @@ impl Store {
         layers.sort_by(|a, b| a.0.cmp(&b.0));
         ChunkCache {
             blobs: self.blobs_dir(),
+            records: self.chunks_dir(),
             chunks,
             layers,
         }
@@ -908,9 +902,19 @@ impl StoredChunk {
 #[derive(Debug)]
 pub struct ChunkCache {
     blobs: PathBuf,
+    /// `chunks/`.
+    records: PathBuf,
     chunks: std::collections::HashMap<Digest, StoredChunk>,
-    /// Each recorded layer blob's chunks, in order.
-    layers: Vec<(Digest, Vec<ChunkRecord>)>,
+    /// Each recorded layer blob's chunks, in order, as the [`fingerprint`]
+    /// of their key and their length (16 bytes a chunk, whatever the
+    /// number of layers the store holds).
+    layers: Vec<(Digest, Vec<(u64, u64)>)>,
+}
+
+/// The first 8 bytes of a chunk key: enough to tell a store's chunks apart
+/// while looking for a prefix (what is taken up is checked key by key).
+fn fingerprint(key: &Digest) -> u64 {
+    u64::from_str_radix(&key.hex()[..16], 16).expect("digests are hex")
 }
 
 impl ChunkCache {
@@ -920,21 +924,22 @@ impl ChunkCache {
     pub fn prefixes<'a>(
         &self,
         chunks: impl Iterator<Item = (&'a Digest, u64)> + Clone,
-    ) -> Vec<(&Digest, &[ChunkRecord], usize)> {
+    ) -> Vec<(&Digest, usize)> {
+        let wanted: Vec<(u64, u64)> = chunks.map(|(key, len)| (fingerprint(key), len)).collect();
         let mut found: Vec<_> = self
             .layers
             .iter()
             .map(|(blob, records)| {
                 let n = records
                     .iter()
-                    .zip(chunks.clone())
-                    .take_while(|(r, (key, len))| r.key == **key && r.len == *len)
+                    .zip(&wanted)
+                    .take_while(|(r, w)| r == w)
                     .count();
-                (blob, &records[..], n)
+                (blob, n)
             })
-            .filter(|(_, _, n)| *n > 0)
+            .filter(|(_, n)| *n > 0)
             .collect();
-        found.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+        found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         found
     }
 
@@ -948,12 +953,24 @@ impl ChunkCache {
         !self.layers.is_empty()
     }
 
-    /// The recorded chunks of the layer blob `blob`, in order.
-    pub fn layer(&self, blob: &Digest) -> Option<&[ChunkRecord]> {
-        self.layers
-            .iter()
-            .find(|(b, _)| b == blob)
-            .map(|(_, records)| &records[..])
+    /// The recorded chunks of the layer blob `blob`, in order, read again
+    /// from its record; `None` if it no longer reads whole.
+    pub fn layer(&self, blob: &Digest) -> Option<Vec<ChunkRecord>> {
+        let text =
+            fs::read_to_string(self.records.join(format!("{}{CHUNKS_SUFFIX}", blob.hex()))).ok()?;
+        text.lines()
+            .map(|line| {
+                let (key, c) = StoredChunk::parse(blob, line)?;
+                Some(ChunkRecord {
+                    key,
+                    offset: c.offset,
+                    size: c.size,
+                    len: c.len,
+                    crc: c.crc,
+                    zcrc: c.zcrc,
+                })
+            })
+            .collect()
     }
 
     /// The compressed bytes (and their CRC-32) of the chunk whose key is
