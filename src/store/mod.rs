@@ -73,7 +73,7 @@ const RESUME_SUFFIX: &str = ".r1";
 const RESUME_MAGIC: &str = "kiln-resume 1";
 /// The largest compressed chunk a record may name (chunks hold at most
 /// 4 MiB, and stored blocks add 5 bytes per 64 KiB).
-const MAX_CHUNK_SIZE: u64 = 5 << 20;
+pub const MAX_CHUNK_SIZE: u64 = 5 << 20;
 const TMP: &str = "tmp";
 const LOCKS: &str = "locks";
 const GC_LOCK: &str = "gc.lock";
@@ -747,15 +747,8 @@ impl Store {
         }
         let mut text = String::with_capacity(chunks.len() * 160);
         for c in chunks {
-            text.push_str(&format!(
-                "{} {} {} {} {:08x} {:08x}\n",
-                c.key.hex(),
-                c.offset,
-                c.size,
-                c.len,
-                c.crc,
-                c.zcrc
-            ));
+            text.push_str(&c.line());
+            text.push('\n');
         }
         let path = self.chunks_path(blob);
         fs::create_dir_all(self.chunks_dir()).at("create", &self.chunks_dir())?;
@@ -820,7 +813,7 @@ impl ResumeRecord {
     fn to_text(&self, chunks: &[ChunkRecord]) -> String {
         let mut text = format!("{RESUME_MAGIC}\n");
         for (c, state) in chunks.iter().zip(&self.chunk_states) {
-            text.push_str(&format!("C {} {state}\n", c.key.hex()));
+            text.push_str(&format!("C {} {state}\n", c.line()));
         }
         for (offset, state) in &self.blob_states {
             text.push_str(&format!("B {offset} {state}\n"));
@@ -846,27 +839,43 @@ impl ResumeRecord {
             blob_states: Vec::new(),
         };
         for line in lines {
-            let mut words = line.split(' ');
-            match (words.next()?, words.next()?, words.next()?) {
-                ("C", key, state) if record.blob_states.is_empty() => {
-                    let chunk = chunks.get(record.chunk_states.len())?;
-                    if chunk.key.hex() != key {
-                        return None;
-                    }
-                    record.chunk_states.push(state.to_string());
+            if let Some(rest) = line.strip_prefix("C ") {
+                // The whole chunk record, as `chunks/<hex>.v3` has it, then
+                // the state: the record's digest covers both.
+                let (chunk, state) = rest.rsplit_once(' ')?;
+                if !record.blob_states.is_empty()
+                    || chunks.get(record.chunk_states.len())?.line() != chunk
+                {
+                    return None;
                 }
-                ("B", offset, state) => {
-                    record
+                record.chunk_states.push(state.to_string());
+            } else {
+                let mut words = line.split(' ');
+                match (words.next()?, words.next()?, words.next()?, words.next()) {
+                    ("B", offset, state, None) => record
                         .blob_states
-                        .push((offset.parse().ok()?, state.to_string()));
+                        .push((offset.parse().ok()?, state.to_string())),
+                    _ => return None,
                 }
-                _ => return None,
-            }
-            if words.next().is_some() {
-                return None;
             }
         }
         (record.chunk_states.len() == chunks.len()).then_some(record)
+    }
+}
+
+impl ChunkRecord {
+    /// `<key hex> <offset> <size> <len> <crc hex> <zcrc hex>`, as
+    /// `chunks/<hex>.v3` holds it.
+    fn line(&self) -> String {
+        format!(
+            "{} {} {} {} {:08x} {:08x}",
+            self.key.hex(),
+            self.offset,
+            self.size,
+            self.len,
+            self.crc,
+            self.zcrc
+        )
     }
 }
 
