@@ -8,6 +8,10 @@
 #   noop     kiln: same cache, nothing changed
 #   changed  kiln: same cache, one file's content changed (gzip: only the
 #            chunks holding it are compressed again)
+#   mid      kiln: same cache, a file in the middle of the tree changed, the
+#            second such change in a row (the chunks before it are taken up
+#            from the last build's blob without reading their files; the
+#            first change brings the blob they come from into the page cache)
 # kiln-zstd is the same recipe with `compression = "zstd"` (cold only), and
 # the remote-cache case (BENCH_REMOTE=1, the default) runs
 # bench/remote-cache-bench.sh on the same tree. A last table compares each
@@ -184,6 +188,9 @@ tree_files=$(find tree -type f | wc -l)
 tree_mib=$(find tree -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s / 1048576}')
 log "tree: $tree_files files, $tree_mib MiB"
 
+# A file half way through the tree in the order a layer holds it.
+MID=tree/$(cd tree && find . -type f | LC_ALL=C sort | sed -n "$((tree_files / 2))p" | cut -c3-)
+[[ -f mid.orig ]] && cp -p mid.orig "$MID"
 restore() { cp -p changed.orig "$CHANGED"; }
 change1() { cp -p changed.orig "$1"; printf 'changed by build-bench.sh\n' >>"$1"; }
 
@@ -255,6 +262,12 @@ measure noop    kiln out -- "${kiln[@]}"
 change1 "$CHANGED"
 measure changed kiln out -- "${kiln[@]}"
 restore
+cp -p "$MID" mid.orig
+printf 'changed by build-bench.sh\n' >>"$MID"
+"${kiln[@]}" >"$DIR/logs/kiln-mid-first.log" 2>&1 || die "kiln (mid, first) failed; log: $DIR/logs/kiln-mid-first.log"
+printf 'changed again by build-bench.sh\n' >>"$MID"
+measure mid kiln out -- "${kiln[@]}"
+cp -p mid.orig "$MID"
 fi
 
 if want kiln-zstd; then
@@ -381,7 +394,7 @@ echo "## kiln build benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "- machine: $(nproc) CPUs ($cpu), $mem RAM; load average at start: $load0, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- kiln: $rev ($KILN)"
-echo "- tree: $tree_files files, $tree_mib MiB (BENCH_MB=$MB BENCH_FILES=$FILES); changed file: ${CHANGED#tree/}"
+echo "- tree: $tree_files files, $tree_mib MiB (BENCH_MB=$MB BENCH_FILES=$FILES); changed file: ${CHANGED#tree/}; mid file: ${MID#tree/}"
 echo "- kiln: \`KILN_CACHE=cache KILN_NO_PROGRESS=1 kiln build bench.toml --out out\`; cold = fresh cache and out"
 want umoci && echo "- umoci $(umoci --version | awk '{print $3}'): no cache, so every case is \`umoci insert --image oci:base --tag t-CASE tree /data\`"
 want umoci && echo "  into an empty base image (closest to kiln's one-layer build from the source tree)"
@@ -397,7 +410,7 @@ echo "  peak RSS: GNU time %M (largest single process); out: size of the output 
 echo
 printf '| %-7s | %-12s | %8s | %7s | %13s | %8s | %11s | %10s | %10s |\n' case tool "wall s" "cpu s" "peak RSS MiB" "out MiB" "kiln/x wall" "kiln/x cpu" "kiln/x RSS"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' --------- -------------- ---------: --------: --------------: ---------: ------------: -----------: -----------:
-for c in cold noop changed; do
+for c in cold noop changed mid; do
     kw= kr= kc=
     for r in "${RESULTS[@]}"; do
         read -r rc rt rw rr rb rcpu <<<"$r"
@@ -460,7 +473,7 @@ target "gzip output, kiln / umoci size" "$(ratio "$(fig cold kiln out)" "$(fig c
 target "zstd cold, kiln / tar \\\\| zstd -T2 wall" "$(either "$(pfig zstd-cold)" "$(ratio "$(fig cold kiln-zstd wall)" "$(fig cold zstd wall)")")" 1.0 "×"
 target "one file changed, kiln / umoci wall" "$(either "$(pfig changed)" "$(ratio "$(fig changed kiln wall)" "$(fig cold umoci wall)")")" 0.15 "×"
 target "nothing changed, kiln wall" "$(fig noop kiln wall)" 0.3 " s"
-rss_max=$(for c in cold noop changed; do fig "$c" kiln rss; done | sort -n | tail -n 1)
+rss_max=$(for c in cold noop changed mid; do fig "$c" kiln rss; done | sort -n | tail -n 1)
 # The issue's limit is 150 MB: 143.05 MiB.
 target "kiln gzip peak RSS (any case)" "$(awk -v r="$rss_max" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 143.05 " MiB"
 target "kiln zstd peak RSS (cold)" "$(awk -v r="$(fig cold kiln-zstd rss)" 'BEGIN { if (r != "") printf "%.1f", r / 1024 }')" 143.05 " MiB"
