@@ -56,6 +56,36 @@ fn digest(doc: &Value) -> String {
     doc["digest"].as_str().unwrap().to_string()
 }
 
+/// Where the blobs directory `dir` (a layout's or a store's) holds the one
+/// layer `doc` reports.
+fn layer_in(dir: &Path, doc: &Value) -> std::path::PathBuf {
+    let d = doc["layers"][0]["digest"].as_str().unwrap();
+    dir.join("blobs/sha256")
+        .join(d.strip_prefix("sha256:").unwrap())
+}
+
+/// `skopeo copy` of the layout `layout` into a `dir:` at `dest`: skopeo
+/// checks every blob against its digest as it reads it.
+fn skopeo_copy(layout: &Path, dest: &Path) {
+    run(std::process::Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        &format!("oci:{}:latest", layout.display()),
+        &format!("dir:{}", dest.display()),
+    ]));
+}
+
+/// `kiln store prune --older-than 30d` of the store `store`.
+fn prune(w: &Work, store: &str) {
+    let o = w
+        .kiln()
+        .env("KILN_CACHE", w.path().join(store))
+        .args(["store", "prune", "--older-than", "30d"])
+        .output()
+        .unwrap();
+    assert_success(&o, "kiln store prune");
+}
+
 /// (total, reused) chunks of the one built layer.
 fn chunks(doc: &Value) -> (u64, u64) {
     let l = &doc["layers"][0];
@@ -102,16 +132,7 @@ fn one_changed_file_recompresses_its_chunks_and_gives_the_cold_digest() {
         digest(&fresh),
         "the incremental build differs from a cold one"
     );
-    let blob = |out: &str, doc: &Value| {
-        let d = doc["layers"][0]["digest"].as_str().unwrap();
-        std::fs::read(
-            w.path()
-                .join(out)
-                .join("blobs/sha256")
-                .join(d.strip_prefix("sha256:").unwrap()),
-        )
-        .unwrap()
-    };
+    let blob = |out: &str, doc: &Value| std::fs::read(layer_in(&w.path().join(out), doc)).unwrap();
     assert_eq!(blob("o2", &warm), blob("o3", &fresh));
 
     // The same size, another content: still only the chunk that holds it.
@@ -200,13 +221,7 @@ fn chunk_records_of_an_older_form_are_not_read_and_prune_drops_them() {
     // Prune keeps the records of live blobs and drops the older form's
     // (each build also left its hashing states, `<hex>.r1`, kept while
     // their blob is).
-    let o = w
-        .kiln()
-        .env("KILN_CACHE", w.path().join("s"))
-        .args(["store", "prune", "--older-than", "30d"])
-        .output()
-        .unwrap();
-    assert_success(&o, "kiln store prune");
+    prune(&w, "s");
     let left = names();
     let blobs = w.path().join("s/blobs/sha256");
     assert!(
@@ -219,13 +234,7 @@ fn chunk_records_of_an_older_form_are_not_read_and_prune_drops_them() {
     // Once its blob is gone, a record of states goes with it.
     let r1 = left.iter().find(|n| n.ends_with(".r1")).unwrap().clone();
     std::fs::remove_file(blobs.join(r1.split('.').next().unwrap())).unwrap();
-    let o = w
-        .kiln()
-        .env("KILN_CACHE", w.path().join("s"))
-        .args(["store", "prune", "--older-than", "30d"])
-        .output()
-        .unwrap();
-    assert_success(&o, "kiln store prune");
+    prune(&w, "s");
     assert!(
         !names().contains(&r1),
         "{r1} outlived its blob: {:?}",
@@ -265,14 +274,8 @@ fn a_layout_takes_the_built_layer_as_its_own_file_and_the_store_keeps_no_spares(
         Vec::<String>::new(),
         "no second copy is left behind"
     );
-    // skopeo reads the layout and checks every blob against its digest.
     let copied = w.path().join("copied");
-    run(std::process::Command::new("skopeo").args([
-        "--insecure-policy",
-        "copy",
-        &format!("oci:{}:latest", w.path().join("o1").display()),
-        &format!("dir:{}", copied.display()),
-    ]));
+    skopeo_copy(&w.path().join("o1"), &copied);
     assert_eq!(
         std::fs::read(copied.join(hex)).unwrap(),
         std::fs::read(&in_store).unwrap()
@@ -326,24 +329,11 @@ fn a_late_change_takes_up_the_earlier_chunks_and_gzip_reads_the_layer_back() {
         text.push_str("one more line\n");
         std::fs::write(&f, text).unwrap();
     };
-    let layer_blob = |out: &str, doc: &Value| {
-        let d = doc["layers"][0]["digest"].as_str().unwrap();
-        w.path()
-            .join(out)
-            .join("blobs/sha256")
-            .join(d.strip_prefix("sha256:").unwrap())
-    };
     let first = build(&w, "warm", "o1");
     // A layer blob is written past the page cache; the store takes a prefix
     // up only from one the cache holds (as it does once a build has read
     // chunks from it). Read it, as such a build would.
-    let stored = |doc: &Value| {
-        let d = doc["layers"][0]["digest"].as_str().unwrap();
-        w.path()
-            .join("warm/blobs/sha256")
-            .join(d.strip_prefix("sha256:").unwrap())
-    };
-    std::fs::read(stored(&first)).unwrap();
+    std::fs::read(layer_in(&w.path().join("warm"), &first)).unwrap();
     grow("d5/f040.txt");
     let warm = build(&w, "warm", "o2");
     let l = &warm["layers"][0];
@@ -359,7 +349,7 @@ fn a_late_change_takes_up_the_earlier_chunks_and_gzip_reads_the_layer_back() {
     // gzip reads the layer back into the tar whose SHA-256 is its diff_id.
     let fresh = build(&w, "fresh", "o3");
     assert_eq!(digest(&warm), digest(&fresh));
-    let blob = layer_blob("o2", &warm);
+    let blob = layer_in(&w.path().join("o2"), &warm);
     run(std::process::Command::new("gzip").arg("-t").arg(&blob));
     let tar_sum = std::process::Command::new("sh")
         .arg("-c")
@@ -376,12 +366,5 @@ fn a_late_change_takes_up_the_earlier_chunks_and_gzip_reads_the_layer_back() {
         diff_id.strip_prefix("sha256:").unwrap(),
         "the diff_id is the SHA-256 of the layer's tar"
     );
-    // skopeo copies the layout, checking every blob against its digest.
-    let copied = w.path().join("copied");
-    run(std::process::Command::new("skopeo").args([
-        "--insecure-policy",
-        "copy",
-        &format!("oci:{}:latest", w.path().join("o2").display()),
-        &format!("dir:{}", copied.display()),
-    ]));
+    skopeo_copy(&w.path().join("o2"), &w.path().join("copied"));
 }
