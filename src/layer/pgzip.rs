@@ -553,6 +553,11 @@ impl<W: Write> ParallelGzip<W> {
         dry
     }
 
+    /// The chunks a dry run has cut so far, in order.
+    pub fn cut_so_far(&self) -> &[DryChunk] {
+        self.dry.as_deref().unwrap_or_default()
+    }
+
     /// The chunks a dry run cut, in order.
     pub fn finish_dry(mut self) -> io::Result<Vec<DryChunk>> {
         self.cut()?;

@@ -99,7 +99,12 @@ pub(super) fn prefix(
     if !cache.has_layers() {
         return None;
     }
-    let dry = dry_chunks(entries, mtime).ok()?;
+    // Only as far as some recorded layer shares the chunks so far.
+    let mut alive = Vec::new();
+    let dry = dry_chunks(entries, mtime, |i, c| {
+        cache.still_shared(i, &c.key, c.len, &mut alive)
+    })
+    .ok()?;
     // The blobs with the longest prefix in common first, among those the
     // page cache holds: reading one it does not hold costs more than the
     // prefix saves (on this project's test machines, 1.7 ns of system time
@@ -186,15 +191,28 @@ fn end_to_end(records: &[ChunkRecord]) -> Option<u64> {
 }
 
 /// The chunks `entries`' layer is cut into, and their keys, worked out
-/// without reading a host file.
-fn dry_chunks(entries: &[Entry], mtime: u64) -> io::Result<Vec<DryChunk>> {
+/// without reading a host file: all of them, or up to and including the
+/// first chunk `i` for which `more(i, chunk)` says no.
+fn dry_chunks(
+    entries: &[Entry],
+    mtime: u64,
+    mut more: impl FnMut(usize, &DryChunk) -> bool,
+) -> io::Result<Vec<DryChunk>> {
     let mut tar = TarWriter::new(ParallelGzip::dry(io::sink()));
     let mut scratch = Vec::new();
+    let mut seen = 0;
     for entry in entries {
         write_entry(&mut tar, entry, mtime, Check::Dry, &mut scratch).map_err(|e| match e {
             EntryError::Io(e) => e,
             EntryError::Kiln(e) => io::Error::other(e.to_string()),
         })?;
+        let cut = tar.data().cut_so_far();
+        while seen < cut.len() {
+            if !more(seen, &cut[seen]) {
+                return Ok(cut[..=seen].to_vec());
+            }
+            seen += 1;
+        }
     }
     tar.finish()?.finish_dry()
 }
@@ -636,7 +654,7 @@ mod tests {
         let warm = Store::open(dir.path().join("warm")).unwrap();
         let (record, chunks) = build(&warm, &entries, 2);
         let recorded = warm.chunk_cache().layer(&record.digest).unwrap();
-        let dry = dry_chunks(&entries, 0).unwrap();
+        let dry = dry_chunks(&entries, 0, |_, _| true).unwrap();
         assert_eq!(dry.len() as u64, chunks.total);
         assert_eq!(
             dry.iter().map(|c| (&c.key, c.len)).collect::<Vec<_>>(),
@@ -656,7 +674,7 @@ mod tests {
         let entries = tree(&dir.path().join("in"), 260);
         let store = Store::open(dir.path().join("s")).unwrap();
         let (record, chunks) = build(&store, &entries, 2);
-        let dry = dry_chunks(&entries, 0).unwrap();
+        let dry = dry_chunks(&entries, 0, |_, _| true).unwrap();
         let cache = store.chunk_cache();
         let recorded = cache.layer(&record.digest).unwrap();
         assert_eq!(dry.len() as u64, chunks.total);
@@ -664,6 +682,15 @@ mod tests {
             dry.iter().map(|c| (&c.key, c.len)).collect::<Vec<_>>(),
             recorded.iter().map(|c| (&c.key, c.len)).collect::<Vec<_>>()
         );
+        // Told to stop at a chunk, a dry run gives the chunks up to it.
+        let mut asked = Vec::new();
+        let some = dry_chunks(&entries, 0, |i, _| {
+            asked.push(i);
+            i < 3
+        })
+        .unwrap();
+        assert_eq!(some, dry[..4]);
+        assert_eq!(asked, [0, 1, 2, 3]);
         // The 3 MiB file is cut inside its content: those chunks start at
         // no entry; the first chunk starts at the first.
         assert_eq!(dry[0].start_entry, Some(0));

@@ -962,6 +962,18 @@ impl ChunkCache {
         !self.layers.is_empty()
     }
 
+    /// Given a layer's chunk `i` (`key`, `len` bytes), keeps in `alive` (one
+    /// flag per recorded layer, all true to begin with) the recorded layers
+    /// whose chunks so far are the same; says whether any is left.
+    pub fn still_shared(&self, i: usize, key: &Digest, len: u64, alive: &mut Vec<bool>) -> bool {
+        alive.resize(self.layers.len(), true);
+        let want = (fingerprint(key), len);
+        for (flag, (_, records)) in alive.iter_mut().zip(&self.layers) {
+            *flag = *flag && records.get(i) == Some(&want);
+        }
+        alive.contains(&true)
+    }
+
     /// The recorded chunks of the layer blob `blob`, in order, read again
     /// from its record; `None` if it no longer reads whole.
     pub fn layer(&self, blob: &Digest) -> Option<Vec<ChunkRecord>> {
