@@ -113,13 +113,7 @@ pub(super) fn prefix(
         .prefixes(dry.iter().map(|c| (&c.key, c.len)))
         .into_iter()
         .filter_map(|(blob, matched)| {
-            // The first chunk to write again: one that starts at an entry,
-            // after at least one chunk in common (never past the last
-            // chunk: a layer with every chunk in common is found by its
-            // key before building).
-            let first = (1..=matched.min(dry.len() - 1))
-                .rev()
-                .find(|&i| dry[i].start_entry.is_some())?;
+            let first = first_to_write(&dry, matched)?;
             let kept: u64 = dry[..first].iter().map(|c| c.len).sum();
             if kept < MIN_PREFIX {
                 return None;
@@ -179,6 +173,16 @@ fn take_up(
         entry,
         blob_states,
     })
+}
+
+/// The first chunk to write again after `matched` chunks in common with a
+/// recorded layer: one that starts at an entry, after at least one chunk in
+/// common, and never past the last chunk (a layer with every chunk in
+/// common is found by its key before building).
+fn first_to_write(dry: &[DryChunk], matched: usize) -> Option<usize> {
+    (1..=matched.min(dry.len().checked_sub(1)?))
+        .rev()
+        .find(|&i| dry[i].start_entry.is_some())
 }
 
 /// Where the last of `records` ends, if they lie end to end from just
@@ -535,7 +539,7 @@ mod tests {
                 .to_string();
             edit(&v3(store, blob), 1, |w| w[1] = other.clone())
         });
-        // Sizes and places no chunk can have: no allocation, no overflow.
+        // Sizes and places no chunk can have (the records disagree).
         damaged(|_, store, blob| edit(&v3(store, blob), 1, |w| w[2] = (1u64 << 46).to_string()));
         damaged(|_, store, blob| edit(&v3(store, blob), 3, |w| w[1] = u64::MAX.to_string()));
     }
@@ -695,5 +699,147 @@ mod tests {
         // no entry; the first chunk starts at the first.
         assert_eq!(dry[0].start_entry, Some(0));
         assert!(dry.iter().any(|c| c.start_entry.is_none()));
+    }
+
+    /// The first `first` a take-up from `cache` would pick for the chunks
+    /// `dry`, blob by blob, as `prefix` picks it (before the checks that
+    /// read files).
+    fn picks(cache: &ChunkCache, dry: &[DryChunk]) -> Vec<(Digest, usize)> {
+        cache
+            .prefixes(dry.iter().map(|c| (&c.key, c.len)))
+            .into_iter()
+            .filter_map(|(blob, matched)| Some((blob.clone(), first_to_write(dry, matched)?)))
+            .collect()
+    }
+
+    #[test]
+    fn an_early_stopped_dry_run_picks_as_a_full_one_with_layers_sharing_different_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let base = tree(&input, 320);
+        let warm = Store::open(dir.path().join("warm")).unwrap();
+        // Three recorded layers: one changed late, one changed after the
+        // big file, one shorter than the new layer (files removed at the end).
+        let built_with_change = |i: usize, seed: u64| {
+            let path = input.join(format!("d/f{i:04}"));
+            let keep = std::fs::read(&path).unwrap();
+            let mut entries = base.clone();
+            change(&input, &mut entries, i, seed);
+            let (record, _) = build(&warm, &entries, 2);
+            std::fs::write(&path, keep).unwrap();
+            record
+        };
+        let a = built_with_change(300, 11);
+        built_with_change(250, 12);
+        let mut short = base.clone();
+        short.truncate(290);
+        build(&warm, &short, 2);
+        let mut new = base.clone();
+        change(&input, &mut new, 310, 13);
+        let cache = warm.chunk_cache();
+        let full = dry_chunks(&new, 0, |_, _| true).unwrap();
+        let mut alive = Vec::new();
+        let early = dry_chunks(&new, 0, |i, c| {
+            cache.still_shared(i, &c.key, c.len, &mut alive)
+        })
+        .unwrap();
+        assert!(early.len() < full.len(), "{} {}", early.len(), full.len());
+        assert_eq!(early[..], full[..early.len()]);
+        assert_eq!(picks(&cache, &early), picks(&cache, &full));
+        assert_eq!(
+            cache.prefixes(early.iter().map(|c| (&c.key, c.len))).len(),
+            3
+        );
+
+        // The longest one's record of states is lost: a shorter one serves.
+        let rebuild = |name: &str| {
+            let (expected, _) = build(&Store::open(dir.path().join(name)).unwrap(), &new, 1);
+            let (got, chunks) = build(&warm, &new, 2);
+            assert_eq!(got, expected, "{chunks:?}");
+            assert_eq!(Digest::of(&blob(&warm, &got)), got.digest);
+            chunks
+        };
+        std::fs::remove_file(
+            warm.root()
+                .join("chunks")
+                .join(format!("{}.r1", a.digest.hex())),
+        )
+        .unwrap();
+        let from_b = rebuild("cold-b");
+        assert!(from_b.resumed > 0, "{from_b:?}");
+    }
+
+    /// Replaces `from` with `to` in both records of the layer `blob` in the
+    /// store at `store`, and signs the record of states again: the two
+    /// agree, and its digest matches.
+    fn forge(store: &Path, blob: &Digest, from: &str, to: &str) {
+        for suffix in ["v3", "r1"] {
+            let path = store
+                .join("chunks")
+                .join(format!("{}.{suffix}", blob.hex()));
+            let text = std::fs::read_to_string(&path).unwrap().replace(from, to);
+            let text = if suffix == "r1" {
+                let body_end = text.trim_end_matches('\n').rfind('\n').unwrap() + 1;
+                let body = &text[..body_end];
+                format!("{body}S {}\n", Digest::of(body.as_bytes()).hex())
+            } else {
+                text
+            };
+            std::fs::write(&path, text).unwrap();
+        }
+    }
+
+    #[test]
+    fn records_that_agree_but_cannot_lie_end_to_end_are_not_taken_up() {
+        // Both records say so, and the record of states is signed again:
+        // only the check that the chunks lie end to end is left.
+        damaged(|_, store, blob| {
+            let line = std::fs::read_to_string(v3(store, blob)).unwrap();
+            let words: Vec<&str> = line.lines().nth(1).unwrap().split(' ').collect();
+            let huge = [&[words[0], words[1]][..], &["70368744177664"], &words[3..]].concat();
+            forge(store, blob, &words.join(" "), &huge.join(" "));
+        });
+        damaged(|_, store, blob| {
+            let line = std::fs::read_to_string(v3(store, blob)).unwrap();
+            let words: Vec<&str> = line.lines().nth(3).unwrap().split(' ').collect();
+            let max = u64::MAX.to_string();
+            let far = [&[words[0], max.as_str()][..], &words[2..]].concat();
+            forge(store, blob, &words.join(" "), &far.join(" "));
+        });
+    }
+
+    #[test]
+    fn a_chunk_whose_key_shares_only_its_fingerprint_is_not_taken_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let base = tree(&input, 320);
+        let warm = Store::open(dir.path().join("warm")).unwrap();
+        let mut old = base.clone();
+        change(&input, &mut old, 100, 21);
+        let (a, _) = build(&warm, &old, 2);
+        let mut new = base.clone();
+        change(&input, &mut new, 100, 22);
+        change(&input, &mut new, 300, 23);
+        let dry = dry_chunks(&new, 0, |_, _| true).unwrap();
+        let recorded = warm.chunk_cache().layer(&a.digest).unwrap();
+        let j = (0..dry.len())
+            .find(|&j| dry[j].key != recorded[j].key)
+            .unwrap();
+        assert_eq!(dry[j].len, recorded[j].len);
+        // Give the old chunk j a key with the new chunk's first 16 digits
+        // (a fingerprint collision), in both records, the states' resigned.
+        let forged = format!(
+            "{}{}",
+            &dry[j].key.hex()[..16],
+            &recorded[j].key.hex()[16..]
+        );
+        forge(warm.root(), &a.digest, recorded[j].key.hex(), &forged);
+        let cache = warm.chunk_cache();
+        assert!(cache.prefixes(dry.iter().map(|c| (&c.key, c.len)))[0].1 > j);
+        let (expected, _) = build(&Store::open(dir.path().join("cold")).unwrap(), &new, 1);
+        let (got, chunks) = build(&warm, &new, 2);
+        assert_eq!(chunks.resumed, 0, "{chunks:?}");
+        assert_eq!(got, expected);
+        assert_eq!(Digest::of(&blob(&warm, &got)), got.digest);
     }
 }
