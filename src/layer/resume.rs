@@ -12,8 +12,8 @@
 //! the same chunks, it copies that prefix's compressed bytes from the
 //! blob (each checked against the CRC-32 recorded for it), takes both
 //! hashings up from the saved states, and writes the layer from the entry
-//! the first differing chunk starts with. Nothing before that entry is
-//! read again. The bytes are exactly those a cold build writes: the
+//! the first differing chunk starts with. No file before that entry is
+//! opened again. The bytes are exactly those a cold build writes: the
 //! prefix is the same chunks, and the rest is written as always.
 //!
 //! What is trusted is the store's own records, as far as checks show them
@@ -55,8 +55,9 @@ pub(super) struct Prefix {
     pub blob_states: Vec<crate::digest::Checkpoint>,
 }
 
-/// The least a prefix must hold to be worth taking up: below it, reading
-/// the saved states and the prefix costs about what it saves.
+/// The least a prefix must hold to be taken up (a judgement, not a
+/// measurement: below a few chunks, reading the record of states is most
+/// of what is saved).
 const MIN_PREFIX: u64 = 4 << 20;
 
 /// How many of a prefix's chunks [`cached`] looks at, at most.
