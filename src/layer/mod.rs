@@ -131,7 +131,7 @@ pub fn build_metered(
         chunk_states: finished.states,
         blob_states,
     };
-    let _ = store.remember_chunks_and_states(&digest, &finished.chunks, Some(&states));
+    let _ = store.remember_chunks(&digest, &finished.chunks, Some(&states));
     let chunks = (compression == Compression::Gzip).then_some(Chunks {
         total: finished.chunks.len() as u64,
         reused: finished.reused,

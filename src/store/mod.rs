@@ -719,15 +719,10 @@ impl Store {
     /// Records where the chunks of the layer blob `blob` lie in it, in one
     /// file renamed into place whole (not synced: a record lost in a crash
     /// is a miss, and one that names bytes no longer there is one too).
-    pub fn remember_chunks(&self, blob: &Digest, chunks: &[ChunkRecord]) -> Result<()> {
-        self.remember_chunks_and_states(blob, chunks, None)
-    }
-
-    /// [`Store::remember_chunks`], and where the layer's hashing may take
-    /// up again ([`Store::resume_record`]), when its hashers' states are
-    /// given. The record of states is written first: one without its
-    /// chunks is never read.
-    pub fn remember_chunks_and_states(
+    /// With `states`, also where the layer's hashing may take up again
+    /// ([`Store::resume_record`]); that record is written first, and one
+    /// without its chunk record is never read.
+    pub fn remember_chunks(
         &self,
         blob: &Digest,
         chunks: &[ChunkRecord],
