@@ -31,16 +31,19 @@ impl Digest {
 
     /// Finishes a running SHA-256 into a digest.
     pub fn from_hasher(hasher: Sha256) -> Self {
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(hasher.finalize(), &mut hex).expect("32 bytes fill 64 hex digits");
-        Self { hex }
+        Self::from_output(hasher.finalize())
     }
 
     /// Finishes a running [`ResumableSha256`] into a digest.
     pub fn from_resumable(hasher: ResumableSha256) -> Self {
         use sha2_state::Digest as _;
+        Self::from_output(hasher.finalize())
+    }
+
+    /// The digest whose 32 bytes a SHA-256 gave.
+    fn from_output(bytes: impl AsRef<[u8]>) -> Self {
         let mut hex = [0u8; 64];
-        hex::encode_to_slice(hasher.finalize(), &mut hex).expect("32 bytes fill 64 hex digits");
+        hex::encode_to_slice(bytes, &mut hex).expect("32 bytes fill 64 hex digits");
         Self { hex }
     }
 

@@ -9,9 +9,10 @@
 //! compresses only the chunks the change touched, and writes the same bytes
 //! a cold build would; the chunks before the first one it touched are
 //! copied whole from the last build's blob, both hashings taken up from the
-//! states it saved there, without opening their files (`resume.rs`). Every host file is re-hashed as it is copied and
-//! must match the digest the plan recorded; a file that changed during the
-//! build fails it rather than producing a layer whose cache key lies.
+//! states it saved there, without opening their files (`resume.rs`). Every
+//! host file copied must match the digest the plan recorded (by its change
+//! time, or hashed again); a file that changed during the build fails it
+//! rather than producing a layer whose cache key lies.
 
 pub mod compress;
 pub mod deflate;
@@ -82,7 +83,7 @@ pub fn build_metered(
         Some(cache) => resume::prefix(store, cache, entries, mtime),
         None => None,
     };
-    let (blob, resumed, first, blob_states) = match prefix {
+    let (blob, resumed, first, mut blob_states) = match prefix {
         Some(p) => (p.writer, Some(p.resumed), p.entry, p.blob_states),
         None => (store.layer_writer()?, None, 0, Vec::new()),
     };
@@ -125,7 +126,6 @@ pub fn build_metered(
     let (digest, size, mut saved) = finished.out.commit_saving()?;
     // Only a cache: a record lost here means that chunk is compressed again
     // (and a record of states lost, that the next build reads it all).
-    let mut blob_states = blob_states;
     blob_states.append(&mut saved);
     let states = crate::store::ResumeRecord {
         chunk_states: finished.states,

@@ -129,8 +129,8 @@ pub(super) fn prefix(
                     .all(|(r, d)| r.key == d.key && r.len == d.len);
             same.then_some((blob, records, first))
         })
-        .filter(|(blob, records, first)| cached(&cache.blob_path(blob), &records[..*first]))
-        .find_map(|(blob, records, first)| take_up(store, cache, &dry, blob, &records, first))
+        .filter(|(blob, records, first)| cached(&store.blob_path(blob), &records[..*first]))
+        .find_map(|(blob, records, first)| take_up(store, &dry, blob, &records, first))
 }
 
 /// The first `first` chunks of the recorded layer `blob` (whose chunks are
@@ -138,7 +138,6 @@ pub(super) fn prefix(
 /// after them; `None` if its record or its bytes fail a check.
 fn take_up(
     store: &Store,
-    cache: &ChunkCache,
     dry: &[DryChunk],
     blob: &crate::digest::Digest,
     records: &[ChunkRecord],
@@ -163,7 +162,7 @@ fn take_up(
         .filter(|(offset, _)| *offset <= at)
         .cloned()
         .collect();
-    let writer = copy_prefix(store, cache, blob, records, at, blob_hasher).ok()??;
+    let writer = copy_prefix(store, blob, records, at, blob_hasher).ok()??;
     Some(Prefix {
         writer,
         resumed: Resumed {
@@ -229,13 +228,12 @@ fn dry_chunks(
 /// not one the store vouches for, or a check fails.
 fn copy_prefix(
     store: &Store,
-    cache: &ChunkCache,
     blob: &crate::digest::Digest,
     records: &[ChunkRecord],
     at: u64,
     hasher: ResumableSha256,
 ) -> crate::error::Result<Option<BlobWriter>> {
-    let path = cache.blob_path(blob);
+    let path = store.blob_path(blob);
     let Ok(file) = File::open(&path) else {
         return Ok(None);
     };

@@ -732,25 +732,23 @@ impl Store {
             return Ok(());
         }
         if let Some(states) = states.filter(|r| r.chunk_states.len() == chunks.len()) {
-            let path = self.resume_path(blob);
-            fs::create_dir_all(self.chunks_dir()).at("create", &self.chunks_dir())?;
-            let mut tmp = self.temp_file_beside(&path)?;
-            tmp.write_all(states.to_text(chunks).as_bytes())
-                .at("write", tmp.path())?;
-            tmp.persist(&path)
-                .map_err(|e| Error::io("rename into", &path, e.error))?;
+            self.write_record(&self.resume_path(blob), &states.to_text(chunks))?;
         }
         let mut text = String::with_capacity(chunks.len() * 160);
         for c in chunks {
             text.push_str(&c.line());
             text.push('\n');
         }
-        let path = self.chunks_path(blob);
+        self.write_record(&self.chunks_path(blob), &text)
+    }
+
+    /// Writes `text` to `path` in `chunks/`, renamed into place whole.
+    fn write_record(&self, path: &Path, text: &str) -> Result<()> {
         fs::create_dir_all(self.chunks_dir()).at("create", &self.chunks_dir())?;
-        let mut tmp = self.temp_file_beside(&path)?;
+        let mut tmp = self.temp_file_beside(path)?;
         tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
-        tmp.persist(&path)
-            .map_err(|e| Error::io("rename into", &path, e.error))?;
+        tmp.persist(path)
+            .map_err(|e| Error::io("rename into", path, e.error))?;
         Ok(())
     }
 
@@ -945,11 +943,6 @@ impl ChunkCache {
             .collect();
         found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         found
-    }
-
-    /// Where the store keeps the blob `digest`.
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.blobs.join(digest.hex())
     }
 
     /// Whether any layer blob's chunks are recorded.
