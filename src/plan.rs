@@ -24,6 +24,12 @@ pub enum Content {
     /// A file on the host, read when the layer is written, and how
     /// planning found it when it took its digest (see [`Seen`]).
     Host(PathBuf, Option<Seen>),
+    /// A file on the host that planning did not read: the layer writer
+    /// hashes it as it copies it, once, and the plan takes its digest then
+    /// ([`LayerPlan::hashed`]). Until then the entry's `digest` means
+    /// nothing, and the plan has no key. See `source/local.rs` for when
+    /// planning leaves files so.
+    Unhashed(PathBuf),
     /// Bytes from the recipe itself.
     Inline(Arc<[u8]>),
 }
@@ -111,6 +117,32 @@ pub struct Entry {
     pub gid: u32,
 }
 
+impl Entry {
+    /// Whether this is a host file planning left for the layer writer to hash.
+    pub fn unhashed(&self) -> bool {
+        matches!(
+            self.kind,
+            EntryKind::File {
+                content: Content::Unhashed(_),
+                ..
+            }
+        )
+    }
+}
+
+/// A digest the layer writer found for an unhashed file
+/// ([`Content::Unhashed`]).
+#[derive(Debug, Clone)]
+pub struct Hashed {
+    /// The entry's index in its layer.
+    pub entry: usize,
+    /// The content's SHA-256.
+    pub digest: Digest,
+    /// How the file looked, the same before and after it was read: for the
+    /// stat cache.
+    pub stamp: crate::store::stat_cache::FileStamp,
+}
+
 /// The mode and owner of a directory in a lower layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirMeta {
@@ -170,8 +202,9 @@ pub struct LayerPlan {
     pub name: Option<String>,
     /// Entries, sorted by path bytes, parents first.
     pub entries: Vec<Entry>,
-    /// The layer cache key.
-    pub input_digest: Digest,
+    /// The layer cache key; `None` while some file is
+    /// [`Content::Unhashed`].
+    pub input_digest: Option<Digest>,
 }
 
 impl LayerPlan {
@@ -182,12 +215,37 @@ impl LayerPlan {
         compression: Compression,
         mtime: u64,
     ) -> Self {
-        let input_digest = input_digest(&entries, compression, mtime);
+        let unhashed = entries.iter().any(Entry::unhashed);
+        let input_digest = (!unhashed).then(|| input_digest(&entries, compression, mtime));
         Self {
             name,
             entries,
             input_digest,
         }
+    }
+
+    /// Takes the digests the layer writer found for the plan's unhashed
+    /// files (by entry index), and computes the key.
+    pub fn hashed(&mut self, found: &[Hashed], compression: Compression, mtime: u64) {
+        for h in found {
+            let entry = &mut self.entries[h.entry];
+            if let EntryKind::File {
+                content: content @ Content::Unhashed(_),
+                digest,
+                ..
+            } = &mut entry.kind
+            {
+                let Content::Unhashed(path) =
+                    std::mem::replace(content, Content::Inline(Arc::from(&[][..])))
+                else {
+                    unreachable!("matched above")
+                };
+                *content = Content::Host(path, None);
+                *digest = h.digest.clone();
+            }
+        }
+        let unhashed = self.entries.iter().any(Entry::unhashed);
+        self.input_digest = (!unhashed).then(|| input_digest(&self.entries, compression, mtime));
     }
 
     /// How many regular files the layer holds and their total size.

@@ -27,8 +27,9 @@ use std::path::Path;
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::{Error, Result};
-use crate::plan::{Content, Entry, EntryKind, Seen};
+use crate::plan::{Content, Entry, EntryKind, Hashed, Seen};
 use crate::recipe::Compression;
+use crate::store::stat_cache::FileStamp;
 use crate::store::{LayerRecord, Store};
 
 use self::tar::{Header, Kind, TarWriter};
@@ -57,18 +58,20 @@ pub fn build(
     mtime: u64,
     threads: usize,
 ) -> Result<(LayerRecord, Option<Chunks>)> {
-    build_metered(
+    let (record, chunks, _) = build_metered(
         store,
         entries,
         compression,
         mtime,
         threads,
         &Default::default(),
-    )
+    )?;
+    Ok((record, chunks))
 }
 
 /// [`build`], moving `meter` by the bytes of file content written (the
-/// total is [`crate::plan::LayerPlan::file_stats`]'s).
+/// total is [`crate::plan::LayerPlan::file_stats`]'s); also says what
+/// digests the files planning left unhashed have ([`Content::Unhashed`]).
 pub fn build_metered(
     store: &Store,
     entries: &[Entry],
@@ -76,7 +79,7 @@ pub fn build_metered(
     mtime: u64,
     threads: usize,
     meter: &crate::progress::Meter,
-) -> Result<(LayerRecord, Option<Chunks>)> {
+) -> Result<(LayerRecord, Option<Chunks>, Vec<Hashed>)> {
     let cache =
         (compression == Compression::Gzip).then(|| std::sync::Arc::new(store.chunk_cache()));
     let prefix = match &cache {
@@ -109,13 +112,20 @@ pub fn build_metered(
     };
     let mut tar = TarWriter::new(sink);
     let mut scratch = vec![0; SCRATCH];
-    for entry in &entries[first..] {
-        write_entry(&mut tar, entry, mtime, Check::Digest(store), &mut scratch).map_err(
-            |e| match e {
+    let mut hashed = Vec::new();
+    for (i, entry) in entries.iter().enumerate().skip(first) {
+        let found = write_entry(&mut tar, entry, mtime, Check::Digest(store), &mut scratch)
+            .map_err(|e| match e {
                 EntryError::Io(e) => io_err(store, e),
                 EntryError::Kiln(e) => e,
-            },
-        )?;
+            })?;
+        if let Some((digest, stamp)) = found {
+            hashed.push(Hashed {
+                entry: i,
+                digest,
+                stamp,
+            });
+        }
         if let crate::plan::EntryKind::File { size, .. } = &entry.kind {
             done += size;
             meter.set(done);
@@ -143,7 +153,7 @@ pub fn build_metered(
         size,
         media_type: compress::media_type(compression).to_string(),
     };
-    Ok((record, chunks))
+    Ok((record, chunks, hashed))
 }
 
 /// The diff_id `entries` would have: the tar stream hashed, not compressed
@@ -204,8 +214,12 @@ trait Marks: Write + Sized {
         Ok(())
     }
     fn content(&mut self, _digest: &Digest) {}
+    /// The content comes next, its digest once written ([`Self::resolve`]).
+    fn content_later(&mut self) {}
+    /// The digest of the content written since [`Self::content_later`].
+    fn resolve(&mut self, _digest: &Digest) {}
     /// Copies up to `size` bytes of `from` in; says how many there were.
-    fn read_from(&mut self, from: &File, size: u64, scratch: &mut [u8]) -> io::Result<u64> {
+    fn read_from(&mut self, from: &mut dyn Read, size: u64, scratch: &mut [u8]) -> io::Result<u64> {
         copy_through(from, size, self, scratch)
     }
     /// Passes over `size` bytes of a file's content (a dry run only).
@@ -294,7 +308,17 @@ impl<W: Write> Marks for Sink<W> {
             g.content(digest);
         }
     }
-    fn read_from(&mut self, from: &File, size: u64, scratch: &mut [u8]) -> io::Result<u64> {
+    fn content_later(&mut self) {
+        if let Sink::Gzip(g) = self {
+            g.content_later();
+        }
+    }
+    fn resolve(&mut self, digest: &Digest) {
+        if let Sink::Gzip(g) = self {
+            g.resolve(digest);
+        }
+    }
+    fn read_from(&mut self, from: &mut dyn Read, size: u64, scratch: &mut [u8]) -> io::Result<u64> {
         match self {
             Sink::Gzip(g) => g.read_from(from, size),
             Sink::Zstd(_) => copy_through(from, size, self, scratch),
@@ -302,13 +326,16 @@ impl<W: Write> Marks for Sink<W> {
     }
 }
 
+/// Writes one entry; for a host file planning left unhashed
+/// ([`Content::Unhashed`]), says what digest it found and how the file
+/// looked while it was read.
 fn write_entry<W: Marks>(
     tar: &mut TarWriter<W>,
     entry: &Entry,
     mtime: u64,
     check: Check<'_>,
     scratch: &mut [u8],
-) -> Result<(), EntryError> {
+) -> Result<Option<(Digest, FileStamp)>, EntryError> {
     let (kind, size, link) = match &entry.kind {
         EntryKind::Dir => (Kind::Dir, 0, ""),
         EntryKind::File { size, .. } => (Kind::File, *size, ""),
@@ -326,23 +353,68 @@ fn write_entry<W: Marks>(
         mtime,
         link,
     })?;
+    let mut found = None;
     if let EntryKind::File {
         content,
         size,
         digest,
     } = &entry.kind
     {
-        tar.data().content(digest);
+        match content {
+            Content::Unhashed(_) => tar.data().content_later(),
+            _ => tar.data().content(digest),
+        }
         match content {
             Content::Inline(bytes) => tar.data().write_all(bytes)?,
             Content::Host(..) if matches!(check, Check::Dry) => tar.data().skip(*size)?,
             Content::Host(path, seen) => {
                 copy_host_file(tar.data(), path, *size, digest, *seen, check, scratch)?
             }
+            Content::Unhashed(path) if matches!(check, Check::Dry) => {
+                return Err(EntryError::Io(io::Error::other(format!(
+                    "a dry run cannot pass over `{}`, not hashed yet",
+                    path.display()
+                ))))
+            }
+            Content::Unhashed(path) => {
+                let (digest, stamp) = hash_host_file(tar.data(), path, *size, scratch)?;
+                tar.data().resolve(&digest);
+                found = Some((digest, stamp));
+            }
         }
         tar.pad(*size)?;
     }
-    Ok(())
+    Ok(found)
+}
+
+/// Copies the host file at `path`, of the planned `size`, hashing it on
+/// the way: its digest, and its stamp (which did not move while it was
+/// read; a file that changed fails the build).
+fn hash_host_file<W: Marks>(
+    out: &mut W,
+    path: &Path,
+    size: u64,
+    scratch: &mut [u8],
+) -> Result<(Digest, FileStamp), EntryError> {
+    let read_err = |e| EntryError::Kiln(Error::io("read", path, e));
+    let file = File::open(path).map_err(read_err)?;
+    let before = FileStamp::of(&file.metadata().map_err(read_err)?);
+    let mut reader = HashingReader::new(&file);
+    let len = out.read_from(&mut reader, size, scratch)?;
+    let (digest, _) = reader.finish();
+    let after = FileStamp::of(&file.metadata().map_err(read_err)?);
+    if len != size || before != after || before.size() != size {
+        return Err(changed(path));
+    }
+    Ok((digest, before))
+}
+
+/// The error for a host file that changed while kiln was building.
+fn changed(path: &Path) -> EntryError {
+    EntryError::Kiln(Error::invalid(
+        format!("`{}` changed while kiln was building", path.display()),
+        Some("run the build again once nothing is writing to the inputs".into()),
+    ))
 }
 
 /// The buffer host files are copied through: one read per 256 KiB (most
@@ -373,7 +445,7 @@ fn copy_host_file<W: Marks>(
     };
     let (len, intact) = match check {
         Check::Digest(..) if vouched(&file) => {
-            let len = out.read_from(&file, size, scratch)?;
+            let len = out.read_from(&mut &file, size, scratch)?;
             (len, vouched(&file))
         }
         Check::Digest(..) => {
@@ -385,10 +457,7 @@ fn copy_host_file<W: Marks>(
         Check::Length | Check::Dry => (copy_through(&file, size, out, scratch)?, true),
     };
     if len != size || !intact {
-        return Err(EntryError::Kiln(Error::invalid(
-            format!("`{}` changed while kiln was building", path.display()),
-            Some("run the build again once nothing is writing to the inputs".into()),
-        )));
+        return Err(changed(path));
     }
     Ok(())
 }
@@ -433,6 +502,51 @@ pub(crate) mod tests {
                 (x >> 24) as u8
             })
             .collect()
+    }
+
+    /// A file planning left unhashed is hashed as it is copied: the digest
+    /// is the content's, for gzip and zstd alike, and the layer is the one
+    /// the hashed plan gives. A file whose size is not the planned one (it
+    /// changed since it was listed) fails the build.
+    #[test]
+    fn an_unhashed_file_is_hashed_as_it_is_copied_and_a_changed_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let input = dir.path().join("input");
+        let body = noise(3 * pgzip::CHUNK + 100, 7);
+        std::fs::write(&input, &body).unwrap();
+        let entry = |content, size| Entry {
+            path: "f".into(),
+            kind: EntryKind::File {
+                content,
+                size,
+                digest: Digest::of(&body),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        let size = body.len() as u64;
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let late = [entry(Content::Unhashed(input.clone()), size)];
+            let (record, _, hashed) =
+                build_metered(&store, &late, compression, 0, 2, &Default::default()).unwrap();
+            assert_eq!(hashed.len(), 1);
+            assert_eq!(
+                (hashed[0].entry, &hashed[0].digest),
+                (0, &Digest::of(&body))
+            );
+            assert_eq!(hashed[0].stamp.size(), size);
+            let early = [entry(Content::Host(input.clone(), None), size)];
+            let (planned, _) = build(&store, &early, compression, 0, 2).unwrap();
+            assert_eq!(record, planned, "{compression:?}");
+        }
+        let wrong = [entry(Content::Unhashed(input.clone()), size - 1)];
+        let err = build(&store, &wrong, Compression::Gzip, 0, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while kiln was building"),
+            "{err}"
+        );
     }
 
     #[test]

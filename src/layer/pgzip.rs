@@ -104,8 +104,9 @@ struct Done {
     deflated: Vec<u8>,
     crc: u32,
     len: usize,
-    /// The chunk's key and the CRC-32 of its compressed bytes, when cached.
-    key: Option<(Digest, u32)>,
+    /// The chunk's key (`None`: given later, [`Key::Later`]) and the
+    /// CRC-32 of its compressed bytes, when cached.
+    key: Option<(Option<Digest>, u32)>,
     reused: bool,
 }
 
@@ -118,6 +119,45 @@ struct Done {
 struct Describe {
     hasher: Sha256,
     run: Run,
+    /// A run of content whose digest never came before the next bytes: the
+    /// chunk gets no key (a caller's mistake, never a wrong key).
+    broken: bool,
+}
+
+/// A chunk's key, as its description ends.
+enum Key {
+    /// Known now.
+    Known(Digest),
+    /// Known once the digest of the file whose content the chunk ends in
+    /// is ([`ParallelGzip::content_later`]).
+    Later(LaterKey),
+    /// None: the chunk is not cached.
+    None,
+}
+
+/// The key of a chunk that ends inside the content of a file not yet
+/// hashed: everything before that run, hashed, and the run.
+struct LaterKey {
+    hasher: Sha256,
+    start: u64,
+    len: u64,
+}
+
+impl LaterKey {
+    /// The key, given the file's digest: what [`Describe::finish`] would
+    /// have given with it.
+    fn finish(mut self, digest: &Digest) -> Digest {
+        file_run(&mut self.hasher, digest, self.start, self.len);
+        Digest::from_hasher(self.hasher)
+    }
+}
+
+/// Describes one run of a file's content.
+fn file_run(hasher: &mut Sha256, digest: &Digest, start: u64, len: u64) {
+    hasher.update(b"\0F");
+    hasher.update(digest.hex().as_bytes());
+    hasher.update(start.to_le_bytes());
+    hasher.update(len.to_le_bytes());
 }
 
 impl Default for Describe {
@@ -135,6 +175,7 @@ impl Default for Describe {
         Describe {
             hasher,
             run: Run::None,
+            broken: false,
         }
     }
 }
@@ -144,8 +185,9 @@ enum Run {
     #[default]
     None,
     Literal(u64),
+    /// A run of one file's content; its digest `None` until it is known.
     File {
-        digest: Digest,
+        digest: Option<Digest>,
         start: u64,
         len: u64,
     },
@@ -163,24 +205,35 @@ impl Describe {
         }
     }
 
-    fn file(&mut self, digest: &Digest, offset: u64, len: u64) {
+    /// A run of the content of the file whose digest is `digest` (`None`:
+    /// not known yet, see [`Self::resolve`]).
+    fn file(&mut self, digest: Option<&Digest>, offset: u64, len: u64) {
         if let Run::File {
             digest: d,
             start,
             len: l,
         } = &mut self.run
         {
-            if d == digest && *start + *l == offset {
+            if d.as_ref() == digest && *start + *l == offset {
                 *l += len;
                 return;
             }
         }
         self.end_run();
         self.run = Run::File {
-            digest: digest.clone(),
+            digest: digest.cloned(),
             start: offset,
             len,
         };
+    }
+
+    /// The digest of the file whose content the current run is, once known.
+    fn resolve(&mut self, digest: &Digest) {
+        if let Run::File { digest: d, .. } = &mut self.run {
+            if d.is_none() {
+                *d = Some(digest.clone());
+            }
+        }
     }
 
     fn end_run(&mut self) {
@@ -190,25 +243,44 @@ impl Describe {
                 self.hasher.update(b"\0L");
                 self.hasher.update(n.to_le_bytes());
             }
-            Run::File { digest, start, len } => {
-                self.hasher.update(b"\0F");
-                self.hasher.update(digest.hex().as_bytes());
-                self.hasher.update(start.to_le_bytes());
-                self.hasher.update(len.to_le_bytes());
-            }
+            Run::File {
+                digest: Some(digest),
+                start,
+                len,
+            } => file_run(&mut self.hasher, &digest, start, len),
+            Run::File { digest: None, .. } => self.broken = true,
         }
     }
 
-    fn finish(mut self) -> Digest {
-        self.end_run();
-        Digest::from_hasher(self.hasher)
+    fn finish(mut self) -> Key {
+        match std::mem::take(&mut self.run) {
+            Run::File {
+                digest: None,
+                start,
+                len,
+            } if !self.broken => Key::Later(LaterKey {
+                hasher: self.hasher,
+                start,
+                len,
+            }),
+            run => {
+                self.run = run;
+                self.end_run();
+                match self.broken {
+                    true => Key::None,
+                    false => Key::Known(Digest::from_hasher(self.hasher)),
+                }
+            }
+        }
     }
 }
 
 /// One chunk for a worker: its bytes, its cache key, and where the result goes.
 struct Job {
     chunk: Arc<Vec<u8>>,
-    cache: Option<(Arc<ChunkCache>, Digest)>,
+    /// The cache and the chunk's key, if known now (else it is compressed
+    /// and recorded once the key is known).
+    cache: Option<(Arc<ChunkCache>, Option<Digest>)>,
     done: std::sync::mpsc::SyncSender<io::Result<Done>>,
 }
 
@@ -266,6 +338,19 @@ pub struct ParallelGzip<W: Write> {
     content: Option<(u64, u64)>,
     /// The digest of the current file's content, when the caller gave it.
     content_digest: Option<Digest>,
+    /// Whether the caller gives the current file's digest once its content
+    /// is written ([`Self::content_later`]).
+    content_later: bool,
+    /// Keys of chunks cut inside that content, waiting for its digest.
+    later: Vec<LaterKey>,
+    /// Keys given since, in order, for the records still without one.
+    keys_ready: VecDeque<Digest>,
+    /// Records written before their chunk's key was known, in order (as
+    /// indices into `records`).
+    unkeyed: VecDeque<usize>,
+    /// A file's digest never came: no record of this stream can be trusted
+    /// to have its own key, and none is kept.
+    keys_lost: bool,
     /// The current chunk's description (with a cache only).
     describe: Option<Describe>,
     records: Vec<ChunkRecord>,
@@ -420,7 +505,7 @@ fn deflate_chunk(input: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// Compresses one chunk, or takes it from the cache under `key`.
-fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Result<Done> {
+fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Option<Digest>)>) -> io::Result<Done> {
     let crc = crc32fast::hash(&chunk);
     let len = chunk.len();
     let Some((cache, key)) = cache else {
@@ -433,7 +518,7 @@ fn work(chunk: Arc<Vec<u8>>, cache: Option<(Arc<ChunkCache>, Digest)>) -> io::Re
             reused: false,
         });
     };
-    if let Some((deflated, zcrc)) = cache.get(&key, len as u64, crc) {
+    if let Some((deflated, zcrc)) = key.as_ref().and_then(|key| cache.get(key, len as u64, crc)) {
         return Ok(Done {
             chunk,
             deflated,
@@ -480,6 +565,11 @@ impl<W: Write> ParallelGzip<W> {
             offset: 0,
             content: None,
             content_digest: None,
+            content_later: false,
+            later: Vec::new(),
+            keys_ready: VecDeque::new(),
+            unkeyed: VecDeque::new(),
+            keys_lost: false,
             describe,
             records: Vec::new(),
             reused: 0,
@@ -595,14 +685,19 @@ impl<W: Write> ParallelGzip<W> {
             ));
             self.len += done.len as u64;
             if let Some((key, zcrc)) = done.key {
+                if key.is_none() {
+                    self.unkeyed.push_back(self.records.len());
+                }
                 self.records.push(ChunkRecord {
-                    key,
+                    // Replaced by the key once it is known ([`Self::give_keys`]).
+                    key: key.unwrap_or_else(|| Digest::of(b"")),
                     offset: self.offset,
                     size: done.deflated.len() as u64,
                     len: done.len as u64,
                     crc: done.crc,
                     zcrc,
                 });
+                self.give_keys();
             }
             self.reused += u64::from(done.reused);
             self.offset += done.deflated.len() as u64;
@@ -617,9 +712,16 @@ impl<W: Write> ParallelGzip<W> {
         }
         let len = self.held() as u64;
         if let Some(dry) = &mut self.dry {
-            let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
+            let key = match self.describe.as_mut().map(|d| std::mem::take(d).finish()) {
+                Some(Key::Known(key)) => key,
+                _ => {
+                    return Err(io::Error::other(
+                        "a dry run describes only content whose digest it is given",
+                    ))
+                }
+            };
             dry.push(DryChunk {
-                key: key.expect("a dry run describes its chunks"),
+                key,
                 len,
                 start_entry: self.start_entry.take(),
             });
@@ -636,7 +738,14 @@ impl<W: Write> ParallelGzip<W> {
                 .send(Arc::clone(&chunk))
                 .map_err(|_| io::Error::other("the input hashing thread stopped"))?;
         }
-        let key = self.describe.as_mut().map(|d| std::mem::take(d).finish());
+        let key = match self.describe.as_mut().map(|d| std::mem::take(d).finish()) {
+            Some(Key::Known(key)) => Some(Some(key)),
+            Some(Key::Later(later)) => {
+                self.later.push(later);
+                Some(None)
+            }
+            Some(Key::None) | None => None,
+        };
         let cache = self.cache.clone().zip(key);
         let workers = self.workers;
         let pool = self.pool.get_or_insert_with(|| Pool::new(workers));
@@ -659,6 +768,13 @@ impl<W: Write> ParallelGzip<W> {
         }
         self.content = None;
         self.content_digest = None;
+        if std::mem::take(&mut self.content_later) {
+            // The caller never gave the last file's digest.
+            self.keys_lost = true;
+            if let Some(d) = &mut self.describe {
+                d.broken |= matches!(d.run, Run::File { digest: None, .. });
+            }
+        }
         let held = self.held();
         if held >= MIN_CHUNK
             && (held >= MAX_CHUNK || size >= CHUNK as u64 || fnv1a(path.as_bytes()) & CUT_MASK == 0)
@@ -683,11 +799,50 @@ impl<W: Write> ParallelGzip<W> {
         }
     }
 
+    /// [`Self::content`] for a file whose digest the caller learns as it
+    /// writes the content, and gives with [`Self::resolve`] right after
+    /// it, before anything else is written. Chunks that end inside it are
+    /// compressed rather than looked up, and recorded under their keys
+    /// once the digest is known; those with the rest of the content are
+    /// looked up as usual.
+    pub fn content_later(&mut self) {
+        if let Some((size, _)) = self.content {
+            self.content = (size > 0).then_some((size, 0));
+            self.content_later = size > 0;
+        }
+    }
+
+    /// The digest of the content written since [`Self::content_later`].
+    pub fn resolve(&mut self, digest: &Digest) {
+        if !std::mem::take(&mut self.content_later) {
+            return;
+        }
+        if let Some(d) = &mut self.describe {
+            d.resolve(digest);
+        }
+        for later in self.later.drain(..) {
+            self.keys_ready.push_back(later.finish(digest));
+        }
+        self.give_keys();
+    }
+
+    /// Gives the records written without a key the keys known since.
+    fn give_keys(&mut self) {
+        while !self.unkeyed.is_empty() && !self.keys_ready.is_empty() {
+            let i = self.unkeyed.pop_front().expect("checked non-empty");
+            self.records[i].key = self.keys_ready.pop_front().expect("checked non-empty");
+        }
+    }
+
     /// Writes the rest, the final block and the trailer.
     pub fn finish(mut self) -> io::Result<Finished<W>> {
+        self.keys_lost |= self.content_later;
         self.cut()?;
         self.header()?;
         self.drain(0)?;
+        if self.keys_lost || !self.unkeyed.is_empty() || !self.later.is_empty() {
+            self.records.clear();
+        }
         self.out.write_all(&super::deflate::LAST_BLOCK)?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
@@ -756,7 +911,10 @@ impl<W: Write> ParallelGzip<W> {
         if let Some(describe) = &mut self.describe {
             match (&self.content_digest, self.content) {
                 (Some(digest), Some((_, done))) if in_content => {
-                    describe.file(digest, done, n as u64)
+                    describe.file(Some(digest), done, n as u64)
+                }
+                (None, Some((_, done))) if in_content && self.content_later => {
+                    describe.file(None, done, n as u64)
                 }
                 _ => describe.literal(&self.buf[start..start + n]),
             }
@@ -970,6 +1128,66 @@ mod tests {
         assert_eq!(gunzip(&out), data);
         // Stored noise costs 5 bytes per 64 KiB block; the text shrinks.
         assert!(out.len() < data.len());
+    }
+
+    /// A file whose digest comes after its content
+    /// ([`ParallelGzip::content_later`]) gives the bytes and the chunk
+    /// records, keys included, that giving it first does: files inside one
+    /// chunk, a file cut into several, an empty one, one of exactly a
+    /// chunk. A digest that never comes leaves no record at all.
+    #[test]
+    fn a_digest_given_after_the_content_gives_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let files: Vec<(String, Vec<u8>)> = (0..80usize)
+            .map(|i| {
+                let len = match i {
+                    7 => 3 * CHUNK + 777,
+                    8 => 0,
+                    20 => CHUNK,
+                    _ => 30_000 + i * 1000,
+                };
+                let body = (0..)
+                    .flat_map(|j| format!("file {i} line {j}\n").into_bytes())
+                    .take(len)
+                    .collect();
+                (format!("d/f{i:02}"), body)
+            })
+            .collect();
+        let stream = |later: &[usize], resolve: bool| {
+            let cache = Arc::new(store.chunk_cache());
+            let mut g = ParallelGzip::with(Vec::new(), 3, Cuts::Entries, Some(cache));
+            g.hash_input();
+            for (i, (path, body)) in files.iter().enumerate() {
+                g.entry(path, body.len() as u64).unwrap();
+                g.write_all(&[b'h'; 512]).unwrap();
+                match later.contains(&i) {
+                    true => g.content_later(),
+                    false => g.content(&Digest::of(body)),
+                }
+                let n = g.read_from(&body[..], body.len() as u64).unwrap();
+                assert_eq!(n, body.len() as u64);
+                if later.contains(&i) && resolve {
+                    g.resolve(&Digest::of(body));
+                }
+                g.write_all(&vec![0; (512 - body.len() % 512) % 512])
+                    .unwrap();
+            }
+            let f = g.finish().unwrap();
+            (f.out, f.chunks)
+        };
+        let (bytes, records) = stream(&[], true);
+        assert!(records.len() > 5, "{} chunks", records.len());
+        let all: Vec<usize> = (0..files.len()).collect();
+        for later in [vec![7], vec![8, 20], vec![6, 7], all] {
+            assert!(
+                stream(&later, true) == (bytes.clone(), records.clone()),
+                "digests later for {later:?}"
+            );
+        }
+        let (lost, none) = stream(&[7], false);
+        assert_eq!(lost, bytes);
+        assert!(none.is_empty(), "{} records kept", none.len());
     }
 
     #[test]

@@ -97,7 +97,9 @@ pub(super) fn prefix(
     entries: &[Entry],
     mtime: u64,
 ) -> Option<Prefix> {
-    if !cache.has_layers() {
+    // A file not hashed yet gives no key to look a chunk up by; nor would
+    // one be read to take its digest.
+    if !cache.has_layers() || entries.iter().any(Entry::unhashed) {
         return None;
     }
     // Only as far as some recorded layer shares the chunks so far.

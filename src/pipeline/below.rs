@@ -94,7 +94,7 @@ pub(super) fn files(
 /// The bytes of a planned file.
 pub(super) fn bytes_of(content: &Content) -> Result<Vec<u8>> {
     Ok(match content {
-        Content::Host(p, _) => std::fs::read(p).at("read", p)?,
+        Content::Host(p, _) | Content::Unhashed(p) => std::fs::read(p).at("read", p)?,
         Content::Inline(b) => b.to_vec(),
     })
 }

@@ -187,18 +187,19 @@ impl RemoteCache {
         ))
     }
 
-    /// Looks `plan` up. `note` receives what to tell the user.
+    /// Looks `plan` up (its key `input`). `note` receives what to tell the user.
     pub fn fetch(
         &self,
         store: &Store,
         plan: &LayerPlan,
+        input: &Digest,
         epoch: u64,
         note: &dyn Fn(&str),
     ) -> Lookup {
         if self.off() {
             return Lookup::Off;
         }
-        let entry = self.entry(&plan.input_digest);
+        let entry = self.entry(input);
         match self.registry.has_manifest(&entry) {
             Ok(true) => {}
             Ok(false) => {
@@ -212,7 +213,7 @@ impl RemoteCache {
                 return Lookup::Off;
             }
         }
-        match self.take(store, plan, &entry, epoch) {
+        match self.take(store, plan, input, &entry, epoch) {
             Ok(record) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Lookup::Hit(record)
@@ -234,6 +235,7 @@ impl RemoteCache {
         &self,
         store: &Store,
         plan: &LayerPlan,
+        input: &Digest,
         entry: &Reference,
         epoch: u64,
     ) -> std::result::Result<LayerRecord, String> {
@@ -255,7 +257,7 @@ impl RemoteCache {
             .map_err(|e| format!("its record is not readable: {e}"))?;
         let layer = &manifest.layers[0];
         let r = record.layer;
-        if record.input != plan.input_digest
+        if record.input != *input
             || r.digest != layer.digest
             || r.size != layer.size
             || r.media_type != layer.media_type
@@ -271,7 +273,7 @@ impl RemoteCache {
                 .iter()
                 .any(|k| crate::sign::cosign::verify_bytes(&k.key, &config, sig))
             {
-                store.remember_layer(&plan.input_digest, &r).map_err(show)?;
+                store.remember_layer(input, &r).map_err(show)?;
                 self.signed.fetch_add(1, Ordering::Relaxed);
                 return Ok(r);
             }
@@ -320,7 +322,7 @@ impl RemoteCache {
                 r.diff_id
             ));
         }
-        store.remember_layer(&plan.input_digest, &r).map_err(show)?;
+        store.remember_layer(input, &r).map_err(show)?;
         Ok(r)
     }
 

@@ -242,6 +242,7 @@ pub fn build(
         path,
         resolve::Options {
             locked: settings.locked,
+            late: settings.cache.is_none(),
         },
     )?;
     // A VM bundle is made from the layers read back out of the store: no
@@ -376,35 +377,58 @@ fn build_plan(
         }
         per_platform.push(plans);
     }
-    materials.sort();
-    materials.dedup();
+    // Each plan built once: by (platform, layer), the first plan with its
+    // key. A plan with files left unhashed has no key yet, and is its own.
+    let mut unique: Vec<(usize, usize)> = Vec::new();
+    let mut slots: Vec<Vec<usize>> = Vec::new();
+    for (p, plans) in per_platform.iter().enumerate() {
+        let mut row = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let same = plan.input_digest.as_ref().and_then(|key| {
+                unique
+                    .iter()
+                    .position(|&(q, j)| per_platform[q][j].input_digest.as_ref() == Some(key))
+            });
+            row.push(same.unwrap_or_else(|| {
+                unique.push((p, i));
+                unique.len() - 1
+            }));
+        }
+        slots.push(row);
+    }
     // Borrowed, not cloned: a big layer's plan holds every entry.
-    let mut unique: Vec<&LayerPlan> = Vec::new();
-    for plan in per_platform.iter().flatten() {
-        if !unique.iter().any(|u| u.input_digest == plan.input_digest) {
-            unique.push(plan);
+    let plans: Vec<&LayerPlan> = unique.iter().map(|&(p, i)| &per_platform[p][i]).collect();
+    let mut built = build_layers(store, &plans, recipe, settings, reporter, epoch)?;
+    for (&(p, i), (record, _, _, hashed)) in unique.iter().zip(&mut built) {
+        if !hashed.is_empty() {
+            let plan = &mut per_platform[p][i];
+            let found = std::mem::take(hashed);
+            plan.hashed(&found, recipe.compression, epoch);
+            unhashed_done(store, plan, &found, record, &mut materials)?;
         }
     }
-    let built = build_layers(store, &unique, recipe, settings, reporter, epoch)?;
-    let built_for = |plan: &LayerPlan| {
-        let i = unique
-            .iter()
-            .position(|u| u.input_digest == plan.input_digest)
-            .expect("every plan was built");
-        built[i].clone()
+    materials.sort();
+    materials.dedup();
+    let built_for = |p: usize, i: usize| {
+        let (record, source, chunks, _) = &built[slots[p][i]];
+        (record.clone(), *source, *chunks)
     };
 
     let mut images = Vec::new();
     let mut manifests = Vec::new();
-    for ((platform, (base, mut reports)), plans) in
-        recipe.platforms.iter().zip(bases).zip(&per_platform)
+    for (p, ((platform, (base, mut reports)), plans)) in recipe
+        .platforms
+        .iter()
+        .zip(bases)
+        .zip(&per_platform)
+        .enumerate()
     {
         let mut img = base;
         img.platform = platform.clone();
         img.apply_config(&recipe.config);
         img.set_created(&created);
-        for plan in plans {
-            let (record, source, chunks) = built_for(plan);
+        for (i, plan) in plans.iter().enumerate() {
+            let (record, source, chunks) = built_for(p, i);
             let mut r = report(&record, plan.name.clone(), source != Source::Built, false);
             r.source = source;
             r.chunks = chunks;
@@ -438,6 +462,41 @@ fn build_plan(
         manifests,
         cache: None,
     })
+}
+
+/// After a layer whose plan left files unhashed is built, and the plan has
+/// taken their digests ([`LayerPlan::hashed`]): the layer is remembered
+/// under the key it now has, the files' digests in the stat cache (so the
+/// next build reads none of them) and in the materials.
+fn unhashed_done(
+    store: &Store,
+    plan: &LayerPlan,
+    hashed: &[crate::plan::Hashed],
+    record: &LayerRecord,
+    materials: &mut Vec<Material>,
+) -> Result<()> {
+    let key = plan.input_digest.as_ref().ok_or_else(|| {
+        Error::internal(
+            "key a layer",
+            std::io::Error::other("a file of the layer was neither hashed nor copied"),
+        )
+    })?;
+    store.remember_layer(key, record)?;
+    let stamps = crate::store::stat_cache::StatCache::of_store(store);
+    for h in hashed {
+        stamps.put_stamp(&h.stamp, &h.digest);
+        if let crate::plan::EntryKind::File {
+            content: crate::plan::Content::Host(path, _),
+            digest,
+            ..
+        } = &plan.entries[h.entry].kind
+        {
+            materials.push(resolve::host_material(path, digest));
+        }
+    }
+    // Only a cache: a save that fails means the files are read again.
+    let _ = stamps.save();
+    Ok(())
 }
 
 /// A base layer's refusal as an error at the recipe's `base`, naming the base.
@@ -474,6 +533,15 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
     }
 }
 
+/// A layer taken or built: its record, where it came from, its chunks,
+/// and the digests of the files its plan left unhashed.
+type Built1 = (
+    LayerRecord,
+    Source,
+    Option<crate::layer::Chunks>,
+    Vec<crate::plan::Hashed>,
+);
+
 /// Takes every layer from the cache or builds it, several at once; returns
 /// (record, cached) per plan. A cached layer's blob is re-hashed first: a
 /// damaged one is removed (the store says so) and the layer rebuilt.
@@ -484,7 +552,7 @@ fn build_layers(
     settings: &Settings,
     reporter: &dyn Reporter,
     epoch: u64,
-) -> Result<Vec<(LayerRecord, Source, Option<crate::layer::Chunks>)>> {
+) -> Result<Vec<Built1>> {
     let jobs = match settings.jobs {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -494,27 +562,31 @@ fn build_layers(
     let done = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
     let note = |message: &str| reporter.event(Event::CacheNote { message });
-    let one = |plan: &LayerPlan| -> Result<(LayerRecord, Source, Option<crate::layer::Chunks>)> {
-        if let Some(r) = store.cached_layer(&plan.input_digest)? {
+    let one = |plan: &LayerPlan| -> Result<Built1> {
+        let cached = match &plan.input_digest {
+            Some(input) => store.cached_layer(input)?,
+            None => None,
+        };
+        if let (Some(r), Some(input)) = (cached, &plan.input_digest) {
             reporter.event(Event::LayerCached {
                 name: plan.name.as_deref(),
                 digest: &r.digest,
             });
             if let Some(remote) = &settings.remote {
-                remote.share(store, &plan.input_digest, &r, &note);
+                remote.share(store, input, &r, &note);
             }
-            return Ok((r, Source::LocalCache, None));
+            return Ok((r, Source::LocalCache, None, Vec::new()));
         }
         let mut publish = false;
-        if let Some(remote) = &settings.remote {
-            match remote.fetch(store, plan, epoch, &note) {
+        if let (Some(remote), Some(input)) = (&settings.remote, &plan.input_digest) {
+            match remote.fetch(store, plan, input, epoch, &note) {
                 cache::Lookup::Hit(r) => {
                     reporter.event(Event::LayerFetched {
                         name: plan.name.as_deref(),
                         digest: &r.digest,
                         size: r.size,
                     });
-                    return Ok((r, Source::RemoteCache, None));
+                    return Ok((r, Source::RemoteCache, None, Vec::new()));
                 }
                 cache::Lookup::Miss => publish = true,
                 cache::Lookup::Off => {}
@@ -528,7 +600,7 @@ fn build_layers(
         });
         let layer = plan.name.as_deref().unwrap_or("(unnamed)");
         let meter = (settings.registry.progress).start(Kind::Layer, layer, Some(bytes));
-        let (r, chunks) = crate::layer::build_metered(
+        let (r, chunks, hashed) = crate::layer::build_metered(
             store,
             &plan.entries,
             recipe.compression,
@@ -537,16 +609,20 @@ fn build_layers(
             &meter,
         )?;
         meter.finish();
-        store.remember_layer(&plan.input_digest, &r)?;
+        // A plan without a key yet is remembered once it has one
+        // ([`unhashed_done`]).
+        if let Some(input) = &plan.input_digest {
+            store.remember_layer(input, &r)?;
+        }
         reporter.event(Event::LayerBuilt {
             name: plan.name.as_deref(),
             digest: &r.digest,
             size: r.size,
         });
-        if let (true, Some(remote)) = (publish, &settings.remote) {
-            remote.publish(store, &plan.input_digest, &r, &note);
+        if let (true, Some(remote), Some(input)) = (publish, &settings.remote, &plan.input_digest) {
+            remote.publish(store, input, &r, &note);
         }
-        Ok((r, Source::Built, chunks))
+        Ok((r, Source::Built, chunks, hashed))
     };
     std::thread::scope(|s| {
         for _ in 0..jobs {

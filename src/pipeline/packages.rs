@@ -221,7 +221,11 @@ pub(super) fn claim_unless_cached(
     plan: &crate::plan::LayerPlan,
     pinned: &[Package],
 ) -> Result<()> {
-    if pinned.is_empty() || store.cached_layer(&plan.input_digest)?.is_some() {
+    let cached = match &plan.input_digest {
+        Some(input) => store.cached_layer(input)?.is_some(),
+        None => false,
+    };
+    if pinned.is_empty() || cached {
         return Ok(());
     }
     claim(store, pinned)

@@ -339,7 +339,14 @@ pub fn reproduce(
         ));
     }
     // What the working tree's build would name, as the provenance names it.
-    let plan = crate::resolve::resolve(store, &recipe, crate::resolve::Options { locked: false })?;
+    let plan = crate::resolve::resolve(
+        store,
+        &recipe,
+        crate::resolve::Options {
+            locked: false,
+            late: false,
+        },
+    )?;
     let root = crate::attest::provenance::root(&plan.recipe.dir);
     let local: std::collections::BTreeMap<String, String> = plan
         .materials

@@ -40,6 +40,11 @@ pub struct Material {
 pub struct Options {
     /// Fail unless every recipe's lockfile exists and pins exactly what it names by tag.
     pub locked: bool,
+    /// Leave the files of trees no planning has walked before unhashed,
+    /// for the layer writer to hash as it copies them (in a recipe for one
+    /// platform; see [`local::plan_local`]). Not for a build that asks a
+    /// shared cache first, which needs every key before building.
+    pub late: bool,
 }
 
 /// A recipe with every input pinned.
@@ -133,6 +138,17 @@ pub struct Package {
     pub repository: String,
 }
 
+/// The material a host file is: `file:PATH` and its digest.
+pub fn host_material(path: &Path, digest: &Digest) -> Material {
+    Material {
+        uri: match path.to_str() {
+            Some(p) => ["file:", p].concat(),
+            None => format!("file:{}", path.display()),
+        },
+        digest: digest.clone(),
+    }
+}
+
 /// Resolves the recipe at `path` and, first, its base recipes (cycles
 /// refused). Host files are hashed through the store's stat cache, so
 /// unchanged files are not read again.
@@ -202,15 +218,10 @@ fn resolve_loaded(
     for platform in &recipe.platforms {
         let mut per_layer = Vec::new();
         for (layer_no, section) in recipe.layers.iter().enumerate() {
-            let local = local::plan_local(&recipe, section, hashes, platform)?;
+            let late = options.late && recipe.platforms.len() == 1;
+            let local = local::plan_local(&recipe, section, hashes, platform, late)?;
             for (path, digest) in local.host_files() {
-                materials.push(Material {
-                    uri: match path.to_str() {
-                        Some(p) => ["file:", p].concat(),
-                        None => format!("file:{}", path.display()),
-                    },
-                    digest: digest.clone(),
-                });
+                materials.push(host_material(path, digest));
             }
             let (packages, satisfied) =
                 pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;

@@ -48,16 +48,30 @@ pub struct LocalLayer {
 
 /// Plans the entries `section` names for `platform`, reading and hashing
 /// host files (through `hashes`, so unchanged files are not read again).
+///
+/// With `late`, the files of a tree none of whose files the stat cache
+/// knows, and whose shape (its paths and their kinds, see `walk.rs`) no
+/// planning with this store has seen, are not read: the layer writer
+/// hashes each as it copies it ([`Content::Unhashed`]), so a first build
+/// reads every file once, not twice. Their layer's key is known only
+/// then, which is no loss: no layer in the store can have been built
+/// from those paths. A tree of a shape seen before (a fresh or moved
+/// checkout, an edit of its files) is hashed first, since its layer may
+/// be in the cache, or its rebuild take up the unchanged part and find
+/// every unchanged chunk; so is a tree of which the stat cache knows some
+/// files.
 pub fn plan_local(
     recipe: &Recipe,
     section: &LayerSection,
     hashes: &StatCache,
     platform: &Platform,
+    late: bool,
 ) -> Result<LocalLayer> {
     let mut b = LayerBuilder {
         recipe,
         platform,
         hashes,
+        late,
         entries: BTreeMap::new(),
         links: HashMap::new(),
         implied: Vec::new(),
@@ -202,6 +216,8 @@ struct LayerBuilder<'a> {
     recipe: &'a Recipe,
     platform: &'a Platform,
     hashes: &'a StatCache,
+    /// Whether files of trees walked for the first time are left unhashed.
+    late: bool,
     /// Explicit entries by path, with the span of the recipe item that made each.
     entries: Entries,
     /// Host files with several links, by (dev, ino, mode, uid, gid) → paths
@@ -457,7 +473,10 @@ impl LayerBuilder<'_> {
         let mut symlinks = BTreeMap::new();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let skip = |rel: &str| is_excluded(&exclude, rel);
-        let (items, failures) = walk::walk(&root, &skip, self.hashes, threads);
+        let hashes = self.hashes;
+        let first = |shape: &Digest| hashes.first_shape(shape);
+        let late: Option<&(dyn Fn(&Digest) -> bool + Sync)> = self.late.then_some(&first);
+        let (items, failures) = walk::walk(&root, &skip, self.hashes, threads, late);
         if let Some((_, failure)) = failures.into_iter().next() {
             return Err(match failure {
                 walk::Failure::NotUtf8(at) => self
@@ -564,6 +583,22 @@ impl LayerBuilder<'_> {
                     Some(uid),
                     Some(gid),
                 )?;
+                return Ok((entry, Some(meta), None));
+            }
+            walk::Found::Unhashed => {
+                let executable = meta.mode & 0o111 != 0;
+                let entry = Entry {
+                    path,
+                    kind: EntryKind::File {
+                        content: Content::Unhashed(host),
+                        size: meta.len,
+                        // Not known yet: see `Content::Unhashed`.
+                        digest: Digest::of(b""),
+                    },
+                    mode: mode_or(t.mode, if executable { 0o755 } else { 0o644 }),
+                    uid,
+                    gid,
+                };
                 return Ok((entry, Some(meta), None));
             }
             walk::Found::Other => {

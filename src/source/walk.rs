@@ -37,6 +37,9 @@ pub enum Found {
     /// A regular file: its digest and the size read (which the caller
     /// checks against the metadata's).
     File(io::Result<(Digest, u64)>),
+    /// A regular file the stat cache does not know, left unread (a walk
+    /// that hashes late, see [`walk`]).
+    Unhashed,
     /// A symbolic link and its target.
     Symlink(io::Result<PathBuf>),
     /// A device, socket or fifo.
@@ -100,11 +103,17 @@ pub enum Failure {
 /// leaving out every relative path `skip` says to (and what is under it),
 /// hashing regular files through `hashes`. Items come back sorted by
 /// their relative path's bytes; failures (sorted too) stop nothing else.
+///
+/// With `late`, nothing is hashed until the whole tree is listed. Then, if
+/// the stat cache knew none of its files, `late` is asked about the tree's
+/// shape ([`shape`]); if it says so, the files are left unread
+/// ([`Found::Unhashed`]).
 pub fn walk(
     root: &Path,
     skip: &(dyn Fn(&str) -> bool + Sync),
     hashes: &StatCache,
     threads: usize,
+    late: Option<&(dyn Fn(&Digest) -> bool + Sync)>,
 ) -> (Vec<Item>, Vec<(String, Failure)>) {
     let shared = Shared {
         state: Mutex::new(State {
@@ -114,14 +123,15 @@ pub fn walk(
             busy: 0,
             items: Vec::new(),
             failures: Vec::new(),
+            listing: late.is_some(),
         }),
         wake: Condvar::new(),
     };
     std::thread::scope(|s| {
         for _ in 1..threads.max(1) {
-            s.spawn(|| shared.work(skip, hashes));
+            s.spawn(|| shared.work(skip, hashes, late));
         }
-        shared.work(skip, hashes);
+        shared.work(skip, hashes, late);
     });
     let state = shared.state.into_inner().expect("no panics hold this lock");
     let (mut items, mut failures) = (state.items, state.failures);
@@ -150,6 +160,9 @@ struct State {
     busy: usize,
     items: Vec<Item>,
     failures: Vec<(String, Failure)>,
+    /// Listing only: files wait until the whole tree is listed (a walk
+    /// that may hash late).
+    listing: bool,
 }
 
 /// The other links of a file with several.
@@ -162,6 +175,40 @@ enum Links {
 }
 
 impl State {
+    /// Once the tree is listed: whether to leave its files unread, which
+    /// only a tree none of whose files the stat cache knew may be.
+    fn late(&self, decide: &(dyn Fn(&Digest) -> bool + Sync)) -> bool {
+        let known = self
+            .items
+            .iter()
+            .any(|i| matches!(i.found, Ok((_, Found::File(_)))));
+        if known || self.files.is_empty() {
+            return false;
+        }
+        let waiting = self.links.values().flat_map(|l| match l {
+            Links::Waiting(others) => others.as_slice(),
+            Links::Hashed(_) => &[],
+        });
+        let files = self.files.iter().map(|b| &b.0).chain(waiting);
+        decide(&shape(&self.items, files))
+    }
+
+    /// Leaves every file waiting to be hashed unread.
+    fn leave_unread(&mut self) {
+        let heap = std::mem::take(&mut self.files).into_iter().map(|b| b.0);
+        let waiting = std::mem::take(&mut self.links)
+            .into_values()
+            .flat_map(|l| match l {
+                Links::Waiting(others) => others,
+                Links::Hashed(_) => Vec::new(),
+            });
+        let unread: Vec<Item> = heap
+            .chain(waiting)
+            .map(|f| f.item(Found::Unhashed))
+            .collect();
+        self.items.extend(unread);
+    }
+
     /// Takes in the files a directory listed: queued to be hashed, or,
     /// for another link of a file already queued, set beside it.
     fn add_files(&mut self, files: Vec<Pending>) {
@@ -272,12 +319,30 @@ enum Job {
 }
 
 impl Shared {
-    fn work(&self, skip: &(dyn Fn(&str) -> bool + Sync), hashes: &StatCache) {
+    fn work(
+        &self,
+        skip: &(dyn Fn(&str) -> bool + Sync),
+        hashes: &StatCache,
+        late: Option<&(dyn Fn(&Digest) -> bool + Sync)>,
+    ) {
         let mut state = self.state.lock().expect("no panics hold this lock");
         loop {
             // Directories first: they make work for every thread.
             let job = match state.dirs.pop() {
                 Some((dir, rel)) => Job::Dir(dir, rel),
+                // The tree is listed: hash now, or leave the files unread.
+                None if state.listing && state.busy == 0 => {
+                    state.listing = false;
+                    if late.is_some_and(|decide| state.late(decide)) {
+                        state.leave_unread();
+                    }
+                    self.wake.notify_all();
+                    continue;
+                }
+                None if state.listing => {
+                    state = self.wake.wait(state).expect("no panics hold this lock");
+                    continue;
+                }
                 None => match state.files.pop() {
                     Some(Biggest(file)) => Job::File(file),
                     None if state.busy == 0 => {
@@ -390,6 +455,38 @@ fn read_one(
     (items, dirs, files, failures)
 }
 
+/// A tree's shape: every entry's relative path and kind, nothing else.
+/// What a fresh or moved checkout of the same files has in common with the
+/// last one, and what an edit of the files keeps: those are hashed first,
+/// for their layer may be cached, or its rebuild take up the unchanged
+/// part. Only a tree with a new path (a new tree, a file added or removed)
+/// has a new shape.
+fn shape<'a>(items: &[Item], files: impl Iterator<Item = &'a Pending>) -> Digest {
+    let mut lines: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| {
+            let what = match &i.found {
+                Ok((_, Found::Dir)) => "d",
+                Ok((_, Found::Symlink(_))) => "l",
+                Ok((_, Found::File(_) | Found::Unhashed)) => "f",
+                Ok((_, Found::Other)) => "o",
+                Err(_) => "?",
+            };
+            (i.rel.as_str(), what)
+        })
+        .chain(files.map(|f| (f.rel.as_str(), "f")))
+        .collect();
+    lines.sort_unstable();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for (rel, what) in lines {
+        for field in [rel.as_bytes(), what.as_bytes()] {
+            sha2::Digest::update(&mut h, (field.len() as u64).to_le_bytes());
+            sha2::Digest::update(&mut h, field);
+        }
+    }
+    Digest::from_hasher(h)
+}
+
 /// What an entry other than a regular file is.
 fn examine(ft: FileType, path: &Path) -> Found {
     if ft.is_dir() {
@@ -482,7 +579,7 @@ mod tests {
         let mut first = None;
         for threads in [1, 2, 7] {
             let hashes = StatCache::of_store(&store);
-            let (items, failures) = walk(&root, &skip, &hashes, threads);
+            let (items, failures) = walk(&root, &skip, &hashes, threads, None);
             assert!(failures.is_empty(), "{threads} threads: {failures:?}");
             let found = summary(&items);
             let rels: Vec<&str> = found.iter().map(|(rel, _)| rel.as_str()).collect();
@@ -549,7 +646,7 @@ mod tests {
             false
         };
         let hashes = StatCache::of_store(&store);
-        let (items, failures) = walk(&root, &skip, &hashes, 2);
+        let (items, failures) = walk(&root, &skip, &hashes, 2, None);
         assert!(failures.is_empty(), "{failures:?}");
         let gone = asked.lock().unwrap()[0].clone();
         let rels: Vec<&str> = items.iter().map(|i| i.rel.as_str()).collect();
@@ -596,7 +693,7 @@ mod tests {
             // cache cannot answer for any of them.
             let hashes = StatCache::of_store(&store);
             let before = read_here();
-            let (items, failures) = walk(&root, &skip, &hashes, threads);
+            let (items, failures) = walk(&root, &skip, &hashes, threads, None);
             let read = read_here() - before;
             assert!(failures.is_empty(), "{failures:?}");
             let found = summary(&items);

@@ -78,6 +78,7 @@ const TMP: &str = "tmp";
 const LOCKS: &str = "locks";
 const GC_LOCK: &str = "gc.lock";
 const STAT_CACHE: &str = "stat-cache";
+const TREES: &str = "trees";
 const BLOB_STAMPS: &str = "blob-stamps";
 /// The prefix of `debs/` entries (`v2-<hex>.json`) and the suffix of `dirs/`
 /// ones (`<hex>.v2.json`): bumped when what they record changes (`v2`: the
@@ -328,6 +329,12 @@ impl Store {
     fn resume_path(&self, blob: &Digest) -> PathBuf {
         self.chunks_dir()
             .join(format!("{}{RESUME_SUFFIX}", blob.hex()))
+    }
+
+    /// `trees/`: a mark for the shape of each host tree planning has
+    /// walked (see [`stat_cache::StatCache::first_shape`]).
+    fn trees_dir(&self) -> PathBuf {
+        self.root.join(TREES)
     }
 
     /// `stat-cache`: digests of host input files (see [`stat_cache`]).

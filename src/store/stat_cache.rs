@@ -39,7 +39,7 @@ impl Stamp {
 /// What the cache needs of a file's metadata to record it
 /// ([`StatCache::put_stamp`]): a third of the size of a whole `Metadata`,
 /// for callers that hold many files' stamps until they have hashed them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     id: (u64, u64),
     size: u64,
@@ -56,6 +56,11 @@ impl FileStamp {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
         }
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     fn stamp(&self, with_ctime: bool) -> Stamp {
@@ -81,6 +86,9 @@ pub struct StatCache {
     tmp_prefix: String,
     /// Whether the change time is part of a stamp (see [`StatCache::for_blobs`]).
     with_ctime: bool,
+    /// Where planning marks the shapes of the trees it has walked
+    /// ([`StatCache::first_shape`]).
+    trees: Option<PathBuf>,
 }
 
 impl StatCache {
@@ -99,6 +107,7 @@ impl StatCache {
             entries: RwLock::new((map, false)),
             tmp_prefix: ".tmp".into(),
             with_ctime: true,
+            trees: None,
         }
     }
 
@@ -120,8 +129,25 @@ impl StatCache {
     pub fn of_store(store: &super::Store) -> StatCache {
         StatCache {
             tmp_prefix: store.temp_prefix(),
+            trees: Some(store.trees_dir()),
             ..StatCache::load(store.stat_cache_path())
         }
+    }
+
+    /// Whether no planning with this store has walked a host tree of this
+    /// shape before (see `source::walk`); marks it walked. A store that
+    /// cannot say (no mark could be made) answers no.
+    pub fn first_shape(&self, shape: &Digest) -> bool {
+        let Some(dir) = &self.trees else {
+            return false;
+        };
+        let mark = dir.join(shape.hex());
+        let _ = fs::create_dir_all(dir);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(mark)
+            .is_ok()
     }
 
     /// The digest of the file `meta` describes, if it is known and unchanged.

@@ -368,3 +368,93 @@ fn a_late_change_takes_up_the_earlier_chunks_and_gzip_reads_the_layer_back() {
     );
     skopeo_copy(&w.path().join("o2"), &w.path().join("copied"));
 }
+
+/// A first build of a tree no planning has seen reads each file once: the
+/// layer writer hashes it as it copies it (`Content::Unhashed`). strace
+/// counts the opens of one file. A build that asks a shared cache first
+/// hashes while planning, as every build did before, and is the oracle:
+/// the same image, the same provenance (every file named by its digest),
+/// and the layer cache then knows the layer under the same key.
+#[test]
+fn a_first_build_reads_each_file_once_and_matches_a_build_that_hashes_first() {
+    crate::support::apt::need("strace");
+    let w = Work::new();
+    write_tree(&w.path().join("tree"));
+    w.write(
+        "recipe.toml",
+        "name = \"once\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
+    );
+    // A port nothing listens on: the shared cache is unreachable.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = format!("127.0.0.1:{port}/kiln/cache");
+    // The stat cache trusts no file changed in the last two seconds.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let traced = |store: &str, out: &str, extra: &[&str]| -> (Value, usize, usize) {
+        let log = w.path().join(format!("{store}.strace"));
+        let o = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=openat,open", "-o"])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "build",
+                "recipe.toml",
+                "--json",
+                "--provenance",
+                "--out",
+                out,
+            ])
+            .args(extra)
+            .current_dir(w.path())
+            .env("KILN_CACHE", w.path().join(store))
+            .env("KILN_NO_PROGRESS", "1")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert_success(&o, &format!("strace kiln build (store {store})"));
+        let log = std::fs::read_to_string(&log).unwrap();
+        let opens = |name: &str| log.lines().filter(|l| l.contains(name)).count();
+        (
+            serde_json::from_slice(&o.stdout).unwrap(),
+            opens("tree/d3/f150.txt\""),
+            opens("tree/big.bin\""),
+        )
+    };
+    let (first, small, big) = traced("late", "o1", &[]);
+    assert_eq!((small, big), (1, 1), "a first build opens each file once");
+    let (early, small, big) = traced("early", "o2", &["--cache", &cache]);
+    assert_eq!(
+        (small, big),
+        (2, 2),
+        "planning hashes first when a shared cache is asked"
+    );
+    assert_eq!(digest(&first), digest(&early));
+    let blob = |out: &str, doc: &Value| std::fs::read(layer_in(&w.path().join(out), doc)).unwrap();
+    assert_eq!(blob("o1", &first), blob("o2", &early));
+    let deps = |out: &str| {
+        // The provenance sits beside the output.
+        let path = w.path().join(format!("{out}.provenance.json"));
+        let p: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        p["predicate"]["buildDefinition"]["resolvedDependencies"].clone()
+    };
+    let late_deps = deps("o1");
+    assert_eq!(
+        late_deps,
+        deps("o2"),
+        "the provenance names the same inputs"
+    );
+    assert!(
+        late_deps.to_string().contains("tree/big.bin"),
+        "every host file is a material: {late_deps:#}"
+    );
+
+    // The next build is a layer cache hit, reading no file: the layer
+    // writer recorded what it hashed in the stat cache.
+    let (again, small, big) = traced("late", "o3", &[]);
+    assert_eq!(again["layers"][0]["source"], "local-cache", "{again:#}");
+    assert_eq!((small, big), (0, 0), "a no-op build reads nothing");
+    assert_eq!(digest(&again), digest(&first));
+}
