@@ -223,6 +223,9 @@ impl Store {
             }
         }
         report.records_removed = self.drop_orphan_caches()?;
+        if let Some(age) = options.older_than {
+            self.drop_old_tree_marks(now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH));
+        }
         if report.removed > 0 {
             // Forget the stamps of removed blobs (their inodes may be reused).
             let gone = blobs
@@ -234,6 +237,25 @@ impl Store {
             self.forget_stamps(&gone)?;
         }
         Ok(report)
+    }
+
+    /// Removes the marks of tree shapes no planning saw since `cutoff`
+    /// ([`super::stat_cache::StatCache::first_shape`]): such a tree is at
+    /// worst hashed as its layer is written, not before.
+    fn drop_old_tree_marks(&self, cutoff: SystemTime) {
+        let marks = fs::read_dir(self.trees_dir())
+            .into_iter()
+            .flatten()
+            .flatten();
+        for mark in marks {
+            let old = mark
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if old {
+                let _ = fs::remove_file(mark.path());
+            }
+        }
     }
 
     /// Removes layer records, derived-blob records, directory and package
@@ -384,6 +406,36 @@ mod tests {
         assert_eq!(parse_size("500MiB"), Ok(500 << 20));
         assert_eq!(parse_size("123"), Ok(123));
         assert!(parse_size("5X").is_err());
+    }
+
+    /// A tree shape is new once; prune forgets the marks not seen within
+    /// its age, and only those.
+    #[test]
+    fn tree_marks_are_new_once_and_prune_drops_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hashes = super::super::stat_cache::StatCache::of_store(&store);
+        let (old, recent) = (Digest::of(b"old"), Digest::of(b"recent"));
+        assert!(hashes.first_shape(&old));
+        assert!(!hashes.first_shape(&old), "seen once already");
+        assert!(hashes.first_shape(&recent));
+        let month = SystemTime::now() - Duration::from_secs(40 * 86_400);
+        let mark = store.trees_dir().join(old.hex());
+        fs::File::options()
+            .write(true)
+            .open(&mark)
+            .unwrap()
+            .set_modified(month)
+            .unwrap();
+        store
+            .prune(&PruneOptions {
+                older_than: Some(Duration::from_secs(30 * 86_400)),
+                max_size: None,
+            })
+            .unwrap();
+        assert!(!mark.exists(), "a mark not seen for 40 days is dropped");
+        assert!(!hashes.first_shape(&recent), "a recent mark stays");
+        assert!(hashes.first_shape(&old), "a dropped mark is new again");
     }
 
     #[test]

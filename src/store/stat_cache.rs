@@ -135,19 +135,29 @@ impl StatCache {
     }
 
     /// Whether no planning with this store has walked a host tree of this
-    /// shape before (see `source::walk`); marks it walked. A store that
-    /// cannot say (no mark could be made) answers no.
+    /// shape before (see `source::walk`); marks it walked (a mark's mtime
+    /// is when it was last seen: `kiln store prune --older-than` removes
+    /// old ones). A store that cannot say (no mark could be made) answers
+    /// no.
     pub fn first_shape(&self, shape: &Digest) -> bool {
         let Some(dir) = &self.trees else {
             return false;
         };
         let mark = dir.join(shape.hex());
         let _ = fs::create_dir_all(dir);
-        fs::OpenOptions::new()
+        match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(mark)
-            .is_ok()
+            .open(&mark)
+        {
+            Ok(_) => true,
+            Err(_) => {
+                if let Ok(file) = fs::OpenOptions::new().write(true).open(&mark) {
+                    let _ = file.set_modified(SystemTime::now());
+                }
+                false
+            }
+        }
     }
 
     /// The digest of the file `meta` describes, if it is known and unchanged.
