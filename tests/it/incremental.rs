@@ -384,13 +384,7 @@ fn a_first_build_reads_each_file_once_and_matches_a_build_that_hashes_first() {
         "recipe.toml",
         "name = \"once\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/data\" }]\n",
     );
-    // A port nothing listens on: the shared cache is unreachable.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cache = format!("127.0.0.1:{port}/kiln/cache");
+    let cache = unreachable_cache();
     // The stat cache trusts no file changed in the last two seconds.
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let traced = |store: &str, out: &str, extra: &[&str]| -> (Value, usize, usize) {

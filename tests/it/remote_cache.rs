@@ -281,13 +281,7 @@ name = "hello"
 contents = [ { dest = "/hello", text = "hi\n" } ]
 "#,
     );
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cache = format!("127.0.0.1:{port}/kiln/cache");
+    let cache = unreachable_cache();
     let plain = w.build("recipe.toml", "plain");
     let mut c: Command = kiln(&w);
     c.env("KILN_CACHE", w.path().join("other-store"))

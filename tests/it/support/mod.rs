@@ -339,3 +339,13 @@ impl Canary {
         out
     }
 }
+
+/// A shared layer cache (`--cache`) at a loopback port nothing listens on.
+pub fn unreachable_cache() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}/kiln/cache")
+}
