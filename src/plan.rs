@@ -141,6 +141,9 @@ pub struct Hashed {
     /// How the file looked, the same before and after it was read: for the
     /// stat cache.
     pub stamp: crate::store::stat_cache::FileStamp,
+    /// When it was read (from just before): the stat cache trusts no
+    /// stamp younger than two seconds then.
+    pub read: std::time::SystemTime,
 }
 
 /// The mode and owner of a directory in a lower layer.
@@ -205,6 +208,10 @@ pub struct LayerPlan {
     /// The layer cache key; `None` while some file is
     /// [`Content::Unhashed`].
     pub input_digest: Option<Digest>,
+    /// Host files made tar hard links to an entry (by its path) that
+    /// planning left unhashed or that were themselves: their provenance
+    /// waits for the entry's digest.
+    pub late_links: Vec<(String, PathBuf)>,
 }
 
 impl LayerPlan {
@@ -215,13 +222,25 @@ impl LayerPlan {
         compression: Compression,
         mtime: u64,
     ) -> Self {
-        let unhashed = entries.iter().any(Entry::unhashed);
-        let input_digest = (!unhashed).then(|| input_digest(&entries, compression, mtime));
+        let input_digest = input_digest(&entries, &[], compression, mtime);
         Self {
             name,
             entries,
             input_digest,
+            late_links: Vec::new(),
         }
+    }
+
+    /// The key the plan has once it takes the digests `found`
+    /// ([`Self::hashed`]), without changing it; `None` if some file is
+    /// still unhashed.
+    pub fn key_with(
+        &self,
+        found: &[Hashed],
+        compression: Compression,
+        mtime: u64,
+    ) -> Option<Digest> {
+        input_digest(&self.entries, found, compression, mtime)
     }
 
     /// Takes the digests the layer writer found for the plan's unhashed
@@ -244,8 +263,7 @@ impl LayerPlan {
                 *digest = h.digest.clone();
             }
         }
-        let unhashed = self.entries.iter().any(Entry::unhashed);
-        self.input_digest = (!unhashed).then(|| input_digest(&self.entries, compression, mtime));
+        self.input_digest = input_digest(&self.entries, &[], compression, mtime);
     }
 
     /// How many regular files the layer holds and their total size.
@@ -260,16 +278,35 @@ impl LayerPlan {
     }
 }
 
-fn input_digest(entries: &[Entry], compression: Compression, mtime: u64) -> Digest {
+/// The key of `entries`, whose unhashed files take their digests from
+/// `found` (in entry order); `None` if one has none there.
+fn input_digest(
+    entries: &[Entry],
+    found: &[Hashed],
+    compression: Compression,
+    mtime: u64,
+) -> Option<Digest> {
+    let mut found = found.iter().peekable();
     let mut h = Sha256::new();
     h.update(format!("kiln-layer\0{FORMAT_VERSION}\0{compression:?}\0{mtime}\n").as_bytes());
     // Two buffers reused for every entry, numbers written by hand: a big
     // layer has tens of thousands of entries.
     let (mut meta, mut extra) = (Vec::new(), Vec::new());
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
         extra.clear();
         let kind = match &e.kind {
             EntryKind::Dir => "dir",
+            EntryKind::File {
+                content: Content::Unhashed(_),
+                size,
+                ..
+            } => {
+                let digest = &found.next_if(|f| f.entry == i)?.digest;
+                push_radix(&mut extra, *size, 10);
+                extra.extend_from_slice(b"\0sha256:");
+                extra.extend_from_slice(digest.hex().as_bytes());
+                "file"
+            }
             EntryKind::File { size, digest, .. } => {
                 push_radix(&mut extra, *size, 10);
                 extra.extend_from_slice(b"\0sha256:");
@@ -297,7 +334,7 @@ fn input_digest(entries: &[Entry], compression: Compression, mtime: u64) -> Dige
             h.update(field);
         }
     }
-    Digest::from_hasher(h)
+    Some(Digest::from_hasher(h))
 }
 
 /// Appends `n` in base `radix` (8 or 10), as `format!` would.
@@ -383,8 +420,8 @@ mod tests {
         ];
         for (c, mtime) in [(Compression::Gzip, 0), (Compression::Zstd, 1_700_000_000)] {
             assert_eq!(
-                input_digest(&entries, c, mtime),
-                formatted(&entries, c, mtime)
+                input_digest(&entries, &[], c, mtime),
+                Some(formatted(&entries, c, mtime))
             );
         }
         for n in [0u64, 1, 7, 8, 9, 10, 63, 64, 511, 4095, 99999, u64::MAX] {

@@ -119,11 +119,12 @@ pub fn build_metered(
                 EntryError::Io(e) => io_err(store, e),
                 EntryError::Kiln(e) => e,
             })?;
-        if let Some((digest, stamp)) = found {
+        if let Some((digest, stamp, read)) = found {
             hashed.push(Hashed {
                 entry: i,
                 digest,
                 stamp,
+                read,
             });
         }
         if let crate::plan::EntryKind::File { size, .. } = &entry.kind {
@@ -327,15 +328,15 @@ impl<W: Write> Marks for Sink<W> {
 }
 
 /// Writes one entry; for a host file planning left unhashed
-/// ([`Content::Unhashed`]), says what digest it found and how the file
-/// looked while it was read.
+/// ([`Content::Unhashed`]), says what digest it found, how the file looked
+/// while it was read, and when.
 fn write_entry<W: Marks>(
     tar: &mut TarWriter<W>,
     entry: &Entry,
     mtime: u64,
     check: Check<'_>,
     scratch: &mut [u8],
-) -> Result<Option<(Digest, FileStamp)>, EntryError> {
+) -> Result<Option<Found>, EntryError> {
     let (kind, size, link) = match &entry.kind {
         EntryKind::Dir => (Kind::Dir, 0, ""),
         EntryKind::File { size, .. } => (Kind::File, *size, ""),
@@ -377,9 +378,9 @@ fn write_entry<W: Marks>(
                 ))))
             }
             Content::Unhashed(path) => {
-                let (digest, stamp) = hash_host_file(tar.data(), path, *size, scratch)?;
-                tar.data().resolve(&digest);
-                found = Some((digest, stamp));
+                let hashed = hash_host_file(tar.data(), path, *size, scratch)?;
+                tar.data().resolve(&hashed.0);
+                found = Some(hashed);
             }
         }
         tar.pad(*size)?;
@@ -387,18 +388,27 @@ fn write_entry<W: Marks>(
     Ok(found)
 }
 
+/// A file hashed as it was copied: its digest, its stamp (which did not
+/// move while it was read) and when it was read.
+type Found = (Digest, FileStamp, std::time::SystemTime);
+
 /// Copies the host file at `path`, of the planned `size`, hashing it on
-/// the way: its digest, and its stamp (which did not move while it was
-/// read; a file that changed fails the build).
+/// the way (a file that changed meanwhile fails the build).
 fn hash_host_file<W: Marks>(
     out: &mut W,
     path: &Path,
     size: u64,
     scratch: &mut [u8],
-) -> Result<(Digest, FileStamp), EntryError> {
-    let read_err = |e| EntryError::Kiln(Error::io("read", path, e));
+) -> Result<Found, EntryError> {
+    let read_err = |e: io::Error| {
+        EntryError::Kiln(Error::invalid(
+            format!("cannot read `{}`: {e}", path.display()),
+            Some("make it readable by the user running kiln, or add it to `exclude`".into()),
+        ))
+    };
     let file = File::open(path).map_err(read_err)?;
     let before = FileStamp::of(&file.metadata().map_err(read_err)?);
+    let read = std::time::SystemTime::now();
     let mut reader = HashingReader::new(&file);
     let len = out.read_from(&mut reader, size, scratch)?;
     let (digest, _) = reader.finish();
@@ -406,7 +416,7 @@ fn hash_host_file<W: Marks>(
     if len != size || before != after || before.size() != size {
         return Err(changed(path));
     }
-    Ok((digest, before))
+    Ok((digest, before, read))
 }
 
 /// The error for a host file that changed while kiln was building.

@@ -1190,6 +1190,16 @@ mod tests {
         assert!(none.is_empty(), "{} records kept", none.len());
     }
 
+    /// Planning hashes files from the size up which a chunk may end inside
+    /// their content, so that every such chunk is looked up by its key.
+    #[test]
+    fn planning_hashes_every_file_a_chunk_may_end_inside() {
+        assert_eq!(crate::source::walk::LATE_MAX, CHUNK as u64);
+        // Below it, a file starts with fewer than MAX_CHUNK bytes held (or
+        // the chunk ends there) and ends before HARD_MAX.
+        assert!(MAX_CHUNK as u64 + crate::source::walk::LATE_MAX <= HARD_MAX as u64);
+    }
+
     #[test]
     fn entry_cuts_keep_a_change_inside_its_chunks() {
         // 120 compressible entries of about 40 KiB, one big file in the
@@ -1243,5 +1253,94 @@ mod tests {
             differing < MAX_CHUNK / 2,
             "{differing} compressed bytes differ"
         );
+    }
+
+    /// Many random streams, digests given later for random files
+    /// (several multi-chunk files in a row, empty files, files of exactly
+    /// 1, 2 and 4 MiB, files that bring a chunk to HARD_MAX, short reads),
+    /// give the bytes and the chunk records, keys included and in order,
+    /// that giving every digest first does.
+    #[test]
+    fn random_streams_with_digests_later_give_the_same_records() {
+        struct Short<'a>(&'a [u8], fastrand::Rng);
+        impl Read for Short<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(out.len()).min(self.1.usize(1..300_000));
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let sizes = [
+            0,
+            1,
+            511,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            2 * CHUNK,
+            HARD_MAX,
+            HARD_MAX + 3,
+            MIN_CHUNK,
+            MAX_CHUNK - 700,
+            3 * CHUNK + 777,
+        ];
+        for seed in 0..12u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let n = rng.usize(3..14);
+            let files: Vec<(String, Vec<u8>)> = (0..n)
+                .map(|i| {
+                    let len = if rng.bool() {
+                        sizes[rng.usize(..sizes.len())]
+                    } else {
+                        rng.usize(..700_000)
+                    };
+                    let body = noise(len, seed * 100 + i as u64)
+                        .into_iter()
+                        .map(|b| b & 0x1f)
+                        .collect();
+                    (format!("p{seed}/f{i:02}"), body)
+                })
+                .collect();
+            let workers = 1 + (seed as usize % 3);
+            let stream = |later: &[usize]| {
+                let cache = Arc::new(store.chunk_cache());
+                let mut g = ParallelGzip::with(Vec::new(), workers, Cuts::Entries, Some(cache));
+                g.hash_input();
+                for (i, (path, body)) in files.iter().enumerate() {
+                    g.entry(path, body.len() as u64).unwrap();
+                    g.write_all(&[b'h'; 512]).unwrap();
+                    match later.contains(&i) {
+                        true => g.content_later(),
+                        false => g.content(&Digest::of(body)),
+                    }
+                    let rd = Short(&body[..], fastrand::Rng::with_seed(i as u64));
+                    let n = g.read_from(rd, body.len() as u64).unwrap();
+                    assert_eq!(n, body.len() as u64);
+                    if later.contains(&i) {
+                        g.resolve(&Digest::of(body));
+                    }
+                    g.write_all(&vec![0; (512 - body.len() % 512) % 512])
+                        .unwrap();
+                }
+                let f = g.finish().unwrap();
+                (f.out, f.chunks)
+            };
+            let (bytes, records) = stream(&[]);
+            let mut choices: Vec<Vec<usize>> = vec![(0..n).collect()];
+            for _ in 0..3 {
+                choices.push((0..n).filter(|_| rng.bool()).collect());
+            }
+            for later in choices {
+                let (b, r) = stream(&later);
+                assert!(b == bytes, "seed {seed}, later {later:?}: bytes differ");
+                assert_eq!(r.len(), records.len(), "seed {seed}, later {later:?}");
+                for (k, (x, y)) in r.iter().zip(&records).enumerate() {
+                    assert_eq!(x, y, "seed {seed}, later {later:?}: record {k}");
+                }
+            }
+        }
     }
 }

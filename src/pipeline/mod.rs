@@ -399,12 +399,14 @@ fn build_plan(
     // Borrowed, not cloned: a big layer's plan holds every entry.
     let plans: Vec<&LayerPlan> = unique.iter().map(|&(p, i)| &per_platform[p][i]).collect();
     let mut built = build_layers(store, &plans, recipe, settings, reporter, epoch)?;
-    for (&(p, i), (record, _, _, hashed)) in unique.iter().zip(&mut built) {
+    for (&(p, i), (_, _, _, hashed)) in unique.iter().zip(&mut built) {
         if !hashed.is_empty() {
             let plan = &mut per_platform[p][i];
             let found = std::mem::take(hashed);
             plan.hashed(&found, recipe.compression, epoch);
-            unhashed_done(store, plan, &found, record, &mut materials)?;
+            late_materials(plan, &found, &mut materials);
+        } else if !per_platform[p][i].late_links.is_empty() {
+            late_materials(&per_platform[p][i], &[], &mut materials);
         }
     }
     materials.sort();
@@ -464,39 +466,31 @@ fn build_plan(
     })
 }
 
-/// After a layer whose plan left files unhashed is built, and the plan has
-/// taken their digests ([`LayerPlan::hashed`]): the layer is remembered
-/// under the key it now has, the files' digests in the stat cache (so the
-/// next build reads none of them) and in the materials.
-fn unhashed_done(
-    store: &Store,
-    plan: &LayerPlan,
-    hashed: &[crate::plan::Hashed],
-    record: &LayerRecord,
-    materials: &mut Vec<Material>,
-) -> Result<()> {
-    let key = plan.input_digest.as_ref().ok_or_else(|| {
-        Error::internal(
-            "key a layer",
-            std::io::Error::other("a file of the layer was neither hashed nor copied"),
-        )
-    })?;
-    store.remember_layer(key, record)?;
-    let stamps = crate::store::stat_cache::StatCache::of_store(store);
-    for h in hashed {
-        stamps.put_stamp(&h.stamp, &h.digest);
-        if let crate::plan::EntryKind::File {
-            content: crate::plan::Content::Host(path, _),
+/// The provenance of the host files a plan left unhashed, once it has
+/// taken their digests ([`LayerPlan::hashed`]), and of the links to them.
+fn late_materials(plan: &LayerPlan, hashed: &[crate::plan::Hashed], materials: &mut Vec<Material>) {
+    use crate::plan::{Content, EntryKind};
+    let host = |i: usize| match &plan.entries[i].kind {
+        EntryKind::File {
+            content: Content::Host(path, _),
             digest,
             ..
-        } = &plan.entries[h.entry].kind
-        {
+        } => Some((path, digest)),
+        _ => None,
+    };
+    for h in hashed {
+        if let Some((path, digest)) = host(h.entry) {
             materials.push(resolve::host_material(path, digest));
         }
     }
-    // Only a cache: a save that fails means the files are read again.
-    let _ = stamps.save();
-    Ok(())
+    for (target, link) in &plan.late_links {
+        let at = plan
+            .entries
+            .binary_search_by(|e| e.path.as_bytes().cmp(target.as_bytes()));
+        if let Some((_, digest)) = at.ok().and_then(host) {
+            materials.push(resolve::host_material(link, digest));
+        }
+    }
 }
 
 /// A base layer's refusal as an error at the recipe's `base`, naming the base.
@@ -562,6 +556,8 @@ fn build_layers(
     let done = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
     let note = |message: &str| reporter.event(Event::CacheNote { message });
+    // The stat cache, loaded once if a layer hashed files as it wrote them.
+    let stamps = std::sync::OnceLock::new();
     let one = |plan: &LayerPlan| -> Result<Built1> {
         let cached = match &plan.input_digest {
             Some(input) => store.cached_layer(input)?,
@@ -609,10 +605,26 @@ fn build_layers(
             &meter,
         )?;
         meter.finish();
-        // A plan without a key yet is remembered once it has one
-        // ([`unhashed_done`]).
-        if let Some(input) = &plan.input_digest {
-            store.remember_layer(input, &r)?;
+        // A plan that left files unhashed has its key now; their digests
+        // go into the stat cache, so the next build reads none of them.
+        let key = match &plan.input_digest {
+            Some(key) => key.clone(),
+            None => plan
+                .key_with(&hashed, recipe.compression, epoch)
+                .ok_or_else(|| {
+                    Error::internal(
+                        "key a layer",
+                        std::io::Error::other("a file of the layer was neither hashed nor copied"),
+                    )
+                })?,
+        };
+        store.remember_layer(&key, &r)?;
+        if !hashed.is_empty() {
+            let stamps =
+                stamps.get_or_init(|| crate::store::stat_cache::StatCache::of_store(store));
+            for h in &hashed {
+                stamps.put_stamp_read_at(&h.stamp, &h.digest, h.read);
+            }
         }
         reporter.event(Event::LayerBuilt {
             name: plan.name.as_deref(),
@@ -650,6 +662,10 @@ fn build_layers(
             });
         }
     });
+    // Only a cache: a save that fails means those files are read again.
+    if let Some(stamps) = stamps.get() {
+        let _ = stamps.save();
+    }
     if let Some(e) = first_error.into_inner().expect("threads are joined") {
         return Err(e);
     }

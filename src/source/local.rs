@@ -129,38 +129,62 @@ impl LocalLayer {
         for (path, (entry, _)) in packages {
             entries.entry(path).or_insert((entry, 0..0));
         }
-        hard_links(&self.links, &mut entries);
+        let late_links = hard_links(&self.links, &mut entries);
         add_parents(&mut entries, below);
-        LayerPlan::new(
+        let mut plan = LayerPlan::new(
             self.name,
             entries.into_values().map(|(e, _)| e).collect(),
             compression,
             mtime,
-        )
+        );
+        plan.late_links = late_links;
+        plan
     }
 }
 
-/// Turns later links to one host inode into tar hard links.
-fn hard_links(links: &HashMap<LinkKey, Vec<String>>, entries: &mut Entries) {
+/// Turns later links to one host inode into tar hard links. Returns the
+/// links left unhashed, with the entry they now link to: their provenance
+/// takes its digest once the layer writer has it.
+fn hard_links(
+    links: &HashMap<LinkKey, Vec<String>>,
+    entries: &mut Entries,
+) -> Vec<(String, PathBuf)> {
+    let mut late = Vec::new();
     for paths in links.values() {
         let mut paths = paths.clone();
         paths.sort();
         let first = &paths[0];
-        let first_digest = match &entries[first.as_str()].0.kind {
-            EntryKind::File { digest, .. } => digest.clone(),
+        let (first_digest, first_late) = match &entries[first.as_str()].0.kind {
+            EntryKind::File {
+                digest, content, ..
+            } => (digest.clone(), matches!(content, Content::Unhashed(_))),
             _ => continue,
         };
         for other in &paths[1..] {
             let (entry, _) = entries
                 .get_mut(other.as_str())
                 .expect("linked paths are entries");
-            if matches!(&entry.kind, EntryKind::File { digest, .. } if *digest == first_digest) {
+            let EntryKind::File {
+                digest, content, ..
+            } = &entry.kind
+            else {
+                continue;
+            };
+            // One inode is one file: one not hashed yet holds what the
+            // other link does (hashing both first would say the same).
+            let unhashed = match content {
+                Content::Unhashed(host) => Some(host.clone()),
+                _ => None,
+            };
+            if first_late || unhashed.is_some() || *digest == first_digest {
+                late.extend(unhashed.map(|host| (first.clone(), host)));
                 entry.kind = EntryKind::HardLink {
                     target: first.clone(),
                 };
             }
         }
     }
+    late
 }
 
 /// Adds the missing parent directories, as `below` has them or 0755 root.
@@ -473,10 +497,10 @@ impl LayerBuilder<'_> {
         let mut symlinks = BTreeMap::new();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let skip = |rel: &str| is_excluded(&exclude, rel);
-        let hashes = self.hashes;
-        let first = |shape: &Digest| hashes.first_shape(shape);
-        let late: Option<&(dyn Fn(&Digest) -> bool + Sync)> = self.late.then_some(&first);
-        let (items, failures) = walk::walk(&root, &skip, self.hashes, threads, late);
+        // Every walk marks its tree's shape, whether it may hash late or not.
+        let (hashes, may) = (self.hashes, self.late);
+        let first = |shape: &Digest| hashes.first_shape(shape) && may;
+        let (items, failures) = walk::walk(&root, &skip, self.hashes, threads, Some(&first));
         if let Some((_, failure)) = failures.into_iter().next() {
             return Err(match failure {
                 walk::Failure::NotUtf8(at) => self

@@ -106,8 +106,8 @@ pub enum Failure {
 ///
 /// With `late`, nothing is hashed until the whole tree is listed. Then, if
 /// the stat cache knew none of its files, `late` is asked about the tree's
-/// shape ([`shape`]); if it says so, the files are left unread
-/// ([`Found::Unhashed`]).
+/// shape ([`shape`]); if it says so, the files under [`LATE_MAX`] are left
+/// unread ([`Found::Unhashed`]).
 pub fn walk(
     root: &Path,
     skip: &(dyn Fn(&str) -> bool + Sync),
@@ -194,18 +194,23 @@ impl State {
     }
 
     /// Leaves every file waiting to be hashed unread.
+    /// Leaves every file under [`LATE_MAX`] waiting to be hashed unread;
+    /// the bigger ones are hashed as usual.
     fn leave_unread(&mut self) {
-        let heap = std::mem::take(&mut self.files).into_iter().map(|b| b.0);
-        let waiting = std::mem::take(&mut self.links)
-            .into_values()
-            .flat_map(|l| match l {
-                Links::Waiting(others) => others,
-                Links::Hashed(_) => Vec::new(),
-            });
-        let unread: Vec<Item> = heap
-            .chain(waiting)
-            .map(|f| f.item(Found::Unhashed))
-            .collect();
+        let (small, big): (Vec<_>, Vec<_>) = std::mem::take(&mut self.files)
+            .into_iter()
+            .partition(|b| b.0.meta.len < LATE_MAX);
+        self.files = big.into_iter().collect();
+        let mut unread: Vec<Pending> = small.into_iter().map(|b| b.0).collect();
+        // Every link of one inode has its size: they wait for a big one.
+        self.links.retain(|_, l| match l {
+            Links::Waiting(others) if others.first().is_some_and(|f| f.meta.len < LATE_MAX) => {
+                unread.append(others);
+                false
+            }
+            _ => true,
+        });
+        let unread = unread.into_iter().map(|f| f.item(Found::Unhashed));
         self.items.extend(unread);
     }
 
@@ -454,6 +459,14 @@ fn read_one(
     }
     (items, dirs, files, failures)
 }
+
+/// The size from which a file is hashed while planning even in a walk that
+/// leaves files unread: the gzip writer cuts a file's content every 1 MiB
+/// (`layer::pgzip::CHUNK`), and a chunk that ends inside a file is looked
+/// up in the chunk cache by the file's digest, which it must have by then.
+/// Files under it never end a chunk inside their content, and a layer of
+/// small files is where reading twice cost most.
+pub const LATE_MAX: u64 = 1 << 20;
 
 /// A tree's shape: every entry's relative path and kind, nothing else.
 /// What a fresh or moved checkout of the same files has in common with the
@@ -724,5 +737,73 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A walk that may hash late finishes for any thread count
+    /// (no thread left waiting at the barrier), on an empty tree, a tree of
+    /// directories only, and a tree with hard links and excluded paths: a
+    /// new shape leaves every file (each link included) unread, the same
+    /// shape again hashes them all, and the two walks list the same paths.
+    #[test]
+    fn a_late_walk_ends_for_every_shape_and_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path().join("store")).unwrap();
+        let empty = dir.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        let dirs_only = dir.path().join("dirs");
+        fs::create_dir_all(dirs_only.join("a/b/c")).unwrap();
+        fs::create_dir_all(dirs_only.join("d")).unwrap();
+        let linked = dir.path().join("linked");
+        fs::create_dir_all(linked.join("x/y")).unwrap();
+        for i in 0..40 {
+            fs::write(linked.join(format!("x/f{i}")), format!("{i}").repeat(i)).unwrap();
+        }
+        fs::write(linked.join("x/y/one"), b"linked").unwrap();
+        fs::hard_link(linked.join("x/y/one"), linked.join("two")).unwrap();
+        fs::hard_link(linked.join("x/y/one"), linked.join("x/three")).unwrap();
+        fs::write(linked.join("x/skip.tmp"), b"no").unwrap();
+        fs::hard_link(linked.join("x/y/one"), linked.join("x/four.tmp")).unwrap();
+        let skip = |rel: &str| rel.ends_with(".tmp");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for root in [&empty, &dirs_only, &linked] {
+                    for threads in [1, 2, 7] {
+                        // A store of its own each time: the shape is new.
+                        let own = tempfile::tempdir().unwrap();
+                        let store2 = crate::store::Store::open(own.path()).unwrap();
+                        let hashes = StatCache::of_store(&store2);
+                        let first = |d: &Digest| hashes.first_shape(d);
+                        let late: Option<&(dyn Fn(&Digest) -> bool + Sync)> = Some(&first);
+                        let (a, fa) = walk(root, &skip, &hashes, threads, late);
+                        // The next planning: the shape is marked now.
+                        let hashes = StatCache::of_store(&store2);
+                        let first = |d: &Digest| hashes.first_shape(d);
+                        let late: Option<&(dyn Fn(&Digest) -> bool + Sync)> = Some(&first);
+                        let (b, fb) = walk(root, &skip, &hashes, threads, late);
+                        assert!(fa.is_empty() && fb.is_empty());
+                        let rels = |v: &[Item]| v.iter().map(|i| i.rel.clone()).collect::<Vec<_>>();
+                        assert_eq!(rels(&a), rels(&b), "{root:?} {threads}");
+                        let files = a
+                            .iter()
+                            .filter(|i| matches!(i.found, Ok((_, Found::Unhashed))))
+                            .count();
+                        let hashed = b
+                            .iter()
+                            .filter(|i| matches!(i.found, Ok((_, Found::File(Ok(_))))))
+                            .count();
+                        assert_eq!(files, hashed, "{root:?} {threads}");
+                        if root == &linked {
+                            assert_eq!(files, 43, "{threads}: every link left unread");
+                            assert!(!rels(&a).iter().any(|r| r.ends_with(".tmp")));
+                        }
+                    }
+                }
+                let _ = &store;
+                tx.send(()).unwrap();
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(120))
+                .expect("a late walk never ended");
+        });
     }
 }

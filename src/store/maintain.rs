@@ -408,17 +408,23 @@ mod tests {
         assert!(parse_size("5X").is_err());
     }
 
-    /// A tree shape is new once; prune forgets the marks not seen within
-    /// its age, and only those.
+    /// A tree shape is new to one planning (every walk of it there) and
+    /// not to the next; prune forgets the marks not seen within its age,
+    /// and only those.
     #[test]
     fn tree_marks_are_new_once_and_prune_drops_old_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let hashes = super::super::stat_cache::StatCache::of_store(&store);
+        let planning = || super::super::stat_cache::StatCache::of_store(&store);
         let (old, recent) = (Digest::of(b"old"), Digest::of(b"recent"));
-        assert!(hashes.first_shape(&old));
-        assert!(!hashes.first_shape(&old), "seen once already");
-        assert!(hashes.first_shape(&recent));
+        let first = planning();
+        assert!(first.first_shape(&old));
+        assert!(
+            first.first_shape(&old),
+            "new to all of the planning that found it"
+        );
+        assert!(first.first_shape(&recent));
+        assert!(!planning().first_shape(&old), "seen by an earlier planning");
         let month = SystemTime::now() - Duration::from_secs(40 * 86_400);
         let mark = store.trees_dir().join(old.hex());
         fs::File::options()
@@ -434,8 +440,23 @@ mod tests {
             })
             .unwrap();
         assert!(!mark.exists(), "a mark not seen for 40 days is dropped");
-        assert!(!hashes.first_shape(&recent), "a recent mark stays");
-        assert!(hashes.first_shape(&old), "a dropped mark is new again");
+        let later = planning();
+        assert!(!later.first_shape(&recent), "a recent mark stays");
+        assert!(later.first_shape(&old), "a dropped mark is new again");
+
+        // A store with layers from before shapes were marked: no shape is
+        // new to its first planning (its layers may hold any tree), which
+        // marks what it walks.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::create_dir_all(store.layers_dir()).unwrap();
+        fs::write(store.layers_dir().join("x.json"), b"{}").unwrap();
+        let shape = Digest::of(b"any");
+        let planning = || super::super::stat_cache::StatCache::of_store(&store);
+        assert!(!planning().first_shape(&shape));
+        assert!(store.trees_dir().join(shape.hex()).exists());
+        // From then on the store marks shapes: an unmarked one is new.
+        assert!(planning().first_shape(&Digest::of(b"another")));
     }
 
     #[test]

@@ -87,8 +87,11 @@ pub struct StatCache {
     /// Whether the change time is part of a stamp (see [`StatCache::for_blobs`]).
     with_ctime: bool,
     /// Where planning marks the shapes of the trees it has walked
-    /// ([`StatCache::first_shape`]).
-    trees: Option<PathBuf>,
+    /// ([`StatCache::first_shape`]), and where the store keeps its layer
+    /// records.
+    trees: Option<(PathBuf, PathBuf)>,
+    /// The shapes this planning found new (a second walk of one is new too).
+    new_shapes: std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl StatCache {
@@ -108,6 +111,7 @@ impl StatCache {
             tmp_prefix: ".tmp".into(),
             with_ctime: true,
             trees: None,
+            new_shapes: Default::default(),
         }
     }
 
@@ -129,35 +133,44 @@ impl StatCache {
     pub fn of_store(store: &super::Store) -> StatCache {
         StatCache {
             tmp_prefix: store.temp_prefix(),
-            trees: Some(store.trees_dir()),
+            trees: Some((store.trees_dir(), store.layers_dir())),
             ..StatCache::load(store.stat_cache_path())
         }
     }
 
     /// Whether no planning with this store has walked a host tree of this
-    /// shape before (see `source::walk`); marks it walked (a mark's mtime
-    /// is when it was last seen: `kiln store prune --older-than` removes
-    /// old ones). A store that cannot say (no mark could be made) answers
-    /// no.
+    /// shape before (see `source::walk`), apart from this one; marks it
+    /// walked (a mark's mtime is when it was last seen: `kiln store prune
+    /// --older-than` removes old ones). A store that cannot say answers
+    /// no: one where no mark could be made, or one with layers but no
+    /// marks at all (made before kiln marked shapes).
     pub fn first_shape(&self, shape: &Digest) -> bool {
-        let Some(dir) = &self.trees else {
+        let Some((dir, layers)) = &self.trees else {
             return false;
         };
+        let mut new = self.new_shapes.lock().expect("no panics hold this lock");
+        if new.contains(shape) {
+            return true;
+        }
+        let unmarked_layers =
+            !dir.exists() && fs::read_dir(layers).is_ok_and(|mut records| records.next().is_some());
         let mark = dir.join(shape.hex());
         let _ = fs::create_dir_all(dir);
-        match fs::OpenOptions::new()
+        let made = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&mark)
-        {
-            Ok(_) => true,
-            Err(_) => {
-                if let Ok(file) = fs::OpenOptions::new().write(true).open(&mark) {
-                    let _ = file.set_modified(SystemTime::now());
-                }
-                false
+            .is_ok();
+        if !made {
+            if let Ok(file) = fs::OpenOptions::new().write(true).open(&mark) {
+                let _ = file.set_modified(SystemTime::now());
             }
         }
+        let first = made && !unmarked_layers;
+        if first {
+            new.insert(shape.clone());
+        }
+        first
     }
 
     /// The digest of the file `meta` describes, if it is known and unchanged.
@@ -178,8 +191,15 @@ impl StatCache {
 
     /// [`StatCache::put`], for a file known by its [`FileStamp`].
     pub fn put_stamp(&self, file: &FileStamp, digest: &Digest) {
+        self.put_stamp_read_at(file, digest, SystemTime::now())
+    }
+
+    /// [`StatCache::put_stamp`] for a file read at `read` (when it was
+    /// read, not when it is recorded, decides whether it changed too
+    /// recently to trust).
+    pub fn put_stamp_read_at(&self, file: &FileStamp, digest: &Digest, read: SystemTime) {
         let stamp = file.stamp(self.with_ctime);
-        let now = SystemTime::now()
+        let now = read
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_nanos() as i128;

@@ -24,6 +24,7 @@ mod exit_codes;
 mod fuzz;
 mod incremental;
 mod java_truststore;
+mod late_hashing;
 mod load_containerd;
 mod load_docker;
 mod load_modes;
