@@ -15,8 +15,9 @@ use crate::digest::Digest;
 use crate::recipe::Compression;
 
 /// Bumped whenever kiln's layer bytes change for the same inputs (tar
-/// layout, compression library or level), so old cache entries are not reused.
-pub const FORMAT_VERSION: u32 = 5;
+/// layout, compression library or level, which gzip pieces are stored), so
+/// old cache entries are not reused.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]
