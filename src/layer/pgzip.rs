@@ -1256,6 +1256,40 @@ mod tests {
         assert!(back.stdout == data, "gzip -dc gave other bytes");
     }
 
+    /// A tar-like stream of `files` (a 512-byte header, the content read
+    /// through `reader`, padding) written with a chunk cache on `workers`
+    /// threads, the digests of the files `later` names given after their
+    /// content (if `resolve`), the others before: its bytes and records.
+    fn tar_stream<'a, R: Read + 'a>(
+        store: &crate::store::Store,
+        files: &'a [(String, Vec<u8>)],
+        workers: usize,
+        later: &[usize],
+        resolve: bool,
+        reader: impl Fn(usize, &'a [u8]) -> R,
+    ) -> (Vec<u8>, Vec<ChunkRecord>) {
+        let cache = Arc::new(store.chunk_cache());
+        let mut g = ParallelGzip::with(Vec::new(), workers, Cuts::Entries, Some(cache));
+        g.hash_input();
+        for (i, (path, body)) in files.iter().enumerate() {
+            g.entry(path, body.len() as u64).unwrap();
+            g.write_all(&[b'h'; 512]).unwrap();
+            match later.contains(&i) {
+                true => g.content_later(),
+                false => g.content(&Digest::of(body)),
+            }
+            let n = g.read_from(reader(i, body), body.len() as u64).unwrap();
+            assert_eq!(n, body.len() as u64);
+            if later.contains(&i) && resolve {
+                g.resolve(&Digest::of(body));
+            }
+            g.write_all(&vec![0; (512 - body.len() % 512) % 512])
+                .unwrap();
+        }
+        let f = g.finish().unwrap();
+        (f.out, f.chunks)
+    }
+
     /// A file whose digest comes after its content
     /// ([`ParallelGzip::content_later`]) gives the bytes and the chunk
     /// records, keys included, that giving it first does: files inside one
@@ -1281,26 +1315,7 @@ mod tests {
             })
             .collect();
         let stream = |later: &[usize], resolve: bool| {
-            let cache = Arc::new(store.chunk_cache());
-            let mut g = ParallelGzip::with(Vec::new(), 3, Cuts::Entries, Some(cache));
-            g.hash_input();
-            for (i, (path, body)) in files.iter().enumerate() {
-                g.entry(path, body.len() as u64).unwrap();
-                g.write_all(&[b'h'; 512]).unwrap();
-                match later.contains(&i) {
-                    true => g.content_later(),
-                    false => g.content(&Digest::of(body)),
-                }
-                let n = g.read_from(&body[..], body.len() as u64).unwrap();
-                assert_eq!(n, body.len() as u64);
-                if later.contains(&i) && resolve {
-                    g.resolve(&Digest::of(body));
-                }
-                g.write_all(&vec![0; (512 - body.len() % 512) % 512])
-                    .unwrap();
-            }
-            let f = g.finish().unwrap();
-            (f.out, f.chunks)
+            tar_stream(&store, &files, 3, later, resolve, |_, body| body)
         };
         let (bytes, records) = stream(&[], true);
         assert!(records.len() > 5, "{} chunks", records.len());
@@ -1432,27 +1447,9 @@ mod tests {
                 .collect();
             let workers = 1 + (seed as usize % 3);
             let stream = |later: &[usize]| {
-                let cache = Arc::new(store.chunk_cache());
-                let mut g = ParallelGzip::with(Vec::new(), workers, Cuts::Entries, Some(cache));
-                g.hash_input();
-                for (i, (path, body)) in files.iter().enumerate() {
-                    g.entry(path, body.len() as u64).unwrap();
-                    g.write_all(&[b'h'; 512]).unwrap();
-                    match later.contains(&i) {
-                        true => g.content_later(),
-                        false => g.content(&Digest::of(body)),
-                    }
-                    let rd = Short(&body[..], fastrand::Rng::with_seed(i as u64));
-                    let n = g.read_from(rd, body.len() as u64).unwrap();
-                    assert_eq!(n, body.len() as u64);
-                    if later.contains(&i) {
-                        g.resolve(&Digest::of(body));
-                    }
-                    g.write_all(&vec![0; (512 - body.len() % 512) % 512])
-                        .unwrap();
-                }
-                let f = g.finish().unwrap();
-                (f.out, f.chunks)
+                tar_stream(&store, &files, workers, later, true, |i, body| {
+                    Short(body, fastrand::Rng::with_seed(i as u64))
+                })
             };
             let (bytes, records) = stream(&[]);
             let mut choices: Vec<Vec<usize>> = vec![(0..n).collect()];

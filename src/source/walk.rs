@@ -106,7 +106,7 @@ pub enum Failure {
 ///
 /// With `late`, nothing is hashed until the whole tree is listed. Then, if
 /// the stat cache knew none of its files, `late` is asked about the tree's
-/// shape ([`shape`]); if it says so, the files under [`LATE_MAX`] are left
+/// shape (see `shape`); if it says so, the files under [`LATE_MAX`] are left
 /// unread ([`Found::Unhashed`]).
 pub fn walk(
     root: &Path,

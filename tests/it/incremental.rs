@@ -389,34 +389,18 @@ fn a_first_build_reads_each_file_once_and_matches_a_build_that_hashes_first() {
     // The stat cache trusts no file changed in the last two seconds.
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let traced = |store: &str, out: &str, extra: &[&str]| -> (Value, usize, usize) {
-        let log = w.path().join(format!("{store}.strace"));
-        let o = std::process::Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=openat,open", "-o"])
-            .arg(&log)
-            .arg(env!("CARGO_BIN_EXE_kiln"))
-            .args([
-                "build",
-                "recipe.toml",
-                "--json",
-                "--provenance",
-                "--out",
-                out,
-            ])
-            .args(extra)
-            .current_dir(w.path())
-            .env("KILN_CACHE", w.path().join(store))
-            .env("KILN_NO_PROGRESS", "1")
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .output()
-            .unwrap();
-        assert_success(&o, &format!("strace kiln build (store {store})"));
-        let log = std::fs::read_to_string(&log).unwrap();
-        let opens = |name: &str| log.lines().filter(|l| l.contains(name)).count();
-        (
-            serde_json::from_slice(&o.stdout).unwrap(),
-            opens("tree/d3/f150.txt\""),
-            opens("tree/big.bin\""),
-        )
+        let mut args = vec![
+            "build",
+            "recipe.toml",
+            "--json",
+            "--provenance",
+            "--out",
+            out,
+        ];
+        args.extend(extra);
+        let (doc, trace) = build_traced(&w, store, &args);
+        let small = opens(&trace, "tree/d3/f150.txt");
+        (doc, small, opens(&trace, "tree/big.bin"))
     };
     let (first, small, big) = traced("late", "o1", &[]);
     // A file of 1 MiB or more is hashed first all the same (its chunks are

@@ -44,6 +44,23 @@ fn build_in(
     (doc, deps)
 }
 
+/// `recipe.toml` in `w` built twice, in a store of its own each: as it
+/// is (late hashing where it applies) and asking a cache nobody answers
+/// (hashing first).
+fn late_and_early(w: &Work) -> ((Value, Value), (Value, Value)) {
+    let late = build_in(w, w.path(), "recipe.toml", "late", "o1", &[]);
+    let cache = closed_cache();
+    let early = build_in(
+        w,
+        w.path(),
+        "recipe.toml",
+        "early",
+        "o2",
+        &["--cache", &cache],
+    );
+    (late, early)
+}
+
 fn uris(deps: &Value) -> Vec<String> {
     deps.as_array()
         .unwrap()
@@ -67,15 +84,7 @@ fn provenance_names_every_hard_link() {
         "name = \"links\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n",
     );
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let (late, late_deps) = build_in(&w, w.path(), "recipe.toml", "late", "o1", &[]);
-    let (early, early_deps) = build_in(
-        &w,
-        w.path(),
-        "recipe.toml",
-        "early",
-        "o2",
-        &["--cache", &closed_cache()],
-    );
+    let ((late, late_deps), (early, early_deps)) = late_and_early(&w);
     assert_eq!(late["digest"], early["digest"]);
     assert_eq!(
         uris(&late_deps),
@@ -100,15 +109,7 @@ fn a_link_shared_with_a_files_item_gives_the_same_image() {
         "recipe.toml",
         "name = \"mixed\"\n\n[[layers]]\nfiles = [{ src = \"tree/a\", dest = \"/x\" }]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n",
     );
-    let (late, _) = build_in(&w, w.path(), "recipe.toml", "late", "o1", &[]);
-    let (early, _) = build_in(
-        &w,
-        w.path(),
-        "recipe.toml",
-        "early",
-        "o2",
-        &["--cache", &closed_cache()],
-    );
+    let ((late, _), (early, _)) = late_and_early(&w);
     assert_eq!(
         late["digest"], early["digest"],
         "the same recipe and inputs give two images: late {late:#}\nearly {early:#}"
@@ -154,38 +155,30 @@ fn a_moved_checkout_is_a_hit_in_a_store_without_marks() {
     );
 }
 
-/// Two layers of one recipe with the same tree: the layer is built once
-/// and each file read twice at most (planning once, the writer once), as
-/// a build that hashes first does.
-#[test]
-fn two_layers_of_one_tree_read_each_file_twice_at_most() {
+/// Twenty text files in `tree/` and the recipe `recipe` (for a traced
+/// build: strace must be installed).
+fn twenty_files(recipe: &str) -> Work {
     crate::support::apt::need("strace");
     let w = Work::new();
     for i in 0..20 {
         w.write(&format!("tree/f{i:02}"), format!("file {i}\n").repeat(1000));
     }
-    w.write(
-        "recipe.toml",
-        "name = \"twice\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n",
-    );
+    w.write("recipe.toml", recipe);
+    w
+}
+
+/// Two layers of one recipe with the same tree: the layer is built once
+/// and each file read twice at most (planning once, the writer once), as
+/// a build that hashes first does.
+#[test]
+fn two_layers_of_one_tree_read_each_file_twice_at_most() {
+    let layer = "[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n";
+    let w = twenty_files(&format!("name = \"twice\"\n\n{layer}\n{layer}"));
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let traced = |store: &str, out: &str, extra: &[&str]| -> usize {
-        let log = w.path().join(format!("{store}.strace"));
-        let o = std::process::Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=openat,open", "-o"])
-            .arg(&log)
-            .arg(env!("CARGO_BIN_EXE_kiln"))
-            .args(["build", "recipe.toml", "--json", "--out", out])
-            .args(extra)
-            .current_dir(w.path())
-            .env("KILN_CACHE", w.path().join(store))
-            .env("KILN_NO_PROGRESS", "1")
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .output()
-            .unwrap();
-        assert_success(&o, "strace kiln build");
-        let log = std::fs::read_to_string(&log).unwrap();
-        log.lines().filter(|l| l.contains("tree/f07\"")).count()
+        let mut args = vec!["build", "recipe.toml", "--json", "--out", out];
+        args.extend(extra);
+        opens(&build_traced(&w, store, &args).1, "tree/f07")
     };
     let early = traced("early", "o2", &["--cache", &closed_cache()]);
     let late = traced("late", "o1", &[]);
@@ -251,34 +244,19 @@ fn a_clone_with_one_file_added_reuses_the_chunks_of_the_others() {
 /// not when the build ends. So the next build, two seconds on, reads them.
 #[test]
 fn files_fresh_when_read_late_are_read_again_by_the_next_build() {
-    crate::support::apt::need("strace");
-    let w = Work::new();
-    for i in 0..20 {
-        w.write(&format!("tree/f{i:02}"), format!("file {i}\n").repeat(1000));
-    }
-    w.write(
-        "recipe.toml",
+    let w = twenty_files(
         "name = \"fresh\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n",
     );
     let traced = |out: &str| -> (Value, usize) {
-        let log = w.path().join(format!("{out}.strace"));
-        let o = std::process::Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=openat,open", "-o"])
-            .arg(&log)
-            .arg(env!("CARGO_BIN_EXE_kiln"))
-            .args(["build", "recipe.toml", "--json", "--out", out])
-            .current_dir(w.path())
-            .env("KILN_CACHE", w.path().join("store"))
-            .env("KILN_NO_PROGRESS", "1")
-            .output()
-            .unwrap();
-        assert_success(&o, "strace kiln build");
-        let log = std::fs::read_to_string(&log).unwrap();
-        let opens = log.lines().filter(|l| l.contains("tree/f07\"")).count();
-        (serde_json::from_slice(&o.stdout).unwrap(), opens)
+        let (doc, trace) = build_traced(
+            &w,
+            "store",
+            &["build", "recipe.toml", "--json", "--out", out],
+        );
+        (doc, opens(&trace, "tree/f07"))
     };
-    let (first, opens) = traced("o1");
-    assert_eq!(opens, 1, "a first build reads a file once");
+    let (first, n) = traced("o1");
+    assert_eq!(n, 1, "a first build reads a file once");
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let (second, opens) = traced("o2");
     assert_eq!(second["digest"], first["digest"]);

@@ -349,3 +349,35 @@ pub fn unreachable_cache() -> String {
         .port();
     format!("127.0.0.1:{port}/kiln/cache")
 }
+
+/// `kiln ARGS` in `w` with the store `store`, under `strace` (which must be
+/// installed): its `--json` report and the files it opened, one line each.
+pub fn build_traced(w: &Work, store: &str, args: &[&str]) -> (serde_json::Value, String) {
+    let log = w
+        .path()
+        .join(format!("{store}-{}.strace", std::process::id()));
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,open", "-o"])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(w.path())
+        .env("KILN_CACHE", w.path().join(store))
+        .env("KILN_NO_PROGRESS", "1")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_success(
+        &o,
+        &format!("strace kiln {} (store {store})", args.join(" ")),
+    );
+    let opened = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    (serde_json::from_slice(&o.stdout).unwrap(), opened)
+}
+
+/// How many times a trace of [`build_traced`] opened a path ending in `tail`.
+pub fn opens(trace: &str, tail: &str) -> usize {
+    let quoted = format!("{tail}\"");
+    trace.lines().filter(|l| l.contains(&quoted)).count()
+}
