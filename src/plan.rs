@@ -245,26 +245,26 @@ impl LayerPlan {
     }
 
     /// Takes the digests the layer writer found for the plan's unhashed
-    /// files (by entry index), and computes the key.
-    pub fn hashed(&mut self, found: &[Hashed], compression: Compression, mtime: u64) {
+    /// files (by entry index), and the key [`Self::key_with`] gave with
+    /// them (not worked out again: a big layer has tens of thousands of
+    /// entries).
+    pub fn hashed(&mut self, found: &[Hashed], key: Digest) {
         for h in found {
-            let entry = &mut self.entries[h.entry];
             if let EntryKind::File {
-                content: content @ Content::Unhashed(_),
-                digest,
-                ..
-            } = &mut entry.kind
+                content, digest, ..
+            } = &mut self.entries[h.entry].kind
             {
-                let Content::Unhashed(path) =
-                    std::mem::replace(content, Content::Inline(Arc::from(&[][..])))
-                else {
-                    unreachable!("matched above")
-                };
-                *content = Content::Host(path, None);
-                *digest = h.digest.clone();
+                if let Content::Unhashed(path) = content {
+                    *content = Content::Host(std::mem::take(path), None);
+                    *digest = h.digest.clone();
+                }
             }
         }
-        self.input_digest = input_digest(&self.entries, &[], compression, mtime);
+        debug_assert!(
+            !self.entries.iter().any(Entry::unhashed),
+            "every file hashed"
+        );
+        self.input_digest = Some(key);
     }
 
     /// How many regular files the layer holds and their total size.

@@ -399,11 +399,10 @@ fn build_plan(
     // Borrowed, not cloned: a big layer's plan holds every entry.
     let plans: Vec<&LayerPlan> = unique.iter().map(|&(p, i)| &per_platform[p][i]).collect();
     let mut built = build_layers(store, &plans, recipe, settings, reporter, epoch)?;
-    for (&(p, i), (_, _, _, hashed)) in unique.iter().zip(&mut built) {
-        if !hashed.is_empty() {
+    for (&(p, i), built) in unique.iter().zip(&mut built) {
+        if let Some((found, key)) = built.3.take() {
             let plan = &mut per_platform[p][i];
-            let found = std::mem::take(hashed);
-            plan.hashed(&found, recipe.compression, epoch);
+            plan.hashed(&found, key);
             late_materials(plan, &found, &mut materials);
         } else if !per_platform[p][i].late_links.is_empty() {
             late_materials(&per_platform[p][i], &[], &mut materials);
@@ -528,12 +527,13 @@ fn report(l: &LayerRecord, name: Option<String>, cached: bool, from_base: bool) 
 }
 
 /// A layer taken or built: its record, where it came from, its chunks,
-/// and the digests of the files its plan left unhashed.
+/// and, for a plan that left files unhashed, their digests and the key
+/// they gave it.
 type Built1 = (
     LayerRecord,
     Source,
     Option<crate::layer::Chunks>,
-    Vec<crate::plan::Hashed>,
+    Option<(Vec<crate::plan::Hashed>, Digest)>,
 );
 
 /// Takes every layer from the cache or builds it, several at once; returns
@@ -571,7 +571,7 @@ fn build_layers(
             if let Some(remote) = &settings.remote {
                 remote.share(store, input, &r, &note);
             }
-            return Ok((r, Source::LocalCache, None, Vec::new()));
+            return Ok((r, Source::LocalCache, None, None));
         }
         let mut publish = false;
         if let (Some(remote), Some(input)) = (&settings.remote, &plan.input_digest) {
@@ -582,7 +582,7 @@ fn build_layers(
                         digest: &r.digest,
                         size: r.size,
                     });
-                    return Ok((r, Source::RemoteCache, None, Vec::new()));
+                    return Ok((r, Source::RemoteCache, None, None));
                 }
                 cache::Lookup::Miss => publish = true,
                 cache::Lookup::Off => {}
@@ -634,7 +634,8 @@ fn build_layers(
         if let (true, Some(remote), Some(input)) = (publish, &settings.remote, &plan.input_digest) {
             remote.publish(store, input, &r, &note);
         }
-        Ok((r, Source::Built, chunks, hashed))
+        let late = plan.input_digest.is_none().then_some((hashed, key));
+        Ok((r, Source::Built, chunks, late))
     };
     std::thread::scope(|s| {
         for _ in 0..jobs {

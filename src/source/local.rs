@@ -142,6 +142,33 @@ impl LocalLayer {
     }
 }
 
+/// A regular file's entry: its mode from the recipe, else 0755 or 0644 by
+/// the host file's executable bit; its owner from the recipe, else root.
+#[allow(clippy::too_many_arguments)]
+fn file_entry(
+    path: String,
+    content: Content,
+    size: u64,
+    digest: Digest,
+    meta: &walk::Meta,
+    mode: Option<Mode>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Entry {
+    let executable = meta.mode & 0o111 != 0;
+    Entry {
+        path,
+        kind: EntryKind::File {
+            content,
+            size,
+            digest,
+        },
+        mode: mode_or(mode, if executable { 0o755 } else { 0o644 }),
+        uid: uid.unwrap_or(0),
+        gid: gid.unwrap_or(0),
+    }
+}
+
 /// Turns later links to one host inode into tar hard links. Returns the
 /// links left unhashed, with the entry they now link to: their provenance
 /// takes its digest once the layer writer has it.
@@ -449,18 +476,10 @@ impl LayerBuilder<'_> {
                 .hint("run the build again once nothing is writing to the inputs")
                 .into());
         }
-        let executable = meta.mode & 0o111 != 0;
-        Ok(Entry {
-            path,
-            kind: EntryKind::File {
-                content: Content::Host(src, meta.seen),
-                size,
-                digest,
-            },
-            mode: mode_or(mode, if executable { 0o755 } else { 0o644 }),
-            uid: uid.unwrap_or(0),
-            gid: gid.unwrap_or(0),
-        })
+        let content = Content::Host(src, meta.seen);
+        Ok(file_entry(
+            path, content, size, digest, meta, mode, uid, gid,
+        ))
     }
 
     fn tree(&mut self, t: &TreeItem, span: Range<usize>) -> Result<()> {
@@ -610,19 +629,10 @@ impl LayerBuilder<'_> {
                 return Ok((entry, Some(meta), None));
             }
             walk::Found::Unhashed => {
-                let executable = meta.mode & 0o111 != 0;
-                let entry = Entry {
-                    path,
-                    kind: EntryKind::File {
-                        content: Content::Unhashed(host),
-                        size: meta.len,
-                        // Not known yet: see `Content::Unhashed`.
-                        digest: Digest::of(b""),
-                    },
-                    mode: mode_or(t.mode, if executable { 0o755 } else { 0o644 }),
-                    uid,
-                    gid,
-                };
+                // The digest is not known yet: see `Content::Unhashed`.
+                let (content, placeholder) = (Content::Unhashed(host), Digest::of(b""));
+                let (mode, uid, gid) = (t.mode, Some(uid), Some(gid));
+                let entry = file_entry(path, content, meta.len, placeholder, &meta, mode, uid, gid);
                 return Ok((entry, Some(meta), None));
             }
             walk::Found::Other => {

@@ -193,7 +193,6 @@ impl State {
         decide(&shape(&self.items, files))
     }
 
-    /// Leaves every file waiting to be hashed unread.
     /// Leaves every file under [`LATE_MAX`] waiting to be hashed unread;
     /// the bigger ones are hashed as usual.
     fn leave_unread(&mut self) {
