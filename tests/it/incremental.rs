@@ -435,6 +435,20 @@ fn a_first_build_reads_each_file_once_and_matches_a_build_that_hashes_first() {
         late_deps.to_string().contains("tree/big.bin"),
         "every host file is a material: {late_deps:#}"
     );
+    // The digests the layer writer took as it copied are coreutils'.
+    for rel in ["tree/d3/f150.txt", "tree/d0/f000.txt", "tree/noise.bin"] {
+        let sum = run(std::process::Command::new("sha256sum")
+            .arg(rel)
+            .current_dir(w.path()));
+        let hex = sum[..64].to_string();
+        let dep = late_deps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["uri"].as_str().unwrap().ends_with(rel))
+            .unwrap_or_else(|| panic!("{rel} is no material: {late_deps:#}"));
+        assert_eq!(dep["digest"]["sha256"], hex.as_str(), "{rel}");
+    }
 
     // The next build is a layer cache hit, reading no file: the layer
     // writer recorded what it hashed in the stat cache.
