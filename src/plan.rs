@@ -213,6 +213,11 @@ pub struct LayerPlan {
     /// planning left unhashed or that were themselves: their provenance
     /// waits for the entry's digest.
     pub late_links: Vec<(String, PathBuf)>,
+    /// Unhashed files that planning read after all (`[accounts]` and the
+    /// trust store merge what the layers below hold), by entry index, with
+    /// the digest of the bytes it read: the layer writer must find the same
+    /// ([`Self::hashed`]), or the image would mix two states of the file.
+    pub read_early: Vec<(usize, Digest)>,
 }
 
 impl LayerPlan {
@@ -229,6 +234,7 @@ impl LayerPlan {
             entries,
             input_digest,
             late_links: Vec::new(),
+            read_early: Vec::new(),
         }
     }
 
@@ -247,8 +253,25 @@ impl LayerPlan {
     /// Takes the digests the layer writer found for the plan's unhashed
     /// files (by entry index), and the key [`Self::key_with`] gave with
     /// them (not worked out again: a big layer has tens of thousands of
-    /// entries).
-    pub fn hashed(&mut self, found: &[Hashed], key: Digest) {
+    /// entries). Refuses a file that planning read too ([`Self::read_early`])
+    /// and whose bytes the writer found otherwise: it changed in between.
+    pub fn hashed(&mut self, found: &[Hashed], key: Digest) -> crate::error::Result<()> {
+        for (i, early) in &self.read_early {
+            // In entry order, as the writer found them.
+            let Ok(at) = found.binary_search_by_key(i, |h| h.entry) else {
+                continue;
+            };
+            if found[at].digest != *early {
+                let path = match &self.entries[*i].kind {
+                    EntryKind::File {
+                        content: Content::Unhashed(path),
+                        ..
+                    } => path.display().to_string(),
+                    _ => self.entries[*i].path.clone(),
+                };
+                return Err(changed_while_building(&path));
+            }
+        }
         for h in found {
             if let EntryKind::File {
                 content, digest, ..
@@ -265,6 +288,8 @@ impl LayerPlan {
             "every file hashed"
         );
         self.input_digest = Some(key);
+        self.read_early.clear();
+        Ok(())
     }
 
     /// How many regular files the layer holds and their total size.
@@ -277,6 +302,15 @@ impl LayerPlan {
             })
             .fold((0, 0), |(n, total), s| (n + 1, total + s))
     }
+}
+
+/// The error for a host file whose bytes moved between two reads of one
+/// build.
+pub fn changed_while_building(path: &str) -> crate::error::Error {
+    crate::error::Error::invalid(
+        format!("`{path}` changed while kiln was building"),
+        Some("run the build again once nothing is writing to the inputs".into()),
+    )
 }
 
 /// The key of `entries`, whose unhashed files take their digests from

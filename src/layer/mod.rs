@@ -421,9 +421,8 @@ fn hash_host_file<W: Marks>(
 
 /// The error for a host file that changed while kiln was building.
 fn changed(path: &Path) -> EntryError {
-    EntryError::Kiln(Error::invalid(
-        format!("`{}` changed while kiln was building", path.display()),
-        Some("run the build again once nothing is writing to the inputs".into()),
+    EntryError::Kiln(crate::plan::changed_while_building(
+        &path.display().to_string(),
     ))
 }
 

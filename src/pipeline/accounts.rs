@@ -17,7 +17,11 @@ use crate::store::{LayerRecord, Store};
 const FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"];
 
 /// The account files of the image below the `[accounts]` layer.
-fn below(store: &Store, base: &[LayerRecord], plans: &[LayerPlan]) -> Result<Tree<Option<Found>>> {
+fn below(
+    store: &Store,
+    base: &[LayerRecord],
+    plans: &mut [LayerPlan],
+) -> Result<Tree<Option<Found>>> {
     super::below::files(store, base, plans, |p| FILES.contains(&p))
 }
 
@@ -28,7 +32,7 @@ fn below(store: &Store, base: &[LayerRecord], plans: &[LayerPlan]) -> Result<Tre
 pub(super) fn keep_lower_account_files(
     store: &Store,
     base: &[LayerRecord],
-    plans: &[LayerPlan],
+    plans: &mut [LayerPlan],
     installed: &mut std::collections::BTreeMap<String, (Entry, String)>,
 ) -> Result<()> {
     let made = |installed: &std::collections::BTreeMap<String, (Entry, String)>, p: &str| {
@@ -169,7 +173,7 @@ pub(super) fn layer(
     recipe: &Recipe,
     section: &AccountsSection,
     from: &[FromPackage],
-    (base, plans, dirs): (&[LayerRecord], &[LayerPlan], &DirMap),
+    (base, plans, dirs): (&[LayerRecord], &mut [LayerPlan], &DirMap),
     epoch: u64,
 ) -> Result<(LayerPlan, AccountFiles, Vec<Made>)> {
     let tree = below(store, base, plans)?;

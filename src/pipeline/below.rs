@@ -3,6 +3,7 @@
 //! database): the base's layers from the store, their whiteouts applied,
 //! then the recipe's earlier layers as planned.
 
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layer::read::{self, Kind, Paths, Rules, Tree, Visitor};
 use crate::plan::{Content, EntryKind, LayerPlan};
@@ -59,10 +60,15 @@ impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
 
 /// The files at the paths `wanted` accepts as the base's layers and then
 /// the planned layers `plans` leave them (`None`: not a regular file).
+///
+/// A planned host file is read now: one planning hashed must still hold
+/// that digest, and one it left for the layer writer to hash is noted in
+/// its plan with the digest of what was read ([`LayerPlan::read_early`]),
+/// for the writer to find the same.
 pub(super) fn files(
     store: &Store,
     base: &[LayerRecord],
-    plans: &[LayerPlan],
+    plans: &mut [LayerPlan],
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Tree<Option<Found>>> {
     let mut tree = Tree::new();
@@ -75,18 +81,37 @@ pub(super) fn files(
         read::walk_layer(&mut tar, &mut tree, &mut pick, bad)?;
     }
     for plan in plans {
-        for e in plan.entries.iter().filter(|e| (pick.0)(&e.path)) {
+        let mut early = Vec::new();
+        for (i, e) in plan.entries.iter().enumerate() {
+            if !(pick.0)(&e.path) {
+                continue;
+            }
             let found = match &e.kind {
-                EntryKind::File { content, .. } => Some(Found {
-                    bytes: bytes_of(content)?,
-                    mode: e.mode,
-                    uid: e.uid,
-                    gid: e.gid,
-                }),
+                EntryKind::File {
+                    content, digest, ..
+                } => {
+                    let bytes = bytes_of(content)?;
+                    match content {
+                        Content::Host(p, _) if Digest::of(&bytes) != *digest => {
+                            return Err(crate::plan::changed_while_building(
+                                &p.display().to_string(),
+                            ));
+                        }
+                        Content::Unhashed(_) => early.push((i, Digest::of(&bytes))),
+                        _ => {}
+                    }
+                    Some(Found {
+                        bytes,
+                        mode: e.mode,
+                        uid: e.uid,
+                        gid: e.gid,
+                    })
+                }
                 _ => None,
             };
             tree.insert(e.path.clone(), found);
         }
+        plan.read_early.append(&mut early);
     }
     Ok(tree)
 }

@@ -332,8 +332,8 @@ fn build_plan(
                 &mut scripts,
             )?;
             accounts::add_sysusers(&installed, &mut scripts)?;
-            accounts::keep_lower_account_files(store, &base.layers, &plans, &mut installed)?;
-            truststore::from_lower_layers(store, &base.layers, &plans, &mut installed)?;
+            accounts::keep_lower_account_files(store, &base.layers, &mut plans, &mut installed)?;
+            truststore::from_lower_layers(store, &base.layers, &mut plans, &mut installed)?;
             satisfied::add_layer(&installed, &mut installs)?;
             if !inputs.satisfied.is_empty() {
                 let from_base = match &mut base_installs {
@@ -360,7 +360,7 @@ fn build_plan(
                 recipe,
                 section,
                 &from,
-                (&base.layers, &plans, &below),
+                (&base.layers, &mut plans, &below),
                 epoch,
             )?;
             accounts::check_user(recipe, &files)?;
@@ -402,7 +402,7 @@ fn build_plan(
     for (&(p, i), built) in unique.iter().zip(&mut built) {
         if let Some((found, key)) = built.3.take() {
             let plan = &mut per_platform[p][i];
-            plan.hashed(&found, key);
+            plan.hashed(&found, key)?;
             late_materials(plan, &found, &mut materials);
         } else if !per_platform[p][i].late_links.is_empty() {
             late_materials(&per_platform[p][i], &[], &mut materials);

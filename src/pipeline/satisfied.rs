@@ -40,7 +40,7 @@ fn add_names(text: &str, names: &mut BTreeSet<String>) {
 
 /// What the base's layers install, by dpkg's database.
 pub(super) fn base_names(store: &Store, base: &[LayerRecord]) -> Result<BTreeSet<String>> {
-    let tree = super::below::files(store, base, &[], is_status)?;
+    let tree = super::below::files(store, base, &mut [], is_status)?;
     let mut names = BTreeSet::new();
     for (_, text) in tree.iter() {
         if let Some(found) = text {

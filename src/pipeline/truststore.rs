@@ -23,7 +23,7 @@ fn is_cert(path: &str) -> bool {
 pub(super) fn from_lower_layers(
     store: &Store,
     base: &[LayerRecord],
-    plans: &[LayerPlan],
+    plans: &mut [LayerPlan],
     installed: &mut BTreeMap<String, (Entry, String)>,
 ) -> Result<()> {
     let wants = installed.contains_key("var/lib/dpkg/status.d/ca-certificates-java");

@@ -268,3 +268,70 @@ fn files_fresh_when_read_late_are_read_again_by_the_next_build() {
     let (_, opens) = traced("o3");
     assert_eq!(opens, 0, "now two seconds old when read: trusted");
 }
+
+/// `[accounts]` merges the tree's `/etc/passwd` while planning, and the
+/// layer writer reads the same file again. A same-size edit between the
+/// two reads must fail the build, whether the tree is hashed first (the
+/// oracle: `--cache` at a closed port) or left for the writer: an image
+/// whose accounts layer was made from other bytes than its tree layer holds
+/// is not what any one state of the inputs gives. strace delays each open
+/// of the file by 1.5 s, and the test edits it once the first has returned.
+#[test]
+fn an_account_file_edited_between_planning_and_writing_fails_the_build() {
+    crate::support::apt::need("strace");
+    let cache = closed_cache();
+    for (how, extra) in [("late", vec![]), ("hashed first", vec!["--cache", &cache])] {
+        let w = Work::new();
+        let passwd = w.write("root/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+        w.write("root/etc/group", "root:x:0:\n");
+        w.write(
+            "recipe.toml",
+            "name = \"acc\"\n\n[[layers]]\ntrees = [{ src = \"root\", dest = \"/\" }]\n\n\
+             [accounts]\nusers = [{ name = \"app\", uid = 1000, gid = 1000 }]\n\
+             groups = [{ name = \"app\", gid = 1000 }]\n",
+        );
+        let log = w.path().join("strace.log");
+        let child = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=openat", "-P", "root/etc/passwd"])
+            .args(["-e", "inject=openat:delay_enter=1500000", "-o"])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args(["build", "recipe.toml", "--out", "img"])
+            .args(&extra)
+            .current_dir(w.path())
+            .env("KILN_CACHE", w.path().join("store"))
+            .env("KILN_NO_PROGRESS", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let opened = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("passwd\"") && l.contains(") = "))
+        };
+        let start = std::time::Instant::now();
+        while !opened() {
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "{how}: kiln never opened root/etc/passwd"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(&passwd, "evil:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let trace = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{how}: the build must fail as bad input\n{err}\n{trace}"
+        );
+        assert!(
+            err.contains("root/etc/passwd` changed while kiln was building"),
+            "{how}: {err}"
+        );
+        assert!(!w.path().join("img").exists(), "{how}: no image written");
+    }
+}
