@@ -123,3 +123,58 @@ pub(super) fn bytes_of(content: &Content) -> Result<Vec<u8>> {
         Content::Inline(b) => b.to_vec(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Entry, LayerPlan};
+    use crate::recipe::Compression;
+
+    fn file(path: &str, content: Content, digest: Digest) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::File {
+                content,
+                digest,
+                size: 30,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    /// A planned host file is read with the digest planning took checked,
+    /// and an unhashed one's digest is noted for the layer writer.
+    #[test]
+    fn planned_files_are_checked_or_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let read = Digest::of(b"root:x:0:0:root:/root:/bin/sh\n");
+        let wanted = |p: &str| p == "etc/passwd";
+        let plan = |content: Content, digest: Digest| {
+            let entries = vec![file("etc/passwd", content, digest)];
+            LayerPlan::new(None, entries, Compression::Gzip, 0)
+        };
+
+        let mut late = [plan(Content::Unhashed(passwd.clone()), Digest::of(b""))];
+        let tree = files(&store, &[], &mut late, wanted).unwrap();
+        let found = tree.get("etc/passwd").cloned().flatten().unwrap();
+        assert_eq!(found.bytes, b"root:x:0:0:root:/root:/bin/sh\n");
+        assert_eq!(late[0].read_early, vec![(0, read.clone())]);
+
+        let mut hashed = [plan(Content::Host(passwd.clone(), None), read)];
+        files(&store, &[], &mut hashed, wanted).unwrap();
+        assert!(hashed[0].read_early.is_empty());
+
+        let other = Digest::of(b"evil:x:0:0:root:/root:/bin/sh\n");
+        let mut moved = [plan(Content::Host(passwd.clone(), None), other)];
+        let err = files(&store, &[], &mut moved, wanted).err().unwrap();
+        assert!(
+            err.to_string().contains("changed while kiln was building"),
+            "{err}"
+        );
+    }
+}
