@@ -404,8 +404,13 @@ fn build_plan(
             let plan = &mut per_platform[p][i];
             plan.hashed(&found, key)?;
             late_materials(plan, &found, &mut materials);
-        } else if !per_platform[p][i].late_links.is_empty() {
-            late_materials(&per_platform[p][i], &[], &mut materials);
+        }
+    }
+    // The links of every plan, one built as another's twin (the same key,
+    // other host paths) too; those named twice are deduplicated below.
+    for plan in per_platform.iter().flatten() {
+        if !plan.late_links.is_empty() {
+            late_materials(plan, &[], &mut materials);
         }
     }
     materials.sort();

@@ -335,3 +335,108 @@ fn an_account_file_edited_between_planning_and_writing_fails_the_build() {
         assert!(!w.path().join("img").exists(), "{how}: no image written");
     }
 }
+
+/// Two layers of one recipe whose plans have the same key (built once),
+/// each with a tree whose only file is a hard link to a `files` item of
+/// its layer: the second layer's tree path is an input as much as the
+/// first's, and the provenance must name it, as a build that hashes first
+/// does. Files just written: not in the stat cache, so the trees are late.
+#[test]
+fn a_layer_built_as_another_s_twin_names_its_hard_links_in_provenance() {
+    let w = Work::new();
+    w.write("keep/a", "shared by three names\n");
+    for tree in ["tree", "tree2"] {
+        std::fs::create_dir_all(w.path().join(tree)).unwrap();
+        std::fs::hard_link(w.path().join("keep/a"), w.path().join(tree).join("a")).unwrap();
+    }
+    w.write(
+        "recipe.toml",
+        "name = \"twins\"\n\n\
+         [[layers]]\nfiles = [{ src = \"keep/a\", dest = \"/a\" }]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n\n\
+         [[layers]]\nfiles = [{ src = \"keep/a\", dest = \"/a\" }]\ntrees = [{ src = \"tree2\", dest = \"/t\" }]\n",
+    );
+    let ((late, late_deps), (early, early_deps)) = late_and_early(&w);
+    assert_eq!(late["digest"], early["digest"]);
+    assert!(
+        uris(&early_deps).iter().any(|u| u.ends_with("tree2/a")),
+        "{early_deps:#}"
+    );
+    assert_eq!(
+        uris(&late_deps),
+        uris(&early_deps),
+        "late: {late_deps:#}\nearly: {early_deps:#}"
+    );
+}
+
+/// A tree planned while some of its files were in the stat cache (a file
+/// added to a tree built before) was hashed first, and its layer is in the
+/// store. A fresh copy of that tree (a clone: no file in the stat cache) is
+/// a cache hit for a build that hashes first; late hashing must not take
+/// it for a tree never seen and build the layer again.
+#[test]
+fn a_copy_of_a_tree_planned_with_known_files_is_a_hit() {
+    let w = Work::new();
+    for i in 0..20 {
+        w.write(&format!("a/tree/f{i:02}"), format!("file {i}\n").repeat(100));
+    }
+    w.write(
+        "a/recipe.toml",
+        "name = \"grown\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let a = w.path().join("a");
+    // The same history in two stores: a first build, then a file added
+    // (the others known now: hashed first, and the layer stored).
+    for store in ["late", "early"] {
+        build_in(&w, &a, "recipe.toml", store, &format!("o1-{store}"), &[]);
+    }
+    std::fs::write(a.join("tree/new"), "one more file\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for store in ["late", "early"] {
+        let (doc, _) = build_in(&w, &a, "recipe.toml", store, &format!("o2-{store}"), &[]);
+        assert_eq!(doc["layers"][0]["source"], "built", "{doc:#}");
+    }
+    run(std::process::Command::new("cp")
+        .args(["-r", "a", "b"])
+        .current_dir(w.path()));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let b = w.path().join("b");
+    let (late, _) = build_in(&w, &b, "recipe.toml", "late", "o3", &[]);
+    let cache = closed_cache();
+    let (early, _) = build_in(&w, &b, "recipe.toml", "early", "o4", &["--cache", &cache]);
+    assert_eq!(late["digest"], early["digest"]);
+    assert_eq!(early["layers"][0]["source"], "local-cache", "{early:#}");
+    assert_eq!(
+        late["layers"][0], early["layers"][0],
+        "the layer is in the store under the same key"
+    );
+}
+
+/// Two layers of one tree, built one after the other (`--jobs 1`): the
+/// report is the one a build that hashes first gives, which builds the
+/// layer once and reports its chunks for both.
+#[test]
+fn two_layers_of_one_tree_report_as_a_build_that_hashes_first() {
+    let w = Work::new();
+    for i in 0..20 {
+        w.write(&format!("tree/f{i:02}"), format!("file {i}\n").repeat(1000));
+    }
+    let layer = "[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n";
+    w.write("recipe.toml", format!("name = \"twice\"\n\n{layer}\n{layer}"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (late, _) = build_in(&w, w.path(), "recipe.toml", "late", "o1", &["--jobs", "1"]);
+    let cache = closed_cache();
+    let (early, _) = build_in(
+        &w,
+        w.path(),
+        "recipe.toml",
+        "early",
+        "o2",
+        &["--jobs", "1", "--cache", &cache],
+    );
+    assert_eq!(late["digest"], early["digest"]);
+    assert_eq!(
+        late["layers"], early["layers"],
+        "late: {late:#}\nearly: {early:#}"
+    );
+}
