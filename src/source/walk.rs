@@ -176,21 +176,23 @@ enum Links {
 
 impl State {
     /// Once the tree is listed: whether to leave its files unread, which
-    /// only a tree none of whose files the stat cache knew may be.
+    /// only a tree none of whose files the stat cache knew may be. The
+    /// shape is asked about (and so marked) whatever the answer: a tree
+    /// planned with files the stat cache knew (one a file was added to or
+    /// removed from) may have its layer stored, and a fresh copy of it
+    /// must be hashed first to find it there.
     fn late(&self, decide: &(dyn Fn(&Digest) -> bool + Sync)) -> bool {
         let known = self
             .items
             .iter()
             .any(|i| matches!(i.found, Ok((_, Found::File(_)))));
-        if known || self.files.is_empty() {
-            return false;
-        }
         let waiting = self.links.values().flat_map(|l| match l {
             Links::Waiting(others) => others.as_slice(),
             Links::Hashed(_) => &[],
         });
         let files = self.files.iter().map(|b| &b.0).chain(waiting);
-        decide(&shape(&self.items, files))
+        let first = decide(&shape(&self.items, files));
+        first && !known && !self.files.is_empty()
     }
 
     /// Leaves every file under [`LATE_MAX`] waiting to be hashed unread;
