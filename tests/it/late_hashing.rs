@@ -440,3 +440,129 @@ fn two_layers_of_one_tree_report_as_a_build_that_hashes_first() {
         "late: {late:#}\nearly: {early:#}"
     );
 }
+
+/// `kiln build recipe.toml --out img` (and `extra`) in `w` under strace,
+/// each open of `delayed` held back 1.5 s: once the `nth` open of
+/// `delayed[0]` has returned, `edit` runs. The build's output.
+fn build_editing_after(
+    w: &Work,
+    extra: &[&str],
+    delayed: &[&str],
+    nth: usize,
+    edit: impl FnOnce(),
+) -> std::process::Output {
+    crate::support::apt::need("strace");
+    let log = w.path().join("strace.log");
+    let mut strace = std::process::Command::new("strace");
+    strace.args(["-f", "-qq", "-e", "trace=openat"]);
+    for path in delayed {
+        strace.args(["-P", path]);
+    }
+    let child = strace
+        .args(["-e", "inject=openat:delay_enter=1500000", "-o"])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "recipe.toml", "--out", "img"])
+        .args(extra)
+        .current_dir(w.path())
+        .env("KILN_CACHE", w.path().join("store"))
+        .env("KILN_NO_PROGRESS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watched = format!("{}\"", delayed[0]);
+    let opened = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&watched) && l.contains(") = "))
+            .count()
+    };
+    let start = std::time::Instant::now();
+    while opened() < nth {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "kiln never opened {} {nth} times",
+            delayed[0]
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    edit();
+    child.wait_with_output().unwrap()
+}
+
+/// The build failed as bad input, naming a file that changed, and wrote
+/// no image.
+fn assert_refused(w: &Work, how: &str, out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{how}: the build must fail as bad input\n{err}"
+    );
+    assert!(err.contains("changed while kiln was building"), "{how}: {err}");
+    assert!(!w.path().join("img").exists(), "{how}: no image written");
+}
+
+/// A `files` item that is a hard link to a file of a late tree becomes a
+/// tar hard link to the tree's entry, which the layer writer hashes. The
+/// item was hashed while planning (its digest is a material): a same-size
+/// edit of the file between planning and writing must fail the build, as
+/// it does when the tree is hashed first, not put other bytes at the
+/// item's path than its provenance names.
+#[test]
+fn a_files_item_linked_into_a_late_tree_edited_before_writing_fails_the_build() {
+    let cache = closed_cache();
+    // The oracle first: it shows the edit lands between the two reads.
+    for (how, extra) in [("hashed first", vec!["--cache", &cache]), ("late", vec![])] {
+        let w = Work::new();
+        let keep = w.write("keep/a", "shared by two names\n");
+        std::fs::create_dir_all(w.path().join("tree")).unwrap();
+        std::fs::hard_link(&keep, w.path().join("tree/a")).unwrap();
+        w.write("tree/other", "x\n");
+        w.write(
+            "recipe.toml",
+            "name = \"edited\"\n\n[[layers]]\nfiles = [{ src = \"keep/a\", dest = \"/x\" }]\n\
+             trees = [{ src = \"tree\", dest = \"/t\" }]\n",
+        );
+        // Planning reads `keep/a` first in either build; the layer writer
+        // reads `tree/a` (its open held back) only after.
+        let out = build_editing_after(&w, &extra, &["keep/a", "tree/a"], 1, || {
+            std::fs::write(&keep, "SHARED BY TWO NAMES\n").unwrap()
+        });
+        assert_refused(&w, how, &out);
+    }
+}
+
+/// Two hard links of one file in a late tree: the second is a tar hard link
+/// to the first, which the layer writer hashes. A file put in the first's
+/// place (a new inode: an editor's save) between planning and writing
+/// leaves the second with its old bytes on the host: the image, with the
+/// new bytes at both paths, is no state of the inputs, and a build that
+/// hashes first refuses it.
+#[test]
+fn a_late_hard_link_whose_first_path_is_replaced_before_writing_fails_the_build() {
+    let cache = closed_cache();
+    // The oracle first: it shows the new file lands between the two reads.
+    for (how, extra, nth) in [
+        ("hashed first", vec!["--cache", &cache], 2),
+        ("late", vec![], 1),
+    ] {
+        let w = Work::new();
+        w.write("tree/0", "first in the layer\n");
+        let a = w.write("tree/a", "linked content\n");
+        std::fs::hard_link(&a, w.path().join("tree/b")).unwrap();
+        w.write(
+            "recipe.toml",
+            "name = \"replaced\"\n\n[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n",
+        );
+        // The layer writer opens `tree/0`, then `tree/a` (held back); a
+        // build that hashes first opened both once already.
+        let out = build_editing_after(&w, &extra, &["tree/0", "tree/a"], nth, || {
+            let new = w.write("new-a", "LINKED CONTENT\n");
+            std::fs::rename(new, &a).unwrap();
+        });
+        assert_refused(&w, how, &out);
+    }
+}
