@@ -214,7 +214,8 @@ pub struct LayerPlan {
     /// waits for the entry's digest.
     pub late_links: Vec<(String, PathBuf)>,
     /// Unhashed files that planning read after all (`[accounts]` and the
-    /// trust store merge what the layers below hold), by entry index, with
+    /// trust store merge what the layers below hold, and a hashed host file
+    /// made a tar hard link to one is the same file), by entry index, with
     /// the digest of the bytes it read: the layer writer must find the same
     /// ([`Self::hashed`]), or the image would mix two states of the file.
     pub read_early: Vec<(usize, Digest)>,

@@ -129,7 +129,7 @@ impl LocalLayer {
         for (path, (entry, _)) in packages {
             entries.entry(path).or_insert((entry, 0..0));
         }
-        let late_links = hard_links(&self.links, &mut entries);
+        let (late_links, planned) = hard_links(&self.links, &mut entries);
         add_parents(&mut entries, below);
         let mut plan = LayerPlan::new(
             self.name,
@@ -138,6 +138,15 @@ impl LocalLayer {
             mtime,
         );
         plan.late_links = late_links;
+        // Entries come sorted by path bytes, as the map kept them.
+        for (path, digest) in planned {
+            if let Ok(i) = plan
+                .entries
+                .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
+            {
+                plan.read_early.push((i, digest));
+            }
+        }
         plan
     }
 }
@@ -171,12 +180,16 @@ fn file_entry(
 
 /// Turns later links to one host inode into tar hard links. Returns the
 /// links left unhashed, with the entry they now link to: their provenance
-/// takes its digest once the layer writer has it.
+/// takes its digest once the layer writer has it; and the digests planning
+/// took of links made tar hard links to an entry it left unhashed, by that
+/// entry's path: the layer writer must find the same there
+/// ([`LayerPlan::read_early`]), or the link's path would hold other bytes
+/// than its provenance names.
 fn hard_links(
     links: &HashMap<LinkKey, Vec<String>>,
     entries: &mut Entries,
-) -> Vec<(String, PathBuf)> {
-    let mut late = Vec::new();
+) -> (Vec<(String, PathBuf)>, Vec<(String, Digest)>) {
+    let (mut late, mut planned) = (Vec::new(), Vec::new());
     for paths in links.values() {
         let mut paths = paths.clone();
         paths.sort();
@@ -204,6 +217,9 @@ fn hard_links(
                 _ => None,
             };
             if first_late || unhashed.is_some() || *digest == first_digest {
+                if first_late && unhashed.is_none() {
+                    planned.push((first.clone(), digest.clone()));
+                }
                 late.extend(unhashed.map(|host| (first.clone(), host)));
                 entry.kind = EntryKind::HardLink {
                     target: first.clone(),
@@ -211,7 +227,7 @@ fn hard_links(
             }
         }
     }
-    late
+    (late, planned)
 }
 
 /// Adds the missing parent directories, as `below` has them or 0755 root.
