@@ -59,7 +59,8 @@ impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
 }
 
 /// The files at the paths `wanted` accepts as the base's layers and then
-/// the planned layers `plans` leave them (`None`: not a regular file).
+/// the planned layers `plans` leave them (`None`: not a regular file; a
+/// planned tar hard link is the file it links to).
 ///
 /// A planned host file is read now: one planning hashed must still hold
 /// that digest, and one it left for the layer writer to hash is noted in
@@ -86,10 +87,22 @@ pub(super) fn files(
             if !(pick.0)(&e.path) {
                 continue;
             }
-            let found = match &e.kind {
-                EntryKind::File {
-                    content, digest, ..
-                } => {
+            // A tar hard link holds what the entry it links to does (one
+            // host inode: planning gave them one mode and owner).
+            let file = match &e.kind {
+                EntryKind::HardLink { target } => plan
+                    .entries
+                    .binary_search_by(|t| t.path.as_bytes().cmp(target.as_bytes()))
+                    .ok(),
+                _ => Some(i),
+            };
+            let found = match file.map(|i| (i, &plan.entries[i].kind)) {
+                Some((
+                    i,
+                    EntryKind::File {
+                        content, digest, ..
+                    },
+                )) => {
                     let bytes = bytes_of(content)?;
                     match content {
                         Content::Host(p, _) if Digest::of(&bytes) != *digest => {

@@ -566,3 +566,42 @@ fn a_late_hard_link_whose_first_path_is_replaced_before_writing_fails_the_build(
         assert_refused(&w, how, &out);
     }
 }
+
+/// A tree's `/etc/passwd` that is a hard link to a path sorting before it
+/// (here `/aaa/passwd`) is a tar hard link in the layer: `[accounts]` must
+/// merge its users all the same, whether the tree is hashed first or
+/// left for the layer writer, rather than take the image for one without
+/// `/etc/passwd` and drop root.
+#[test]
+fn accounts_merge_an_etc_passwd_that_is_a_hard_link() {
+    let cache = closed_cache();
+    for (how, extra) in [("hashed first", vec!["--cache", &cache]), ("late", vec![])] {
+        let w = Work::new();
+        let passwd = w.write(
+            "root/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:500:500::/home/alice:/bin/sh\n",
+        );
+        w.write("root/etc/group", "root:x:0:\nalice:x:500:\n");
+        std::fs::create_dir_all(w.path().join("root/aaa")).unwrap();
+        std::fs::hard_link(&passwd, w.path().join("root/aaa/passwd")).unwrap();
+        w.write(
+            "recipe.toml",
+            "name = \"acc\"\n\n[[layers]]\ntrees = [{ src = \"root\", dest = \"/\" }]\n\n\
+             [accounts]\nusers = [{ name = \"app\", uid = 1000, gid = 1000 }]\n\
+             groups = [{ name = \"app\", gid = 1000 }]\n",
+        );
+        let mut args = vec!["build", "recipe.toml", "--out", "img"];
+        args.extend(&extra);
+        w.ok(&args);
+        run(std::process::Command::new("umoci")
+            .args(["unpack", "--rootless", "--image", "img:latest", "b"])
+            .current_dir(w.path()));
+        let merged = read(&w.path().join("b/rootfs/etc/passwd"));
+        for user in ["root:", "alice:", "app:"] {
+            assert!(
+                merged.lines().any(|l| l.starts_with(user)),
+                "{how}: {user} missing from /etc/passwd:\n{merged}"
+            );
+        }
+    }
+}
