@@ -30,6 +30,9 @@ type Entries = BTreeMap<String, (Entry, Range<usize>)>;
 /// Host files that may share a tar hard link: (device, inode, mode, uid, gid).
 type LinkKey = (u64, u64, u32, u32, u32);
 
+/// Links left unhashed, with the path of the entry they link to.
+type LateLinks = Vec<(String, PathBuf)>;
+
 /// A layer's own entries, as the recipe names them for one platform:
 /// everything but the packages and the parent directories the layers
 /// below decide. Every host file is named by its content's digest.
@@ -188,7 +191,7 @@ fn file_entry(
 fn hard_links(
     links: &HashMap<LinkKey, Vec<String>>,
     entries: &mut Entries,
-) -> (Vec<(String, PathBuf)>, Vec<(String, Digest)>) {
+) -> (LateLinks, Vec<(String, Digest)>) {
     let (mut late, mut planned) = (Vec::new(), Vec::new());
     for paths in links.values() {
         let mut paths = paths.clone();

@@ -377,7 +377,10 @@ fn a_layer_built_as_another_s_twin_names_its_hard_links_in_provenance() {
 fn a_copy_of_a_tree_planned_with_known_files_is_a_hit() {
     let w = Work::new();
     for i in 0..20 {
-        w.write(&format!("a/tree/f{i:02}"), format!("file {i}\n").repeat(100));
+        w.write(
+            &format!("a/tree/f{i:02}"),
+            format!("file {i}\n").repeat(100),
+        );
     }
     w.write(
         "a/recipe.toml",
@@ -422,7 +425,10 @@ fn two_layers_of_one_tree_report_as_a_build_that_hashes_first() {
         w.write(&format!("tree/f{i:02}"), format!("file {i}\n").repeat(1000));
     }
     let layer = "[[layers]]\ntrees = [{ src = \"tree\", dest = \"/t\" }]\n";
-    w.write("recipe.toml", format!("name = \"twice\"\n\n{layer}\n{layer}"));
+    w.write(
+        "recipe.toml",
+        format!("name = \"twice\"\n\n{layer}\n{layer}"),
+    );
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let (late, _) = build_in(&w, w.path(), "recipe.toml", "late", "o1", &["--jobs", "1"]);
     let cache = closed_cache();
@@ -501,7 +507,10 @@ fn assert_refused(w: &Work, how: &str, out: &std::process::Output) {
         Some(2),
         "{how}: the build must fail as bad input\n{err}"
     );
-    assert!(err.contains("changed while kiln was building"), "{how}: {err}");
+    assert!(
+        err.contains("changed while kiln was building"),
+        "{how}: {err}"
+    );
     assert!(!w.path().join("img").exists(), "{how}: no image written");
 }
 
@@ -603,5 +612,62 @@ fn accounts_merge_an_etc_passwd_that_is_a_hard_link() {
                 "{how}: {user} missing from /etc/passwd:\n{merged}"
             );
         }
+    }
+}
+
+/// The lines of a store's stat cache, sorted.
+fn stat_cache(w: &Work, store: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(w.path().join(store).join("stat-cache")).unwrap_or_default();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// A tree of edge cases (empty files, files either side of 1 MiB, where
+/// planning stops leaving files unread, symlinks, excluded files and
+/// directories, a hard link excluded by name), in gzip and zstd: the
+/// image, the report's layers, the provenance and the stat cache are a
+/// build's that hashes first.
+#[test]
+fn a_tree_of_edge_cases_gives_what_hashing_first_gives() {
+    for compression in ["gzip", "zstd"] {
+        let w = Work::new();
+        w.write("tree/empty", "");
+        w.write("tree/d/empty2", "");
+        for (n, size) in [(1u32 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 19]
+            .into_iter()
+            .enumerate()
+        {
+            let body: Vec<u8> = (0..size)
+                .map(|j: u32| (j.wrapping_mul(2654435761) >> 13) as u8 ^ n as u8)
+                .collect();
+            std::fs::write(w.path().join(format!("tree/big{n}")), body).unwrap();
+        }
+        for i in 0..30 {
+            w.write(&format!("tree/s/f{i:02}"), format!("small {i}\n").repeat(i));
+        }
+        std::os::unix::fs::symlink("s/f01", w.path().join("tree/link")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", w.path().join("tree/dangling")).unwrap();
+        w.write("tree/skip.tmp", "left out\n");
+        w.write("tree/cache/x", "left out\n");
+        std::fs::hard_link(w.path().join("tree/s/f05"), w.path().join("tree/s/f05.tmp")).unwrap();
+        w.write(
+            "recipe.toml",
+            format!(
+                "name = \"edges\"\ncompression = \"{compression}\"\n\n[[layers]]\n\
+                 trees = [{{ src = \"tree\", dest = \"/t\", exclude = [\"*.tmp\", \"cache/\"] }}]\n"
+            ),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let ((late, late_deps), (early, early_deps)) = late_and_early(&w);
+        assert_eq!(late["digest"], early["digest"], "{compression}");
+        assert_eq!(late["layers"], early["layers"], "{compression}");
+        assert_eq!(late_deps, early_deps, "{compression}");
+        assert!(stat_cache(&w, "late").len() >= 34, "{compression}");
+        assert_eq!(
+            stat_cache(&w, "late"),
+            stat_cache(&w, "early"),
+            "{compression}"
+        );
     }
 }
