@@ -29,8 +29,10 @@ pub enum Content {
     /// hashes it as it copies it, once, and the plan takes its digest then
     /// ([`LayerPlan::hashed`]). Until then the entry's `digest` means
     /// nothing, and the plan has no key. See `source/local.rs` for when
-    /// planning leaves files so.
-    Unhashed(PathBuf),
+    /// planning leaves files so. With the device and inode planning listed:
+    /// the writer refuses another file put in its place meanwhile (its
+    /// other hard links, tar hard links to it, still hold the old bytes).
+    Unhashed(PathBuf, (u64, u64)),
     /// Bytes from the recipe itself.
     Inline(Arc<[u8]>),
 }
@@ -124,7 +126,7 @@ impl Entry {
         matches!(
             self.kind,
             EntryKind::File {
-                content: Content::Unhashed(_),
+                content: Content::Unhashed(..),
                 ..
             }
         )
@@ -265,7 +267,7 @@ impl LayerPlan {
             if found[at].digest != *early {
                 let path = match &self.entries[*i].kind {
                     EntryKind::File {
-                        content: Content::Unhashed(path),
+                        content: Content::Unhashed(path, _),
                         ..
                     } => path.display().to_string(),
                     _ => self.entries[*i].path.clone(),
@@ -278,7 +280,7 @@ impl LayerPlan {
                 content, digest, ..
             } = &mut self.entries[h.entry].kind
             {
-                if let Content::Unhashed(path) = content {
+                if let Content::Unhashed(path, _) = content {
                     *content = Content::Host(std::mem::take(path), None);
                     *digest = h.digest.clone();
                 }
@@ -291,6 +293,50 @@ impl LayerPlan {
         self.input_digest = Some(key);
         self.read_early.clear();
         Ok(())
+    }
+
+    /// Whether this plan and `other`, both without a key yet, would write
+    /// the same layer: the same entries, their files from the same host
+    /// paths (read once, by the one build of both).
+    pub fn same_unkeyed(&self, other: &LayerPlan) -> bool {
+        fn same_content(a: &Content, b: &Content) -> bool {
+            match (a, b) {
+                (Content::Host(p, _), Content::Host(q, _)) => p == q,
+                (Content::Unhashed(p, i), Content::Unhashed(q, j)) => p == q && i == j,
+                (Content::Inline(a), Content::Inline(b)) => a == b,
+                _ => false,
+            }
+        }
+        fn same_kind(a: &EntryKind, b: &EntryKind) -> bool {
+            match (a, b) {
+                (EntryKind::Dir, EntryKind::Dir) => true,
+                (
+                    EntryKind::File {
+                        content: c,
+                        size: s,
+                        digest: d,
+                    },
+                    EntryKind::File {
+                        content: c2,
+                        size: s2,
+                        digest: d2,
+                    },
+                ) => s == s2 && d == d2 && same_content(c, c2),
+                (EntryKind::Symlink { target: t }, EntryKind::Symlink { target: t2 })
+                | (EntryKind::HardLink { target: t }, EntryKind::HardLink { target: t2 }) => {
+                    t == t2
+                }
+                _ => false,
+            }
+        }
+        self.input_digest.is_none()
+            && other.input_digest.is_none()
+            && self.entries.len() == other.entries.len()
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+                a.path == b.path
+                    && (a.mode, a.uid, a.gid) == (b.mode, b.uid, b.gid)
+                    && same_kind(&a.kind, &b.kind)
+            })
     }
 
     /// How many regular files the layer holds and their total size.
@@ -333,7 +379,7 @@ fn input_digest(
         let kind = match &e.kind {
             EntryKind::Dir => "dir",
             EntryKind::File {
-                content: Content::Unhashed(_),
+                content: Content::Unhashed(..),
                 size,
                 ..
             } => {

@@ -362,7 +362,7 @@ fn write_entry<W: Marks>(
     } = &entry.kind
     {
         match content {
-            Content::Unhashed(_) => tar.data().content_later(),
+            Content::Unhashed(..) => tar.data().content_later(),
             _ => tar.data().content(digest),
         }
         match content {
@@ -371,14 +371,14 @@ fn write_entry<W: Marks>(
             Content::Host(path, seen) => {
                 copy_host_file(tar.data(), path, *size, digest, *seen, check, scratch)?
             }
-            Content::Unhashed(path) if matches!(check, Check::Dry) => {
+            Content::Unhashed(path, _) if matches!(check, Check::Dry) => {
                 return Err(EntryError::Io(io::Error::other(format!(
                     "a dry run cannot pass over `{}`, not hashed yet",
                     path.display()
                 ))))
             }
-            Content::Unhashed(path) => {
-                let hashed = hash_host_file(tar.data(), path, *size, scratch)?;
+            Content::Unhashed(path, id) => {
+                let hashed = hash_host_file(tar.data(), path, *id, *size, scratch)?;
                 tar.data().resolve(&hashed.0);
                 found = Some(hashed);
             }
@@ -392,11 +392,13 @@ fn write_entry<W: Marks>(
 /// move while it was read) and when it was read.
 type Found = (Digest, FileStamp, std::time::SystemTime);
 
-/// Copies the host file at `path`, of the planned `size`, hashing it on
-/// the way (a file that changed meanwhile fails the build).
+/// Copies the host file at `path`, of the planned `size` and device and
+/// inode `id`, hashing it on the way (a file that changed meanwhile, or
+/// another file put in its place, fails the build).
 fn hash_host_file<W: Marks>(
     out: &mut W,
     path: &Path,
+    id: (u64, u64),
     size: u64,
     scratch: &mut [u8],
 ) -> Result<Found, EntryError> {
@@ -413,7 +415,7 @@ fn hash_host_file<W: Marks>(
     let len = out.read_from(&mut reader, size, scratch)?;
     let (digest, _) = reader.finish();
     let after = FileStamp::of(&file.metadata().map_err(read_err)?);
-    if len != size || before != after || before.size() != size {
+    if len != size || before != after || before.size() != size || before.id() != id {
         return Err(changed(path));
     }
     Ok((digest, before, read))
@@ -516,7 +518,8 @@ pub(crate) mod tests {
     /// A file planning left unhashed is hashed as it is copied: the digest
     /// is the content's, for gzip and zstd alike, and the layer is the one
     /// the hashed plan gives. A file whose size is not the planned one (it
-    /// changed since it was listed) fails the build.
+    /// changed since it was listed), or another file put in its place,
+    /// fails the build.
     #[test]
     fn an_unhashed_file_is_hashed_as_it_is_copied_and_a_changed_one_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -524,6 +527,11 @@ pub(crate) mod tests {
         let input = dir.path().join("input");
         let body = noise(3 * pgzip::CHUNK + 100, 7);
         std::fs::write(&input, &body).unwrap();
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(&input).unwrap();
+            (m.dev(), m.ino())
+        };
         let entry = |content, size| Entry {
             path: "f".into(),
             kind: EntryKind::File {
@@ -537,7 +545,7 @@ pub(crate) mod tests {
         };
         let size = body.len() as u64;
         for compression in [Compression::Gzip, Compression::Zstd] {
-            let late = [entry(Content::Unhashed(input.clone()), size)];
+            let late = [entry(Content::Unhashed(input.clone(), id), size)];
             let (record, _, hashed) =
                 build_metered(&store, &late, compression, 0, 2, &Default::default()).unwrap();
             assert_eq!(hashed.len(), 1);
@@ -550,8 +558,18 @@ pub(crate) mod tests {
             let (planned, _) = build(&store, &early, compression, 0, 2).unwrap();
             assert_eq!(record, planned, "{compression:?}");
         }
-        let wrong = [entry(Content::Unhashed(input.clone()), size - 1)];
+        let wrong = [entry(Content::Unhashed(input.clone(), id), size - 1)];
         let err = build(&store, &wrong, Compression::Gzip, 0, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while kiln was building"),
+            "{err}"
+        );
+        // Another file put in its place: the same bytes, another inode.
+        let other = dir.path().join("other");
+        std::fs::write(&other, &body).unwrap();
+        std::fs::rename(&other, &input).unwrap();
+        let replaced = [entry(Content::Unhashed(input.clone(), id), size)];
+        let err = build(&store, &replaced, Compression::Gzip, 0, 1).unwrap_err();
         assert!(
             err.to_string().contains("changed while kiln was building"),
             "{err}"

@@ -110,7 +110,7 @@ pub(super) fn files(
                                 &p.display().to_string(),
                             ));
                         }
-                        Content::Unhashed(_) => early.push((i, Digest::of(&bytes))),
+                        Content::Unhashed(..) => early.push((i, Digest::of(&bytes))),
                         _ => {}
                     }
                     Some(Found {
@@ -132,7 +132,7 @@ pub(super) fn files(
 /// The bytes of a planned file.
 pub(super) fn bytes_of(content: &Content) -> Result<Vec<u8>> {
     Ok(match content {
-        Content::Host(p, _) | Content::Unhashed(p) => std::fs::read(p).at("read", p)?,
+        Content::Host(p, _) | Content::Unhashed(p, _) => std::fs::read(p).at("read", p)?,
         Content::Inline(b) => b.to_vec(),
     })
 }
@@ -172,7 +172,10 @@ mod tests {
             LayerPlan::new(None, entries, Compression::Gzip, 0)
         };
 
-        let mut late = [plan(Content::Unhashed(passwd.clone()), Digest::of(b""))];
+        let mut late = [plan(
+            Content::Unhashed(passwd.clone(), (0, 0)),
+            Digest::of(b""),
+        )];
         let tree = files(&store, &[], &mut late, wanted).unwrap();
         let found = tree.get("etc/passwd").cloned().flatten().unwrap();
         assert_eq!(found.bytes, b"root:x:0:0:root:/root:/bin/sh\n");

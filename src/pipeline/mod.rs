@@ -378,16 +378,19 @@ fn build_plan(
         per_platform.push(plans);
     }
     // Each plan built once: by (platform, layer), the first plan with its
-    // key. A plan with files left unhashed has no key yet, and is its own.
+    // key. A plan with files left unhashed has no key yet: the first with
+    // the same entries from the same host files.
     let mut unique: Vec<(usize, usize)> = Vec::new();
     let mut slots: Vec<Vec<usize>> = Vec::new();
     for (p, plans) in per_platform.iter().enumerate() {
         let mut row = Vec::new();
         for (i, plan) in plans.iter().enumerate() {
-            let same = plan.input_digest.as_ref().and_then(|key| {
-                unique
-                    .iter()
-                    .position(|&(q, j)| per_platform[q][j].input_digest.as_ref() == Some(key))
+            let same = unique.iter().position(|&(q, j)| {
+                let other = &per_platform[q][j];
+                match &plan.input_digest {
+                    Some(key) => other.input_digest.as_ref() == Some(key),
+                    None => other.same_unkeyed(plan),
+                }
             });
             row.push(same.unwrap_or_else(|| {
                 unique.push((p, i));
@@ -399,11 +402,16 @@ fn build_plan(
     // Borrowed, not cloned: a big layer's plan holds every entry.
     let plans: Vec<&LayerPlan> = unique.iter().map(|&(p, i)| &per_platform[p][i]).collect();
     let mut built = build_layers(store, &plans, recipe, settings, reporter, epoch)?;
-    for (&(p, i), built) in unique.iter().zip(&mut built) {
+    for (u, built) in built.iter_mut().enumerate() {
         if let Some((found, key)) = built.3.take() {
-            let plan = &mut per_platform[p][i];
-            plan.hashed(&found, key)?;
-            late_materials(plan, &found, &mut materials);
+            // Every plan built as this one: its twins took the same files.
+            for (p, row) in slots.iter().enumerate() {
+                for (i, _) in row.iter().enumerate().filter(|&(_, &s)| s == u) {
+                    let plan = &mut per_platform[p][i];
+                    plan.hashed(&found, key.clone())?;
+                    late_materials(plan, &found, &mut materials);
+                }
+            }
         }
     }
     // The links of every plan, one built as another's twin (the same key,

@@ -200,7 +200,7 @@ fn hard_links(
         let (first_digest, first_late) = match &entries[first.as_str()].0.kind {
             EntryKind::File {
                 digest, content, ..
-            } => (digest.clone(), matches!(content, Content::Unhashed(_))),
+            } => (digest.clone(), matches!(content, Content::Unhashed(..))),
             _ => continue,
         };
         for other in &paths[1..] {
@@ -216,7 +216,7 @@ fn hard_links(
             // One inode is one file: one not hashed yet holds what the
             // other link does (hashing both first would say the same).
             let unhashed = match content {
-                Content::Unhashed(host) => Some(host.clone()),
+                Content::Unhashed(host, _) => Some(host.clone()),
                 _ => None,
             };
             if first_late || unhashed.is_some() || *digest == first_digest {
@@ -649,7 +649,8 @@ impl LayerBuilder<'_> {
             }
             walk::Found::Unhashed => {
                 // The digest is not known yet: see `Content::Unhashed`.
-                let (content, placeholder) = (Content::Unhashed(host), Digest::of(b""));
+                let content = Content::Unhashed(host, meta.id);
+                let placeholder = Digest::of(b"");
                 let (mode, uid, gid) = (t.mode, Some(uid), Some(gid));
                 let entry = file_entry(path, content, meta.len, placeholder, &meta, mode, uid, gid);
                 return Ok((entry, Some(meta), None));

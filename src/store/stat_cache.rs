@@ -63,6 +63,11 @@ impl FileStamp {
         self.size
     }
 
+    /// The file's device and inode.
+    pub fn id(&self) -> (u64, u64) {
+        self.id
+    }
+
     fn stamp(&self, with_ctime: bool) -> Stamp {
         Stamp {
             size: self.size,

@@ -349,7 +349,7 @@ fn ld_cache(store: &Store, out: &mut BTreeMap<String, (Entry, String)>) -> Resul
             EntryKind::File { content, .. } => {
                 let mut f = tree.create_file(path).at("create", &shown)?;
                 match content {
-                    Content::Host(src, _) | Content::Unhashed(src) => {
+                    Content::Host(src, _) | Content::Unhashed(src, _) => {
                         let mut from = std::fs::File::open(src).at("open", src)?;
                         std::io::copy(&mut from, &mut f).at("copy", src)?;
                     }
