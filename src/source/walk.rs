@@ -124,6 +124,7 @@ pub fn walk(
             items: Vec::new(),
             failures: Vec::new(),
             listing: late.is_some(),
+            mark_after: false,
         }),
         wake: Condvar::new(),
     };
@@ -134,6 +135,7 @@ pub fn walk(
         shared.work(skip, hashes, late);
     });
     let state = shared.state.into_inner().expect("no panics hold this lock");
+    let mark_after = state.mark_after;
     let (mut items, mut failures) = (state.items, state.failures);
     // Sorted through indices: an item is too big to move about cheaply.
     let mut order: Vec<usize> = (0..items.len()).collect();
@@ -144,6 +146,11 @@ pub fn walk(
         .map(|i| slots[i].take().expect("each index comes once"))
         .collect();
     failures.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    // A tree that could not be late is marked now, from its sorted items:
+    // no second sort, and off the listing's barrier.
+    if let Some(decide) = late.filter(|_| mark_after) {
+        decide(&shape_of(items.iter().map(|i| (i.rel.as_str(), kind(i)))));
+    }
     (items, failures)
 }
 
@@ -163,6 +170,9 @@ struct State {
     /// Listing only: files wait until the whole tree is listed (a walk
     /// that may hash late).
     listing: bool,
+    /// The tree could not be late (the stat cache knew some of its files,
+    /// or it has none): its shape is marked once the walk is done.
+    mark_after: bool,
 }
 
 /// The other links of a file with several.
@@ -176,23 +186,27 @@ enum Links {
 
 impl State {
     /// Once the tree is listed: whether to leave its files unread, which
-    /// only a tree none of whose files the stat cache knew may be. The
-    /// shape is asked about (and so marked) whatever the answer: a tree
-    /// planned with files the stat cache knew (one a file was added to or
-    /// removed from) may have its layer stored, and a fresh copy of it
-    /// must be hashed first to find it there.
-    fn late(&self, decide: &(dyn Fn(&Digest) -> bool + Sync)) -> bool {
+    /// only a tree none of whose files the stat cache knew may be. Every
+    /// tree's shape is marked, whatever the answer: a tree planned with
+    /// files the stat cache knew (one a file was added to or removed from)
+    /// may have its layer stored, and a fresh copy of it must be hashed
+    /// first to find it there. Such a tree is marked once the walk is done
+    /// ([`State::mark_after`]), so that its hashing need not wait for it.
+    fn late(&mut self, decide: &(dyn Fn(&Digest) -> bool + Sync)) -> bool {
         let known = self
             .items
             .iter()
             .any(|i| matches!(i.found, Ok((_, Found::File(_)))));
+        if known || self.files.is_empty() {
+            self.mark_after = true;
+            return false;
+        }
         let waiting = self.links.values().flat_map(|l| match l {
             Links::Waiting(others) => others.as_slice(),
             Links::Hashed(_) => &[],
         });
         let files = self.files.iter().map(|b| &b.0).chain(waiting);
-        let first = decide(&shape(&self.items, files));
-        first && !known && !self.files.is_empty()
+        decide(&shape(&self.items, files))
     }
 
     /// Leaves every file under [`LATE_MAX`] waiting to be hashed unread;
@@ -478,25 +492,37 @@ pub const LATE_MAX: u64 = 1 << 20;
 fn shape<'a>(items: &[Item], files: impl Iterator<Item = &'a Pending>) -> Digest {
     let mut lines: Vec<(&str, &str)> = items
         .iter()
-        .map(|i| {
-            let what = match &i.found {
-                Ok((_, Found::Dir)) => "d",
-                Ok((_, Found::Symlink(_))) => "l",
-                Ok((_, Found::File(_) | Found::Unhashed)) => "f",
-                Ok((_, Found::Other)) => "o",
-                Err(_) => "?",
-            };
-            (i.rel.as_str(), what)
-        })
+        .map(|i| (i.rel.as_str(), kind(i)))
         .chain(files.map(|f| (f.rel.as_str(), "f")))
         .collect();
     lines.sort_unstable();
+    shape_of(lines.into_iter())
+}
+
+/// What an item is, for [`shape`].
+fn kind(i: &Item) -> &'static str {
+    match &i.found {
+        Ok((_, Found::Dir)) => "d",
+        Ok((_, Found::Symlink(_))) => "l",
+        Ok((_, Found::File(_) | Found::Unhashed)) => "f",
+        Ok((_, Found::Other)) => "o",
+        Err(_) => "?",
+    }
+}
+
+/// The shape of a tree whose sorted relative paths and kinds are `lines`:
+/// each field as its length (8 bytes, little-endian) and its bytes, one
+/// SHA-256 update per line.
+fn shape_of<'a>(lines: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    let mut line = Vec::new();
     for (rel, what) in lines {
+        line.clear();
         for field in [rel.as_bytes(), what.as_bytes()] {
-            sha2::Digest::update(&mut h, (field.len() as u64).to_le_bytes());
-            sha2::Digest::update(&mut h, field);
+            line.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            line.extend_from_slice(field);
         }
+        sha2::Digest::update(&mut h, &line);
     }
     Digest::from_hasher(h)
 }
