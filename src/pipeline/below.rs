@@ -19,9 +19,15 @@ pub(super) struct Found {
 }
 
 /// Keeps what a layer writes at the paths `wanted` accepts: a regular file
-/// as [`Found`], anything else there (a link, a directory) as `None`;
-/// whiteouts remove them.
-struct Pick<F>(F);
+/// as [`Found`], anything else there (a symlink, a directory) as `None`;
+/// whiteouts remove them. A hard link is the file it names: taken from the
+/// tree when that path is wanted too, else noted in `later`, for a second
+/// read of the layer ([`grab`]).
+struct Pick<F> {
+    wanted: F,
+    /// Wanted hard links to files not kept: (link, target) paths.
+    later: Vec<(String, String)>,
+}
 
 impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
     type Node = Option<Found>;
@@ -31,7 +37,7 @@ impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
     };
 
     fn entry(&mut self, tree: &mut Tree<Self::Node>, entry: read::Entry<'_>) -> Result<()> {
-        if !(self.0)(&entry.path) {
+        if !(self.wanted)(&entry.path) {
             return Ok(());
         }
         let found = if entry.kind == Kind::File {
@@ -53,9 +59,77 @@ impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
         Ok(())
     }
 
-    fn hard_link(&mut self, _: &mut Tree<Self::Node>, _: read::HardLink) -> Result<()> {
+    fn hard_link(&mut self, tree: &mut Tree<Self::Node>, link: read::HardLink) -> Result<()> {
+        if !(self.wanted)(&link.path) {
+            return Ok(());
+        }
+        match tree.get(&link.to) {
+            Some(target) => {
+                let target = target.clone();
+                tree.insert(link.path, target);
+            }
+            None => self.later.push((link.path, link.to)),
+        }
         Ok(())
     }
+}
+
+/// Reads the regular files at `paths` out of a layer, for the hard links
+/// [`Pick`] could not resolve from what it kept.
+struct Grab<'a> {
+    paths: &'a std::collections::BTreeSet<&'a str>,
+    found: std::collections::HashMap<String, Found>,
+}
+
+impl Visitor for Grab<'_> {
+    type Node = ();
+    const RULES: Rules = Rules {
+        paths: Paths::AsWritten,
+        whiteouts: false,
+    };
+
+    fn entry(&mut self, _: &mut Tree<()>, entry: read::Entry<'_>) -> Result<()> {
+        if entry.kind != Kind::File || !self.paths.contains(entry.path.as_str()) {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        entry
+            .data
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &entry.path, e))?;
+        let found = Found {
+            bytes,
+            mode: entry.mode(0o644),
+            uid: entry.uid,
+            gid: entry.gid,
+        };
+        self.found.insert(entry.path, found);
+        Ok(())
+    }
+
+    fn hard_link(&mut self, _: &mut Tree<()>, _: read::HardLink) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The files the hard links `later` name, read again from the base layer
+/// `layer` (whose first read kept only the wanted paths).
+fn grab(
+    store: &Store,
+    layer: &LayerRecord,
+    later: &[(String, String)],
+) -> Result<std::collections::HashMap<String, Found>> {
+    let paths = later.iter().map(|(_, to)| to.as_str()).collect();
+    let mut grab = Grab {
+        paths: &paths,
+        found: Default::default(),
+    };
+    let path = store.blob_path(&layer.digest);
+    let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
+    let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
+    let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
+    read::walk_layer(&mut tar, &mut Tree::new(), &mut grab, bad)?;
+    Ok(grab.found)
 }
 
 /// The files at the paths `wanted` accepts as the base's layers and then
@@ -73,18 +147,27 @@ pub(super) fn files(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Tree<Option<Found>>> {
     let mut tree = Tree::new();
-    let mut pick = Pick(wanted);
+    let mut pick = Pick {
+        wanted,
+        later: Vec::new(),
+    };
     for layer in base {
         let path = store.blob_path(&layer.digest);
         let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
         let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
         let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
         read::walk_layer(&mut tar, &mut tree, &mut pick, bad)?;
+        if !pick.later.is_empty() {
+            let found = grab(store, layer, &pick.later)?;
+            for (link, to) in pick.later.drain(..) {
+                tree.insert(link, found.get(&to).cloned());
+            }
+        }
     }
     for plan in plans {
         let mut early = Vec::new();
         for (i, e) in plan.entries.iter().enumerate() {
-            if !(pick.0)(&e.path) {
+            if !(pick.wanted)(&e.path) {
                 continue;
             }
             // A tar hard link holds what the entry it links to does (one

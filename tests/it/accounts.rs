@@ -211,3 +211,42 @@ fn base_passwd_over_a_lower_passwd_keeps_it() {
         PASSWD_MASTER
     );
 }
+
+/// A base image whose `/etc/passwd` is a tar hard link to a file that sorts
+/// before it (`/aaa/passwd`, a path the merge does not read): `[accounts]`
+/// must merge into that file's users rather than take the base for one
+/// without `/etc/passwd` and drop root. umoci reads the image back.
+#[test]
+fn accounts_merge_a_base_etc_passwd_that_is_a_hard_link() {
+    let w = Work::new();
+    let passwd = w.write(
+        "root/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nalice:x:500:500::/home/alice:/bin/sh\n",
+    );
+    w.write("root/etc/group", "root:x:0:\nalice:x:500:\n");
+    std::fs::create_dir_all(w.path().join("root/aaa")).unwrap();
+    std::fs::hard_link(&passwd, w.path().join("root/aaa/passwd")).unwrap();
+    w.write(
+        "base.toml",
+        "name = \"base\"\n\n[[layers]]\ntrees = [{ src = \"root\", dest = \"/\" }]\n",
+    );
+    w.write(
+        "recipe.toml",
+        "name = \"app\"\nbase = \"base.toml\"\n\n[accounts]\n\
+         users = [{ name = \"app\", uid = 1000, gid = 1000 }]\n\
+         groups = [{ name = \"app\", gid = 1000 }]\n",
+    );
+    w.ok(&["build", "recipe.toml", "--out", "img"]);
+    crate::support::run(
+        Command::new("umoci")
+            .args(["unpack", "--rootless", "--image", "img:latest", "b"])
+            .current_dir(w.path()),
+    );
+    let merged = crate::support::read(&w.path().join("b/rootfs/etc/passwd"));
+    for user in ["root:", "alice:", "app:"] {
+        assert!(
+            merged.lines().any(|l| l.starts_with(user)),
+            "{user} missing from /etc/passwd:\n{merged}"
+        );
+    }
+}
