@@ -219,13 +219,7 @@ fn base_passwd_over_a_lower_passwd_keeps_it() {
 #[test]
 fn accounts_merge_a_base_etc_passwd_that_is_a_hard_link() {
     let w = Work::new();
-    let passwd = w.write(
-        "root/etc/passwd",
-        "root:x:0:0:root:/root:/bin/sh\nalice:x:500:500::/home/alice:/bin/sh\n",
-    );
-    w.write("root/etc/group", "root:x:0:\nalice:x:500:\n");
-    std::fs::create_dir_all(w.path().join("root/aaa")).unwrap();
-    std::fs::hard_link(&passwd, w.path().join("root/aaa/passwd")).unwrap();
+    linked_passwd_tree(&w);
     w.write(
         "base.toml",
         "name = \"base\"\n\n[[layers]]\ntrees = [{ src = \"root\", dest = \"/\" }]\n",
@@ -237,16 +231,35 @@ fn accounts_merge_a_base_etc_passwd_that_is_a_hard_link() {
          groups = [{ name = \"app\", gid = 1000 }]\n",
     );
     w.ok(&["build", "recipe.toml", "--out", "img"]);
-    crate::support::run(
+    assert_users(&w, "from the base", &["root:", "alice:", "app:"]);
+}
+
+/// `root/` in `w`: an `/etc/passwd` and `/etc/group` with root and alice,
+/// the passwd file hard-linked at `/aaa/passwd` (which sorts before it, so
+/// a layer holds `/etc/passwd` as a tar hard link).
+pub fn linked_passwd_tree(w: &Work) {
+    let passwd = w.write(
+        "root/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nalice:x:500:500::/home/alice:/bin/sh\n",
+    );
+    w.write("root/etc/group", "root:x:0:\nalice:x:500:\n");
+    fs::create_dir_all(w.path().join("root/aaa")).unwrap();
+    fs::hard_link(&passwd, w.path().join("root/aaa/passwd")).unwrap();
+}
+
+/// The image `img` in `w`, unpacked by umoci, has each of `users` (a line
+/// start such as `root:`) in its `/etc/passwd`.
+pub fn assert_users(w: &Work, how: &str, users: &[&str]) {
+    support::run(
         Command::new("umoci")
             .args(["unpack", "--rootless", "--image", "img:latest", "b"])
             .current_dir(w.path()),
     );
-    let merged = crate::support::read(&w.path().join("b/rootfs/etc/passwd"));
-    for user in ["root:", "alice:", "app:"] {
+    let merged = read(&w.path().join("b/rootfs/etc/passwd"));
+    for user in users {
         assert!(
             merged.lines().any(|l| l.starts_with(user)),
-            "{user} missing from /etc/passwd:\n{merged}"
+            "{how}: {user} missing from /etc/passwd:\n{merged}"
         );
     }
 }
