@@ -42,6 +42,9 @@ const INPUT_ANNOTATION: &str = "dev.kiln.layer-cache.input";
 /// The annotation holding the record's signature (base64 DER ECDSA P-256).
 const SIGNATURE_ANNOTATION: &str = "dev.kiln.layer-cache.signature";
 
+/// The most bytes an entry's record may have (kiln writes about 300).
+const MAX_RECORD: u64 = 64 << 10;
+
 /// Whose records the cache signs and trusts.
 #[derive(Clone, Default)]
 pub struct Trust {
@@ -240,18 +243,44 @@ impl RemoteCache {
         epoch: u64,
     ) -> std::result::Result<LayerRecord, String> {
         let show = |e: crate::error::Error| crate::error::render_chain(&e);
-        let stored = self.registry.pull(store, entry, None).map_err(show)?;
+        // Refused before its blobs are fetched: what a registry says an
+        // entry holds is not trusted to be small.
+        let check = |doc: &crate::oci::Document| -> Result<()> {
+            let crate::oci::Document::Manifest(m) = doc else {
+                return Err(crate::error::Error::invalid(
+                    "it is an index, not a kiln layer cache entry",
+                    None,
+                ));
+            };
+            if m.config.media_type != CACHE_MEDIA_TYPE || m.layers.len() != 1 {
+                return Err(crate::error::Error::invalid(
+                    format!(
+                        "it is not a kiln layer cache entry (config `{}`, {} layers)",
+                        m.config.media_type,
+                        m.layers.len()
+                    ),
+                    None,
+                ));
+            }
+            if m.config.size > MAX_RECORD {
+                return Err(crate::error::Error::invalid(
+                    format!(
+                        "its record is {} bytes, more than a record's {MAX_RECORD}",
+                        m.config.size
+                    ),
+                    None,
+                ));
+            }
+            Ok(())
+        };
+        let stored = self
+            .registry
+            .pull_checked(store, entry, None, &check)
+            .map_err(show)?;
         let bytes = store.read(&stored.digest).map_err(show)?;
         let manifest =
             crate::oci::parse_manifest(&bytes, &format!("cache entry `{}`", entry.whole()))
                 .map_err(show)?;
-        if manifest.config.media_type != CACHE_MEDIA_TYPE || manifest.layers.len() != 1 {
-            return Err(format!(
-                "it is not a kiln layer cache entry (config `{}`, {} layers)",
-                manifest.config.media_type,
-                manifest.layers.len()
-            ));
-        }
         let config = store.read(&manifest.config.digest).map_err(show)?;
         let record: Record = serde_json::from_slice(&config)
             .map_err(|e| format!("its record is not readable: {e}"))?;

@@ -67,9 +67,24 @@ impl Registry {
         source: &Reference,
         platforms: Option<&[Platform]>,
     ) -> Result<Stored> {
+        self.pull_checked(store, source, platforms, &|_| Ok(()))
+    }
+
+    /// As [`Registry::pull`], asking `check` about the top manifest or
+    /// index before anything it names is fetched: its error stops the pull
+    /// (so a document naming a blob bigger than its kind may be is refused
+    /// before that blob is downloaded).
+    pub fn pull_checked(
+        &self,
+        store: &Store,
+        source: &Reference,
+        platforms: Option<&[Platform]>,
+        check: &dyn Fn(&Document) -> Result<()>,
+    ) -> Result<Stored> {
         self.runtime.block_on(async {
             let s = self.session(source, Access::Pull, &[]).await?;
             let (top, doc) = pull_manifest(&s, store, source, None).await?;
+            check(&doc)?;
             let mut blobs = Vec::new();
             let mut manifests = vec![doc];
             if let Document::Index(index) = &manifests[0] {

@@ -269,6 +269,48 @@ fn an_entry_pointing_at_another_blob_is_ignored_and_the_layer_rebuilt() {
     assert_eq!(fixed["layers"][0]["digest"], hello["digest"]);
 }
 
+/// A registry may say an entry's record is as big as it likes: one over
+/// the 64 KiB a record may have is refused from the entry's manifest, before
+/// the record is downloaded, and the layer is rebuilt.
+#[test]
+fn an_entry_with_an_oversized_record_is_ignored_before_its_download() {
+    let r = registry(Flavour::Plain);
+    let w = Work::new();
+    unique_recipe(&w, "rcache-big", "", "", "");
+    let repo = "kiln/rcache-big";
+    let cache = r.repo(repo);
+    let a = build(&w, "store-a", &cache, "img-a");
+    let hello = a["layers"][0].clone();
+    let hello_tag = tags(r, repo)
+        .into_iter()
+        .find(|t| {
+            let (m, _) = remote_raw(r, &format!("{cache}:{t}"));
+            m["layers"][0]["digest"] == hello["digest"]
+        })
+        .unwrap();
+    let (old, _) = remote_raw(r, &format!("{cache}:{hello_tag}"));
+    let mut record = json!({
+        "input": old["annotations"]["dev.kiln.layer-cache.input"],
+        "digest": hello["digest"],
+        "diff_id": hello["diff_id"],
+        "size": hello["size"],
+        "media_type": hello["media_type"],
+    });
+    record["padding"] = json!("x".repeat(100 << 10));
+    let record = serde_json::to_vec(&record).unwrap();
+    put_entry(r, repo, &hello_tag, &record, &hello, None);
+    let big = hex(&Sha256::digest(&record));
+
+    let b = build(&w, "store-b", &cache, "img-b");
+    assert_eq!(b["digest"], a["digest"]);
+    assert_eq!(sources(&b)[0], "built", "{b:#}");
+    assert_eq!(b["cache"]["rejected"], 1, "{b:#}");
+    assert!(
+        !w.path().join("store-b/blobs/sha256").join(&big).exists(),
+        "the oversized record was downloaded"
+    );
+}
+
 #[test]
 fn an_unreachable_cache_does_not_fail_the_build() {
     let w = Work::new();
