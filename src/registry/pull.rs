@@ -26,10 +26,21 @@ const MAX_MANIFEST: u64 = 4 << 20;
 impl Registry {
     /// Like [`Registry::pull`], but `None` when the registry has no such manifest.
     pub fn pull_if_present(&self, store: &Store, source: &Reference) -> Result<Option<Stored>> {
+        self.pull_if_present_checked(store, source, &|_| Ok(()))
+    }
+
+    /// Like [`Registry::pull_checked`], but `None` when the registry has no
+    /// such manifest.
+    pub fn pull_if_present_checked(
+        &self,
+        store: &Store,
+        source: &Reference,
+        check: &dyn Fn(&Document) -> Result<()>,
+    ) -> Result<Option<Stored>> {
         if !self.has_manifest(source)? {
             return Ok(None);
         }
-        self.pull(store, source, None).map(Some)
+        self.pull_checked(store, source, None, check).map(Some)
     }
 
     /// Whether the registry has a manifest at `source` (a `HEAD`).

@@ -221,7 +221,7 @@ pub fn stored_layers(
         image.repository().into(),
         tag_for(digest, suffix),
     );
-    let Some(top) = registry.pull_if_present(store, &target)? else {
+    let Some(top) = registry.pull_if_present_checked(store, &target, &super::fetch_signed)? else {
         return Ok(None);
     };
     let what = format!("manifest `{}` from `{}`", top.digest, target.whole());

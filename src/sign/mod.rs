@@ -51,3 +51,39 @@ pub fn sign_all(
     }
     Ok(signed)
 }
+
+/// The most bytes kiln reads of one signature or attestation layer (a
+/// signature is a few hundred; an SBOM attestation a few MiB).
+pub const MAX_SIGNED_LAYER: u64 = 64 << 20;
+
+/// The most bytes the blobs of one signature or attestation artifact may
+/// total for kiln to fetch it.
+pub const MAX_SIGNED_ARTIFACT: u64 = 256 << 20;
+
+/// Whether kiln fetches the signature or attestation artifact `doc` (a
+/// `.sig`/`.att` manifest or a referrer), from its manifest alone: a
+/// manifest whose blobs total at most [`MAX_SIGNED_ARTIFACT`], none of
+/// them over [`MAX_SIGNED_LAYER`]. A registry names what it likes; nothing
+/// bigger is downloaded, let alone read into memory.
+pub fn fetch_signed(doc: &crate::oci::Document) -> crate::error::Result<()> {
+    let crate::oci::Document::Manifest(m) = doc else {
+        return Err(Error::invalid(
+            "an index is not a signature or attestation",
+            None,
+        ));
+    };
+    let total: u64 = m.blobs().map(|d| d.size).fold(0, u64::saturating_add);
+    if total > MAX_SIGNED_ARTIFACT || m.blobs().any(|d| d.size > MAX_SIGNED_LAYER) {
+        return Err(Error::invalid(
+            format!(
+                "a signature or attestation manifest names {total} bytes of blobs, more than kiln \
+                 reads ({MAX_SIGNED_LAYER} a blob, {MAX_SIGNED_ARTIFACT} in all)"
+            ),
+            Some(
+                "the registry serves something else under the signature's tag: check the reference"
+                    .into(),
+            ),
+        ));
+    }
+    Ok(())
+}

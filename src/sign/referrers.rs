@@ -21,6 +21,9 @@ use crate::json::canonical;
 use crate::registry::Registry;
 use crate::store::Store;
 
+/// A DSSE envelope's media type, as a layer of an attestation.
+const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+
 /// Media type (and content, `{}`) of an artifact's empty config.
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The annotation naming what a bundle holds (`dsse-envelope`, `message-signature`).
@@ -202,7 +205,7 @@ pub fn list_all(registry: &Registry, image: &Reference, digest: &Digest) -> Resu
     }
     for (suffix, kind) in [
         ("sig", "application/vnd.dev.cosign.simplesigning.v1+json"),
-        ("att", "application/vnd.dsse.envelope.v1+json"),
+        ("att", DSSE_MEDIA_TYPE),
     ] {
         let tag = cosign::tag_for(digest, suffix);
         if let Some((bytes, d)) = registry.manifest_bytes(&repo_ref(image, tag.clone()))? {
@@ -405,17 +408,36 @@ pub fn check(
         let Ok(d) = r.digest.parse::<Digest>() else {
             continue;
         };
-        let top = registry.pull(store, &digest_ref(image, &d), None)?;
+        out.seen += 1;
+        // A referrer too big to be a signature or attestation kiln reads
+        // (any artifact may refer to an image) is passed over unfetched.
+        let too_big = std::cell::Cell::new(false);
+        let fits = |doc: &crate::oci::Document| {
+            super::fetch_signed(doc).inspect_err(|_| too_big.set(true))
+        };
+        let top = match registry.pull_checked(store, &digest_ref(image, &d), None, &fits) {
+            Ok(top) => top,
+            Err(_) if too_big.get() => continue,
+            Err(e) => return Err(e),
+        };
         let what = format!("referrer `{d}` of `{}@{digest}`", cosign::identity(image));
         let Ok(manifest) = crate::oci::parse_manifest(&store.read(&top.digest)?, &what) else {
             continue;
         };
-        out.seen += 1;
         for layer in &manifest.layers {
+            if ![
+                BUNDLE_MEDIA_TYPE,
+                DSSE_MEDIA_TYPE,
+                cosign::SIGNATURE_MEDIA_TYPE,
+            ]
+            .contains(&layer.media_type.as_str())
+            {
+                continue;
+            }
             let blob = store.read(&layer.digest)?;
             let opened = match layer.media_type.as_str() {
                 BUNDLE_MEDIA_TYPE => bundle::open_bundle(&blob, keys),
-                "application/vnd.dsse.envelope.v1+json" => {
+                DSSE_MEDIA_TYPE => {
                     let env: Value = serde_json::from_slice(&blob).unwrap_or(Value::Null);
                     bundle::open_envelope_value(&env, keys)
                 }

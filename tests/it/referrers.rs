@@ -350,3 +350,83 @@ fn with_the_referrers_api_no_tag_index_is_written() {
         text(&out)
     );
 }
+
+/// Any artifact may refer to an image. One whose blobs are bigger than a
+/// signature or attestation kiln reads (here one layer of 64 MiB and a
+/// byte, attached by hand: curl, and the `sha256-<hex>` tag index updated)
+/// is passed over by `kiln verify` without being downloaded, and the
+/// image's own signature still verifies.
+#[test]
+fn a_referrer_too_big_to_be_a_signature_is_passed_over_unfetched() {
+    use crate::remote_cache::{curl, put_blob};
+    use serde_json::json;
+    use sha2::{Digest as _, Sha256};
+    let w = Work::new();
+    support::cosign::generate_key_pair(w.path());
+    let signed = [
+        "--sign-key",
+        "cosign.key",
+        "--signature-scheme",
+        "referrers",
+    ];
+    let pinned = pushed(&w, "big", &signed);
+    let r = registry(Flavour::Plain);
+    let (name, digest) = pinned.split_once('@').unwrap();
+    let repo = name.strip_prefix(&format!("{}/", r.host)).unwrap();
+    let url = |what: &str| format!("http://{}/v2/{repo}/manifests/{what}", r.host);
+    let oci_manifest = "application/vnd.oci.image.manifest.v1+json";
+    let oci_index = "application/vnd.oci.image.index.v1+json";
+    let subject = curl(&["-H", &format!("Accept: {oci_manifest}"), &url(digest)]);
+
+    let big = vec![7u8; (64 << 20) + 1];
+    let big_digest = put_blob(r, repo, &big);
+    let empty = put_blob(r, repo, b"{}");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": oci_manifest,
+        "artifactType": "application/x-big",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/x-big", "digest": big_digest, "size": big.len()}],
+        "subject": {"mediaType": oci_manifest, "digest": digest, "size": subject.len()},
+    }))
+    .unwrap();
+    let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
+    let put = |bytes: &[u8], media_type: &str, at: &str| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &url(at),
+        ]);
+    };
+    put(&manifest, oci_manifest, &manifest_digest);
+    // This registry has no referrers API: kiln reads the tag index.
+    let tag = digest.replace(':', "-");
+    let mut index: Value =
+        serde_json::from_slice(&curl(&["-H", &format!("Accept: {oci_index}"), &url(&tag)]))
+            .unwrap();
+    index["manifests"].as_array_mut().unwrap().push(json!({
+        "mediaType": oci_manifest,
+        "digest": manifest_digest,
+        "size": manifest.len(),
+        "artifactType": "application/x-big",
+    }));
+    put(&serde_json::to_vec(&index).unwrap(), oci_index, &tag);
+    assert_eq!(
+        referrers(&w, &pinned).len(),
+        2,
+        "the signature and the big one"
+    );
+
+    ok(&w, &["verify", &pinned, "--key", "cosign.pub"]);
+    let hex = big_digest.strip_prefix("sha256:").unwrap();
+    assert!(
+        !w.cache().join("blobs/sha256").join(hex).exists(),
+        "the big referrer was downloaded"
+    );
+}

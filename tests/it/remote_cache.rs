@@ -46,7 +46,7 @@ fn sources(doc: &Value) -> Vec<String> {
         .collect()
 }
 
-fn curl(args: &[&str]) -> Vec<u8> {
+pub(crate) fn curl(args: &[&str]) -> Vec<u8> {
     let out = tool("curl").arg("-sSf").args(args).output().unwrap();
     assert_success(&out, &format!("curl {args:?}"));
     out.stdout
@@ -67,7 +67,7 @@ fn tags(r: &Registry, repo: &str) -> Vec<String> {
 }
 
 /// Uploads `bytes` as a blob of `repo` (POST, then PUT with the digest).
-fn put_blob(r: &Registry, repo: &str, bytes: &[u8]) -> String {
+pub(crate) fn put_blob(r: &Registry, repo: &str, bytes: &[u8]) -> String {
     let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
     let url = format!("http://{}/v2/{repo}/blobs/uploads/", r.host);
     let head = String::from_utf8(curl(&["-i", "-X", "POST", &url])).unwrap();
