@@ -29,7 +29,7 @@ pub const SLSA_PREDICATE: &str = "https://slsa.dev/provenance/v1";
 /// The DSSE payload type of in-toto statements.
 pub const INTOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// Media type of an attestation layer.
-pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+pub use crate::sign::bundle::DSSE_MEDIA_TYPE;
 
 /// An in-toto statement about the image `digest` named `name`.
 pub fn statement(name: &str, digest: &Digest, predicate_type: &str, predicate: Value) -> Vec<u8> {

@@ -36,22 +36,12 @@ impl<F: Fn(&str) -> bool> Visitor for Pick<F> {
         whiteouts: true,
     };
 
-    fn entry(&mut self, tree: &mut Tree<Self::Node>, entry: read::Entry<'_>) -> Result<()> {
+    fn entry(&mut self, tree: &mut Tree<Self::Node>, mut entry: read::Entry<'_>) -> Result<()> {
         if !(self.wanted)(&entry.path) {
             return Ok(());
         }
         let found = if entry.kind == Kind::File {
-            let mut bytes = Vec::new();
-            entry
-                .data
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::io("read", &entry.path, e))?;
-            Some(Found {
-                bytes,
-                mode: entry.mode(0o644),
-                uid: entry.uid,
-                gid: entry.gid,
-            })
+            Some(read_file(&mut entry)?)
         } else {
             None
         };
@@ -88,21 +78,11 @@ impl Visitor for Grab<'_> {
         whiteouts: false,
     };
 
-    fn entry(&mut self, _: &mut Tree<()>, entry: read::Entry<'_>) -> Result<()> {
+    fn entry(&mut self, _: &mut Tree<()>, mut entry: read::Entry<'_>) -> Result<()> {
         if entry.kind != Kind::File || !self.paths.contains(entry.path.as_str()) {
             return Ok(());
         }
-        let mut bytes = Vec::new();
-        entry
-            .data
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io("read", &entry.path, e))?;
-        let found = Found {
-            bytes,
-            mode: entry.mode(0o644),
-            uid: entry.uid,
-            gid: entry.gid,
-        };
+        let found = read_file(&mut entry)?;
         self.found.insert(entry.path, found);
         Ok(())
     }
@@ -124,12 +104,37 @@ fn grab(
         paths: &paths,
         found: Default::default(),
     };
+    walk_base(store, layer, &mut Tree::new(), &mut grab)?;
+    Ok(grab.found)
+}
+
+/// A regular file's bytes, mode and owner, from a layer.
+fn read_file(entry: &mut read::Entry<'_>) -> Result<Found> {
+    let mut bytes = Vec::new();
+    entry
+        .data
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", &entry.path, e))?;
+    Ok(Found {
+        bytes,
+        mode: entry.mode(0o644),
+        uid: entry.uid,
+        gid: entry.gid,
+    })
+}
+
+/// Applies the base layer `layer`, read from the store, to `tree`.
+fn walk_base<V: Visitor>(
+    store: &Store,
+    layer: &LayerRecord,
+    tree: &mut Tree<V::Node>,
+    visitor: &mut V,
+) -> Result<()> {
     let path = store.blob_path(&layer.digest);
     let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
     let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
     let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
-    read::walk_layer(&mut tar, &mut Tree::new(), &mut grab, bad)?;
-    Ok(grab.found)
+    read::walk_layer(&mut tar, tree, visitor, bad)
 }
 
 /// The files at the paths `wanted` accepts as the base's layers and then
@@ -152,11 +157,7 @@ pub(super) fn files(
         later: Vec::new(),
     };
     for layer in base {
-        let path = store.blob_path(&layer.digest);
-        let blob = std::io::BufReader::new(store.open_blob(&layer.digest)?);
-        let mut tar = read::decompress(blob, &layer.media_type, &layer.digest)?;
-        let bad = |e: std::io::Error| crate::store::verify_error(e, &path);
-        read::walk_layer(&mut tar, &mut tree, &mut pick, bad)?;
+        walk_base(store, layer, &mut tree, &mut pick)?;
         if !pick.later.is_empty() {
             let found = grab(store, layer, &pick.later)?;
             for (link, to) in pick.later.drain(..) {

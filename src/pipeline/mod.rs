@@ -401,16 +401,15 @@ fn build_plan(
     }
     // Borrowed, not cloned: a big layer's plan holds every entry.
     let plans: Vec<&LayerPlan> = unique.iter().map(|&(p, i)| &per_platform[p][i]).collect();
-    let mut built = build_layers(store, &plans, recipe, settings, reporter, epoch)?;
-    for (u, built) in built.iter_mut().enumerate() {
-        if let Some((found, key)) = built.3.take() {
-            // Every plan built as this one: its twins took the same files.
-            for (p, row) in slots.iter().enumerate() {
-                for (i, _) in row.iter().enumerate().filter(|&(_, &s)| s == u) {
-                    let plan = &mut per_platform[p][i];
-                    plan.hashed(&found, key.clone())?;
-                    late_materials(plan, &found, &mut materials);
-                }
+    let built = build_layers(store, &plans, recipe, settings, reporter, epoch)?;
+    // Every plan built as one that left files unhashed (its twins took
+    // the same files) takes their digests.
+    for (p, row) in slots.iter().enumerate() {
+        for (i, &u) in row.iter().enumerate() {
+            if let Some((found, key)) = &built[u].3 {
+                let plan = &mut per_platform[p][i];
+                plan.hashed(found, key.clone())?;
+                late_materials(plan, found, &mut materials);
             }
         }
     }

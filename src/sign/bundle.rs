@@ -16,6 +16,8 @@ use crate::json::canonical;
 
 /// Media type of a Sigstore bundle (a layer's, and a referrer's artifact type).
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// Media type of a DSSE envelope, as an attestation layer.
+pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// The predicate type of an image signature as an in-toto statement (cosign 3).
 pub const SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// The in-toto statement type of signatures in bundles.

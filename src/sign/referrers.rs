@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use oci_client::Reference;
 use serde_json::{json, Map, Value};
 
-use super::bundle::{self, Opened, BUNDLE_MEDIA_TYPE, SIGN_PREDICATE};
+use super::bundle::{self, Opened, BUNDLE_MEDIA_TYPE, DSSE_MEDIA_TYPE, SIGN_PREDICATE};
 use super::cosign::{self, NamedKey};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -20,9 +20,6 @@ use crate::image::{Stored, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
 use crate::json::canonical;
 use crate::registry::Registry;
 use crate::store::Store;
-
-/// A DSSE envelope's media type, as a layer of an attestation.
-const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 
 /// Media type (and content, `{}`) of an artifact's empty config.
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -204,7 +201,7 @@ pub fn list_all(registry: &Registry, image: &Reference, digest: &Digest) -> Resu
         }
     }
     for (suffix, kind) in [
-        ("sig", "application/vnd.dev.cosign.simplesigning.v1+json"),
+        ("sig", cosign::SIGNATURE_MEDIA_TYPE),
         ("att", DSSE_MEDIA_TYPE),
     ] {
         let tag = cosign::tag_for(digest, suffix);
@@ -424,20 +421,12 @@ pub fn check(
         let Ok(manifest) = crate::oci::parse_manifest(&store.read(&top.digest)?, &what) else {
             continue;
         };
+        // Only layers of the kinds read here are read at all.
         for layer in &manifest.layers {
-            if ![
-                BUNDLE_MEDIA_TYPE,
-                DSSE_MEDIA_TYPE,
-                cosign::SIGNATURE_MEDIA_TYPE,
-            ]
-            .contains(&layer.media_type.as_str())
-            {
-                continue;
-            }
-            let blob = store.read(&layer.digest)?;
             let opened = match layer.media_type.as_str() {
-                BUNDLE_MEDIA_TYPE => bundle::open_bundle(&blob, keys),
+                BUNDLE_MEDIA_TYPE => bundle::open_bundle(&store.read(&layer.digest)?, keys),
                 DSSE_MEDIA_TYPE => {
+                    let blob = store.read(&layer.digest)?;
                     let env: Value = serde_json::from_slice(&blob).unwrap_or(Value::Null);
                     bundle::open_envelope_value(&env, keys)
                 }
