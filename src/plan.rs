@@ -371,9 +371,10 @@ fn input_digest(
     let mut found = found.iter().peekable();
     let mut h = Sha256::new();
     h.update(format!("kiln-layer\0{FORMAT_VERSION}\0{compression:?}\0{mtime}\n").as_bytes());
-    // Two buffers reused for every entry, numbers written by hand: a big
-    // layer has tens of thousands of entries.
-    let (mut meta, mut extra) = (Vec::new(), Vec::new());
+    // The text is gathered in one buffer and hashed 64 KiB at a time, numbers
+    // written by hand: a big layer has tens of thousands of entries, and
+    // hashing each of their fields apart cost more than hashing them.
+    let (mut text, mut meta, mut extra) = (Vec::with_capacity(80 << 10), Vec::new(), Vec::new());
     for (i, e) in entries.iter().enumerate() {
         extra.clear();
         let kind = match &e.kind {
@@ -412,10 +413,15 @@ fn input_digest(
         push_radix(&mut meta, u64::from(e.gid), 10);
         // Lengths first, so no two different entry lists hash the same text.
         for field in [e.path.as_bytes(), kind.as_bytes(), &meta, &extra] {
-            h.update((field.len() as u64).to_le_bytes());
-            h.update(field);
+            text.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            text.extend_from_slice(field);
+        }
+        if text.len() >= 64 << 10 {
+            h.update(&text);
+            text.clear();
         }
     }
+    h.update(&text);
     Some(Digest::from_hasher(h))
 }
 

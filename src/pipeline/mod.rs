@@ -465,6 +465,7 @@ fn build_plan(
             .collect();
         image::store_index(store, &list, &recipe.annotations)?
     };
+    drop_aside(per_platform);
     Ok(Built {
         materials,
         times: None,
@@ -475,6 +476,16 @@ fn build_plan(
         manifests,
         cache: None,
     })
+}
+
+/// Drops `value` on a thread of its own: a big tree's plan is tens of
+/// thousands of entries, each with a path or two to free, and nothing
+/// waits for that memory.
+fn drop_aside<T: Send + 'static>(value: T) {
+    // A thread that cannot start drops the closure, and the value, here.
+    let _ = std::thread::Builder::new()
+        .name("kiln-drop".into())
+        .spawn(move || drop(value));
 }
 
 /// The provenance of the host files a plan left unhashed, once it has

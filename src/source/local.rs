@@ -276,10 +276,14 @@ fn mode_or(mode: Option<Mode>, default: u32) -> u32 {
 
 fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
+        return name.to_string();
     }
+    // Not `format!`: a big tree joins tens of thousands of paths.
+    let mut path = String::with_capacity(dir.len() + 1 + name.len());
+    path.push_str(dir);
+    path.push('/');
+    path.push_str(name);
+    path
 }
 
 struct LayerBuilder<'a> {

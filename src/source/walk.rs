@@ -140,11 +140,7 @@ pub fn walk(
     // Sorted through indices: an item is too big to move about cheaply.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_unstable_by(|&a, &b| items[a].rel.as_bytes().cmp(items[b].rel.as_bytes()));
-    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
-    items = order
-        .into_iter()
-        .map(|i| slots[i].take().expect("each index comes once"))
-        .collect();
+    permute(&mut items, order);
     failures.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     // A tree that could not be late is marked now, from its sorted items:
     // no second sort, and off the listing's barrier.
@@ -152,6 +148,25 @@ pub fn walk(
         decide(&shape_of(items.iter().map(|i| (i.rel.as_str(), kind(i)))));
     }
     (items, failures)
+}
+
+/// Puts `items` in `order` (item `order[i]` goes to place `i`) where they
+/// are, one swap per item out of place: a big tree's items are tens of
+/// MiB, and a second vector of them costs more in fresh memory than in the
+/// moves.
+fn permute<T>(items: &mut [T], mut order: Vec<usize>) {
+    for start in 0..items.len() {
+        let mut at = start;
+        // Each cycle of the permutation once; a place done points at itself.
+        while order[at] != at {
+            let from = std::mem::replace(&mut order[at], at);
+            if from == start {
+                break;
+            }
+            items.swap(at, from);
+            at = from;
+        }
+    }
 }
 
 struct State {
@@ -512,18 +527,23 @@ fn kind(i: &Item) -> &'static str {
 
 /// The shape of a tree whose sorted relative paths and kinds are `lines`:
 /// each field as its length (8 bytes, little-endian) and its bytes, one
-/// SHA-256 update per line.
+/// SHA-256 over them all.
 fn shape_of<'a>(lines: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    let mut line = Vec::new();
+    // Hashed 64 KiB at a time: one update per line cost more than the
+    // hashing (a big tree has tens of thousands of lines).
+    let mut text = Vec::with_capacity(80 << 10);
     for (rel, what) in lines {
-        line.clear();
         for field in [rel.as_bytes(), what.as_bytes()] {
-            line.extend_from_slice(&(field.len() as u64).to_le_bytes());
-            line.extend_from_slice(field);
+            text.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            text.extend_from_slice(field);
         }
-        sha2::Digest::update(&mut h, &line);
+        if text.len() >= 64 << 10 {
+            sha2::Digest::update(&mut h, &text);
+            text.clear();
+        }
     }
+    sha2::Digest::update(&mut h, &text);
     Digest::from_hasher(h)
 }
 
@@ -567,6 +587,30 @@ fn hash_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Items put in order where they are end as a second vector taking
+    /// them in that order would hold them: every size up to 40, fixed
+    /// points, one long cycle and many short ones.
+    #[test]
+    fn permuting_in_place_gives_the_order_asked_for() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for n in 0..40 {
+            for _ in 0..20 {
+                let mut order: Vec<usize> = (0..n).collect();
+                rng.shuffle(&mut order);
+                let items: Vec<String> = (0..n).map(|i| format!("item {i}")).collect();
+                let want: Vec<String> = order.iter().map(|&i| items[i].clone()).collect();
+                let mut got = items.clone();
+                permute(&mut got, order);
+                assert_eq!(got, want, "{n} items");
+            }
+        }
+        let mut reversed: Vec<usize> = (0..1000).rev().collect();
+        let mut got: Vec<usize> = (0..1000).collect();
+        permute(&mut got, reversed.clone());
+        reversed.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(got, reversed);
+    }
 
     /// What a walk found, comparable: relative path, kind, digest and size.
     fn summary(items: &[Item]) -> Vec<(String, String)> {
