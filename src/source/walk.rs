@@ -448,7 +448,8 @@ fn read_one(
             }
         };
         let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
             let at = if rel.is_empty() {
                 "\u{1}".to_string()
             } else {
@@ -457,11 +458,14 @@ fn read_one(
             failures.push((at, Failure::NotUtf8(path)));
             continue;
         };
-        let rel = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
+        // Not `format!`: one allocation per entry of a big tree.
+        let mut joined = String::with_capacity(rel.len() + 1 + name.len());
+        if !rel.is_empty() {
+            joined.push_str(rel);
+            joined.push('/');
+        }
+        joined.push_str(name);
+        let rel = joined;
         if skip(&rel) {
             continue;
         }

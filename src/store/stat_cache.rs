@@ -268,16 +268,6 @@ impl StatCache {
         if !guard.1 {
             return Ok(());
         }
-        let mut text = String::with_capacity(guard.0.len() * 120);
-        for ((dev, ino), (s, d)) in &guard.0 {
-            text.push_str(&format!(
-                "{dev} {ino} {} {} {} {}\n",
-                s.size,
-                s.mtime_ns,
-                s.ctime_ns,
-                d.hex()
-            ));
-        }
         let dir = self
             .path
             .parent()
@@ -286,7 +276,29 @@ impl StatCache {
             .prefix(&self.tmp_prefix)
             .tempfile_in(dir)
             .at("create a temporary file in", dir)?;
-        tmp.write_all(text.as_bytes()).at("write", tmp.path())?;
+        // Written as it is made, numbers by hand: a big tree's cache is tens
+        // of thousands of lines, and a rebuild after one edit saves it all.
+        let at = tmp.path().to_path_buf();
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, tmp.as_file_mut());
+        let mut line = Vec::with_capacity(160);
+        for ((dev, ino), (s, d)) in &guard.0 {
+            line.clear();
+            for n in [
+                i128::from(*dev),
+                i128::from(*ino),
+                i128::from(s.size),
+                s.mtime_ns,
+                s.ctime_ns,
+            ] {
+                push_decimal(&mut line, n);
+                line.push(b' ');
+            }
+            line.extend_from_slice(d.hex().as_bytes());
+            line.push(b'\n');
+            out.write_all(&line).at("write", &at)?;
+        }
+        out.flush().at("write", &at)?;
+        drop(out);
         crate::files::rename_into(tmp, &self.path)
     }
 }
@@ -326,6 +338,25 @@ fn parse_line(line: &str) -> Option<((u64, u64), (Stamp, Digest))> {
     };
     let digest = Digest::from_hex(f.next()?)?;
     f.next().is_none().then_some(((dev, ino), (stamp, digest)))
+}
+
+/// Appends `n` in decimal, `-` first if negative, as `format!` would.
+fn push_decimal(out: &mut Vec<u8>, n: i128) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut left = n.unsigned_abs();
+    let mut digits = [0u8; 40];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (left % 10) as u8;
+        left /= 10;
+        if left == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A decimal `u64` (digits only): a big store's cache has 300,000 numbers,
@@ -373,6 +404,51 @@ mod tests {
             "2049 1 0 0 0 nothex".to_string(),
         ] {
             assert!(parse_line(&bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -1_500_000_000,
+            i128::from(u64::MAX),
+            i128::MIN,
+            i128::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+    }
+
+    /// What a cache saves, another loads whole: every entry, a time before
+    /// 1970 and the largest inode included.
+    #[test]
+    fn a_saved_cache_loads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat-cache");
+        let cache = StatCache::load(path.clone());
+        let mut want = Entries::default();
+        for i in 0..1000u64 {
+            let stamp = Stamp {
+                size: i * 7,
+                mtime_ns: i128::from(i) * 1_000_000_007 - 1_500_000_000,
+                ctime_ns: 1_700_000_000_123_456_789 + i128::from(i),
+            };
+            let id = (2049, if i == 0 { u64::MAX } else { i });
+            want.insert(id, (stamp, Digest::of(&i.to_le_bytes())));
+        }
+        *cache.entries.write().unwrap() = (want.clone(), true);
+        cache.save().unwrap();
+        let got = read_entries(&path).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (id, entry) in &want {
+            assert!(got.get(id) == Some(entry), "{id:?}");
         }
     }
 
