@@ -318,7 +318,8 @@ fn build_plan(
         let mut base_installs = None;
         // The packages' scripts and `sysusers.d` files, for `from-packages`.
         let mut scripts = Vec::new();
-        for (inputs, section) in layers.iter_mut().zip(&recipe.layers) {
+        let inputs_len = layers.len();
+        for (layer_no, (inputs, section)) in layers.iter_mut().zip(&recipe.layers).enumerate() {
             let exclude = crate::source::deb::install::Exclude::new(
                 section.exclude.iter().map(|g| g.get_ref().as_str()),
             );
@@ -350,7 +351,10 @@ fn build_plan(
                 epoch,
             );
             packages::claim_unless_cached(store, &layer, &inputs.packages)?;
-            layer.add_dirs_to(&mut below);
+            // Only a layer or accounts above look at the directories below.
+            if layer_no + 1 < inputs_len || recipe.accounts.is_some() {
+                layer.add_dirs_to(&mut below);
+            }
             plans.push(layer);
         }
         if let Some(section) = &recipe.accounts {

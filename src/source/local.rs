@@ -576,7 +576,14 @@ impl LayerBuilder<'_> {
             found.push((entry.path.clone(), (entry, span.clone())));
         }
         let mut found: Entries = found.into_iter().collect();
-        self.entries.append(&mut found);
+        // The smaller map goes into the bigger one: a tree's entries are
+        // usually most of the layer's, and merging two maps copies both.
+        if found.len() > self.entries.len() {
+            std::mem::swap(&mut found, &mut self.entries);
+        }
+        for (path, entry) in found {
+            self.entries.insert(path, entry);
+        }
         check_symlink_loops(&symlinks).map_err(|chain| {
             self.error(
                 &t.src,
@@ -594,7 +601,7 @@ impl LayerBuilder<'_> {
     /// One entry of a tree (not its root), as the walk found it at `host`;
     /// a symlink's target is returned for the loop check.
     fn tree_entry(
-        &mut self,
+        &self,
         t: &TreeItem,
         found: std::io::Result<(walk::Meta, walk::Found)>,
         host: PathBuf,

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fs::{self, FileType, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::digest::{digest_reader, Digest};
 use crate::store::stat_cache::{FileStamp, StatCache};
@@ -121,6 +121,7 @@ pub fn walk(
             files: std::collections::BinaryHeap::new(),
             links: HashMap::new(),
             busy: 0,
+            waiting: 0,
             items: Vec::new(),
             failures: Vec::new(),
             listing: late.is_some(),
@@ -180,6 +181,10 @@ struct State {
     links: HashMap<(u64, u64), Links>,
     /// Threads reading a directory or hashing a file now.
     busy: usize,
+    /// Threads waiting for work: the others wake them only then (a wake
+    /// is a system call, and a big tree has tens of thousands of
+    /// directories).
+    waiting: usize,
     items: Vec<Item>,
     failures: Vec<(String, Failure)>,
     /// Listing only: files wait until the whole tree is listed (a walk
@@ -354,6 +359,21 @@ enum Job {
 }
 
 impl Shared {
+    /// Waits for another thread to make work or finish the walk.
+    fn wait<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.waiting += 1;
+        let mut state = self.wake.wait(state).expect("no panics hold this lock");
+        state.waiting -= 1;
+        state
+    }
+
+    /// Wakes the threads waiting, if any: `state` is the lock's guard.
+    fn wake_all(&self, state: &State) {
+        if state.waiting > 0 {
+            self.wake.notify_all();
+        }
+    }
+
     fn work(
         &self,
         skip: &(dyn Fn(&str) -> bool + Sync),
@@ -371,21 +391,21 @@ impl Shared {
                     if late.is_some_and(|decide| state.late(decide)) {
                         state.leave_unread();
                     }
-                    self.wake.notify_all();
+                    self.wake_all(&state);
                     continue;
                 }
                 None if state.listing => {
-                    state = self.wake.wait(state).expect("no panics hold this lock");
+                    state = self.wait(state);
                     continue;
                 }
                 None => match state.files.pop() {
                     Some(Biggest(file)) => Job::File(file),
                     None if state.busy == 0 => {
-                        self.wake.notify_all();
+                        self.wake_all(&state);
                         return;
                     }
                     None => {
-                        state = self.wake.wait(state).expect("no panics hold this lock");
+                        state = self.wait(state);
                         continue;
                     }
                 },
@@ -401,7 +421,7 @@ impl Shared {
                     if !dirs.is_empty() || !files.is_empty() {
                         state.dirs.extend(dirs);
                         state.add_files(files);
-                        self.wake.notify_all();
+                        self.wake_all(&state);
                     }
                 }
                 Job::File(file) => {
@@ -448,8 +468,8 @@ fn read_one(
             }
         };
         let path = entry.path();
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
+        // The name from the path just made: `file_name` would copy it.
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             let at = if rel.is_empty() {
                 "\u{1}".to_string()
             } else {
