@@ -603,7 +603,7 @@ impl LayerBuilder<'_> {
     fn tree_entry(
         &self,
         t: &TreeItem,
-        found: std::io::Result<(walk::Meta, walk::Found)>,
+        found: std::io::Result<(Option<walk::Meta>, walk::Found)>,
         host: PathBuf,
         path: String,
         (uid, gid): (u32, u32),
@@ -614,6 +614,9 @@ impl LayerBuilder<'_> {
                 .caused_by(e)
                 .hint("make it readable by the user running kiln, or add it to `exclude`")
         })?;
+        // The walk gives the metadata of every entry but directories and
+        // symlinks.
+        let file_meta = |meta: Option<walk::Meta>| meta.expect("the walk stats files");
         let entry = match found {
             walk::Found::Dir => Entry {
                 path,
@@ -646,6 +649,7 @@ impl LayerBuilder<'_> {
                 }
             }
             walk::Found::File(digest) => {
+                let meta = file_meta(meta);
                 let entry = self.host_file(
                     host,
                     &meta,
@@ -659,6 +663,7 @@ impl LayerBuilder<'_> {
                 return Ok((entry, Some(meta), None));
             }
             walk::Found::Unhashed => {
+                let meta = file_meta(meta);
                 // The digest is not known yet: see `Content::Unhashed`.
                 let content = Content::Unhashed(host, meta.id);
                 let placeholder = Digest::of(b"");

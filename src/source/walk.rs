@@ -86,8 +86,11 @@ pub struct Item {
     pub rel: String,
     /// Path on the host.
     pub path: PathBuf,
-    /// What it is, or why it could not be examined.
-    pub found: io::Result<(Meta, Found)>,
+    /// What it is, or why it could not be examined, with its metadata:
+    /// none for a directory or a symlink, whose mode and owner in the
+    /// image the recipe decides (so the walk does not ask for it: one
+    /// system call less per directory).
+    pub found: io::Result<(Option<Meta>, Found)>,
 }
 
 /// Why the walk could not go on at some path.
@@ -326,7 +329,7 @@ impl Pending {
         Item {
             rel: self.rel,
             path: self.path,
-            found: Ok((self.meta, found)),
+            found: Ok((Some(self.meta), found)),
         }
     }
 }
@@ -489,21 +492,30 @@ fn read_one(
         if skip(&rel) {
             continue;
         }
-        let found = match entry.file_type().and_then(|ft| Ok((ft, entry.metadata()?))) {
-            Ok((ft, meta)) if ft.is_file() => match hashes.get(&meta) {
-                Some(digest) => Ok((Meta::from(&meta), Found::File(Ok((digest, meta.len()))))),
-                None => {
-                    let (stamp, meta) = (FileStamp::of(&meta), Meta::from(&meta));
-                    files.push(Pending {
-                        rel,
-                        path,
-                        meta,
-                        stamp,
-                    });
-                    continue;
-                }
+        // The type as the directory lists it (`std` asks the file only
+        // where the file system does not say).
+        let found = match entry.file_type() {
+            Ok(ft) if ft.is_dir() || ft.is_symlink() => Ok((None, examine(ft, &path))),
+            Ok(ft) => match entry.metadata() {
+                Ok(meta) if ft.is_file() => match hashes.get(&meta) {
+                    Some(digest) => Ok((
+                        Some(Meta::from(&meta)),
+                        Found::File(Ok((digest, meta.len()))),
+                    )),
+                    None => {
+                        let (stamp, meta) = (FileStamp::of(&meta), Meta::from(&meta));
+                        files.push(Pending {
+                            rel,
+                            path,
+                            meta,
+                            stamp,
+                        });
+                        continue;
+                    }
+                },
+                Ok(meta) => Ok((Some(Meta::from(&meta)), examine(ft, &path))),
+                Err(e) => Err(e),
             },
-            Ok((ft, meta)) => Ok((Meta::from(&meta), examine(ft, &path))),
             Err(e) => Err(e),
         };
         if let Ok((_, Found::Dir)) = &found {
@@ -644,7 +656,7 @@ mod tests {
                 let what = match &item.found {
                     Ok((_, Found::Dir)) => "dir".to_string(),
                     Ok((meta, Found::File(Ok((digest, size))))) => {
-                        assert_eq!(*size, meta.len, "{}", item.rel);
+                        assert_eq!(Some(*size), meta.map(|m| m.len), "{}", item.rel);
                         format!("file {size} {digest}")
                     }
                     Ok((_, Found::Symlink(Ok(target)))) => format!("link {}", target.display()),
