@@ -656,9 +656,6 @@ fn hash_file(
 mod tests {
     use super::*;
 
-    /// Items put in order where they are end as a second vector taking
-    /// them in that order would hold them: every size up to 40, fixed
-    /// points, one long cycle and many short ones.
     /// The order of paths by their bytes, whether the halves are sorted
     /// on two threads and merged or all on one.
     #[test]
@@ -691,6 +688,9 @@ mod tests {
         }
     }
 
+    /// Items put in order where they are end as a second vector taking
+    /// them in that order would hold them: every size up to 40, fixed
+    /// points, one long cycle and many short ones.
     #[test]
     fn permuting_in_place_gives_the_order_asked_for() {
         let mut rng = fastrand::Rng::with_seed(3);
