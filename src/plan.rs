@@ -54,7 +54,14 @@ impl Seen {
     /// How `meta` looks, unless it changed too recently to be told apart
     /// from a write to come.
     pub fn of(meta: &std::fs::Metadata) -> Option<Seen> {
-        let seen = Seen::now(meta)?;
+        use std::os::unix::fs::MetadataExt;
+        Seen::at(meta.ino(), meta.ctime(), meta.ctime_nsec())
+    }
+
+    /// [`Seen::of`] a file of inode `ino` changed at `ctime` seconds and
+    /// `ctime_nsec` nanoseconds.
+    pub fn at(ino: u64, ctime: i64, ctime_nsec: i64) -> Option<Seen> {
+        let seen = Seen::stamp(ino, ctime, ctime_nsec)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -68,12 +75,15 @@ impl Seen {
 
     fn now(meta: &std::fs::Metadata) -> Option<Seen> {
         use std::os::unix::fs::MetadataExt;
-        let ctime_ns = meta
-            .ctime()
+        Seen::stamp(meta.ino(), meta.ctime(), meta.ctime_nsec())
+    }
+
+    fn stamp(ino: u64, ctime: i64, ctime_nsec: i64) -> Option<Seen> {
+        let ctime_ns = ctime
             .saturating_mul(1_000_000_000)
-            .saturating_add(meta.ctime_nsec());
+            .saturating_add(ctime_nsec);
         Some(Seen {
-            ino: meta.ino(),
+            ino,
             ctime_ns: std::num::NonZeroI64::new(ctime_ns)?,
         })
     }

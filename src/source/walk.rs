@@ -21,7 +21,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::fs::{self, FileType, Metadata};
+use std::fs::{self, Metadata};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -60,6 +60,29 @@ pub struct Meta {
     pub id: (u64, u64),
     /// As the layer writer will look for it (regular files).
     pub seen: Option<crate::plan::Seen>,
+}
+
+impl Meta {
+    /// What a `statx` of a file gave, as [`Meta::from`] takes it from a
+    /// `Metadata` (the same device number: `makedev` of its parts).
+    fn of_statx(st: &rustix::fs::Statx) -> Meta {
+        let file = rustix::fs::FileType::from_raw_mode(st.stx_mode.into())
+            == rustix::fs::FileType::RegularFile;
+        Meta {
+            len: st.stx_size,
+            mode: st.stx_mode.into(),
+            nlink: st.stx_nlink.into(),
+            id: (
+                rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+                st.stx_ino,
+            ),
+            seen: if file {
+                crate::plan::Seen::at(st.stx_ino, st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec.into())
+            } else {
+                None
+            },
+        }
+    }
 }
 
 impl From<&Metadata> for Meta {
@@ -415,6 +438,8 @@ impl Shared {
         hashes: &StatCache,
         late: Option<&(dyn Fn(&Digest) -> bool + Sync)>,
     ) {
+        // What `getdents64` fills, kept for every directory this thread reads.
+        let mut listing = Vec::with_capacity(LISTING);
         let mut state = self.state.lock().expect("no panics hold this lock");
         loop {
             // Directories first: they make work for every thread.
@@ -449,7 +474,8 @@ impl Shared {
             drop(state);
             match job {
                 Job::Dir(dir, rel) => {
-                    let (items, dirs, files, failures) = read_one(&dir, &rel, skip, hashes);
+                    let (items, dirs, files, failures) =
+                        read_one(&dir, &rel, skip, hashes, &mut listing);
                     state = self.state.lock().expect("no panics hold this lock");
                     state.items.extend(items);
                     state.failures.extend(failures);
@@ -477,34 +503,55 @@ type DirResult = (
     Vec<(String, Failure)>,
 );
 
+/// Bytes of directory entries one `getdents64` call may fill.
+const LISTING: usize = 32 << 10;
+
 /// Reads one directory: its entries, the directories under it to read next,
-/// the files in it to hash.
+/// the files in it to hash. Read with `getdents64` into `listing` and each
+/// entry stat'ed from the directory's descriptor: `std::fs::read_dir` goes
+/// through `opendir`, which stats every directory once more.
 fn read_one(
     dir: &Path,
     rel: &str,
     skip: &(dyn Fn(&str) -> bool + Sync),
     hashes: &StatCache,
+    listing: &mut Vec<u8>,
 ) -> DirResult {
+    use rustix::fs::{AtFlags, FileType as Type, OFlags, StatxFlags};
+    use std::os::unix::ffi::OsStrExt;
     let (mut items, mut dirs, mut files, mut failures) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(dir, flags, rustix::fs::Mode::empty()) {
+        Ok(fd) => fd,
         Err(e) => {
-            failures.push((rel.to_string(), Failure::Unreadable(dir.to_path_buf(), e)));
+            failures.push((
+                rel.to_string(),
+                Failure::Unreadable(dir.to_path_buf(), e.into()),
+            ));
             return (items, dirs, files, failures);
         }
     };
-    for entry in entries {
+    listing.clear();
+    let mut entries = rustix::fs::RawDir::new(&fd, listing.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                failures.push((rel.to_string(), Failure::Unreadable(dir.to_path_buf(), e)));
+                failures.push((
+                    rel.to_string(),
+                    Failure::Unreadable(dir.to_path_buf(), e.into()),
+                ));
                 break;
             }
         };
-        let path = entry.path();
-        // The name from the path just made: `file_name` would copy it.
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        let c_name = entry.file_name();
+        let bytes = c_name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let path = dir.join(std::ffi::OsStr::from_bytes(bytes));
+        let Ok(name) = std::str::from_utf8(bytes) else {
             let at = if rel.is_empty() {
                 "\u{1}".to_string()
             } else {
@@ -524,31 +571,48 @@ fn read_one(
         if skip(&rel) {
             continue;
         }
-        // The type as the directory lists it (`std` asks the file only
-        // where the file system does not say).
+        // The type as the directory lists it; a directory or a symlink is
+        // not stat'ed (the recipe decides its mode and owner), anything
+        // else, or an entry whose type the file system does not list, is.
+        let stat = |dirfd| {
+            rustix::fs::statx(
+                dirfd,
+                c_name,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            )
+            .map_err(io::Error::from)
+        };
         let found = match entry.file_type() {
-            Ok(ft) if ft.is_dir() || ft.is_symlink() => Ok((None, examine(ft, &path))),
-            Ok(ft) => match entry.metadata() {
-                Ok(meta) if ft.is_file() => match hashes.get(&meta) {
-                    Some(digest) => Ok((
-                        Some(Meta::from(&meta)),
-                        Found::File(Ok((digest, meta.len()))),
-                    )),
-                    None => {
-                        let (stamp, meta) = (FileStamp::of(&meta), Meta::from(&meta));
-                        files.push(Pending {
-                            rel,
-                            path,
-                            meta,
-                            stamp,
-                        });
-                        continue;
+            Type::Directory => Ok((None, Found::Dir)),
+            Type::Symlink => Ok((None, Found::Symlink(fs::read_link(&path)))),
+            _ => match stat(&fd) {
+                // What the file is now decides, not what was listed.
+                Ok(st) => match Type::from_raw_mode(st.stx_mode.into()) {
+                    Type::RegularFile => {
+                        let stamp = FileStamp::of_statx(&st);
+                        match hashes.get_stamp(&stamp) {
+                            Some(digest) => Ok((
+                                Some(Meta::of_statx(&st)),
+                                Found::File(Ok((digest, st.stx_size))),
+                            )),
+                            None => {
+                                files.push(Pending {
+                                    rel,
+                                    path,
+                                    meta: Meta::of_statx(&st),
+                                    stamp,
+                                });
+                                continue;
+                            }
+                        }
                     }
+                    Type::Directory => Ok((None, Found::Dir)),
+                    Type::Symlink => Ok((None, Found::Symlink(fs::read_link(&path)))),
+                    _ => Ok((Some(Meta::of_statx(&st)), Found::Other)),
                 },
-                Ok(meta) => Ok((Some(Meta::from(&meta)), examine(ft, &path))),
                 Err(e) => Err(e),
             },
-            Err(e) => Err(e),
         };
         if let Ok((_, Found::Dir)) = &found {
             dirs.push((path.clone(), rel.clone()));
@@ -615,17 +679,6 @@ fn shape_of<'a>(lines: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
     Digest::from_hasher(h)
 }
 
-/// What an entry other than a regular file is.
-fn examine(ft: FileType, path: &Path) -> Found {
-    if ft.is_dir() {
-        Found::Dir
-    } else if ft.is_symlink() {
-        Found::Symlink(fs::read_link(path))
-    } else {
-        Found::Other
-    }
-}
-
 /// The digest and size of the regular file at `path`, which `meta`
 /// describes: from `hashes` when it knows the file unchanged, otherwise
 /// read, hashed and recorded there.
@@ -655,6 +708,33 @@ fn hash_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `statx` read gives what `std`'s `Metadata` gives: the stat cache
+    /// and the layer writer stamp files from `Metadata`, the walk from
+    /// `statx`, and both must name a file alike.
+    #[test]
+    fn statx_stamps_a_file_as_metadata_does() {
+        use rustix::fs::{AtFlags, StatxFlags, CWD};
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in [("empty", 0), ("some", 12_345)] {
+            let path = dir.path().join(name);
+            fs::write(&path, vec![7u8; size]).unwrap();
+            let st = rustix::fs::statx(
+                CWD,
+                &path,
+                AtFlags::SYMLINK_NOFOLLOW,
+                StatxFlags::BASIC_STATS,
+            )
+            .unwrap();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert_eq!(FileStamp::of_statx(&st), FileStamp::of(&meta));
+            let (a, b) = (Meta::of_statx(&st), Meta::from(&meta));
+            assert_eq!(
+                (a.len, a.mode, a.nlink, a.id, a.seen),
+                (b.len, b.mode, b.nlink, b.id, b.seen)
+            );
+        }
+    }
 
     /// The order of paths by their bytes, whether the halves are sorted
     /// on two threads and merged or all on one.

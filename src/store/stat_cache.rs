@@ -58,6 +58,23 @@ impl FileStamp {
         }
     }
 
+    /// How a `statx` of a file stamps it, as [`FileStamp::of`] would its
+    /// `Metadata` (the same device number: `makedev` of its parts).
+    pub fn of_statx(st: &rustix::fs::Statx) -> FileStamp {
+        let ns = |t: &rustix::fs::StatxTimestamp| {
+            i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+        };
+        FileStamp {
+            id: (
+                rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+                st.stx_ino,
+            ),
+            size: st.stx_size,
+            mtime_ns: ns(&st.stx_mtime),
+            ctime_ns: ns(&st.stx_ctime),
+        }
+    }
+
     /// The file's size.
     pub fn size(&self) -> u64 {
         self.size
@@ -206,11 +223,14 @@ impl StatCache {
 
     /// The digest of the file `meta` describes, if it is known and unchanged.
     pub fn get(&self, meta: &fs::Metadata) -> Option<Digest> {
+        self.get_stamp(&FileStamp::of(meta))
+    }
+
+    /// [`StatCache::get`], for a file known by its [`FileStamp`].
+    pub fn get_stamp(&self, file: &FileStamp) -> Option<Digest> {
         let guard = self.entries.read().expect("no panics hold this lock");
-        match guard.0.get(&(meta.dev(), meta.ino())) {
-            Some((stamp, digest)) if *stamp == Stamp::of(meta, self.with_ctime) => {
-                Some(digest.clone())
-            }
+        match guard.0.get(&file.id) {
+            Some((stamp, digest)) if *stamp == file.stamp(self.with_ctime) => Some(digest.clone()),
             _ => None,
         }
     }
