@@ -60,6 +60,10 @@ pub struct Settings {
     /// Who signs and whom to trust in the shared cache (`--cache-sign-key`,
     /// `--cache-key`).
     pub cache_trust: cache::Trust,
+    /// Whether the build's provenance is written: only then are host files
+    /// listed among its materials (a big tree names tens of thousands).
+    /// [`run::run`] sets it when its request asks for provenance.
+    pub provenance: bool,
     /// The open remote cache, set by [`build`].
     #[doc(hidden)]
     pub remote: Option<Arc<cache::RemoteCache>>,
@@ -243,6 +247,7 @@ pub fn build(
         resolve::Options {
             locked: settings.locked,
             late: settings.cache.is_none(),
+            host_materials: settings.provenance,
         },
     )?;
     // A VM bundle is made from the layers read back out of the store: no
@@ -413,14 +418,16 @@ fn build_plan(
             if let Some((found, key)) = &built[u].3 {
                 let plan = &mut per_platform[p][i];
                 plan.hashed(found, key.clone())?;
-                late_materials(plan, found, &mut materials);
+                if settings.provenance {
+                    late_materials(plan, found, &mut materials);
+                }
             }
         }
     }
     // The links of every plan, one built as another's twin (the same key,
     // other host paths) too; those named twice are deduplicated below.
     for plan in per_platform.iter().flatten() {
-        if !plan.late_links.is_empty() {
+        if settings.provenance && !plan.late_links.is_empty() {
             late_materials(plan, &[], &mut materials);
         }
     }

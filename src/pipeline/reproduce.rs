@@ -345,6 +345,7 @@ pub fn reproduce(
         crate::resolve::Options {
             locked: false,
             late: false,
+            host_materials: true,
         },
     )?;
     let root = crate::attest::provenance::root(&plan.recipe.dir);

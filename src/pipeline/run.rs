@@ -124,7 +124,11 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     if request.format == Format::OciLayout && same_filesystem(store, request.out.as_deref()) {
         store.keep_spares(true);
     }
-    let built = build(store, &request.recipe, &request.settings, request.reporter)?;
+    let settings = Settings {
+        provenance: request.settings.provenance || request.provenance,
+        ..request.settings.clone()
+    };
+    let built = build(store, &request.recipe, &settings, request.reporter)?;
     let name = &built.recipe.name;
     let out = request.out.clone().unwrap_or_else(|| match request.format {
         Format::OciLayout => PathBuf::from("out").join(name),

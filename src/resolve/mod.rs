@@ -45,6 +45,10 @@ pub struct Options {
     /// platform; see [`local::plan_local`]). Not for a build that asks a
     /// shared cache first, which needs every key before building.
     pub late: bool,
+    /// List host files among the plan's materials, for provenance. A
+    /// build that writes none leaves them out: a big tree is tens of
+    /// thousands of them.
+    pub host_materials: bool,
 }
 
 /// A recipe with every input pinned.
@@ -57,8 +61,8 @@ pub struct Plan {
     /// Per platform of the recipe (in its order), per layer: its inputs.
     pub layers: Vec<Vec<LayerInputs>>,
     /// The recipe's own inputs, sorted: the recipe, its lock, a registry or
-    /// layout base, host files and packages (not a base recipe's: see
-    /// [`BasePlan::Recipe`]).
+    /// layout base, host files (when [`Options::host_materials`] asks) and
+    /// packages (not a base recipe's: see [`BasePlan::Recipe`]).
     pub materials: Vec<Material>,
 }
 
@@ -220,8 +224,10 @@ fn resolve_loaded(
         for (layer_no, section) in recipe.layers.iter().enumerate() {
             let late = options.late && recipe.platforms.len() == 1;
             let local = local::plan_local(&recipe, section, hashes, platform, late)?;
-            for (path, digest) in local.host_files() {
-                materials.push(host_material(path, digest));
+            if options.host_materials {
+                for (path, digest) in local.host_files() {
+                    materials.push(host_material(path, digest));
+                }
             }
             let (packages, satisfied) =
                 pinned_packages(&recipe, lock.as_ref(), layer_no, platform)?;
