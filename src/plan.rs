@@ -70,12 +70,8 @@ impl Seen {
 
     /// Whether the file `meta` describes looks as it did.
     pub fn still(&self, meta: &std::fs::Metadata) -> bool {
-        Seen::now(meta) == Some(*self)
-    }
-
-    fn now(meta: &std::fs::Metadata) -> Option<Seen> {
         use std::os::unix::fs::MetadataExt;
-        Seen::stamp(meta.ino(), meta.ctime(), meta.ctime_nsec())
+        Seen::stamp(meta.ino(), meta.ctime(), meta.ctime_nsec()) == Some(*self)
     }
 
     fn stamp(ino: u64, ctime: i64, ctime_nsec: i64) -> Option<Seen> {

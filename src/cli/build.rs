@@ -292,6 +292,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         registry: args.registry.options()?,
         locked: args.locked,
         offline: args.offline,
+        provenance: args.provenance,
         cache: args
             .cache
             .as_deref()
@@ -332,7 +333,6 @@ pub fn run(args: Args) -> Result<(), Error> {
             LoadInto::Podman => kiln::export::load::Load::Into(kiln::export::load::Runtime::Podman),
         }),
         sbom: args.sbom,
-        provenance: args.provenance,
         push,
         signing: args.sign_key.map(|key| pipeline::Signing {
             key,

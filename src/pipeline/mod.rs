@@ -60,9 +60,9 @@ pub struct Settings {
     /// Who signs and whom to trust in the shared cache (`--cache-sign-key`,
     /// `--cache-key`).
     pub cache_trust: cache::Trust,
-    /// Whether the build's provenance is written: only then are host files
-    /// listed among its materials (a big tree names tens of thousands).
-    /// [`run::run`] sets it when its request asks for provenance.
+    /// Write SLSA provenance beside the output (and attach it when
+    /// signing). Only then are host files listed among the build's
+    /// materials: a big tree names tens of thousands.
     pub provenance: bool,
     /// The open remote cache, set by [`build`].
     #[doc(hidden)]

@@ -189,11 +189,13 @@ fn build_to_temp(
     let out = tmp.path().join("image");
     let outcome = super::run(&super::Request {
         recipe,
-        settings,
+        settings: Settings {
+            provenance: false,
+            ..settings
+        },
         out: Some(out.clone()),
         format: super::Format::OciLayout,
         sbom: false,
-        provenance: false,
         tags: vec![],
         load: None,
         push: vec![],

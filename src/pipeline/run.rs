@@ -55,8 +55,6 @@ pub struct Request<'a> {
     pub load: Option<export::load::Load>,
     /// Write an SPDX SBOM beside the output (and attach it when signing).
     pub sbom: bool,
-    /// Write SLSA provenance beside the output (and attach it when signing).
-    pub provenance: bool,
     /// Push to these references after building.
     pub push: Vec<Reference>,
     /// Sign what is pushed (needs `push`).
@@ -124,11 +122,7 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
     if request.format == Format::OciLayout && same_filesystem(store, request.out.as_deref()) {
         store.keep_spares(true);
     }
-    let settings = Settings {
-        provenance: request.settings.provenance || request.provenance,
-        ..request.settings.clone()
-    };
-    let built = build(store, &request.recipe, &settings, request.reporter)?;
+    let built = build(store, &request.recipe, &request.settings, request.reporter)?;
     let name = &built.recipe.name;
     let out = request.out.clone().unwrap_or_else(|| match request.format {
         Format::OciLayout => PathBuf::from("out").join(name),
@@ -202,7 +196,7 @@ pub fn run(request: &Request<'_>) -> Result<Outcome> {
         times: built.times.as_ref(),
         source_date_epoch: built.source_date_epoch,
     };
-    let docs = Documents::of(store, &subject, request.sbom, request.provenance)?;
+    let docs = Documents::of(store, &subject, request.sbom, request.settings.provenance)?;
     let documents = docs.write_beside(&out, name)?;
     for file in &documents {
         request.reporter.event(super::Event::Wrote { path: file });

@@ -274,18 +274,6 @@ fn mode_or(mode: Option<Mode>, default: u32) -> u32 {
     mode.map_or(default, |m| m.0)
 }
 
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        return name.to_string();
-    }
-    // Not `format!`: a big tree joins tens of thousands of paths.
-    let mut path = String::with_capacity(dir.len() + 1 + name.len());
-    path.push_str(dir);
-    path.push('/');
-    path.push_str(name);
-    path
-}
-
 struct LayerBuilder<'a> {
     recipe: &'a Recipe,
     platform: &'a Platform,
@@ -409,7 +397,7 @@ impl LayerBuilder<'_> {
                     self.error(&f.src, "the file name is not UTF-8")
                         .hint("give `dest` as a full path")
                 })?;
-                path = join(&path, base);
+                path = walk::join(&path, base);
             }
             let digest = walk::file_digest(&src, &meta, self.hashes);
             let meta = walk::Meta::from(&meta);
@@ -565,7 +553,7 @@ impl LayerBuilder<'_> {
         // one insertion each into the layer's map.
         let mut found = Vec::with_capacity(items.len());
         for item in items {
-            let path = join(&dest, &item.rel);
+            let path = walk::join(&dest, &item.rel);
             let (entry, meta, link) =
                 self.tree_entry(t, item.found, item.path, path, (uid, gid))?;
             self.check_new(&entry.path, &span)?;

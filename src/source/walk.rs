@@ -64,18 +64,15 @@ pub struct Meta {
 
 impl Meta {
     /// What a `statx` of a file gave, as [`Meta::from`] takes it from a
-    /// `Metadata` (the same device number: `makedev` of its parts).
-    fn of_statx(st: &rustix::fs::Statx) -> Meta {
+    /// `Metadata`; `id` is its device and inode ([`FileStamp::of_statx`]).
+    fn of_statx(st: &rustix::fs::Statx, id: (u64, u64)) -> Meta {
         let file = rustix::fs::FileType::from_raw_mode(st.stx_mode.into())
             == rustix::fs::FileType::RegularFile;
         Meta {
             len: st.stx_size,
             mode: st.stx_mode.into(),
             nlink: st.stx_nlink.into(),
-            id: (
-                rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
-                st.stx_ino,
-            ),
+            id,
             seen: if file {
                 crate::plan::Seen::at(st.stx_ino, st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec.into())
             } else {
@@ -503,6 +500,19 @@ type DirResult = (
     Vec<(String, Failure)>,
 );
 
+/// `dir/name`, or `name` in the root (`dir` empty).
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        return name.to_string();
+    }
+    // Not `format!`: a big tree joins tens of thousands of paths.
+    let mut path = String::with_capacity(dir.len() + 1 + name.len());
+    path.push_str(dir);
+    path.push('/');
+    path.push_str(name);
+    path
+}
+
 /// Bytes of directory entries one `getdents64` call may fill.
 const LISTING: usize = 32 << 10;
 
@@ -560,58 +570,46 @@ fn read_one(
             failures.push((at, Failure::NotUtf8(path)));
             continue;
         };
-        // Not `format!`: one allocation per entry of a big tree.
-        let mut joined = String::with_capacity(rel.len() + 1 + name.len());
-        if !rel.is_empty() {
-            joined.push_str(rel);
-            joined.push('/');
-        }
-        joined.push_str(name);
-        let rel = joined;
+        let rel = join(rel, name);
         if skip(&rel) {
             continue;
         }
         // The type as the directory lists it; a directory or a symlink is
         // not stat'ed (the recipe decides its mode and owner), anything
         // else, or an entry whose type the file system does not list, is.
-        let stat = |dirfd| {
-            rustix::fs::statx(
-                dirfd,
+        let found = match entry.file_type() {
+            listed @ (Type::Directory | Type::Symlink) => Ok((None, examine(listed, &path))),
+            _ => match rustix::fs::statx(
+                &fd,
                 c_name,
                 AtFlags::SYMLINK_NOFOLLOW,
                 StatxFlags::BASIC_STATS,
-            )
-            .map_err(io::Error::from)
-        };
-        let found = match entry.file_type() {
-            Type::Directory => Ok((None, Found::Dir)),
-            Type::Symlink => Ok((None, Found::Symlink(fs::read_link(&path)))),
-            _ => match stat(&fd) {
+            ) {
                 // What the file is now decides, not what was listed.
                 Ok(st) => match Type::from_raw_mode(st.stx_mode.into()) {
                     Type::RegularFile => {
                         let stamp = FileStamp::of_statx(&st);
+                        let meta = Meta::of_statx(&st, stamp.id());
                         match hashes.get_stamp(&stamp) {
-                            Some(digest) => Ok((
-                                Some(Meta::of_statx(&st)),
-                                Found::File(Ok((digest, st.stx_size))),
-                            )),
+                            Some(digest) => Ok((Some(meta), Found::File(Ok((digest, meta.len))))),
                             None => {
                                 files.push(Pending {
                                     rel,
                                     path,
-                                    meta: Meta::of_statx(&st),
+                                    meta,
                                     stamp,
                                 });
                                 continue;
                             }
                         }
                     }
-                    Type::Directory => Ok((None, Found::Dir)),
-                    Type::Symlink => Ok((None, Found::Symlink(fs::read_link(&path)))),
-                    _ => Ok((Some(Meta::of_statx(&st)), Found::Other)),
+                    now @ (Type::Directory | Type::Symlink) => Ok((None, examine(now, &path))),
+                    other => {
+                        let meta = Meta::of_statx(&st, FileStamp::of_statx(&st).id());
+                        Ok((Some(meta), examine(other, &path)))
+                    }
                 },
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             },
         };
         if let Ok((_, Found::Dir)) = &found {
@@ -679,6 +677,15 @@ fn shape_of<'a>(lines: impl Iterator<Item = (&'a str, &'a str)>) -> Digest {
     Digest::from_hasher(h)
 }
 
+/// What an entry other than a regular file is.
+fn examine(kind: rustix::fs::FileType, path: &Path) -> Found {
+    match kind {
+        rustix::fs::FileType::Directory => Found::Dir,
+        rustix::fs::FileType::Symlink => Found::Symlink(fs::read_link(path)),
+        _ => Found::Other,
+    }
+}
+
 /// The digest and size of the regular file at `path`, which `meta`
 /// describes: from `hashes` when it knows the file unchanged, otherwise
 /// read, hashed and recorded there.
@@ -728,7 +735,10 @@ mod tests {
             .unwrap();
             let meta = fs::symlink_metadata(&path).unwrap();
             assert_eq!(FileStamp::of_statx(&st), FileStamp::of(&meta));
-            let (a, b) = (Meta::of_statx(&st), Meta::from(&meta));
+            let (a, b) = (
+                Meta::of_statx(&st, FileStamp::of_statx(&st).id()),
+                Meta::from(&meta),
+            );
             assert_eq!(
                 (a.len, a.mode, a.nlink, a.id, a.seen),
                 (b.len, b.mode, b.nlink, b.id, b.seen)
