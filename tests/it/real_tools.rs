@@ -327,6 +327,81 @@ symlinks = [
     }
 }
 
+/// A host tree as the walk reads it (`getdents64` into a reused buffer,
+/// directories and symlinks typed by the listing alone, everything else
+/// stat'ed from its directory), unpacked by umoci: every path there with
+/// its kind, content, link target and the mode the rules give it. A
+/// directory of 3,000 entries takes several `getdents64` calls to list.
+#[test]
+fn umoci_unpacks_a_host_tree_as_listed() {
+    let w = Work::new();
+    w.write("tree/a/b/c/deep.txt", "deep\n");
+    w.write("tree/run.sh", "#!/bin/sh\n");
+    fs::set_permissions(
+        w.path().join("tree/run.sh"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    fs::create_dir_all(w.path().join("tree/empty")).unwrap();
+    fs::create_dir_all(w.path().join("tree/private")).unwrap();
+    fs::set_permissions(
+        w.path().join("tree/private"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a/b/c/deep.txt", w.path().join("tree/to-file")).unwrap();
+    std::os::unix::fs::symlink("a/b", w.path().join("tree/to-dir")).unwrap();
+    std::os::unix::fs::symlink("nowhere", w.path().join("tree/dangling")).unwrap();
+    for i in 0..3000 {
+        w.write(
+            &format!("tree/many/entry-with-a-longish-name-{i:05}"),
+            &format!("{i}\n"),
+        );
+    }
+    w.write(
+        "recipe.toml",
+        "name = \"listed\"\ntags = [\"v1\"]\n[[layers]]\ntrees = [ { src = \"tree\", dest = \"/t\" } ]\n",
+    );
+    w.build("recipe.toml", "img");
+    let root = unpack(&w, "img", "v1", "bundle").join("rootfs/t");
+    let listing = |top: &Path| -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = walkdir::WalkDir::new(top)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                let rel = e.path().strip_prefix(top).unwrap().display().to_string();
+                let ft = e.file_type();
+                let what = if ft.is_symlink() {
+                    format!("link {}", fs::read_link(e.path()).unwrap().display())
+                } else if ft.is_dir() {
+                    "dir".to_string()
+                } else {
+                    format!("file {}", read(e.path()))
+                };
+                (rel, what)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let (host, image) = (listing(&w.path().join("tree")), listing(&root));
+    assert_eq!(host.len(), 3011);
+    assert_eq!(image, host);
+    assert_eq!(
+        mode(&root.join("run.sh")),
+        0o755,
+        "an executable host file gets 0755"
+    );
+    assert_eq!(mode(&root.join("a/b/c/deep.txt")), 0o644);
+    assert_eq!(
+        mode(&root.join("private")),
+        0o755,
+        "a tree's directories are 0755"
+    );
+    assert_eq!(mode(&root.join("empty")), 0o755);
+}
+
 /// The recipe the skopeo and runc tests share: a static probe as entrypoint,
 /// every config field set.
 fn probe_recipe(w: &Work, extra_top: &str) {
