@@ -355,7 +355,7 @@ fn umoci_unpacks_a_host_tree_as_listed() {
     for i in 0..3000 {
         w.write(
             &format!("tree/many/entry-with-a-longish-name-{i:05}"),
-            &format!("{i}\n"),
+            format!("{i}\n"),
         );
     }
     w.write(
